@@ -1,0 +1,1 @@
+//! sofamq-client
