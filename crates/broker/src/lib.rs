@@ -1,1 +1,25 @@
-//! sofamq-broker
+//! The SofaMQ broker: the RocketMQ 5 client API over a durable commit log.
+//!
+//! * [`broker`]: the broker's state (config, log, topics) and its guards.
+//! * [`send`]: the send path (validate, choose queue, group-commit append, receipt).
+//! * [`validate`]: message rules, each failing with its own wire code.
+//! * [`error`]: the one table from internal failures to wire status codes.
+//! * [`topics`]: topic definitions, stored as records in the log.
+//! * [`service`] / [`admin`]: gRPC adapters; [`register`]: NameServer heartbeats.
+//! * [`server`]: `run(listener, config, shutdown)`.
+
+pub mod admin;
+pub mod broker;
+pub mod config;
+pub mod error;
+pub mod register;
+pub mod send;
+pub mod server;
+pub mod service;
+pub mod topics;
+pub mod validate;
+
+pub use broker::Broker;
+pub use config::{BrokerConfig, FlushMode, Limits};
+pub use error::BrokerError;
+pub use server::run;

@@ -1,4 +1,12 @@
-//! `sofamq`: the one user binary.
+//! `sofamq`: the one user binary — servers, a local cluster, client and admin
+//! commands, benchmarks.
+
+mod bench;
+mod produce;
+mod servers;
+mod shutdown;
+mod standalone;
+mod topic;
 
 use clap::{Parser, Subcommand};
 
@@ -11,6 +19,17 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// A whole local cluster in one process (namesrv + broker-a).
+    Standalone(standalone::StandaloneArgs),
+    /// Run a NameServer.
+    Namesrv(servers::NamesrvArgs),
+    /// Run a broker.
+    Broker(servers::BrokerArgs),
+    /// Create, delete and list topics.
+    #[command(subcommand)]
+    Topic(topic::TopicCmd),
+    /// Send messages and print their receipts.
+    Produce(produce::ProduceArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -18,20 +37,35 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum BenchCmd {
-    /// Placeholder until the store bench lands.
-    Store,
+    /// Commit-log append throughput (sync flush) against a raw write + fdatasync loop.
+    Store(bench::StoreBenchArgs),
+    /// Send throughput and latency through a running cluster.
+    Produce(bench::ProduceBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Bench(BenchCmd::Store) => Ok(()),
+    if let Command::Bench(BenchCmd::Store(args)) = cli.command {
+        return bench::bench_store(args);
     }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Standalone(a) => standalone::run(a).await,
+            Command::Namesrv(a) => servers::namesrv(a).await,
+            Command::Broker(a) => servers::broker(a).await,
+            Command::Topic(c) => topic::run(c).await,
+            Command::Produce(a) => produce::run(a).await,
+            Command::Bench(BenchCmd::Produce(a)) => bench::bench_produce(a).await,
+            Command::Bench(BenchCmd::Store(_)) => unreachable!("handled above"),
+        }
+    })
 }

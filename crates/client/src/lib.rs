@@ -1,1 +1,48 @@
-//! sofamq-client
+//! Rust producer SDK for SofaMQ, speaking the Apache RocketMQ 5 gRPC
+//! protocol (`apache.rocketmq.v2`).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use sofamq_client::{Message, Producer, ProducerConfig};
+//!
+//! let producer = Producer::start(ProducerConfig::new(["127.0.0.1:8081"])).await?;
+//! let receipt = producer
+//!     .send(Message::builder("orders", "hello").tag("created").key("o-1").build())
+//!     .await?;
+//! println!("stored {} at offset {}", receipt.message_id, receipt.queue_offset);
+//! producer.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! How a send works:
+//! 1. the topic's route (writable master brokers) comes from a cache filled
+//!    by QueryRoute against the access points;
+//! 2. a broker is picked: round-robin, skipping recently failed brokers, a
+//!    different one on retry, a stable one per FIFO message group;
+//! 3. the message joins that broker's queue; the broker's sender task
+//!    coalesces everything queued into one SendMessage request (bounded by
+//!    message count, bytes and requests in flight) and hands each caller its
+//!    own result entry;
+//! 4. retryable failures are retried with exponential backoff and the same
+//!    message id; a final failure is logged, counted and alerted.
+
+mod config;
+mod connection;
+mod error;
+mod headers;
+mod id;
+mod message;
+mod producer;
+mod retry;
+mod routes;
+mod selector;
+mod sender;
+
+pub use config::{AlertCallback, ProducerConfig};
+pub use error::{BatchSendError, ClientError, FailureKind, SendError, SendFailure};
+pub use headers::CLIENT_VERSION;
+pub use id::MessageIdGenerator;
+pub use message::{Message, MessageBuilder, SendReceipt};
+pub use producer::{METRIC_SEND_FAILURES, METRIC_SEND_RETRIES, Producer};
+/// Protocol status codes (`Code::Ok` = 20000, ...), re-exported.
+pub use sofamq_proto::v2::Code;

@@ -1,1 +1,49 @@
-//! sofamq-store
+//! sofamq-store: the durable commit log of a SofaMQ broker.
+//!
+//! * A segmented, append-only **commit log** (`commitlog/<20-digit start offset>`) of
+//!   CRC32C-protected records (format in [`record`]), written with `pwrite` and `fdatasync`
+//!   (no mmap, so an I/O error comes back as an error).
+//! * A **group-commit writer** thread: every pending append goes into one write and one
+//!   fdatasync per batch (see `writer.rs`).
+//! * **Consume queues** per (topic, queue id): fixed-size entries pointing into the log,
+//!   dispatched after the log is durable and rebuilt from it after a crash.
+//! * **Recovery** from a checkpoint: a torn tail is cut, corruption in the middle fences the log
+//!   (see the `recovery` module).
+//! * An **epoch history** for replication and failover, and durable truncation.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sofamq_store::StoreError> {
+//! use sofamq_store::{NewRecord, Store, StoreConfig};
+//! let store = Store::open(StoreConfig::new("/tmp/sofamq-data"))?;
+//! let done = store
+//!     .append(vec![NewRecord { topic: "t".into(), body: "hi".into(), ..Default::default() }])
+//!     .await?;
+//! let rec = store.read_at(done[0].log_offset)?;
+//! assert_eq!(&rec.body[..], b"hi");
+//! # Ok(()) }
+//! ```
+
+pub mod bench;
+mod checkpoint;
+mod config;
+mod cq;
+mod epoch;
+mod error;
+mod flusher;
+mod log;
+pub mod record;
+mod recovery;
+mod segment;
+mod store;
+#[doc(hidden)]
+pub mod testutil;
+mod truncate;
+mod writer;
+
+pub use config::{FlushMode, StoreConfig};
+pub use cq::{CQ_ENTRY_LEN, CqEntry};
+pub use epoch::EpochEntry;
+pub use error::StoreError;
+pub use log::Scan;
+pub use record::{Appended, NewRecord, Record, tag_hash};
+pub use store::{Fault, Store, StoreStats};

@@ -1,1 +1,243 @@
-//! sofamq-testkit
+//! Real-process test harness: starts `sofamq` namesrv and broker processes on
+//! 127.0.0.1 (port 0, the bound address read back from the process) in a
+//! temporary directory, and stops or kills exactly the processes it started.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// The `sofamq` binary under test: `$SOFAMQ_BIN`, else `target/<profile>/sofamq`
+/// next to the running test executable (`cargo build --bin sofamq` first).
+pub fn sofamq_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SOFAMQ_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/debug/deps/test-hash -> target/debug/sofamq
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("sofamq")
+}
+
+/// One `sofamq` process this harness started.
+pub struct Node {
+    /// Name used in logs.
+    pub name: String,
+    /// Address the process reported it listens on.
+    pub addr: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Node {
+    /// Starts `sofamq ARGS`, waits (up to `wait`) for a stdout line containing
+    /// "ready", and takes the address after the word "on" (or "point") from it.
+    pub fn spawn(
+        name: &str,
+        args: &[String],
+        log_dir: &Path,
+        wait: Duration,
+    ) -> anyhow::Result<Node> {
+        let bin = sofamq_bin();
+        anyhow::ensure!(
+            bin.exists(),
+            "{} missing: run `cargo build --bin sofamq`",
+            bin.display()
+        );
+        let log = log_dir.join(format!("{name}.log"));
+        let log_file = std::fs::File::create(&log)?;
+        let mut child = Command::new(&bin)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains("ready") => {
+                    let addr =
+                        address_in(&line).with_context(|| format!("no address in {line:?}"))?;
+                    // Keep draining stdout so the child never blocks on a full pipe.
+                    std::thread::spawn(move || while rx.recv().is_ok() {});
+                    return Ok(Node {
+                        name: name.to_string(),
+                        addr,
+                        child: Some(child),
+                        log,
+                    });
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                    bail!("{name} not ready within {wait:?}; log:\n{tail}");
+                }
+            }
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait up to `wait` for a clean exit (SIGKILL after).
+    pub fn terminate(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process's log (stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Finds the first `host:port` token after "on " or "point " in a ready line.
+fn address_in(line: &str) -> Option<String> {
+    for marker in ["point ", "on "] {
+        if let Some(i) = line.find(marker) {
+            let rest = &line[i + marker.len()..];
+            let tok: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
+                .collect();
+            if tok.contains(':') {
+                return Some(tok);
+            }
+        }
+    }
+    None
+}
+
+/// A namesrv plus broker groups (masters), each its own process.
+pub struct Cluster {
+    /// Temporary directory holding data and logs; removed on drop.
+    pub dir: tempfile::TempDir,
+    /// The NameServer (client access point).
+    pub namesrv: Node,
+    /// Broker masters, in the order started.
+    pub brokers: Vec<Node>,
+}
+
+impl Cluster {
+    /// Starts a namesrv on a free port.
+    pub fn start_namesrv() -> anyhow::Result<Cluster> {
+        let dir = tempfile::tempdir()?;
+        let namesrv = Node::spawn(
+            "namesrv",
+            &["namesrv".into(), "--listen".into(), "127.0.0.1:0".into()],
+            dir.path(),
+            Duration::from_secs(20),
+        )?;
+        Ok(Cluster {
+            dir,
+            namesrv,
+            brokers: Vec::new(),
+        })
+    }
+
+    /// Starts a master of broker group `name` registered with the namesrv.
+    pub fn add_broker(&mut self, name: &str, extra: &[String]) -> anyhow::Result<usize> {
+        let data = self.dir.path().join(name);
+        let mut args = vec![
+            "broker".to_string(),
+            "--broker-name".into(),
+            name.into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--namesrv".into(),
+            self.namesrv.addr.clone(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--heartbeat-ms".into(),
+            "200".into(),
+        ];
+        args.extend(extra.iter().cloned());
+        let node = Node::spawn(name, &args, self.dir.path(), Duration::from_secs(20))?;
+        self.brokers.push(node);
+        Ok(self.brokers.len() - 1)
+    }
+
+    /// Runs `sofamq ARGS` to completion and returns its stdout (fails on a
+    /// non-zero exit, with stderr in the error).
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(sofamq_bin()).args(args).output()?;
+        if !out.status.success() {
+            bail!(
+                "sofamq {args:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::address_in;
+
+    #[test]
+    fn finds_addresses_in_ready_lines() {
+        assert_eq!(
+            address_in("namesrv ready on 127.0.0.1:4000").as_deref(),
+            Some("127.0.0.1:4000")
+        );
+        assert_eq!(
+            address_in("sofamq standalone ready: access point 127.0.0.1:9876 (broker-a ...)")
+                .as_deref(),
+            Some("127.0.0.1:9876")
+        );
+        assert_eq!(address_in("ready"), None);
+    }
+}

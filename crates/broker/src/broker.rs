@@ -1,0 +1,154 @@
+//! The broker's state: its configuration, its log, its topic table. Request
+//! handlers (send, admin, later consume and replication) are `impl Broker`
+//! blocks in their own files.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sofamq_store::{FlushMode as StoreFlush, Store, StoreConfig};
+use tokio::sync::Notify;
+
+use crate::config::{BrokerConfig, FlushMode};
+use crate::error::BrokerError;
+use crate::send::QueueCursor;
+use crate::topics::{PERM_READ, PERM_WRITE, TopicConfig, TopicType, Topics};
+use crate::validate;
+
+/// A broker: cheap to clone, shared by every handler.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: BrokerConfig,
+    store: Store,
+    topics: Topics,
+    cursor: QueueCursor,
+    topics_changed: Notify,
+}
+
+impl Broker {
+    /// Opens (and recovers) the log under `config.data_dir` and replays the
+    /// topic table. Blocking: call it from `spawn_blocking` in async code.
+    pub fn open(config: BrokerConfig) -> Result<Self, BrokerError> {
+        let mut sc = StoreConfig::new(config.data_dir.join("store"));
+        sc.segment_size = config.segment_bytes;
+        sc.flush = match config.flush {
+            FlushMode::Sync => StoreFlush::Sync,
+            FlushMode::Async => StoreFlush::Async {
+                interval: Duration::from_millis(config.async_flush_interval_ms.max(1)),
+            },
+        };
+        sc.max_record_size =
+            config.limits.max_body_bytes + config.limits.max_properties_bytes + 64 * 1024;
+        let store = Store::open(sc)?;
+        if let Some(reason) = store.fenced() {
+            tracing::error!(%reason, "commit log is fenced: this broker will refuse writes");
+        }
+        let topics = Topics::load(store.clone())?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                topics,
+                cursor: QueueCursor::default(),
+                topics_changed: Notify::new(),
+            }),
+        })
+    }
+
+    /// The configuration the broker runs with.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.inner.config
+    }
+
+    /// The commit log.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The topic table.
+    pub fn topics(&self) -> &Topics {
+        &self.inner.topics
+    }
+
+    pub(crate) fn cursor(&self) -> &QueueCursor {
+        &self.inner.cursor
+    }
+
+    /// Wakes whoever waits for topic changes (the namesrv registration loop).
+    pub(crate) fn topics_changed(&self) -> &Notify {
+        &self.inner.topics_changed
+    }
+
+    /// Whether this broker may take writes now, and why not.
+    pub fn writable(&self) -> Result<(), BrokerError> {
+        if self.inner.config.broker_id != 0 {
+            return Err(BrokerError::NotAvailable(format!(
+                "{} id {} is a slave; send to the master",
+                self.inner.config.broker_name, self.inner.config.broker_id
+            )));
+        }
+        if let Some(reason) = self.inner.store.fenced() {
+            return Err(BrokerError::NotAvailable(format!(
+                "commit log fenced: {reason}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Creates or updates a topic (durably, through the log).
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        queue_count: u32,
+        topic_type: TopicType,
+    ) -> Result<TopicConfig, BrokerError> {
+        let limits = &self.inner.config.limits;
+        validate::check_topic_name(name, limits)?;
+        let queue_count = if queue_count == 0 {
+            self.inner.config.default_queue_count
+        } else {
+            queue_count
+        };
+        if queue_count > limits.max_queue_count {
+            return Err(BrokerError::BadRequest(format!(
+                "{queue_count} queues, the limit is {}",
+                limits.max_queue_count
+            )));
+        }
+        self.writable()?;
+        let cfg = TopicConfig {
+            name: name.to_string(),
+            queue_count,
+            topic_type,
+            perm: PERM_READ | PERM_WRITE,
+        };
+        if self.inner.topics.get(name).as_ref() != Some(&cfg) {
+            self.inner.topics.put(cfg.clone()).await?;
+            self.inner.topics_changed.notify_waiters();
+        }
+        Ok(cfg)
+    }
+
+    /// Deletes a topic; false when it did not exist. Its stored messages stay
+    /// in the log until retention removes them.
+    pub async fn delete_topic(&self, name: &str) -> Result<bool, BrokerError> {
+        self.writable()?;
+        let existed = self.inner.topics.delete(name).await?;
+        if existed {
+            self.inner.topics_changed.notify_waiters();
+        }
+        Ok(existed)
+    }
+
+    /// The address clients reach this broker's gRPC service at.
+    pub fn advertised(&self, bound: std::net::SocketAddr) -> String {
+        self.inner
+            .config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| bound.to_string())
+    }
+}

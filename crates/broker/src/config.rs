@@ -1,0 +1,163 @@
+//! Broker configuration: one TOML file, every key with a default so that an
+//! empty file (or `sofamq standalone`) works.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How the commit log reaches the disk before a send is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FlushMode {
+    /// fdatasync (group commit) before every acknowledgement. The default.
+    #[default]
+    Sync,
+    /// Acknowledge after the write; fdatasync on `async_flush_interval_ms`.
+    Async,
+}
+
+/// Everything a broker process needs to know.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Cluster the broker group belongs to.
+    pub cluster: String,
+    /// Broker group name (`broker-a`).
+    pub broker_name: String,
+    /// 0 for the master; slaves use 1 and up.
+    pub broker_id: u64,
+    /// Address the client gRPC service binds to.
+    pub listen: SocketAddr,
+    /// Address published in routes; defaults to the bound address.
+    pub advertise: Option<String>,
+    /// NameServers to register with (all of them).
+    pub namesrv: Vec<String>,
+    /// Where the commit log, consume queues and checkpoints live.
+    pub data_dir: PathBuf,
+    /// Sync (default) or async flush.
+    pub flush: FlushMode,
+    /// fsync interval in async flush mode.
+    pub async_flush_interval_ms: u64,
+    /// Commit log segment size in bytes.
+    pub segment_bytes: u64,
+    /// How often the broker re-registers with every namesrv.
+    pub heartbeat_interval_ms: u64,
+    /// Queue count of topics created without an explicit count.
+    pub default_queue_count: u32,
+    /// Validation and resource limits.
+    pub limits: Limits,
+}
+
+/// Bounds on everything a client can send.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest accepted message body.
+    pub max_body_bytes: usize,
+    /// Largest number of messages in one SendMessage request.
+    pub max_batch_count: usize,
+    /// Largest total body bytes in one SendMessage request.
+    pub max_batch_bytes: usize,
+    /// Most user properties on one message.
+    pub max_property_count: usize,
+    /// Largest total size of keys and values of the user properties.
+    pub max_properties_bytes: usize,
+    /// Longest tag.
+    pub max_tag_bytes: usize,
+    /// Most keys on one message.
+    pub max_key_count: usize,
+    /// Longest key.
+    pub max_key_bytes: usize,
+    /// Longest topic or group name.
+    pub max_name_bytes: usize,
+    /// Most queues a topic may have.
+    pub max_queue_count: u32,
+    /// Largest gRPC message the server decodes.
+    pub max_grpc_message_bytes: usize,
+    /// Longest a send waits for durability before MASTER_PERSISTENCE_TIMEOUT.
+    pub persist_timeout_ms: u64,
+    /// Most concurrent HTTP/2 streams (requests) per client connection.
+    pub max_concurrent_streams: u32,
+    /// How long shutdown waits for open connections.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_batch_count: 1024,
+            max_batch_bytes: 16 * 1024 * 1024,
+            max_property_count: 128,
+            max_properties_bytes: 16 * 1024,
+            max_tag_bytes: 255,
+            max_key_count: 32,
+            max_key_bytes: 255,
+            max_name_bytes: 127,
+            max_queue_count: 1024,
+            max_grpc_message_bytes: 20 * 1024 * 1024,
+            persist_timeout_ms: 5_000,
+            max_concurrent_streams: 1_024,
+            shutdown_grace_ms: 3_000,
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            cluster: "DefaultCluster".into(),
+            broker_name: "broker-a".into(),
+            broker_id: 0,
+            listen: SocketAddr::from(([127, 0, 0, 1], 10911)),
+            advertise: None,
+            namesrv: vec!["127.0.0.1:9876".into()],
+            data_dir: PathBuf::from("data/broker-a"),
+            flush: FlushMode::Sync,
+            async_flush_interval_ms: 100,
+            segment_bytes: 256 * 1024 * 1024,
+            heartbeat_interval_ms: 1_000,
+            default_queue_count: 8,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Parses a TOML document; unknown keys are an error so typos don't pass silently.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The heartbeat period.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms.max(10))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = BrokerConfig::from_toml("").unwrap();
+        assert_eq!(c.broker_name, "broker-a");
+        assert_eq!(c.limits.max_body_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.flush, FlushMode::Sync);
+    }
+
+    #[test]
+    fn keys_override_and_typos_fail() {
+        let c = BrokerConfig::from_toml(
+            "broker_name = \"b\"\nflush = \"async\"\n[limits]\nmax_body_bytes = 10\n",
+        )
+        .unwrap();
+        assert_eq!(c.broker_name, "b");
+        assert_eq!(c.flush, FlushMode::Async);
+        assert_eq!(c.limits.max_body_bytes, 10);
+        assert!(BrokerConfig::from_toml("brokr_name = \"x\"").is_err());
+    }
+}

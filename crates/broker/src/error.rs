@@ -1,0 +1,148 @@
+//! Every way a broker request can fail, and the one table that maps each onto
+//! the RocketMQ 5 wire status code the client sees.
+
+use sofamq_proto::v2::{Code, Status};
+use sofamq_store::StoreError;
+
+/// A request failure. The `Display` text is what the client reads in
+/// `Status.message`, so it must say precisely what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Malformed request not covered by a more precise code.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// Topic name breaks the naming rules or is reserved.
+    #[error("illegal topic: {0}")]
+    IllegalTopic(String),
+    /// Consumer group name breaks the naming rules.
+    #[error("illegal consumer group: {0}")]
+    IllegalGroup(String),
+    /// Tag breaks the tag rules.
+    #[error("illegal tag: {0}")]
+    IllegalTag(String),
+    /// A key breaks the key rules.
+    #[error("illegal message key: {0}")]
+    IllegalKey(String),
+    /// Message group breaks the rules.
+    #[error("illegal message group: {0}")]
+    IllegalMessageGroup(String),
+    /// User property key is reserved or malformed.
+    #[error("illegal property key: {0}")]
+    IllegalPropertyKey(String),
+    /// Message id missing or malformed.
+    #[error("illegal message id: {0}")]
+    IllegalMessageId(String),
+    /// Delivery timestamp unusable.
+    #[error("illegal delivery time: {0}")]
+    IllegalDeliveryTime(String),
+    /// User properties over the count or size limit.
+    #[error("message properties too large: {0}")]
+    PropertiesTooLarge(String),
+    /// Body over the configured maximum.
+    #[error("message body too large: {0}")]
+    BodyTooLarge(String),
+    /// Body missing.
+    #[error("message body is empty")]
+    BodyEmpty,
+    /// Request as a whole over a size or count limit.
+    #[error("payload too large: {0}")]
+    PayloadTooLarge(String),
+    /// Message type does not match the topic's type.
+    #[error("message type conflicts with topic: {0}")]
+    MessageTypeMismatch(String),
+    /// The topic does not exist on this broker.
+    #[error("topic not found: {0}")]
+    TopicNotFound(String),
+    /// The topic exists but does not accept writes (or reads).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// Feature not served.
+    #[error("not implemented: {0}")]
+    NotImplemented(String),
+    /// Backpressure: the client should back off.
+    #[error("too many requests: {0}")]
+    TooManyRequests(String),
+    /// The local log did not become durable in time, or failed to.
+    #[error("master persistence failed: {0}")]
+    MasterPersistence(String),
+    /// The broker is not the master of its group (or is fenced).
+    #[error("not available: {0}")]
+    NotAvailable(String),
+    /// Anything else.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl BrokerError {
+    /// The wire code for this failure.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::BadRequest(_) => Code::BadRequest,
+            Self::IllegalTopic(_) => Code::IllegalTopic,
+            Self::IllegalGroup(_) => Code::IllegalConsumerGroup,
+            Self::IllegalTag(_) => Code::IllegalMessageTag,
+            Self::IllegalKey(_) => Code::IllegalMessageKey,
+            Self::IllegalMessageGroup(_) => Code::IllegalMessageGroup,
+            Self::IllegalPropertyKey(_) => Code::IllegalMessagePropertyKey,
+            Self::IllegalMessageId(_) => Code::IllegalMessageId,
+            Self::IllegalDeliveryTime(_) => Code::IllegalDeliveryTime,
+            Self::PropertiesTooLarge(_) => Code::MessagePropertiesTooLarge,
+            Self::BodyTooLarge(_) => Code::MessageBodyTooLarge,
+            Self::BodyEmpty => Code::MessageBodyEmpty,
+            Self::PayloadTooLarge(_) => Code::PayloadTooLarge,
+            Self::MessageTypeMismatch(_) => Code::MessagePropertyConflictWithType,
+            Self::TopicNotFound(_) => Code::TopicNotFound,
+            Self::Forbidden(_) => Code::Forbidden,
+            Self::NotImplemented(_) => Code::NotImplemented,
+            Self::TooManyRequests(_) => Code::TooManyRequests,
+            Self::MasterPersistence(_) => Code::MasterPersistenceTimeout,
+            Self::NotAvailable(_) => Code::HaNotAvailable,
+            Self::Internal(_) => Code::InternalError,
+        }
+    }
+
+    /// The wire status for this failure.
+    pub fn status(&self) -> Status {
+        Status {
+            code: self.code() as i32,
+            message: self.to_string(),
+        }
+    }
+}
+
+impl From<StoreError> for BrokerError {
+    fn from(e: StoreError) -> Self {
+        // Every store failure on the write path means "not durable": the client
+        // must not count the message as sent and may retry elsewhere.
+        Self::MasterPersistence(e.to_string())
+    }
+}
+
+/// The OK status.
+pub fn ok_status() -> Status {
+    Status {
+        code: Code::Ok as i32,
+        message: "OK".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_match_upstream_numbers() {
+        assert_eq!(BrokerError::TopicNotFound("t".into()).code() as i32, 40402);
+        assert_eq!(BrokerError::BodyTooLarge("x".into()).code() as i32, 41301);
+        assert_eq!(BrokerError::IllegalTag("x".into()).code() as i32, 40004);
+        assert_eq!(
+            BrokerError::MasterPersistence("x".into()).code() as i32,
+            50401
+        );
+        assert_eq!(
+            BrokerError::TooManyRequests("x".into()).code() as i32,
+            42900
+        );
+        assert_eq!(ok_status().code, 20000);
+    }
+}

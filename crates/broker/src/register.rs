@@ -1,0 +1,119 @@
+//! Keeps this broker registered with every NameServer: a RegisterBroker at
+//! start, again every heartbeat interval (that is the heartbeat) and at once
+//! after a topic change; an UnregisterBroker on clean shutdown.
+
+use std::time::Duration;
+
+use sofamq_proto::namesrv::name_server_admin_client::NameServerAdminClient;
+use sofamq_proto::namesrv::{RegisterBrokerRequest, TopicRoute, UnregisterBrokerRequest};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use crate::admin::wire_type;
+use crate::broker::Broker;
+
+/// Registration state shared with whoever waits for "registered at least once".
+pub struct Registrar {
+    broker: Broker,
+    endpoint: String,
+    clients: Vec<(String, NameServerAdminClient<Channel>)>,
+}
+
+impl Registrar {
+    /// Prepares clients for every configured namesrv (connected lazily).
+    pub fn new(broker: Broker, endpoint: String) -> Self {
+        let clients = broker
+            .config()
+            .namesrv
+            .iter()
+            .filter_map(|a| {
+                let ch = Channel::from_shared(format!("http://{a}"))
+                    .ok()?
+                    .connect_timeout(Duration::from_secs(2))
+                    .timeout(Duration::from_secs(3))
+                    .connect_lazy();
+                Some((a.clone(), NameServerAdminClient::new(ch)))
+            })
+            .collect();
+        Self {
+            broker,
+            endpoint,
+            clients,
+        }
+    }
+
+    fn request(&self) -> RegisterBrokerRequest {
+        let c = self.broker.config();
+        RegisterBrokerRequest {
+            cluster: c.cluster.clone(),
+            broker_name: c.broker_name.clone(),
+            broker_id: c.broker_id as i64,
+            grpc_endpoint: self.endpoint.clone(),
+            replication_endpoint: String::new(),
+            epoch: self.broker.store().current_epoch(),
+            topics: self
+                .broker
+                .topics()
+                .list()
+                .into_iter()
+                .map(|t| TopicRoute {
+                    name: t.name,
+                    queue_count: t.queue_count,
+                    perm: t.perm,
+                    message_type: wire_type(t.topic_type) as i32,
+                })
+                .collect(),
+            heartbeat_timeout_ms: 0,
+        }
+    }
+
+    /// Registers with every namesrv once; returns how many accepted.
+    pub async fn register_all(&self) -> usize {
+        let req = self.request();
+        let mut ok = 0;
+        for (addr, client) in &self.clients {
+            match client.clone().register_broker(req.clone()).await {
+                Ok(_) => ok += 1,
+                Err(e) => tracing::debug!(namesrv = %addr, error = %e, "registration failed"),
+            }
+        }
+        ok
+    }
+
+    /// Runs until `stop` turns true: registers every interval and on topic
+    /// changes; `registered` turns true after the first accepted registration.
+    pub async fn run(self, mut stop: watch::Receiver<bool>, registered: watch::Sender<bool>) {
+        let interval = self.broker.config().heartbeat_interval();
+        loop {
+            // Arm the change notification before registering so that a topic
+            // change during the registration is not missed.
+            let changed = self.broker.topics_changed().notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.register_all().await > 0 {
+                let _ = registered.send(true);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = &mut changed => {}
+                _ = stop.changed() => break,
+            }
+            if *stop.borrow() {
+                break;
+            }
+        }
+        let c = self.broker.config();
+        let req = UnregisterBrokerRequest {
+            cluster: c.cluster.clone(),
+            broker_name: c.broker_name.clone(),
+            broker_id: c.broker_id as i64,
+        };
+        for (_, client) in &self.clients {
+            let _ = tokio::time::timeout(
+                Duration::from_millis(500),
+                client.clone().unregister_broker(req.clone()),
+            )
+            .await;
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Serving a broker: `run(listener, config, shutdown)` opens the log, serves
+//! the client and admin gRPC services on the listener and keeps the broker
+//! registered with its NameServers until `shutdown` resolves.
+
+use std::future::Future;
+use std::time::Duration;
+
+use sofamq_proto::admin::broker_admin_server::BrokerAdminServer;
+use sofamq_proto::v2::messaging_service_server::MessagingServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::AdminService;
+use crate::broker::Broker;
+use crate::config::BrokerConfig;
+use crate::error::BrokerError;
+use crate::register::Registrar;
+use crate::service::BrokerService;
+
+/// Opens the broker described by `config` (recovering its log) and serves it on
+/// `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: BrokerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), BrokerError> {
+    let broker = open(config).await?;
+    serve(broker, listener, shutdown, None).await
+}
+
+/// Opens a broker off the async runtime (recovery reads the whole log tail).
+pub async fn open(config: BrokerConfig) -> Result<Broker, BrokerError> {
+    tokio::task::spawn_blocking(move || Broker::open(config))
+        .await
+        .map_err(|e| BrokerError::Internal(format!("open task failed: {e}")))?
+}
+
+/// Serves an opened broker. `registered`, when given, turns true once at least
+/// one NameServer accepted the broker's registration.
+pub async fn serve(
+    broker: Broker,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    registered: Option<watch::Sender<bool>>,
+) -> Result<(), BrokerError> {
+    let bound = listener
+        .local_addr()
+        .map_err(|e| BrokerError::Internal(format!("listener address: {e}")))?;
+    let endpoint = broker.advertised(bound);
+    let limits = broker.config().limits.clone();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let registered = registered.unwrap_or_else(|| watch::channel(false).0);
+    let registrar = Registrar::new(broker.clone(), endpoint.clone());
+    let reg_task = tokio::spawn(registrar.run(stop_rx, registered));
+
+    // One token ends the server, open Telemetry streams and the registrar.
+    let token = CancellationToken::new();
+    let signal = token.clone();
+    let waiter = tokio::spawn(async move {
+        shutdown.await;
+        signal.cancel();
+    });
+
+    let messaging = MessagingServiceServer::new(BrokerService::new(broker.clone(), token.clone()))
+        .max_decoding_message_size(limits.max_grpc_message_bytes)
+        .max_encoding_message_size(limits.max_grpc_message_bytes);
+    let admin = BrokerAdminServer::new(AdminService::new(broker.clone()))
+        .max_decoding_message_size(limits.max_grpc_message_bytes)
+        .max_encoding_message_size(limits.max_grpc_message_bytes);
+
+    tracing::info!(
+        broker = %broker.config().broker_name,
+        id = broker.config().broker_id,
+        %endpoint,
+        "broker serving"
+    );
+    let serve = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .add_service(messaging)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            token.clone().cancelled_owned(),
+        );
+    tokio::pin!(serve);
+    let grace = Duration::from_millis(limits.shutdown_grace_ms);
+    let result = tokio::select! {
+        r = &mut serve => r,
+        () = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("connections still open after the shutdown grace; stopping anyway");
+            Ok(())
+        }
+    };
+    token.cancel();
+    waiter.abort();
+    let _ = stop_tx.send(true);
+    let _ = reg_task.await;
+    result.map_err(|e| BrokerError::Internal(format!("gRPC server: {e}")))
+}

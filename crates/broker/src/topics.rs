@@ -1,0 +1,184 @@
+//! Topic definitions. The commit log is their only store: every create, update
+//! and delete is a record on the reserved topic [`TOPIC_LOG`], replayed on
+//! start, so topic state replicates and survives failover like messages do.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use sofamq_store::{NewRecord, Store};
+
+use crate::error::BrokerError;
+
+/// Reserved topic holding topic-definition records.
+pub const TOPIC_LOG: &str = "%SYS%TOPICS";
+/// Prefix of every topic the broker keeps for itself.
+pub const SYSTEM_PREFIX: &str = "%SYS%";
+/// Record flag marking broker metadata (not a client message).
+pub const FLAG_META: u32 = 1 << 31;
+
+/// What kind of messages a topic takes; mirrors `apache.rocketmq.v2.MessageType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TopicType {
+    /// Plain messages.
+    Normal,
+    /// Ordered per message group.
+    Fifo,
+    /// Delivered at a timestamp.
+    Delay,
+    /// Two-phase transactional messages.
+    Transaction,
+}
+
+impl TopicType {
+    /// Parses `NORMAL`, `FIFO`, `DELAY`, `TRANSACTION` (any case).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_uppercase().as_str() {
+            "NORMAL" => Some(Self::Normal),
+            "FIFO" => Some(Self::Fifo),
+            "DELAY" => Some(Self::Delay),
+            "TRANSACTION" => Some(Self::Transaction),
+            _ => None,
+        }
+    }
+
+    /// Upper-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "NORMAL",
+            Self::Fifo => "FIFO",
+            Self::Delay => "DELAY",
+            Self::Transaction => "TRANSACTION",
+        }
+    }
+}
+
+/// Read permission bit.
+pub const PERM_READ: u32 = 0b100;
+/// Write permission bit.
+pub const PERM_WRITE: u32 = 0b010;
+
+/// One topic as this broker group serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConfig {
+    /// Topic name.
+    pub name: String,
+    /// Number of queues, ids `0..queue_count`.
+    pub queue_count: u32,
+    /// Message type the topic takes.
+    pub topic_type: TopicType,
+    /// `PERM_READ | PERM_WRITE` bits.
+    pub perm: u32,
+}
+
+impl TopicConfig {
+    /// Whether producers may send to it.
+    pub fn writable(&self) -> bool {
+        self.perm & PERM_WRITE != 0
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+enum TopicOp {
+    Put(TopicConfig),
+    Delete { name: String },
+}
+
+/// The live topic table, rebuilt from the log.
+#[derive(Clone)]
+pub struct Topics {
+    store: Store,
+    table: Arc<RwLock<BTreeMap<String, TopicConfig>>>,
+}
+
+impl Topics {
+    /// Replays every topic record in `store`.
+    pub fn load(store: Store) -> Result<Self, BrokerError> {
+        let mut table = BTreeMap::new();
+        let mut next = store.queue_offsets(TOPIC_LOG, 0).0;
+        loop {
+            let batch = store.read_queue(TOPIC_LOG, 0, next, 256, 4 << 20)?;
+            if batch.is_empty() {
+                break;
+            }
+            for rec in &batch {
+                next = rec.queue_offset + 1;
+                match serde_json::from_slice::<TopicOp>(&rec.body) {
+                    Ok(TopicOp::Put(cfg)) => {
+                        table.insert(cfg.name.clone(), cfg);
+                    }
+                    Ok(TopicOp::Delete { name }) => {
+                        table.remove(&name);
+                    }
+                    Err(e) => {
+                        return Err(BrokerError::Internal(format!(
+                            "topic record at log offset {} is unreadable: {e}",
+                            rec.log_offset
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            store,
+            table: Arc::new(RwLock::new(table)),
+        })
+    }
+
+    /// A topic by name.
+    pub fn get(&self, name: &str) -> Option<TopicConfig> {
+        self.table.read().get(name).cloned()
+    }
+
+    /// Every topic, by name.
+    pub fn list(&self) -> Vec<TopicConfig> {
+        self.table.read().values().cloned().collect()
+    }
+
+    /// Creates or updates a topic; durable (through the log) before it returns.
+    pub async fn put(&self, cfg: TopicConfig) -> Result<(), BrokerError> {
+        self.write(&TopicOp::Put(cfg.clone())).await?;
+        self.table.write().insert(cfg.name.clone(), cfg);
+        Ok(())
+    }
+
+    /// Deletes a topic; returns false when it did not exist.
+    pub async fn delete(&self, name: &str) -> Result<bool, BrokerError> {
+        if self.get(name).is_none() {
+            return Ok(false);
+        }
+        self.write(&TopicOp::Delete {
+            name: name.to_string(),
+        })
+        .await?;
+        self.table.write().remove(name);
+        Ok(true)
+    }
+
+    async fn write(&self, op: &TopicOp) -> Result<(), BrokerError> {
+        let body = serde_json::to_vec(op).map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let rec = NewRecord {
+            topic: TOPIC_LOG.to_string(),
+            queue_id: 0,
+            flags: FLAG_META,
+            tag: String::new(),
+            born_ts_ms: now_ms(),
+            properties: Vec::new(),
+            body: Bytes::from(body),
+        };
+        self.store.append(vec![rec]).await?;
+        Ok(())
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

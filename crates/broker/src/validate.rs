@@ -1,0 +1,320 @@
+//! Message validation: everything is checked before anything is stored, and
+//! each rule fails with its own wire code and a message naming the problem.
+
+use sofamq_proto::v2::{Message, MessageType};
+
+use crate::config::Limits;
+use crate::error::BrokerError;
+use crate::topics::{SYSTEM_PREFIX, TopicConfig, TopicType};
+
+/// Property keys the broker itself writes into stored records.
+pub mod keys {
+    /// Client message id.
+    pub const MSG_ID: &str = "__MSGID";
+    /// Message keys, joined by [`KEY_SEP`].
+    pub const KEYS: &str = "__KEYS";
+    /// FIFO message group.
+    pub const GROUP: &str = "__GROUP";
+    /// Delivery time, epoch millis (DELAY messages).
+    pub const DELIVER_AT: &str = "__DELIVER_AT";
+    /// Producer host.
+    pub const BORN_HOST: &str = "__BORN_HOST";
+    /// Message type number (`apache.rocketmq.v2.MessageType`).
+    pub const TYPE: &str = "__TYPE";
+    /// Body encoding number.
+    pub const ENCODING: &str = "__ENC";
+    /// Trace context.
+    pub const TRACE: &str = "__TRACE";
+    /// Separator between keys; a control character, so no valid key contains it.
+    pub const KEY_SEP: char = '\u{1}';
+}
+
+/// Property names RocketMQ reserves for its own use; users may not set them.
+const RESERVED: &[&str] = &[
+    "KEYS",
+    "TAGS",
+    "WAIT",
+    "DELAY",
+    "RETRY_TOPIC",
+    "REAL_TOPIC",
+    "REAL_QID",
+    "TRAN_MSG",
+    "PGROUP",
+    "MIN_OFFSET",
+    "MAX_OFFSET",
+    "UNIQ_KEY",
+    "ORIGIN_MESSAGE_ID",
+    "RECONSUME_TIME",
+    "MAX_RECONSUME_TIMES",
+    "CONSUME_START_TIME",
+    "__STARTDELIVERTIME",
+    "TIMER_DELIVER_MS",
+    "TIMER_DELAY_SEC",
+    "SHARDING_KEY",
+];
+
+/// Checks a topic or group name: non-empty, at most `max` bytes, `[%A-Za-z0-9_-]`.
+pub fn check_name(name: &str, max: usize) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("name is empty".into());
+    }
+    if name.len() > max {
+        return Err(format!("name is {} bytes, the limit is {max}", name.len()));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '%' | '_' | '-')))
+    {
+        return Err(format!(
+            "'{name}' contains {c:?}; allowed are letters, digits, '%', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a topic name a user may create or send to.
+pub fn check_topic_name(name: &str, limits: &Limits) -> Result<(), BrokerError> {
+    check_name(name, limits.max_name_bytes).map_err(BrokerError::IllegalTopic)?;
+    if name.starts_with(SYSTEM_PREFIX) {
+        return Err(BrokerError::IllegalTopic(format!(
+            "'{name}' uses the reserved prefix {SYSTEM_PREFIX}"
+        )));
+    }
+    Ok(())
+}
+
+fn has_control_or_blank(s: &str) -> bool {
+    s.trim().is_empty() || s.chars().any(char::is_control)
+}
+
+/// The validated, normalised content of one message, ready to store.
+#[derive(Debug)]
+pub struct Checked {
+    /// Type after inference from the message's properties.
+    pub message_type: MessageType,
+    /// FIFO group, when present.
+    pub message_group: Option<String>,
+    /// Tag (empty when none).
+    pub tag: String,
+    /// Record properties (system keys from [`keys`] plus user properties).
+    pub properties: Vec<(String, String)>,
+    /// Client message id.
+    pub message_id: String,
+}
+
+/// Validates `msg` against `topic` and `limits`.
+pub fn check_message(
+    msg: &Message,
+    topic: &TopicConfig,
+    limits: &Limits,
+) -> Result<Checked, BrokerError> {
+    if !topic.writable() {
+        return Err(BrokerError::Forbidden(format!(
+            "topic '{}' is not writable",
+            topic.name
+        )));
+    }
+    if msg.body.is_empty() {
+        return Err(BrokerError::BodyEmpty);
+    }
+    if msg.body.len() > limits.max_body_bytes {
+        return Err(BrokerError::BodyTooLarge(format!(
+            "body is {} bytes, the limit is {}",
+            msg.body.len(),
+            limits.max_body_bytes
+        )));
+    }
+    let sys = msg
+        .system_properties
+        .as_ref()
+        .ok_or_else(|| BrokerError::BadRequest("system_properties missing".into()))?;
+
+    let message_id = sys.message_id.clone();
+    if message_id.is_empty()
+        || message_id.len() > 128
+        || !message_id.chars().all(|c| c.is_ascii_graphic())
+    {
+        return Err(BrokerError::IllegalMessageId(format!(
+            "message_id {message_id:?} must be 1..=128 printable ASCII characters"
+        )));
+    }
+
+    let tag = match &sys.tag {
+        None => String::new(),
+        Some(t) => {
+            if has_control_or_blank(t) {
+                return Err(BrokerError::IllegalTag(
+                    "tag is blank or contains control characters".into(),
+                ));
+            }
+            if t.contains('|') {
+                return Err(BrokerError::IllegalTag(format!(
+                    "tag {t:?} contains '|', which is reserved for filter expressions"
+                )));
+            }
+            if t.len() > limits.max_tag_bytes {
+                return Err(BrokerError::IllegalTag(format!(
+                    "tag is {} bytes, the limit is {}",
+                    t.len(),
+                    limits.max_tag_bytes
+                )));
+            }
+            t.clone()
+        }
+    };
+
+    if sys.keys.len() > limits.max_key_count {
+        return Err(BrokerError::IllegalKey(format!(
+            "{} keys, the limit is {}",
+            sys.keys.len(),
+            limits.max_key_count
+        )));
+    }
+    for k in &sys.keys {
+        if has_control_or_blank(k) || k.len() > limits.max_key_bytes {
+            return Err(BrokerError::IllegalKey(format!(
+                "key {k:?} is blank, has control characters or exceeds {} bytes",
+                limits.max_key_bytes
+            )));
+        }
+    }
+
+    let message_group = match &sys.message_group {
+        None => None,
+        Some(g) if has_control_or_blank(g) || g.len() > limits.max_name_bytes => {
+            return Err(BrokerError::IllegalMessageGroup(format!(
+                "message group {g:?} is blank, has control characters or exceeds {} bytes",
+                limits.max_name_bytes
+            )));
+        }
+        Some(g) => Some(g.clone()),
+    };
+
+    if msg.user_properties.len() > limits.max_property_count {
+        return Err(BrokerError::PropertiesTooLarge(format!(
+            "{} properties, the limit is {}",
+            msg.user_properties.len(),
+            limits.max_property_count
+        )));
+    }
+    let mut prop_bytes = 0usize;
+    for (k, v) in &msg.user_properties {
+        if k.is_empty() || k.chars().any(char::is_control) {
+            return Err(BrokerError::IllegalPropertyKey(format!(
+                "property key {k:?} is empty or has control characters"
+            )));
+        }
+        if k.starts_with("__") || RESERVED.contains(&k.as_str()) {
+            return Err(BrokerError::IllegalPropertyKey(format!(
+                "property key {k:?} is reserved"
+            )));
+        }
+        prop_bytes += k.len() + v.len();
+    }
+    if prop_bytes > limits.max_properties_bytes {
+        return Err(BrokerError::PropertiesTooLarge(format!(
+            "properties take {prop_bytes} bytes, the limit is {}",
+            limits.max_properties_bytes
+        )));
+    }
+
+    let deliver_at_ms = sys
+        .delivery_timestamp
+        .as_ref()
+        .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000));
+    if let Some(ms) = deliver_at_ms
+        && ms < 0
+    {
+        return Err(BrokerError::IllegalDeliveryTime(format!(
+            "delivery timestamp {ms} ms is negative"
+        )));
+    }
+
+    let declared = MessageType::try_from(sys.message_type).unwrap_or(MessageType::Unspecified);
+    let inferred = if message_group.is_some() {
+        MessageType::Fifo
+    } else if deliver_at_ms.is_some() {
+        MessageType::Delay
+    } else {
+        MessageType::Normal
+    };
+    let message_type = match declared {
+        MessageType::Unspecified => inferred,
+        other => other,
+    };
+    let expected = match topic.topic_type {
+        TopicType::Normal => MessageType::Normal,
+        TopicType::Fifo => MessageType::Fifo,
+        TopicType::Delay => MessageType::Delay,
+        TopicType::Transaction => MessageType::Transaction,
+    };
+    if message_type != expected {
+        return Err(BrokerError::MessageTypeMismatch(format!(
+            "topic '{}' is {} but the message is {}",
+            topic.name,
+            topic.topic_type.as_str(),
+            message_type.as_str_name()
+        )));
+    }
+    if message_type == MessageType::Fifo && message_group.is_none() {
+        return Err(BrokerError::MessageTypeMismatch(
+            "a FIFO message needs a message_group".into(),
+        ));
+    }
+    if message_type == MessageType::Delay && deliver_at_ms.is_none() {
+        return Err(BrokerError::MessageTypeMismatch(
+            "a DELAY message needs a delivery_timestamp".into(),
+        ));
+    }
+
+    let mut properties = Vec::with_capacity(msg.user_properties.len() + 6);
+    properties.push((keys::MSG_ID.to_string(), message_id.clone()));
+    properties.push((keys::TYPE.to_string(), (message_type as i32).to_string()));
+    if !sys.keys.is_empty() {
+        properties.push((
+            keys::KEYS.to_string(),
+            sys.keys.join(&keys::KEY_SEP.to_string()),
+        ));
+    }
+    if let Some(g) = &message_group {
+        properties.push((keys::GROUP.to_string(), g.clone()));
+    }
+    if let Some(ms) = deliver_at_ms {
+        properties.push((keys::DELIVER_AT.to_string(), ms.to_string()));
+    }
+    if !sys.born_host.is_empty() {
+        properties.push((keys::BORN_HOST.to_string(), truncate(&sys.born_host, 255)));
+    }
+    if sys.body_encoding != 0 {
+        properties.push((keys::ENCODING.to_string(), sys.body_encoding.to_string()));
+    }
+    if let Some(t) = &sys.trace_context {
+        properties.push((keys::TRACE.to_string(), truncate(t, 1024)));
+    }
+    let mut user: Vec<_> = msg
+        .user_properties
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    user.sort();
+    properties.extend(user);
+
+    Ok(Checked {
+        message_type,
+        message_group,
+        tag,
+        properties,
+        message_id,
+    })
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}

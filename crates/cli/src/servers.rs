@@ -1,0 +1,151 @@
+//! `sofamq namesrv` and `sofamq broker`: each part as its own process. A TOML
+//! file (`--config`) gives the settings; flags and `SOFAMQ_*` env vars override.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use sofamq_broker::BrokerConfig;
+use sofamq_namesrv::NamesrvConfig;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::shutdown::Shutdown;
+
+/// Options of `sofamq namesrv`.
+#[derive(clap::Args, Debug)]
+pub struct NamesrvArgs {
+    /// TOML configuration file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (port 0 picks a free port; the ready line says which).
+    #[arg(long, env = "SOFAMQ_NAMESRV_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Drop a broker from routes after this long without a heartbeat.
+    #[arg(long)]
+    pub broker_expiry_ms: Option<u64>,
+}
+
+/// Options of `sofamq broker`.
+#[derive(clap::Args, Debug)]
+pub struct BrokerArgs {
+    /// TOML configuration file (see README for the keys).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Client gRPC listen address (port 0 picks a free port).
+    #[arg(long, env = "SOFAMQ_BROKER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// NameServer addresses, comma separated.
+    #[arg(long, value_delimiter = ',', env = "SOFAMQ_NAMESRV")]
+    pub namesrv: Option<Vec<String>>,
+    /// Data directory.
+    #[arg(long, env = "SOFAMQ_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Broker group name.
+    #[arg(long)]
+    pub broker_name: Option<String>,
+    /// Broker id (0 = master).
+    #[arg(long)]
+    pub broker_id: Option<u64>,
+    /// Heartbeat (re-registration) interval.
+    #[arg(long)]
+    pub heartbeat_ms: Option<u64>,
+    /// Topic to create at start: NAME[:QUEUES[:TYPE]]. Repeatable.
+    #[arg(long = "topic")]
+    pub topics: Vec<String>,
+}
+
+fn read_toml<T: serde::de::DeserializeOwned + Default>(
+    path: Option<&PathBuf>,
+) -> anyhow::Result<T> {
+    match path {
+        None => Ok(T::default()),
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+        }
+    }
+}
+
+/// Runs a NameServer until Ctrl-C / SIGTERM.
+pub async fn namesrv(args: NamesrvArgs) -> anyhow::Result<()> {
+    let mut cfg: NamesrvConfig = read_toml(args.config.as_ref())?;
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(e) = args.broker_expiry_ms {
+        cfg.broker_expiry_ms = e;
+    }
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let bound = listener.local_addr()?;
+    let shutdown = Shutdown::from_signals();
+    let task = tokio::spawn(sofamq_namesrv::run(listener, cfg, shutdown.wait()));
+    println!("namesrv ready on {bound}");
+    task.await.context("namesrv task")??;
+    Ok(())
+}
+
+/// Builds the broker configuration from file, then flags.
+pub fn broker_config(args: &BrokerArgs) -> anyhow::Result<BrokerConfig> {
+    let mut cfg: BrokerConfig = read_toml(args.config.as_ref())?;
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(n) = &args.namesrv {
+        cfg.namesrv = n.clone();
+    }
+    if let Some(d) = &args.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    if let Some(n) = &args.broker_name {
+        cfg.broker_name = n.clone();
+    }
+    if let Some(i) = args.broker_id {
+        cfg.broker_id = i;
+    }
+    if let Some(h) = args.heartbeat_ms {
+        cfg.heartbeat_interval_ms = h;
+    }
+    Ok(cfg)
+}
+
+/// Runs a broker until Ctrl-C / SIGTERM.
+pub async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
+    let cfg = broker_config(&args)?;
+    let topics: Vec<_> = args
+        .topics
+        .iter()
+        .map(|t| crate::standalone::parse_topic(t))
+        .collect::<anyhow::Result<_>>()?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let bound = listener.local_addr()?;
+    let name = cfg.broker_name.clone();
+    let broker = sofamq_broker::server::open(cfg).await?;
+    for (t, q, ty) in &topics {
+        broker
+            .create_topic(t, *q, *ty)
+            .await
+            .with_context(|| format!("creating topic {t}"))?;
+    }
+    let shutdown = Shutdown::from_signals();
+    let (reg_tx, mut reg_rx) = watch::channel(false);
+    let mut task = tokio::spawn(sofamq_broker::server::serve(
+        broker,
+        listener,
+        shutdown.wait(),
+        Some(reg_tx),
+    ));
+    // Ready once a NameServer knows us, so clients can route to this broker.
+    tokio::select! {
+        r = reg_rx.wait_for(|r| *r) => { r.context("broker stopped before registering")?; }
+        r = &mut task => { r.context("broker task")??; anyhow::bail!("broker stopped"); }
+    }
+    println!("broker {name} ready on {bound}");
+    task.await.context("broker task")??;
+    Ok(())
+}

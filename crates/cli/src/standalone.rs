@@ -1,0 +1,164 @@
+//! `sofamq standalone`: a whole local cluster in one process — a NameServer
+//! and the broker group `broker-a` — on consecutive ports from `--port-base`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use sofamq_broker::topics::TopicType;
+use sofamq_broker::{BrokerConfig, FlushMode};
+use sofamq_namesrv::NamesrvConfig;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::shutdown::Shutdown;
+
+/// Port layout relative to `--port-base`.
+pub mod ports {
+    /// NameServer (the client access point).
+    pub const NAMESRV: u16 = 0;
+    /// broker-a master, client gRPC.
+    pub const BROKER_A_MASTER: u16 = 1;
+}
+
+/// Options of `sofamq standalone`.
+#[derive(clap::Args, Debug)]
+pub struct StandaloneArgs {
+    /// Directory for every node's data.
+    #[arg(long, default_value = "data/standalone", env = "SOFAMQ_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// First port; the NameServer (client access point) listens here, the
+    /// broker on the next ones.
+    #[arg(long, default_value_t = 9876, env = "SOFAMQ_PORT_BASE")]
+    pub port_base: u16,
+    /// Topic to create at start: NAME or NAME:QUEUES or NAME:QUEUES:TYPE
+    /// (TYPE = NORMAL, FIFO, DELAY, TRANSACTION). Repeatable.
+    #[arg(long = "topic")]
+    pub topics: Vec<String>,
+    /// Flush mode of the brokers: sync (fsync before ack) or async.
+    #[arg(long, default_value = "sync", value_parser = parse_flush)]
+    pub flush: FlushMode,
+}
+
+fn parse_flush(s: &str) -> Result<FlushMode, String> {
+    match s {
+        "sync" => Ok(FlushMode::Sync),
+        "async" => Ok(FlushMode::Async),
+        _ => Err(format!("flush mode must be sync or async, not {s:?}")),
+    }
+}
+
+/// Parses `NAME[:QUEUES[:TYPE]]`.
+pub fn parse_topic(spec: &str) -> anyhow::Result<(String, u32, TopicType)> {
+    let mut parts = spec.split(':');
+    let name = parts.next().unwrap_or_default().to_string();
+    let queues = match parts.next() {
+        Some(q) => q
+            .parse()
+            .with_context(|| format!("queue count in {spec:?}"))?,
+        None => 0,
+    };
+    let ty = match parts.next() {
+        Some(t) => TopicType::parse(t).with_context(|| format!("topic type in {spec:?}"))?,
+        None => TopicType::Normal,
+    };
+    anyhow::ensure!(
+        parts.next().is_none(),
+        "topic spec {spec:?} has too many ':' parts"
+    );
+    Ok((name, queues, ty))
+}
+
+fn addr(base: u16, offset: u16) -> anyhow::Result<SocketAddr> {
+    let port = base
+        .checked_add(offset)
+        .context("--port-base too high for the port layout")?;
+    Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+async fn bind(a: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(a)
+        .await
+        .with_context(|| format!("binding {what} on {a}"))
+}
+
+/// Runs the local cluster until Ctrl-C / SIGTERM.
+pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
+    let shutdown = Shutdown::from_signals();
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let topics: Vec<_> = args
+        .topics
+        .iter()
+        .map(|t| parse_topic(t))
+        .collect::<anyhow::Result<_>>()?;
+
+    let ns_addr = addr(args.port_base, ports::NAMESRV)?;
+    let ns_listener = bind(ns_addr, "namesrv").await?;
+    let ns_cfg = NamesrvConfig {
+        listen: ns_addr,
+        ..Default::default()
+    };
+    let ns_task = tokio::spawn(sofamq_namesrv::run(ns_listener, ns_cfg, shutdown.wait()));
+
+    let b_addr = addr(args.port_base, ports::BROKER_A_MASTER)?;
+    let b_listener = bind(b_addr, "broker-a").await?;
+    let b_cfg = BrokerConfig {
+        broker_name: "broker-a".into(),
+        broker_id: 0,
+        listen: b_addr,
+        namesrv: vec![ns_addr.to_string()],
+        data_dir: args.data_dir.join("broker-a-0"),
+        flush: args.flush,
+        ..Default::default()
+    };
+    let broker = sofamq_broker::server::open(b_cfg).await?;
+    for (name, queues, ty) in &topics {
+        broker
+            .create_topic(name, *queues, *ty)
+            .await
+            .with_context(|| format!("creating topic {name}"))?;
+    }
+    let (reg_tx, mut reg_rx) = watch::channel(false);
+    let b_task = tokio::spawn(sofamq_broker::server::serve(
+        broker,
+        b_listener,
+        shutdown.wait(),
+        Some(reg_tx),
+    ));
+
+    tokio::select! {
+        r = reg_rx.wait_for(|r| *r) => { r.context("broker stopped before registering")?; }
+        _ = tokio::time::sleep(Duration::from_secs(30)) => anyhow::bail!("broker did not register with the namesrv within 30 s"),
+    }
+    println!(
+        "sofamq standalone ready: access point {ns_addr} (broker-a master {b_addr}, data {})",
+        args.data_dir.display()
+    );
+
+    shutdown.wait().await;
+    tracing::info!("stopping");
+    b_task.await.context("broker task")??;
+    ns_task.await.context("namesrv task")??;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_specs() {
+        assert_eq!(
+            parse_topic("t").unwrap(),
+            ("t".into(), 0, TopicType::Normal)
+        );
+        assert_eq!(
+            parse_topic("t:4:fifo").unwrap(),
+            ("t".into(), 4, TopicType::Fifo)
+        );
+        assert!(parse_topic("t:x").is_err());
+        assert!(parse_topic("t:1:NOPE").is_err());
+    }
+}

@@ -1,0 +1,198 @@
+//! `sofamq topic ...`: create, update, delete and list topics on every master
+//! a NameServer knows (or on one broker given with `--broker-addr`).
+
+use anyhow::{Context, bail};
+use sofamq_broker::topics::TopicType;
+use sofamq_proto::admin::broker_admin_client::BrokerAdminClient;
+use sofamq_proto::admin::{CreateTopicRequest, DeleteTopicRequest, ListTopicsRequest, TopicSpec};
+use sofamq_proto::namesrv::ListBrokersRequest;
+use sofamq_proto::namesrv::name_server_admin_client::NameServerAdminClient;
+use sofamq_proto::v2::{Code, MessageType};
+use tonic::transport::Channel;
+
+/// `sofamq topic` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum TopicCmd {
+    /// Create (or update) a topic on every master.
+    Create {
+        /// Topic name.
+        name: String,
+        /// Number of queues per broker group (0 = the broker's default).
+        #[arg(long, default_value_t = 8)]
+        queues: u32,
+        /// NORMAL, FIFO, DELAY or TRANSACTION.
+        #[arg(long = "type", default_value = "NORMAL")]
+        topic_type: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete a topic from every master.
+    Delete {
+        /// Topic name.
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List topics with their queues' offsets.
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which brokers a topic command addresses.
+#[derive(clap::Args, Debug)]
+pub struct Target {
+    /// NameServer address; the command goes to every master it lists.
+    #[arg(long, default_value = "127.0.0.1:9876", env = "SOFAMQ_ACCESS_POINT")]
+    pub access_point: String,
+    /// Talk to this broker's gRPC address directly instead.
+    #[arg(long)]
+    pub broker_addr: Option<String>,
+}
+
+async fn channel(addr: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(format!("http://{addr}"))?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(10))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {addr}"))
+}
+
+/// (broker name, gRPC address) of every master the target names.
+async fn masters(t: &Target) -> anyhow::Result<Vec<(String, String)>> {
+    if let Some(a) = &t.broker_addr {
+        return Ok(vec![(a.clone(), a.clone())]);
+    }
+    let mut ns = NameServerAdminClient::new(channel(&t.access_point).await?);
+    let groups = ns
+        .list_brokers(ListBrokersRequest::default())
+        .await
+        .context("ListBrokers")?
+        .into_inner()
+        .groups;
+    let out: Vec<_> = groups
+        .iter()
+        .filter_map(|g| {
+            g.members
+                .iter()
+                .find(|m| m.broker_id == 0)
+                .map(|m| (g.broker_name.clone(), m.grpc_endpoint.clone()))
+        })
+        .collect();
+    if out.is_empty() {
+        bail!("no master broker is registered with {}", t.access_point);
+    }
+    Ok(out)
+}
+
+fn check(status: Option<sofamq_proto::v2::Status>, what: &str) -> anyhow::Result<()> {
+    let s = status.unwrap_or_default();
+    if s.code != Code::Ok as i32 {
+        bail!("{what}: code {} ({})", s.code, s.message);
+    }
+    Ok(())
+}
+
+/// Runs a topic subcommand.
+pub async fn run(cmd: TopicCmd) -> anyhow::Result<()> {
+    match cmd {
+        TopicCmd::Create {
+            name,
+            queues,
+            topic_type,
+            target,
+        } => {
+            let ty = TopicType::parse(&topic_type)
+                .with_context(|| format!("unknown topic type {topic_type:?}"))?;
+            let mt = match ty {
+                TopicType::Normal => MessageType::Normal,
+                TopicType::Fifo => MessageType::Fifo,
+                TopicType::Delay => MessageType::Delay,
+                TopicType::Transaction => MessageType::Transaction,
+            };
+            for (broker, addr) in masters(&target).await? {
+                let mut c = BrokerAdminClient::new(channel(&addr).await?);
+                let r = c
+                    .create_topic(CreateTopicRequest {
+                        topic: Some(TopicSpec {
+                            name: name.clone(),
+                            queue_count: queues,
+                            message_type: mt as i32,
+                            perm: 0,
+                        }),
+                    })
+                    .await?
+                    .into_inner();
+                check(r.status, &format!("create {name} on {broker}"))?;
+                let spec = r.topic.unwrap_or_default();
+                println!(
+                    "created {} on {broker}: {} queues, {}",
+                    spec.name,
+                    spec.queue_count,
+                    ty.as_str()
+                );
+            }
+        }
+        TopicCmd::Delete { name, target } => {
+            for (broker, addr) in masters(&target).await? {
+                let mut c = BrokerAdminClient::new(channel(&addr).await?);
+                let r = c
+                    .delete_topic(DeleteTopicRequest { name: name.clone() })
+                    .await?
+                    .into_inner();
+                check(r.status, &format!("delete {name} on {broker}"))?;
+                println!(
+                    "{} {name} on {broker}",
+                    if r.existed {
+                        "deleted"
+                    } else {
+                        "no such topic"
+                    }
+                );
+            }
+        }
+        TopicCmd::List { target, json } => {
+            let mut rows = Vec::new();
+            for (broker, addr) in masters(&target).await? {
+                let mut c = BrokerAdminClient::new(channel(&addr).await?);
+                let r = c.list_topics(ListTopicsRequest {}).await?.into_inner();
+                check(r.status, &format!("list on {broker}"))?;
+                for t in r.topics {
+                    let spec = t.spec.unwrap_or_default();
+                    let messages: u64 = t.queues.iter().map(|q| q.max_offset - q.min_offset).sum();
+                    rows.push(serde_json::json!({
+                        "broker": broker,
+                        "topic": spec.name,
+                        "queues": spec.queue_count,
+                        "type": MessageType::try_from(spec.message_type).map(|m| m.as_str_name()).unwrap_or("?"),
+                        "messages": messages,
+                    }));
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<12} {:<32} {:>6} {:<12} {:>12}",
+                    "BROKER", "TOPIC", "QUEUES", "TYPE", "MESSAGES"
+                );
+                for r in rows {
+                    println!(
+                        "{:<12} {:<32} {:>6} {:<12} {:>12}",
+                        r["broker"].as_str().unwrap_or(""),
+                        r["topic"].as_str().unwrap_or(""),
+                        r["queues"],
+                        r["type"].as_str().unwrap_or(""),
+                        r["messages"]
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}

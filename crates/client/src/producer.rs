@@ -1,0 +1,483 @@
+//! The producer: routes, broker selection, coalesced sending and retries.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sofamq_proto::v2::{self, SendResultEntry};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::ProducerConfig;
+use crate::connection::Channels;
+use crate::error::{BatchSendError, ClientError, FailureKind, SendError};
+use crate::headers::{RequestHeaders, host_name};
+use crate::id::{MessageIdGenerator, random_u64};
+use crate::message::{Message, SendReceipt};
+use crate::retry::{self, AttemptError};
+use crate::routes::RouteCache;
+use crate::selector;
+use crate::sender::{BrokerHandle, EntryResult, Senders, shutdown_signal};
+
+/// Metric: sends that finally failed (label `topic`).
+pub const METRIC_SEND_FAILURES: &str = "sofamq_client_send_failures_total";
+/// Metric: retried send attempts (label `topic`).
+pub const METRIC_SEND_RETRIES: &str = "sofamq_client_send_retries_total";
+
+/// Publishes messages to SofaMQ (or any RocketMQ 5 gRPC endpoint).
+///
+/// Cheap to clone (an `Arc` inside) and safe to use from many tasks at once;
+/// concurrent sends to the same broker are coalesced into shared requests.
+/// Must be used inside a Tokio runtime.
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("client_id", &self.inner.client_id)
+            .field("access_points", &self.inner.config.access_points)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: ProducerConfig,
+    client_id: String,
+    born_host: String,
+    ids: MessageIdGenerator,
+    routes: Arc<RouteCache>,
+    senders: Arc<Senders>,
+    shutdown: watch::Sender<bool>,
+    refresher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Stops the background tasks when the last Producer clone goes away.
+        self.shutdown.send_replace(true);
+    }
+}
+
+/// A message ready to go: validated, with its id and wire form.
+struct Prepared {
+    topic: String,
+    message_id: String,
+    proto: v2::Message,
+    group_hash: Option<u64>,
+}
+
+/// The outcome of one attempt.
+struct Attempt {
+    broker: Option<Arc<BrokerHandle>>,
+    result: EntryResult,
+    /// Whether the route had a master other than `broker`.
+    other_broker: bool,
+}
+
+impl Producer {
+    /// Creates a producer. Connections and routes are set up lazily: the
+    /// first send to a topic asks the access points for its route.
+    pub async fn start(config: ProducerConfig) -> Result<Producer, ClientError> {
+        config.validate()?;
+        let born_host = host_name();
+        let client_id = if config.client_id.is_empty() {
+            format!("{born_host}@{}@{:016X}", std::process::id(), random_u64())
+        } else {
+            config.client_id.clone()
+        };
+        let headers = Arc::new(RequestHeaders::new(&client_id)?);
+        let channels = Arc::new(Channels::new(config.request_timeout));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let senders = Arc::new(Senders::new(
+            &config,
+            channels.clone(),
+            headers.clone(),
+            shutdown_rx.clone(),
+        ));
+        let routes = Arc::new(RouteCache::new(
+            config.access_points.clone(),
+            channels,
+            senders.clone(),
+            headers,
+            config.request_timeout,
+        ));
+        let refresher = tokio::spawn(refresh_routes(
+            routes.clone(),
+            config.route_refresh_interval,
+            shutdown_rx,
+        ));
+        tracing::info!(%client_id, access_points = ?config.access_points, "producer started");
+        Ok(Producer {
+            inner: Arc::new(Inner {
+                config,
+                client_id,
+                born_host,
+                ids: MessageIdGenerator::new(),
+                routes,
+                senders,
+                shutdown,
+                refresher: Mutex::new(Some(refresher)),
+            }),
+        })
+    }
+
+    /// The client id sent with every request.
+    pub fn client_id(&self) -> &str {
+        &self.inner.client_id
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &ProducerConfig {
+        &self.inner.config
+    }
+
+    /// Sends one message and waits until it is durably stored.
+    ///
+    /// Retries retryable failures (with exponential backoff, preferring
+    /// another broker, keeping the same message id) up to
+    /// [`ProducerConfig::max_attempts`]. A final failure is logged at ERROR,
+    /// counted in `sofamq_client_send_failures_total` and reported to the
+    /// alert callback before it is returned.
+    pub async fn send(&self, message: Message) -> Result<SendReceipt, SendError> {
+        let prepared = self.prepare(message)?;
+        self.deliver(prepared, None).await
+    }
+
+    /// Sends several messages at once (they share requests where they go to
+    /// the same broker) and waits for all of them.
+    ///
+    /// Returns the receipts in input order, or a [`BatchSendError`] with every
+    /// message's outcome if any failed (the others are stored).
+    pub async fn send_batch(
+        &self,
+        messages: Vec<Message>,
+    ) -> Result<Vec<SendReceipt>, BatchSendError> {
+        enum First {
+            Rejected(SendError),
+            Queued(
+                Prepared,
+                Arc<BrokerHandle>,
+                bool,
+                oneshot::Receiver<EntryResult>,
+            ),
+            NotQueued(Prepared, Attempt),
+        }
+        enum Outcome {
+            Done(Result<SendReceipt, SendError>),
+            Retrying(JoinHandle<Result<SendReceipt, SendError>>),
+        }
+        // 1. Queue every first attempt before waiting for any, so that the
+        //    batch leaves in as few requests as the limits allow.
+        let mut firsts = Vec::with_capacity(messages.len());
+        for message in messages {
+            firsts.push(match self.prepare(message) {
+                Err(e) => First::Rejected(e),
+                Ok(p) => match self.submit(&p, None).await {
+                    Ok((broker, other, rx)) => First::Queued(p, broker, other, rx),
+                    Err(attempt) => First::NotQueued(p, attempt),
+                },
+            });
+        }
+        // 2. Collect first outcomes; failed messages continue their retries
+        //    in their own task so that the backoffs overlap.
+        let mut outcomes = Vec::with_capacity(firsts.len());
+        for first in firsts {
+            let (p, attempt) = match first {
+                First::Rejected(e) => {
+                    outcomes.push(Outcome::Done(Err(e)));
+                    continue;
+                }
+                First::Queued(p, broker, other_broker, rx) => {
+                    let result = wait(rx).await;
+                    let attempt = Attempt {
+                        broker: Some(broker),
+                        result,
+                        other_broker,
+                    };
+                    (p, attempt)
+                }
+                First::NotQueued(p, attempt) => (p, attempt),
+            };
+            outcomes.push(if attempt.result.is_ok() {
+                Outcome::Done(self.deliver(p, Some(attempt)).await)
+            } else {
+                let this = self.clone();
+                Outcome::Retrying(tokio::spawn(
+                    async move { this.deliver(p, Some(attempt)).await },
+                ))
+            });
+        }
+        // 3. Wait for the retries.
+        let mut results = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            results.push(match outcome {
+                Outcome::Done(r) => r,
+                Outcome::Retrying(h) => h.await.unwrap_or_else(|e| Err(joined(&e))),
+            });
+        }
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        if failed == 0 {
+            return Ok(results.into_iter().map(|r| r.expect("checked")).collect());
+        }
+        let first = results
+            .iter()
+            .find_map(|r| r.as_ref().err().cloned())
+            .expect("checked");
+        Err(BatchSendError {
+            failed,
+            first,
+            results,
+        })
+    }
+
+    /// Sends in the background and calls `callback` with the outcome.
+    /// The returned handle may be awaited or dropped.
+    pub fn send_async<F>(&self, message: Message, callback: F) -> JoinHandle<()>
+    where
+        F: FnOnce(Result<SendReceipt, SendError>) + Send + 'static,
+    {
+        let this = self.clone();
+        tokio::spawn(async move { callback(this.send(message).await) })
+    }
+
+    /// Sends in the background; the handle yields the outcome.
+    pub fn spawn_send(&self, message: Message) -> JoinHandle<Result<SendReceipt, SendError>> {
+        let this = self.clone();
+        tokio::spawn(async move { this.send(message).await })
+    }
+
+    /// Stops the producer: refuses new sends, sends what is already queued,
+    /// waits (bounded by the request timeout) for outstanding requests, and
+    /// stops the background tasks. Affects every clone.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        let refresher = self
+            .inner
+            .refresher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(r) = refresher {
+            r.abort();
+        }
+        self.inner
+            .senders
+            .join(self.inner.config.request_timeout + Duration::from_secs(1))
+            .await;
+        tracing::info!(client_id = %self.inner.client_id, "producer shut down");
+    }
+
+    fn is_shut_down(&self) -> bool {
+        *self.inner.shutdown.borrow()
+    }
+
+    /// Validates the message and assigns its id.
+    fn prepare(&self, message: Message) -> Result<Prepared, SendError> {
+        let message_id = self.inner.ids.next_id();
+        let topic = message.topic.clone();
+        if self.is_shut_down() {
+            return Err(SendError {
+                kind: FailureKind::Shutdown,
+                code: None,
+                message: "producer is shut down".into(),
+                attempts: 0,
+                message_id,
+                topic,
+                broker: None,
+            });
+        }
+        if let Err((code, reason)) = message.validate() {
+            let err = SendError {
+                kind: FailureKind::Invalid,
+                code: Some(code as i32),
+                message: reason,
+                attempts: 0,
+                message_id,
+                topic,
+                broker: None,
+            };
+            self.report(&err);
+            return Err(err);
+        }
+        let group_hash = message.message_group.as_deref().map(selector::group_hash);
+        let proto = message.into_proto(message_id.clone(), &self.inner.born_host);
+        Ok(Prepared {
+            topic,
+            message_id,
+            proto,
+            group_hash,
+        })
+    }
+
+    /// Picks a broker and queues one attempt of `p` on it.
+    async fn submit(
+        &self,
+        p: &Prepared,
+        previous: Option<&BrokerHandle>,
+    ) -> Result<(Arc<BrokerHandle>, bool, oneshot::Receiver<EntryResult>), Attempt> {
+        let failed = |broker, result, other_broker| Attempt {
+            broker,
+            result: Err(result),
+            other_broker,
+        };
+        let route = match self.inner.routes.get(&p.topic).await {
+            Ok(r) => r,
+            Err(e) => return Err(failed(None, e, false)),
+        };
+        let Some(broker) = selector::select(&route, p.group_hash, previous, Instant::now()) else {
+            return Err(failed(
+                None,
+                AttemptError::NoRoute("empty route".into()),
+                false,
+            ));
+        };
+        let other_broker = route.brokers.len() > 1;
+        match broker.submit(p.proto.clone()).await {
+            Ok(rx) => Ok((broker, other_broker, rx)),
+            Err(e) => Err(failed(Some(broker), e, other_broker)),
+        }
+    }
+
+    async fn attempt(&self, p: &Prepared, previous: Option<&BrokerHandle>) -> Attempt {
+        match self.submit(p, previous).await {
+            Ok((broker, other_broker, rx)) => Attempt {
+                broker: Some(broker),
+                result: wait(rx).await,
+                other_broker,
+            },
+            Err(attempt) => attempt,
+        }
+    }
+
+    /// The retry loop. `first` is the outcome of attempt 1 when it was made
+    /// by the caller (batch sends).
+    async fn deliver(
+        &self,
+        p: Prepared,
+        mut first: Option<Attempt>,
+    ) -> Result<SendReceipt, SendError> {
+        let cfg = &self.inner.config;
+        let mut previous: Option<Arc<BrokerHandle>> = None;
+        let mut attempt_no = 0u32;
+        loop {
+            attempt_no += 1;
+            let attempt = match first.take() {
+                Some(a) => a,
+                None => self.attempt(&p, previous.as_deref()).await,
+            };
+            let err = match attempt.result {
+                Ok(entry) => return Ok(receipt(p, entry, attempt.broker.as_deref())),
+                Err(e) => e,
+            };
+            let verdict = retry::classify(&err, attempt.other_broker);
+            let now = Instant::now();
+            if verdict.retry
+                && let Some(b) = &attempt.broker
+            {
+                b.isolate(now, cfg.broker_isolation);
+            }
+            if !verdict.retry || attempt_no >= cfg.max_attempts || self.is_shut_down() {
+                let err = SendError {
+                    kind: err.kind(),
+                    code: err.code(),
+                    message: err.message(),
+                    attempts: attempt_no,
+                    message_id: p.message_id,
+                    topic: p.topic,
+                    broker: attempt.broker.map(|b| b.name.clone()),
+                };
+                self.report(&err);
+                return Err(err);
+            }
+            metrics::counter!(METRIC_SEND_RETRIES, "topic" => p.topic.clone()).increment(1);
+            tracing::warn!(
+                message_id = %p.message_id,
+                topic = %p.topic,
+                attempt = attempt_no,
+                broker = attempt.broker.as_ref().map(|b| b.name.as_str()).unwrap_or("-"),
+                error = ?err,
+                "send attempt failed, retrying"
+            );
+            if verdict.refresh_route
+                && let Err(e) = self.inner.routes.refresh_after(&p.topic, now).await
+            {
+                tracing::debug!(topic = %p.topic, error = ?e, "route refresh after failure failed");
+            }
+            tokio::time::sleep(retry::backoff(cfg, attempt_no, verdict.throttled)).await;
+            previous = attempt.broker;
+        }
+    }
+
+    /// Logs, counts and alerts a final failure (not shutdown refusals).
+    fn report(&self, err: &SendError) {
+        metrics::counter!(METRIC_SEND_FAILURES, "topic" => err.topic.clone()).increment(1);
+        if err.kind == FailureKind::Shutdown {
+            tracing::warn!(message_id = %err.message_id, topic = %err.topic, "send refused: producer shut down");
+            return;
+        }
+        tracing::error!(
+            message_id = %err.message_id,
+            topic = %err.topic,
+            attempts = err.attempts,
+            code = ?err.code,
+            kind = %err.kind,
+            broker = err.broker.as_deref().unwrap_or("-"),
+            reason = %err.message,
+            "send failed"
+        );
+        if let Some(alert) = &self.inner.config.alert {
+            let call = std::panic::AssertUnwindSafe(|| alert(err));
+            if std::panic::catch_unwind(call).is_err() {
+                tracing::error!(message_id = %err.message_id, "send failure alert callback panicked");
+            }
+        }
+    }
+}
+
+fn receipt(p: Prepared, entry: SendResultEntry, broker: Option<&BrokerHandle>) -> SendReceipt {
+    SendReceipt {
+        message_id: if entry.message_id.is_empty() {
+            p.message_id
+        } else {
+            entry.message_id
+        },
+        topic: p.topic,
+        queue_offset: entry.offset,
+        broker: broker.map(|b| b.name.clone()).unwrap_or_default(),
+    }
+}
+
+async fn wait(rx: oneshot::Receiver<EntryResult>) -> EntryResult {
+    rx.await
+        .unwrap_or_else(|_| Err(AttemptError::Transport("request abandoned".into())))
+}
+
+fn joined(e: &tokio::task::JoinError) -> SendError {
+    SendError {
+        kind: FailureKind::Shutdown,
+        code: None,
+        message: format!("send task ended: {e}"),
+        attempts: 0,
+        message_id: String::new(),
+        topic: String::new(),
+        broker: None,
+    }
+}
+
+/// Refreshes every cached route each `interval` until shutdown.
+async fn refresh_routes(
+    routes: Arc<RouteCache>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => routes.refresh_all().await,
+            () = shutdown_signal(&mut shutdown) => break,
+        }
+    }
+}

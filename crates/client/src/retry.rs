@@ -1,0 +1,199 @@
+//! Which failures are retried, and how long to wait before the next attempt.
+
+use std::time::Duration;
+
+use sofamq_proto::v2::Code;
+
+use crate::config::ProducerConfig;
+use crate::error::FailureKind;
+
+/// Why one attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AttemptError {
+    /// Connection failure or gRPC framework error.
+    Transport(String),
+    /// No answer within the request timeout.
+    Timeout,
+    /// The server answered with a non-OK status.
+    Status { code: i32, message: String },
+    /// No usable route (every access point failed, or no writable master).
+    NoRoute(String),
+    /// The producer is shutting down.
+    Closed,
+}
+
+impl AttemptError {
+    pub(crate) fn kind(&self) -> FailureKind {
+        match self {
+            AttemptError::Transport(_) => FailureKind::Transport,
+            AttemptError::Timeout => FailureKind::Timeout,
+            AttemptError::Status { .. } => FailureKind::Status,
+            AttemptError::NoRoute(_) => FailureKind::Route,
+            AttemptError::Closed => FailureKind::Shutdown,
+        }
+    }
+
+    pub(crate) fn code(&self) -> Option<i32> {
+        match self {
+            AttemptError::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn message(&self) -> String {
+        match self {
+            AttemptError::Transport(m) | AttemptError::NoRoute(m) => m.clone(),
+            AttemptError::Timeout => "request timed out".into(),
+            AttemptError::Status { message, .. } => message.clone(),
+            AttemptError::Closed => "producer is shut down".into(),
+        }
+    }
+}
+
+/// What to do after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    /// Another attempt may succeed.
+    pub retry: bool,
+    /// The route may be stale: refresh it before the next attempt.
+    pub refresh_route: bool,
+    /// The server asked us to slow down: back off longer.
+    pub throttled: bool,
+}
+
+const FAIL: Verdict = Verdict {
+    retry: false,
+    refresh_route: false,
+    throttled: false,
+};
+
+/// Classifies a failed attempt. `other_broker` tells whether the topic's route
+/// has a master other than the one that failed (TOPIC_NOT_FOUND is then taken
+/// as a stale route rather than a missing topic).
+pub(crate) fn classify(err: &AttemptError, other_broker: bool) -> Verdict {
+    let retry = |refresh_route, throttled| Verdict {
+        retry: true,
+        refresh_route,
+        throttled,
+    };
+    match err {
+        AttemptError::Transport(_) | AttemptError::Timeout | AttemptError::NoRoute(_) => {
+            retry(true, false)
+        }
+        AttemptError::Closed => FAIL,
+        AttemptError::Status { code, .. } => match Code::try_from(*code) {
+            Ok(Code::TooManyRequests) => retry(false, true),
+            Ok(
+                Code::MasterPersistenceTimeout
+                | Code::SlavePersistenceTimeout
+                | Code::InternalError
+                | Code::InternalServerError
+                | Code::ProxyTimeout
+                | Code::RequestTimeout,
+            ) => retry(false, false),
+            // No in-sync slave: maybe a failover is under way.
+            Ok(Code::HaNotAvailable) => retry(true, false),
+            Ok(Code::TopicNotFound) if other_broker => retry(true, false),
+            _ => FAIL,
+        },
+    }
+}
+
+/// Delay before attempt `failed_attempt + 1` (`failed_attempt` >= 1):
+/// `initial * multiplier^(failed_attempt - 1)`, times the throttle factor
+/// after TOO_MANY_REQUESTS, capped at the configured max (the throttled
+/// delay may reach `max * throttle factor`).
+pub(crate) fn backoff(cfg: &ProducerConfig, failed_attempt: u32, throttled: bool) -> Duration {
+    let exp = failed_attempt.saturating_sub(1).min(64) as i32;
+    let initial = cfg.retry_backoff_initial.as_nanos() as f64;
+    let max = cfg.retry_backoff_max.as_nanos() as f64;
+    let mut nanos = (initial * cfg.retry_backoff_multiplier.powi(exp)).min(max);
+    if throttled {
+        nanos *= cfg.throttle_backoff_factor;
+    }
+    // Saturating float-to-int conversion; bounded by max * factor anyway.
+    Duration::from_nanos(nanos.round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: Code) -> AttemptError {
+        AttemptError::Status {
+            code: code as i32,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn retryable_codes_and_transport_errors_are_retried() {
+        for code in [
+            Code::MasterPersistenceTimeout,
+            Code::SlavePersistenceTimeout,
+            Code::HaNotAvailable,
+            Code::TooManyRequests,
+            Code::InternalError,
+            Code::InternalServerError,
+            Code::ProxyTimeout,
+            Code::RequestTimeout,
+        ] {
+            assert!(classify(&status(code), false).retry, "{code:?}");
+        }
+        assert!(classify(&AttemptError::Transport("x".into()), false).retry);
+        assert!(classify(&AttemptError::Timeout, false).retry);
+        assert!(classify(&AttemptError::Timeout, false).refresh_route);
+        assert!(classify(&status(Code::TooManyRequests), false).throttled);
+        assert!(!classify(&status(Code::MasterPersistenceTimeout), true).throttled);
+    }
+
+    #[test]
+    fn validation_codes_fail_at_once() {
+        for code in [
+            Code::BadRequest,
+            Code::IllegalMessageTag,
+            Code::IllegalTopic,
+            Code::MessageBodyTooLarge,
+            Code::MessagePropertiesTooLarge,
+            Code::Unauthorized,
+            Code::Forbidden,
+        ] {
+            assert!(!classify(&status(code), true).retry, "{code:?}");
+        }
+        assert!(
+            !classify(
+                &AttemptError::Status {
+                    code: 12345,
+                    message: String::new()
+                },
+                true
+            )
+            .retry
+        );
+        assert!(!classify(&AttemptError::Closed, true).retry);
+    }
+
+    #[test]
+    fn topic_not_found_is_retried_only_with_another_broker() {
+        assert!(!classify(&status(Code::TopicNotFound), false).retry);
+        let v = classify(&status(Code::TopicNotFound), true);
+        assert!(v.retry && v.refresh_route);
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_to_the_cap() {
+        let cfg = ProducerConfig::default();
+        assert_eq!(backoff(&cfg, 1, false), Duration::from_millis(10));
+        assert_eq!(backoff(&cfg, 2, false), Duration::from_millis(20));
+        assert_eq!(backoff(&cfg, 3, false), Duration::from_millis(40));
+        assert_eq!(backoff(&cfg, 30, false), Duration::from_secs(1));
+        assert_eq!(backoff(&cfg, u32::MAX, false), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn throttled_backoff_is_longer() {
+        let cfg = ProducerConfig::default();
+        assert_eq!(backoff(&cfg, 1, true), Duration::from_millis(40));
+        assert!(backoff(&cfg, 3, true) > backoff(&cfg, 3, false));
+    }
+}

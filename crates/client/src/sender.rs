@@ -1,0 +1,568 @@
+//! Per-broker senders that coalesce concurrent sends into one request.
+//!
+//! Every master broker gets a [`BrokerHandle`]: a bounded queue of messages
+//! plus a sender task. The task takes the first waiting message, acquires one
+//! of `max_in_flight_per_broker` request slots, then takes whatever else is
+//! already queued (up to the message and byte limits, optionally lingering)
+//! and sends it all as ONE `SendMessageRequest`. The response's entries (one
+//! per message, in request order) are handed back to the waiting callers.
+//!
+//! So a lone send goes out at once (nothing else is queued), while under load
+//! messages pile up while the slots are busy and leave in large requests: the
+//! batch size adapts to the load without any added latency.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use sofamq_proto::prost::Message as _;
+use sofamq_proto::v2::{
+    self, Code, SendMessageRequest, SendMessageResponse, SendResultEntry,
+    messaging_service_client::MessagingServiceClient,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use crate::config::ProducerConfig;
+use crate::connection::Channels;
+use crate::headers::RequestHeaders;
+use crate::retry::AttemptError;
+
+/// Outcome of one message in one attempt.
+pub(crate) type EntryResult = Result<SendResultEntry, AttemptError>;
+
+/// Framing overhead of one message inside a `SendMessageRequest`
+/// (field tag plus length varint), counted against the byte limit.
+const PER_MESSAGE_OVERHEAD: usize = 6;
+
+/// One message waiting to be sent.
+struct Job {
+    message: v2::Message,
+    size: usize,
+    reply: oneshot::Sender<EntryResult>,
+}
+
+/// Coalescing limits of a sender.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_messages: usize,
+    max_bytes: usize,
+    max_in_flight: usize,
+    linger: Duration,
+    timeout: Duration,
+}
+
+/// A master broker as seen by the producer: where it is, whether it is
+/// isolated after a failure, and the queue of its sender task.
+#[derive(Debug)]
+pub(crate) struct BrokerHandle {
+    /// Broker name (from the route).
+    pub(crate) name: String,
+    /// gRPC endpoint, `host:port`.
+    pub(crate) addr: String,
+    /// Milliseconds since [`clock_origin`] until which the broker is avoided.
+    isolated_until: AtomicU64,
+    tx: mpsc::Sender<Job>,
+}
+
+impl BrokerHandle {
+    /// Queues `message` for this broker; the receiver yields its outcome.
+    pub(crate) async fn submit(
+        &self,
+        message: v2::Message,
+    ) -> Result<oneshot::Receiver<EntryResult>, AttemptError> {
+        let (reply, rx) = oneshot::channel();
+        let size = message.encoded_len() + PER_MESSAGE_OVERHEAD;
+        self.tx
+            .send(Job {
+                message,
+                size,
+                reply,
+            })
+            .await
+            .map_err(|_| AttemptError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Whether the broker is isolated at `now`.
+    pub(crate) fn is_isolated(&self, now: Instant) -> bool {
+        self.isolated_until.load(Ordering::Relaxed) > millis_since_origin(now)
+    }
+
+    /// Avoids the broker for `period` from `now`.
+    pub(crate) fn isolate(&self, now: Instant, period: Duration) {
+        let until = millis_since_origin(now + period);
+        self.isolated_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// A handle with no sender task (for selection tests).
+    #[cfg(test)]
+    pub(crate) fn detached(name: &str, addr: &str) -> Arc<Self> {
+        let (tx, _rx) = mpsc::channel(1);
+        Arc::new(Self {
+            name: name.into(),
+            addr: addr.into(),
+            isolated_until: AtomicU64::new(0),
+            tx,
+        })
+    }
+}
+
+fn clock_origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+fn millis_since_origin(t: Instant) -> u64 {
+    // +1 so that 0 always means "never isolated".
+    t.saturating_duration_since(clock_origin()).as_millis() as u64 + 1
+}
+
+/// All broker senders of a producer, keyed by (broker name, endpoint).
+#[derive(Debug)]
+pub(crate) struct Senders {
+    brokers: Mutex<HashMap<(String, String), Arc<BrokerHandle>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    channels: Arc<Channels>,
+    headers: Arc<RequestHeaders>,
+    limits: Limits,
+    queue_capacity: usize,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Senders {
+    pub(crate) fn new(
+        config: &ProducerConfig,
+        channels: Arc<Channels>,
+        headers: Arc<RequestHeaders>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            brokers: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(Vec::new()),
+            channels,
+            headers,
+            limits: Limits {
+                max_messages: config.max_batch_messages,
+                max_bytes: config.max_batch_bytes,
+                max_in_flight: config.max_in_flight_per_broker,
+                linger: config.linger,
+                timeout: config.request_timeout,
+            },
+            queue_capacity: config.sender_queue_capacity,
+            shutdown,
+        }
+    }
+
+    /// The handle of broker `name` at `addr`, starting its sender on first use.
+    pub(crate) fn broker(&self, name: &str, addr: &str) -> Result<Arc<BrokerHandle>, AttemptError> {
+        let key = (name.to_string(), addr.to_string());
+        let mut brokers = self.brokers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = brokers.get(&key) {
+            return Ok(b.clone());
+        }
+        if *self.shutdown.borrow() {
+            return Err(AttemptError::Closed);
+        }
+        let channel = self.channels.get(addr)?;
+        let (tx, rx) = mpsc::channel(self.queue_capacity);
+        let handle = Arc::new(BrokerHandle {
+            name: key.0.clone(),
+            addr: key.1.clone(),
+            isolated_until: AtomicU64::new(0),
+            tx,
+        });
+        let task = SenderTask {
+            addr: key.1.clone(),
+            client: MessagingServiceClient::new(channel),
+            headers: self.headers.clone(),
+            limits: self.limits,
+            rx,
+            shutdown: self.shutdown.clone(),
+        };
+        let join = tokio::spawn(task.run());
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(join);
+        brokers.insert(key, handle.clone());
+        Ok(handle)
+    }
+
+    /// Waits (at most `grace`) for every sender to flush its queue and finish
+    /// its outstanding requests. The shutdown signal must be sent first.
+    pub(crate) async fn join(&self, grace: Duration) {
+        self.brokers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let deadline = tokio::time::Instant::now() + grace;
+        for t in tasks {
+            let abort = t.abort_handle();
+            if tokio::time::timeout_at(deadline, t).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+}
+
+/// The task that drains one broker's queue into coalesced requests.
+struct SenderTask {
+    addr: String,
+    client: MessagingServiceClient<Channel>,
+    headers: Arc<RequestHeaders>,
+    limits: Limits,
+    rx: mpsc::Receiver<Job>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl SenderTask {
+    async fn run(mut self) {
+        let slots = Arc::new(Semaphore::new(self.limits.max_in_flight));
+        let mut carry: Option<Job> = None;
+        let mut closing = false;
+        loop {
+            let first = match carry.take() {
+                Some(job) => job,
+                None => match self.next(&mut closing).await {
+                    Some(job) => job,
+                    None => break,
+                },
+            };
+            // Wait for a free request slot; meanwhile more messages queue up
+            // and join this request.
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let mut batch = Batch::new(first);
+            carry = batch.fill(&mut self.rx, &self.limits);
+            if carry.is_none() && !self.limits.linger.is_zero() && !batch.full(&self.limits) {
+                carry = batch.linger(&mut self.rx, &self.limits).await;
+            }
+            metrics::histogram!("sofamq_client_batch_messages").record(batch.jobs.len() as f64);
+            tokio::spawn(send_batch(
+                self.client.clone(),
+                self.headers.clone(),
+                self.limits.timeout,
+                batch.jobs,
+                permit,
+            ));
+        }
+        // Let the outstanding requests finish before reporting done.
+        let _ = slots.acquire_many(self.limits.max_in_flight as u32).await;
+        tracing::debug!(broker = %self.addr, "sender stopped");
+    }
+
+    /// The next queued job; `None` once the queue is closed and drained.
+    async fn next(&mut self, closing: &mut bool) -> Option<Job> {
+        if *closing {
+            return self.rx.recv().await;
+        }
+        tokio::select! {
+            biased;
+            job = self.rx.recv() => job,
+            () = shutdown_signal(&mut self.shutdown) => {
+                // Refuse new messages, but still send the queued ones.
+                *closing = true;
+                self.rx.close();
+                self.rx.recv().await
+            }
+        }
+    }
+}
+
+/// Resolves once shutdown is signalled (or the signal is gone).
+pub(crate) async fn shutdown_signal(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Messages collected for one request.
+struct Batch {
+    jobs: Vec<Job>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn new(first: Job) -> Self {
+        let bytes = first.size;
+        let mut jobs = Vec::with_capacity(8);
+        jobs.push(first);
+        Self { jobs, bytes }
+    }
+
+    fn full(&self, limits: &Limits) -> bool {
+        self.jobs.len() >= limits.max_messages || self.bytes >= limits.max_bytes
+    }
+
+    /// Adds `job` if it fits; otherwise hands it back.
+    fn push(&mut self, job: Job, limits: &Limits) -> Option<Job> {
+        if self.jobs.len() >= limits.max_messages || self.bytes + job.size > limits.max_bytes {
+            return Some(job);
+        }
+        self.bytes += job.size;
+        self.jobs.push(job);
+        None
+    }
+
+    /// Takes what is already queued, up to the limits. Returns the first job
+    /// that did not fit.
+    fn fill(&mut self, rx: &mut mpsc::Receiver<Job>, limits: &Limits) -> Option<Job> {
+        while !self.full(limits) {
+            match rx.try_recv() {
+                Ok(job) => {
+                    if let Some(rest) = self.push(job, limits) {
+                        return Some(rest);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// Waits up to the linger for more messages. Returns the first job that
+    /// did not fit.
+    async fn linger(&mut self, rx: &mut mpsc::Receiver<Job>, limits: &Limits) -> Option<Job> {
+        let deadline = tokio::time::Instant::now() + limits.linger;
+        while !self.full(limits) {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(job)) => {
+                    if let Some(rest) = self.push(job, limits) {
+                        return Some(rest);
+                    }
+                    if let Some(rest) = self.fill(rx, limits) {
+                        return Some(rest);
+                    }
+                }
+                Ok(None) | Err(_) => return None,
+            }
+        }
+        None
+    }
+}
+
+/// Sends one coalesced request and hands each caller its entry.
+async fn send_batch(
+    mut client: MessagingServiceClient<Channel>,
+    headers: Arc<RequestHeaders>,
+    timeout: Duration,
+    jobs: Vec<Job>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let mut replies = Vec::with_capacity(jobs.len());
+    let mut messages = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        messages.push(job.message);
+        replies.push(job.reply);
+    }
+    let mut req = tonic::Request::new(SendMessageRequest { messages });
+    req.set_timeout(timeout);
+    headers.apply(&mut req);
+    let outcome = match tokio::time::timeout(timeout, client.send_message(req)).await {
+        Err(_) => Err(AttemptError::Timeout),
+        Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
+            Err(AttemptError::Timeout)
+        }
+        Ok(Err(status)) => Err(AttemptError::Transport(format!(
+            "{:?}: {}",
+            status.code(),
+            status.message()
+        ))),
+        Ok(Ok(resp)) => Ok(resp.into_inner()),
+    };
+    match outcome {
+        Ok(resp) => dispatch(replies, resp),
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Splits a response back to the callers, one entry per message in request
+/// order. A response without one entry per message carries its verdict in
+/// the top-level status, which then applies to every message.
+fn dispatch(replies: Vec<oneshot::Sender<EntryResult>>, resp: SendMessageResponse) {
+    let top = resp.status.unwrap_or_default();
+    if resp.entries.len() == replies.len() {
+        for (reply, entry) in replies.into_iter().zip(resp.entries) {
+            let (code, message) = match &entry.status {
+                Some(s) => (s.code, s.message.clone()),
+                None => (top.code, top.message.clone()),
+            };
+            let result = if code == Code::Ok as i32 {
+                Ok(entry)
+            } else {
+                Err(AttemptError::Status { code, message })
+            };
+            let _ = reply.send(result);
+        }
+        return;
+    }
+    let err = if top.code != Code::Ok as i32 {
+        AttemptError::Status {
+            code: top.code,
+            message: top.message,
+        }
+    } else {
+        AttemptError::Transport(format!(
+            "protocol error: {} entries answered for {} messages",
+            resp.entries.len(),
+            replies.len()
+        ))
+    };
+    for reply in replies {
+        let _ = reply.send(Err(err.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sofamq_proto::v2::Status;
+
+    fn replies(
+        n: usize,
+    ) -> (
+        Vec<oneshot::Sender<EntryResult>>,
+        Vec<oneshot::Receiver<EntryResult>>,
+    ) {
+        (0..n).map(|_| oneshot::channel()).unzip()
+    }
+
+    fn entry(code: Code, offset: i64) -> SendResultEntry {
+        SendResultEntry {
+            status: Some(Status {
+                code: code as i32,
+                message: format!("{code:?}"),
+            }),
+            message_id: format!("m{offset}"),
+            offset,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn entries_go_back_to_their_callers_in_order() {
+        let (tx, mut rx) = replies(3);
+        dispatch(
+            tx,
+            SendMessageResponse {
+                status: Some(Status {
+                    code: Code::MultipleResults as i32,
+                    message: String::new(),
+                }),
+                entries: vec![
+                    entry(Code::Ok, 7),
+                    entry(Code::IllegalMessageTag, 0),
+                    entry(Code::Ok, 9),
+                ],
+            },
+        );
+        assert_eq!(rx[0].try_recv().unwrap().unwrap().offset, 7);
+        assert_eq!(
+            rx[1].try_recv().unwrap().unwrap_err().code(),
+            Some(Code::IllegalMessageTag as i32)
+        );
+        assert_eq!(rx[2].try_recv().unwrap().unwrap().offset, 9);
+    }
+
+    #[test]
+    fn top_level_status_applies_when_entries_are_missing() {
+        let (tx, mut rx) = replies(2);
+        dispatch(
+            tx,
+            SendMessageResponse {
+                status: Some(Status {
+                    code: Code::TooManyRequests as i32,
+                    message: "slow down".into(),
+                }),
+                entries: vec![],
+            },
+        );
+        for r in &mut rx {
+            assert_eq!(
+                r.try_recv().unwrap().unwrap_err().code(),
+                Some(Code::TooManyRequests as i32)
+            );
+        }
+        let (tx, mut rx) = replies(2);
+        dispatch(
+            tx,
+            SendMessageResponse {
+                status: Some(Status {
+                    code: Code::Ok as i32,
+                    message: String::new(),
+                }),
+                entries: vec![entry(Code::Ok, 1)],
+            },
+        );
+        assert!(matches!(
+            rx[0].try_recv().unwrap(),
+            Err(AttemptError::Transport(_))
+        ));
+    }
+
+    #[test]
+    fn isolation_expires() {
+        let b = BrokerHandle::detached("a", "127.0.0.1:1");
+        let now = Instant::now();
+        assert!(!b.is_isolated(now));
+        b.isolate(now, Duration::from_secs(5));
+        assert!(b.is_isolated(now));
+        assert!(b.is_isolated(now + Duration::from_secs(4)));
+        assert!(!b.is_isolated(now + Duration::from_secs(6)));
+    }
+
+    fn job(size: usize) -> (Job, oneshot::Receiver<EntryResult>) {
+        let (reply, rx) = oneshot::channel();
+        (
+            Job {
+                message: v2::Message::default(),
+                size,
+                reply,
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn fill_respects_message_and_byte_limits() {
+        let limits = Limits {
+            max_messages: 3,
+            max_bytes: 250,
+            max_in_flight: 1,
+            linger: Duration::ZERO,
+            timeout: Duration::from_secs(1),
+        };
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut keep = Vec::new();
+        for _ in 0..5 {
+            let (j, r) = job(10);
+            keep.push(r);
+            tx.try_send(j).ok().unwrap();
+        }
+        let (first, _r) = job(10);
+        let mut batch = Batch::new(first);
+        assert!(batch.fill(&mut rx, &limits).is_none());
+        assert_eq!(batch.jobs.len(), 3, "message limit");
+
+        let (tx, mut rx) = mpsc::channel(16);
+        for size in [10, 200, 10] {
+            let (j, r) = job(size);
+            keep.push(r);
+            tx.try_send(j).ok().unwrap();
+        }
+        let (first, _r) = job(100);
+        let mut batch = Batch::new(first);
+        // The 10-byte job fits; the 200-byte one would pass the byte limit.
+        let rest = batch.fill(&mut rx, &limits).expect("carried over");
+        assert_eq!(rest.size, 200);
+        assert_eq!(batch.jobs.len(), 2);
+        assert_eq!(batch.bytes, 110);
+    }
+}

@@ -1,0 +1,28 @@
+//! Errors of the name server.
+
+use std::net::SocketAddr;
+
+/// Failure to start or run the name server.
+#[derive(Debug, thiserror::Error)]
+pub enum NamesrvError {
+    /// A configuration value is unusable.
+    #[error("invalid name server config `{key}`: {reason}")]
+    Config {
+        /// The offending key.
+        key: &'static str,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// Reading the listener's local address failed.
+    #[error("cannot read listener address: {0}")]
+    LocalAddr(#[source] std::io::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server on {addr} failed: {source}")]
+    Transport {
+        /// Address being served.
+        addr: SocketAddr,
+        /// Underlying transport error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}

@@ -1,0 +1,235 @@
+//! The client-facing subset of `apache.rocketmq.v2.MessagingService` served
+//! by a name server, so that it can be a client's access point: routes,
+//! heartbeats, Telemetry sessions. Every message-plane RPC answers with a
+//! status telling the client it reached a name server.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use sofamq_proto::v2::messaging_service_server::MessagingService;
+use sofamq_proto::v2::{
+    AckMessageRequest, AckMessageResponse, ChangeInvisibleDurationRequest,
+    ChangeInvisibleDurationResponse, Code, EndTransactionRequest, EndTransactionResponse,
+    ForwardMessageToDeadLetterQueueRequest, ForwardMessageToDeadLetterQueueResponse,
+    GetOffsetRequest, GetOffsetResponse, HeartbeatRequest, HeartbeatResponse,
+    NotifyClientTerminationRequest, NotifyClientTerminationResponse, PullMessageRequest,
+    PullMessageResponse, QueryAssignmentRequest, QueryAssignmentResponse, QueryOffsetRequest,
+    QueryOffsetResponse, QueryRouteRequest, QueryRouteResponse, ReceiveMessageRequest,
+    ReceiveMessageResponse, SendMessageRequest, SendMessageResponse, TelemetryCommand,
+    UpdateOffsetRequest, UpdateOffsetResponse, pull_message_response, receive_message_response,
+};
+use tokio::sync::Semaphore;
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, warn};
+
+use crate::registry::Registry;
+use crate::route::query_route;
+use crate::session::{SessionOptions, telemetry_stream};
+use crate::status::{ok, status};
+
+/// Message of the status returned by RPCs a name server does not serve.
+pub const NOT_A_BROKER: &str =
+    "this endpoint is a name server; send this request to a broker endpoint from QueryRoute";
+
+/// Boxed response stream.
+pub type BoxStream<T> = std::pin::Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// `MessagingService` as served by a name server.
+#[derive(Debug, Clone)]
+pub struct NamesrvMessaging {
+    registry: Arc<Registry>,
+    session: SessionOptions,
+    telemetry_slots: Arc<Semaphore>,
+    shutdown: CancellationToken,
+}
+
+impl NamesrvMessaging {
+    /// A service over `registry`; at most `max_telemetry_streams` Telemetry
+    /// streams are open at once, and all end when `shutdown` is cancelled.
+    pub fn new(
+        registry: Arc<Registry>,
+        session: SessionOptions,
+        max_telemetry_streams: usize,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            registry,
+            session,
+            telemetry_slots: Arc::new(Semaphore::new(max_telemetry_streams)),
+            shutdown,
+        }
+    }
+}
+
+fn not_a_broker(rpc: &str) -> sofamq_proto::v2::Status {
+    debug!(rpc, "message-plane RPC on a name server");
+    status(Code::IllegalAccessPoint, NOT_A_BROKER)
+}
+
+fn once<T: Send + 'static>(item: T) -> Response<BoxStream<T>> {
+    Response::new(Box::pin(tokio_stream::once(Ok(item))))
+}
+
+#[tonic::async_trait]
+impl MessagingService for NamesrvMessaging {
+    async fn query_route(
+        &self,
+        request: Request<QueryRouteRequest>,
+    ) -> Result<Response<QueryRouteResponse>, Status> {
+        let resp = query_route(&self.registry, request.get_ref(), Instant::now());
+        Ok(Response::new(resp))
+    }
+
+    async fn heartbeat(
+        &self,
+        _request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        Ok(Response::new(HeartbeatResponse { status: Some(ok()) }))
+    }
+
+    async fn send_message(
+        &self,
+        _request: Request<SendMessageRequest>,
+    ) -> Result<Response<SendMessageResponse>, Status> {
+        Ok(Response::new(SendMessageResponse {
+            status: Some(not_a_broker("SendMessage")),
+            entries: Vec::new(),
+        }))
+    }
+
+    async fn query_assignment(
+        &self,
+        _request: Request<QueryAssignmentRequest>,
+    ) -> Result<Response<QueryAssignmentResponse>, Status> {
+        Ok(Response::new(QueryAssignmentResponse {
+            status: Some(status(Code::NotImplemented, NOT_A_BROKER)),
+            assignments: Vec::new(),
+        }))
+    }
+
+    type ReceiveMessageStream = BoxStream<ReceiveMessageResponse>;
+
+    async fn receive_message(
+        &self,
+        _request: Request<ReceiveMessageRequest>,
+    ) -> Result<Response<Self::ReceiveMessageStream>, Status> {
+        Ok(once(ReceiveMessageResponse {
+            content: Some(receive_message_response::Content::Status(not_a_broker(
+                "ReceiveMessage",
+            ))),
+        }))
+    }
+
+    async fn ack_message(
+        &self,
+        _request: Request<AckMessageRequest>,
+    ) -> Result<Response<AckMessageResponse>, Status> {
+        Ok(Response::new(AckMessageResponse {
+            status: Some(not_a_broker("AckMessage")),
+            entries: Vec::new(),
+        }))
+    }
+
+    async fn forward_message_to_dead_letter_queue(
+        &self,
+        _request: Request<ForwardMessageToDeadLetterQueueRequest>,
+    ) -> Result<Response<ForwardMessageToDeadLetterQueueResponse>, Status> {
+        Ok(Response::new(ForwardMessageToDeadLetterQueueResponse {
+            status: Some(not_a_broker("ForwardMessageToDeadLetterQueue")),
+        }))
+    }
+
+    type PullMessageStream = BoxStream<PullMessageResponse>;
+
+    async fn pull_message(
+        &self,
+        _request: Request<PullMessageRequest>,
+    ) -> Result<Response<Self::PullMessageStream>, Status> {
+        Ok(once(PullMessageResponse {
+            content: Some(pull_message_response::Content::Status(not_a_broker(
+                "PullMessage",
+            ))),
+        }))
+    }
+
+    async fn update_offset(
+        &self,
+        _request: Request<UpdateOffsetRequest>,
+    ) -> Result<Response<UpdateOffsetResponse>, Status> {
+        Ok(Response::new(UpdateOffsetResponse {
+            status: Some(not_a_broker("UpdateOffset")),
+        }))
+    }
+
+    async fn get_offset(
+        &self,
+        _request: Request<GetOffsetRequest>,
+    ) -> Result<Response<GetOffsetResponse>, Status> {
+        Ok(Response::new(GetOffsetResponse {
+            status: Some(not_a_broker("GetOffset")),
+            offset: 0,
+        }))
+    }
+
+    async fn query_offset(
+        &self,
+        _request: Request<QueryOffsetRequest>,
+    ) -> Result<Response<QueryOffsetResponse>, Status> {
+        Ok(Response::new(QueryOffsetResponse {
+            status: Some(not_a_broker("QueryOffset")),
+            offset: 0,
+        }))
+    }
+
+    async fn end_transaction(
+        &self,
+        _request: Request<EndTransactionRequest>,
+    ) -> Result<Response<EndTransactionResponse>, Status> {
+        Ok(Response::new(EndTransactionResponse {
+            status: Some(not_a_broker("EndTransaction")),
+        }))
+    }
+
+    type TelemetryStream = BoxStream<TelemetryCommand>;
+
+    async fn telemetry(
+        &self,
+        request: Request<Streaming<TelemetryCommand>>,
+    ) -> Result<Response<Self::TelemetryStream>, Status> {
+        let Ok(permit) = Arc::clone(&self.telemetry_slots).try_acquire_owned() else {
+            warn!("too many telemetry streams; refusing one");
+            return Ok(once(TelemetryCommand {
+                status: Some(status(
+                    Code::TooManyRequests,
+                    "too many telemetry streams on this name server",
+                )),
+                command: None,
+            }));
+        };
+        let stream = telemetry_stream(request.into_inner(), self.session.clone())
+            .with_shutdown(self.shutdown.clone())
+            .with_permit(permit);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn notify_client_termination(
+        &self,
+        _request: Request<NotifyClientTerminationRequest>,
+    ) -> Result<Response<NotifyClientTerminationResponse>, Status> {
+        Ok(Response::new(NotifyClientTerminationResponse {
+            status: Some(ok()),
+        }))
+    }
+
+    async fn change_invisible_duration(
+        &self,
+        _request: Request<ChangeInvisibleDurationRequest>,
+    ) -> Result<Response<ChangeInvisibleDurationResponse>, Status> {
+        Ok(Response::new(ChangeInvisibleDurationResponse {
+            status: Some(not_a_broker("ChangeInvisibleDuration")),
+            receipt_handle: String::new(),
+        }))
+    }
+}

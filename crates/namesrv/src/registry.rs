@@ -1,0 +1,525 @@
+//! The broker registry: who is registered, with which topics, and since when
+//! it has been silent.
+//!
+//! Members are keyed by `(cluster, broker_name, broker_id)`. A repeated
+//! `RegisterBroker` is the heartbeat; members silent past their expiry are
+//! invisible to queries at once and removed by [`Registry::expire`], which the
+//! server calls periodically. Several name servers run side by side without
+//! sharing state: brokers register with each of them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use sofamq_proto::namesrv::{
+    BrokerGroup, BrokerMember, PERM_READ_WRITE, RegisterBrokerRequest, TopicRoute,
+};
+use tracing::{info, warn};
+
+use crate::config::NamesrvConfig;
+use crate::endpoints::parse_host_port;
+
+/// Broker id of a group's master.
+pub const MASTER_ID: i64 = 0;
+
+/// Identity of one registered broker process.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BrokerKey {
+    /// Cluster name.
+    pub cluster: String,
+    /// Broker group name.
+    pub broker_name: String,
+    /// 0 = master, >= 1 = slave.
+    pub broker_id: i64,
+}
+
+/// What the registry knows about one member.
+#[derive(Debug, Clone)]
+struct Member {
+    grpc_endpoint: String,
+    replication_endpoint: String,
+    epoch: u64,
+    topics: HashMap<String, TopicRoute>,
+    last_heartbeat: Instant,
+    expiry: Duration,
+}
+
+impl Member {
+    fn is_live(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_heartbeat) <= self.expiry
+    }
+}
+
+/// A topic served by a live master, as found by [`Registry::master_routes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterRoute {
+    /// Cluster of the broker group.
+    pub cluster: String,
+    /// Broker group name.
+    pub broker_name: String,
+    /// The master's client-facing gRPC endpoint, `"host:port"`.
+    pub grpc_endpoint: String,
+    /// The topic as the master reported it.
+    pub topic: TopicRoute,
+}
+
+/// Why a registration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The request is malformed or exceeds a limit.
+    #[error("invalid registration: {0}")]
+    Invalid(String),
+    /// The registry already holds the maximum number of members.
+    #[error("too many registered brokers (limit {0})")]
+    Full(usize),
+    /// A live member with the same key holds a higher epoch (fencing a stale
+    /// master).
+    #[error("stale epoch {got} for {broker_name}/{broker_id}: live member has epoch {current}")]
+    StaleEpoch {
+        /// Broker group name.
+        broker_name: String,
+        /// Broker id.
+        broker_id: i64,
+        /// Epoch in the request.
+        got: u64,
+        /// Epoch of the live registration.
+        current: u64,
+    },
+}
+
+/// Bounds applied to registrations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryLimits {
+    /// Maximum number of members.
+    pub max_brokers: usize,
+    /// Maximum topics per registration.
+    pub max_topics_per_registration: usize,
+    /// Maximum queue count per topic.
+    pub max_queues_per_topic: u32,
+    /// Maximum length of names and endpoints.
+    pub max_name_len: usize,
+    /// Expiry used when the broker sends no hint.
+    pub default_expiry: Duration,
+    /// Upper bound on the broker's expiry hint.
+    pub max_expiry: Duration,
+}
+
+impl From<&NamesrvConfig> for RegistryLimits {
+    fn from(c: &NamesrvConfig) -> Self {
+        Self {
+            max_brokers: c.max_brokers,
+            max_topics_per_registration: c.max_topics_per_registration,
+            max_queues_per_topic: c.max_queues_per_topic,
+            max_name_len: c.max_name_len,
+            default_expiry: c.broker_expiry(),
+            max_expiry: Duration::from_millis(c.max_broker_expiry_ms),
+        }
+    }
+}
+
+/// Thread-safe broker registry.
+#[derive(Debug)]
+pub struct Registry {
+    limits: RegistryLimits,
+    members: Mutex<BTreeMap<BrokerKey, Member>>,
+}
+
+impl Registry {
+    /// An empty registry with the given limits.
+    pub fn new(limits: RegistryLimits) -> Self {
+        Self {
+            limits,
+            members: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<BrokerKey, Member>> {
+        // The map stays consistent even if a holder panicked: every update is
+        // a single insert or remove.
+        self.members.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check_name(&self, what: &str, value: &str) -> Result<(), RegistryError> {
+        if value.is_empty() {
+            return Err(RegistryError::Invalid(format!("{what} is empty")));
+        }
+        if value.len() > self.limits.max_name_len {
+            return Err(RegistryError::Invalid(format!(
+                "{what} longer than {} bytes",
+                self.limits.max_name_len
+            )));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(RegistryError::Invalid(format!(
+                "{what} contains control characters"
+            )));
+        }
+        Ok(())
+    }
+
+    fn validate(
+        &self,
+        req: &RegisterBrokerRequest,
+    ) -> Result<HashMap<String, TopicRoute>, RegistryError> {
+        self.check_name("cluster", &req.cluster)?;
+        self.check_name("broker_name", &req.broker_name)?;
+        if req.broker_id < 0 {
+            return Err(RegistryError::Invalid(format!(
+                "broker_id {} is negative",
+                req.broker_id
+            )));
+        }
+        self.check_name("grpc_endpoint", &req.grpc_endpoint)?;
+        parse_host_port(&req.grpc_endpoint)
+            .map_err(|e| RegistryError::Invalid(format!("grpc_endpoint: {e}")))?;
+        if !req.replication_endpoint.is_empty() {
+            self.check_name("replication_endpoint", &req.replication_endpoint)?;
+            parse_host_port(&req.replication_endpoint)
+                .map_err(|e| RegistryError::Invalid(format!("replication_endpoint: {e}")))?;
+        }
+        if req.topics.len() > self.limits.max_topics_per_registration {
+            return Err(RegistryError::Invalid(format!(
+                "{} topics exceed the limit of {}",
+                req.topics.len(),
+                self.limits.max_topics_per_registration
+            )));
+        }
+        let mut topics = HashMap::with_capacity(req.topics.len());
+        for t in &req.topics {
+            self.check_name("topic name", &t.name)?;
+            if t.queue_count > self.limits.max_queues_per_topic {
+                return Err(RegistryError::Invalid(format!(
+                    "topic '{}' has {} queues, limit is {}",
+                    t.name, t.queue_count, self.limits.max_queues_per_topic
+                )));
+            }
+            if t.perm & !PERM_READ_WRITE & !1 != 0 {
+                return Err(RegistryError::Invalid(format!(
+                    "topic '{}' has unknown perm bits {:#x}",
+                    t.name, t.perm
+                )));
+            }
+            topics.insert(t.name.clone(), t.clone());
+        }
+        Ok(topics)
+    }
+
+    /// Inserts or refreshes a member (a repeated registration is the
+    /// heartbeat). Returns `true` when the member is new (or had expired).
+    pub fn register(
+        &self,
+        req: &RegisterBrokerRequest,
+        now: Instant,
+    ) -> Result<bool, RegistryError> {
+        let topics = self.validate(req)?;
+        let expiry = if req.heartbeat_timeout_ms == 0 {
+            self.limits.default_expiry
+        } else {
+            Duration::from_millis(req.heartbeat_timeout_ms).min(self.limits.max_expiry)
+        };
+        let key = BrokerKey {
+            cluster: req.cluster.clone(),
+            broker_name: req.broker_name.clone(),
+            broker_id: req.broker_id,
+        };
+        let mut members = self.lock();
+        let live_existing = members.get(&key).filter(|m| m.is_live(now));
+        if let Some(existing) = live_existing
+            && req.epoch < existing.epoch
+        {
+            return Err(RegistryError::StaleEpoch {
+                broker_name: key.broker_name,
+                broker_id: key.broker_id,
+                got: req.epoch,
+                current: existing.epoch,
+            });
+        }
+        let is_new = live_existing.is_none();
+        if !members.contains_key(&key) && members.len() >= self.limits.max_brokers {
+            return Err(RegistryError::Full(self.limits.max_brokers));
+        }
+        members.insert(
+            key,
+            Member {
+                grpc_endpoint: req.grpc_endpoint.clone(),
+                replication_endpoint: req.replication_endpoint.clone(),
+                epoch: req.epoch,
+                topics,
+                last_heartbeat: now,
+                expiry,
+            },
+        );
+        Ok(is_new)
+    }
+
+    /// Removes a member. Returns `true` when it was registered.
+    pub fn unregister(&self, key: &BrokerKey) -> bool {
+        self.lock().remove(key).is_some()
+    }
+
+    /// Drops every member silent past its expiry; returns their keys.
+    pub fn expire(&self, now: Instant) -> Vec<BrokerKey> {
+        let mut members = self.lock();
+        let dead: Vec<BrokerKey> = members
+            .iter()
+            .filter(|(_, m)| !m.is_live(now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &dead {
+            if let Some(m) = members.remove(key) {
+                warn!(
+                    cluster = %key.cluster,
+                    broker = %key.broker_name,
+                    id = key.broker_id,
+                    endpoint = %m.grpc_endpoint,
+                    silent_ms = now.saturating_duration_since(m.last_heartbeat).as_millis() as u64,
+                    "broker expired"
+                );
+            }
+        }
+        dead
+    }
+
+    /// Number of registered members (live or not yet scanned).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// `true` when nothing is registered.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Every live master (broker id 0) serving `topic`, sorted by broker name
+    /// then cluster.
+    pub fn master_routes(&self, topic: &str, now: Instant) -> Vec<MasterRoute> {
+        let members = self.lock();
+        let mut routes: Vec<MasterRoute> = members
+            .iter()
+            .filter(|(k, m)| k.broker_id == MASTER_ID && m.is_live(now))
+            .filter_map(|(k, m)| {
+                let t = m.topics.get(topic)?;
+                Some(MasterRoute {
+                    cluster: k.cluster.clone(),
+                    broker_name: k.broker_name.clone(),
+                    grpc_endpoint: m.grpc_endpoint.clone(),
+                    topic: t.clone(),
+                })
+            })
+            .collect();
+        routes.sort_by(|a, b| (&a.broker_name, &a.cluster).cmp(&(&b.broker_name, &b.cluster)));
+        routes
+    }
+
+    /// Live broker groups (optionally of one cluster) with their members and
+    /// the topics reported by the master, or by the freshest member when the
+    /// group has no live master. Sorted by cluster, broker name, broker id.
+    pub fn groups(&self, cluster: Option<&str>, now: Instant) -> Vec<BrokerGroup> {
+        let members = self.lock();
+        let mut groups: Vec<BrokerGroup> = Vec::new();
+        let mut topic_source: Option<(bool, Instant, &Member)> = None;
+        for (key, m) in members.iter() {
+            if !m.is_live(now) || cluster.is_some_and(|c| c != key.cluster) {
+                continue;
+            }
+            let same_group = groups
+                .last()
+                .is_some_and(|g| g.cluster == key.cluster && g.broker_name == key.broker_name);
+            if !same_group {
+                finish_group(groups.last_mut(), topic_source.take());
+                groups.push(BrokerGroup {
+                    cluster: key.cluster.clone(),
+                    broker_name: key.broker_name.clone(),
+                    members: Vec::new(),
+                    topics: Vec::new(),
+                });
+            }
+            if let Some(g) = groups.last_mut() {
+                g.members.push(BrokerMember {
+                    broker_id: key.broker_id,
+                    grpc_endpoint: m.grpc_endpoint.clone(),
+                    replication_endpoint: m.replication_endpoint.clone(),
+                    epoch: m.epoch,
+                    last_heartbeat_age_ms: u64::try_from(
+                        now.saturating_duration_since(m.last_heartbeat).as_millis(),
+                    )
+                    .unwrap_or(u64::MAX),
+                });
+            }
+            let is_master = key.broker_id == MASTER_ID;
+            let better = match topic_source {
+                None => true,
+                Some((src_master, src_seen, _)) => {
+                    !src_master && (is_master || m.last_heartbeat > src_seen)
+                }
+            };
+            if better {
+                topic_source = Some((is_master, m.last_heartbeat, m));
+            }
+        }
+        finish_group(groups.last_mut(), topic_source);
+        groups
+    }
+}
+
+fn finish_group(group: Option<&mut BrokerGroup>, source: Option<(bool, Instant, &Member)>) {
+    if let (Some(g), Some((_, _, m))) = (group, source) {
+        let mut topics: Vec<TopicRoute> = m.topics.values().cloned().collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        g.topics = topics;
+    }
+}
+
+/// Logs a registration outcome (helper for the admin service).
+pub(crate) fn log_registration(req: &RegisterBrokerRequest, is_new: bool) {
+    if is_new {
+        info!(
+            cluster = %req.cluster,
+            broker = %req.broker_name,
+            id = req.broker_id,
+            endpoint = %req.grpc_endpoint,
+            epoch = req.epoch,
+            topics = req.topics.len(),
+            "broker registered"
+        );
+    } else {
+        tracing::trace!(broker = %req.broker_name, id = req.broker_id, "broker heartbeat");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> RegistryLimits {
+        RegistryLimits::from(&NamesrvConfig {
+            max_brokers: 2,
+            ..NamesrvConfig::default()
+        })
+    }
+
+    fn req(name: &str, id: i64, epoch: u64) -> RegisterBrokerRequest {
+        RegisterBrokerRequest {
+            cluster: "c".into(),
+            broker_name: name.into(),
+            broker_id: id,
+            grpc_endpoint: "127.0.0.1:1".into(),
+            epoch,
+            topics: vec![TopicRoute {
+                name: "t".into(),
+                queue_count: 2,
+                perm: PERM_READ_WRITE,
+                message_type: 1,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn register_heartbeat_expire() {
+        let r = Registry::new(limits());
+        let t0 = Instant::now();
+        assert_eq!(r.register(&req("a", 0, 1), t0), Ok(true));
+        assert_eq!(r.register(&req("a", 0, 1), t0), Ok(false));
+        let later = t0 + Duration::from_millis(10_001);
+        assert!(r.master_routes("t", later).is_empty());
+        assert_eq!(r.master_routes("t", t0).len(), 1);
+        assert_eq!(r.expire(later).len(), 1);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn capacity_and_fencing() {
+        let r = Registry::new(limits());
+        let now = Instant::now();
+        r.register(&req("a", 0, 3), now).unwrap();
+        r.register(&req("a", 1, 3), now).unwrap();
+        assert_eq!(
+            r.register(&req("b", 0, 1), now),
+            Err(RegistryError::Full(2))
+        );
+        assert!(matches!(
+            r.register(&req("a", 0, 2), now),
+            Err(RegistryError::StaleEpoch {
+                got: 2,
+                current: 3,
+                ..
+            })
+        ));
+        // Once the old registration expired, a lower epoch is accepted.
+        let later = now + Duration::from_secs(11);
+        assert_eq!(r.register(&req("a", 0, 2), later), Ok(true));
+    }
+
+    #[test]
+    fn heartbeat_hint_is_bounded() {
+        let r = Registry::new(limits());
+        let now = Instant::now();
+        let mut short = req("a", 0, 0);
+        short.heartbeat_timeout_ms = 100;
+        r.register(&short, now).unwrap();
+        assert!(
+            r.master_routes("t", now + Duration::from_millis(200))
+                .is_empty()
+        );
+        let mut long = req("b", 0, 0);
+        long.heartbeat_timeout_ms = u64::MAX;
+        r.register(&long, now).unwrap();
+        assert!(
+            r.master_routes("t", now + Duration::from_secs(121))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn rejects_bad_registrations() {
+        let r = Registry::new(limits());
+        let now = Instant::now();
+        let mut bad = req("a", -1, 0);
+        assert!(matches!(
+            r.register(&bad, now),
+            Err(RegistryError::Invalid(_))
+        ));
+        bad = req("", 0, 0);
+        assert!(matches!(
+            r.register(&bad, now),
+            Err(RegistryError::Invalid(_))
+        ));
+        bad = req("a", 0, 0);
+        bad.topics[0].queue_count = 1_000_000;
+        assert!(matches!(
+            r.register(&bad, now),
+            Err(RegistryError::Invalid(_))
+        ));
+        bad = req("a", 0, 0);
+        bad.topics[0].perm = 0x80;
+        assert!(matches!(
+            r.register(&bad, now),
+            Err(RegistryError::Invalid(_))
+        ));
+        bad = req("a", 0, 0);
+        bad.broker_name = "x".repeat(300);
+        assert!(matches!(
+            r.register(&bad, now),
+            Err(RegistryError::Invalid(_))
+        ));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn groups_take_topics_from_master() {
+        let r = Registry::new(limits());
+        let now = Instant::now();
+        let mut slave = req("a", 1, 0);
+        slave.topics[0].name = "from-slave".into();
+        r.register(&slave, now).unwrap();
+        let groups = r.groups(None, now);
+        assert_eq!(groups[0].topics[0].name, "from-slave");
+        r.register(&req("a", 0, 0), now).unwrap();
+        let groups = r.groups(None, now);
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].members.len(), 2);
+        assert_eq!(groups[0].topics[0].name, "t");
+        assert!(r.groups(Some("other"), now).is_empty());
+    }
+}

@@ -1,0 +1,28 @@
+//! Compiles the protocol definitions with `protox` (pure Rust, no system
+//! `protoc`) and generates prost messages plus tonic clients and servers.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/apache/rocketmq/v2/definition.proto",
+        "proto/apache/rocketmq/v2/service.proto",
+        "proto/sofamq/namesrv/v1/namesrv.proto",
+        "proto/sofamq/admin/v1/admin.proto",
+    ];
+    println!("cargo:rerun-if-changed=proto");
+
+    let fds = protox::compile(files, ["proto"])?;
+
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("file_descriptor_set.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

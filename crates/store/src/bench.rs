@@ -1,0 +1,190 @@
+//! Store append benchmark against the machine's own raw write + fdatasync limit.
+//!
+//! For each concurrency level, `concurrency` tokio tasks append records of `record_size` body
+//! bytes with sync flush for `duration`. The writer logs the bytes covered by every fsync; a raw
+//! loop then writes exactly those batch sizes to a plain file on the same disk
+//! (`write_all_at` + `sync_data` per batch). The ratio is raw time / store time for the same
+//! bytes and batches, i.e. the share of the disk's group-commit capacity the store achieves.
+
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::{NewRecord, Store, StoreConfig, StoreError};
+
+/// Bench parameters.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Scratch directory (created; subdirectories are removed afterwards).
+    pub dir: PathBuf,
+    /// Time per concurrency level.
+    pub duration: Duration,
+    /// Body size of each record.
+    pub record_size: usize,
+    /// Concurrency levels to run.
+    pub concurrency: Vec<usize>,
+}
+
+/// Result of one concurrency level.
+#[derive(Debug, Clone)]
+pub struct BenchRun {
+    /// Concurrent appenders.
+    pub concurrency: usize,
+    /// Records appended.
+    pub records: u64,
+    /// Encoded bytes written.
+    pub bytes: u64,
+    /// Wall time of the store run.
+    pub store_secs: f64,
+    /// fdatasyncs the writer issued.
+    pub fsyncs: u64,
+    /// Wall time of the raw loop over the same batches.
+    pub raw_secs: f64,
+}
+
+impl BenchRun {
+    /// Store records per second.
+    pub fn store_msgs_per_sec(&self) -> f64 {
+        self.records as f64 / self.store_secs
+    }
+    /// Raw loop records per second (same records, same batches).
+    pub fn raw_msgs_per_sec(&self) -> f64 {
+        self.records as f64 / self.raw_secs
+    }
+    /// Store throughput as a fraction of the raw loop's.
+    pub fn ratio(&self) -> f64 {
+        self.raw_secs / self.store_secs
+    }
+    /// Mean bytes per fsync.
+    pub fn avg_batch_bytes(&self) -> f64 {
+        self.bytes as f64 / self.fsyncs.max(1) as f64
+    }
+}
+
+/// All runs.
+#[derive(Debug, Clone, Default)]
+pub struct BenchReport {
+    /// One entry per concurrency level.
+    pub runs: Vec<BenchRun>,
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:>5} {:>12} {:>9} {:>12} {:>9} {:>7} {:>9} {:>10}",
+            "conc", "store msg/s", "MiB/s", "raw msg/s", "MiB/s", "ratio", "fsyncs", "avg batch"
+        )?;
+        for r in &self.runs {
+            let mib = |secs: f64| r.bytes as f64 / secs / (1024.0 * 1024.0);
+            writeln!(
+                f,
+                "{:>5} {:>12.0} {:>9.1} {:>12.0} {:>9.1} {:>6.1}% {:>9} {:>9.1}K",
+                r.concurrency,
+                r.store_msgs_per_sec(),
+                mib(r.store_secs),
+                r.raw_msgs_per_sec(),
+                mib(r.raw_secs),
+                r.ratio() * 100.0,
+                r.fsyncs,
+                r.avg_batch_bytes() / 1024.0
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn run_store(
+    opts: &BenchOptions,
+    conc: usize,
+) -> Result<(u64, u64, f64, u64, Vec<u64>), StoreError> {
+    let dir = opts.dir.join(format!("store-c{conc}"));
+    let _ = fs::remove_dir_all(&dir);
+    let mut cfg = StoreConfig::new(&dir);
+    cfg.record_batch_sizes = true;
+    let store = Store::open(cfg)?;
+    let body = Bytes::from(vec![0x5au8; opts.record_size]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let duration = opts.duration;
+    let started = Instant::now();
+    let res: Result<(), StoreError> = rt.block_on(async {
+        let mut tasks = Vec::with_capacity(conc);
+        for t in 0..conc {
+            let store = store.clone();
+            let body = body.clone();
+            tasks.push(tokio::spawn(async move {
+                let deadline = Instant::now() + duration;
+                while Instant::now() < deadline {
+                    let rec = NewRecord {
+                        topic: "bench".into(),
+                        queue_id: (t % 8) as u32,
+                        body: body.clone(),
+                        ..Default::default()
+                    };
+                    store.append(vec![rec]).await?;
+                }
+                Ok::<(), StoreError>(())
+            }));
+        }
+        for t in tasks {
+            t.await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        }
+        Ok(())
+    });
+    res?;
+    let secs = started.elapsed().as_secs_f64();
+    let st = store.stats();
+    let batches = store.take_batch_sizes();
+    drop(store);
+    let _ = fs::remove_dir_all(&dir);
+    Ok((st.records, st.bytes, secs, st.fsyncs, batches))
+}
+
+fn run_raw(opts: &BenchOptions, conc: usize, batches: &[u64]) -> Result<f64, StoreError> {
+    let path = opts.dir.join(format!("raw-c{conc}"));
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    let max = batches.iter().copied().max().unwrap_or(0) as usize;
+    let buf = vec![0x5au8; max];
+    let started = Instant::now();
+    let mut pos = 0u64;
+    for &n in batches {
+        f.write_all_at(&buf[..n as usize], pos)?;
+        f.sync_data()?;
+        pos += n;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    drop(f);
+    let _ = fs::remove_file(&path);
+    Ok(secs)
+}
+
+/// Runs the bench for every concurrency level.
+pub fn run(opts: &BenchOptions) -> Result<BenchReport, StoreError> {
+    fs::create_dir_all(&opts.dir)?;
+    let mut report = BenchReport::default();
+    for &conc in &opts.concurrency {
+        let (records, bytes, store_secs, fsyncs, batches) = run_store(opts, conc.max(1))?;
+        let raw_secs = run_raw(opts, conc, &batches)?;
+        report.runs.push(BenchRun {
+            concurrency: conc,
+            records,
+            bytes,
+            store_secs,
+            fsyncs,
+            raw_secs,
+        });
+    }
+    Ok(report)
+}

@@ -1,0 +1,82 @@
+//! Store configuration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// When appends are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushMode {
+    /// Every append is acknowledged only after the fdatasync that covers it (group commit).
+    /// The default.
+    Sync,
+    /// Appends are acknowledged once written to the page cache; the writer fsyncs every
+    /// `interval`. A crash of the machine (not just the process) can lose acknowledged appends.
+    Async {
+        /// Time between background fsyncs.
+        interval: Duration,
+    },
+}
+
+/// Configuration of a [`crate::Store`].
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Root directory; holds `commitlog/`, `consumequeue/`, `checkpoint` and `epochs`.
+    pub dir: PathBuf,
+    /// Maximum size of a commit-log segment file (a record larger than this gets a segment of
+    /// its own). Default 256 MiB.
+    pub segment_size: u64,
+    /// Flush policy. Default [`FlushMode::Sync`].
+    pub flush: FlushMode,
+    /// The writer writes and fsyncs at most about this many bytes per batch. Default 4 MiB.
+    pub max_batch_bytes: usize,
+    /// Largest encoded record accepted by `append`. Default 8 MiB.
+    pub max_record_size: usize,
+    /// How often consume queues are flushed and the checkpoint written. Default 1 s.
+    pub cq_flush_interval: Duration,
+    /// Keep a log of the bytes covered by each fsync (for the bench). Default false.
+    #[doc(hidden)]
+    pub record_batch_sizes: bool,
+}
+
+impl StoreConfig {
+    /// Defaults for a store rooted at `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            dir: dir.into(),
+            segment_size: 256 * 1024 * 1024,
+            flush: FlushMode::Sync,
+            max_batch_bytes: 4 * 1024 * 1024,
+            max_record_size: 8 * 1024 * 1024,
+            cq_flush_interval: Duration::from_secs(1),
+            record_batch_sizes: false,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), crate::StoreError> {
+        use crate::StoreError::InvalidConfig;
+        if self.segment_size < 4096 {
+            return Err(InvalidConfig("segment_size must be at least 4096".into()));
+        }
+        if self.max_record_size < crate::record::HEADER_LEN + 1
+            || self.max_record_size > crate::record::MAX_RECORD_HARD
+        {
+            return Err(InvalidConfig(format!(
+                "max_record_size must be within {}..={}",
+                crate::record::HEADER_LEN + 1,
+                crate::record::MAX_RECORD_HARD
+            )));
+        }
+        if self.max_batch_bytes == 0 {
+            return Err(InvalidConfig("max_batch_bytes must be > 0".into()));
+        }
+        if self.cq_flush_interval.is_zero() {
+            return Err(InvalidConfig("cq_flush_interval must be > 0".into()));
+        }
+        if let FlushMode::Async { interval } = self.flush
+            && interval.is_zero()
+        {
+            return Err(InvalidConfig("async flush interval must be > 0".into()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,78 @@
+//! The store's error type.
+
+use std::io;
+
+/// Every error the store returns.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An operating-system I/O error.
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+    /// The log is fenced: it refuses appends (a write or fsync failed, or the log is corrupt in
+    /// the middle). The string says why.
+    #[error("log fenced: {0}")]
+    Fenced(String),
+    /// Bytes on disk (or handed to `append_raw`) failed validation.
+    #[error("corrupt record at offset {offset}: {reason}")]
+    Corrupt {
+        /// Log offset of the bad record.
+        offset: u64,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// A record handed to `append` is invalid (too large, field too long, empty topic...).
+    #[error("invalid record: {0}")]
+    InvalidRecord(String),
+    /// The offset is outside the readable/written range.
+    #[error("offset {offset} out of range (end {end})")]
+    OffsetOutOfRange {
+        /// Requested offset.
+        offset: u64,
+        /// Current end of the relevant range.
+        end: u64,
+    },
+    /// The offset does not start a record.
+    #[error("offset {0} is not a record boundary")]
+    NotRecordBoundary(u64),
+    /// `append_raw` was given bytes for a position other than the log end.
+    #[error("raw append at {got} but log end is {expected}")]
+    OffsetMismatch {
+        /// The current log end.
+        expected: u64,
+        /// The offset the caller gave.
+        got: u64,
+    },
+    /// `append_raw` got a record whose queue offset does not follow the local queue.
+    #[error("queue offset mismatch for {topic}/{queue_id}: expected {expected}, got {got}")]
+    QueueOffsetMismatch {
+        /// Topic of the record.
+        topic: String,
+        /// Queue id of the record.
+        queue_id: u32,
+        /// The next queue offset the local log expects.
+        expected: u64,
+        /// The queue offset found in the record.
+        got: u64,
+    },
+    /// Epochs must strictly grow.
+    #[error("epoch {requested} is not above the current epoch {current}")]
+    EpochNotIncreasing {
+        /// Current epoch.
+        current: u64,
+        /// Epoch the caller asked for.
+        requested: u64,
+    },
+    /// The configuration is unusable.
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    /// The store is shutting down.
+    #[error("store closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// A copy of an I/O error, for handing the same failure to many waiters.
+    pub(crate) fn io_copy(e: &io::Error) -> StoreError {
+        StoreError::Io(io::Error::new(e.kind(), e.to_string()))
+    }
+}

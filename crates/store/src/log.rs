@@ -1,0 +1,335 @@
+//! State shared between the store handle, the writer and the flusher, and the log read paths.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+
+use bytes::Bytes;
+
+use crate::StoreError;
+use crate::checkpoint::Checkpoint;
+use crate::config::StoreConfig;
+use crate::cq::ConsumeQueues;
+use crate::epoch::EpochHistory;
+use crate::record::{self, DecodeError, HEADER_LEN, MAX_RECORD_HARD, Record};
+use crate::segment::Segment;
+use crate::writer::Cmd;
+
+/// Writer counters.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub fsyncs: AtomicU64,
+    pub batches: AtomicU64,
+    pub records: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+/// Fault-injection switches (tests only).
+#[derive(Debug, Default)]
+pub(crate) struct Faults {
+    pub fail_next_write: AtomicBool,
+    pub fail_next_sync: AtomicBool,
+}
+
+/// The writer's inbox.
+#[derive(Default)]
+pub(crate) struct Inbox {
+    pub cmds: Vec<Cmd>,
+    pub shutdown: bool,
+    /// The writer is (about to be) blocked on the condvar and needs a notify.
+    pub writer_waiting: bool,
+}
+
+pub(crate) struct Shared {
+    pub cfg: StoreConfig,
+    pub log_dir: PathBuf,
+    pub segments: RwLock<Vec<Arc<Segment>>>,
+    /// Bytes written to segment files.
+    pub log_end: AtomicU64,
+    /// Bytes covered by a completed fdatasync.
+    pub durable: AtomicU64,
+    /// Records below this have their consume-queue entries dispatched.
+    pub dispatched: AtomicU64,
+    /// Replication limit; `u64::MAX` = none.
+    pub repl_limit: AtomicU64,
+    fenced_flag: AtomicBool,
+    fence_reason: Mutex<Option<String>>,
+    pub cqs: ConsumeQueues,
+    pub epochs: Mutex<EpochHistory>,
+    pub current_epoch: AtomicU64,
+    /// Serialises checkpoint writers; holds the last checkpoint written.
+    pub ckpt: Mutex<Checkpoint>,
+    pub counters: Counters,
+    pub faults: Faults,
+    pub inbox: Mutex<Inbox>,
+    pub inbox_cv: Condvar,
+    pub batch_sizes: Mutex<Vec<u64>>,
+    pub flusher_stop: Mutex<bool>,
+    pub flusher_cv: Condvar,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: StoreConfig,
+        segments: Vec<Arc<Segment>>,
+        log_end: u64,
+        cqs: ConsumeQueues,
+        epochs: EpochHistory,
+        ckpt: Checkpoint,
+        fenced: Option<String>,
+    ) -> Shared {
+        let epoch = epochs.current();
+        Shared {
+            log_dir: cfg.dir.join("commitlog"),
+            cfg,
+            segments: RwLock::new(segments),
+            log_end: AtomicU64::new(log_end),
+            durable: AtomicU64::new(log_end),
+            dispatched: AtomicU64::new(log_end),
+            repl_limit: AtomicU64::new(u64::MAX),
+            fenced_flag: AtomicBool::new(fenced.is_some()),
+            fence_reason: Mutex::new(fenced),
+            cqs,
+            epochs: Mutex::new(epochs),
+            current_epoch: AtomicU64::new(epoch),
+            ckpt: Mutex::new(ckpt),
+            counters: Counters::default(),
+            faults: Faults::default(),
+            inbox: Mutex::new(Inbox::default()),
+            inbox_cv: Condvar::new(),
+            batch_sizes: Mutex::new(Vec::new()),
+            flusher_stop: Mutex::new(false),
+            flusher_cv: Condvar::new(),
+        }
+    }
+
+    /// Fences the log (first reason wins) and logs the reason at ERROR.
+    pub fn fence(&self, reason: String) {
+        let mut r = lock(&self.fence_reason);
+        if r.is_none() {
+            tracing::error!(reason = %reason, "commit log fenced: appends refused");
+            *r = Some(reason);
+            self.fenced_flag.store(true, Ordering::Release);
+        }
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        self.fenced_flag.load(Ordering::Acquire)
+    }
+
+    pub fn fence_reason(&self) -> Option<String> {
+        lock(&self.fence_reason).clone()
+    }
+
+    pub fn fenced_error(&self) -> StoreError {
+        StoreError::Fenced(self.fence_reason().unwrap_or_default())
+    }
+
+    pub fn readable(&self) -> u64 {
+        self.durable
+            .load(Ordering::Acquire)
+            .min(self.repl_limit.load(Ordering::Acquire))
+    }
+
+    /// The segment holding `offset`.
+    pub fn segment_for(&self, offset: u64) -> Option<Arc<Segment>> {
+        let segs = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        let i = segs.partition_point(|s| s.start <= offset);
+        if i == 0 {
+            None
+        } else {
+            Some(segs[i - 1].clone())
+        }
+    }
+
+    fn max_len(&self) -> usize {
+        MAX_RECORD_HARD
+    }
+
+    /// Reads and validates the record starting at `offset`, which must lie below `end`.
+    pub fn read_record(&self, offset: u64, end: u64) -> Result<Record, StoreError> {
+        let bytes = self.read_record_bytes(offset, end)?;
+        let rec =
+            record::decode_record(&bytes, self.max_len()).map_err(|e| self.corrupt(offset, &e))?;
+        if rec.log_offset != offset {
+            return Err(StoreError::NotRecordBoundary(offset));
+        }
+        Ok(rec)
+    }
+
+    fn corrupt(&self, offset: u64, e: &DecodeError) -> StoreError {
+        StoreError::Corrupt {
+            offset,
+            reason: e.to_string(),
+        }
+    }
+
+    /// The raw bytes of the record at `offset` (header-checked, CRC not checked).
+    pub fn read_record_bytes(&self, offset: u64, end: u64) -> Result<Bytes, StoreError> {
+        if offset >= end {
+            return Err(StoreError::OffsetOutOfRange { offset, end });
+        }
+        let seg = self
+            .segment_for(offset)
+            .ok_or(StoreError::OffsetOutOfRange { offset, end })?;
+        let rel = offset - seg.start;
+        let avail = end - offset;
+        if avail < HEADER_LEN as u64 {
+            return Err(StoreError::NotRecordBoundary(offset));
+        }
+        let mut head = [0u8; HEADER_LEN];
+        seg.file.read_exact_at(&mut head, rel)?;
+        let limit = usize::try_from(avail).unwrap_or(usize::MAX);
+        let total = record::check_header(&head, limit)
+            .map_err(|_| StoreError::NotRecordBoundary(offset))?;
+        let mut buf = vec![0u8; total];
+        buf[..HEADER_LEN].copy_from_slice(&head);
+        seg.file
+            .read_exact_at(&mut buf[HEADER_LEN..], rel + HEADER_LEN as u64)?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// Whole records from `from` up to `end`, at most `max_bytes` (but always at least one
+    /// record if one is available), never crossing a segment boundary.
+    pub fn read_raw(&self, from: u64, max_bytes: usize, end: u64) -> Result<Vec<u8>, StoreError> {
+        if from == end {
+            return Ok(Vec::new());
+        }
+        if from > end {
+            return Err(StoreError::OffsetOutOfRange { offset: from, end });
+        }
+        let seg = self
+            .segment_for(from)
+            .ok_or(StoreError::OffsetOutOfRange { offset: from, end })?;
+        let seg_end = {
+            let segs = self.segments.read().unwrap_or_else(|p| p.into_inner());
+            let i = segs.partition_point(|s| s.start <= from);
+            segs.get(i).map_or(end, |n| n.start.min(end))
+        };
+        // Verify `from` is a record boundary.
+        let first = self.read_record(from, seg_end)?;
+        let want = (max_bytes as u64).max(u64::from(first.size));
+        let len = (seg_end - from).min(want) as usize;
+        let mut buf = vec![0u8; len];
+        seg.file.read_exact_at(&mut buf, from - seg.start)?;
+        // Cut after the last whole record.
+        let mut p = 0usize;
+        while buf.len() - p >= HEADER_LEN {
+            match record::check_header(&buf[p..], buf.len() - p) {
+                Ok(t) => p += t,
+                Err(_) => break,
+            }
+        }
+        buf.truncate(p);
+        Ok(buf)
+    }
+}
+
+/// Forward iterator over records; see [`crate::Store::scan`].
+pub struct Scan {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) next: u64,
+    pub(crate) buf: Bytes,
+    pub(crate) buf_start: u64,
+    pub(crate) done: bool,
+}
+
+impl Scan {
+    fn fill(&mut self, end: u64) -> Result<(), StoreError> {
+        let seg = self
+            .shared
+            .segment_for(self.next)
+            .ok_or(StoreError::OffsetOutOfRange {
+                offset: self.next,
+                end,
+            })?;
+        let seg_end = {
+            let segs = self
+                .shared
+                .segments
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            let i = segs.partition_point(|s| s.start <= self.next);
+            segs.get(i).map_or(end, |n| n.start.min(end))
+        };
+        let len = (seg_end - self.next).min(256 * 1024) as usize;
+        let mut v = vec![0u8; len];
+        read_at(&seg.file, &mut v, self.next - seg.start)?;
+        self.buf = Bytes::from(v);
+        self.buf_start = self.next;
+        Ok(())
+    }
+}
+
+fn read_at(f: &File, buf: &mut [u8], pos: u64) -> std::io::Result<()> {
+    f.read_exact_at(buf, pos)
+}
+
+impl Iterator for Scan {
+    type Item = Result<Record, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let end = self.shared.log_end.load(Ordering::Acquire);
+        if self.next >= end {
+            return None;
+        }
+        let rel = (self.next - self.buf_start) as usize;
+        let in_buf = self.next >= self.buf_start && rel < self.buf.len();
+        let header_ok = in_buf
+            && self.buf.len() - rel >= HEADER_LEN
+            && record::check_header(&self.buf[rel..], usize::MAX)
+                .is_ok_and(|t| self.buf.len() - rel >= t);
+        let rec = if header_ok {
+            let b = self.buf.slice(rel..);
+            record::decode_record(&b, MAX_RECORD_HARD).map_err(|e| StoreError::Corrupt {
+                offset: self.next,
+                reason: e.to_string(),
+            })
+        } else {
+            // Refill (or read a large record directly).
+            match self.fill(end) {
+                Ok(()) => {
+                    if self.buf.len() >= HEADER_LEN
+                        && record::check_header(&self.buf, usize::MAX)
+                            .is_ok_and(|t| self.buf.len() >= t)
+                    {
+                        let b = self.buf.clone();
+                        record::decode_record(&b, MAX_RECORD_HARD).map_err(|e| {
+                            StoreError::Corrupt {
+                                offset: self.next,
+                                reason: e.to_string(),
+                            }
+                        })
+                    } else {
+                        self.shared.read_record(self.next, end)
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        };
+        match rec {
+            Ok(r) if r.log_offset == self.next => {
+                self.next = r.next_offset();
+                Some(Ok(r))
+            }
+            Ok(_) => {
+                self.done = true;
+                Some(Err(StoreError::NotRecordBoundary(self.next)))
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}

@@ -1,0 +1,466 @@
+//! The public [`Store`] handle.
+
+use std::fs;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::config::StoreConfig;
+use crate::cq::CqEntry;
+use crate::epoch::EpochEntry;
+use crate::log::{Scan, Shared, lock};
+use crate::record::{self, Appended, MAX_RECORD_HARD, NewRecord, Record};
+use crate::recovery;
+use crate::segment::sync_dir;
+use crate::writer::{Cmd, RawMeta, Writer};
+use crate::{StoreError, flusher};
+
+/// Writer counters, see [`Store::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// fdatasync calls on commit-log segments.
+    pub fsyncs: u64,
+    /// Committed batches.
+    pub batches: u64,
+    /// Records appended (including raw ones).
+    pub records: u64,
+    /// Bytes written to the commit log.
+    pub bytes: u64,
+}
+
+/// A fault to inject (tests only).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The next segment write fails.
+    NextWrite,
+    /// The next segment fdatasync fails.
+    NextSync,
+}
+
+struct Inner {
+    sh: Arc<Shared>,
+    writer: Option<JoinHandle<()>>,
+    flusher: Option<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        {
+            let mut g = lock(&self.sh.inbox);
+            g.shutdown = true;
+        }
+        self.sh.inbox_cv.notify_all();
+        if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
+        *lock(&self.sh.flusher_stop) = true;
+        self.sh.flusher_cv.notify_all();
+        if let Some(h) = self.flusher.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A durable commit log with consume queues. Cheap to clone; the background threads stop (after
+/// a final flush) when the last clone is dropped.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.sh.cfg.dir)
+            .field("log_end", &self.log_end_offset())
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `cfg.dir` and runs recovery (see the
+    /// `recovery` module docs for the rule). A log corrupt in the middle opens fenced.
+    pub fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
+        cfg.validate()?;
+        for d in [
+            cfg.dir.clone(),
+            cfg.dir.join("commitlog"),
+            cfg.dir.join("consumequeue"),
+        ] {
+            if !d.exists() {
+                fs::create_dir_all(&d)?;
+                if let Some(p) = d.parent() {
+                    sync_dir(p)?;
+                }
+            }
+        }
+        let rec = recovery::recover(&cfg)?;
+        let last = rec
+            .segments
+            .last()
+            .cloned()
+            .ok_or_else(|| StoreError::InvalidConfig("no segment after recovery".into()))?;
+        let sh = Arc::new(Shared::new(
+            cfg,
+            rec.segments,
+            rec.log_end,
+            rec.cqs,
+            rec.epochs,
+            rec.checkpoint,
+            rec.fenced,
+        ));
+        if !sh.is_fenced() {
+            flusher::flush_once(&sh)?;
+        }
+        let writer = Writer::new(sh.clone(), last);
+        let w = std::thread::Builder::new()
+            .name("sofamq-store-writer".into())
+            .spawn(move || writer.run())?;
+        let fsh = sh.clone();
+        let f = std::thread::Builder::new()
+            .name("sofamq-store-flusher".into())
+            .spawn(move || flusher::run(&fsh))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                sh,
+                writer: Some(w),
+                flusher: Some(f),
+            }),
+        })
+    }
+
+    fn sh(&self) -> &Shared {
+        &self.inner.sh
+    }
+
+    fn send(&self, cmd: Cmd) {
+        let notify = {
+            let mut g = lock(&self.sh().inbox);
+            g.cmds.push(cmd);
+            std::mem::replace(&mut g.writer_waiting, false)
+        };
+        if notify {
+            self.sh().inbox_cv.notify_one();
+        }
+    }
+
+    fn submit(
+        &self,
+        recs: Vec<NewRecord>,
+    ) -> Result<oneshot::Receiver<Result<Vec<Appended>, StoreError>>, StoreError> {
+        if self.sh().is_fenced() {
+            return Err(self.sh().fenced_error());
+        }
+        let max = self.sh().cfg.max_record_size;
+        for r in &recs {
+            let n = record::encoded_len(r).map_err(StoreError::InvalidRecord)?;
+            if n > max {
+                return Err(StoreError::InvalidRecord(format!(
+                    "record of {n} bytes exceeds max_record_size {max}"
+                )));
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Append { recs, tx });
+        Ok(rx)
+    }
+
+    /// Appends records (all or none). Resolves once they are durable ([`crate::FlushMode::Sync`])
+    /// or written ([`crate::FlushMode::Async`]). Queue offsets are assigned in log order.
+    pub async fn append(&self, recs: Vec<NewRecord>) -> Result<Vec<Appended>, StoreError> {
+        if recs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rx = self.submit(recs)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Blocking [`Store::append`]. Must not be called from inside an async runtime.
+    pub fn append_blocking(&self, recs: Vec<NewRecord>) -> Result<Vec<Appended>, StoreError> {
+        if recs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rx = self.submit(recs)?;
+        rx.blocking_recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Reads the record starting at `log_offset` (must be below [`Store::log_end_offset`]).
+    /// A CRC failure in the durable part of the log fences the store.
+    pub fn read_at(&self, log_offset: u64) -> Result<Record, StoreError> {
+        let end = self.sh().log_end.load(Ordering::Acquire);
+        let r = self.sh().read_record(log_offset, end);
+        if let Err(StoreError::Corrupt { offset, reason }) = &r
+            && *offset < self.durable_offset()
+        {
+            self.sh().fence(format!(
+                "corrupt record at offset {offset} found on read: {reason}"
+            ));
+        }
+        r
+    }
+
+    /// Up to `max_count` records of a queue from `queue_offset`, stopping before the total
+    /// size would exceed `max_bytes` (at least one record is returned if any is readable).
+    /// Only records below [`Store::readable_offset`] are returned.
+    pub fn read_queue(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let Some(cq) = self.sh().cqs.get(topic, queue_id) else {
+            return Ok(Vec::new());
+        };
+        let readable = self.readable_offset();
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for e in cq.entries(queue_offset, max_count)? {
+            if e.end() > readable {
+                break;
+            }
+            if !out.is_empty() && bytes + e.size as usize > max_bytes {
+                break;
+            }
+            let r = self.read_at(e.log_offset)?;
+            if r.topic != topic
+                || r.queue_id != queue_id
+                || r.queue_offset != queue_offset + out.len() as u64
+            {
+                return Err(StoreError::Corrupt {
+                    offset: e.log_offset,
+                    reason: format!("consume queue {topic}/{queue_id} entry does not match record"),
+                });
+            }
+            bytes += r.size as usize;
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Raw consume-queue entries (log offset, size, tag hash) from `queue_offset`, readable ones
+    /// only; for tag filtering without reading records.
+    pub fn read_queue_entries(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+        max_count: usize,
+    ) -> Result<Vec<CqEntry>, StoreError> {
+        let Some(cq) = self.sh().cqs.get(topic, queue_id) else {
+            return Ok(Vec::new());
+        };
+        let readable = self.readable_offset();
+        let mut v = cq.entries(queue_offset, max_count)?;
+        let keep = v.partition_point(|e| e.end() <= readable);
+        v.truncate(keep);
+        Ok(v)
+    }
+
+    /// `(min, max)` queue offsets of a queue; `max` is exclusive and counts readable records
+    /// only. `(0, 0)` for an unknown queue.
+    pub fn queue_offsets(&self, topic: &str, queue_id: u32) -> (u64, u64) {
+        match self.sh().cqs.get(topic, queue_id) {
+            Some(cq) => (0, cq.count_below(self.readable_offset()).unwrap_or(0)),
+            None => (0, 0),
+        }
+    }
+
+    /// Every (topic, queue id) that has a consume queue.
+    pub fn queues(&self) -> Vec<(String, u32)> {
+        let mut v: Vec<_> = self
+            .sh()
+            .cqs
+            .all()
+            .iter()
+            .map(|q| (q.topic.clone(), q.queue_id))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Bytes written to the log (the offset the next record gets).
+    pub fn log_end_offset(&self) -> u64 {
+        self.sh().log_end.load(Ordering::Acquire)
+    }
+
+    /// Bytes covered by a completed fdatasync.
+    pub fn durable_offset(&self) -> u64 {
+        self.sh().durable.load(Ordering::Acquire)
+    }
+
+    /// `min(durable, replication limit)`: consumers read only below this.
+    pub fn readable_offset(&self) -> u64 {
+        self.sh().readable()
+    }
+
+    /// Sets (or with `None` removes) the replication limit on [`Store::readable_offset`].
+    pub fn set_replication_limit(&self, limit: Option<u64>) {
+        self.sh()
+            .repl_limit
+            .store(limit.unwrap_or(u64::MAX), Ordering::Release);
+    }
+
+    /// Durably cuts the log at `offset`, a record boundary at or below the end: segment files
+    /// are cut and fsynced and the directory fsynced so the tail never reappears; consume queues
+    /// and the epoch history are trimmed too. Appends then continue from `offset`.
+    pub fn truncate(&self, offset: u64) -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Cmd::Truncate { offset, tx });
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// The current epoch (0 before any [`Store::begin_epoch`]).
+    pub fn current_epoch(&self) -> u64 {
+        self.sh().current_epoch.load(Ordering::Acquire)
+    }
+
+    /// The epoch history, oldest first.
+    pub fn epoch_history(&self) -> Vec<EpochEntry> {
+        lock(&self.sh().epochs).entries().to_vec()
+    }
+
+    /// Durably appends `(epoch, log_end_offset)` to the epoch history; records appended after
+    /// this carry `epoch`. Epochs must strictly grow.
+    pub fn begin_epoch(&self, epoch: u64) -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Cmd::BeginEpoch { epoch, tx });
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    fn submit_raw(
+        &self,
+        start_offset: u64,
+        bytes: Bytes,
+    ) -> Result<oneshot::Receiver<Result<u64, StoreError>>, StoreError> {
+        if self.sh().is_fenced() {
+            return Err(self.sh().fenced_error());
+        }
+        let mut metas = Vec::new();
+        let mut p = 0usize;
+        while p < bytes.len() {
+            let off = start_offset + p as u64;
+            let v = record::decode_view(&bytes[p..], MAX_RECORD_HARD).map_err(|e| {
+                StoreError::Corrupt {
+                    offset: off,
+                    reason: e.to_string(),
+                }
+            })?;
+            if v.log_offset != off {
+                return Err(StoreError::Corrupt {
+                    offset: off,
+                    reason: format!("record claims offset {}", v.log_offset),
+                });
+            }
+            metas.push(RawMeta {
+                topic: v.topic.to_owned(),
+                queue_id: v.queue_id,
+                queue_offset: v.queue_offset,
+                size: v.size,
+                tag_hash: record::tag_hash(v.tag),
+                epoch: v.epoch,
+            });
+            p += v.size as usize;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Raw {
+            start: start_offset,
+            bytes,
+            metas,
+            tx,
+        });
+        Ok(rx)
+    }
+
+    /// Replication (slave side): appends whole encoded records copied from a master's log at
+    /// `start_offset`, which must equal [`Store::log_end_offset`]. Every record's CRC, offset
+    /// and queue offset is verified; records are written and fsynced by the group-commit writer
+    /// and dispatched to the consume queues. A record with a higher epoch than the current one
+    /// durably adds that epoch to the history. Returns the new durable offset. Blocking; see
+    /// [`Store::append_raw_async`].
+    pub fn append_raw(&self, start_offset: u64, bytes: &[u8]) -> Result<u64, StoreError> {
+        if bytes.is_empty() {
+            return Ok(self.durable_offset());
+        }
+        let rx = self.submit_raw(start_offset, Bytes::copy_from_slice(bytes))?;
+        rx.blocking_recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Async [`Store::append_raw`].
+    pub async fn append_raw_async(
+        &self,
+        start_offset: u64,
+        bytes: Bytes,
+    ) -> Result<u64, StoreError> {
+        if bytes.is_empty() {
+            return Ok(self.durable_offset());
+        }
+        let rx = self.submit_raw(start_offset, bytes)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Replication (master side): whole encoded records from `from` (a record boundary), at
+    /// most `max_bytes` (but at least one record when one is available), only below the durable
+    /// offset and within one segment. Empty when `from` is the durable end.
+    pub fn read_raw(&self, from: u64, max_bytes: usize) -> Result<Vec<u8>, StoreError> {
+        self.sh().read_raw(from, max_bytes, self.durable_offset())
+    }
+
+    /// Iterates forward over records from `from` (a record boundary) up to the log end. Stops
+    /// after the first error.
+    pub fn scan(&self, from: u64) -> Scan {
+        Scan {
+            shared: self.inner.sh.clone(),
+            next: from,
+            buf: Bytes::new(),
+            buf_start: from,
+            done: false,
+        }
+    }
+
+    /// `Some(reason)` once the log is fenced (appends refused).
+    pub fn fenced(&self) -> Option<String> {
+        self.sh().fence_reason()
+    }
+
+    /// Writer counters.
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.sh().counters;
+        StoreStats {
+            fsyncs: c.fsyncs.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            records: c.records.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Flushes consume queues and writes the checkpoint now (normally periodic).
+    pub fn flush_queues(&self) -> Result<(), StoreError> {
+        if self.sh().is_fenced() {
+            return Err(self.sh().fenced_error());
+        }
+        flusher::flush_once(self.sh())?;
+        Ok(())
+    }
+
+    /// Bytes covered by each fsync so far (only with `record_batch_sizes`); clears the log.
+    #[doc(hidden)]
+    pub fn take_batch_sizes(&self) -> Vec<u64> {
+        std::mem::take(&mut *lock(&self.sh().batch_sizes))
+    }
+
+    /// Makes the next segment write or fsync fail (tests only).
+    #[doc(hidden)]
+    pub fn inject_fault(&self, fault: Fault) {
+        let f = &self.sh().faults;
+        match fault {
+            Fault::NextWrite => f.fail_next_write.store(true, Ordering::Release),
+            Fault::NextSync => f.fail_next_sync.store(true, Ordering::Release),
+        }
+    }
+}

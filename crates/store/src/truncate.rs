@@ -1,0 +1,107 @@
+//! Durable truncation of the log tail (runs on the writer thread).
+//!
+//! Order matters for crash safety:
+//! 1. the checkpoint is lowered first (so a crash half way never leaves a checkpoint claiming
+//!    bytes the log no longer has),
+//! 2. segment files past the offset are removed and the segment holding it is cut
+//!    (`ftruncate` + `fsync`), then the directory is fsynced, so the cut tail can never
+//!    reappear,
+//! 3. consume queues and the epoch history are trimmed (durably) to the new end.
+
+use std::sync::atomic::Ordering;
+
+use crate::StoreError;
+use crate::checkpoint::{self, Checkpoint};
+use crate::log::lock;
+use crate::segment::sync_dir;
+use crate::writer::Writer;
+
+impl Writer {
+    /// Cuts the log at `offset` (a record boundary at or below the end). Pending appends were
+    /// committed by the caller.
+    pub(crate) fn truncate(&mut self, offset: u64) -> Result<(), StoreError> {
+        if self.sh.is_fenced() {
+            return Err(self.sh.fenced_error());
+        }
+        if offset > self.end {
+            return Err(StoreError::OffsetOutOfRange {
+                offset,
+                end: self.end,
+            });
+        }
+        if offset < self.end {
+            let rec = self.sh.read_record(offset, self.end)?;
+            if rec.log_offset != offset {
+                return Err(StoreError::NotRecordBoundary(offset));
+            }
+        }
+        let res = self.truncate_io(offset);
+        if let Err(e) = &res {
+            self.sh.fence(format!("truncate to {offset} failed: {e}"));
+        }
+        res
+    }
+
+    fn truncate_io(&mut self, offset: u64) -> Result<(), StoreError> {
+        let sh = self.sh.clone();
+        // Hold the checkpoint lock throughout so the flusher cannot write a stale checkpoint.
+        let mut ck = lock(&sh.ckpt);
+        sh.log_end.store(offset, Ordering::Release);
+        sh.durable.fetch_min(offset, Ordering::AcqRel);
+        sh.dispatched.fetch_min(offset, Ordering::AcqRel);
+        let lowered = Checkpoint {
+            durable: ck.durable.min(offset),
+            cq_flushed: ck.cq_flushed.min(offset),
+            queue_count: ck.queue_count,
+        };
+        if lowered != *ck {
+            checkpoint::store(&sh.cfg.dir, &lowered)?;
+            *ck = lowered;
+        }
+
+        // Segment files.
+        {
+            let mut segs = sh.segments.write().unwrap_or_else(|p| p.into_inner());
+            let mut removed = false;
+            while segs.len() > 1 && segs.last().is_some_and(|s| s.start > offset) {
+                if let Some(s) = segs.pop() {
+                    std::fs::remove_file(&s.path)?;
+                    removed = true;
+                }
+            }
+            if let Some(last) = segs.last() {
+                last.file.set_len(offset.saturating_sub(last.start))?;
+                last.file.sync_all()?;
+                self.seg = last.clone();
+            }
+            if removed {
+                sync_dir(&sh.log_dir)?;
+            }
+        }
+
+        // Consume queues.
+        for q in &mut self.queues {
+            let keep = q.cq.count_below(offset)?;
+            if keep < q.cq.len() {
+                q.cq.truncate(keep)?;
+            }
+            q.next = q.cq.len();
+        }
+
+        // Epoch history.
+        {
+            let mut ep = lock(&sh.epochs);
+            ep.trim_after(offset)?;
+            self.epoch = ep.current();
+            sh.current_epoch.store(self.epoch, Ordering::Release);
+        }
+
+        self.end = offset;
+        self.written = offset;
+        self.synced = offset;
+        sh.durable.store(offset, Ordering::Release);
+        sh.dispatched.store(offset, Ordering::Release);
+        tracing::info!(offset, "log truncated");
+        Ok(())
+    }
+}

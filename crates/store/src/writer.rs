@@ -1,0 +1,504 @@
+//! The group-commit writer thread.
+//!
+//! One std thread owns the write side of the log. Callers push commands into an inbox; the
+//! writer takes everything pending at once, assigns log and queue offsets, encodes the records
+//! back to back into one reused buffer, writes the buffer with one `write_all_at` per segment
+//! and covers it with one `fdatasync`, then dispatches consume-queue entries and completes every
+//! waiter of the batch. While it is in `fdatasync`, new appends pile up in the inbox and form
+//! the next batch: that is the group commit.
+//!
+//! Any write or fsync error fences the log: the waiters of the failed batch get the error and
+//! every later append gets [`StoreError::Fenced`]. An fsync is never retried (after a failed
+//! fsync the kernel may have dropped the dirty pages, so a retry could "succeed" without the data).
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::StoreError;
+use crate::config::FlushMode;
+use crate::cq::{ConsumeQueue, CqEntry};
+use crate::epoch::EpochEntry;
+use crate::log::{Shared, lock};
+use crate::record::{self, Appended, NewRecord, Stamp};
+use crate::segment::{Segment, sync_dir};
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// Metadata of one record inside an `append_raw` payload (parsed and CRC-checked by the caller).
+#[derive(Debug)]
+pub(crate) struct RawMeta {
+    pub topic: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub size: u32,
+    pub tag_hash: u64,
+    pub epoch: u64,
+}
+
+/// A command for the writer.
+pub(crate) enum Cmd {
+    Append {
+        recs: Vec<NewRecord>,
+        tx: Reply<Vec<Appended>>,
+    },
+    Raw {
+        start: u64,
+        bytes: Bytes,
+        metas: Vec<RawMeta>,
+        tx: Reply<u64>,
+    },
+    Truncate {
+        offset: u64,
+        tx: mpsc::SyncSender<Result<(), StoreError>>,
+    },
+    BeginEpoch {
+        epoch: u64,
+        tx: mpsc::SyncSender<Result<(), StoreError>>,
+    },
+}
+
+enum Waiter {
+    Append(Reply<Vec<Appended>>, Vec<Appended>),
+    Raw(Reply<u64>),
+}
+
+pub(crate) struct WriterQueue {
+    pub next: u64,
+    pub cq: Arc<ConsumeQueue>,
+}
+
+/// State owned by the writer thread.
+pub(crate) struct Writer {
+    pub sh: Arc<Shared>,
+    /// Active (last) segment.
+    pub seg: Arc<Segment>,
+    /// Log end including bytes still in `buf`.
+    pub end: u64,
+    /// Bytes written to files.
+    pub written: u64,
+    /// Bytes covered by fdatasync.
+    pub synced: u64,
+    buf: Vec<u8>,
+    pub epoch: u64,
+    pub index: HashMap<String, HashMap<u32, usize>>,
+    pub queues: Vec<WriterQueue>,
+    dispatch: Vec<(usize, CqEntry)>,
+    waiters: Vec<Waiter>,
+    batch_records: u64,
+    last_sync: Instant,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Writer {
+    /// `seg` is the last segment of the log (recovery always leaves one).
+    pub fn new(sh: Arc<Shared>, seg: Arc<Segment>) -> Writer {
+        let end = sh.log_end.load(Ordering::Acquire);
+        let epoch = sh.current_epoch.load(Ordering::Acquire);
+        let mut w = Writer {
+            seg,
+            end,
+            written: end,
+            synced: end,
+            buf: Vec::with_capacity(sh.cfg.max_batch_bytes + 64 * 1024),
+            epoch,
+            index: HashMap::new(),
+            queues: Vec::new(),
+            dispatch: Vec::new(),
+            waiters: Vec::new(),
+            batch_records: 0,
+            last_sync: Instant::now(),
+            sh,
+        };
+        for cq in w.sh.cqs.all() {
+            let i = w.queues.len();
+            w.index
+                .entry(cq.topic.clone())
+                .or_default()
+                .insert(cq.queue_id, i);
+            w.queues.push(WriterQueue { next: cq.len(), cq });
+        }
+        w
+    }
+
+    fn queue_index(&mut self, topic: &str, queue_id: u32) -> io::Result<usize> {
+        if let Some(i) = self.index.get(topic).and_then(|m| m.get(&queue_id)) {
+            return Ok(*i);
+        }
+        let cq = self.sh.cqs.get_or_create(topic, queue_id)?;
+        let i = self.queues.len();
+        self.index
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(queue_id, i);
+        self.queues.push(WriterQueue { next: cq.len(), cq });
+        Ok(i)
+    }
+
+    /// The thread body.
+    pub fn run(mut self) {
+        let mut local: Vec<Cmd> = Vec::new();
+        loop {
+            let shutdown;
+            {
+                let mut g = lock(&self.sh.inbox);
+                loop {
+                    if !g.cmds.is_empty() || g.shutdown {
+                        break;
+                    }
+                    match self.sh.cfg.flush {
+                        FlushMode::Async { interval } if self.synced < self.written => {
+                            let due = self.last_sync + interval;
+                            let now = Instant::now();
+                            if now >= due {
+                                break;
+                            }
+                            g.writer_waiting = true;
+                            g = self
+                                .sh
+                                .inbox_cv
+                                .wait_timeout(g, due - now)
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0;
+                        }
+                        _ => {
+                            g.writer_waiting = true;
+                            g = self.sh.inbox_cv.wait(g).unwrap_or_else(|p| p.into_inner());
+                        }
+                    }
+                    g.writer_waiting = false;
+                }
+                std::mem::swap(&mut g.cmds, &mut local);
+                shutdown = g.shutdown;
+            }
+            for cmd in local.drain(..) {
+                self.handle(cmd);
+            }
+            self.commit();
+            if let FlushMode::Async { interval } = self.sh.cfg.flush
+                && (shutdown || self.last_sync.elapsed() >= interval)
+            {
+                self.background_sync();
+            }
+            if shutdown && lock(&self.sh.inbox).cmds.is_empty() {
+                return;
+            }
+        }
+    }
+
+    fn background_sync(&mut self) {
+        self.last_sync = Instant::now();
+        if self.synced < self.written
+            && !self.sh.is_fenced()
+            && let Err(e) = self.sync()
+        {
+            self.sh.fence(format!("fdatasync failed: {e}"));
+        }
+    }
+
+    fn handle(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Append { recs, tx } => {
+                if self.sh.is_fenced() {
+                    let _ = tx.send(Err(self.sh.fenced_error()));
+                    return;
+                }
+                match self.encode_append(&recs) {
+                    Ok(out) => self.waiters.push(Waiter::Append(tx, out)),
+                    Err(e) => {
+                        self.fail_batch(&e);
+                        let _ = tx.send(Err(StoreError::io_copy(&e)));
+                    }
+                }
+            }
+            Cmd::Raw {
+                start,
+                bytes,
+                metas,
+                tx,
+            } => {
+                if self.sh.is_fenced() {
+                    let _ = tx.send(Err(self.sh.fenced_error()));
+                    return;
+                }
+                match self.encode_raw(start, &bytes, &metas) {
+                    Ok(Ok(())) => self.waiters.push(Waiter::Raw(tx)),
+                    Ok(Err(e)) => {
+                        let _ = tx.send(Err(e));
+                    }
+                    Err(e) => {
+                        self.fail_batch(&e);
+                        let _ = tx.send(Err(StoreError::io_copy(&e)));
+                    }
+                }
+            }
+            Cmd::Truncate { offset, tx } => {
+                self.commit();
+                let _ = tx.send(self.truncate(offset));
+            }
+            Cmd::BeginEpoch { epoch, tx } => {
+                self.commit();
+                let _ = tx.send(self.begin_epoch(epoch));
+            }
+        }
+        if self.buf.len() >= self.sh.cfg.max_batch_bytes {
+            self.commit();
+        }
+    }
+
+    /// Rolls to a new segment if a record of `size` bytes does not fit the active one.
+    fn make_room(&mut self, size: usize) -> io::Result<()> {
+        let used = self.end.saturating_sub(self.seg.start);
+        if used > 0 && used + size as u64 > self.sh.cfg.segment_size {
+            self.roll()?;
+        }
+        Ok(())
+    }
+
+    /// Writes and fsyncs what the active segment has pending, then starts a new segment at the
+    /// current end. The old segment is made durable before the new file exists, so that a torn
+    /// record can only ever be in the last segment.
+    fn roll(&mut self) -> io::Result<()> {
+        self.write_buf()?;
+        self.sync()?;
+        let seg = Arc::new(Segment::open(&self.sh.log_dir, self.end, true)?);
+        sync_dir(&self.sh.log_dir)?;
+        tracing::debug!(start = self.end, "rolled to a new segment");
+        self.sh
+            .segments
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(seg.clone());
+        self.seg = seg;
+        Ok(())
+    }
+
+    fn encode_append(&mut self, recs: &[NewRecord]) -> io::Result<Vec<Appended>> {
+        let now = now_ms();
+        let mut out = Vec::with_capacity(recs.len());
+        for rec in recs {
+            let size = record::encoded_len(rec).unwrap_or(0);
+            self.make_room(size)?;
+            let qi = self.queue_index(&rec.topic, rec.queue_id)?;
+            let queue_offset = self.queues[qi].next;
+            self.queues[qi].next += 1;
+            let stamp = Stamp {
+                epoch: self.epoch,
+                log_offset: self.end,
+                queue_offset,
+                store_ts_ms: now,
+            };
+            let n = record::encode_into(&mut self.buf, rec, stamp);
+            self.dispatch.push((
+                qi,
+                CqEntry {
+                    log_offset: self.end,
+                    size: n,
+                    tag_hash: record::tag_hash(&rec.tag),
+                },
+            ));
+            out.push(Appended {
+                log_offset: self.end,
+                queue_offset,
+                size: n,
+                store_ts_ms: now,
+            });
+            self.end += u64::from(n);
+            self.batch_records += 1;
+        }
+        Ok(out)
+    }
+
+    /// Outer error: I/O (fences). Inner error: the request is invalid (only it fails).
+    fn encode_raw(
+        &mut self,
+        start: u64,
+        bytes: &[u8],
+        metas: &[RawMeta],
+    ) -> io::Result<Result<(), StoreError>> {
+        if start != self.end {
+            return Ok(Err(StoreError::OffsetMismatch {
+                expected: self.end,
+                got: start,
+            }));
+        }
+        // Check queue offsets and epochs before touching anything.
+        let mut overlay: HashMap<usize, u64> = HashMap::new();
+        let mut epoch = self.epoch;
+        for m in metas {
+            let qi = self.queue_index(&m.topic, m.queue_id)?;
+            let expected = *overlay.get(&qi).unwrap_or(&self.queues[qi].next);
+            if m.queue_offset != expected {
+                return Ok(Err(StoreError::QueueOffsetMismatch {
+                    topic: m.topic.clone(),
+                    queue_id: m.queue_id,
+                    expected,
+                    got: m.queue_offset,
+                }));
+            }
+            overlay.insert(qi, expected + 1);
+            if m.epoch < epoch {
+                return Ok(Err(StoreError::Corrupt {
+                    offset: start,
+                    reason: format!("record epoch {} below current epoch {epoch}", m.epoch),
+                }));
+            }
+            epoch = m.epoch;
+        }
+        let mut p = 0usize;
+        for m in metas {
+            self.make_room(m.size as usize)?;
+            if m.epoch > self.epoch {
+                lock(&self.sh.epochs).append(EpochEntry {
+                    epoch: m.epoch,
+                    start_offset: self.end,
+                })?;
+                self.epoch = m.epoch;
+                self.sh.current_epoch.store(m.epoch, Ordering::Release);
+            }
+            let qi = self.queue_index(&m.topic, m.queue_id)?;
+            self.queues[qi].next = m.queue_offset + 1;
+            self.buf.extend_from_slice(&bytes[p..p + m.size as usize]);
+            self.dispatch.push((
+                qi,
+                CqEntry {
+                    log_offset: self.end,
+                    size: m.size,
+                    tag_hash: m.tag_hash,
+                },
+            ));
+            p += m.size as usize;
+            self.end += u64::from(m.size);
+            self.batch_records += 1;
+        }
+        Ok(Ok(()))
+    }
+
+    fn write_buf(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if self.sh.faults.fail_next_write.swap(false, Ordering::AcqRel) {
+            return Err(io::Error::other("injected write failure"));
+        }
+        self.seg
+            .file
+            .write_all_at(&self.buf, self.written - self.seg.start)?;
+        self.written += self.buf.len() as u64;
+        self.sh
+            .counters
+            .bytes
+            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        self.buf.clear();
+        self.sh.log_end.store(self.written, Ordering::Release);
+        Ok(())
+    }
+
+    pub(crate) fn sync(&mut self) -> io::Result<()> {
+        if self.sh.faults.fail_next_sync.swap(false, Ordering::AcqRel) {
+            return Err(io::Error::other("injected fsync failure"));
+        }
+        self.seg.file.sync_data()?;
+        self.sh.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        if self.sh.cfg.record_batch_sizes {
+            lock(&self.sh.batch_sizes).push(self.written - self.synced);
+        }
+        self.synced = self.written;
+        self.sh.durable.store(self.synced, Ordering::Release);
+        Ok(())
+    }
+
+    /// Fences after an I/O failure and fails every waiter of the current batch.
+    fn fail_batch(&mut self, e: &io::Error) {
+        self.sh.fence(format!("commit log write/fsync failed: {e}"));
+        self.buf.clear();
+        self.dispatch.clear();
+        self.batch_records = 0;
+        self.end = self.written;
+        for w in self.waiters.drain(..) {
+            match w {
+                Waiter::Append(tx, _) => {
+                    let _ = tx.send(Err(StoreError::io_copy(e)));
+                }
+                Waiter::Raw(tx) => {
+                    let _ = tx.send(Err(StoreError::io_copy(e)));
+                }
+            }
+        }
+    }
+
+    /// Writes and (in sync mode) fsyncs the pending batch, dispatches its consume-queue
+    /// entries and completes its waiters.
+    pub(crate) fn commit(&mut self) {
+        if self.buf.is_empty() && self.waiters.is_empty() {
+            return;
+        }
+        let sync = matches!(self.sh.cfg.flush, FlushMode::Sync);
+        let res = self
+            .write_buf()
+            .and_then(|()| if sync { self.sync() } else { Ok(()) });
+        if let Err(e) = res {
+            self.fail_batch(&e);
+            return;
+        }
+        for (qi, e) in self.dispatch.drain(..) {
+            self.queues[qi].cq.push(&e);
+        }
+        self.sh.dispatched.store(self.written, Ordering::Release);
+        let c = &self.sh.counters;
+        c.batches.fetch_add(1, Ordering::Relaxed);
+        c.records.fetch_add(self.batch_records, Ordering::Relaxed);
+        self.batch_records = 0;
+        let durable = self.sh.durable.load(Ordering::Acquire);
+        for w in self.waiters.drain(..) {
+            match w {
+                Waiter::Append(tx, out) => {
+                    let _ = tx.send(Ok(out));
+                }
+                Waiter::Raw(tx) => {
+                    let _ = tx.send(Ok(durable));
+                }
+            }
+        }
+    }
+
+    fn begin_epoch(&mut self, epoch: u64) -> Result<(), StoreError> {
+        if self.sh.is_fenced() {
+            return Err(self.sh.fenced_error());
+        }
+        if epoch <= self.epoch {
+            return Err(StoreError::EpochNotIncreasing {
+                current: self.epoch,
+                requested: epoch,
+            });
+        }
+        let res = (|| {
+            if self.synced < self.written {
+                self.sync()?;
+            }
+            lock(&self.sh.epochs).append(EpochEntry {
+                epoch,
+                start_offset: self.end,
+            })
+        })();
+        if let Err(e) = res {
+            self.sh.fence(format!("epoch history write failed: {e}"));
+            return Err(e.into());
+        }
+        tracing::info!(epoch, start_offset = self.end, "began epoch");
+        self.epoch = epoch;
+        self.sh.current_epoch.store(epoch, Ordering::Release);
+        Ok(())
+    }
+}

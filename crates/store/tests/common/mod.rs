@@ -1,0 +1,76 @@
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sofamq_store::{NewRecord, Store, StoreConfig};
+
+/// Small segments and a fast flusher, for tests.
+pub fn cfg(dir: &Path) -> StoreConfig {
+    let mut c = StoreConfig::new(dir);
+    c.segment_size = 8 * 1024;
+    c.cq_flush_interval = Duration::from_millis(20);
+    c
+}
+
+pub fn open(dir: &Path) -> Store {
+    Store::open(cfg(dir)).expect("open")
+}
+
+pub fn rec(topic: &str, queue_id: u32, body: &str) -> NewRecord {
+    NewRecord {
+        topic: topic.into(),
+        queue_id,
+        flags: 1,
+        tag: format!("tag-{queue_id}"),
+        born_ts_ms: 1_700_000_000_000,
+        properties: vec![("KEYS".into(), body.into())],
+        body: Bytes::copy_from_slice(body.as_bytes()),
+    }
+}
+
+/// Appends `n` records to `topic`/`queue_id` one by one, returns their log offsets.
+pub fn fill(store: &Store, topic: &str, queue_id: u32, n: usize, prefix: &str) -> Vec<u64> {
+    (0..n)
+        .map(|i| {
+            store
+                .append_blocking(vec![rec(topic, queue_id, &format!("{prefix}-{i}"))])
+                .unwrap()[0]
+                .log_offset
+        })
+        .collect()
+}
+
+/// Tiny deterministic PRNG (xorshift64*).
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Path of the last commit-log segment.
+pub fn last_segment(dir: &Path) -> std::path::PathBuf {
+    let mut v: Vec<_> = std::fs::read_dir(dir.join("commitlog"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v.pop().unwrap()
+}
+
+pub fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir.join("commitlog"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs the official RocketMQ 5 Python client into a project-local venv
+# (target/compat-venv), once. Idempotent; prints the interpreter path last.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+venv=target/compat-venv
+want="rocketmq-python-client==5.1.2"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import rocketmq.v5' 2>/dev/null; then
+  echo "setup-python: creating $venv with $want" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "$want"
+fi
+echo "$PWD/$venv/bin/python"

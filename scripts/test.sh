@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The project's test command: every unit, integration, crash and compatibility test.
+# Needs only the Rust toolchain and python3; everything else (the official Python
+# RocketMQ client for the compatibility tests) is installed by scripts/compat/setup-python.sh
+# into target/compat-venv on first use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export RUST_BACKTRACE=1
+# The process-level tests start the real `sofamq` binary; build it first.
+cargo build --bin sofamq
+bash scripts/compat/setup-python.sh
+cargo test --workspace -- --test-threads="${SOFAMQ_TEST_THREADS:-2}"
