@@ -3,8 +3,10 @@
 //! * A segmented, append-only **commit log** (`commitlog/<20-digit start offset>`) of
 //!   CRC32C-protected records (format in [`record`]), written with `pwrite` and `fdatasync`
 //!   (no mmap, so an I/O error comes back as an error).
-//! * A **group-commit writer** thread: every pending append goes into one write and one
-//!   fdatasync per batch (see `writer.rs`).
+//! * A **group-commit writer** thread: every pending append goes into one write per batch
+//!   (see `writer.rs`); in sync-flush mode a second thread issues the fdatasync that covers
+//!   every batch written so far and completes their waiters (`syncer.rs`), so encoding the
+//!   next batch overlaps the flush of the previous one.
 //! * **Consume queues** per (topic, queue id): fixed-size entries pointing into the log,
 //!   dispatched after the log is durable and rebuilt from it after a crash.
 //! * **Recovery** from a checkpoint: a torn tail is cut, corruption in the middle fences the log
@@ -35,6 +37,7 @@ pub mod record;
 mod recovery;
 mod segment;
 mod store;
+mod syncer;
 #[doc(hidden)]
 pub mod testutil;
 mod truncate;

@@ -16,6 +16,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -28,6 +29,7 @@ use crate::epoch::EpochEntry;
 use crate::log::{Shared, lock};
 use crate::record::{self, Appended, NewRecord, Stamp};
 use crate::segment::{Segment, sync_dir};
+use crate::syncer::{self, Batch, SyncMsg};
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -64,9 +66,41 @@ pub(crate) enum Cmd {
     },
 }
 
-enum Waiter {
+pub(crate) enum Waiter {
     Append(Reply<Vec<Appended>>, Vec<Appended>),
     Raw(Reply<u64>),
+}
+
+impl Waiter {
+    /// Completes the waiter: its records are durable; `durable` is the durable log offset.
+    pub(crate) fn succeed(self, durable: u64) {
+        match self {
+            Waiter::Append(tx, out) => {
+                let _ = tx.send(Ok(out));
+            }
+            Waiter::Raw(tx) => {
+                let _ = tx.send(Ok(durable));
+            }
+        }
+    }
+
+    /// Fails the waiter with `e`.
+    pub(crate) fn fail(self, e: StoreError) {
+        match self {
+            Waiter::Append(tx, _) => {
+                let _ = tx.send(Err(e));
+            }
+            Waiter::Raw(tx) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    }
+}
+
+/// The sync stage of sync-flush mode (see [`crate::syncer`]).
+struct SyncStage {
+    tx: mpsc::Sender<SyncMsg>,
+    thread: JoinHandle<()>,
 }
 
 pub(crate) struct WriterQueue {
@@ -93,6 +127,8 @@ pub(crate) struct Writer {
     waiters: Vec<Waiter>,
     batch_records: u64,
     last_sync: Instant,
+    /// Present in sync-flush mode: the thread that fdatasyncs and completes batches.
+    syncer: Option<SyncStage>,
 }
 
 fn now_ms() -> i64 {
@@ -119,8 +155,23 @@ impl Writer {
             waiters: Vec::new(),
             batch_records: 0,
             last_sync: Instant::now(),
+            syncer: None,
             sh,
         };
+        if matches!(w.sh.cfg.flush, FlushMode::Sync) {
+            let (tx, rx) = mpsc::channel();
+            let sh = w.sh.clone();
+            match std::thread::Builder::new()
+                .name("sofamq-store-sync".into())
+                .spawn(move || syncer::run(&sh, &rx))
+            {
+                Ok(thread) => w.syncer = Some(SyncStage { tx, thread }),
+                // Without the sync thread the writer fsyncs inline (same guarantees, no overlap).
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not start the sync thread; syncing inline")
+                }
+            }
+        }
         for cq in w.sh.cqs.all() {
             let i = w.queues.len();
             w.index
@@ -192,6 +243,11 @@ impl Writer {
                 self.background_sync();
             }
             if shutdown && lock(&self.sh.inbox).cmds.is_empty() {
+                self.barrier();
+                if let Some(stage) = self.syncer.take() {
+                    drop(stage.tx);
+                    let _ = stage.thread.join();
+                }
                 return;
             }
         }
@@ -245,10 +301,12 @@ impl Writer {
             }
             Cmd::Truncate { offset, tx } => {
                 self.commit();
+                self.barrier();
                 let _ = tx.send(self.truncate(offset));
             }
             Cmd::BeginEpoch { epoch, tx } => {
                 self.commit();
+                self.barrier();
                 let _ = tx.send(self.begin_epoch(epoch));
             }
         }
@@ -411,11 +469,11 @@ impl Writer {
         }
         self.seg.file.sync_data()?;
         self.sh.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-        if self.sh.cfg.record_batch_sizes {
-            lock(&self.sh.batch_sizes).push(self.written - self.synced);
+        let before = self.sh.durable.fetch_max(self.written, Ordering::AcqRel);
+        if self.sh.cfg.record_batch_sizes && self.written > before {
+            lock(&self.sh.batch_sizes).push(self.written - before);
         }
         self.synced = self.written;
-        self.sh.durable.store(self.synced, Ordering::Release);
         Ok(())
     }
 
@@ -444,6 +502,10 @@ impl Writer {
         if self.buf.is_empty() && self.waiters.is_empty() {
             return;
         }
+        if self.syncer.is_some() {
+            self.commit_to_syncer();
+            return;
+        }
         let sync = matches!(self.sh.cfg.flush, FlushMode::Sync);
         let res = self
             .write_buf()
@@ -470,6 +532,48 @@ impl Writer {
                     let _ = tx.send(Ok(durable));
                 }
             }
+        }
+    }
+
+    /// Sync mode: writes the pending batch and hands it to the sync thread, which fsyncs it,
+    /// dispatches its consume-queue entries and completes its waiters.
+    fn commit_to_syncer(&mut self) {
+        if let Err(e) = self.write_buf() {
+            self.fail_batch(&e);
+            return;
+        }
+        let dispatch = self
+            .dispatch
+            .drain(..)
+            .map(|(qi, e)| (self.queues[qi].cq.clone(), e))
+            .collect();
+        let batch = Batch {
+            seg: self.seg.clone(),
+            upto: self.written,
+            waiters: std::mem::take(&mut self.waiters),
+            dispatch,
+            records: std::mem::take(&mut self.batch_records),
+        };
+        let sent = self
+            .syncer
+            .as_ref()
+            .map(|s| s.tx.send(SyncMsg::Batch(batch)));
+        if let Some(Err(mpsc::SendError(SyncMsg::Batch(b)))) = sent {
+            self.sh.fence("the sync thread is gone".into());
+            for w in b.waiters {
+                w.fail(self.sh.fenced_error());
+            }
+        }
+    }
+
+    /// Waits until the sync thread has completed every batch handed to it (no-op without one).
+    fn barrier(&mut self) {
+        if let Some(stage) = &self.syncer {
+            let (tx, rx) = mpsc::sync_channel(1);
+            if stage.tx.send(SyncMsg::Barrier(tx)).is_ok() {
+                let _ = rx.recv();
+            }
+            self.synced = self.sh.durable.load(Ordering::Acquire).max(self.synced);
         }
     }
 

@@ -159,6 +159,77 @@ fn address_in(line: &str) -> Option<String> {
     None
 }
 
+/// A base port such that `base..base + n` are all free on 127.0.0.1 right now
+/// (for `sofamq standalone --port-base`, which uses consecutive ports).
+pub fn free_port_base(n: u16) -> anyhow::Result<u16> {
+    for _ in 0..200 {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let base = probe.local_addr()?.port();
+        drop(probe);
+        if base.checked_add(n).is_none() {
+            continue;
+        }
+        let all_free = (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if all_free {
+            return Ok(base);
+        }
+    }
+    bail!("no {n} consecutive free ports found")
+}
+
+/// The repository root (for scripts under `scripts/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Installs (once) the official RocketMQ Python client into the project venv
+/// and returns that venv's python.
+pub fn compat_python() -> anyhow::Result<PathBuf> {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/compat/setup-python.sh"))
+        .stderr(Stdio::inherit())
+        .output()?;
+    anyhow::ensure!(out.status.success(), "setup-python.sh failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let py = text
+        .lines()
+        .last()
+        .context("setup-python.sh printed nothing")?;
+    Ok(PathBuf::from(py.trim()))
+}
+
+/// `sofamq standalone` in its own process, on free ports, in a temp dir.
+pub struct Standalone {
+    /// Temporary directory holding data and logs.
+    pub dir: tempfile::TempDir,
+    /// The process; `node.addr` is the client access point.
+    pub node: Node,
+    /// The `--port-base` it runs on.
+    pub port_base: u16,
+}
+
+impl Standalone {
+    /// Starts a standalone cluster with extra arguments (e.g. `--topic T`).
+    pub fn start(extra: &[&str]) -> anyhow::Result<Standalone> {
+        let dir = tempfile::tempdir()?;
+        let port_base = free_port_base(8)?;
+        let mut args = vec![
+            "standalone".to_string(),
+            "--data-dir".into(),
+            dir.path().join("data").display().to_string(),
+            "--port-base".into(),
+            port_base.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let node = Node::spawn("standalone", &args, dir.path(), Duration::from_secs(60))?;
+        Ok(Standalone {
+            dir,
+            node,
+            port_base,
+        })
+    }
+}
+
 /// A namesrv plus broker groups (masters), each its own process.
 pub struct Cluster {
     /// Temporary directory holding data and logs; removed on drop.

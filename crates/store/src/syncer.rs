@@ -1,0 +1,116 @@
+//! The sync thread of sync-flush mode: the second stage of the group commit.
+//!
+//! The writer encodes and writes a batch, hands it here and goes straight back to encoding
+//! the next one; this thread issues the `fdatasync` that covers everything handed over so far,
+//! then publishes the durable offset, dispatches the consume-queue entries and completes the
+//! waiters. CPU work on batch N+1 thus overlaps the disk flush of batch N, and one fdatasync
+//! covers every batch that arrived while the previous one ran.
+//!
+//! Failure rule: a failed fdatasync fences the log and fails every waiter handed over; once
+//! the log is fenced no further fdatasync is attempted (it could report success for pages the
+//! kernel already dropped), so later batches fail too.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+
+use crate::StoreError;
+use crate::cq::{ConsumeQueue, CqEntry};
+use crate::log::{Shared, lock};
+use crate::segment::Segment;
+use crate::writer::Waiter;
+
+/// Written bytes up to `upto`, waiting for an fdatasync.
+pub(crate) struct Batch {
+    /// The segment the batch's last bytes went to (earlier segments were synced on roll).
+    pub seg: Arc<Segment>,
+    /// Log offset the batch ends at.
+    pub upto: u64,
+    pub waiters: Vec<Waiter>,
+    pub dispatch: Vec<(Arc<ConsumeQueue>, CqEntry)>,
+    pub records: u64,
+}
+
+pub(crate) enum SyncMsg {
+    Batch(Batch),
+    /// Replied to once every batch sent before it is completed (durable or failed).
+    Barrier(mpsc::SyncSender<()>),
+}
+
+/// The thread body; returns when the writer drops its sender.
+pub(crate) fn run(sh: &Shared, rx: &mpsc::Receiver<SyncMsg>) {
+    let mut group: Vec<Batch> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut msgs = vec![first];
+        msgs.extend(rx.try_iter());
+        for m in msgs {
+            match m {
+                SyncMsg::Batch(b) => group.push(b),
+                SyncMsg::Barrier(tx) => {
+                    complete(sh, &mut group);
+                    let _ = tx.send(());
+                }
+            }
+        }
+        complete(sh, &mut group);
+    }
+    complete(sh, &mut group);
+}
+
+fn sync_all(sh: &Shared, group: &[Batch]) -> std::io::Result<()> {
+    if sh.faults.fail_next_sync.swap(false, Ordering::AcqRel) {
+        return Err(std::io::Error::other("injected fsync failure"));
+    }
+    let mut last_start = None;
+    for b in group {
+        if last_start != Some(b.seg.start) {
+            b.seg.file.sync_data()?;
+            last_start = Some(b.seg.start);
+        }
+    }
+    Ok(())
+}
+
+fn complete(sh: &Shared, group: &mut Vec<Batch>) {
+    let Some(upto) = group.last().map(|b| b.upto) else {
+        return;
+    };
+    if sh.is_fenced() {
+        fail(group, || sh.fenced_error());
+        return;
+    }
+    if let Err(e) = sync_all(sh, group) {
+        sh.fence(format!("fdatasync failed: {e}"));
+        fail(group, || StoreError::io_copy(&e));
+        return;
+    }
+    let before = sh.durable.fetch_max(upto, Ordering::AcqRel);
+    let c = &sh.counters;
+    c.fsyncs.fetch_add(1, Ordering::Relaxed);
+    if sh.cfg.record_batch_sizes {
+        lock(&sh.batch_sizes).push(upto.saturating_sub(before));
+    }
+    let mut records = 0;
+    for b in group.iter_mut() {
+        for (cq, e) in b.dispatch.drain(..) {
+            cq.push(&e);
+        }
+        records += b.records;
+    }
+    sh.dispatched.fetch_max(upto, Ordering::AcqRel);
+    c.batches.fetch_add(group.len() as u64, Ordering::Relaxed);
+    c.records.fetch_add(records, Ordering::Relaxed);
+    for b in group.drain(..) {
+        for w in b.waiters {
+            w.succeed(upto);
+        }
+    }
+}
+
+fn fail(group: &mut Vec<Batch>, err: impl Fn() -> StoreError) {
+    for b in group.drain(..) {
+        for w in b.waiters {
+            w.fail(err());
+        }
+    }
+}
