@@ -137,14 +137,52 @@ impl BrokerAdmin for AdminService {
             status: Some(ok_status()),
             cluster: c.cluster.clone(),
             broker_name: c.broker_name.clone(),
-            broker_id: c.broker_id as i64,
-            role: if c.broker_id == 0 { "master" } else { "slave" }.into(),
+            broker_id: self.broker.repl().broker_id() as i64,
+            role: self.broker.repl().role().as_str().into(),
             epoch: s.current_epoch(),
             log_end_offset: s.log_end_offset(),
             durable_offset: s.durable_offset(),
             readable_offset: s.readable_offset(),
             fenced_reason: s.fenced().unwrap_or_default(),
         }))
+    }
+
+    async fn list_groups(
+        &self,
+        request: Request<ListGroupsRequest>,
+    ) -> RpcResult<ListGroupsResponse> {
+        let g = request.into_inner().group;
+        Ok(Response::new(ListGroupsResponse {
+            status: Some(ok_status()),
+            groups: self
+                .broker
+                .group_states((!g.is_empty()).then_some(g.as_str())),
+        }))
+    }
+
+    async fn resend_dead_letters(
+        &self,
+        request: Request<ResendDeadLettersRequest>,
+    ) -> RpcResult<ResendDeadLettersResponse> {
+        let r = request.into_inner();
+        let max = if r.max == 0 {
+            usize::MAX
+        } else {
+            r.max as usize
+        };
+        let topic = (!r.topic.is_empty()).then_some(r.topic.as_str());
+        Ok(Response::new(
+            match self.broker.resend_dead_letters(&r.group, topic, max).await {
+                Ok(resent) => ResendDeadLettersResponse {
+                    status: Some(ok_status()),
+                    resent,
+                },
+                Err(e) => ResendDeadLettersResponse {
+                    status: Some(e.status()),
+                    resent: 0,
+                },
+            },
+        ))
     }
 
     async fn read_queue(&self, request: Request<ReadQueueRequest>) -> RpcResult<ReadQueueResponse> {
@@ -186,6 +224,72 @@ impl BrokerAdmin for AdminService {
                 status: Some(BrokerError::from(e).status()),
                 messages: Vec::new(),
             },
+        }))
+    }
+
+    async fn promote(&self, request: Request<PromoteRequest>) -> RpcResult<PromoteResponse> {
+        let want = request.into_inner().epoch;
+        let r = self.broker.promote((want > 0).then_some(want)).await;
+        Ok(Response::new(match r {
+            Ok(epoch) => PromoteResponse {
+                status: Some(ok_status()),
+                epoch,
+                log_end_offset: self.broker.store().log_end_offset(),
+            },
+            Err(e) => PromoteResponse {
+                status: Some(e.status()),
+                ..Default::default()
+            },
+        }))
+    }
+
+    async fn demote(&self, request: Request<DemoteRequest>) -> RpcResult<DemoteResponse> {
+        let addr = request.into_inner().master_replication_addr;
+        let r = if addr.is_empty() {
+            Err(BrokerError::BadRequest(
+                "master_replication_addr is required".into(),
+            ))
+        } else {
+            self.broker.repl().demote(addr).await
+        };
+        Ok(Response::new(DemoteResponse {
+            status: Some(match r {
+                Ok(()) => ok_status(),
+                Err(e) => e.status(),
+            }),
+        }))
+    }
+
+    async fn replication_status(
+        &self,
+        _request: Request<ReplicationStatusRequest>,
+    ) -> RpcResult<ReplicationStatusResponse> {
+        let repl = self.broker.repl();
+        let s = self.broker.store();
+        let snap = repl.tracker().snapshot();
+        Ok(Response::new(ReplicationStatusResponse {
+            status: Some(ok_status()),
+            role: repl.role().as_str().into(),
+            epoch: s.current_epoch(),
+            durable_offset: s.durable_offset(),
+            readable_offset: s.readable_offset(),
+            log_end_offset: s.log_end_offset(),
+            master_replication_addr: match repl.role() {
+                crate::repl::Role::Slave => repl.master_addr().unwrap_or_default(),
+                crate::repl::Role::Master => String::new(),
+            },
+            min_insync_replicas: repl.tracker().min_insync() as u32,
+            slaves: repl
+                .tracker()
+                .slaves()
+                .into_iter()
+                .map(|x| SlaveState {
+                    name: x.name,
+                    acked_offset: x.acked,
+                    in_sync: x.in_sync,
+                })
+                .collect(),
+            in_sync_slaves: snap.in_sync as u32,
         }))
     }
 }

@@ -9,6 +9,7 @@ use sofamq_store::{FlushMode as StoreFlush, Store, StoreConfig};
 use tokio::sync::Notify;
 
 use crate::config::{BrokerConfig, FlushMode};
+use crate::consume::Consumers;
 use crate::error::BrokerError;
 use crate::send::QueueCursor;
 use crate::topics::{PERM_READ, PERM_WRITE, TopicConfig, TopicType, Topics};
@@ -24,6 +25,8 @@ struct Inner {
     config: BrokerConfig,
     store: Store,
     topics: Topics,
+    consumers: Consumers,
+    repl: Arc<crate::repl::Replication>,
     cursor: QueueCursor,
     topics_changed: Notify,
 }
@@ -47,11 +50,21 @@ impl Broker {
             tracing::error!(%reason, "commit log is fenced: this broker will refuse writes");
         }
         let topics = Topics::load(store.clone())?;
+        let consumers = Consumers::load(store.clone(), config.consume.clone())?;
+        let repl = Arc::new(crate::repl::Replication::open(
+            config.replication.clone(),
+            &config.broker_name,
+            config.broker_id,
+            store.clone(),
+            &config.data_dir.join("store"),
+        )?);
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 store,
                 topics,
+                consumers,
+                repl,
                 cursor: QueueCursor::default(),
                 topics_changed: Notify::new(),
             }),
@@ -73,6 +86,16 @@ impl Broker {
         &self.inner.topics
     }
 
+    /// Consumer group state (replayed from the log).
+    pub fn consumers(&self) -> &Consumers {
+        &self.inner.consumers
+    }
+
+    /// Replication: role, in-sync tracking, the dedup window.
+    pub fn repl(&self) -> &Arc<crate::repl::Replication> {
+        &self.inner.repl
+    }
+
     pub(crate) fn cursor(&self) -> &QueueCursor {
         &self.inner.cursor
     }
@@ -84,10 +107,11 @@ impl Broker {
 
     /// Whether this broker may take writes now, and why not.
     pub fn writable(&self) -> Result<(), BrokerError> {
-        if self.inner.config.broker_id != 0 {
+        if self.inner.repl.role() != crate::repl::Role::Master {
             return Err(BrokerError::NotAvailable(format!(
-                "{} id {} is a slave; send to the master",
-                self.inner.config.broker_name, self.inner.config.broker_id
+                "not master: {} id {} is a slave; send to the master",
+                self.inner.config.broker_name,
+                self.inner.repl.broker_id()
             )));
         }
         if let Some(reason) = self.inner.store.fenced() {
@@ -127,6 +151,7 @@ impl Broker {
         };
         if self.inner.topics.get(name).as_ref() != Some(&cfg) {
             self.inner.topics.put(cfg.clone()).await?;
+            self.inner.repl.log_grew();
             self.inner.topics_changed.notify_waiters();
         }
         Ok(cfg)
@@ -137,10 +162,28 @@ impl Broker {
     pub async fn delete_topic(&self, name: &str) -> Result<bool, BrokerError> {
         self.writable()?;
         let existed = self.inner.topics.delete(name).await?;
+        self.inner.repl.log_grew();
         if existed {
             self.inner.topics_changed.notify_waiters();
         }
         Ok(existed)
+    }
+
+    /// Promotes this (slave) broker to master: see [`crate::repl::Replication::promote`];
+    /// then replays the topic table, which arrived through replication.
+    pub async fn promote(&self, epoch: Option<u64>) -> Result<u64, BrokerError> {
+        let e = self.inner.repl.promote(epoch).await?;
+        let me = self.clone();
+        // Topics and consumer state reached this broker through replication while
+        // it was a slave; rebuild both from the log before serving as master.
+        tokio::task::spawn_blocking(move || {
+            me.inner.topics.reload()?;
+            me.inner.consumers.reload()
+        })
+        .await
+        .map_err(|e| BrokerError::Internal(format!("state reload: {e}")))??;
+        self.inner.topics_changed.notify_waiters();
+        Ok(e)
     }
 
     /// The address clients reach this broker's gRPC service at.

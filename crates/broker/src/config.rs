@@ -48,6 +48,10 @@ pub struct BrokerConfig {
     pub default_queue_count: u32,
     /// Validation and resource limits.
     pub limits: Limits,
+    /// Consumer groups: attempts, batch, invisibility and long-polling bounds.
+    pub consume: crate::consume::ConsumeConfig,
+    /// Master/slave replication, in-sync rule and the idempotency window.
+    pub replication: crate::repl::ReplicationConfig,
 }
 
 /// Bounds on everything a client can send.
@@ -121,6 +125,8 @@ impl Default for BrokerConfig {
             heartbeat_interval_ms: 1_000,
             default_queue_count: 8,
             limits: Limits::default(),
+            consume: crate::consume::ConsumeConfig::default(),
+            replication: crate::repl::ReplicationConfig::default(),
         }
     }
 }

@@ -56,6 +56,18 @@ pub enum BrokerError {
     /// The topic exists but does not accept writes (or reads).
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// Receipt handle malformed, forged or stale.
+    #[error("invalid receipt handle: {0}")]
+    InvalidReceiptHandle(String),
+    /// Filter expression unusable.
+    #[error("illegal filter expression: {0}")]
+    IllegalFilter(String),
+    /// Invisible duration out of range.
+    #[error("illegal invisible time: {0}")]
+    IllegalInvisibleTime(String),
+    /// The group has no stored offset for the queue.
+    #[error("offset not found: {0}")]
+    OffsetNotFound(String),
     /// Feature not served.
     #[error("not implemented: {0}")]
     NotImplemented(String),
@@ -65,6 +77,9 @@ pub enum BrokerError {
     /// The local log did not become durable in time, or failed to.
     #[error("master persistence failed: {0}")]
     MasterPersistence(String),
+    /// The in-sync slaves did not acknowledge in time.
+    #[error("slave persistence timeout: {0}")]
+    SlavePersistence(String),
     /// The broker is not the master of its group (or is fenced).
     #[error("not available: {0}")]
     NotAvailable(String),
@@ -93,9 +108,14 @@ impl BrokerError {
             Self::MessageTypeMismatch(_) => Code::MessagePropertyConflictWithType,
             Self::TopicNotFound(_) => Code::TopicNotFound,
             Self::Forbidden(_) => Code::Forbidden,
+            Self::InvalidReceiptHandle(_) => Code::InvalidReceiptHandle,
+            Self::IllegalFilter(_) => Code::IllegalFilterExpression,
+            Self::IllegalInvisibleTime(_) => Code::IllegalInvisibleTime,
+            Self::OffsetNotFound(_) => Code::OffsetNotFound,
             Self::NotImplemented(_) => Code::NotImplemented,
             Self::TooManyRequests(_) => Code::TooManyRequests,
             Self::MasterPersistence(_) => Code::MasterPersistenceTimeout,
+            Self::SlavePersistence(_) => Code::SlavePersistenceTimeout,
             Self::NotAvailable(_) => Code::HaNotAvailable,
             Self::Internal(_) => Code::InternalError,
         }
@@ -144,5 +164,10 @@ mod tests {
             42900
         );
         assert_eq!(ok_status().code, 20000);
+        assert_eq!(
+            BrokerError::SlavePersistence("x".into()).code() as i32,
+            50402
+        );
+        assert_eq!(BrokerError::NotAvailable("x".into()).code() as i32, 50002);
     }
 }

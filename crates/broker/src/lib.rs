@@ -5,14 +5,18 @@
 //! * [`validate`]: message rules, each failing with its own wire code.
 //! * [`error`]: the one table from internal failures to wire status codes.
 //! * [`topics`]: topic definitions, stored as records in the log.
+//! * [`consume`]: consumer groups (receive, ack, redelivery, DLQ, offsets), state in the log.
 //! * [`service`] / [`admin`]: gRPC adapters; [`register`]: NameServer heartbeats.
+//! * [`repl`]: synchronous master/slave replication, promotion, idempotent sends.
 //! * [`server`]: `run(listener, config, shutdown)`.
 
 pub mod admin;
 pub mod broker;
 pub mod config;
+pub mod consume;
 pub mod error;
 pub mod register;
+pub mod repl;
 pub mod send;
 pub mod server;
 pub mod service;

@@ -16,12 +16,13 @@ use crate::broker::Broker;
 pub struct Registrar {
     broker: Broker,
     endpoint: String,
+    repl_endpoint: String,
     clients: Vec<(String, NameServerAdminClient<Channel>)>,
 }
 
 impl Registrar {
     /// Prepares clients for every configured namesrv (connected lazily).
-    pub fn new(broker: Broker, endpoint: String) -> Self {
+    pub fn new(broker: Broker, endpoint: String, repl_endpoint: String) -> Self {
         let clients = broker
             .config()
             .namesrv
@@ -38,6 +39,7 @@ impl Registrar {
         Self {
             broker,
             endpoint,
+            repl_endpoint,
             clients,
         }
     }
@@ -47,9 +49,9 @@ impl Registrar {
         RegisterBrokerRequest {
             cluster: c.cluster.clone(),
             broker_name: c.broker_name.clone(),
-            broker_id: c.broker_id as i64,
+            broker_id: self.broker.repl().broker_id() as i64,
             grpc_endpoint: self.endpoint.clone(),
-            replication_endpoint: String::new(),
+            replication_endpoint: self.repl_endpoint.clone(),
             epoch: self.broker.store().current_epoch(),
             topics: self
                 .broker
@@ -84,6 +86,8 @@ impl Registrar {
     /// changes; `registered` turns true after the first accepted registration.
     pub async fn run(self, mut stop: watch::Receiver<bool>, registered: watch::Sender<bool>) {
         let interval = self.broker.config().heartbeat_interval();
+        let mut role = self.broker.repl().role_watch();
+        let mut last_id = self.broker.repl().broker_id();
         loop {
             // Arm the change notification before registering so that a topic
             // change during the registration is not missed.
@@ -96,17 +100,31 @@ impl Registrar {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = &mut changed => {}
+                _ = role.changed() => {}
                 _ = stop.changed() => break,
+            }
+            let id = self.broker.repl().broker_id();
+            if id != last_id {
+                // Promoted: drop the slave registration. (A demoted master does not
+                // unregister id 0: that entry may already be its successor's.)
+                if last_id != 0 {
+                    self.unregister(last_id).await;
+                }
+                last_id = id;
             }
             if *stop.borrow() {
                 break;
             }
         }
+        self.unregister(self.broker.repl().broker_id()).await;
+    }
+
+    async fn unregister(&self, broker_id: u64) {
         let c = self.broker.config();
         let req = UnregisterBrokerRequest {
             cluster: c.cluster.clone(),
             broker_name: c.broker_name.clone(),
-            broker_id: c.broker_id as i64,
+            broker_id: broker_id as i64,
         };
         for (_, client) in &self.clients {
             let _ = tokio::time::timeout(

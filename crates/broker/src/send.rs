@@ -1,7 +1,9 @@
 //! The send path: validate every message, pick its queue, append the accepted
 //! ones to the log in one group-commit batch, and answer one entry per message
-//! in request order.
+//! in request order. Acked only once the in-sync slaves hold it too (see [`crate::repl`]);
+//! a message id already stored gets its original receipt and stores nothing new.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -13,8 +15,19 @@ use sofamq_store::NewRecord;
 
 use crate::broker::Broker;
 use crate::error::{BrokerError, ok_status};
+use crate::repl::dedup::{self, Dedup, Lookup, Receipt};
 use crate::topics::{TopicConfig, now_ms};
 use crate::validate::{self, Checked};
+
+/// A message whose id this broker has seen: answered with the original receipt.
+enum Dup {
+    /// In the window already.
+    Stored(Receipt),
+    /// Another request is storing it now.
+    InFlight(dedup::Pending),
+    /// An earlier message of the same request has the same id.
+    SameRequest(usize),
+}
 
 /// Round-robin cursor for queue selection of non-FIFO messages.
 #[derive(Default)]
@@ -61,19 +74,40 @@ impl Broker {
             return whole_failure(&e);
         }
 
+        if let Err(e) = self.repl().check_available() {
+            return whole_failure(&e);
+        }
+
+        let dedup = self.repl().dedup();
         let mut entries: Vec<SendResultEntry> = Vec::with_capacity(req.messages.len());
         let mut records = Vec::with_capacity(req.messages.len());
         let mut slots = Vec::with_capacity(req.messages.len());
+        let mut keys = Vec::with_capacity(req.messages.len());
+        let mut dups: Vec<(usize, Dup)> = Vec::new();
+        let mut in_request: HashMap<String, usize> = HashMap::new();
         for (i, msg) in req.messages.into_iter().enumerate() {
             match self.prepare(msg) {
                 Ok((checked, record)) => {
+                    let key = dedup::key(&record.topic, &checked.message_id);
                     entries.push(SendResultEntry {
                         status: None,
                         message_id: checked.message_id,
                         ..Default::default()
                     });
-                    records.push(record);
-                    slots.push(i);
+                    if let Some(&first) = in_request.get(&key) {
+                        dups.push((i, Dup::SameRequest(first)));
+                        continue;
+                    }
+                    in_request.insert(key.clone(), i);
+                    match dedup.lookup(&key) {
+                        Lookup::Stored(r) => dups.push((i, Dup::Stored(r))),
+                        Lookup::InFlight(rx) => dups.push((i, Dup::InFlight(rx))),
+                        Lookup::Claimed => {
+                            records.push(record);
+                            slots.push(i);
+                            keys.push(key);
+                        }
+                    }
                 }
                 Err((message_id, e)) => {
                     self.metrics_rejected(&e);
@@ -86,22 +120,88 @@ impl Broker {
             }
         }
 
+        // Stored on this master's disk; acked only once the in-sync slaves cover `need`.
+        let mut stored: Vec<usize> = Vec::with_capacity(entries.len());
+        let mut need = 0u64;
         if !records.is_empty() {
+            let queue_ids: Vec<u32> = records.iter().map(|r| r.queue_id).collect();
             match self.append(records).await {
                 Ok(appended) => {
-                    for (slot, a) in slots.iter().zip(appended) {
-                        let e = &mut entries[*slot];
-                        e.status = Some(ok_status());
-                        e.offset = a.queue_offset as i64;
+                    self.repl().log_grew();
+                    for (((slot, a), key), queue_id) in
+                        slots.iter().zip(appended).zip(keys).zip(queue_ids)
+                    {
+                        let end = a.log_offset + u64::from(a.size);
+                        dedup.complete(
+                            key,
+                            Receipt {
+                                queue_id,
+                                queue_offset: a.queue_offset,
+                                end,
+                            },
+                        );
+                        entries[*slot].offset = a.queue_offset as i64;
+                        need = need.max(end);
+                        stored.push(*slot);
                     }
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "send not persisted");
+                    for key in &keys {
+                        dedup.abort(key);
+                    }
                     for slot in &slots {
                         entries[*slot].status = Some(err.status());
                     }
                 }
             }
+        }
+        let mut same_request = Vec::new();
+        for (slot, dup) in dups {
+            let receipt = match dup {
+                Dup::SameRequest(first) => {
+                    same_request.push((slot, first));
+                    continue;
+                }
+                Dup::Stored(r) => Some(r),
+                Dup::InFlight(rx) => {
+                    let wait = Duration::from_millis(self.config().limits.persist_timeout_ms)
+                        + self.repl().config().ack_timeout();
+                    Dedup::wait(rx, wait).await
+                }
+            };
+            match receipt {
+                Some(r) => {
+                    tracing::debug!(message_id = %entries[slot].message_id, "duplicate send: original receipt");
+                    entries[slot].offset = r.queue_offset as i64;
+                    need = need.max(r.end);
+                    stored.push(slot);
+                }
+                None => {
+                    entries[slot].status = Some(
+                        BrokerError::NotAvailable(
+                            "a concurrent send of the same message id failed; retry".into(),
+                        )
+                        .status(),
+                    );
+                }
+            }
+        }
+        if !stored.is_empty() {
+            let status = match self.repl().wait_replicated(need).await {
+                Ok(()) => ok_status(),
+                Err(e) => {
+                    tracing::warn!(error = %e, offset = need, "send stored on the master but not acked");
+                    e.status()
+                }
+            };
+            for slot in stored {
+                entries[slot].status = Some(status.clone());
+            }
+        }
+        for (slot, first) in same_request {
+            entries[slot].status = entries[first].status.clone();
+            entries[slot].offset = entries[first].offset;
         }
         let status = overall(&entries);
         SendMessageResponse {

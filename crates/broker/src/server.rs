@@ -26,8 +26,19 @@ pub async fn run(
     config: BrokerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BrokerError> {
+    let repl = match config.replication.listen {
+        Some(a) => Some(bind_replication(a).await?),
+        None => None,
+    };
     let broker = open(config).await?;
-    serve(broker, listener, shutdown, None).await
+    serve_with(broker, listener, repl, shutdown, None).await
+}
+
+/// Binds the replication port (`replication.listen`).
+pub async fn bind_replication(addr: std::net::SocketAddr) -> Result<TcpListener, BrokerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| BrokerError::Internal(format!("binding replication port {addr}: {e}")))
 }
 
 /// Opens a broker off the async runtime (recovery reads the whole log tail).
@@ -37,11 +48,23 @@ pub async fn open(config: BrokerConfig) -> Result<Broker, BrokerError> {
         .map_err(|e| BrokerError::Internal(format!("open task failed: {e}")))?
 }
 
-/// Serves an opened broker. `registered`, when given, turns true once at least
-/// one NameServer accepted the broker's registration.
+/// Serves an opened broker without a replication port. `registered`, when given, turns
+/// true once at least one NameServer accepted the broker's registration.
 pub async fn serve(
     broker: Broker,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    registered: Option<watch::Sender<bool>>,
+) -> Result<(), BrokerError> {
+    serve_with(broker, listener, None, shutdown, registered).await
+}
+
+/// Serves an opened broker: client gRPC on `listener`, replication (master side, and the
+/// follower when a slave) on `repl_listener`.
+pub async fn serve_with(
+    broker: Broker,
+    listener: TcpListener,
+    repl_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     registered: Option<watch::Sender<bool>>,
 ) -> Result<(), BrokerError> {
@@ -50,14 +73,29 @@ pub async fn serve(
         .map_err(|e| BrokerError::Internal(format!("listener address: {e}")))?;
     let endpoint = broker.advertised(bound);
     let limits = broker.config().limits.clone();
+    let repl_endpoint = match &repl_listener {
+        Some(l) => {
+            let a = l
+                .local_addr()
+                .map_err(|e| BrokerError::Internal(format!("replication address: {e}")))?;
+            broker
+                .config()
+                .replication
+                .advertise
+                .clone()
+                .unwrap_or_else(|| a.to_string())
+        }
+        None => String::new(),
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let registered = registered.unwrap_or_else(|| watch::channel(false).0);
-    let registrar = Registrar::new(broker.clone(), endpoint.clone());
+    let registrar = Registrar::new(broker.clone(), endpoint.clone(), repl_endpoint);
     let reg_task = tokio::spawn(registrar.run(stop_rx, registered));
 
-    // One token ends the server, open Telemetry streams and the registrar.
+    // One token ends the server, open Telemetry streams, replication and the registrar.
     let token = CancellationToken::new();
+    broker.repl().start(repl_listener, token.clone());
     let signal = token.clone();
     let waiter = tokio::spawn(async move {
         shutdown.await;
@@ -73,7 +111,8 @@ pub async fn serve(
 
     tracing::info!(
         broker = %broker.config().broker_name,
-        id = broker.config().broker_id,
+        id = broker.repl().broker_id(),
+        role = broker.repl().role().as_str(),
         %endpoint,
         "broker serving"
     );

@@ -41,6 +41,9 @@ impl BrokerService {
             .collect();
         let session = sofamq_namesrv::session::SessionOptions {
             max_body_size: i32::try_from(broker.config().limits.max_body_bytes).unwrap_or(i32::MAX),
+            consumer_max_attempts: i32::try_from(broker.config().consume.max_attempts)
+                .unwrap_or(i32::MAX)
+                .max(1),
             ..Default::default()
         };
         Self {
@@ -52,15 +55,19 @@ impl BrokerService {
     }
 }
 
+fn now_timestamp() -> prost_types::Timestamp {
+    let ms = crate::topics::now_ms();
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
 fn not_implemented(what: &str) -> Status {
     Status {
         code: Code::NotImplemented as i32,
         message: format!("{what} is not served by this broker yet"),
     }
-}
-
-fn one<T: Send + 'static>(item: T) -> BoxStream<T> {
-    Box::pin(tokio_stream::once(Ok(item)))
 }
 
 #[tonic::async_trait]
@@ -100,48 +107,87 @@ impl MessagingService for BrokerService {
         &self,
         request: Request<SendMessageRequest>,
     ) -> RpcResult<SendMessageResponse> {
-        Ok(Response::new(self.broker.send(request.into_inner()).await))
+        let resp = self.broker.send(request.into_inner()).await;
+        // Long-polling receives re-check at once.
+        self.broker.consumers().wake();
+        Ok(Response::new(resp))
     }
 
     async fn query_assignment(
         &self,
-        _request: Request<QueryAssignmentRequest>,
+        request: Request<QueryAssignmentRequest>,
     ) -> RpcResult<QueryAssignmentResponse> {
-        Ok(Response::new(QueryAssignmentResponse {
-            status: Some(not_implemented("QueryAssignment")),
-            assignments: Vec::new(),
-        }))
+        let req = request.into_inner();
+        let route = self
+            .query_route(Request::new(QueryRouteRequest {
+                topic: req.topic.clone(),
+                endpoints: req.endpoints.clone(),
+            }))
+            .await?
+            .into_inner();
+        let fifo = self
+            .broker
+            .topics()
+            .get(
+                &req.topic
+                    .as_ref()
+                    .map(|t| t.name.clone())
+                    .unwrap_or_default(),
+            )
+            .is_some_and(|t| t.topic_type == crate::topics::TopicType::Fifo);
+        Ok(Response::new(crate::consume::receive::assignments(
+            route, fifo,
+        )))
     }
 
     type ReceiveMessageStream = BoxStream<ReceiveMessageResponse>;
 
     async fn receive_message(
         &self,
-        _request: Request<ReceiveMessageRequest>,
+        request: Request<ReceiveMessageRequest>,
     ) -> RpcResult<Self::ReceiveMessageStream> {
-        Ok(Response::new(one(ReceiveMessageResponse {
-            content: Some(receive_message_response::Content::Status(not_implemented(
-                "ReceiveMessage",
-            ))),
-        })))
+        use receive_message_response::Content;
+        let req = request.into_inner();
+        let items: Vec<ReceiveMessageResponse> =
+            match self.broker.receive(&req, &self.shutdown).await {
+                Ok(msgs) if msgs.is_empty() => vec![Content::Status(Status {
+                    code: Code::MessageNotFound as i32,
+                    message: "no new message".into(),
+                })],
+                // As the reference proxy: status, the transport delivery
+                // timestamp (clients compute latency metrics from it), then
+                // the messages.
+                Ok(msgs) => [
+                    Content::Status(ok_status()),
+                    Content::DeliveryTimestamp(now_timestamp()),
+                ]
+                .into_iter()
+                .chain(msgs.into_iter().map(Content::Message))
+                .collect(),
+                Err(e) => vec![Content::Status(e.status())],
+            }
+            .into_iter()
+            .map(|c| ReceiveMessageResponse { content: Some(c) })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            items.into_iter().map(Ok),
+        ))))
     }
 
     async fn ack_message(
         &self,
-        _request: Request<AckMessageRequest>,
+        request: Request<AckMessageRequest>,
     ) -> RpcResult<AckMessageResponse> {
-        Ok(Response::new(AckMessageResponse {
-            status: Some(not_implemented("AckMessage")),
-            entries: Vec::new(),
-        }))
+        Ok(Response::new(self.broker.ack(request.into_inner()).await))
     }
 
     async fn forward_message_to_dead_letter_queue(
         &self,
-        _request: Request<ForwardMessageToDeadLetterQueueRequest>,
+        request: Request<ForwardMessageToDeadLetterQueueRequest>,
     ) -> RpcResult<ForwardMessageToDeadLetterQueueResponse> {
+        let r = self.broker.forward_to_dlq(&request.into_inner()).await;
         Ok(Response::new(ForwardMessageToDeadLetterQueueResponse {
-            status: Some(not_implemented("ForwardMessageToDeadLetterQueue")),
+            status: Some(r.map_or_else(|e| e.status(), |()| ok_status())),
         }))
     }
 
@@ -149,41 +195,66 @@ impl MessagingService for BrokerService {
 
     async fn pull_message(
         &self,
-        _request: Request<PullMessageRequest>,
+        request: Request<PullMessageRequest>,
     ) -> RpcResult<Self::PullMessageStream> {
-        Ok(Response::new(one(PullMessageResponse {
-            content: Some(pull_message_response::Content::Status(not_implemented(
-                "PullMessage",
-            ))),
-        })))
+        use pull_message_response::Content;
+        let req = request.into_inner();
+        let items: Vec<Content> = match self.broker.pull(&req, &self.shutdown).await {
+            Ok((msgs, next)) => {
+                let status = if msgs.is_empty() {
+                    Status {
+                        code: Code::MessageNotFound as i32,
+                        message: "no new message".into(),
+                    }
+                } else {
+                    ok_status()
+                };
+                std::iter::once(Content::Status(status))
+                    .chain(msgs.into_iter().map(Content::Message))
+                    .chain(std::iter::once(Content::NextOffset(next)))
+                    .collect()
+            }
+            Err(e) => vec![Content::Status(e.status())],
+        };
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            items
+                .into_iter()
+                .map(|c| Ok(PullMessageResponse { content: Some(c) })),
+        ))))
     }
 
     async fn update_offset(
         &self,
-        _request: Request<UpdateOffsetRequest>,
+        request: Request<UpdateOffsetRequest>,
     ) -> RpcResult<UpdateOffsetResponse> {
+        let r = self.broker.update_offset(&request.into_inner()).await;
         Ok(Response::new(UpdateOffsetResponse {
-            status: Some(not_implemented("UpdateOffset")),
+            status: Some(r.map_or_else(|e| e.status(), |()| ok_status())),
         }))
     }
 
-    async fn get_offset(
-        &self,
-        _request: Request<GetOffsetRequest>,
-    ) -> RpcResult<GetOffsetResponse> {
+    async fn get_offset(&self, request: Request<GetOffsetRequest>) -> RpcResult<GetOffsetResponse> {
+        let (status, offset) = match self.broker.get_offset(&request.into_inner()) {
+            Ok(o) => (ok_status(), o),
+            Err(e) => (e.status(), 0),
+        };
         Ok(Response::new(GetOffsetResponse {
-            status: Some(not_implemented("GetOffset")),
-            offset: 0,
+            status: Some(status),
+            offset,
         }))
     }
 
     async fn query_offset(
         &self,
-        _request: Request<QueryOffsetRequest>,
+        request: Request<QueryOffsetRequest>,
     ) -> RpcResult<QueryOffsetResponse> {
+        let (status, offset) = match self.broker.query_offset(&request.into_inner()) {
+            Ok(o) => (ok_status(), o),
+            Err(e) => (e.status(), 0),
+        };
         Ok(Response::new(QueryOffsetResponse {
-            status: Some(not_implemented("QueryOffset")),
-            offset: 0,
+            status: Some(status),
+            offset,
         }))
     }
 
@@ -219,11 +290,16 @@ impl MessagingService for BrokerService {
 
     async fn change_invisible_duration(
         &self,
-        _request: Request<ChangeInvisibleDurationRequest>,
+        request: Request<ChangeInvisibleDurationRequest>,
     ) -> RpcResult<ChangeInvisibleDurationResponse> {
+        let (status, receipt_handle) =
+            match self.broker.change_invisible(&request.into_inner()).await {
+                Ok(h) => (ok_status(), h),
+                Err(e) => (e.status(), String::new()),
+            };
         Ok(Response::new(ChangeInvisibleDurationResponse {
-            status: Some(not_implemented("ChangeInvisibleDuration")),
-            receipt_handle: String::new(),
+            status: Some(status),
+            receipt_handle,
         }))
     }
 }

@@ -98,6 +98,22 @@ pub struct Topics {
 impl Topics {
     /// Replays every topic record in `store`.
     pub fn load(store: Store) -> Result<Self, BrokerError> {
+        let table = Self::replay(&store)?;
+        Ok(Self {
+            store,
+            table: Arc::new(RwLock::new(table)),
+        })
+    }
+
+    /// Replays the table again from the log (a promoted slave got its topics through
+    /// replication, not through `put`).
+    pub fn reload(&self) -> Result<(), BrokerError> {
+        let table = Self::replay(&self.store)?;
+        *self.table.write() = table;
+        Ok(())
+    }
+
+    fn replay(store: &Store) -> Result<BTreeMap<String, TopicConfig>, BrokerError> {
         let mut table = BTreeMap::new();
         let mut next = store.queue_offsets(TOPIC_LOG, 0).0;
         loop {
@@ -123,10 +139,7 @@ impl Topics {
                 }
             }
         }
-        Ok(Self {
-            store,
-            table: Arc::new(RwLock::new(table)),
-        })
+        Ok(table)
     }
 
     /// A topic by name.

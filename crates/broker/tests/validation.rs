@@ -99,6 +99,7 @@ fn stored(h: &Harness, topic: &str) -> u64 {
 }
 
 #[tokio::test]
+#[allow(clippy::vec_init_then_push)] // cases are built one by one, each with its own tweak
 async fn each_validation_failure_has_its_code_and_stores_nothing() {
     let h = start(|c| {
         c.limits.max_body_bytes = 1024;

@@ -189,3 +189,142 @@ pub async fn bench_produce(args: ProduceBenchArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Options of `sofamq bench consume`.
+#[derive(Args, Debug)]
+pub struct ConsumeBenchArgs {
+    /// NameServer address.
+    #[arg(long, default_value = "127.0.0.1:9876", env = "SOFAMQ_ACCESS_POINT")]
+    pub access_point: String,
+    /// Topic to consume (must exist).
+    #[arg(long)]
+    pub topic: String,
+    /// Consumer group (default: a fresh one, so it starts at the beginning).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Messages to pre-load with the producer before timing (0 = none).
+    #[arg(long, default_value_t = 200_000)]
+    pub preload: u64,
+    /// Body size of pre-loaded messages.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Messages per receive.
+    #[arg(long, default_value_t = 32)]
+    pub batch: u32,
+    /// Concurrent consumers (receive + ack loops).
+    #[arg(long, default_value_t = 4)]
+    pub consumers: usize,
+    /// Longest run in seconds (stops earlier when the topic is drained).
+    #[arg(long, default_value_t = 30.0)]
+    pub seconds: f64,
+    /// Write the result as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Pre-loads the topic, then receives and acks as fast as possible; prints
+/// produce and consume msgs/s of the same run and receive latency percentiles.
+pub async fn bench_consume(args: ConsumeBenchArgs) -> anyhow::Result<()> {
+    use sofamq_client::{ConsumerConfig, SimpleConsumer};
+    anyhow::ensure!(
+        args.batch > 0 && args.consumers > 0,
+        "--batch and --consumers must be positive"
+    );
+    let mut produce_rate = 0.0;
+    if args.preload > 0 {
+        let producer = Producer::start(ProducerConfig::new([args.access_point.clone()])).await?;
+        let body = bytes::Bytes::from(vec![b'x'; args.size]);
+        let t0 = Instant::now();
+        let mut tasks = Vec::new();
+        let per = args.preload / 64 + 1;
+        let left = Arc::new(AtomicU64::new(args.preload));
+        for _ in 0..64 {
+            let (p, topic, body, left) = (
+                producer.clone(),
+                args.topic.clone(),
+                body.clone(),
+                left.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..per {
+                    if left
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(32))
+                        .is_err()
+                    {
+                        break;
+                    }
+                    let msgs = (0..32)
+                        .map(|_| Message::new(topic.clone(), body.clone()))
+                        .collect();
+                    p.send_batch(msgs).await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        produce_rate = args.preload as f64 / t0.elapsed().as_secs_f64();
+        producer.shutdown().await;
+        println!("produce (preload, batches of 32): {produce_rate:.0} msg/s");
+    }
+    let group = args
+        .group
+        .clone()
+        .unwrap_or_else(|| format!("bench-{}", std::process::id()));
+    let received = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs_f64(args.seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..args.consumers {
+        let cfg = ConsumerConfig::new([args.access_point.clone()], group.clone())
+            .with_long_polling_timeout(Duration::from_millis(500));
+        let c = SimpleConsumer::start(cfg, vec![(args.topic.clone(), "*".into())]).await?;
+        let (received, batch) = (received.clone(), args.batch);
+        tasks.push(tokio::spawn(async move {
+            let mut hist =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            let mut empty = 0;
+            while Instant::now() < deadline && empty < 2 {
+                let t = Instant::now();
+                let msgs = c.receive(batch, Duration::from_secs(60)).await?;
+                if msgs.is_empty() {
+                    empty += 1;
+                    continue;
+                }
+                empty = 0;
+                let _ = hist.record(t.elapsed().as_micros().max(1) as u64);
+                c.ack_all(&msgs).await?;
+                received.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+            }
+            anyhow::Ok(hist)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for t in tasks {
+        hist.add(t.await??)?;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let n = received.load(Ordering::Relaxed);
+    let rate = n as f64 / elapsed;
+    let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
+    println!(
+        "consume: {} consumers, batch {}: {n} messages in {elapsed:.2} s = {rate:.0} msg/s (receive + ack each)",
+        args.consumers, args.batch
+    );
+    println!(
+        "receive latency (ms): p50 {:.3}  p99 {:.3}  max {:.3}",
+        q(0.5),
+        q(0.99),
+        hist.max() as f64 / 1000.0
+    );
+    if let Some(path) = args.json {
+        let v = serde_json::json!({
+            "produce_msgs_per_sec": produce_rate, "consume_msgs_per_sec": rate, "messages": n,
+            "consumers": args.consumers, "batch": args.batch, "size": args.size,
+            "receive_latency_ms": {"p50": q(0.5), "p99": q(0.99), "max": hist.max() as f64 / 1000.0},
+        });
+        std::fs::write(&path, serde_json::to_vec_pretty(&v)?)?;
+    }
+    Ok(())
+}

@@ -1,7 +1,9 @@
 //! `sofamq`: the one user binary — servers, a local cluster, client and admin
 //! commands, benchmarks.
 
+mod admin;
 mod bench;
+mod consume;
 mod produce;
 mod servers;
 mod shutdown;
@@ -30,9 +32,14 @@ enum Command {
     Topic(topic::TopicCmd),
     /// Send messages and print their receipts.
     Produce(produce::ProduceArgs),
+    /// Receive messages as a consumer group, print and ack them.
+    Consume(consume::ConsumeArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Replication switchover (promote, demote) and status.
+    #[command(subcommand)]
+    Admin(admin::AdminCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -41,6 +48,8 @@ enum BenchCmd {
     Store(bench::StoreBenchArgs),
     /// Send throughput and latency through a running cluster.
     Produce(bench::ProduceBenchArgs),
+    /// Receive + ack throughput of a consumer group through a running cluster.
+    Consume(bench::ConsumeBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,7 +73,10 @@ fn main() -> anyhow::Result<()> {
             Command::Broker(a) => servers::broker(a).await,
             Command::Topic(c) => topic::run(c).await,
             Command::Produce(a) => produce::run(a).await,
+            Command::Consume(a) => consume::run(a).await,
             Command::Bench(BenchCmd::Produce(a)) => bench::bench_produce(a).await,
+            Command::Bench(BenchCmd::Consume(a)) => bench::bench_consume(a).await,
+            Command::Admin(c) => admin::run(c).await,
             Command::Bench(BenchCmd::Store(_)) => unreachable!("handled above"),
         }
     })

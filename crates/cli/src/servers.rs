@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use sofamq_broker::BrokerConfig;
+use sofamq_broker::repl::Role;
 use sofamq_namesrv::NamesrvConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -53,6 +54,38 @@ pub struct BrokerArgs {
     /// Topic to create at start: NAME[:QUEUES[:TYPE]]. Repeatable.
     #[arg(long = "topic")]
     pub topics: Vec<String>,
+    /// Start role: master or slave (default: master for broker id 0).
+    #[arg(long, value_parser = parse_role)]
+    pub role: Option<Role>,
+    /// Replication listen address (port 0 picks a free port; the ready line says which).
+    #[arg(long, env = "SOFAMQ_REPLICATION_LISTEN")]
+    pub replication_listen: Option<SocketAddr>,
+    /// The master's replication address (slaves).
+    #[arg(long)]
+    pub master_addr: Option<String>,
+    /// Copies (master included) that must be durable before a send is acked.
+    #[arg(long, env = "SOFAMQ_MIN_INSYNC_REPLICAS")]
+    pub min_insync_replicas: Option<usize>,
+    /// Longest a send waits for the slaves' acks (then SLAVE_PERSISTENCE_TIMEOUT).
+    #[arg(long)]
+    pub ack_timeout_ms: Option<u64>,
+    /// A slave that does not catch up within this long leaves the in-sync set.
+    #[arg(long)]
+    pub max_lag_ms: Option<u64>,
+    /// Slave reconnect delay.
+    #[arg(long)]
+    pub reconnect_backoff_ms: Option<u64>,
+    /// Flush mode: sync (fsync before ack) or async.
+    #[arg(long, value_parser = crate::standalone::parse_flush)]
+    pub flush: Option<sofamq_broker::FlushMode>,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    match s {
+        "master" => Ok(Role::Master),
+        "slave" => Ok(Role::Slave),
+        _ => Err(format!("role must be master or slave, not {s:?}")),
+    }
 }
 
 fn read_toml<T: serde::de::DeserializeOwned + Default>(
@@ -109,6 +142,34 @@ pub fn broker_config(args: &BrokerArgs) -> anyhow::Result<BrokerConfig> {
     if let Some(h) = args.heartbeat_ms {
         cfg.heartbeat_interval_ms = h;
     }
+    let r = &mut cfg.replication;
+    if let Some(x) = args.role {
+        r.role = Some(x);
+    }
+    if let Some(x) = args.replication_listen {
+        r.listen = Some(x);
+    }
+    if let Some(x) = &args.master_addr {
+        r.master_addr = Some(x.clone());
+    }
+    if let Some(x) = args.min_insync_replicas {
+        r.min_insync_replicas = x;
+    }
+    if let Some(x) = args.ack_timeout_ms {
+        r.ack_timeout_ms = x;
+    }
+    if let Some(x) = args.max_lag_ms {
+        r.max_lag_ms = x;
+    }
+    if let Some(x) = args.reconnect_backoff_ms {
+        r.reconnect_backoff_ms = x;
+    }
+    if let Some(f) = args.flush {
+        cfg.flush = f;
+    }
+    if r.role == Some(Role::Slave) && cfg.broker_id == 0 {
+        cfg.broker_id = 1;
+    }
     Ok(cfg)
 }
 
@@ -124,8 +185,23 @@ pub async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let bound = listener.local_addr()?;
+    let repl_listener = match cfg.replication.listen {
+        Some(a) => Some(sofamq_broker::server::bind_replication(a).await?),
+        None => None,
+    };
+    let repl_bound = match &repl_listener {
+        Some(l) => l.local_addr()?.to_string(),
+        None => "none".into(),
+    };
     let name = cfg.broker_name.clone();
     let broker = sofamq_broker::server::open(cfg).await?;
+    let role = broker.repl().role().as_str();
+    if broker.repl().role() == Role::Slave {
+        anyhow::ensure!(
+            topics.is_empty(),
+            "--topic is for masters; a slave gets its topics from the master's log"
+        );
+    }
     for (t, q, ty) in &topics {
         broker
             .create_topic(t, *q, *ty)
@@ -134,9 +210,10 @@ pub async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
     }
     let shutdown = Shutdown::from_signals();
     let (reg_tx, mut reg_rx) = watch::channel(false);
-    let mut task = tokio::spawn(sofamq_broker::server::serve(
+    let mut task = tokio::spawn(sofamq_broker::server::serve_with(
         broker,
         listener,
+        repl_listener,
         shutdown.wait(),
         Some(reg_tx),
     ));
@@ -145,7 +222,7 @@ pub async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
         r = reg_rx.wait_for(|r| *r) => { r.context("broker stopped before registering")?; }
         r = &mut task => { r.context("broker task")??; anyhow::bail!("broker stopped"); }
     }
-    println!("broker {name} ready on {bound}");
+    println!("broker {name} ready on {bound} ({role}, replication {repl_bound})");
     task.await.context("broker task")??;
     Ok(())
 }

@@ -1,11 +1,13 @@
 //! `sofamq standalone`: a whole local cluster in one process — a NameServer
-//! and the broker group `broker-a` — on consecutive ports from `--port-base`.
+//! and the broker group `broker-a` (master + synchronous slave) — on consecutive
+//! ports from `--port-base`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use sofamq_broker::repl::Role;
 use sofamq_broker::topics::TopicType;
 use sofamq_broker::{BrokerConfig, FlushMode};
 use sofamq_namesrv::NamesrvConfig;
@@ -20,6 +22,12 @@ pub mod ports {
     pub const NAMESRV: u16 = 0;
     /// broker-a master, client gRPC.
     pub const BROKER_A_MASTER: u16 = 1;
+    /// broker-a master, replication.
+    pub const BROKER_A_MASTER_REPL: u16 = 2;
+    /// broker-a slave, client gRPC (admin; sends get HA_NOT_AVAILABLE).
+    pub const BROKER_A_SLAVE: u16 = 3;
+    /// broker-a slave, replication (used once it is promoted).
+    pub const BROKER_A_SLAVE_REPL: u16 = 4;
 }
 
 /// Options of `sofamq standalone`.
@@ -39,9 +47,12 @@ pub struct StandaloneArgs {
     /// Flush mode of the brokers: sync (fsync before ack) or async.
     #[arg(long, default_value = "sync", value_parser = parse_flush)]
     pub flush: FlushMode,
+    /// Run broker-a's master alone (no slave; acks after the master's fsync only).
+    #[arg(long)]
+    pub no_slave: bool,
 }
 
-fn parse_flush(s: &str) -> Result<FlushMode, String> {
+pub(crate) fn parse_flush(s: &str) -> Result<FlushMode, String> {
     match s {
         "sync" => Ok(FlushMode::Sync),
         "async" => Ok(FlushMode::Async),
@@ -104,7 +115,10 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
 
     let b_addr = addr(args.port_base, ports::BROKER_A_MASTER)?;
     let b_listener = bind(b_addr, "broker-a").await?;
-    let b_cfg = BrokerConfig {
+    let m_repl = addr(args.port_base, ports::BROKER_A_MASTER_REPL)?;
+    let s_addr = addr(args.port_base, ports::BROKER_A_SLAVE)?;
+    let s_repl = addr(args.port_base, ports::BROKER_A_SLAVE_REPL)?;
+    let mut b_cfg = BrokerConfig {
         broker_name: "broker-a".into(),
         broker_id: 0,
         listen: b_addr,
@@ -113,33 +127,86 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         flush: args.flush,
         ..Default::default()
     };
+    b_cfg.replication.role = Some(Role::Master);
+    b_cfg.replication.min_insync_replicas = if args.no_slave { 1 } else { 2 };
+    let m_repl_listener = if args.no_slave {
+        None
+    } else {
+        b_cfg.replication.listen = Some(m_repl);
+        Some(bind(m_repl, "broker-a master replication").await?)
+    };
     let broker = sofamq_broker::server::open(b_cfg).await?;
+    let mut in_sync = broker.repl().tracker().subscribe();
+    let (reg_tx, mut reg_rx) = watch::channel(false);
+    let b_task = tokio::spawn(sofamq_broker::server::serve_with(
+        broker.clone(),
+        b_listener,
+        m_repl_listener,
+        shutdown.wait(),
+        Some(reg_tx),
+    ));
+
+    let s_task = if args.no_slave {
+        None
+    } else {
+        let s_listener = bind(s_addr, "broker-a slave").await?;
+        let s_repl_listener = bind(s_repl, "broker-a slave replication").await?;
+        let mut s_cfg = BrokerConfig {
+            broker_name: "broker-a".into(),
+            broker_id: 1,
+            listen: s_addr,
+            namesrv: vec![ns_addr.to_string()],
+            data_dir: args.data_dir.join("broker-a-1"),
+            flush: args.flush,
+            ..Default::default()
+        };
+        s_cfg.replication.role = Some(Role::Slave);
+        s_cfg.replication.listen = Some(s_repl);
+        s_cfg.replication.master_addr = Some(m_repl.to_string());
+        let slave = sofamq_broker::server::open(s_cfg).await?;
+        Some(tokio::spawn(sofamq_broker::server::serve_with(
+            slave,
+            s_listener,
+            Some(s_repl_listener),
+            shutdown.wait(),
+            None,
+        )))
+    };
+    if !args.no_slave {
+        tokio::select! {
+            r = in_sync.wait_for(|s| s.in_sync >= 1) => { r.context("broker stopped")?; }
+            _ = tokio::time::sleep(Duration::from_secs(60)) => anyhow::bail!("broker-a's slave did not get in sync within 60 s"),
+        }
+    }
+    // Topics go through the master's log, so the slave gets them too.
     for (name, queues, ty) in &topics {
         broker
             .create_topic(name, *queues, *ty)
             .await
             .with_context(|| format!("creating topic {name}"))?;
     }
-    let (reg_tx, mut reg_rx) = watch::channel(false);
-    let b_task = tokio::spawn(sofamq_broker::server::serve(
-        broker,
-        b_listener,
-        shutdown.wait(),
-        Some(reg_tx),
-    ));
-
     tokio::select! {
         r = reg_rx.wait_for(|r| *r) => { r.context("broker stopped before registering")?; }
         _ = tokio::time::sleep(Duration::from_secs(30)) => anyhow::bail!("broker did not register with the namesrv within 30 s"),
     }
-    println!(
-        "sofamq standalone ready: access point {ns_addr} (broker-a master {b_addr}, data {})",
-        args.data_dir.display()
-    );
+    if args.no_slave {
+        println!(
+            "sofamq standalone ready: access point {ns_addr} (broker-a master {b_addr}, no slave, data {})",
+            args.data_dir.display()
+        );
+    } else {
+        println!(
+            "sofamq standalone ready: access point {ns_addr} (broker-a master {b_addr} replication {m_repl}, slave {s_addr} replication {s_repl}, in sync; data {})",
+            args.data_dir.display()
+        );
+    }
 
     shutdown.wait().await;
     tracing::info!("stopping");
     b_task.await.context("broker task")??;
+    if let Some(t) = s_task {
+        t.await.context("slave task")??;
+    }
     ns_task.await.context("namesrv task")??;
     Ok(())
 }

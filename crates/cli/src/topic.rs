@@ -54,7 +54,7 @@ pub struct Target {
     pub broker_addr: Option<String>,
 }
 
-async fn channel(addr: &str) -> anyhow::Result<Channel> {
+pub(crate) async fn channel(addr: &str) -> anyhow::Result<Channel> {
     Channel::from_shared(format!("http://{addr}"))?
         .connect_timeout(std::time::Duration::from_secs(3))
         .timeout(std::time::Duration::from_secs(10))
@@ -64,7 +64,7 @@ async fn channel(addr: &str) -> anyhow::Result<Channel> {
 }
 
 /// (broker name, gRPC address) of every master the target names.
-async fn masters(t: &Target) -> anyhow::Result<Vec<(String, String)>> {
+pub(crate) async fn masters(t: &Target) -> anyhow::Result<Vec<(String, String)>> {
     if let Some(a) = &t.broker_addr {
         return Ok(vec![(a.clone(), a.clone())]);
     }

@@ -28,21 +28,25 @@
 
 mod config;
 mod connection;
+mod consumer;
 mod error;
 mod headers;
 mod id;
 mod message;
 mod producer;
+mod push;
 mod retry;
 mod routes;
 mod selector;
 mod sender;
 
 pub use config::{AlertCallback, ProducerConfig};
+pub use consumer::{ConsumeError, ConsumerConfig, ReceivedMessage, SimpleConsumer};
 pub use error::{BatchSendError, ClientError, FailureKind, SendError, SendFailure};
 pub use headers::CLIENT_VERSION;
 pub use id::MessageIdGenerator;
 pub use message::{Message, MessageBuilder, SendReceipt};
 pub use producer::{METRIC_SEND_FAILURES, METRIC_SEND_RETRIES, Producer};
+pub use push::{ConsumeResult, Listener, PushConfig, PushConsumer, nack_backoff};
 /// Protocol status codes (`Code::Ok` = 20000, ...), re-exported.
 pub use sofamq_proto::v2::Code;

@@ -285,7 +285,7 @@ pub(crate) fn parse_host_port(s: &str) -> Option<(String, u16)> {
     Some((host.to_string(), port.parse().ok()?))
 }
 
-fn join_host_port(host: &str, port: u16) -> String {
+pub(crate) fn join_host_port(host: &str, port: u16) -> String {
     if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
@@ -293,7 +293,7 @@ fn join_host_port(host: &str, port: u16) -> String {
     }
 }
 
-fn endpoints_of(ap: &str) -> v2::Endpoints {
+pub(crate) fn endpoints_of(ap: &str) -> v2::Endpoints {
     let (host, port) = parse_host_port(ap).unwrap_or_default();
     let scheme = match host.parse::<IpAddr>() {
         Ok(IpAddr::V4(_)) => v2::AddressScheme::IPv4,

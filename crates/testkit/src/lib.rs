@@ -2,6 +2,8 @@
 //! 127.0.0.1 (port 0, the bound address read back from the process) in a
 //! temporary directory, and stops or kills exactly the processes it started.
 
+pub mod repl;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

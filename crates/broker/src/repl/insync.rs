@@ -1,0 +1,314 @@
+//! The master's view of its slaves: each one's acked offset and whether it is in sync, and
+//! the replicated offset senders wait on (a `watch`, so waiting costs nothing while idle).
+//!
+//! In-sync rule: a slave joins once it reaches an offset the master had durable at some
+//! earlier moment (its "mark"); it leaves when it falls more than `max_lag_bytes` behind or
+//! fails to reach its mark within `max_lag`. Reaching the mark moves the mark to the master's
+//! current durable offset.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::error::BrokerError;
+
+/// What senders wait on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Every in-sync slave has acked up to here (`u64::MAX` with no in-sync slave).
+    pub replicated: u64,
+    /// In-sync slaves.
+    pub in_sync: usize,
+    /// Bumped when this broker stops being master: waiters of an old term fail.
+    pub term: u64,
+}
+
+struct Slave {
+    name: String,
+    acked: u64,
+    in_sync: bool,
+    mark: (u64, Instant),
+}
+
+/// Per-slave state for status output.
+#[derive(Debug, Clone)]
+pub struct SlaveInfo {
+    /// Slave name (`broker-a/1 @ addr`).
+    pub name: String,
+    /// Acked durable offset.
+    pub acked: u64,
+    /// In the in-sync set.
+    pub in_sync: bool,
+}
+
+/// In-sync tracking.
+pub struct Tracker {
+    min_insync: usize,
+    max_lag_bytes: u64,
+    max_lag: Duration,
+    slaves: Mutex<(u64, HashMap<u64, Slave>)>,
+    tx: watch::Sender<Snapshot>,
+}
+
+impl Tracker {
+    /// A tracker with no slaves.
+    pub fn new(min_insync: usize, max_lag_bytes: u64, max_lag: Duration) -> Self {
+        Self {
+            min_insync: min_insync.max(1),
+            max_lag_bytes,
+            max_lag,
+            slaves: Mutex::new((0, HashMap::new())),
+            tx: watch::channel(Snapshot {
+                replicated: u64::MAX,
+                in_sync: 0,
+                term: 0,
+            })
+            .0,
+        }
+    }
+
+    /// Copies (master included) required per ack.
+    pub fn min_insync(&self) -> usize {
+        self.min_insync
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Snapshot {
+        *self.tx.borrow()
+    }
+
+    /// Subscribes to snapshot changes.
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.tx.subscribe()
+    }
+
+    fn publish(&self, slaves: &HashMap<u64, Slave>, term_bump: bool) {
+        let mut replicated = u64::MAX;
+        let mut in_sync = 0;
+        for s in slaves.values().filter(|s| s.in_sync) {
+            in_sync += 1;
+            replicated = replicated.min(s.acked);
+        }
+        self.tx.send_if_modified(|s| {
+            let term = s.term + u64::from(term_bump);
+            let new = Snapshot {
+                replicated,
+                in_sync,
+                term,
+            };
+            let changed = *s != new;
+            *s = new;
+            changed
+        });
+    }
+
+    /// Registers a slave that will stream from `from`; it starts out of sync.
+    pub fn register(&self, name: String, from: u64, durable: u64) -> u64 {
+        let mut g = self.slaves.lock();
+        g.0 += 1;
+        let id = g.0;
+        g.1.insert(
+            id,
+            Slave {
+                name,
+                acked: from,
+                in_sync: false,
+                mark: (durable, Instant::now()),
+            },
+        );
+        id
+    }
+
+    /// Removes a slave (connection gone).
+    pub fn remove(&self, id: u64) {
+        let mut g = self.slaves.lock();
+        if let Some(s) = g.1.remove(&id)
+            && s.in_sync
+        {
+            tracing::warn!(slave = %s.name, acked = s.acked, "slave left the in-sync set (disconnected)");
+        }
+        self.publish(&g.1, false);
+    }
+
+    fn evaluate(&self, s: &mut Slave, durable: u64, now: Instant) {
+        if s.acked >= s.mark.0 {
+            s.mark = (durable, now);
+        }
+        let behind_bytes = durable.saturating_sub(s.acked) > self.max_lag_bytes;
+        let behind_time = s.acked < s.mark.0 && now.duration_since(s.mark.1) > self.max_lag;
+        let was = s.in_sync;
+        if s.in_sync {
+            s.in_sync = !behind_bytes && !behind_time;
+        } else {
+            // Rejoin only right after reaching a mark (caught up to where the master was).
+            s.in_sync = s.mark.1 == now && !behind_bytes;
+        }
+        if was != s.in_sync {
+            if s.in_sync {
+                tracing::info!(slave = %s.name, acked = s.acked, durable, "slave joined the in-sync set");
+            } else {
+                tracing::warn!(slave = %s.name, acked = s.acked, durable, behind_bytes, behind_time, "slave left the in-sync set (lagging)");
+            }
+        }
+    }
+
+    /// Records an ack. The caller checked epoch and range.
+    pub fn ack(&self, id: u64, acked: u64, durable: u64) {
+        let mut g = self.slaves.lock();
+        let now = Instant::now();
+        if let Some(mut s) = g.1.remove(&id) {
+            s.acked = s.acked.max(acked);
+            self.evaluate(&mut s, durable, now);
+            g.1.insert(id, s);
+        }
+        self.publish(&g.1, false);
+    }
+
+    /// Re-evaluates time lag (called periodically, so a silent slave leaves the set).
+    pub fn check(&self, durable: u64) {
+        let mut g = self.slaves.lock();
+        let now = Instant::now();
+        for s in g.1.values_mut() {
+            if s.in_sync {
+                self.evaluate(s, durable, now);
+            }
+        }
+        self.publish(&g.1, false);
+    }
+
+    /// Drops every slave and fails every waiter (this broker stopped being master).
+    pub fn reset_term(&self) {
+        let mut g = self.slaves.lock();
+        g.1.clear();
+        self.publish(&g.1, true);
+    }
+
+    /// Fails fast when fewer than `min_insync - 1` slaves are in sync.
+    pub fn check_available(&self) -> Result<(), BrokerError> {
+        let s = self.snapshot();
+        if s.in_sync + 1 < self.min_insync {
+            return Err(BrokerError::NotAvailable(format!(
+                "{} of {} required replicas in sync; not accepting writes",
+                s.in_sync + 1,
+                self.min_insync
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits until every in-sync slave acked `offset` (the caller holds the master's own
+    /// fsync). Fails with HA_NOT_AVAILABLE when the in-sync set shrinks below the minimum or
+    /// the term ends, and SLAVE_PERSISTENCE_TIMEOUT after `timeout`.
+    pub async fn wait_replicated(&self, offset: u64, timeout: Duration) -> Result<(), BrokerError> {
+        let mut rx = self.tx.subscribe();
+        let term = rx.borrow().term;
+        let min = self.min_insync;
+        let done = |s: &Snapshot| s.term != term || s.in_sync + 1 < min || s.replicated >= offset;
+        let r = tokio::time::timeout(timeout, rx.wait_for(done)).await;
+        let s = match r {
+            Ok(Ok(s)) => *s,
+            Ok(Err(_)) => return Err(BrokerError::Internal("replication tracker gone".into())),
+            Err(_) => {
+                return Err(BrokerError::SlavePersistence(format!(
+                    "no ack from the in-sync slaves for offset {offset} within {} ms",
+                    timeout.as_millis()
+                )));
+            }
+        };
+        if s.term != term {
+            return Err(BrokerError::NotAvailable(
+                "broker stopped being master before the message was replicated".into(),
+            ));
+        }
+        if s.replicated >= offset && s.in_sync + 1 >= min {
+            return Ok(());
+        }
+        Err(BrokerError::NotAvailable(format!(
+            "in-sync replicas fell to {} of {} required before offset {offset} was replicated",
+            s.in_sync + 1,
+            min
+        )))
+    }
+
+    /// Per-slave state.
+    pub fn slaves(&self) -> Vec<SlaveInfo> {
+        self.slaves
+            .lock()
+            .1
+            .values()
+            .map(|s| SlaveInfo {
+                name: s.name.clone(),
+                acked: s.acked,
+                in_sync: s.in_sync,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ack_rule_join_leave_and_timeout() {
+        let t = Tracker::new(2, 1000, Duration::from_millis(50));
+        assert!(t.check_available().is_err(), "no slave: HA not available");
+        let id = t.register("s".into(), 0, 500);
+        assert!(
+            t.check_available().is_err(),
+            "a connected slave starts out of sync"
+        );
+        t.ack(id, 200, 500);
+        assert!(t.check_available().is_err(), "behind its mark");
+        t.ack(id, 500, 600);
+        assert!(t.check_available().is_ok(), "reached its mark: in sync");
+        // A waiter for 600 is released by the ack covering it, not before.
+        let w = t.wait_replicated(600, Duration::from_millis(20)).await;
+        assert!(matches!(w, Err(BrokerError::SlavePersistence(_))), "{w:?}");
+        t.ack(id, 600, 600);
+        t.wait_replicated(600, Duration::from_millis(20))
+            .await
+            .unwrap();
+        // Too far behind in bytes: leaves the set; waiters fail fast.
+        t.ack(id, 600, 5000);
+        assert!(t.check_available().is_err());
+        let w = t.wait_replicated(700, Duration::from_secs(5)).await;
+        assert!(matches!(w, Err(BrokerError::NotAvailable(_))), "{w:?}");
+        // Catches up: rejoins.
+        t.ack(id, 5000, 5000);
+        assert!(t.check_available().is_ok());
+        // Silent past max_lag while the master moved on: leaves.
+        t.check(6000);
+        std::thread::sleep(Duration::from_millis(80));
+        t.check(6000);
+        assert!(t.check_available().is_err());
+        t.remove(id);
+        assert_eq!(t.snapshot().in_sync, 0);
+    }
+
+    #[tokio::test]
+    async fn term_end_fails_waiters() {
+        let t = std::sync::Arc::new(Tracker::new(2, 1000, Duration::from_secs(5)));
+        let id = t.register("s".into(), 0, 0);
+        t.ack(id, 0, 0);
+        let t2 = t.clone();
+        let w = tokio::spawn(async move { t2.wait_replicated(100, Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        t.reset_term();
+        assert!(matches!(
+            w.await.unwrap(),
+            Err(BrokerError::NotAvailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn min_one_without_slaves_needs_no_ack() {
+        let t = Tracker::new(1, 1000, Duration::from_secs(5));
+        t.check_available().unwrap();
+        t.wait_replicated(1 << 40, Duration::from_millis(10))
+            .await
+            .unwrap();
+    }
+}

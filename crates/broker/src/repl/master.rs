@@ -1,0 +1,262 @@
+//! Master side: accept slaves on the replication port, answer their epoch handshake, stream
+//! raw log bytes (`read_raw` → socket, never re-encoded) and take their acks.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::config::Role;
+use super::frame::{self, FrameError, Msg};
+use super::{ReplError, Replication};
+
+/// Accepts slaves until `token` is cancelled. Sessions are refused while this broker is a
+/// slave (a slave binds the port so that it can serve it once promoted).
+pub async fn serve(repl: Arc<Replication>, listener: TcpListener, token: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(repl.cfg.max_slaves.max(1)));
+    loop {
+        let (sock, peer) = tokio::select! {
+            () = token.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "replication accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many slaves connected; refusing");
+            let mut sock = sock;
+            let _ = frame::write_frame(
+                &mut sock,
+                repl.store.current_epoch(),
+                &Msg::Reject {
+                    reason: "too many slaves".into(),
+                },
+            )
+            .await;
+            continue;
+        };
+        let repl = repl.clone();
+        let token = token.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match session(&repl, sock, peer.to_string(), token).await {
+                Ok(()) => tracing::info!(%peer, "replication session ended"),
+                Err(e) => tracing::warn!(%peer, error = %e, "replication session ended"),
+            }
+        });
+    }
+}
+
+async fn session(
+    repl: &Arc<Replication>,
+    mut sock: TcpStream,
+    peer: String,
+    token: CancellationToken,
+) -> Result<(), ReplError> {
+    sock.set_nodelay(true)?;
+    let max = repl.cfg.frame_limit();
+    let hs = repl.cfg.handshake_timeout();
+    let mut rbuf = BytesMut::with_capacity(64 * 1024);
+    let hello = tokio::time::timeout(hs, frame::read_frame(&mut sock, &mut rbuf, max))
+        .await
+        .map_err(|_| ReplError::Timeout("hello"))??;
+    let Msg::Hello {
+        broker_name,
+        broker_id,
+        log_end,
+        ..
+    } = hello.msg
+    else {
+        return Err(ReplError::Protocol("expected Hello".into()));
+    };
+    let epoch = repl.store.current_epoch();
+    let refuse = if repl.role() != Role::Master {
+        Some("not master".to_string())
+    } else if broker_name != repl.broker_name {
+        Some(format!(
+            "broker group {broker_name:?} does not match {:?}",
+            repl.broker_name
+        ))
+    } else if hello.epoch > epoch {
+        Some(format!(
+            "slave knows epoch {} above this master's {epoch}: this master is stale",
+            hello.epoch
+        ))
+    } else {
+        None
+    };
+    if let Some(reason) = refuse {
+        let _ = frame::write_frame(
+            &mut sock,
+            epoch,
+            &Msg::Reject {
+                reason: reason.clone(),
+            },
+        )
+        .await;
+        return Err(ReplError::Protocol(reason));
+    }
+    let durable = repl.store.durable_offset();
+    frame::write_frame(
+        &mut sock,
+        epoch,
+        &Msg::HelloReply {
+            durable,
+            history: repl.store.epoch_history(),
+        },
+    )
+    .await?;
+    let follow = tokio::time::timeout(hs, frame::read_frame(&mut sock, &mut rbuf, max))
+        .await
+        .map_err(|_| ReplError::Timeout("follow"))??;
+    let from = match follow.msg {
+        Msg::Follow { from } if follow.epoch == epoch && from <= durable => from,
+        other => {
+            return Err(ReplError::Protocol(format!(
+                "bad Follow (epoch {} vs {epoch}): {other:?}",
+                follow.epoch
+            )));
+        }
+    };
+    let name = format!("{broker_name}/{broker_id}@{peer}");
+    tracing::info!(slave = %name, from, slave_log_end = log_end, durable, epoch, "slave following");
+    let id = repl
+        .tracker
+        .register(name.clone(), from, repl.store.durable_offset());
+    let (rd, wr) = sock.into_split();
+    let stop = token.child_token();
+    let sender = tokio::spawn(stream(repl.clone(), wr, from, epoch, stop.clone()));
+    let r = acks(repl, rd, rbuf, id, from, epoch, &stop).await;
+    stop.cancel();
+    repl.tracker.remove(id);
+    repl.refresh_limit();
+    let _ = sender.await;
+    r
+}
+
+/// Streams the log from `pos` to the slave: whole durable records, up to one frame at a time.
+async fn stream(
+    repl: Arc<Replication>,
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut pos: u64,
+    epoch: u64,
+    stop: CancellationToken,
+) -> Result<(), ReplError> {
+    let max = repl.cfg.frame_limit();
+    let heartbeat = repl.cfg.heartbeat();
+    let mut out = BytesMut::with_capacity(max + 64);
+    let r: Result<(), ReplError> = async {
+        loop {
+            // Arm the wake-up before looking, so an append in between is not missed.
+            let appended = repl.appended.notified();
+            tokio::pin!(appended);
+            appended.as_mut().enable();
+            if repl.role() != Role::Master || repl.store.current_epoch() != epoch {
+                return Err(ReplError::Protocol("no longer master of this epoch".into()));
+            }
+            let durable = repl.store.durable_offset();
+            if pos < durable {
+                let bytes = repl.store.read_raw(pos, max)?;
+                if bytes.is_empty() {
+                    return Err(ReplError::Protocol(format!(
+                        "read_raw at {pos} returned nothing"
+                    )));
+                }
+                let len = bytes.len() as u64;
+                out.clear();
+                frame::encode(
+                    epoch,
+                    &Msg::Data {
+                        start: pos,
+                        bytes: Bytes::from(bytes),
+                    },
+                    &mut out,
+                );
+                tokio::select! {
+                    r = wr.write_all(&out) => r?,
+                    () = stop.cancelled() => return Ok(()),
+                }
+                pos += len;
+                continue;
+            }
+            tokio::select! {
+                () = &mut appended => {}
+                () = tokio::time::sleep(heartbeat) => {
+                    out.clear();
+                    frame::encode(epoch, &Msg::Heartbeat { durable }, &mut out);
+                    wr.write_all(&out).await?;
+                }
+                () = stop.cancelled() => return Ok(()),
+            }
+        }
+    }
+    .await;
+    stop.cancel();
+    r
+}
+
+/// Takes the slave's acks: each must be for this epoch, never beyond this master's log end,
+/// never backwards.
+async fn acks(
+    repl: &Arc<Replication>,
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    mut rbuf: BytesMut,
+    id: u64,
+    from: u64,
+    epoch: u64,
+    stop: &CancellationToken,
+) -> Result<(), ReplError> {
+    let max = repl.cfg.frame_limit();
+    let idle = repl.cfg.max_lag().max(repl.cfg.heartbeat() * 4);
+    let mut last = from;
+    loop {
+        let f = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            r = tokio::time::timeout(idle, frame::read_frame(&mut rd, &mut rbuf, max)) => {
+                r.map_err(|_| ReplError::Timeout("ack"))?
+            }
+        };
+        let f = match f {
+            Ok(f) => f,
+            Err(FrameError::Closed) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        match f.msg {
+            Msg::Ack { durable } => {
+                let end = repl.store.log_end_offset();
+                if f.epoch != epoch {
+                    return Err(ReplError::Protocol(format!(
+                        "ack for epoch {} on a master of epoch {epoch}",
+                        f.epoch
+                    )));
+                }
+                if durable > end {
+                    return Err(ReplError::Protocol(format!(
+                        "ack of {durable} beyond this master's log end {end}"
+                    )));
+                }
+                if durable < last {
+                    return Err(ReplError::Protocol(format!(
+                        "ack went backwards from {last} to {durable}"
+                    )));
+                }
+                last = durable;
+                repl.tracker.ack(id, durable, repl.store.durable_offset());
+                repl.refresh_limit();
+            }
+            Msg::Reject { reason } => return Err(ReplError::Protocol(format!("slave: {reason}"))),
+            other => {
+                return Err(ReplError::Protocol(format!(
+                    "unexpected frame from slave: {other:?}"
+                )));
+            }
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! Synchronous master/slave replication and idempotent sends.
+//!
+//! * [`frame`]: the replication wire format (plain TCP, CRC-checked, versioned frames,
+//!   each carrying the epoch).
+//! * [`epoch`]: Kafka's leader-epoch rule (where a slave's log must be cut).
+//! * [`master`]: accept slaves, stream raw log bytes, take acks.
+//! * [`slave`]: follow a master, truncate, append raw bytes, ack.
+//! * [`insync`]: acked offsets, the in-sync set, and what sends wait on.
+//! * [`dedup`]: the message-id window for idempotent sends.
+//!
+//! The broker's role (master or slave) lives here and can change at run time (promote,
+//! demote); a master begins a new, higher epoch durably before it takes writes.
+
+pub mod config;
+pub mod dedup;
+pub mod epoch;
+pub mod frame;
+pub mod insync;
+pub mod master;
+pub mod slave;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use sofamq_store::{Store, StoreError};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ReplicationConfig, Role};
+
+use crate::error::BrokerError;
+use dedup::Dedup;
+use insync::Tracker;
+
+/// A replication session failure (the session ends; a slave reconnects).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplError {
+    /// Framing or I/O.
+    #[error("{0}")]
+    Frame(#[from] frame::FrameError),
+    /// Socket I/O.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The local log refused.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The peer broke the protocol (wrong epoch, bad offset, ...).
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// A step took too long.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+}
+
+struct RoleState {
+    role: Role,
+    master_addr: Option<String>,
+    follower: Option<(CancellationToken, JoinHandle<()>)>,
+}
+
+/// Replication state of one broker.
+pub struct Replication {
+    pub(crate) cfg: ReplicationConfig,
+    pub(crate) broker_name: String,
+    pub(crate) slave_id: u64,
+    pub(crate) store: Store,
+    segment_dir: PathBuf,
+    role: Mutex<RoleState>,
+    role_tx: watch::Sender<Role>,
+    pub(crate) tracker: Tracker,
+    pub(crate) dedup: Dedup,
+    pub(crate) appended: Notify,
+    /// Highest master epoch this broker has seen (a promotion goes above it).
+    pub(crate) seen_epoch: AtomicU64,
+    /// Readable limit published to the store (`u64::MAX` = none); only grows per term.
+    limit: AtomicU64,
+    switching: tokio::sync::Mutex<()>,
+    token: Mutex<Option<CancellationToken>>,
+}
+
+impl Replication {
+    /// Sets up replication for a freshly opened store. A master begins a new epoch (durably)
+    /// and rebuilds its dedup window from the log. Blocking.
+    pub fn open(
+        cfg: ReplicationConfig,
+        broker_name: &str,
+        broker_id: u64,
+        store: Store,
+        store_dir: &std::path::Path,
+    ) -> Result<Self, BrokerError> {
+        let role = cfg.start_role(broker_id);
+        let tracker = Tracker::new(cfg.effective_min_insync(), cfg.max_lag_bytes, cfg.max_lag());
+        let dedup = Dedup::new(
+            cfg.dedup_window,
+            std::time::Duration::from_millis(cfg.dedup_window_ms),
+        );
+        let repl = Self {
+            broker_name: broker_name.to_string(),
+            slave_id: broker_id.max(1),
+            seen_epoch: AtomicU64::new(store.current_epoch()),
+            role: Mutex::new(RoleState {
+                role,
+                master_addr: cfg.master_addr.clone(),
+                follower: None,
+            }),
+            role_tx: watch::channel(role).0,
+            tracker,
+            dedup,
+            appended: Notify::new(),
+            limit: AtomicU64::new(u64::MAX),
+            switching: tokio::sync::Mutex::new(()),
+            token: Mutex::new(None),
+            segment_dir: store_dir.join("commitlog"),
+            cfg,
+            store,
+        };
+        if role == Role::Master {
+            if repl.store.fenced().is_none() {
+                let epoch = repl.store.current_epoch() + 1;
+                repl.store.begin_epoch(epoch)?;
+                repl.seen_epoch.fetch_max(epoch, Ordering::AcqRel);
+                tracing::info!(epoch, "master began a new epoch");
+            }
+            repl.become_master_limits();
+            repl.dedup
+                .rebuild(&repl.store, &repl.segment_dir, repl.cfg.dedup_scan_bytes);
+        } else if repl.cfg.master_addr.is_none() {
+            tracing::warn!("slave without replication.master_addr: idle until demoted/told");
+        }
+        Ok(repl)
+    }
+
+    /// Current role.
+    pub fn role(&self) -> Role {
+        self.role.lock().role
+    }
+
+    /// Role changes.
+    pub fn role_watch(&self) -> watch::Receiver<Role> {
+        self.role_tx.subscribe()
+    }
+
+    /// The broker id to register with: 0 as master, the configured id (>= 1) as slave.
+    pub fn broker_id(&self) -> u64 {
+        match self.role() {
+            Role::Master => 0,
+            Role::Slave => self.slave_id,
+        }
+    }
+
+    /// The master a slave follows.
+    pub fn master_addr(&self) -> Option<String> {
+        self.role.lock().master_addr.clone()
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ReplicationConfig {
+        &self.cfg
+    }
+
+    /// The in-sync tracker.
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    /// The dedup window.
+    pub fn dedup(&self) -> &Dedup {
+        &self.dedup
+    }
+
+    /// Wakes the streams to slaves (call after anything was appended).
+    pub fn log_grew(&self) {
+        self.appended.notify_waiters();
+    }
+
+    fn become_master_limits(&self) {
+        if self.tracker.min_insync() > 1 {
+            // Nothing is known to be replicated until a slave acks.
+            let at = self
+                .store
+                .durable_offset()
+                .min(self.store.readable_offset());
+            self.limit.store(at, Ordering::Release);
+            self.store.set_replication_limit(Some(at));
+        } else {
+            self.limit.store(u64::MAX, Ordering::Release);
+            self.store.set_replication_limit(None);
+        }
+    }
+
+    /// Publishes the replicated offset as the store's readable limit (monotonic).
+    pub(crate) fn refresh_limit(&self) {
+        if self.role() != Role::Master {
+            return;
+        }
+        let s = self.tracker.snapshot();
+        let durable = self.store.durable_offset();
+        if s.in_sync == 0 {
+            if self.tracker.min_insync() <= 1 {
+                self.limit.store(u64::MAX, Ordering::Release);
+                self.store.set_replication_limit(None);
+            }
+            return;
+        }
+        let mut t = s.replicated.min(durable);
+        let prev = self.limit.load(Ordering::Acquire);
+        if prev == u64::MAX {
+            // Going from "no limit" to a limit must not hide what consumers already saw.
+            t = t.max(durable);
+        }
+        let new = if prev == u64::MAX { t } else { prev.max(t) };
+        self.limit.store(new, Ordering::Release);
+        self.store.set_replication_limit(Some(new));
+    }
+
+    /// Starts the background parts: the replication listener (if any), the follower (as a
+    /// slave) and the periodic in-sync check. Stops when `token` is cancelled.
+    pub fn start(self: &Arc<Self>, listener: Option<TcpListener>, token: CancellationToken) {
+        *self.token.lock() = Some(token.clone());
+        if let Some(l) = listener {
+            tokio::spawn(master::serve(self.clone(), l, token.clone()));
+        }
+        if self.role() == Role::Slave
+            && let Some(addr) = self.master_addr()
+        {
+            self.spawn_follower(addr, &token);
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let period = me.cfg.heartbeat();
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    () = tokio::time::sleep(period) => {}
+                }
+                if me.role() == Role::Master {
+                    me.tracker.check(me.store.durable_offset());
+                    me.refresh_limit();
+                }
+            }
+        });
+    }
+
+    fn spawn_follower(self: &Arc<Self>, addr: String, parent: &CancellationToken) {
+        let t = parent.child_token();
+        let h = tokio::spawn(slave::follow(self.clone(), addr.clone(), t.clone()));
+        let mut g = self.role.lock();
+        g.master_addr = Some(addr);
+        if let Some((old, _)) = g.follower.replace((t, h)) {
+            old.cancel();
+        }
+    }
+
+    async fn stop_follower(&self) {
+        let f = self.role.lock().follower.take();
+        if let Some((t, h)) = f {
+            t.cancel();
+            let _ = h.await;
+        }
+    }
+
+    /// Slave → master: stops following, durably begins an epoch above every epoch seen
+    /// (at least `epoch` when given), rebuilds the dedup window, then takes writes. Returns
+    /// the new epoch. A master answers with its current epoch.
+    pub async fn promote(self: &Arc<Self>, epoch: Option<u64>) -> Result<u64, BrokerError> {
+        let _g = self.switching.lock().await;
+        if self.role() == Role::Master {
+            return Ok(self.store.current_epoch());
+        }
+        self.stop_follower().await;
+        let seen = self.seen_epoch.load(Ordering::Acquire);
+        let new = (self.store.current_epoch().max(seen) + 1).max(epoch.unwrap_or(0));
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), BrokerError> {
+            me.store.begin_epoch(new)?;
+            me.dedup
+                .rebuild(&me.store, &me.segment_dir, me.cfg.dedup_scan_bytes);
+            Ok(())
+        })
+        .await
+        .map_err(|e| BrokerError::Internal(format!("promote task: {e}")))??;
+        self.seen_epoch.fetch_max(new, Ordering::AcqRel);
+        self.become_master_limits();
+        self.role.lock().role = Role::Master;
+        let _ = self.role_tx.send(Role::Master);
+        tracing::warn!(
+            epoch = new,
+            log_end = self.store.log_end_offset(),
+            "promoted to master"
+        );
+        Ok(new)
+    }
+
+    /// Master (or slave) → slave of `master_addr`: stops taking writes at once, fails every
+    /// send waiting for replication, and follows the new master (truncating its own un-acked
+    /// tail by the epoch rule).
+    pub async fn demote(self: &Arc<Self>, master_addr: String) -> Result<(), BrokerError> {
+        let _g = self.switching.lock().await;
+        self.stop_follower().await;
+        {
+            let mut g = self.role.lock();
+            g.role = Role::Slave;
+        }
+        let _ = self.role_tx.send(Role::Slave);
+        self.tracker.reset_term();
+        self.appended.notify_waiters();
+        self.limit.store(u64::MAX, Ordering::Release);
+        self.store.set_replication_limit(None);
+        let token = self.token.lock().clone().unwrap_or_default();
+        self.spawn_follower(master_addr.clone(), &token);
+        tracing::warn!(master = %master_addr, "now a slave");
+        Ok(())
+    }
+
+    /// Fails fast (HA_NOT_AVAILABLE) when too few replicas are in sync for a write.
+    pub fn check_available(&self) -> Result<(), BrokerError> {
+        self.tracker.check_available()
+    }
+
+    /// Waits until the in-sync slaves cover `offset` (within the configured ack timeout).
+    pub async fn wait_replicated(&self, offset: u64) -> Result<(), BrokerError> {
+        self.tracker
+            .wait_replicated(offset, self.cfg.ack_timeout())
+            .await
+    }
+}

@@ -1,0 +1,223 @@
+//! Slave side: connect to the master's replication port, state our epoch history and log
+//! end, truncate (durably) whatever tail the master does not have, then append the raw bytes
+//! it streams (group commit + fdatasync) and ack `(epoch, durable offset)`. Reconnects with a
+//! bounded backoff and resumes from wherever the log ends.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::epoch::{divergence, last_epoch};
+use super::frame::{self, Frame, Msg};
+use super::{ReplError, Replication};
+
+/// Follows `master` until `token` is cancelled.
+pub async fn follow(repl: Arc<Replication>, master: String, token: CancellationToken) {
+    let base = Duration::from_millis(repl.cfg.reconnect_backoff_ms.max(1));
+    let mut delay = base;
+    loop {
+        let r = tokio::select! {
+            () = token.cancelled() => return,
+            r = session(&repl, &master, &token) => r,
+        };
+        match r {
+            Ok(()) => delay = base,
+            Err(e) => {
+                tracing::warn!(%master, error = %e, "replication from master interrupted");
+                if let ReplError::Store(_) = e
+                    && repl.store.fenced().is_some()
+                {
+                    tracing::error!("commit log fenced: this slave stops replicating");
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(base * 16);
+    }
+}
+
+async fn session(
+    repl: &Arc<Replication>,
+    master: &str,
+    token: &CancellationToken,
+) -> Result<(), ReplError> {
+    let hs = repl.cfg.handshake_timeout();
+    let max = repl.cfg.frame_limit();
+    let mut sock = tokio::time::timeout(hs, TcpStream::connect(master))
+        .await
+        .map_err(|_| ReplError::Timeout("connect"))??;
+    sock.set_nodelay(true)?;
+    let store = &repl.store;
+    let my_hist = store.epoch_history();
+    let my_end = store.log_end_offset();
+    let known = repl
+        .seen_epoch
+        .load(Ordering::Acquire)
+        .max(store.current_epoch());
+    frame::write_frame(
+        &mut sock,
+        known,
+        &Msg::Hello {
+            broker_name: repl.broker_name.clone(),
+            broker_id: repl.slave_id,
+            log_end: my_end,
+            history: my_hist.clone(),
+        },
+    )
+    .await?;
+    let mut rbuf = BytesMut::with_capacity(256 * 1024);
+    let reply = tokio::time::timeout(hs, frame::read_frame(&mut sock, &mut rbuf, max))
+        .await
+        .map_err(|_| ReplError::Timeout("hello reply"))??;
+    let epoch = reply.epoch;
+    let (m_durable, m_hist) = match reply.msg {
+        Msg::HelloReply { durable, history } => (durable, history),
+        Msg::Reject { reason } => return Err(ReplError::Protocol(format!("master: {reason}"))),
+        other => {
+            return Err(ReplError::Protocol(format!(
+                "expected HelloReply: {other:?}"
+            )));
+        }
+    };
+    if epoch < known || last_epoch(&m_hist) > epoch {
+        return Err(ReplError::Protocol(format!(
+            "master epoch {epoch} is behind the epoch {known} this slave knows: not following a stale master"
+        )));
+    }
+    let cut = divergence(&my_hist, my_end, &m_hist, m_durable);
+    if cut < my_end {
+        tracing::warn!(
+            from = cut,
+            to = my_end,
+            master_epoch = epoch,
+            "truncating the tail the master does not have"
+        );
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || s.truncate(cut))
+            .await
+            .map_err(|e| ReplError::Protocol(format!("truncate task: {e}")))??;
+    }
+    repl.seen_epoch.fetch_max(epoch, Ordering::AcqRel);
+    frame::write_frame(&mut sock, epoch, &Msg::Follow { from: cut }).await?;
+    // First ack right away: a slave that is already caught up joins the in-sync set at once.
+    frame::write_frame(
+        &mut sock,
+        epoch,
+        &Msg::Ack {
+            durable: store.durable_offset().min(cut),
+        },
+    )
+    .await?;
+    tracing::info!(%master, from = cut, epoch, master_durable = m_durable, "following master");
+
+    let (mut rd, mut wr) = sock.into_split();
+    let (tx, mut rx) = mpsc::channel::<Frame>(repl.cfg.slave_queue_frames.max(1));
+    let idle = repl.cfg.heartbeat() * 4 + Duration::from_millis(200);
+    let stop = token.child_token();
+    let reader_stop = stop.clone();
+    let reader = tokio::spawn(async move {
+        let r: Result<(), ReplError> = async {
+            loop {
+                let f = tokio::select! {
+                    () = reader_stop.cancelled() => return Ok(()),
+                    r = tokio::time::timeout(idle, frame::read_frame(&mut rd, &mut rbuf, max)) => {
+                        r.map_err(|_| ReplError::Timeout("master silent"))??
+                    }
+                };
+                if f.epoch != epoch {
+                    return Err(ReplError::Protocol(format!(
+                        "frame of epoch {} in a session of epoch {epoch}",
+                        f.epoch
+                    )));
+                }
+                if let Msg::Reject { reason } = &f.msg {
+                    return Err(ReplError::Protocol(format!("master: {reason}")));
+                }
+                if tx.send(f).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        .await;
+        reader_stop.cancel();
+        r
+    });
+
+    let coalesce = max.max(1 << 20);
+    let mut next = cut;
+    let r: Result<(), ReplError> = async {
+        loop {
+            let first = tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                f = rx.recv() => match f { Some(f) => f, None => return Ok(()) },
+            };
+            // Take every frame already queued: contiguous data goes into one append (one
+            // fsync); heartbeats just ask for an ack.
+            let mut frames = vec![first];
+            while let Ok(f) = rx.try_recv() {
+                frames.push(f);
+                if frames.len() >= 256 {
+                    break;
+                }
+            }
+            // Contiguous runs of data, each appended with one call (one group commit).
+            let mut runs: Vec<(u64, usize, Vec<Bytes>)> = Vec::new();
+            for f in frames {
+                match f.msg {
+                    Msg::Data { start, bytes } => {
+                        if start != next {
+                            return Err(ReplError::Protocol(format!(
+                                "data at {start}, expected {next}"
+                            )));
+                        }
+                        next += bytes.len() as u64;
+                        match runs.last_mut() {
+                            Some((_, len, parts)) if *len + bytes.len() <= coalesce => {
+                                *len += bytes.len();
+                                parts.push(bytes);
+                            }
+                            _ => runs.push((start, bytes.len(), vec![bytes])),
+                        }
+                    }
+                    Msg::Heartbeat { .. } => {}
+                    other => {
+                        return Err(ReplError::Protocol(format!(
+                            "unexpected frame from master: {other:?}"
+                        )));
+                    }
+                }
+            }
+            for (start, len, mut parts) in runs {
+                let bytes = if parts.len() == 1 {
+                    parts.pop().unwrap_or_default()
+                } else {
+                    let mut b = BytesMut::with_capacity(len);
+                    for p in &parts {
+                        b.extend_from_slice(p);
+                    }
+                    b.freeze()
+                };
+                store.append_raw_async(start, bytes).await?;
+            }
+            let durable = store.durable_offset();
+            frame::write_frame(&mut wr, epoch, &Msg::Ack { durable }).await?;
+        }
+    }
+    .await;
+    stop.cancel();
+    let rr = reader.await;
+    r?;
+    match rr {
+        Ok(r) => r,
+        Err(e) => Err(ReplError::Protocol(format!("reader task: {e}"))),
+    }
+}

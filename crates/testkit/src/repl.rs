@@ -1,0 +1,130 @@
+//! Master/slave broker processes for replication tests: fixed addresses (picked free at
+//! start) so a killed broker can be restarted where its peers and clients expect it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::Node;
+
+/// A free 127.0.0.1 port right now.
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// One broker process of a replicated group, restartable with the same addresses and data.
+pub struct ReplBroker {
+    /// Name used in logs.
+    pub name: String,
+    /// Client gRPC address.
+    pub grpc: String,
+    /// Replication address.
+    pub repl: String,
+    /// Data directory.
+    pub data: PathBuf,
+    /// The running process (None while stopped).
+    pub node: Option<Node>,
+    log_dir: PathBuf,
+    namesrv: String,
+    restarts: usize,
+}
+
+impl ReplBroker {
+    /// Prepares (does not start) broker `name` of group `group` with fresh ports.
+    pub fn new(log_dir: &Path, namesrv: &str, group: &str, name: &str) -> anyhow::Result<Self> {
+        let _ = group;
+        Ok(Self {
+            name: name.to_string(),
+            grpc: format!("127.0.0.1:{}", free_port()?),
+            repl: format!("127.0.0.1:{}", free_port()?),
+            data: log_dir.join(name),
+            node: None,
+            log_dir: log_dir.to_path_buf(),
+            namesrv: namesrv.to_string(),
+            restarts: 0,
+        })
+    }
+
+    /// Starts it as master (`master_addr` None) or as slave of `master_addr`, with `extra`
+    /// flags (e.g. `--min-insync-replicas 1`).
+    pub fn start(
+        &mut self,
+        group: &str,
+        master_addr: Option<&str>,
+        extra: &[&str],
+    ) -> anyhow::Result<()> {
+        let mut args: Vec<String> = [
+            "broker",
+            "--broker-name",
+            group,
+            "--listen",
+            &self.grpc,
+            "--replication-listen",
+            &self.repl,
+            "--namesrv",
+            &self.namesrv,
+            "--heartbeat-ms",
+            "200",
+            "--reconnect-backoff-ms",
+            "50",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push("--data-dir".into());
+        args.push(self.data.display().to_string());
+        match master_addr {
+            None => args.extend(["--role".into(), "master".into()]),
+            Some(m) => args.extend([
+                "--role".into(),
+                "slave".into(),
+                "--broker-id".into(),
+                "1".into(),
+                "--master-addr".into(),
+                m.to_string(),
+            ]),
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.restarts += 1;
+        let log_name = format!("{}-{}", self.name, self.restarts);
+        // The port may be briefly unavailable right after a kill; retry a few times.
+        let mut last = None;
+        for _ in 0..20 {
+            match Node::spawn(&log_name, &args, &self.log_dir, Duration::from_secs(30)) {
+                Ok(n) => {
+                    self.node = Some(n);
+                    return Ok(());
+                }
+                Err(e) => {
+                    last = Some(e);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("spawn failed")))
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut n) = self.node.take() {
+            n.kill9();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut n) = self.node.take() {
+            n.terminate(Duration::from_secs(10));
+        }
+    }
+
+    /// The store directory inside the data dir.
+    pub fn store_dir(&self) -> PathBuf {
+        self.data.join("store")
+    }
+
+    /// The current process log (stderr), or "" when stopped.
+    pub fn log(&self) -> String {
+        self.node.as_ref().map(Node::log).unwrap_or_default()
+    }
+}
