@@ -9,7 +9,6 @@ use sofamq_proto::admin::broker_admin_server::BrokerAdminServer;
 use sofamq_proto::v2::messaging_service_server::MessagingServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminService;
@@ -125,7 +124,7 @@ pub async fn serve_with(
         .add_service(messaging)
         .add_service(admin)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            sofamq_namesrv::net::incoming(listener),
             token.clone().cancelled_owned(),
         );
     tokio::pin!(serve);

@@ -18,6 +18,7 @@ pub mod config;
 pub mod endpoints;
 pub mod error;
 pub mod messaging;
+pub mod net;
 pub mod registry;
 pub mod route;
 pub mod server;

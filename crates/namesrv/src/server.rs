@@ -7,7 +7,6 @@ use std::time::Instant;
 use sofamq_proto::namesrv::name_server_admin_server::NameServerAdminServer;
 use sofamq_proto::v2::messaging_service_server::MessagingServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -63,7 +62,7 @@ pub async fn run(
         .add_service(messaging)
         .add_service(admin)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            crate::net::incoming(listener),
             token.clone().cancelled_owned(),
         );
     tokio::pin!(serve);
