@@ -52,6 +52,8 @@ pub(crate) struct Shared {
     pub durable: AtomicU64,
     /// Records below this have their consume-queue entries dispatched.
     pub dispatched: AtomicU64,
+    /// Batches handed to the sync thread and not yet completed.
+    pub sync_pending: AtomicU64,
     /// Replication limit; `u64::MAX` = none.
     pub repl_limit: AtomicU64,
     fenced_flag: AtomicBool,
@@ -93,6 +95,7 @@ impl Shared {
             log_end: AtomicU64::new(log_end),
             durable: AtomicU64::new(log_end),
             dispatched: AtomicU64::new(log_end),
+            sync_pending: AtomicU64::new(0),
             repl_limit: AtomicU64::new(u64::MAX),
             fenced_flag: AtomicBool::new(fenced.is_some()),
             fence_reason: Mutex::new(fenced),

@@ -76,12 +76,12 @@ fn complete(sh: &Shared, group: &mut Vec<Batch>) {
         return;
     };
     if sh.is_fenced() {
-        fail(group, || sh.fenced_error());
+        fail(sh, group, || sh.fenced_error());
         return;
     }
     if let Err(e) = sync_all(sh, group) {
         sh.fence(format!("fdatasync failed: {e}"));
-        fail(group, || StoreError::io_copy(&e));
+        fail(sh, group, || StoreError::io_copy(&e));
         return;
     }
     let before = sh.durable.fetch_max(upto, Ordering::AcqRel);
@@ -104,13 +104,15 @@ fn complete(sh: &Shared, group: &mut Vec<Batch>) {
         for w in b.waiters {
             w.succeed(upto);
         }
+        sh.sync_pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-fn fail(group: &mut Vec<Batch>, err: impl Fn() -> StoreError) {
+fn fail(sh: &Shared, group: &mut Vec<Batch>, err: impl Fn() -> StoreError) {
     for b in group.drain(..) {
         for w in b.waiters {
             w.fail(err());
         }
+        sh.sync_pending.fetch_sub(1, Ordering::AcqRel);
     }
 }

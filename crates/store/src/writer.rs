@@ -502,9 +502,17 @@ impl Writer {
         if self.buf.is_empty() && self.waiters.is_empty() {
             return;
         }
+        // Hand the batch to the sync thread when there is other work to overlap
+        // with its fdatasync: more commands waiting, or batches already being
+        // synced (which must complete in order). Otherwise fsync inline and save
+        // the thread hop, which is what a lone appender waits on.
         if self.syncer.is_some() {
-            self.commit_to_syncer();
-            return;
+            let busy = self.sh.sync_pending.load(Ordering::Acquire) > 0
+                || !lock(&self.sh.inbox).cmds.is_empty();
+            if busy {
+                self.commit_to_syncer();
+                return;
+            }
         }
         let sync = matches!(self.sh.cfg.flush, FlushMode::Sync);
         let res = self
@@ -517,7 +525,7 @@ impl Writer {
         for (qi, e) in self.dispatch.drain(..) {
             self.queues[qi].cq.push(&e);
         }
-        self.sh.dispatched.store(self.written, Ordering::Release);
+        self.sh.dispatched.fetch_max(self.written, Ordering::AcqRel);
         let c = &self.sh.counters;
         c.batches.fetch_add(1, Ordering::Relaxed);
         c.records.fetch_add(self.batch_records, Ordering::Relaxed);
@@ -554,11 +562,13 @@ impl Writer {
             dispatch,
             records: std::mem::take(&mut self.batch_records),
         };
+        self.sh.sync_pending.fetch_add(1, Ordering::AcqRel);
         let sent = self
             .syncer
             .as_ref()
             .map(|s| s.tx.send(SyncMsg::Batch(batch)));
         if let Some(Err(mpsc::SendError(SyncMsg::Batch(b)))) = sent {
+            self.sh.sync_pending.fetch_sub(1, Ordering::AcqRel);
             self.sh.fence("the sync thread is gone".into());
             for w in b.waiters {
                 w.fail(self.sh.fenced_error());
