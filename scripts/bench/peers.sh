@@ -212,7 +212,7 @@ run_sofamq() {
     local base="" p ok ready replicas dir
     for p in 19876 23876 27876 31876 35876; do
         ok=1
-        for i in 0 1 2 3 4 5; do port_free $((p + i)) || ok=0; done
+        for i in 0 1 2 3 4 5 6 7; do port_free $((p + i)) || ok=0; done
         if ((ok)); then base=$p; break; fi
     done
     [[ -n "$base" ]] || { log "no free port block for sofamq"; return 1; }

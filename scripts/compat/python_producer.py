@@ -1,7 +1,8 @@
 """Sends COUNT messages to TOPIC through ACCESS_POINT with the official
 RocketMQ 5 Python client and prints one JSON line per receipt.
 
-Usage: python_producer.py ACCESS_POINT TOPIC COUNT
+Usage: python_producer.py ACCESS_POINT TOPIC COUNT [ACCESS_KEY SECRET_KEY]
+With ACCESS_KEY and SECRET_KEY the requests are signed (brokers with ACL on).
 Body of message i is b"compat-<i>"; exit status 1 if any send failed.
 """
 
@@ -13,7 +14,8 @@ from rocketmq import ClientConfiguration, Credentials, Message, Producer
 
 def main() -> int:
     access_point, topic, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    config = ClientConfiguration(access_point, Credentials())
+    credentials = Credentials(sys.argv[4], sys.argv[5]) if len(sys.argv) > 5 else Credentials()
+    config = ClientConfiguration(access_point, credentials)
     producer = Producer(config, (topic,))
     producer.startup()
     failures = 0

@@ -144,6 +144,62 @@ impl BrokerAdmin for AdminService {
             durable_offset: s.durable_offset(),
             readable_offset: s.readable_offset(),
             fenced_reason: s.fenced().unwrap_or_default(),
+            disk_bytes: {
+                let dir = c.data_dir.clone();
+                tokio::task::spawn_blocking(move || crate::lookup::disk_usage(&dir, 1_000_000))
+                    .await
+                    .unwrap_or(0)
+            },
+            http_addr: self
+                .broker
+                .metrics()
+                .http_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            in_sync_slaves: match self.broker.repl().role() {
+                crate::repl::Role::Master => self.broker.repl().tracker().snapshot().in_sync as u32,
+                crate::repl::Role::Slave => 0,
+            },
+            min_insync_replicas: self.broker.repl().tracker().min_insync() as u32,
+        }))
+    }
+
+    async fn get_message(
+        &self,
+        request: Request<GetMessageRequest>,
+    ) -> RpcResult<GetMessageResponse> {
+        let r = request.into_inner();
+        let wanted = match (r.message_id.is_empty(), r.key.is_empty()) {
+            (false, true) => Ok(crate::lookup::Wanted::Id(r.message_id)),
+            (true, false) => Ok(crate::lookup::Wanted::Key(r.key)),
+            _ => Err(BrokerError::BadRequest(
+                "give exactly one of message_id and key".into(),
+            )),
+        };
+        let result = match wanted {
+            Ok(w) => {
+                let topic = (!r.topic.is_empty()).then_some(r.topic);
+                self.broker
+                    .lookup(topic, w, r.max_scan, r.max_results as usize)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        Ok(Response::new(match result {
+            Ok(f) => GetMessageResponse {
+                status: Some(ok_status()),
+                messages: f
+                    .records
+                    .into_iter()
+                    .map(crate::lookup::stored_message)
+                    .collect(),
+                scanned: f.scanned,
+                truncated: f.truncated,
+            },
+            Err(e) => GetMessageResponse {
+                status: Some(e.status()),
+                ..Default::default()
+            },
         }))
     }
 
@@ -291,5 +347,74 @@ impl BrokerAdmin for AdminService {
                 .collect(),
             in_sync_slaves: snap.in_sync as u32,
         }))
+    }
+
+    async fn put_acl_user(
+        &self,
+        request: Request<PutAclUserRequest>,
+    ) -> RpcResult<PutAclUserResponse> {
+        let user = request.into_inner().user.unwrap_or_default();
+        let r = self.broker.acl_put_user(user).await;
+        Ok(Response::new(PutAclUserResponse {
+            status: Some(r.map_or_else(|e| e.status(), |()| ok_status())),
+        }))
+    }
+
+    async fn delete_acl_user(
+        &self,
+        request: Request<DeleteAclUserRequest>,
+    ) -> RpcResult<DeleteAclUserResponse> {
+        let ak = request.into_inner().access_key;
+        Ok(Response::new(
+            match self.broker.acl_delete_user(&ak).await {
+                Ok(existed) => DeleteAclUserResponse {
+                    status: Some(ok_status()),
+                    existed,
+                },
+                Err(e) => DeleteAclUserResponse {
+                    status: Some(e.status()),
+                    existed: false,
+                },
+            },
+        ))
+    }
+
+    async fn list_acl_users(
+        &self,
+        _request: Request<ListAclUsersRequest>,
+    ) -> RpcResult<ListAclUsersResponse> {
+        Ok(Response::new(ListAclUsersResponse {
+            status: Some(ok_status()),
+            users: self
+                .broker
+                .acl()
+                .users()
+                .iter()
+                .map(crate::acl::admin::wire_user)
+                .collect(),
+        }))
+    }
+
+    async fn update_acl_rules(
+        &self,
+        request: Request<UpdateAclRulesRequest>,
+    ) -> RpcResult<UpdateAclRulesResponse> {
+        let r = request.into_inner();
+        Ok(Response::new(
+            match self
+                .broker
+                .acl_update_rules(&r.access_key, &r.add, &r.remove)
+                .await
+            {
+                Ok(u) => UpdateAclRulesResponse {
+                    status: Some(ok_status()),
+                    user: Some(u),
+                },
+                Err(e) => UpdateAclRulesResponse {
+                    status: Some(e.status()),
+                    user: None,
+                },
+            },
+        ))
     }
 }

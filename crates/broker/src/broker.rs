@@ -29,6 +29,9 @@ struct Inner {
     repl: Arc<crate::repl::Replication>,
     cursor: QueueCursor,
     topics_changed: Notify,
+    metrics: crate::metrics::Metrics,
+    acl: crate::acl::Acl,
+    send_bytes: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Broker {
@@ -51,6 +54,13 @@ impl Broker {
         }
         let topics = Topics::load(store.clone())?;
         let consumers = Consumers::load(store.clone(), config.consume.clone())?;
+        let acl = crate::acl::Acl::load(store.clone(), config.acl.clone())?;
+        let send_bytes = std::sync::Arc::new(tokio::sync::Semaphore::new(
+            config
+                .limits
+                .max_inflight_send_bytes
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        ));
         let repl = Arc::new(crate::repl::Replication::open(
             config.replication.clone(),
             &config.broker_name,
@@ -67,6 +77,9 @@ impl Broker {
                 repl,
                 cursor: QueueCursor::default(),
                 topics_changed: Notify::new(),
+                metrics: crate::metrics::Metrics::default(),
+                acl,
+                send_bytes,
             }),
         })
     }
@@ -94,6 +107,21 @@ impl Broker {
     /// Replication: role, in-sync tracking, the dedup window.
     pub fn repl(&self) -> &Arc<crate::repl::Replication> {
         &self.inner.repl
+    }
+
+    /// Access control (users and rules, replayed from the log).
+    pub fn acl(&self) -> &crate::acl::Acl {
+        &self.inner.acl
+    }
+
+    /// Bytes of send requests being stored now (see `limits.max_inflight_send_bytes`).
+    pub(crate) fn send_bytes(&self) -> &std::sync::Arc<tokio::sync::Semaphore> {
+        &self.inner.send_bytes
+    }
+
+    /// Request counters for `/metrics`.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
     }
 
     pub(crate) fn cursor(&self) -> &QueueCursor {
@@ -174,10 +202,11 @@ impl Broker {
     pub async fn promote(&self, epoch: Option<u64>) -> Result<u64, BrokerError> {
         let e = self.inner.repl.promote(epoch).await?;
         let me = self.clone();
-        // Topics and consumer state reached this broker through replication while
+        // Topics, ACL and consumer state reached this broker through replication while
         // it was a slave; rebuild both from the log before serving as master.
         tokio::task::spawn_blocking(move || {
             me.inner.topics.reload()?;
+            me.inner.acl.reload()?;
             me.inner.consumers.reload()
         })
         .await

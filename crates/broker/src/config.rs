@@ -52,6 +52,10 @@ pub struct BrokerConfig {
     pub consume: crate::consume::ConsumeConfig,
     /// Master/slave replication, in-sync rule and the idempotency window.
     pub replication: crate::repl::ReplicationConfig,
+    /// Address of the HTTP endpoint (`/metrics`, `/health`); none: not served.
+    pub http_listen: Option<SocketAddr>,
+    /// Access control (off by default).
+    pub acl: crate::acl::AclConfig,
 }
 
 /// Bounds on everything a client can send.
@@ -86,6 +90,13 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// How long shutdown waits for open connections.
     pub shutdown_grace_ms: u64,
+    /// Largest HTTP/2 header list (gRPC metadata) a client may send.
+    pub max_header_list_bytes: u32,
+    /// Most simultaneous connections from one client IP address.
+    pub max_connections_per_ip: usize,
+    /// Body and property bytes of send requests being stored at once; beyond
+    /// it sends are answered TOO_MANY_REQUESTS instead of queueing in memory.
+    pub max_inflight_send_bytes: usize,
 }
 
 impl Default for Limits {
@@ -105,6 +116,9 @@ impl Default for Limits {
             persist_timeout_ms: 5_000,
             max_concurrent_streams: 1_024,
             shutdown_grace_ms: 3_000,
+            max_header_list_bytes: 16 * 1024,
+            max_connections_per_ip: 256,
+            max_inflight_send_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -127,6 +141,8 @@ impl Default for BrokerConfig {
             limits: Limits::default(),
             consume: crate::consume::ConsumeConfig::default(),
             replication: crate::repl::ReplicationConfig::default(),
+            http_listen: None,
+            acl: crate::acl::AclConfig::default(),
         }
     }
 }

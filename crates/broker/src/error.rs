@@ -53,7 +53,10 @@ pub enum BrokerError {
     /// The topic does not exist on this broker.
     #[error("topic not found: {0}")]
     TopicNotFound(String),
-    /// The topic exists but does not accept writes (or reads).
+    /// Credentials missing, malformed or wrong (ACL on).
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The topic exists but does not accept writes (or reads), or the ACL refuses.
     #[error("forbidden: {0}")]
     Forbidden(String),
     /// Receipt handle malformed, forged or stale.
@@ -107,6 +110,7 @@ impl BrokerError {
             Self::PayloadTooLarge(_) => Code::PayloadTooLarge,
             Self::MessageTypeMismatch(_) => Code::MessagePropertyConflictWithType,
             Self::TopicNotFound(_) => Code::TopicNotFound,
+            Self::Unauthorized(_) => Code::Unauthorized,
             Self::Forbidden(_) => Code::Forbidden,
             Self::InvalidReceiptHandle(_) => Code::InvalidReceiptHandle,
             Self::IllegalFilter(_) => Code::IllegalFilterExpression,
@@ -169,5 +173,7 @@ mod tests {
             50402
         );
         assert_eq!(BrokerError::NotAvailable("x".into()).code() as i32, 50002);
+        assert_eq!(BrokerError::Unauthorized("x".into()).code() as i32, 40100);
+        assert_eq!(BrokerError::Forbidden("x".into()).code() as i32, 40300);
     }
 }

@@ -10,11 +10,14 @@
 //! * [`repl`]: synchronous master/slave replication, promotion, idempotent sends.
 //! * [`server`]: `run(listener, config, shutdown)`.
 
+pub mod acl;
 pub mod admin;
 pub mod broker;
 pub mod config;
 pub mod consume;
 pub mod error;
+pub mod lookup;
+pub mod metrics;
 pub mod register;
 pub mod repl;
 pub mod send;

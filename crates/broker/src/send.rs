@@ -70,6 +70,30 @@ impl Broker {
                 limits.max_batch_bytes
             )));
         }
+        // Bounded memory: the request's bytes stay counted until it is durable
+        // (and replicated); beyond the budget the client is told to back off
+        // instead of piling up behind a slow disk or slave.
+        let size: usize = req
+            .messages
+            .iter()
+            .map(|m| {
+                m.body.len()
+                    + m.user_properties
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
+            })
+            .sum();
+        let permits = u32::try_from(size.max(1)).unwrap_or(u32::MAX);
+        let _inflight = match self.send_bytes().clone().try_acquire_many_owned(permits) {
+            Ok(p) => p,
+            Err(_) => {
+                return whole_failure(&BrokerError::TooManyRequests(format!(
+                    "{size} bytes would exceed the broker's in-flight send budget of {} bytes",
+                    limits.max_inflight_send_bytes
+                )));
+            }
+        };
         if let Err(e) = self.writable() {
             return whole_failure(&e);
         }
@@ -125,9 +149,11 @@ impl Broker {
         let mut need = 0u64;
         if !records.is_empty() {
             let queue_ids: Vec<u32> = records.iter().map(|r| r.queue_id).collect();
+            let tally = self.metrics().tally_in(&records);
             match self.append(records).await {
                 Ok(appended) => {
                     self.repl().log_grew();
+                    self.metrics().commit_in(tally);
                     for (((slot, a), key), queue_id) in
                         slots.iter().zip(appended).zip(keys).zip(queue_ids)
                     {

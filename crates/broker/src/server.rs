@@ -71,6 +71,18 @@ pub async fn serve_with(
         .local_addr()
         .map_err(|e| BrokerError::Internal(format!("listener address: {e}")))?;
     let endpoint = broker.advertised(bound);
+    let http = match broker.config().http_listen {
+        Some(a) => {
+            let l = TcpListener::bind(a)
+                .await
+                .map_err(|e| BrokerError::Internal(format!("binding HTTP port {a}: {e}")))?;
+            if let Ok(a) = l.local_addr() {
+                broker.metrics().set_http_addr(a);
+            }
+            Some(l)
+        }
+        None => None,
+    };
     let limits = broker.config().limits.clone();
     let repl_endpoint = match &repl_listener {
         Some(l) => {
@@ -95,6 +107,13 @@ pub async fn serve_with(
     // One token ends the server, open Telemetry streams, replication and the registrar.
     let token = CancellationToken::new();
     broker.repl().start(repl_listener, token.clone());
+    if let Some(l) = http {
+        sofamq_namesrv::http::spawn(
+            l,
+            std::sync::Arc::new(crate::metrics::Observed(broker.clone())),
+            token.clone(),
+        );
+    }
     let signal = token.clone();
     let waiter = tokio::spawn(async move {
         shutdown.await;
@@ -104,9 +123,13 @@ pub async fn serve_with(
     let messaging = MessagingServiceServer::new(BrokerService::new(broker.clone(), token.clone()))
         .max_decoding_message_size(limits.max_grpc_message_bytes)
         .max_encoding_message_size(limits.max_grpc_message_bytes);
-    let admin = BrokerAdminServer::new(AdminService::new(broker.clone()))
-        .max_decoding_message_size(limits.max_grpc_message_bytes)
-        .max_encoding_message_size(limits.max_grpc_message_bytes);
+    // Every admin RPC (present and future) needs an admin user when ACL is on.
+    let admin = tonic::service::interceptor::InterceptedService::new(
+        BrokerAdminServer::new(AdminService::new(broker.clone()))
+            .max_decoding_message_size(limits.max_grpc_message_bytes)
+            .max_encoding_message_size(limits.max_grpc_message_bytes),
+        broker.acl().admin_interceptor(),
+    );
 
     tracing::info!(
         broker = %broker.config().broker_name,
@@ -121,10 +144,14 @@ pub async fn serve_with(
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_header_list_size(limits.max_header_list_bytes)
         .add_service(messaging)
         .add_service(admin)
         .serve_with_incoming_shutdown(
-            sofamq_namesrv::net::incoming(listener),
+            sofamq_namesrv::metrics::counted(
+                sofamq_namesrv::net::incoming_limited(listener, limits.max_connections_per_ip),
+                broker.metrics().connections(),
+            ),
             token.clone().cancelled_owned(),
         );
     tokio::pin!(serve);

@@ -12,10 +12,25 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Streaming};
 
+use crate::acl::guard::Denied;
 use crate::broker::Broker;
 use crate::error::ok_status;
 
 type RpcResult<T> = Result<Response<T>, tonic::Status>;
+
+/// The ACL check every RPC makes first (a no-op when ACL is off): a refusal
+/// travels as the response's status, like every other failure.
+macro_rules! acl_check {
+    ($self:ident, $request:ident) => {
+        if let Err(e) = $self
+            .broker
+            .acl()
+            .check($request.metadata(), $request.get_ref())
+        {
+            return Ok(Response::new(Denied::denied(e.status())));
+        }
+    };
+}
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send + 'static>>;
 
 /// The gRPC adapter over a [`Broker`].
@@ -76,6 +91,7 @@ impl MessagingService for BrokerService {
         &self,
         request: Request<QueryRouteRequest>,
     ) -> RpcResult<QueryRouteResponse> {
+        acl_check!(self, request);
         let req = request.into_inner();
         let mut last = None;
         for ns in &self.namesrvs {
@@ -97,7 +113,8 @@ impl MessagingService for BrokerService {
         }))
     }
 
-    async fn heartbeat(&self, _request: Request<HeartbeatRequest>) -> RpcResult<HeartbeatResponse> {
+    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> RpcResult<HeartbeatResponse> {
+        acl_check!(self, request);
         Ok(Response::new(HeartbeatResponse {
             status: Some(ok_status()),
         }))
@@ -107,7 +124,10 @@ impl MessagingService for BrokerService {
         &self,
         request: Request<SendMessageRequest>,
     ) -> RpcResult<SendMessageResponse> {
+        acl_check!(self, request);
+        let t0 = std::time::Instant::now();
         let resp = self.broker.send(request.into_inner()).await;
+        self.broker.metrics().send_done(t0.elapsed(), &resp);
         // Long-polling receives re-check at once.
         self.broker.consumers().wake();
         Ok(Response::new(resp))
@@ -117,12 +137,18 @@ impl MessagingService for BrokerService {
         &self,
         request: Request<QueryAssignmentRequest>,
     ) -> RpcResult<QueryAssignmentResponse> {
-        let req = request.into_inner();
+        acl_check!(self, request);
+        let (md, _, req) = request.into_parts();
+        // The same credentials answer the route query.
         let route = self
-            .query_route(Request::new(QueryRouteRequest {
-                topic: req.topic.clone(),
-                endpoints: req.endpoints.clone(),
-            }))
+            .query_route(Request::from_parts(
+                md,
+                Default::default(),
+                QueryRouteRequest {
+                    topic: req.topic.clone(),
+                    endpoints: req.endpoints.clone(),
+                },
+            ))
             .await?
             .into_inner();
         let fifo = self
@@ -146,6 +172,7 @@ impl MessagingService for BrokerService {
         &self,
         request: Request<ReceiveMessageRequest>,
     ) -> RpcResult<Self::ReceiveMessageStream> {
+        acl_check!(self, request);
         use receive_message_response::Content;
         let req = request.into_inner();
         let items: Vec<ReceiveMessageResponse> =
@@ -158,7 +185,11 @@ impl MessagingService for BrokerService {
                 // timestamp (clients compute latency metrics from it), then
                 // the messages.
                 Ok(msgs) => [
-                    Content::Status(ok_status()),
+                    {
+                        self.broker.metrics().delivered(&msgs);
+                        self.broker.repl().log_grew();
+                        Content::Status(ok_status())
+                    },
                     Content::DeliveryTimestamp(now_timestamp()),
                 ]
                 .into_iter()
@@ -178,14 +209,20 @@ impl MessagingService for BrokerService {
         &self,
         request: Request<AckMessageRequest>,
     ) -> RpcResult<AckMessageResponse> {
-        Ok(Response::new(self.broker.ack(request.into_inner()).await))
+        acl_check!(self, request);
+        let resp = self.broker.ack(request.into_inner()).await;
+        // Consumer-state records go to the slaves now, not at the next heartbeat.
+        self.broker.repl().log_grew();
+        Ok(Response::new(resp))
     }
 
     async fn forward_message_to_dead_letter_queue(
         &self,
         request: Request<ForwardMessageToDeadLetterQueueRequest>,
     ) -> RpcResult<ForwardMessageToDeadLetterQueueResponse> {
+        acl_check!(self, request);
         let r = self.broker.forward_to_dlq(&request.into_inner()).await;
+        self.broker.repl().log_grew();
         Ok(Response::new(ForwardMessageToDeadLetterQueueResponse {
             status: Some(r.map_or_else(|e| e.status(), |()| ok_status())),
         }))
@@ -197,10 +234,12 @@ impl MessagingService for BrokerService {
         &self,
         request: Request<PullMessageRequest>,
     ) -> RpcResult<Self::PullMessageStream> {
+        acl_check!(self, request);
         use pull_message_response::Content;
         let req = request.into_inner();
         let items: Vec<Content> = match self.broker.pull(&req, &self.shutdown).await {
             Ok((msgs, next)) => {
+                self.broker.metrics().delivered(&msgs);
                 let status = if msgs.is_empty() {
                     Status {
                         code: Code::MessageNotFound as i32,
@@ -227,13 +266,16 @@ impl MessagingService for BrokerService {
         &self,
         request: Request<UpdateOffsetRequest>,
     ) -> RpcResult<UpdateOffsetResponse> {
+        acl_check!(self, request);
         let r = self.broker.update_offset(&request.into_inner()).await;
+        self.broker.repl().log_grew();
         Ok(Response::new(UpdateOffsetResponse {
             status: Some(r.map_or_else(|e| e.status(), |()| ok_status())),
         }))
     }
 
     async fn get_offset(&self, request: Request<GetOffsetRequest>) -> RpcResult<GetOffsetResponse> {
+        acl_check!(self, request);
         let (status, offset) = match self.broker.get_offset(&request.into_inner()) {
             Ok(o) => (ok_status(), o),
             Err(e) => (e.status(), 0),
@@ -248,6 +290,7 @@ impl MessagingService for BrokerService {
         &self,
         request: Request<QueryOffsetRequest>,
     ) -> RpcResult<QueryOffsetResponse> {
+        acl_check!(self, request);
         let (status, offset) = match self.broker.query_offset(&request.into_inner()) {
             Ok(o) => (ok_status(), o),
             Err(e) => (e.status(), 0),
@@ -260,8 +303,9 @@ impl MessagingService for BrokerService {
 
     async fn end_transaction(
         &self,
-        _request: Request<EndTransactionRequest>,
+        request: Request<EndTransactionRequest>,
     ) -> RpcResult<EndTransactionResponse> {
+        acl_check!(self, request);
         Ok(Response::new(EndTransactionResponse {
             status: Some(not_implemented("EndTransaction")),
         }))
@@ -273,6 +317,7 @@ impl MessagingService for BrokerService {
         &self,
         request: Request<Streaming<TelemetryCommand>>,
     ) -> RpcResult<Self::TelemetryStream> {
+        acl_check!(self, request);
         let stream =
             sofamq_namesrv::session::telemetry_stream(request.into_inner(), self.session.clone())
                 .with_shutdown(self.shutdown.clone());
@@ -281,8 +326,9 @@ impl MessagingService for BrokerService {
 
     async fn notify_client_termination(
         &self,
-        _request: Request<NotifyClientTerminationRequest>,
+        request: Request<NotifyClientTerminationRequest>,
     ) -> RpcResult<NotifyClientTerminationResponse> {
+        acl_check!(self, request);
         Ok(Response::new(NotifyClientTerminationResponse {
             status: Some(ok_status()),
         }))
@@ -292,11 +338,13 @@ impl MessagingService for BrokerService {
         &self,
         request: Request<ChangeInvisibleDurationRequest>,
     ) -> RpcResult<ChangeInvisibleDurationResponse> {
+        acl_check!(self, request);
         let (status, receipt_handle) =
             match self.broker.change_invisible(&request.into_inner()).await {
                 Ok(h) => (ok_status(), h),
                 Err(e) => (e.status(), String::new()),
             };
+        self.broker.repl().log_grew();
         Ok(Response::new(ChangeInvisibleDurationResponse {
             status: Some(status),
             receipt_handle,

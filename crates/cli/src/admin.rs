@@ -1,7 +1,6 @@
 //! `sofamq admin ...`: replication switchover and status on one broker.
 
 use anyhow::{Context, bail};
-use sofamq_proto::admin::broker_admin_client::BrokerAdminClient;
 use sofamq_proto::admin::{DemoteRequest, PromoteRequest, ReplicationStatusRequest};
 use sofamq_proto::v2::Code;
 use tonic::transport::Channel;
@@ -33,6 +32,14 @@ pub enum AdminCmd {
         #[arg(long)]
         master_addr: String,
     },
+    /// Access control: users and their rules.
+    #[command(subcommand)]
+    Acl(crate::auth::AclCmd),
+    /// Every broker group: members, roles, epochs, addresses, in-sync, disk use.
+    Cluster(crate::ops::ClusterArgs),
+    /// Message lookup by id or key.
+    #[command(subcommand)]
+    Message(crate::ops::MessageCmd),
     /// Role, epoch, offsets and slaves of one broker, as JSON.
     Status {
         /// The broker's client gRPC address.
@@ -41,17 +48,17 @@ pub enum AdminCmd {
     },
 }
 
-async fn client(addr: &str) -> anyhow::Result<BrokerAdminClient<Channel>> {
+async fn client(addr: &str) -> anyhow::Result<crate::auth::AdminClient> {
     let ch = Channel::from_shared(format!("http://{addr}"))?
         .connect_timeout(std::time::Duration::from_secs(3))
         .timeout(std::time::Duration::from_secs(30))
         .connect()
         .await
         .with_context(|| format!("connecting to {addr}"))?;
-    Ok(BrokerAdminClient::new(ch))
+    Ok(crate::auth::admin_client(ch))
 }
 
-fn check(status: Option<sofamq_proto::v2::Status>) -> anyhow::Result<()> {
+pub(crate) fn check(status: Option<sofamq_proto::v2::Status>) -> anyhow::Result<()> {
     let s = status.unwrap_or_default();
     if s.code != Code::Ok as i32 {
         bail!("{} ({})", s.message, s.code);
@@ -63,7 +70,10 @@ fn check(status: Option<sofamq_proto::v2::Status>) -> anyhow::Result<()> {
 pub async fn run(cmd: AdminCmd) -> anyhow::Result<()> {
     match cmd {
         AdminCmd::Group(c) => crate::consume::group(c).await?,
+        AdminCmd::Acl(c) => crate::auth::acl(client(c.broker_addr()).await?, c).await?,
         AdminCmd::Dlq(c) => crate::consume::dlq(c).await?,
+        AdminCmd::Cluster(a) => crate::ops::cluster(a).await?,
+        AdminCmd::Message(c) => crate::ops::message(c).await?,
         AdminCmd::Promote { broker_addr, epoch } => {
             let r = client(&broker_addr)
                 .await?

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use sofamq_client::{ConsumerConfig, SimpleConsumer};
-use sofamq_proto::admin::broker_admin_client::BrokerAdminClient;
 use sofamq_proto::admin::{ListGroupsRequest, ResendDeadLettersRequest};
 use sofamq_proto::v2::Code;
 
@@ -47,8 +46,9 @@ pub struct ConsumeArgs {
 
 /// Receives, prints one JSON line per message and acks it.
 pub async fn run(a: ConsumeArgs) -> anyhow::Result<()> {
-    let cfg = ConsumerConfig::new(a.access_point.clone(), a.group.clone())
+    let mut cfg = ConsumerConfig::new(a.access_point.clone(), a.group.clone())
         .with_long_polling_timeout(Duration::from_secs(5));
+    cfg.credentials = crate::auth::credentials();
     let c = SimpleConsumer::start(cfg, vec![(a.topic.clone(), a.tag.clone())]).await?;
     let mut n = 0u64;
     let mut idle_since = std::time::Instant::now();
@@ -135,7 +135,7 @@ pub async fn group(cmd: GroupCmd) -> anyhow::Result<()> {
         GroupCmd::Describe { group, target } => (target, group.clone()),
     };
     for (name, addr) in masters(target).await? {
-        let r = BrokerAdminClient::new(channel(&addr).await?)
+        let r = crate::auth::admin_client(channel(&addr).await?)
             .list_groups(ListGroupsRequest {
                 group: only.clone(),
             })
@@ -182,7 +182,7 @@ pub async fn dlq(cmd: DlqCmd) -> anyhow::Result<()> {
         target,
     } = cmd;
     for (name, addr) in masters(&target).await? {
-        let r = BrokerAdminClient::new(channel(&addr).await?)
+        let r = crate::auth::admin_client(channel(&addr).await?)
             .resend_dead_letters(ResendDeadLettersRequest {
                 group: group.clone(),
                 topic: topic.clone().unwrap_or_default(),

@@ -2,8 +2,10 @@
 //! commands, benchmarks.
 
 mod admin;
+mod auth;
 mod bench;
 mod consume;
+mod ops;
 mod produce;
 mod servers;
 mod shutdown;
@@ -17,6 +19,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    auth: auth::AuthArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -50,6 +54,8 @@ enum BenchCmd {
     Produce(bench::ProduceBenchArgs),
     /// Receive + ack throughput of a consumer group through a running cluster.
     Consume(bench::ConsumeBenchArgs),
+    /// Send-to-receive latency: producers and consumers together.
+    E2e(bench::E2eBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    auth::init(&cli.auth)?;
     if let Command::Bench(BenchCmd::Store(args)) = cli.command {
         return bench::bench_store(args);
     }
@@ -76,6 +83,7 @@ fn main() -> anyhow::Result<()> {
             Command::Consume(a) => consume::run(a).await,
             Command::Bench(BenchCmd::Produce(a)) => bench::bench_produce(a).await,
             Command::Bench(BenchCmd::Consume(a)) => bench::bench_consume(a).await,
+            Command::Bench(BenchCmd::E2e(a)) => bench::bench_e2e(a).await,
             Command::Admin(c) => admin::run(c).await,
             Command::Bench(BenchCmd::Store(_)) => unreachable!("handled above"),
         }

@@ -55,7 +55,9 @@ fn body_for(args: &ProduceArgs, i: u64) -> Vec<u8> {
 
 /// Sends `--count` messages, printing `OK <message id> <topic> <broker> <queue offset>` per receipt.
 pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
-    let cfg = ProducerConfig::new(args.access_point.clone()).with_max_attempts(args.max_attempts);
+    let mut cfg =
+        ProducerConfig::new(args.access_point.clone()).with_max_attempts(args.max_attempts);
+    cfg.credentials = crate::auth::credentials();
     let producer = Producer::start(cfg).await.context("starting producer")?;
     let mut failures = 0u64;
     for i in 0..args.count {

@@ -25,6 +25,9 @@ pub struct NamesrvArgs {
     /// Drop a broker from routes after this long without a heartbeat.
     #[arg(long)]
     pub broker_expiry_ms: Option<u64>,
+    /// HTTP address for `/metrics` and `/health` (port 0 picks a free port).
+    #[arg(long, env = "SOFAMQ_NAMESRV_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// Options of `sofamq broker`.
@@ -78,6 +81,9 @@ pub struct BrokerArgs {
     /// Flush mode: sync (fsync before ack) or async.
     #[arg(long, value_parser = crate::standalone::parse_flush)]
     pub flush: Option<sofamq_broker::FlushMode>,
+    /// HTTP address for `/metrics` and `/health` (port 0 picks a free port).
+    #[arg(long, env = "SOFAMQ_BROKER_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -110,13 +116,33 @@ pub async fn namesrv(args: NamesrvArgs) -> anyhow::Result<()> {
     if let Some(e) = args.broker_expiry_ms {
         cfg.broker_expiry_ms = e;
     }
+    if let Some(h) = args.http_listen {
+        cfg.http_listen = Some(h);
+    }
+    let http = match cfg.http_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding HTTP {a}"))?,
+        ),
+        None => None,
+    };
+    let http_bound = match &http {
+        Some(l) => l.local_addr()?.to_string(),
+        None => "none".into(),
+    };
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let bound = listener.local_addr()?;
     let shutdown = Shutdown::from_signals();
-    let task = tokio::spawn(sofamq_namesrv::run(listener, cfg, shutdown.wait()));
-    println!("namesrv ready on {bound}");
+    let task = tokio::spawn(sofamq_namesrv::run_with_http(
+        listener,
+        http,
+        cfg,
+        shutdown.wait(),
+    ));
+    println!("namesrv ready on {bound} (http {http_bound})");
     task.await.context("namesrv task")??;
     Ok(())
 }
@@ -167,6 +193,9 @@ pub fn broker_config(args: &BrokerArgs) -> anyhow::Result<BrokerConfig> {
     if let Some(f) = args.flush {
         cfg.flush = f;
     }
+    if let Some(h) = args.http_listen {
+        cfg.http_listen = Some(h);
+    }
     if r.role == Some(Role::Slave) && cfg.broker_id == 0 {
         cfg.broker_id = 1;
     }
@@ -210,6 +239,7 @@ pub async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
     }
     let shutdown = Shutdown::from_signals();
     let (reg_tx, mut reg_rx) = watch::channel(false);
+    let observed = broker.clone();
     let mut task = tokio::spawn(sofamq_broker::server::serve_with(
         broker,
         listener,
@@ -222,7 +252,12 @@ pub async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
         r = reg_rx.wait_for(|r| *r) => { r.context("broker stopped before registering")?; }
         r = &mut task => { r.context("broker task")??; anyhow::bail!("broker stopped"); }
     }
-    println!("broker {name} ready on {bound} ({role}, replication {repl_bound})");
+    let http = observed
+        .metrics()
+        .http_addr()
+        .map_or_else(|| "none".to_string(), |a| a.to_string());
+    drop(observed);
+    println!("broker {name} ready on {bound} ({role}, replication {repl_bound}, http {http})");
     task.await.context("broker task")??;
     Ok(())
 }

@@ -28,6 +28,12 @@ pub mod ports {
     pub const BROKER_A_SLAVE: u16 = 3;
     /// broker-a slave, replication (used once it is promoted).
     pub const BROKER_A_SLAVE_REPL: u16 = 4;
+    /// NameServer HTTP (`/metrics`, `/health`).
+    pub const NAMESRV_HTTP: u16 = 5;
+    /// broker-a master HTTP (`/metrics`, `/health`).
+    pub const BROKER_A_MASTER_HTTP: u16 = 6;
+    /// broker-a slave HTTP (`/metrics`, `/health`).
+    pub const BROKER_A_SLAVE_HTTP: u16 = 7;
 }
 
 /// Options of `sofamq standalone`.
@@ -50,6 +56,30 @@ pub struct StandaloneArgs {
     /// Run broker-a's master alone (no slave; acks after the master's fsync only).
     #[arg(long)]
     pub no_slave: bool,
+    /// Turn access control on (every RPC then needs HMAC credentials).
+    #[arg(long)]
+    pub acl: bool,
+    /// Access key of the bootstrap admin (with --acl).
+    #[arg(long, env = "SOFAMQ_ADMIN_AK", requires = "acl")]
+    pub admin_ak: Option<String>,
+    /// Secret key of the bootstrap admin (with --acl).
+    #[arg(
+        long,
+        env = "SOFAMQ_ADMIN_SK",
+        requires = "admin_ak",
+        hide_env_values = true
+    )]
+    pub admin_sk: Option<String>,
+}
+
+impl StandaloneArgs {
+    fn acl_config(&self) -> sofamq_broker::acl::AclConfig {
+        sofamq_broker::acl::AclConfig {
+            enabled: self.acl,
+            admin_access_key: self.admin_ak.clone().unwrap_or_default(),
+            admin_secret_key: self.admin_sk.clone().unwrap_or_default(),
+        }
+    }
 }
 
 pub(crate) fn parse_flush(s: &str) -> Result<FlushMode, String> {
@@ -107,8 +137,12 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
 
     let ns_addr = addr(args.port_base, ports::NAMESRV)?;
     let ns_listener = bind(ns_addr, "namesrv").await?;
+    let ns_http = addr(args.port_base, ports::NAMESRV_HTTP)?;
+    let m_http = addr(args.port_base, ports::BROKER_A_MASTER_HTTP)?;
+    let s_http = addr(args.port_base, ports::BROKER_A_SLAVE_HTTP)?;
     let ns_cfg = NamesrvConfig {
         listen: ns_addr,
+        http_listen: Some(ns_http),
         ..Default::default()
     };
     let ns_task = tokio::spawn(sofamq_namesrv::run(ns_listener, ns_cfg, shutdown.wait()));
@@ -125,8 +159,10 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         namesrv: vec![ns_addr.to_string()],
         data_dir: args.data_dir.join("broker-a-0"),
         flush: args.flush,
+        http_listen: Some(m_http),
         ..Default::default()
     };
+    b_cfg.acl = args.acl_config();
     b_cfg.replication.role = Some(Role::Master);
     b_cfg.replication.min_insync_replicas = if args.no_slave { 1 } else { 2 };
     let m_repl_listener = if args.no_slave {
@@ -158,8 +194,10 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
             namesrv: vec![ns_addr.to_string()],
             data_dir: args.data_dir.join("broker-a-1"),
             flush: args.flush,
+            http_listen: Some(s_http),
             ..Default::default()
         };
+        s_cfg.acl = args.acl_config();
         s_cfg.replication.role = Some(Role::Slave);
         s_cfg.replication.listen = Some(s_repl);
         s_cfg.replication.master_addr = Some(m_repl.to_string());
@@ -189,14 +227,21 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         r = reg_rx.wait_for(|r| *r) => { r.context("broker stopped before registering")?; }
         _ = tokio::time::sleep(Duration::from_secs(30)) => anyhow::bail!("broker did not register with the namesrv within 30 s"),
     }
+    // Ready means a client can route to every pre-created topic right now.
+    wait_routable(
+        ns_addr,
+        topics.iter().map(|t| t.0.as_str()),
+        Duration::from_secs(30),
+    )
+    .await?;
     if args.no_slave {
         println!(
-            "sofamq standalone ready: access point {ns_addr} (broker-a master {b_addr}, no slave, data {})",
+            "sofamq standalone ready: access point {ns_addr} (broker-a master {b_addr}, no slave, data {}; http namesrv {ns_http} master {m_http})",
             args.data_dir.display()
         );
     } else {
         println!(
-            "sofamq standalone ready: access point {ns_addr} (broker-a master {b_addr} replication {m_repl}, slave {s_addr} replication {s_repl}, in sync; data {})",
+            "sofamq standalone ready: access point {ns_addr} (broker-a master {b_addr} replication {m_repl}, slave {s_addr} replication {s_repl}, in sync; data {}; http namesrv {ns_http} master {m_http} slave {s_http})",
             args.data_dir.display()
         );
     }
@@ -208,6 +253,46 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         t.await.context("slave task")??;
     }
     ns_task.await.context("namesrv task")??;
+    Ok(())
+}
+
+/// Waits until the namesrv at `ns` returns a route for every topic in `topics`.
+async fn wait_routable<'a>(
+    ns: SocketAddr,
+    topics: impl Iterator<Item = &'a str>,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    use sofamq_proto::v2::messaging_service_client::MessagingServiceClient;
+    use sofamq_proto::v2::{Code, QueryRouteRequest, Resource};
+    let deadline = tokio::time::Instant::now() + limit;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{ns}"))?.connect_lazy();
+    let mut client = MessagingServiceClient::new(channel);
+    for topic in topics {
+        loop {
+            let req = QueryRouteRequest {
+                topic: Some(Resource {
+                    name: topic.to_string(),
+                    resource_namespace: String::new(),
+                }),
+                endpoints: None,
+            };
+            let ok = match client.query_route(req).await {
+                Ok(r) => r
+                    .into_inner()
+                    .status
+                    .is_some_and(|s| s.code == Code::Ok as i32),
+                Err(_) => false,
+            };
+            if ok {
+                break;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "topic {topic} not routable through the namesrv within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     Ok(())
 }
 

@@ -3,7 +3,6 @@
 
 use anyhow::{Context, bail};
 use sofamq_broker::topics::TopicType;
-use sofamq_proto::admin::broker_admin_client::BrokerAdminClient;
 use sofamq_proto::admin::{CreateTopicRequest, DeleteTopicRequest, ListTopicsRequest, TopicSpec};
 use sofamq_proto::namesrv::ListBrokersRequest;
 use sofamq_proto::namesrv::name_server_admin_client::NameServerAdminClient;
@@ -32,6 +31,16 @@ pub enum TopicCmd {
         name: String,
         #[command(flatten)]
         target: Target,
+    },
+    /// One topic: type, queues and each queue's offsets and message count.
+    Describe {
+        /// Topic name.
+        name: String,
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// List topics with their queues' offsets.
     List {
@@ -116,7 +125,7 @@ pub async fn run(cmd: TopicCmd) -> anyhow::Result<()> {
                 TopicType::Transaction => MessageType::Transaction,
             };
             for (broker, addr) in masters(&target).await? {
-                let mut c = BrokerAdminClient::new(channel(&addr).await?);
+                let mut c = crate::auth::admin_client(channel(&addr).await?);
                 let r = c
                     .create_topic(CreateTopicRequest {
                         topic: Some(TopicSpec {
@@ -140,7 +149,7 @@ pub async fn run(cmd: TopicCmd) -> anyhow::Result<()> {
         }
         TopicCmd::Delete { name, target } => {
             for (broker, addr) in masters(&target).await? {
-                let mut c = BrokerAdminClient::new(channel(&addr).await?);
+                let mut c = crate::auth::admin_client(channel(&addr).await?);
                 let r = c
                     .delete_topic(DeleteTopicRequest { name: name.clone() })
                     .await?
@@ -156,10 +165,13 @@ pub async fn run(cmd: TopicCmd) -> anyhow::Result<()> {
                 );
             }
         }
+        TopicCmd::Describe { name, target, json } => {
+            crate::ops::describe_topic(&name, &target, json).await?;
+        }
         TopicCmd::List { target, json } => {
             let mut rows = Vec::new();
             for (broker, addr) in masters(&target).await? {
-                let mut c = BrokerAdminClient::new(channel(&addr).await?);
+                let mut c = crate::auth::admin_client(channel(&addr).await?);
                 let r = c.list_topics(ListTopicsRequest {}).await?.into_inner();
                 check(r.status, &format!("list on {broker}"))?;
                 for t in r.topics {

@@ -52,6 +52,10 @@ pub struct ProducerConfig {
     pub sender_queue_capacity: usize,
     /// Called once for each send that finally fails.
     pub alert: Option<AlertCallback>,
+    /// Sign every request with these credentials (servers with ACL on).
+    pub credentials: Option<crate::auth::Credentials>,
+    /// Connect with TLS.
+    pub tls: Option<crate::auth::TlsOptions>,
 }
 
 impl Default for ProducerConfig {
@@ -73,6 +77,8 @@ impl Default for ProducerConfig {
             max_in_flight_per_broker: 8,
             sender_queue_capacity: 8192,
             alert: None,
+            credentials: None,
+            tls: None,
         }
     }
 }
@@ -96,6 +102,8 @@ impl fmt::Debug for ProducerConfig {
             .field("max_in_flight_per_broker", &self.max_in_flight_per_broker)
             .field("sender_queue_capacity", &self.sender_queue_capacity)
             .field("alert", &self.alert.as_ref().map(|_| "<callback>"))
+            .field("credentials", &self.credentials)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -111,6 +119,22 @@ impl ProducerConfig {
             access_points: access_points.into_iter().map(Into::into).collect(),
             ..Self::default()
         }
+    }
+
+    /// Signs every request with `access_key` / `secret_key` (servers with ACL on).
+    pub fn with_credentials(
+        mut self,
+        access_key: impl Into<String>,
+        secret_key: impl Into<String>,
+    ) -> Self {
+        self.credentials = Some(crate::auth::Credentials::new(access_key, secret_key));
+        self
+    }
+
+    /// Connects with TLS, trusting the PEM CA certificate at `ca_path`.
+    pub fn with_tls(mut self, tls: crate::auth::TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Sets the client id.

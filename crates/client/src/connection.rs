@@ -18,14 +18,19 @@ const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 pub(crate) struct Channels {
     map: Mutex<HashMap<String, Channel>>,
     connect_timeout: Duration,
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Channels {
-    pub(crate) fn new(connect_timeout: Duration) -> Self {
-        Self {
+    pub(crate) fn new(
+        connect_timeout: Duration,
+        tls: Option<&crate::auth::TlsOptions>,
+    ) -> Result<Self, crate::error::ClientError> {
+        Ok(Self {
             map: Mutex::new(HashMap::new()),
             connect_timeout,
-        }
+            tls: tls.map(crate::auth::TlsOptions::load).transpose()?,
+        })
     }
 
     /// The channel to `addr` (`host:port`), created on first use. Does not
@@ -35,8 +40,15 @@ impl Channels {
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| AttemptError::Transport(format!("bad endpoint {addr}: {e}")))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| AttemptError::Transport(format!("bad endpoint {addr}: {e}")))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| AttemptError::Transport(format!("TLS for {addr}: {e}")))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .initial_stream_window_size(STREAM_WINDOW)

@@ -43,6 +43,10 @@ pub struct ConsumerConfig {
     /// Remember this many acked message ids and drop redeliveries of them
     /// (acking them again); 0 turns deduplication off.
     pub dedupe_window: usize,
+    /// Sign every request with these credentials (servers with ACL on).
+    pub credentials: Option<crate::auth::Credentials>,
+    /// Connect with TLS.
+    pub tls: Option<crate::auth::TlsOptions>,
 }
 
 impl ConsumerConfig {
@@ -60,7 +64,25 @@ impl ConsumerConfig {
             long_polling_timeout: Duration::from_secs(5),
             max_rpc_attempts: 3,
             dedupe_window: 0,
+            credentials: None,
+            tls: None,
         }
+    }
+
+    /// Signs every request with `access_key` / `secret_key`.
+    pub fn with_credentials(
+        mut self,
+        access_key: impl Into<String>,
+        secret_key: impl Into<String>,
+    ) -> Self {
+        self.credentials = Some(crate::auth::Credentials::new(access_key, secret_key));
+        self
+    }
+
+    /// Connects with TLS, trusting the PEM CA certificate at `ca_path`.
+    pub fn with_tls(mut self, tls: crate::auth::TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Sets the long polling timeout.
@@ -278,8 +300,8 @@ impl SimpleConsumer {
             cfg.client_id.clone()
         };
         let core = Core {
-            headers: RequestHeaders::new(&client_id)?,
-            channels: Channels::new(cfg.request_timeout),
+            headers: RequestHeaders::new(&client_id, cfg.credentials.clone())?,
+            channels: Channels::new(cfg.request_timeout, cfg.tls.as_ref())?,
             subscriptions,
             routes: Mutex::new(HashMap::new()),
             cursor: AtomicUsize::new(0),

@@ -17,10 +17,22 @@ pub(crate) struct RequestHeaders {
     client_id: AsciiMetadataValue,
     version: AsciiMetadataValue,
     request_ids: MessageIdGenerator,
+    credentials: Option<crate::auth::Credentials>,
 }
 
 impl RequestHeaders {
-    pub(crate) fn new(client_id: &str) -> Result<Self, ClientError> {
+    pub(crate) fn new(
+        client_id: &str,
+        credentials: Option<crate::auth::Credentials>,
+    ) -> Result<Self, ClientError> {
+        if let Some(c) = &credentials
+            && AsciiMetadataValue::try_from(c.authorization("0")).is_err()
+        {
+            return Err(ClientError::Config(format!(
+                "access key {:?} is not a valid header value",
+                c.access_key
+            )));
+        }
         let client_id = client_id.parse().map_err(|_| {
             ClientError::Config(format!(
                 "client id {client_id:?} is not a valid header value"
@@ -30,6 +42,7 @@ impl RequestHeaders {
             client_id,
             version: AsciiMetadataValue::from_static(CLIENT_VERSION),
             request_ids: MessageIdGenerator::new(),
+            credentials,
         })
     }
 
@@ -40,7 +53,13 @@ impl RequestHeaders {
         md.insert("x-mq-language", AsciiMetadataValue::from_static("RUST"));
         md.insert("x-mq-protocol", AsciiMetadataValue::from_static("v2"));
         md.insert("x-mq-client-version", self.version.clone());
-        if let Ok(v) = format_date_time(SystemTime::now()).parse() {
+        let date = format_date_time(SystemTime::now());
+        if let Some(c) = &self.credentials
+            && let Ok(v) = AsciiMetadataValue::try_from(c.authorization(&date))
+        {
+            md.insert("authorization", v);
+        }
+        if let Ok(v) = date.parse() {
             md.insert("x-mq-date-time", v);
         }
         if let Ok(v) = self.request_ids.next_id().parse() {
@@ -50,7 +69,7 @@ impl RequestHeaders {
 }
 
 /// Formats `t` as `yyyyMMdd'T'HHmmss'Z'` in UTC.
-pub(crate) fn format_date_time(t: SystemTime) -> String {
+pub fn format_date_time(t: SystemTime) -> String {
     let secs = t
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -110,7 +129,7 @@ mod tests {
 
     #[test]
     fn headers_are_added() {
-        let h = RequestHeaders::new("me@1").unwrap();
+        let h = RequestHeaders::new("me@1", None).unwrap();
         let mut req = Request::new(());
         h.apply(&mut req);
         let md = req.metadata();
@@ -120,6 +139,18 @@ mod tests {
         assert_eq!(md.get("x-mq-client-version").unwrap(), CLIENT_VERSION);
         assert_eq!(md.get("x-mq-date-time").unwrap().len(), 16);
         assert!(md.get("x-mq-request-id").is_some());
-        assert!(RequestHeaders::new("a\nb").is_err());
+        assert!(md.get("authorization").is_none());
+        assert!(RequestHeaders::new("a\nb", None).is_err());
+        let signed =
+            RequestHeaders::new("me@1", Some(crate::auth::Credentials::new("ak", "sk"))).unwrap();
+        let mut req = Request::new(());
+        signed.apply(&mut req);
+        let md = req.metadata();
+        let date = md.get("x-mq-date-time").unwrap().to_str().unwrap();
+        let want = crate::auth::Credentials::new("ak", "sk").authorization(date);
+        assert_eq!(md.get("authorization").unwrap(), want.as_str());
+        assert!(
+            RequestHeaders::new("me", Some(crate::auth::Credentials::new("a\nk", "s"))).is_err()
+        );
     }
 }

@@ -26,6 +26,7 @@
 //! 4. retryable failures are retried with exponential backoff and the same
 //!    message id; a final failure is logged, counted and alerted.
 
+mod auth;
 mod config;
 mod connection;
 mod consumer;
@@ -40,10 +41,11 @@ mod routes;
 mod selector;
 mod sender;
 
+pub use auth::{Credentials, TlsOptions};
 pub use config::{AlertCallback, ProducerConfig};
 pub use consumer::{ConsumeError, ConsumerConfig, ReceivedMessage, SimpleConsumer};
 pub use error::{BatchSendError, ClientError, FailureKind, SendError, SendFailure};
-pub use headers::CLIENT_VERSION;
+pub use headers::{CLIENT_VERSION, format_date_time};
 pub use id::MessageIdGenerator;
 pub use message::{Message, MessageBuilder, SendReceipt};
 pub use producer::{METRIC_SEND_FAILURES, METRIC_SEND_RETRIES, Producer};

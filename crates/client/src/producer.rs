@@ -87,8 +87,8 @@ impl Producer {
         } else {
             config.client_id.clone()
         };
-        let headers = Arc::new(RequestHeaders::new(&client_id)?);
-        let channels = Arc::new(Channels::new(config.request_timeout));
+        let headers = Arc::new(RequestHeaders::new(&client_id, config.credentials.clone())?);
+        let channels = Arc::new(Channels::new(config.request_timeout, config.tls.as_ref())?);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let senders = Arc::new(Senders::new(
             &config,

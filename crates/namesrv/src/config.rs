@@ -39,11 +39,15 @@ pub struct NamesrvConfig {
     pub max_telemetry_streams: usize,
     /// Maximum concurrent HTTP/2 streams per client connection.
     pub max_concurrent_streams_per_connection: u32,
+    /// Maximum simultaneous connections from one client IP address.
+    pub max_connections_per_ip: usize,
     /// After the shutdown signal, how long to wait for connections to close
     /// before giving up on a graceful exit.
     pub shutdown_grace_ms: u64,
     /// Settings pushed to clients on their Telemetry stream.
     pub session: SessionOptions,
+    /// Address of the HTTP endpoint (`/metrics`, `/health`); none: not served.
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl Default for NamesrvConfig {
@@ -60,8 +64,10 @@ impl Default for NamesrvConfig {
             max_grpc_decode_bytes: 64 * 1024 * 1024,
             max_telemetry_streams: 10_000,
             max_concurrent_streams_per_connection: 1_024,
+            max_connections_per_ip: 256,
             shutdown_grace_ms: 5_000,
             session: SessionOptions::default(),
+            http_listen: None,
         }
     }
 }
@@ -69,7 +75,7 @@ impl Default for NamesrvConfig {
 impl NamesrvConfig {
     /// Checks that the values are usable (non-zero waits and limits).
     pub fn validate(&self) -> Result<(), NamesrvError> {
-        let checks: [(&'static str, bool); 11] = [
+        let checks: [(&'static str, bool); 12] = [
             ("broker_expiry_ms", self.broker_expiry_ms > 0),
             (
                 "max_broker_expiry_ms",
@@ -89,6 +95,7 @@ impl NamesrvConfig {
                 "max_concurrent_streams_per_connection",
                 self.max_concurrent_streams_per_connection > 0,
             ),
+            ("max_connections_per_ip", self.max_connections_per_ip > 0),
             ("shutdown_grace_ms", self.shutdown_grace_ms > 0),
         ];
         if let Some((key, _)) = checks.iter().find(|(_, ok)| !ok) {

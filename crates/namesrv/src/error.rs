@@ -16,6 +16,15 @@ pub enum NamesrvError {
     /// Reading the listener's local address failed.
     #[error("cannot read listener address: {0}")]
     LocalAddr(#[source] std::io::Error),
+    /// Binding the HTTP (metrics/health) listener failed.
+    #[error("cannot bind HTTP listener {addr}: {source}")]
+    HttpBind {
+        /// Address asked for.
+        addr: SocketAddr,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The gRPC server failed.
     #[error("gRPC server on {addr} failed: {source}")]
     Transport {

@@ -17,7 +17,9 @@ pub mod admin;
 pub mod config;
 pub mod endpoints;
 pub mod error;
+pub mod http;
 pub mod messaging;
+pub mod metrics;
 pub mod net;
 pub mod registry;
 pub mod route;
@@ -27,4 +29,4 @@ pub mod status;
 
 pub use config::NamesrvConfig;
 pub use error::NamesrvError;
-pub use server::run;
+pub use server::{run, run_with_http};

@@ -25,6 +25,24 @@ pub async fn run(
     config: NamesrvConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NamesrvError> {
+    let http = match config.http_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| NamesrvError::HttpBind { addr, source })?,
+        ),
+        None => None,
+    };
+    run_with_http(listener, http, config, shutdown).await
+}
+
+/// [`run`] with the HTTP (`/metrics`, `/health`) listener already bound (or none).
+pub async fn run_with_http(
+    listener: TcpListener,
+    http: Option<TcpListener>,
+    config: NamesrvConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NamesrvError> {
     config.validate()?;
     let addr = listener.local_addr().map_err(NamesrvError::LocalAddr)?;
     let registry = Arc::new(Registry::new(RegistryLimits::from(&config)));
@@ -55,6 +73,17 @@ pub async fn run(
         .max_decoding_message_size(config.max_grpc_decode_bytes)
         .max_encoding_message_size(config.max_grpc_decode_bytes);
 
+    let conns = Arc::new(crate::metrics::Connections::default());
+    if let Some(l) = http {
+        let o = Arc::new(NamesrvObservable {
+            registry: Arc::clone(&registry),
+            conns: Arc::clone(&conns),
+            labels: crate::metrics::labels(&[("addr", &addr.to_string())]),
+        });
+        info!(%addr, http = ?l.local_addr().ok(), "name server HTTP endpoint (/metrics, /health)");
+        crate::http::spawn(l, o, token.clone());
+    }
+
     info!(%addr, "name server listening");
     let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -62,7 +91,10 @@ pub async fn run(
         .add_service(messaging)
         .add_service(admin)
         .serve_with_incoming_shutdown(
-            crate::net::incoming(listener),
+            crate::metrics::counted(
+                crate::net::incoming_limited(listener, config.max_connections_per_ip),
+                conns,
+            ),
             token.clone().cancelled_owned(),
         );
     tokio::pin!(serve);
@@ -99,5 +131,58 @@ async fn expiry_loop(registry: Arc<Registry>, config: NamesrvConfig, token: Canc
                 }
             }
         }
+    }
+}
+
+/// What the name server's `/metrics` and `/health` show.
+struct NamesrvObservable {
+    registry: Arc<Registry>,
+    conns: Arc<crate::metrics::Connections>,
+    labels: String,
+}
+
+impl crate::http::Observable for NamesrvObservable {
+    fn metrics(&self) -> String {
+        let mut t = crate::metrics::Text::new();
+        let l = &self.labels;
+        t.single(
+            "sofamq_namesrv_up",
+            "gauge",
+            "1 while the name server serves.",
+            l,
+            1.0,
+        );
+        t.single(
+            "sofamq_namesrv_brokers",
+            "gauge",
+            "Registered broker members (all clusters).",
+            l,
+            self.registry.len() as f64,
+        );
+        t.single(
+            "sofamq_connections_open",
+            "gauge",
+            "Open client gRPC connections.",
+            l,
+            self.conns.open() as f64,
+        );
+        t.single(
+            "sofamq_connections_accepted_total",
+            "counter",
+            "Client gRPC connections accepted since start.",
+            l,
+            self.conns.accepted() as f64,
+        );
+        t.finish()
+    }
+
+    fn health(&self) -> (bool, String) {
+        (
+            true,
+            format!(
+                "{{\"status\":\"ok\",\"role\":\"namesrv\",\"brokers\":{}}}",
+                self.registry.len()
+            ),
+        )
     }
 }

@@ -49,4 +49,10 @@ pub use epoch::EpochEntry;
 pub use error::StoreError;
 pub use log::Scan;
 pub use record::{Appended, NewRecord, Record, tag_hash};
-pub use store::{Fault, Store, StoreStats};
+pub use store::{Fault, FsyncStats, Store, StoreStats};
+
+/// Upper bounds (microseconds, inclusive) of the fdatasync latency buckets; one more bucket
+/// counts everything above the last bound.
+pub const FSYNC_BUCKETS_US: [u64; 13] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];

@@ -24,6 +24,28 @@ pub(crate) struct Counters {
     pub batches: AtomicU64,
     pub records: AtomicU64,
     pub bytes: AtomicU64,
+    /// fdatasync latency: per-bucket counts (see [`crate::FSYNC_BUCKETS_US`]), sum in ns.
+    pub fsync_buckets: [AtomicU64; crate::FSYNC_BUCKETS_US.len() + 1],
+    pub fsync_nanos: AtomicU64,
+    /// Bytes made durable by the fsyncs counted above (average batch = this / fsyncs).
+    pub synced_bytes: AtomicU64,
+}
+
+impl Counters {
+    /// Records one successful fdatasync that took `took` and covered `bytes` new bytes.
+    pub fn fsync_done(&self, took: std::time::Duration, bytes: u64) {
+        let us = took.as_micros() as u64;
+        let i = crate::FSYNC_BUCKETS_US.partition_point(|b| *b < us);
+        self.fsync_buckets[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.fsync_nanos.fetch_add(
+            took.as_nanos().min(u128::from(u64::MAX)) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.synced_bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        self.fsyncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Fault-injection switches (tests only).

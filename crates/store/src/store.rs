@@ -31,6 +31,19 @@ pub struct StoreStats {
     pub bytes: u64,
 }
 
+/// fdatasync latency histogram and batch volume, see [`Store::fsync_stats`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FsyncStats {
+    /// Non-cumulative count per bucket of [`crate::FSYNC_BUCKETS_US`], plus one overflow bucket.
+    pub buckets: Vec<u64>,
+    /// Total time spent in fdatasync, nanoseconds.
+    pub sum_nanos: u64,
+    /// fdatasync calls counted.
+    pub count: u64,
+    /// Bytes made durable by them (average batch = `synced_bytes / count`).
+    pub synced_bytes: u64,
+}
+
 /// A fault to inject (tests only).
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -436,6 +449,22 @@ impl Store {
             batches: c.batches.load(Ordering::Relaxed),
             records: c.records.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// fdatasync latency histogram and durable bytes per fsync (commit-log segments).
+    pub fn fsync_stats(&self) -> FsyncStats {
+        let c = &self.sh().counters;
+        let buckets: Vec<u64> = c
+            .fsync_buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        FsyncStats {
+            count: buckets.iter().sum(),
+            buckets,
+            sum_nanos: c.fsync_nanos.load(Ordering::Relaxed),
+            synced_bytes: c.synced_bytes.load(Ordering::Relaxed),
         }
     }
 

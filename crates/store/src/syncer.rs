@@ -79,6 +79,7 @@ fn complete(sh: &Shared, group: &mut Vec<Batch>) {
         fail(sh, group, || sh.fenced_error());
         return;
     }
+    let t0 = std::time::Instant::now();
     if let Err(e) = sync_all(sh, group) {
         sh.fence(format!("fdatasync failed: {e}"));
         fail(sh, group, || StoreError::io_copy(&e));
@@ -86,7 +87,7 @@ fn complete(sh: &Shared, group: &mut Vec<Batch>) {
     }
     let before = sh.durable.fetch_max(upto, Ordering::AcqRel);
     let c = &sh.counters;
-    c.fsyncs.fetch_add(1, Ordering::Relaxed);
+    c.fsync_done(t0.elapsed(), upto.saturating_sub(before));
     if sh.cfg.record_batch_sizes {
         lock(&sh.batch_sizes).push(upto.saturating_sub(before));
     }

@@ -467,9 +467,13 @@ impl Writer {
         if self.sh.faults.fail_next_sync.swap(false, Ordering::AcqRel) {
             return Err(io::Error::other("injected fsync failure"));
         }
+        let t0 = std::time::Instant::now();
         self.seg.file.sync_data()?;
-        self.sh.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        let took = t0.elapsed();
         let before = self.sh.durable.fetch_max(self.written, Ordering::AcqRel);
+        self.sh
+            .counters
+            .fsync_done(took, self.written.saturating_sub(before));
         if self.sh.cfg.record_batch_sizes && self.written > before {
             lock(&self.sh.batch_sizes).push(self.written - before);
         }

@@ -30,6 +30,9 @@ struct Slave {
     acked: u64,
     in_sync: bool,
     mark: (u64, Instant),
+    /// The slave holds everything the master had durable at this instant (replication lag
+    /// in time is measured from here).
+    reached: Instant,
 }
 
 /// Per-slave state for status output.
@@ -41,6 +44,8 @@ pub struct SlaveInfo {
     pub acked: u64,
     /// In the in-sync set.
     pub in_sync: bool,
+    /// The slave holds everything the master had durable at this instant.
+    pub reached: Instant,
 }
 
 /// In-sync tracking.
@@ -116,6 +121,7 @@ impl Tracker {
                 acked: from,
                 in_sync: false,
                 mark: (durable, Instant::now()),
+                reached: Instant::now(),
             },
         );
         id
@@ -134,6 +140,7 @@ impl Tracker {
 
     fn evaluate(&self, s: &mut Slave, durable: u64, now: Instant) {
         if s.acked >= s.mark.0 {
+            s.reached = s.mark.1;
             s.mark = (durable, now);
         }
         let behind_bytes = durable.saturating_sub(s.acked) > self.max_lag_bytes;
@@ -242,6 +249,7 @@ impl Tracker {
                 name: s.name.clone(),
                 acked: s.acked,
                 in_sync: s.in_sync,
+                reached: s.reached,
             })
             .collect()
     }

@@ -1,0 +1,286 @@
+//! Operator commands: `sofamq admin cluster`, `sofamq admin message get` and
+//! `sofamq topic describe`. Every one prints a table, or JSON with `--json`.
+
+use anyhow::Context;
+use sofamq_proto::admin::{BrokerStatusRequest, GetMessageRequest, ListTopicsRequest};
+use sofamq_proto::namesrv::ListBrokersRequest;
+use sofamq_proto::namesrv::name_server_admin_client::NameServerAdminClient;
+use sofamq_proto::v2::MessageType;
+
+use crate::admin::check;
+use crate::topic::{Target, channel, masters};
+
+/// Options of `sofamq admin cluster`.
+#[derive(clap::Args, Debug)]
+pub struct ClusterArgs {
+    /// NameServer address.
+    #[arg(long, default_value = "127.0.0.1:9876", env = "SOFAMQ_ACCESS_POINT")]
+    pub access_point: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sofamq admin message ...`.
+#[derive(clap::Subcommand, Debug)]
+pub enum MessageCmd {
+    /// Find a message by id (any topic, or `--topic`) or by key (`--topic` required):
+    /// a bounded scan of the newest records of the topic's queues on every master.
+    Get {
+        /// Message id.
+        #[arg(long, conflicts_with = "key", required_unless_present = "key")]
+        id: Option<String>,
+        /// Message key.
+        #[arg(long, requires = "topic")]
+        key: Option<String>,
+        /// Topic to search.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Most records each broker reads (0: its default, 100000).
+        #[arg(long, default_value_t = 0)]
+        max_scan: u64,
+        /// Most matches per broker.
+        #[arg(long, default_value_t = 16)]
+        max_results: u32,
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn bytes_h(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < U.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    format!("{v:.1} {}", U[i])
+}
+
+/// `sofamq admin cluster`: every broker group and member the NameServer knows, with each
+/// member's own view (role, epoch, offsets, in-sync, disk use).
+pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
+    let mut ns = NameServerAdminClient::new(channel(&args.access_point).await?);
+    let groups = ns
+        .list_brokers(ListBrokersRequest::default())
+        .await
+        .context("ListBrokers")?
+        .into_inner()
+        .groups;
+    let mut rows = Vec::new();
+    for g in &groups {
+        for m in &g.members {
+            let status = match channel(&m.grpc_endpoint).await {
+                Ok(ch) => crate::auth::admin_client(ch)
+                    .broker_status(BrokerStatusRequest {})
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|e| e.message().to_string()),
+                Err(e) => Err(format!("{e:#}")),
+            };
+            let mut row = serde_json::json!({
+                "cluster": g.cluster, "broker": g.broker_name, "broker_id": m.broker_id,
+                "address": m.grpc_endpoint, "replication_address": m.replication_endpoint,
+                "registered_epoch": m.epoch, "heartbeat_age_ms": m.last_heartbeat_age_ms,
+            });
+            match status {
+                Ok(s) => {
+                    row["role"] = s.role.clone().into();
+                    row["epoch"] = s.epoch.into();
+                    row["log_end_offset"] = s.log_end_offset.into();
+                    row["durable_offset"] = s.durable_offset.into();
+                    row["disk_bytes"] = s.disk_bytes.into();
+                    row["http_address"] = s.http_addr.clone().into();
+                    row["in_sync_slaves"] = s.in_sync_slaves.into();
+                    row["min_insync_replicas"] = s.min_insync_replicas.into();
+                    row["fenced_reason"] = s.fenced_reason.clone().into();
+                }
+                Err(e) => row["error"] = e.into(),
+            }
+            rows.push(row);
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:>3} {:<7} {:>5} {:<21} {:<21} {:>9} {:>14} {:>10}  STATE",
+        "BROKER", "ID", "ROLE", "EPOCH", "ADDRESS", "HTTP", "IN-SYNC", "LOG END", "DISK"
+    );
+    for r in rows {
+        let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+        let u = |k: &str| r[k].as_u64().unwrap_or(0);
+        let state = if let Some(e) = r["error"].as_str() {
+            format!("unreachable: {e}")
+        } else if !s("fenced_reason").is_empty() {
+            format!("FENCED: {}", s("fenced_reason"))
+        } else {
+            "ok".into()
+        };
+        let in_sync = if s("role") == "master" {
+            format!("{}/{}", u("in_sync_slaves") + 1, u("min_insync_replicas"))
+        } else {
+            "-".into()
+        };
+        println!(
+            "{:<12} {:>3} {:<7} {:>5} {:<21} {:<21} {:>9} {:>14} {:>10}  {state}",
+            s("broker"),
+            r["broker_id"],
+            s("role"),
+            u("epoch"),
+            s("address"),
+            if s("http_address").is_empty() {
+                "-".into()
+            } else {
+                s("http_address")
+            },
+            in_sync,
+            u("log_end_offset"),
+            bytes_h(u("disk_bytes")),
+        );
+    }
+    Ok(())
+}
+
+/// `sofamq admin message get`.
+pub async fn message(cmd: MessageCmd) -> anyhow::Result<()> {
+    let MessageCmd::Get {
+        id,
+        key,
+        topic,
+        max_scan,
+        max_results,
+        target,
+        json,
+    } = cmd;
+    let mut out = Vec::new();
+    for (broker, addr) in masters(&target).await? {
+        let r = crate::auth::admin_client(channel(&addr).await?)
+            .get_message(GetMessageRequest {
+                topic: topic.clone().unwrap_or_default(),
+                message_id: id.clone().unwrap_or_default(),
+                key: key.clone().unwrap_or_default(),
+                max_scan,
+                max_results,
+            })
+            .await
+            .context("GetMessage")?
+            .into_inner();
+        check(r.status)?;
+        if r.truncated {
+            eprintln!(
+                "{broker}: scan stopped after {} records (raise --max-scan to look further back)",
+                r.scanned
+            );
+        }
+        for m in r.messages {
+            let mut props: Vec<_> = m.properties.into_iter().collect();
+            props.sort();
+            out.push(serde_json::json!({
+                "broker": broker, "topic": m.topic, "queue_id": m.queue_id,
+                "queue_offset": m.queue_offset, "log_offset": m.log_offset,
+                "message_id": m.message_id, "tag": m.tag,
+                "born_timestamp_ms": m.born_timestamp_ms, "store_timestamp_ms": m.store_timestamp_ms,
+                "epoch": m.epoch,
+                "properties": props.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect::<serde_json::Map<_, _>>(),
+                "body": String::from_utf8_lossy(&m.body),
+                "body_bytes": m.body.len(),
+            }));
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if out.is_empty() {
+        println!("not found");
+    } else {
+        for m in &out {
+            println!(
+                "{} {}/{} offset {} (log {}) id {} tag {:?} stored {} ms: {}",
+                m["broker"].as_str().unwrap_or(""),
+                m["topic"].as_str().unwrap_or(""),
+                m["queue_id"],
+                m["queue_offset"],
+                m["log_offset"],
+                m["message_id"].as_str().unwrap_or(""),
+                m["tag"].as_str().unwrap_or(""),
+                m["store_timestamp_ms"],
+                m["body"].as_str().unwrap_or("")
+            );
+        }
+    }
+    if out.is_empty() {
+        anyhow::bail!("no message matched");
+    }
+    Ok(())
+}
+
+/// `sofamq topic describe NAME`: type, queues and per-queue offsets on every master.
+pub async fn describe_topic(name: &str, target: &Target, json: bool) -> anyhow::Result<()> {
+    let mut out = Vec::new();
+    for (broker, addr) in masters(target).await? {
+        let r = crate::auth::admin_client(channel(&addr).await?)
+            .list_topics(ListTopicsRequest {})
+            .await
+            .context("ListTopics")?
+            .into_inner();
+        check(r.status)?;
+        for t in r.topics {
+            let spec = t.spec.unwrap_or_default();
+            if spec.name != name {
+                continue;
+            }
+            let queues: Vec<_> = t
+                .queues
+                .iter()
+                .map(|q| {
+                    serde_json::json!({
+                        "queue_id": q.queue_id, "min_offset": q.min_offset, "max_offset": q.max_offset,
+                        "messages": q.max_offset.saturating_sub(q.min_offset),
+                    })
+                })
+                .collect();
+            let messages: u64 = t
+                .queues
+                .iter()
+                .map(|q| q.max_offset.saturating_sub(q.min_offset))
+                .sum();
+            out.push(serde_json::json!({
+                "broker": broker, "topic": spec.name, "queue_count": spec.queue_count,
+                "type": MessageType::try_from(spec.message_type).map(|m| m.as_str_name()).unwrap_or("?"),
+                "perm": spec.perm, "messages": messages, "queues": queues,
+            }));
+        }
+    }
+    anyhow::ensure!(!out.is_empty(), "topic {name} not found");
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    for t in &out {
+        println!(
+            "{} on {}: {} queues, {}, perm {}, {} messages",
+            t["topic"].as_str().unwrap_or(""),
+            t["broker"].as_str().unwrap_or(""),
+            t["queue_count"],
+            t["type"].as_str().unwrap_or(""),
+            t["perm"],
+            t["messages"]
+        );
+        println!(
+            "  {:>5} {:>12} {:>12} {:>12}",
+            "QUEUE", "MIN", "MAX", "MESSAGES"
+        );
+        for q in t["queues"].as_array().into_iter().flatten() {
+            println!(
+                "  {:>5} {:>12} {:>12} {:>12}",
+                q["queue_id"], q["min_offset"], q["max_offset"], q["messages"]
+            );
+        }
+    }
+    Ok(())
+}

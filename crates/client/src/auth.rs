@@ -1,0 +1,110 @@
+//! Credentials and TLS for the SDK: requests are signed the RocketMQ 5 way
+//! (`authorization: MQv2-HMAC-SHA1 Credential=AK, SignedHeaders=x-mq-date-time,
+//! Signature=hex(HMAC-SHA1(SK, x-mq-date-time))`), and channels can use TLS.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+
+use crate::error::ClientError;
+
+/// An access key and its secret. `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The access key (the user's name).
+    pub access_key: String,
+    /// The secret key requests are signed with.
+    pub secret_key: String,
+}
+
+impl Credentials {
+    /// Credentials from an access key and its secret.
+    pub fn new(access_key: impl Into<String>, secret_key: impl Into<String>) -> Self {
+        Self {
+            access_key: access_key.into(),
+            secret_key: secret_key.into(),
+        }
+    }
+
+    /// The `authorization` header value for a request whose
+    /// `x-mq-date-time` header is `date_time`.
+    pub fn authorization(&self, date_time: &str) -> String {
+        format!(
+            "MQv2-HMAC-SHA1 Credential={}, SignedHeaders=x-mq-date-time, Signature={}",
+            self.access_key,
+            hmac_sha1_hex(&self.secret_key, date_time.as_bytes())
+        )
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"<redacted>")
+            .finish()
+    }
+}
+
+fn hmac_sha1_hex(secret: &str, data: &[u8]) -> String {
+    match Hmac::<Sha1>::new_from_slice(secret.as_bytes()) {
+        Ok(mut mac) => {
+            mac.update(data);
+            hex::encode(mac.finalize().into_bytes())
+        }
+        // HMAC accepts keys of every length; unreachable, but never panic.
+        Err(_) => String::new(),
+    }
+}
+
+/// TLS towards the servers: trust the PEM CA certificate at `ca_path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// PEM file with the CA (or self-signed server) certificate to trust.
+    pub ca_path: PathBuf,
+    /// Name the server certificate must carry; defaults to the host of the address.
+    pub domain: Option<String>,
+}
+
+impl TlsOptions {
+    /// TLS trusting the CA certificate in `ca_path`.
+    pub fn new(ca_path: impl Into<PathBuf>) -> Self {
+        Self {
+            ca_path: ca_path.into(),
+            domain: None,
+        }
+    }
+
+    /// The tonic client TLS configuration (reads the CA file).
+    pub(crate) fn load(&self) -> Result<tonic::transport::ClientTlsConfig, ClientError> {
+        let pem = std::fs::read(&self.ca_path).map_err(|e| {
+            ClientError::Config(format!("reading CA {}: {e}", self.ca_path.display()))
+        })?;
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        if let Some(d) = &self.domain {
+            tls = tls.domain_name(d.clone());
+        }
+        Ok(tls)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_is_hmac_sha1_of_the_date_header() {
+        let c = Credentials::new("ak", "Jefe");
+        // RFC 2202 test case 2.
+        let h = c.authorization("what do ya want for nothing?");
+        assert_eq!(
+            h,
+            "MQv2-HMAC-SHA1 Credential=ak, SignedHeaders=x-mq-date-time, \
+             Signature=effcdf6ae5eb2fa2d27416d5f184df9c259a7c79"
+        );
+        assert!(!format!("{c:?}").contains("Jefe"));
+    }
+}
