@@ -9,4 +9,11 @@ export RUST_BACKTRACE=1
 # The process-level tests start the real `sofamq` binary; build it first.
 cargo build --bin sofamq
 bash scripts/compat/setup-python.sh
-cargo test --workspace -- --test-threads="${SOFAMQ_TEST_THREADS:-2}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace -- --test-threads="${SOFAMQ_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
+# One closing line over every test binary (cargo prints one summary per binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
