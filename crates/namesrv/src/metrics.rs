@@ -7,16 +7,11 @@
 //! component's own numbers on its own port.
 
 use std::fmt::Write as _;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_stream::{Stream, StreamExt};
-use tonic::transport::server::Connected;
 
 /// Prometheus text exposition format (version 0.0.4) writer.
 #[derive(Debug, Default)]
@@ -178,15 +173,15 @@ impl Connections {
 }
 
 /// A connection that counts itself closed when dropped.
-#[derive(Debug)]
-pub struct Counted<T> {
-    io: T,
-    conns: Arc<Connections>,
-}
+pub type Counted<T> = crate::net::Guarded<T, CloseCounter>;
 
-impl<T> Drop for Counted<T> {
+/// Counts its connection closed when dropped.
+#[derive(Debug)]
+pub struct CloseCounter(Arc<Connections>);
+
+impl Drop for CloseCounter {
     fn drop(&mut self) {
-        self.conns.closed.fetch_add(1, Ordering::Relaxed);
+        self.0.closed.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -201,60 +196,9 @@ where
     incoming.map(move |r| {
         r.map(|io| {
             conns.accepted.fetch_add(1, Ordering::Relaxed);
-            Counted {
-                io,
-                conns: conns.clone(),
-            }
+            crate::net::Guarded::new(io, CloseCounter(conns.clone()))
         })
     })
-}
-
-impl<T: Connected> Connected for Counted<T> {
-    type ConnectInfo = T::ConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
 }
 
 #[cfg(test)]

@@ -52,19 +52,19 @@ pub fn incoming_limited(
         }
         *n += 1;
         drop(table);
-        Some(Ok(Limited {
-            io: stream,
-            slot: Slot {
+        Some(Ok(Guarded::new(
+            stream,
+            Slot {
                 ip,
                 open: open.clone(),
             },
-        }))
+        )))
     })
 }
 
 /// Frees its address's connection slot when dropped.
 #[derive(Debug)]
-struct Slot {
+pub struct Slot {
     ip: IpAddr,
     open: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
@@ -82,20 +82,32 @@ impl Drop for Slot {
 }
 
 /// A connection holding one of its address's slots (see [`incoming_limited`]).
-#[derive(Debug)]
-pub struct Limited<T> {
-    io: T,
-    slot: Slot,
-}
+pub type Limited<T> = Guarded<T, Slot>;
 
 impl<T> Limited<T> {
     /// The client address this connection counts against.
     pub fn ip(&self) -> IpAddr {
-        self.slot.ip
+        self.guard.ip
     }
 }
 
-impl<T: Connected> Connected for Limited<T> {
+/// An accepted connection carrying a guard whose `Drop` does the
+/// bookkeeping (a freed per-IP slot, a closed-connections count) when the
+/// connection goes away. The I/O is forwarded untouched.
+#[derive(Debug)]
+pub struct Guarded<T, G> {
+    io: T,
+    guard: G,
+}
+
+impl<T, G> Guarded<T, G> {
+    /// Wraps `io`; `guard` is dropped with it.
+    pub fn new(io: T, guard: G) -> Self {
+        Self { io, guard }
+    }
+}
+
+impl<T: Connected, G> Connected for Guarded<T, G> {
     type ConnectInfo = T::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
@@ -103,7 +115,7 @@ impl<T: Connected> Connected for Limited<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Limited<T> {
+impl<T: AsyncRead + Unpin, G: Unpin> AsyncRead for Guarded<T, G> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -113,7 +125,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Limited<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Limited<T> {
+impl<T: AsyncWrite + Unpin, G: Unpin> AsyncWrite for Guarded<T, G> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
