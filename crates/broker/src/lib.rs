@@ -17,6 +17,7 @@ pub mod config;
 pub mod consume;
 pub mod error;
 pub mod lookup;
+pub mod meta;
 pub mod metrics;
 pub mod register;
 pub mod repl;

@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
-use sofamq_store::{NewRecord, Store};
+use sofamq_store::Store;
 
 use crate::error::BrokerError;
+use crate::meta;
 
 /// Reserved topic holding topic-definition records.
 pub const TOPIC_LOG: &str = "%SYS%TOPICS";
@@ -115,30 +115,14 @@ impl Topics {
 
     fn replay(store: &Store) -> Result<BTreeMap<String, TopicConfig>, BrokerError> {
         let mut table = BTreeMap::new();
-        let mut next = store.queue_offsets(TOPIC_LOG, 0).0;
-        loop {
-            let batch = store.read_queue(TOPIC_LOG, 0, next, 256, 4 << 20)?;
-            if batch.is_empty() {
-                break;
+        meta::replay(store, TOPIC_LOG, "topic", |op| match op {
+            TopicOp::Put(cfg) => {
+                table.insert(cfg.name.clone(), cfg);
             }
-            for rec in &batch {
-                next = rec.queue_offset + 1;
-                match serde_json::from_slice::<TopicOp>(&rec.body) {
-                    Ok(TopicOp::Put(cfg)) => {
-                        table.insert(cfg.name.clone(), cfg);
-                    }
-                    Ok(TopicOp::Delete { name }) => {
-                        table.remove(&name);
-                    }
-                    Err(e) => {
-                        return Err(BrokerError::Internal(format!(
-                            "topic record at log offset {} is unreadable: {e}",
-                            rec.log_offset
-                        )));
-                    }
-                }
+            TopicOp::Delete { name } => {
+                table.remove(&name);
             }
-        }
+        })?;
         Ok(table)
     }
 
@@ -173,18 +157,7 @@ impl Topics {
     }
 
     async fn write(&self, op: &TopicOp) -> Result<(), BrokerError> {
-        let body = serde_json::to_vec(op).map_err(|e| BrokerError::Internal(e.to_string()))?;
-        let rec = NewRecord {
-            topic: TOPIC_LOG.to_string(),
-            queue_id: 0,
-            flags: FLAG_META,
-            tag: String::new(),
-            born_ts_ms: now_ms(),
-            properties: Vec::new(),
-            body: Bytes::from(body),
-        };
-        self.store.append(vec![rec]).await?;
-        Ok(())
+        meta::append(&self.store, TOPIC_LOG, op).await
     }
 }
 

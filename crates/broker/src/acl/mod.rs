@@ -14,16 +14,15 @@ pub mod sign;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
-use sofamq_store::{NewRecord, Store};
+use sofamq_store::Store;
 use tonic::metadata::MetadataMap;
 
 pub use policy::{Action, Kind, Rule, User};
 
 use crate::error::BrokerError;
-use crate::topics::{FLAG_META, now_ms};
+use crate::meta;
 
 /// Reserved topic holding ACL records.
 pub const ACL_LOG: &str = "%SYS%ACL";
@@ -93,30 +92,14 @@ impl Acl {
     /// Rebuilds the user table from the log (after promotion, for instance).
     pub fn reload(&self) -> Result<(), BrokerError> {
         let mut table = BTreeMap::new();
-        let mut next = 0;
-        loop {
-            let batch = self.store.read_queue(ACL_LOG, 0, next, 256, 4 << 20)?;
-            if batch.is_empty() {
-                break;
+        meta::replay(&self.store, ACL_LOG, "ACL", |op| match op {
+            AclOp::Put(u) => {
+                table.insert(u.access_key.clone(), u);
             }
-            for rec in &batch {
-                next = rec.queue_offset + 1;
-                match serde_json::from_slice::<AclOp>(&rec.body) {
-                    Ok(AclOp::Put(u)) => {
-                        table.insert(u.access_key.clone(), u);
-                    }
-                    Ok(AclOp::Delete { access_key }) => {
-                        table.remove(&access_key);
-                    }
-                    Err(e) => {
-                        return Err(BrokerError::Internal(format!(
-                            "ACL record at log offset {} is unreadable: {e}",
-                            rec.log_offset
-                        )));
-                    }
-                }
+            AclOp::Delete { access_key } => {
+                table.remove(&access_key);
             }
-        }
+        })?;
         *self.users.write() = table;
         Ok(())
     }
@@ -323,19 +306,7 @@ impl Acl {
     }
 
     async fn write(&self, op: &AclOp) -> Result<(), BrokerError> {
-        let body = serde_json::to_vec(op).map_err(|e| BrokerError::Internal(e.to_string()))?;
-        self.store
-            .append(vec![NewRecord {
-                topic: ACL_LOG.to_string(),
-                queue_id: 0,
-                flags: FLAG_META,
-                tag: String::new(),
-                born_ts_ms: now_ms(),
-                properties: Vec::new(),
-                body: Bytes::from(body),
-            }])
-            .await?;
-        Ok(())
+        meta::append(&self.store, ACL_LOG, op).await
     }
 }
 
