@@ -285,7 +285,11 @@ impl BrokerAdmin for AdminService {
 
     async fn promote(&self, request: Request<PromoteRequest>) -> RpcResult<PromoteResponse> {
         let want = request.into_inner().epoch;
-        let r = self.broker.promote((want > 0).then_some(want)).await;
+        let r = if self.broker.config().replication.controlled() {
+            Err(controlled_refusal())
+        } else {
+            self.broker.promote((want > 0).then_some(want)).await
+        };
         Ok(Response::new(match r {
             Ok(epoch) => PromoteResponse {
                 status: Some(ok_status()),
@@ -301,7 +305,9 @@ impl BrokerAdmin for AdminService {
 
     async fn demote(&self, request: Request<DemoteRequest>) -> RpcResult<DemoteResponse> {
         let addr = request.into_inner().master_replication_addr;
-        let r = if addr.is_empty() {
+        let r = if self.broker.config().replication.controlled() {
+            Err(controlled_refusal())
+        } else if addr.is_empty() {
             Err(BrokerError::BadRequest(
                 "master_replication_addr is required".into(),
             ))
@@ -417,4 +423,13 @@ impl BrokerAdmin for AdminService {
             },
         ))
     }
+}
+
+/// Manual switchover is refused while a controller decides roles.
+fn controlled_refusal() -> BrokerError {
+    BrokerError::BadRequest(
+        "roles are decided by the controller (replication.controller is set); \
+         stop the master to fail over"
+            .into(),
+    )
 }

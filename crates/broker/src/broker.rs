@@ -40,6 +40,7 @@ impl Broker {
     pub fn open(config: BrokerConfig) -> Result<Self, BrokerError> {
         let mut sc = StoreConfig::new(config.data_dir.join("store"));
         sc.segment_size = config.segment_bytes;
+        sc.max_disk_bytes = config.max_disk_bytes;
         sc.flush = match config.flush {
             FlushMode::Sync => StoreFlush::Sync,
             FlushMode::Async => StoreFlush::Async {
@@ -147,7 +148,7 @@ impl Broker {
                 "commit log fenced: {reason}"
             )));
         }
-        Ok(())
+        self.inner.repl.check_lease()
     }
 
     /// Creates or updates a topic (durably, through the log).
@@ -213,6 +214,18 @@ impl Broker {
         .map_err(|e| BrokerError::Internal(format!("state reload: {e}")))??;
         self.inner.topics_changed.notify_waiters();
         Ok(e)
+    }
+
+    /// Checks a receipt handle's epoch against this broker's (see [`crate::consume::receipt`]).
+    pub(crate) fn receipt_epoch_ok(
+        &self,
+        r: crate::consume::receipt::Receipt,
+    ) -> Result<crate::consume::receipt::Receipt, String> {
+        r.check_epoch(
+            self.inner.store.current_epoch(),
+            self.inner.config.replication.controlled(),
+        )?;
+        Ok(r)
     }
 
     /// The address clients reach this broker's gRPC service at.

@@ -42,6 +42,9 @@ pub struct BrokerConfig {
     pub async_flush_interval_ms: u64,
     /// Commit log segment size in bytes.
     pub segment_bytes: u64,
+    /// Disk budget of the commit log in bytes (none: the disk is the limit). Sends that would
+    /// pass it fail with INTERNAL_SERVER_ERROR "disk full"; the broker stays up, reads work.
+    pub max_disk_bytes: Option<u64>,
     /// How often the broker re-registers with every namesrv.
     pub heartbeat_interval_ms: u64,
     /// Queue count of topics created without an explicit count.
@@ -56,6 +59,11 @@ pub struct BrokerConfig {
     pub http_listen: Option<SocketAddr>,
     /// Access control (off by default).
     pub acl: crate::acl::AclConfig,
+    /// TLS on the client gRPC port (`[tls] cert_path, key_path`); off when unset.
+    pub tls: sofamq_namesrv::tls::TlsConfig,
+    /// TLS towards the NameServers (`[namesrv_tls] ca_path, server_name`), for
+    /// NameServers that serve TLS; unset: plain connections.
+    pub namesrv_tls: Option<sofamq_namesrv::tls::ClientTls>,
 }
 
 /// Bounds on everything a client can send.
@@ -136,6 +144,7 @@ impl Default for BrokerConfig {
             flush: FlushMode::Sync,
             async_flush_interval_ms: 100,
             segment_bytes: 256 * 1024 * 1024,
+            max_disk_bytes: None,
             heartbeat_interval_ms: 1_000,
             default_queue_count: 8,
             limits: Limits::default(),
@@ -143,6 +152,8 @@ impl Default for BrokerConfig {
             replication: crate::repl::ReplicationConfig::default(),
             http_listen: None,
             acl: crate::acl::AclConfig::default(),
+            tls: sofamq_namesrv::tls::TlsConfig::default(),
+            namesrv_tls: None,
         }
     }
 }
@@ -151,6 +162,22 @@ impl BrokerConfig {
     /// Parses a TOML document; unknown keys are an error so typos don't pass silently.
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)
+    }
+
+    /// Loads and checks every TLS file and the replication secret (`[tls]`,
+    /// `[namesrv_tls]`, `[replication] tls_*` / `secret`); the error names the file.
+    pub fn check_tls(&self) -> Result<(), crate::error::BrokerError> {
+        use crate::error::BrokerError;
+        self.tls
+            .validate()
+            .map_err(|e| BrokerError::Internal(format!("client port {e}")))?;
+        crate::repl::secure::Security::from_config(&self.replication)
+            .map_err(|e| BrokerError::Internal(format!("replication port {e}")))?;
+        if let Some(t) = &self.namesrv_tls {
+            sofamq_namesrv::tls::endpoint("localhost:9876", Some(t))
+                .map_err(|e| BrokerError::Internal(format!("namesrv_tls: {e}")))?;
+        }
+        Ok(())
     }
 
     /// The heartbeat period.
@@ -181,5 +208,27 @@ mod tests {
         assert_eq!(c.flush, FlushMode::Async);
         assert_eq!(c.limits.max_body_bytes, 10);
         assert!(BrokerConfig::from_toml("brokr_name = \"x\"").is_err());
+    }
+
+    #[test]
+    fn security_keys_parse_and_default_off() {
+        let c = BrokerConfig::from_toml("").unwrap();
+        assert!(!c.tls.enabled() && c.namesrv_tls.is_none() && c.replication.secret.is_none());
+        assert_eq!(c.acl.max_clock_skew_ms, 15 * 60 * 1000);
+        let c = BrokerConfig::from_toml(
+            "[tls]\ncert_path = \"c.pem\"\nkey_path = \"k.pem\"\n\
+             [namesrv_tls]\nca_path = \"ca.pem\"\n\
+             [replication]\ntls_cert = \"r.pem\"\ntls_key = \"r.key\"\ntls_ca = \"ca.pem\"\n\
+             tls_server_name = \"m\"\nsecret = \"s\"\n[acl]\nmax_clock_skew_ms = 0\n",
+        )
+        .unwrap();
+        assert!(c.tls.enabled());
+        assert_eq!(
+            c.namesrv_tls.unwrap().ca_path,
+            Some(PathBuf::from("ca.pem"))
+        );
+        assert_eq!(c.replication.secret.as_deref(), Some("s"));
+        assert_eq!(c.acl.max_clock_skew_ms, 0);
+        assert!(BrokerConfig::from_toml("[tls]\ncert = \"x\"").is_err());
     }
 }

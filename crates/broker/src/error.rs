@@ -86,6 +86,9 @@ pub enum BrokerError {
     /// The broker is not the master of its group (or is fenced).
     #[error("not available: {0}")]
     NotAvailable(String),
+    /// The commit log is at its disk budget: nothing was stored.
+    #[error("storage full: {0}")]
+    StorageFull(String),
     /// Anything else.
     #[error("internal error: {0}")]
     Internal(String),
@@ -121,6 +124,7 @@ impl BrokerError {
             Self::MasterPersistence(_) => Code::MasterPersistenceTimeout,
             Self::SlavePersistence(_) => Code::SlavePersistenceTimeout,
             Self::NotAvailable(_) => Code::HaNotAvailable,
+            Self::StorageFull(_) => Code::InternalServerError,
             Self::Internal(_) => Code::InternalError,
         }
     }
@@ -138,7 +142,10 @@ impl From<StoreError> for BrokerError {
     fn from(e: StoreError) -> Self {
         // Every store failure on the write path means "not durable": the client
         // must not count the message as sent and may retry elsewhere.
-        Self::MasterPersistence(e.to_string())
+        match e {
+            StoreError::DiskFull { .. } => Self::StorageFull(e.to_string()),
+            e => Self::MasterPersistence(e.to_string()),
+        }
     }
 }
 

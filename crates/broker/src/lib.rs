@@ -15,6 +15,7 @@ pub mod admin;
 pub mod broker;
 pub mod config;
 pub mod consume;
+pub mod control;
 pub mod error;
 pub mod lookup;
 pub mod meta;

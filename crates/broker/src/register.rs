@@ -28,7 +28,9 @@ impl Registrar {
             .namesrv
             .iter()
             .filter_map(|a| {
-                let ch = Channel::from_shared(format!("http://{a}"))
+                let tls = broker.config().namesrv_tls.as_ref();
+                let ch = sofamq_namesrv::tls::endpoint(a, tls)
+                    .inspect_err(|e| tracing::error!(namesrv = %a, error = %e, "cannot register"))
                     .ok()?
                     .connect_timeout(Duration::from_secs(2))
                     .timeout(Duration::from_secs(3))

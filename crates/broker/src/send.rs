@@ -103,26 +103,34 @@ impl Broker {
         }
 
         let dedup = self.repl().dedup();
-        let mut entries: Vec<SendResultEntry> = Vec::with_capacity(req.messages.len());
-        let mut records = Vec::with_capacity(req.messages.len());
-        let mut slots = Vec::with_capacity(req.messages.len());
-        let mut keys = Vec::with_capacity(req.messages.len());
+        let n = req.messages.len();
+        let mut entries: Vec<SendResultEntry> = Vec::with_capacity(n);
+        let mut records = Vec::with_capacity(n);
+        let mut slots = Vec::with_capacity(n);
+        let mut keys = Vec::with_capacity(n);
         let mut dups: Vec<(usize, Dup)> = Vec::new();
-        let mut in_request: HashMap<String, usize> = HashMap::new();
+        // Only a request of several messages can repeat an id within itself.
+        let mut in_request: HashMap<String, usize> = if n > 1 {
+            HashMap::with_capacity(n)
+        } else {
+            HashMap::new()
+        };
         for (i, msg) in req.messages.into_iter().enumerate() {
             match self.prepare(msg) {
-                Ok((checked, record)) => {
-                    let key = dedup::key(&record.topic, &checked.message_id);
+                Ok((message_id, record)) => {
+                    let key = dedup::key(&record.topic, &message_id);
                     entries.push(SendResultEntry {
                         status: None,
-                        message_id: checked.message_id,
+                        message_id,
                         ..Default::default()
                     });
-                    if let Some(&first) = in_request.get(&key) {
-                        dups.push((i, Dup::SameRequest(first)));
-                        continue;
+                    if n > 1 {
+                        if let Some(&first) = in_request.get(&key) {
+                            dups.push((i, Dup::SameRequest(first)));
+                            continue;
+                        }
+                        in_request.insert(key.clone(), i);
                     }
-                    in_request.insert(key.clone(), i);
                     match dedup.lookup(&key) {
                         Lookup::Stored(r) => dups.push((i, Dup::Stored(r))),
                         Lookup::InFlight(rx) => dups.push((i, Dup::InFlight(rx))),
@@ -143,6 +151,7 @@ impl Broker {
                 }
             }
         }
+        drop(in_request);
 
         // Stored on this master's disk; acked only once the in-sync slaves cover `need`.
         let mut stored: Vec<usize> = Vec::with_capacity(entries.len());
@@ -236,27 +245,45 @@ impl Broker {
         }
     }
 
-    fn prepare(&self, msg: Message) -> Result<(Checked, NewRecord), (String, BrokerError)> {
-        let message_id = msg
-            .system_properties
-            .as_ref()
-            .map(|s| s.message_id.clone())
-            .unwrap_or_default();
-        let fail = |e| (message_id.clone(), e);
+    /// Validates one message and builds its record. Returns its message id with the record,
+    /// or the id (empty when absent) with the reason it was refused.
+    fn prepare(&self, msg: Message) -> Result<(String, NewRecord), (String, BrokerError)> {
+        let fail = |msg: &Message, e| {
+            let id = msg
+                .system_properties
+                .as_ref()
+                .map(|s| s.message_id.clone())
+                .unwrap_or_default();
+            (id, e)
+        };
         let topic_name = msg
             .topic
             .as_ref()
             .map(|t| t.name.as_str())
             .unwrap_or_default();
-        validate::check_topic_name(topic_name, &self.config().limits).map_err(fail)?;
-        let topic: TopicConfig = self.topics().get(topic_name).ok_or_else(|| {
-            fail(BrokerError::TopicNotFound(format!(
+        let limits = &self.config().limits;
+        if let Err(e) = validate::check_topic_name(topic_name, limits) {
+            return Err(fail(&msg, e));
+        }
+        let Some(topic): Option<TopicConfig> = self.topics().get(topic_name) else {
+            let e = BrokerError::TopicNotFound(format!(
                 "'{topic_name}' does not exist on {}",
                 self.config().broker_name
-            )))
-        })?;
-        let checked = validate::check_message(&msg, &topic, &self.config().limits).map_err(fail)?;
-        let queue_id = match &checked.message_group {
+            ));
+            return Err(fail(&msg, e));
+        };
+        let checked = match validate::check_message(&msg, &topic, limits) {
+            Ok(c) => c,
+            Err(e) => return Err(fail(&msg, e)),
+        };
+        let Checked {
+            message_group,
+            tag,
+            properties,
+            message_id,
+            ..
+        } = checked;
+        let queue_id = match &message_group {
             Some(g) => group_queue(g, topic.queue_count),
             None => self.cursor().next(topic.queue_count),
         };
@@ -270,12 +297,12 @@ impl Broker {
             topic: topic.name,
             queue_id,
             flags: 0,
-            tag: checked.tag.clone(),
+            tag,
             born_ts_ms,
-            properties: checked.properties.clone(),
+            properties,
             body: Bytes::from(msg.body),
         };
-        Ok((checked, record))
+        Ok((message_id, record))
     }
 
     async fn append(

@@ -42,6 +42,8 @@ pub async fn bind_replication(addr: std::net::SocketAddr) -> Result<TcpListener,
 
 /// Opens a broker off the async runtime (recovery reads the whole log tail).
 pub async fn open(config: BrokerConfig) -> Result<Broker, BrokerError> {
+    // A bad TLS file stops the broker before its log is opened.
+    config.check_tls()?;
     tokio::task::spawn_blocking(move || Broker::open(config))
         .await
         .map_err(|e| BrokerError::Internal(format!("open task failed: {e}")))?
@@ -67,6 +69,11 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
     registered: Option<watch::Sender<bool>>,
 ) -> Result<(), BrokerError> {
+    // TLS files (client port, replication, namesrv) are checked before anything starts.
+    broker.config().check_tls()?;
+    let builder =
+        sofamq_namesrv::tls::apply(tonic::transport::Server::builder(), &broker.config().tls)
+            .map_err(|e| BrokerError::Internal(format!("client port {e}")))?;
     let bound = listener
         .local_addr()
         .map_err(|e| BrokerError::Internal(format!("listener address: {e}")))?;
@@ -101,12 +108,19 @@ pub async fn serve_with(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let registered = registered.unwrap_or_else(|| watch::channel(false).0);
-    let registrar = Registrar::new(broker.clone(), endpoint.clone(), repl_endpoint);
+    let registrar = Registrar::new(broker.clone(), endpoint.clone(), repl_endpoint.clone());
     let reg_task = tokio::spawn(registrar.run(stop_rx, registered));
 
     // One token ends the server, open Telemetry streams, replication and the registrar.
     let token = CancellationToken::new();
     broker.repl().start(repl_listener, token.clone());
+    if broker.config().replication.controlled() {
+        let addrs = sofamq_controller::BrokerAddrs {
+            grpc: endpoint.clone(),
+            repl: repl_endpoint,
+        };
+        tokio::spawn(crate::control::run(broker.clone(), addrs, token.clone()));
+    }
     if let Some(l) = http {
         sofamq_namesrv::http::spawn(
             l,
@@ -136,9 +150,10 @@ pub async fn serve_with(
         id = broker.repl().broker_id(),
         role = broker.repl().role().as_str(),
         %endpoint,
+        tls = broker.config().tls.enabled(),
         "broker serving"
     );
-    let serve = tonic::transport::Server::builder()
+    let serve = builder
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .initial_stream_window_size(Some(4 << 20))

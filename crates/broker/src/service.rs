@@ -49,7 +49,7 @@ impl BrokerService {
             .namesrv
             .iter()
             .filter_map(|a| {
-                Channel::from_shared(format!("http://{a}"))
+                sofamq_namesrv::tls::endpoint(a, broker.config().namesrv_tls.as_ref())
                     .ok()
                     .map(|e| MessagingServiceClient::new(e.connect_lazy()))
             })

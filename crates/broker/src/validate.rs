@@ -129,10 +129,10 @@ pub fn check_message(
         .as_ref()
         .ok_or_else(|| BrokerError::BadRequest("system_properties missing".into()))?;
 
-    let message_id = sys.message_id.clone();
+    let message_id = &sys.message_id;
     if message_id.is_empty()
         || message_id.len() > 128
-        || !message_id.chars().all(|c| c.is_ascii_graphic())
+        || !message_id.bytes().all(|b| b.is_ascii_graphic())
     {
         return Err(BrokerError::IllegalMessageId(format!(
             "message_id {message_id:?} must be 1..=128 printable ASCII characters"
@@ -269,7 +269,7 @@ pub fn check_message(
 
     let mut properties = Vec::with_capacity(msg.user_properties.len() + 6);
     properties.push((keys::MSG_ID.to_string(), message_id.clone()));
-    properties.push((keys::TYPE.to_string(), (message_type as i32).to_string()));
+    properties.push((keys::TYPE.to_string(), type_number(message_type)));
     if !sys.keys.is_empty() {
         properties.push((
             keys::KEYS.to_string(),
@@ -304,8 +304,18 @@ pub fn check_message(
         message_group,
         tag,
         properties,
-        message_id,
+        message_id: message_id.clone(),
     })
+}
+
+/// The decimal form of a message type number (what `to_string` gives, without the
+/// formatting machinery: every defined type is a single digit).
+fn type_number(t: MessageType) -> String {
+    let n = t as i32;
+    match u8::try_from(n) {
+        Ok(d @ 0..=9) => char::from(b'0' + d).to_string(),
+        _ => n.to_string(),
+    }
 }
 
 fn truncate(s: &str, max: usize) -> String {

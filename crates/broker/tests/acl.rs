@@ -35,6 +35,8 @@ async fn start(acl: bool, tweak: impl FnOnce(&mut BrokerConfig)) -> Harness {
     cfg.acl.enabled = acl;
     cfg.acl.admin_access_key = "root".into();
     cfg.acl.admin_secret_key = "root-secret".into();
+    // These tests sign a fixed DATE; the clock-skew bound is tested in tls.rs.
+    cfg.acl.max_clock_skew_ms = 0;
     tweak(&mut cfg);
     let broker = sofamq_broker::server::open(cfg).await.unwrap();
     broker

@@ -544,7 +544,7 @@ async fn master_drops_acks_for_other_epochs_or_beyond_its_end() {
 /// old master is in sync as its slave, and the old master refuses sends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchover_swaps_master_and_slave() {
-    let sa = sofamq_testkit::Standalone::start(&["--topic", "t:1"]).unwrap();
+    let sa = sofamq_testkit::Standalone::start(&["--no-failover", "--topic", "t:1"]).unwrap();
     let old = format!("127.0.0.1:{}", sa.port_base + 1);
     let new = format!("127.0.0.1:{}", sa.port_base + 3);
     let new_repl = format!("127.0.0.1:{}", sa.port_base + 4);
@@ -589,7 +589,7 @@ async fn consumer_progress_survives_switchover() {
     use sofamq_client::{ConsumerConfig, SimpleConsumer};
     use std::collections::HashSet;
 
-    let sa = sofamq_testkit::Standalone::start(&["--topic", "cs:1"]).unwrap();
+    let sa = sofamq_testkit::Standalone::start(&["--no-failover", "--topic", "cs:1"]).unwrap();
     let old = format!("127.0.0.1:{}", sa.port_base + 1);
     let new = format!("127.0.0.1:{}", sa.port_base + 3);
     let new_repl = format!("127.0.0.1:{}", sa.port_base + 4);

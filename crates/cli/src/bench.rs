@@ -384,6 +384,9 @@ pub struct Send {
     /// Max messages per coalesced request in the SDK.
     #[arg(long, default_value_t = 64)]
     pub max_request_messages: usize,
+    /// Max concurrent requests per broker in the SDK (default: the SDK's own).
+    #[arg(long)]
+    pub max_inflight_requests: Option<usize>,
 }
 
 impl Send {
@@ -419,8 +422,11 @@ async fn start_senders(
     let mut tasks = Vec::new();
     let pad: Arc<[u8]> = vec![b'x'; load.size].into();
     for _ in 0..send.producers {
-        let cfg = ProducerConfig::new([load.access_point.clone()])
+        let mut cfg = ProducerConfig::new([load.access_point.clone()])
             .with_batch_limits(send.max_request_messages.max(send.batch), 16 << 20);
+        if let Some(n) = send.max_inflight_requests {
+            cfg = cfg.with_max_in_flight_per_broker(n);
+        }
         let producer = Producer::start(cfg).await?;
         // Resolve the route before timing.
         producer
@@ -579,6 +585,7 @@ pub async fn bench_consume(args: ConsumeBenchArgs) -> anyhow::Result<()> {
             count: Some(args.preload),
             warmup: 0.0,
             max_request_messages: 64,
+            max_inflight_requests: None,
         };
         let live = Live::new(Some(args.preload));
         let (producers, tasks) = start_senders(&args.load, &send, &live, plain_body).await?;

@@ -4,7 +4,9 @@
 mod admin;
 mod auth;
 mod bench;
+mod chaos;
 mod consume;
+mod controller;
 mod ops;
 mod produce;
 mod servers;
@@ -31,6 +33,8 @@ enum Command {
     Namesrv(servers::NamesrvArgs),
     /// Run a broker.
     Broker(servers::BrokerArgs),
+    /// Run a controller node (Raft group deciding masters and epochs).
+    Controller(controller::ControllerArgs),
     /// Create, delete and list topics.
     #[command(subcommand)]
     Topic(topic::TopicCmd),
@@ -44,6 +48,8 @@ enum Command {
     /// Replication switchover (promote, demote) and status.
     #[command(subcommand)]
     Admin(admin::AdminCmd),
+    /// Fault injection against a local cluster, with a lost/duplicated/out-of-order checker.
+    Chaos(chaos::ChaosArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -59,13 +65,19 @@ enum BenchCmd {
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // `chaos` drives SDK clients through faults on purpose: their retry logs are noise there.
+    let default_filter = match cli.command {
+        Command::Chaos(_) => "warn,sofamq_client=off",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     auth::init(&cli.auth)?;
     if let Command::Bench(BenchCmd::Store(args)) = cli.command {
         return bench::bench_store(args);
@@ -78,6 +90,7 @@ fn main() -> anyhow::Result<()> {
             Command::Standalone(a) => standalone::run(a).await,
             Command::Namesrv(a) => servers::namesrv(a).await,
             Command::Broker(a) => servers::broker(a).await,
+            Command::Controller(a) => controller::run(a).await,
             Command::Topic(c) => topic::run(c).await,
             Command::Produce(a) => produce::run(a).await,
             Command::Consume(a) => consume::run(a).await,
@@ -85,6 +98,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(BenchCmd::Consume(a)) => bench::bench_consume(a).await,
             Command::Bench(BenchCmd::E2e(a)) => bench::bench_e2e(a).await,
             Command::Admin(c) => admin::run(c).await,
+            Command::Chaos(a) => chaos::run(a).await,
             Command::Bench(BenchCmd::Store(_)) => unreachable!("handled above"),
         }
     })

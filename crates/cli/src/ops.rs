@@ -19,6 +19,10 @@ pub struct ClusterArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Controller addresses (comma separated): also show each group's master, epoch,
+    /// in-sync set and per-replica lag as the controller committed them.
+    #[arg(long, value_delimiter = ',', env = "SOFAMQ_CONTROLLER")]
+    pub controller: Option<Vec<String>>,
 }
 
 /// `sofamq admin message ...`.
@@ -104,9 +108,33 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
             rows.push(row);
         }
     }
+    let controller = match &args.controller {
+        Some(addrs) => Some(
+            sofamq_controller::ControllerClient::new(
+                addrs.clone(),
+                std::time::Duration::from_secs(3),
+            )
+            .status()
+            .await
+            .map_err(|e| anyhow::anyhow!("controller status: {e}"))?,
+        ),
+        None => None,
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        match &controller {
+            None => println!("{}", serde_json::to_string_pretty(&rows)?),
+            Some(c) => println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "brokers": rows,
+                    "controller": controller_json(c, &rows),
+                }))?
+            ),
+        }
         return Ok(());
+    }
+    if let Some(c) = &controller {
+        print_controller(c, &rows);
     }
     println!(
         "{:<12} {:>3} {:<7} {:>5} {:<21} {:<21} {:>9} {:>14} {:>10}  STATE",
@@ -145,6 +173,93 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Bytes each replica of `group` is behind its master's log end, by the brokers' own
+/// status rows (`None` when a member could not be asked).
+fn replica_lag(
+    group: &sofamq_controller::GroupState,
+    rows: &[serde_json::Value],
+) -> Vec<(u64, Option<u64>)> {
+    let addr_row = |id: u64| {
+        let a = group.brokers.get(&id)?;
+        rows.iter()
+            .find(|r| r["broker"] == group.group.as_str() && r["address"] == a.grpc.as_str())
+    };
+    let master_end = group
+        .master
+        .and_then(addr_row)
+        .and_then(|r| r["log_end_offset"].as_u64());
+    group
+        .brokers
+        .keys()
+        .map(|id| {
+            let durable = addr_row(*id).and_then(|r| r["durable_offset"].as_u64());
+            (
+                *id,
+                master_end.zip(durable).map(|(m, d)| m.saturating_sub(d)),
+            )
+        })
+        .collect()
+}
+
+fn controller_json(
+    c: &sofamq_controller::ControllerStatus,
+    rows: &[serde_json::Value],
+) -> serde_json::Value {
+    let groups: Vec<_> = c
+        .groups
+        .iter()
+        .map(|g| {
+            let lag: serde_json::Map<String, serde_json::Value> = replica_lag(g, rows)
+                .into_iter()
+                .map(|(id, l)| (id.to_string(), l.into()))
+                .collect();
+            serde_json::json!({
+                "group": g.group, "master": g.master, "master_epoch": g.master_epoch,
+                "insync": g.insync, "insync_epoch": g.insync_epoch, "lag_bytes": lag,
+                "brokers": g.brokers.iter().map(|(id, a)| (id.to_string(), serde_json::json!({"grpc": a.grpc, "repl": a.repl}))).collect::<serde_json::Map<_, _>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "node": c.node, "leader": c.leader, "leader_addr": c.leader_addr, "term": c.term,
+        "groups": groups,
+    })
+}
+
+fn print_controller(c: &sofamq_controller::ControllerStatus, rows: &[serde_json::Value]) {
+    println!(
+        "controller: leader {} ({}), term {}",
+        c.leader.map_or("none".to_string(), |l| l.to_string()),
+        c.leader_addr.as_deref().unwrap_or("-"),
+        c.term
+    );
+    println!(
+        "{:<12} {:>6} {:>6} {:<12} LAG (bytes behind the master, per broker id)",
+        "GROUP", "MASTER", "EPOCH", "IN-SYNC"
+    );
+    for g in &c.groups {
+        let insync = g
+            .insync
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let lag = replica_lag(g, rows)
+            .into_iter()
+            .map(|(id, l)| format!("{id}:{}", l.map_or("?".to_string(), |x| x.to_string())))
+            .collect::<Vec<_>>()
+            .join(" ");
+        println!(
+            "{:<12} {:>6} {:>6} {:<12} {lag}",
+            g.group,
+            g.master.map_or("none".to_string(), |m| m.to_string()),
+            g.master_epoch,
+            format!("{{{insync}}}"),
+        );
+    }
+    println!();
 }
 
 /// `sofamq admin message get`.

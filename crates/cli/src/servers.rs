@@ -28,6 +28,14 @@ pub struct NamesrvArgs {
     /// HTTP address for `/metrics` and `/health` (port 0 picks a free port).
     #[arg(long, env = "SOFAMQ_NAMESRV_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+    /// PEM certificate chain: serve the client port with TLS (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub controller: crate::controller::EmbeddedArgs,
 }
 
 /// Options of `sofamq broker`.
@@ -84,6 +92,16 @@ pub struct BrokerArgs {
     /// HTTP address for `/metrics` and `/health` (port 0 picks a free port).
     #[arg(long, env = "SOFAMQ_BROKER_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+    /// Controller addresses, comma separated: the controller then decides master and
+    /// slave (automatic failover); `--role` only names the preferred first master.
+    #[arg(long, value_delimiter = ',', env = "SOFAMQ_CONTROLLER")]
+    pub controller: Option<Vec<String>>,
+    /// PEM certificate chain: serve the client gRPC port with TLS (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -119,6 +137,10 @@ pub async fn namesrv(args: NamesrvArgs) -> anyhow::Result<()> {
     if let Some(h) = args.http_listen {
         cfg.http_listen = Some(h);
     }
+    if let (Some(c), Some(k)) = (&args.tls_cert, &args.tls_key) {
+        cfg.tls = sofamq_namesrv::tls::TlsConfig::new(c, k);
+    }
+    cfg.tls.validate()?;
     let http = match cfg.http_listen {
         Some(a) => Some(
             TcpListener::bind(a)
@@ -136,6 +158,7 @@ pub async fn namesrv(args: NamesrvArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", cfg.listen))?;
     let bound = listener.local_addr()?;
     let shutdown = Shutdown::from_signals();
+    let controller = crate::controller::start_embedded(&args.controller, &shutdown).await?;
     let task = tokio::spawn(sofamq_namesrv::run_with_http(
         listener,
         http,
@@ -144,6 +167,7 @@ pub async fn namesrv(args: NamesrvArgs) -> anyhow::Result<()> {
     ));
     println!("namesrv ready on {bound} (http {http_bound})");
     task.await.context("namesrv task")??;
+    crate::controller::finish(controller).await?;
     Ok(())
 }
 
@@ -190,11 +214,17 @@ pub fn broker_config(args: &BrokerArgs) -> anyhow::Result<BrokerConfig> {
     if let Some(x) = args.reconnect_backoff_ms {
         r.reconnect_backoff_ms = x;
     }
+    if let Some(x) = &args.controller {
+        r.controller = x.clone();
+    }
     if let Some(f) = args.flush {
         cfg.flush = f;
     }
     if let Some(h) = args.http_listen {
         cfg.http_listen = Some(h);
+    }
+    if let (Some(c), Some(k)) = (&args.tls_cert, &args.tls_key) {
+        cfg.tls = sofamq_namesrv::tls::TlsConfig::new(c, k);
     }
     if r.role == Some(Role::Slave) && cfg.broker_id == 0 {
         cfg.broker_id = 1;
@@ -225,17 +255,24 @@ pub async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
     let name = cfg.broker_name.clone();
     let broker = sofamq_broker::server::open(cfg).await?;
     let role = broker.repl().role().as_str();
-    if broker.repl().role() == Role::Slave {
-        anyhow::ensure!(
-            topics.is_empty(),
-            "--topic is for masters; a slave gets its topics from the master's log"
-        );
-    }
-    for (t, q, ty) in &topics {
-        broker
-            .create_topic(t, *q, *ty)
-            .await
-            .with_context(|| format!("creating topic {t}"))?;
+    if broker.config().replication.controlled() {
+        // Roles come later from the controller: create the topics once this broker is master.
+        if !topics.is_empty() {
+            tokio::spawn(create_when_master(broker.clone(), topics));
+        }
+    } else {
+        if broker.repl().role() == Role::Slave {
+            anyhow::ensure!(
+                topics.is_empty(),
+                "--topic is for masters; a slave gets its topics from the master's log"
+            );
+        }
+        for (t, q, ty) in &topics {
+            broker
+                .create_topic(t, *q, *ty)
+                .await
+                .with_context(|| format!("creating topic {t}"))?;
+        }
     }
     let shutdown = Shutdown::from_signals();
     let (reg_tx, mut reg_rx) = watch::channel(false);
@@ -260,4 +297,32 @@ pub async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
     println!("broker {name} ready on {bound} ({role}, replication {repl_bound}, http {http})");
     task.await.context("broker task")??;
     Ok(())
+}
+
+/// Creates `topics` each time this broker becomes master (idempotent: an existing topic
+/// with the same settings is left alone).
+pub async fn create_when_master(
+    broker: sofamq_broker::Broker,
+    topics: Vec<(String, u32, sofamq_broker::topics::TopicType)>,
+) {
+    let mut role = broker.repl().role_watch();
+    loop {
+        if *role.borrow_and_update() == Role::Master {
+            for (t, q, ty) in &topics {
+                // The lease may lag the role by one heartbeat: retry briefly.
+                for _ in 0..50 {
+                    match broker.create_topic(t, *q, *ty).await {
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::debug!(topic = %t, error = %e, "topic not created yet");
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            }
+        }
+        if role.changed().await.is_err() {
+            return;
+        }
+    }
 }

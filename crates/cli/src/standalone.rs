@@ -1,6 +1,6 @@
-//! `sofamq standalone`: a whole local cluster in one process — a NameServer
-//! and the broker group `broker-a` (master + synchronous slave) — on consecutive
-//! ports from `--port-base`.
+//! `sofamq standalone`: a whole local cluster in one process — a NameServer, a
+//! single-voter controller and the broker group `broker-a` (master + synchronous
+//! slave, failover on) — on consecutive ports from `--port-base`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +34,8 @@ pub mod ports {
     pub const BROKER_A_MASTER_HTTP: u16 = 6;
     /// broker-a slave HTTP (`/metrics`, `/health`).
     pub const BROKER_A_SLAVE_HTTP: u16 = 7;
+    /// The controller (a single voter) that decides broker-a's master.
+    pub const CONTROLLER: u16 = 8;
 }
 
 /// Options of `sofamq standalone`.
@@ -56,6 +58,10 @@ pub struct StandaloneArgs {
     /// Run broker-a's master alone (no slave; acks after the master's fsync only).
     #[arg(long)]
     pub no_slave: bool,
+    /// No controller: broker 0 is master and broker 1 its slave until an operator switches
+    /// them over (`sofamq admin promote|demote`).
+    #[arg(long)]
+    pub no_failover: bool,
     /// Turn access control on (every RPC then needs HMAC credentials).
     #[arg(long)]
     pub acl: bool,
@@ -78,6 +84,7 @@ impl StandaloneArgs {
             enabled: self.acl,
             admin_access_key: self.admin_ak.clone().unwrap_or_default(),
             admin_secret_key: self.admin_sk.clone().unwrap_or_default(),
+            ..Default::default()
         }
     }
 }
@@ -152,6 +159,18 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     let m_repl = addr(args.port_base, ports::BROKER_A_MASTER_REPL)?;
     let s_addr = addr(args.port_base, ports::BROKER_A_SLAVE)?;
     let s_repl = addr(args.port_base, ports::BROKER_A_SLAVE_REPL)?;
+    let failover = !args.no_slave && !args.no_failover;
+    let ctl_addr = addr(args.port_base, ports::CONTROLLER)?;
+    let ctl_task = if failover {
+        Some(start_controller(ctl_addr, args.data_dir.join("controller"), &shutdown).await?)
+    } else {
+        None
+    };
+    let controller = if failover {
+        vec![ctl_addr.to_string()]
+    } else {
+        Vec::new()
+    };
     let mut b_cfg = BrokerConfig {
         broker_name: "broker-a".into(),
         broker_id: 0,
@@ -164,6 +183,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     };
     b_cfg.acl = args.acl_config();
     b_cfg.replication.role = Some(Role::Master);
+    b_cfg.replication.controller = controller.clone();
     b_cfg.replication.min_insync_replicas = if args.no_slave { 1 } else { 2 };
     let m_repl_listener = if args.no_slave {
         None
@@ -172,7 +192,6 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         Some(bind(m_repl, "broker-a master replication").await?)
     };
     let broker = sofamq_broker::server::open(b_cfg).await?;
-    let mut in_sync = broker.repl().tracker().subscribe();
     let (reg_tx, mut reg_rx) = watch::channel(false);
     let b_task = tokio::spawn(sofamq_broker::server::serve_with(
         broker.clone(),
@@ -181,6 +200,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         shutdown.wait(),
         Some(reg_tx),
     ));
+    let mut members = vec![broker.clone()];
 
     let s_task = if args.no_slave {
         None
@@ -200,8 +220,12 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         s_cfg.acl = args.acl_config();
         s_cfg.replication.role = Some(Role::Slave);
         s_cfg.replication.listen = Some(s_repl);
-        s_cfg.replication.master_addr = Some(m_repl.to_string());
+        s_cfg.replication.controller = controller.clone();
+        if !failover {
+            s_cfg.replication.master_addr = Some(m_repl.to_string());
+        }
         let slave = sofamq_broker::server::open(s_cfg).await?;
+        members.push(slave.clone());
         Some(tokio::spawn(sofamq_broker::server::serve_with(
             slave,
             s_listener,
@@ -210,19 +234,29 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
             None,
         )))
     };
-    if !args.no_slave {
-        tokio::select! {
-            r = in_sync.wait_for(|s| s.in_sync >= 1) => { r.context("broker stopped")?; }
-            _ = tokio::time::sleep(Duration::from_secs(60)) => anyhow::bail!("broker-a's slave did not get in sync within 60 s"),
-        }
-    }
-    // Topics go through the master's log, so the slave gets them too.
+    // Ready needs a master (the controller's choice under failover) with its slave in sync.
+    let master = wait_master(&members, !args.no_slave, Duration::from_secs(60)).await?;
+    // Topics go through the master's log, so the slave gets them too; under failover each
+    // member creates them again whenever it becomes master (idempotent).
     for (name, queues, ty) in &topics {
-        broker
+        master
             .create_topic(name, *queues, *ty)
             .await
             .with_context(|| format!("creating topic {name}"))?;
     }
+    if failover {
+        for m in &members {
+            tokio::spawn(crate::servers::create_when_master(
+                m.clone(),
+                topics.clone(),
+            ));
+        }
+    }
+    let master_addr = if master.repl().identity() == 0 {
+        b_addr
+    } else {
+        s_addr
+    };
     tokio::select! {
         r = reg_rx.wait_for(|r| *r) => { r.context("broker stopped before registering")?; }
         _ = tokio::time::sleep(Duration::from_secs(30)) => anyhow::bail!("broker did not register with the namesrv within 30 s"),
@@ -240,8 +274,18 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
             args.data_dir.display()
         );
     } else {
+        let slave_addr = if master_addr == b_addr {
+            s_addr
+        } else {
+            b_addr
+        };
+        let how = if failover {
+            format!("failover by the controller on {ctl_addr}")
+        } else {
+            "no failover".to_string()
+        };
         println!(
-            "sofamq standalone ready: access point {ns_addr} (broker-a master {b_addr} replication {m_repl}, slave {s_addr} replication {s_repl}, in sync; data {}; http namesrv {ns_http} master {m_http} slave {s_http})",
+            "sofamq standalone ready: access point {ns_addr} (broker-a master {master_addr}, slave {slave_addr}, in sync, {how}; replication {m_repl} / {s_repl}; data {}; http namesrv {ns_http} brokers {m_http} {s_http})",
             args.data_dir.display()
         );
     }
@@ -252,8 +296,65 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     if let Some(t) = s_task {
         t.await.context("slave task")??;
     }
+    if let Some(t) = ctl_task {
+        t.await.context("controller task")??;
+    }
     ns_task.await.context("namesrv task")??;
     Ok(())
+}
+
+/// Starts the single-voter controller on `addr` (stopped with the rest at shutdown).
+async fn start_controller(
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    shutdown: &Shutdown,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let listener = bind(addr, "controller").await?;
+    let token = sofamq_controller::CancellationToken::new();
+    let cfg = sofamq_controller::ControllerConfig::new(
+        1,
+        [(1, addr.to_string())].into_iter().collect(),
+        data_dir,
+    );
+    let ctl = sofamq_controller::Controller::start(cfg, token.clone())
+        .await
+        .context("starting the controller")?;
+    let stop = shutdown.wait();
+    let t = token.clone();
+    tokio::spawn(async move {
+        stop.await;
+        t.cancel();
+    });
+    Ok(tokio::spawn(async move {
+        sofamq_controller::serve(listener, ctl.clone(), token).await?;
+        ctl.stopped().await;
+        Ok(())
+    }))
+}
+
+/// Waits until one of `members` is master and (with `need_slave`) has a slave in sync.
+async fn wait_master(
+    members: &[sofamq_broker::Broker],
+    need_slave: bool,
+    limit: Duration,
+) -> anyhow::Result<sofamq_broker::Broker> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        for m in members {
+            let r = m.repl();
+            if r.role() == Role::Master
+                && r.check_lease().is_ok()
+                && (!need_slave || r.tracker().snapshot().in_sync >= 1)
+            {
+                return Ok(m.clone());
+            }
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "broker-a had no master with its slave in sync within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits until the namesrv at `ns` returns a route for every topic in `topics`.

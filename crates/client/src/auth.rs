@@ -59,11 +59,13 @@ fn hmac_sha1_hex(secret: &str, data: &[u8]) -> String {
     }
 }
 
-/// TLS towards the servers: trust the PEM CA certificate at `ca_path`.
+/// TLS towards the servers (NameServers and brokers alike): trust the PEM CA
+/// certificate at `ca_path`, or the system's root certificates when it is `None`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsOptions {
-    /// PEM file with the CA (or self-signed server) certificate to trust.
-    pub ca_path: PathBuf,
+    /// PEM file with the CA (or self-signed server) certificate to trust; `None`: the
+    /// operating system's trusted roots.
+    pub ca_path: Option<PathBuf>,
     /// Name the server certificate must carry; defaults to the host of the address.
     pub domain: Option<String>,
 }
@@ -72,18 +74,44 @@ impl TlsOptions {
     /// TLS trusting the CA certificate in `ca_path`.
     pub fn new(ca_path: impl Into<PathBuf>) -> Self {
         Self {
-            ca_path: ca_path.into(),
+            ca_path: Some(ca_path.into()),
             domain: None,
         }
     }
 
-    /// The tonic client TLS configuration (reads the CA file).
+    /// TLS trusting the operating system's root certificates.
+    pub fn system_roots() -> Self {
+        Self {
+            ca_path: None,
+            domain: None,
+        }
+    }
+
+    /// Expects the servers' certificates to carry `domain` instead of the host of the
+    /// address dialled (e.g. when connecting by IP address).
+    pub fn with_domain(mut self, domain: impl Into<String>) -> Self {
+        self.domain = Some(domain.into());
+        self
+    }
+
+    /// The tonic client TLS configuration (reads and checks the CA file).
     pub(crate) fn load(&self) -> Result<tonic::transport::ClientTlsConfig, ClientError> {
-        let pem = std::fs::read(&self.ca_path).map_err(|e| {
-            ClientError::Config(format!("reading CA {}: {e}", self.ca_path.display()))
-        })?;
-        let mut tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        let tls = tonic::transport::ClientTlsConfig::new();
+        let mut tls = match &self.ca_path {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    ClientError::Config(format!("reading TLS CA {}: {e}", path.display()))
+                })?;
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(ClientError::Config(format!(
+                        "TLS CA {}: no PEM CERTIFICATE block found",
+                        path.display()
+                    )));
+                }
+                tls.ca_certificate(tonic::transport::Certificate::from_pem(pem))
+            }
+            None => tls.with_native_roots(),
+        };
         if let Some(d) = &self.domain {
             tls = tls.domain_name(d.clone());
         }

@@ -237,6 +237,13 @@ impl SenderTask {
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 break;
             };
+            // With other requests still out, let the tasks that are already runnable (say,
+            // callers just woken by a response) queue their messages before this request is
+            // cut: one scheduler pass, no timer, so requests get fuller instead of leaving
+            // with one message each. A lone request (nothing else out) leaves at once.
+            if slots.available_permits() + 1 < self.limits.max_in_flight {
+                tokio::task::yield_now().await;
+            }
             let mut batch = Batch::new(first);
             carry = batch.fill(&mut self.rx, &self.limits);
             if carry.is_none() && !self.limits.linger.is_zero() && !batch.full(&self.limits) {

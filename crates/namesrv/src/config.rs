@@ -48,6 +48,8 @@ pub struct NamesrvConfig {
     pub session: SessionOptions,
     /// Address of the HTTP endpoint (`/metrics`, `/health`); none: not served.
     pub http_listen: Option<SocketAddr>,
+    /// TLS on the client gRPC port (`[tls] cert_path, key_path`); off when unset.
+    pub tls: crate::tls::TlsConfig,
 }
 
 impl Default for NamesrvConfig {
@@ -68,6 +70,7 @@ impl Default for NamesrvConfig {
             shutdown_grace_ms: 5_000,
             session: SessionOptions::default(),
             http_listen: None,
+            tls: crate::tls::TlsConfig::default(),
         }
     }
 }

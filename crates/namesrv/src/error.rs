@@ -25,6 +25,9 @@ pub enum NamesrvError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The gRPC server failed.
     #[error("gRPC server on {addr} failed: {source}")]
     Transport {

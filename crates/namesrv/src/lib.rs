@@ -26,6 +26,7 @@ pub mod route;
 pub mod server;
 pub mod session;
 pub mod status;
+pub mod tls;
 
 pub use config::NamesrvConfig;
 pub use error::NamesrvError;

@@ -44,6 +44,8 @@ pub async fn run_with_http(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NamesrvError> {
     config.validate()?;
+    // TLS files are checked before anything starts.
+    let builder = crate::tls::apply(tonic::transport::Server::builder(), &config.tls)?;
     let addr = listener.local_addr().map_err(NamesrvError::LocalAddr)?;
     let registry = Arc::new(Registry::new(RegistryLimits::from(&config)));
     let token = CancellationToken::new();
@@ -84,8 +86,8 @@ pub async fn run_with_http(
         crate::http::spawn(l, o, token.clone());
     }
 
-    info!(%addr, "name server listening");
-    let serve = tonic::transport::Server::builder()
+    info!(%addr, tls = config.tls.enabled(), "name server listening");
+    let serve = builder
         .tcp_nodelay(true)
         .max_concurrent_streams(config.max_concurrent_streams_per_connection)
         .add_service(messaging)

@@ -36,6 +36,11 @@ pub struct StoreConfig {
     /// Keep a log of the bytes covered by each fsync (for the bench). Default false.
     #[doc(hidden)]
     pub record_batch_sizes: bool,
+    /// Disk budget for the commit log: an `append` that would take the log end past it fails
+    /// with [`crate::StoreError::DiskFull`] (nothing is written, the log is not fenced, reads
+    /// keep working). Records of reserved `%SYS%` topics are exempt so consumer state and
+    /// metadata can still be written. `append_raw` (replication) is not limited. Default none.
+    pub max_disk_bytes: Option<u64>,
 }
 
 impl StoreConfig {
@@ -49,6 +54,7 @@ impl StoreConfig {
             max_record_size: 8 * 1024 * 1024,
             cq_flush_interval: Duration::from_secs(1),
             record_batch_sizes: false,
+            max_disk_bytes: None,
         }
     }
 

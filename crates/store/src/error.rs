@@ -62,6 +62,19 @@ pub enum StoreError {
         /// Epoch the caller asked for.
         requested: u64,
     },
+    /// The append would take the log past its disk budget (`StoreConfig::max_disk_bytes`).
+    /// Nothing was written; the log stays writable for smaller or reserved records.
+    #[error(
+        "disk full: log end {log_end} + {bytes} bytes exceeds the disk budget of {budget} bytes"
+    )]
+    DiskFull {
+        /// Log end offset when the append was refused.
+        log_end: u64,
+        /// Encoded size of the refused records.
+        bytes: u64,
+        /// The configured budget.
+        budget: u64,
+    },
     /// The configuration is unusable.
     #[error("invalid config: {0}")]
     InvalidConfig(String),

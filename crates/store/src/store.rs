@@ -169,12 +169,28 @@ impl Store {
             return Err(self.sh().fenced_error());
         }
         let max = self.sh().cfg.max_record_size;
+        let mut bytes = 0u64;
         for r in &recs {
             let n = record::encoded_len(r).map_err(StoreError::InvalidRecord)?;
             if n > max {
                 return Err(StoreError::InvalidRecord(format!(
                     "record of {n} bytes exceeds max_record_size {max}"
                 )));
+            }
+            if !r.topic.starts_with("%SYS%") {
+                bytes += n as u64;
+            }
+        }
+        if let Some(budget) = self.sh().cfg.max_disk_bytes
+            && bytes > 0
+        {
+            let log_end = self.sh().log_end.load(Ordering::Acquire);
+            if log_end.saturating_add(bytes) > budget {
+                return Err(StoreError::DiskFull {
+                    log_end,
+                    bytes,
+                    budget,
+                });
             }
         }
         let (tx, rx) = oneshot::channel();

@@ -103,6 +103,38 @@ struct SyncStage {
     thread: JoinHandle<()>,
 }
 
+/// FNV-1a for the writer's queue index: looked up for every record (twice per record on a
+/// slave), keyed by topic names from the topic table and small queue ids, so a cheap hash
+/// beats SipHash's DoS resistance here.
+#[derive(Default)]
+pub(crate) struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write(&n.to_le_bytes());
+    }
+}
+
+/// A map hashed with [`Fnv`].
+pub(crate) type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+
 pub(crate) struct WriterQueue {
     pub next: u64,
     pub cq: Arc<ConsumeQueue>,
@@ -121,7 +153,7 @@ pub(crate) struct Writer {
     pub synced: u64,
     buf: Vec<u8>,
     pub epoch: u64,
-    pub index: HashMap<String, HashMap<u32, usize>>,
+    pub index: FnvMap<String, FnvMap<u32, usize>>,
     pub queues: Vec<WriterQueue>,
     dispatch: Vec<(usize, CqEntry)>,
     waiters: Vec<Waiter>,
@@ -149,7 +181,7 @@ impl Writer {
             synced: end,
             buf: Vec::with_capacity(sh.cfg.max_batch_bytes + 64 * 1024),
             epoch,
-            index: HashMap::new(),
+            index: FnvMap::default(),
             queues: Vec::new(),
             dispatch: Vec::new(),
             waiters: Vec::new(),

@@ -2,6 +2,9 @@
 //! 127.0.0.1 (port 0, the bound address read back from the process) in a
 //! temporary directory, and stops or kills exactly the processes it started.
 
+pub mod chaos;
+pub mod controller;
+pub mod proxy;
 pub mod repl;
 
 use std::io::{BufRead, BufReader};
@@ -15,6 +18,9 @@ use anyhow::{Context, bail};
 /// The `sofamq` binary under test: `$SOFAMQ_BIN`, else `target/<profile>/sofamq`
 /// next to the running test executable (`cargo build --bin sofamq` first).
 pub fn sofamq_bin() -> PathBuf {
+    if let Some(p) = BIN_OVERRIDE.get() {
+        return p.clone();
+    }
     if let Some(p) = std::env::var_os("SOFAMQ_BIN") {
         return PathBuf::from(p);
     }
@@ -25,6 +31,13 @@ pub fn sofamq_bin() -> PathBuf {
         dir.pop();
     }
     dir.join("sofamq")
+}
+
+static BIN_OVERRIDE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes [`sofamq_bin`] return `path` (used by `sofamq chaos`, which runs itself). First call wins.
+pub fn set_sofamq_bin(path: &Path) {
+    let _ = BIN_OVERRIDE.set(path.to_path_buf());
 }
 
 /// One `sofamq` process this harness started.

@@ -45,6 +45,29 @@ impl ReplBroker {
         })
     }
 
+    /// Starts it under the controller at `controller` (comma-separated addresses) with
+    /// broker id `id` (id 0 is the preferred first master); the controller decides its role.
+    pub fn start_controlled(
+        &mut self,
+        group: &str,
+        controller: &str,
+        id: u64,
+        extra: &[&str],
+    ) -> anyhow::Result<()> {
+        let id = id.to_string();
+        let role = if id == "0" { "master" } else { "slave" };
+        let mut args = vec![
+            "--controller",
+            controller,
+            "--broker-id",
+            &id,
+            "--role",
+            role,
+        ];
+        args.extend_from_slice(extra);
+        self.spawn_with(group, &args)
+    }
+
     /// Starts it as master (`master_addr` None) or as slave of `master_addr`, with `extra`
     /// flags (e.g. `--min-insync-replicas 1`).
     pub fn start(
@@ -53,6 +76,23 @@ impl ReplBroker {
         master_addr: Option<&str>,
         extra: &[&str],
     ) -> anyhow::Result<()> {
+        let mut role: Vec<String> = match master_addr {
+            None => vec!["--role".into(), "master".into()],
+            Some(m) => vec![
+                "--role".into(),
+                "slave".into(),
+                "--broker-id".into(),
+                "1".into(),
+                "--master-addr".into(),
+                m.to_string(),
+            ],
+        };
+        role.extend(extra.iter().map(|s| s.to_string()));
+        let role: Vec<&str> = role.iter().map(String::as_str).collect();
+        self.spawn_with(group, &role)
+    }
+
+    fn spawn_with(&mut self, group: &str, extra: &[&str]) -> anyhow::Result<()> {
         let mut args: Vec<String> = [
             "broker",
             "--broker-name",
@@ -73,17 +113,6 @@ impl ReplBroker {
         .collect();
         args.push("--data-dir".into());
         args.push(self.data.display().to_string());
-        match master_addr {
-            None => args.extend(["--role".into(), "master".into()]),
-            Some(m) => args.extend([
-                "--role".into(),
-                "slave".into(),
-                "--broker-id".into(),
-                "1".into(),
-                "--master-addr".into(),
-                m.to_string(),
-            ]),
-        }
         args.extend(extra.iter().map(|s| s.to_string()));
         self.restarts += 1;
         let log_name = format!("{}-{}", self.name, self.restarts);
@@ -102,6 +131,17 @@ impl ReplBroker {
             }
         }
         Err(last.unwrap_or_else(|| anyhow::anyhow!("spawn failed")))
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`) the running process.
+    pub fn pause(&self, stop: bool) {
+        if let Some(pid) = self.node.as_ref().and_then(Node::pid) {
+            let sig = if stop { "-STOP" } else { "-CONT" };
+            let _ = std::process::Command::new("kill")
+                .arg(sig)
+                .arg(pid.to_string())
+                .status();
+        }
     }
 
     /// SIGKILL.

@@ -28,7 +28,7 @@ use crate::meta;
 pub const ACL_LOG: &str = "%SYS%ACL";
 
 /// ACL settings in the broker config (`[acl]`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AclConfig {
     /// Check credentials and permissions on every RPC.
@@ -37,6 +37,23 @@ pub struct AclConfig {
     pub admin_access_key: String,
     /// Secret key of the bootstrap admin.
     pub admin_secret_key: String,
+    /// A signed request whose `x-mq-date-time` is farther than this from the broker's
+    /// clock is UNAUTHORIZED (bounds replay of a captured request); 0: no check.
+    pub max_clock_skew_ms: u64,
+}
+
+/// Default of [`AclConfig::max_clock_skew_ms`]: 15 minutes.
+pub const DEFAULT_MAX_CLOCK_SKEW_MS: u64 = 15 * 60 * 1000;
+
+impl Default for AclConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            admin_access_key: String::new(),
+            admin_secret_key: String::new(),
+            max_clock_skew_ms: DEFAULT_MAX_CLOCK_SKEW_MS,
+        }
+    }
 }
 
 impl AclConfig {
@@ -160,7 +177,16 @@ impl Acl {
         // Same answer (and the same work) for an unknown key and a bad
         // signature: no user enumeration by message or by timing.
         match self.user(auth.access_key) {
-            Some(u) if sign::verify(&u.secret_key, date, auth.signature) => Ok(Some(u)),
+            Some(u) if sign::verify(&u.secret_key, date, auth.signature) => {
+                // The signature covers only the date: refuse old (replayed) ones.
+                sign::check_clock_skew(
+                    date,
+                    std::time::SystemTime::now(),
+                    std::time::Duration::from_millis(self.config.max_clock_skew_ms),
+                )
+                .map_err(BrokerError::Unauthorized)?;
+                Ok(Some(u))
+            }
             Some(_) => Err(unauthorized("invalid access key or signature")),
             None => {
                 let _ = sign::verify("\0unknown-user", date, auth.signature);

@@ -71,9 +71,148 @@ pub fn verify(secret: &str, data: &[u8], signature_hex: &str) -> bool {
     mac.verify_slice(&sig).is_ok()
 }
 
+/// Seconds since the Unix epoch of an `x-mq-date-time` value,
+/// `yyyyMMdd'T'HHmmss'Z'` (UTC); `None` when it is not that format or not a real
+/// date and time.
+pub fn parse_date_time(v: &[u8]) -> Option<i64> {
+    if v.len() != 16 || v[8] != b'T' || v[15] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let s = &v[r];
+        if !s.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        Some(s.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
+    };
+    let (y, mo, d) = (num(0..4)?, num(4..6)?, num(6..8)?);
+    let (h, mi, s) = (num(9..11)?, num(11..13)?, num(13..15)?);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=12).contains(&mo) || d < 1 || d > month_days[(mo - 1) as usize] {
+        return None;
+    }
+    if h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    // Days from civil (proleptic Gregorian), as in the SDK's formatter.
+    let yy = if mo <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + s)
+}
+
+/// Refuses a request whose `x-mq-date-time` is more than `max_skew` away from `now`
+/// (the signature covers only that header, so this bounds how long a captured
+/// request can be replayed). `max_skew` zero: no check.
+pub fn check_clock_skew(
+    date_time: &[u8],
+    now: std::time::SystemTime,
+    max_skew: std::time::Duration,
+) -> Result<(), String> {
+    if max_skew.is_zero() {
+        return Ok(());
+    }
+    let shown = String::from_utf8_lossy(&date_time[..date_time.len().min(32)]).into_owned();
+    let Some(t) = parse_date_time(date_time) else {
+        return Err(format!(
+            "x-mq-date-time {shown:?} is not in the yyyyMMdd'T'HHmmss'Z' (UTC) format"
+        ));
+    };
+    let now = match now.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    };
+    let skew = t.abs_diff(now);
+    let max = max_skew.as_secs();
+    if skew > max {
+        return Err(format!(
+            "x-mq-date-time {shown} is {skew} s {} the broker's clock, more than the {max} s \
+             allowed (acl.max_clock_skew_ms): a replayed request or a wrong client clock",
+            if t < now { "behind" } else { "ahead of" }
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn date_times_parse_like_the_sdk_formats_them() {
+        use std::time::{Duration, UNIX_EPOCH};
+        assert_eq!(parse_date_time(b"19700101T000000Z"), Some(0));
+        assert_eq!(parse_date_time(b"20000229T120000Z"), Some(951_825_600));
+        for secs in [
+            0u64,
+            951_825_600,
+            1_700_000_000,
+            4_102_444_799,
+            1_234_567_890,
+        ] {
+            let t = UNIX_EPOCH + Duration::from_secs(secs);
+            let s = sofamq_client::format_date_time(t);
+            assert_eq!(parse_date_time(s.as_bytes()), Some(secs as i64), "{s}");
+        }
+        for bad in [
+            &b""[..],
+            b"20240101T000000",
+            b"20240101 000000Z",
+            b"2024010IT000000Z",
+            b"20230229T000000Z",
+            b"20241301T000000Z",
+            b"20240100T000000Z",
+            b"20240101T240000Z",
+            b"20240101T006000Z",
+            b"+2024101T000000Z",
+        ] {
+            assert_eq!(
+                parse_date_time(bad),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn clock_skew_beyond_the_limit_is_refused() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let max = Duration::from_secs(15 * 60);
+        let at =
+            |secs: u64| sofamq_client::format_date_time(UNIX_EPOCH + Duration::from_secs(secs));
+        assert!(check_clock_skew(at(1_700_000_000).as_bytes(), now, max).is_ok());
+        assert!(check_clock_skew(at(1_700_000_000 - 900).as_bytes(), now, max).is_ok());
+        assert!(check_clock_skew(at(1_700_000_000 + 900).as_bytes(), now, max).is_ok());
+        let e = check_clock_skew(at(1_700_000_000 - 3600).as_bytes(), now, max).unwrap_err();
+        assert!(e.contains("3600 s behind"), "{e}");
+        let e = check_clock_skew(at(1_700_000_000 + 901).as_bytes(), now, max).unwrap_err();
+        assert!(e.contains("901 s ahead of"), "{e}");
+        let e = check_clock_skew(b"Mon, 01 Jan 2024", now, max).unwrap_err();
+        assert!(e.contains("format"), "{e}");
+        // Zero turns the check off.
+        assert!(check_clock_skew(b"garbage", now, Duration::ZERO).is_ok());
+        assert!(check_clock_skew(at(0).as_bytes(), now, Duration::ZERO).is_ok());
+    }
 
     #[test]
     fn parses_what_the_clients_send() {

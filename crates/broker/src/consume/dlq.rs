@@ -77,6 +77,7 @@ impl Broker {
             .existing_secret()
             .ok_or_else(|| BrokerError::InvalidReceiptHandle("unknown receipt handle".into()))?;
         let r = receipt::decode(&secret, group, topic, &req.receipt_handle)
+            .and_then(|r| self.receipt_epoch_ok(r))
             .map_err(BrokerError::InvalidReceiptHandle)?;
         let gt = consumers
             .group_topic(group, topic, false)?

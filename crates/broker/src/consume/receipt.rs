@@ -1,21 +1,26 @@
 //! Receipt handles: opaque, tamper-evident tokens naming one delivery.
 //!
-//! `hex(v1 | queue u32 | offset u64 | generation u64 | mac[16])` where `mac` is
+//! `hex(v2 | epoch u64 | queue u32 | offset u64 | generation u64 | mac[16])` where `mac` is
 //! HMAC-MD5 over the group, topic and the fields, keyed with the broker
 //! group's secret. The secret is a record in the consumer log, so it
 //! survives restarts and replicates to the slave (handles stay valid after a
 //! master switch). A handle is valid only while `generation` is the message's
-//! current receipt generation: acks, nacks and redeliveries make it stale.
+//! current receipt generation: acks, nacks and redeliveries make it stale. `epoch` is the
+//! master epoch that issued it: a handle from a later epoch is never ours, and under a
+//! controller a handle from an earlier epoch (issued before a failover, whose state may not
+//! have reached this master) is refused too: the message is delivered again instead.
 
 use md5::{Digest, Md5};
 
-const VERSION: u8 = 1;
-const FIELDS: usize = 1 + 4 + 8 + 8;
+const VERSION: u8 = 2;
+const FIELDS: usize = 1 + 8 + 4 + 8 + 8;
 const MAC: usize = 16;
 
 /// What a receipt handle names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Receipt {
+    /// Master epoch that issued the handle.
+    pub epoch: u64,
     /// Queue id.
     pub queue: u32,
     /// Queue offset.
@@ -43,12 +48,28 @@ fn hmac_md5(key: &[u8; 32], parts: &[&[u8]]) -> [u8; MAC] {
 pub fn encode(secret: &[u8; 32], group: &str, topic: &str, r: Receipt) -> String {
     let mut b = Vec::with_capacity(FIELDS + MAC);
     b.push(VERSION);
+    b.extend_from_slice(&r.epoch.to_le_bytes());
     b.extend_from_slice(&r.queue.to_le_bytes());
     b.extend_from_slice(&r.offset.to_le_bytes());
     b.extend_from_slice(&r.generation.to_le_bytes());
     let mac = hmac_md5(secret, &[group.as_bytes(), topic.as_bytes(), &b]);
     b.extend_from_slice(&mac);
     hex::encode(b)
+}
+
+impl Receipt {
+    /// Checks the issuing epoch against the broker's `current` one: never from the future;
+    /// with `strict` (a controller decides masters), only from this epoch.
+    pub fn check_epoch(&self, current: u64, strict: bool) -> Result<(), String> {
+        if self.epoch > current || (strict && self.epoch != current) {
+            return Err(format!(
+                "receipt handle from master epoch {} but the broker group is at epoch {current} \
+                 (a failover happened): the message will be delivered again",
+                self.epoch
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Decodes and verifies a handle; `Err` says why it is not one of ours.
@@ -74,9 +95,10 @@ pub fn decode(secret: &[u8; 32], group: &str, topic: &str, s: &str) -> Result<Re
         u64::from_le_bytes(a)
     };
     Ok(Receipt {
-        queue: u32_at(1),
-        offset: u64_at(5),
-        generation: u64_at(13),
+        epoch: u64_at(1),
+        queue: u32_at(9),
+        offset: u64_at(13),
+        generation: u64_at(21),
     })
 }
 
@@ -88,6 +110,7 @@ mod tests {
     fn round_trip_and_tamper() {
         let k = [3u8; 32];
         let r = Receipt {
+            epoch: 3,
             queue: 7,
             offset: 1 << 40,
             generation: 99,
@@ -101,6 +124,20 @@ mod tests {
         t[5] = if t[5] == b'0' { b'1' } else { b'0' };
         assert!(decode(&k, "g", "t", std::str::from_utf8(&t).unwrap()).is_err());
         assert!(decode(&k, "g", "t", "zz").is_err());
-        assert!(decode(&k, "g", "t", &"é".repeat(37)).is_err());
+        assert!(decode(&k, "g", "t", &"é".repeat(45)).is_err());
+    }
+
+    #[test]
+    fn epoch_rules() {
+        let r = Receipt {
+            epoch: 5,
+            queue: 0,
+            offset: 0,
+            generation: 1,
+        };
+        assert!(r.check_epoch(5, true).is_ok());
+        assert!(r.check_epoch(6, false).is_ok());
+        assert!(r.check_epoch(6, true).is_err(), "issued before a failover");
+        assert!(r.check_epoch(4, false).is_err(), "from the future");
     }
 }

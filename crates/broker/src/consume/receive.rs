@@ -203,6 +203,7 @@ impl Broker {
                     group,
                     &spec.topic.name,
                     Receipt {
+                        epoch: self.store().current_epoch(),
                         queue: rec.queue_id,
                         offset: rec.queue_offset,
                         generation: e.generation,
@@ -265,7 +266,9 @@ impl Broker {
             let mut g = gt.lock();
             let mut ops = Vec::new();
             for (i, e) in req.entries.iter().enumerate() {
-                statuses[i] = match receipt::decode(&secret, &group, &topic, &e.receipt_handle) {
+                statuses[i] = match receipt::decode(&secret, &group, &topic, &e.receipt_handle)
+                    .and_then(|r| self.receipt_epoch_ok(r))
+                {
                     Err(m) => Err(BrokerError::InvalidReceiptHandle(m)),
                     Ok(r) => match g.current(r.queue, r.offset, r.generation) {
                         None => Err(BrokerError::InvalidReceiptHandle(
@@ -339,6 +342,7 @@ impl Broker {
             .existing_secret()
             .ok_or_else(|| BrokerError::InvalidReceiptHandle("unknown receipt handle".into()))?;
         let r = receipt::decode(&secret, group, topic, &req.receipt_handle)
+            .and_then(|r| self.receipt_epoch_ok(r))
             .map_err(BrokerError::InvalidReceiptHandle)?;
         let gt = consumers
             .group_topic(group, topic, false)?
@@ -367,6 +371,7 @@ impl Broker {
             group,
             topic,
             Receipt {
+                epoch: self.store().current_epoch(),
                 queue: r.queue,
                 offset: r.offset,
                 generation,

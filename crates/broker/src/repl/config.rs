@@ -63,8 +63,26 @@ pub struct ReplicationConfig {
     pub dedup_window: usize,
     /// How long a message id is remembered.
     pub dedup_window_ms: u64,
+    /// PEM certificate chain served on the replication port (with `tls_key`): TLS on.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<std::path::PathBuf>,
+    /// PEM CA certificate a slave trusts for its master: when set, slaves connect with TLS.
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Name the master's certificate must carry (slaves); defaults to `master_addr`'s host.
+    pub tls_server_name: Option<String>,
+    /// Shared secret of the broker group: when set, a slave must answer an HMAC-SHA256
+    /// challenge before anything else (and checks the master's answer to its own).
+    pub secret: Option<String>,
     /// Log bytes (plus up to one segment) scanned at start / promotion to rebuild the window.
     pub dedup_scan_bytes: u64,
+    /// Controller addresses. When set, the controller decides who is master (automatic
+    /// failover) and `role` only says which broker to prefer when the group first forms.
+    pub controller: Vec<String>,
+    /// Heartbeat period to the controller.
+    pub controller_heartbeat_ms: u64,
+    /// Longest one controller request may take.
+    pub controller_timeout_ms: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -86,7 +104,15 @@ impl Default for ReplicationConfig {
             slave_queue_frames: 64,
             dedup_window: 100_000,
             dedup_window_ms: 10 * 60 * 1000,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            tls_server_name: None,
+            secret: None,
             dedup_scan_bytes: 64 * 1024 * 1024,
+            controller: Vec::new(),
+            controller_heartbeat_ms: 300,
+            controller_timeout_ms: 1_000,
         }
     }
 }
@@ -121,6 +147,16 @@ impl ReplicationConfig {
     }
     pub(crate) fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms.max(1))
+    }
+    /// Whether a controller decides roles.
+    pub fn controlled(&self) -> bool {
+        !self.controller.is_empty()
+    }
+    pub(crate) fn controller_heartbeat(&self) -> Duration {
+        Duration::from_millis(self.controller_heartbeat_ms.max(10))
+    }
+    pub(crate) fn controller_timeout(&self) -> Duration {
+        Duration::from_millis(self.controller_timeout_ms.max(10))
     }
     pub(crate) fn frame_limit(&self) -> usize {
         self.max_frame_bytes.clamp(64 * 1024, 64 * 1024 * 1024)

@@ -6,7 +6,7 @@
 //! fails to reach its mark within `max_lag`. Reaching the mark moves the mark to the master's
 //! current durable offset.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -27,6 +27,8 @@ pub struct Snapshot {
 
 struct Slave {
     name: String,
+    /// The slave's configured broker id (its identity in the controller's in-sync set).
+    identity: u64,
     acked: u64,
     in_sync: bool,
     mark: (u64, Instant),
@@ -54,6 +56,10 @@ pub struct Tracker {
     max_lag_bytes: u64,
     max_lag: Duration,
     slaves: Mutex<(u64, HashMap<u64, Slave>)>,
+    /// Slaves (by identity) the controller's committed in-sync set names: they must ack too,
+    /// even when this master dropped them locally, until the controller commits the shrink
+    /// ("while a change is pending, the larger set counts").
+    required: Mutex<BTreeSet<u64>>,
     tx: watch::Sender<Snapshot>,
 }
 
@@ -65,6 +71,7 @@ impl Tracker {
             max_lag_bytes,
             max_lag,
             slaves: Mutex::new((0, HashMap::new())),
+            required: Mutex::new(BTreeSet::new()),
             tx: watch::channel(Snapshot {
                 replicated: u64::MAX,
                 in_sync: 0,
@@ -90,12 +97,26 @@ impl Tracker {
     }
 
     fn publish(&self, slaves: &HashMap<u64, Slave>, term_bump: bool) {
+        let required = self.required.lock();
         let mut replicated = u64::MAX;
-        let mut in_sync = 0;
+        let mut counted = BTreeSet::new();
         for s in slaves.values().filter(|s| s.in_sync) {
-            in_sync += 1;
+            counted.insert(s.identity);
             replicated = replicated.min(s.acked);
         }
+        for id in required.iter() {
+            if counted.insert(*id) {
+                // Required but not in sync here: its best acked offset, if connected at all.
+                let acked = slaves
+                    .values()
+                    .filter(|s| s.identity == *id)
+                    .map(|s| s.acked)
+                    .max()
+                    .unwrap_or(0);
+                replicated = replicated.min(acked);
+            }
+        }
+        let in_sync = counted.len();
         self.tx.send_if_modified(|s| {
             let term = s.term + u64::from(term_bump);
             let new = Snapshot {
@@ -109,8 +130,9 @@ impl Tracker {
         });
     }
 
-    /// Registers a slave that will stream from `from`; it starts out of sync.
-    pub fn register(&self, name: String, from: u64, durable: u64) -> u64 {
+    /// Registers a slave (configured id `identity`) that will stream from `from`; it starts
+    /// out of sync.
+    pub fn register(&self, name: String, identity: u64, from: u64, durable: u64) -> u64 {
         let mut g = self.slaves.lock();
         g.0 += 1;
         let id = g.0;
@@ -118,6 +140,7 @@ impl Tracker {
             id,
             Slave {
                 name,
+                identity,
                 acked: from,
                 in_sync: false,
                 mark: (durable, Instant::now()),
@@ -189,7 +212,35 @@ impl Tracker {
     pub fn reset_term(&self) {
         let mut g = self.slaves.lock();
         g.1.clear();
+        self.required.lock().clear();
         self.publish(&g.1, true);
+    }
+
+    /// Identities of the slaves in sync here now.
+    pub fn insync_ids(&self) -> BTreeSet<u64> {
+        let g = self.slaves.lock();
+        g.1.values()
+            .filter(|s| s.in_sync)
+            .map(|s| s.identity)
+            .collect()
+    }
+
+    /// Sets the slaves the controller's committed in-sync set names (this master excluded).
+    pub fn set_required(&self, ids: BTreeSet<u64>) {
+        let g = self.slaves.lock();
+        {
+            let mut r = self.required.lock();
+            if *r == ids {
+                return;
+            }
+            *r = ids;
+        }
+        self.publish(&g.1, false);
+    }
+
+    /// The slaves the controller requires.
+    pub fn required(&self) -> BTreeSet<u64> {
+        self.required.lock().clone()
     }
 
     /// Fails fast when fewer than `min_insync - 1` slaves are in sync.
@@ -263,7 +314,7 @@ mod tests {
     async fn ack_rule_join_leave_and_timeout() {
         let t = Tracker::new(2, 1000, Duration::from_millis(50));
         assert!(t.check_available().is_err(), "no slave: HA not available");
-        let id = t.register("s".into(), 0, 500);
+        let id = t.register("s".into(), 1, 0, 500);
         assert!(
             t.check_available().is_err(),
             "a connected slave starts out of sync"
@@ -299,7 +350,7 @@ mod tests {
     #[tokio::test]
     async fn term_end_fails_waiters() {
         let t = std::sync::Arc::new(Tracker::new(2, 1000, Duration::from_secs(5)));
-        let id = t.register("s".into(), 0, 0);
+        let id = t.register("s".into(), 1, 0, 0);
         t.ack(id, 0, 0);
         let t2 = t.clone();
         let w = tokio::spawn(async move { t2.wait_replicated(100, Duration::from_secs(5)).await });

@@ -4,19 +4,27 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::config::Role;
 use super::frame::{self, FrameError, Msg};
+use super::secure::{ReplStream, Security};
 use super::{ReplError, Replication};
 
 /// Accepts slaves until `token` is cancelled. Sessions are refused while this broker is a
 /// slave (a slave binds the port so that it can serve it once promoted).
 pub async fn serve(repl: Arc<Replication>, listener: TcpListener, token: CancellationToken) {
     let slots = Arc::new(Semaphore::new(repl.cfg.max_slaves.max(1)));
+    let security = match Security::from_config(&repl.cfg) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            tracing::error!(error = %e, "replication port not served: bad TLS/secret settings");
+            return;
+        }
+    };
     loop {
         let (sock, peer) = tokio::select! {
             () = token.cancelled() => return,
@@ -44,9 +52,10 @@ pub async fn serve(repl: Arc<Replication>, listener: TcpListener, token: Cancell
         };
         let repl = repl.clone();
         let token = token.clone();
+        let security = security.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match session(&repl, sock, peer.to_string(), token).await {
+            match session(&repl, &security, sock, peer.to_string(), token).await {
                 Ok(()) => tracing::info!(%peer, "replication session ended"),
                 Err(e) => tracing::warn!(%peer, error = %e, "replication session ended"),
             }
@@ -56,13 +65,19 @@ pub async fn serve(repl: Arc<Replication>, listener: TcpListener, token: Cancell
 
 async fn session(
     repl: &Arc<Replication>,
-    mut sock: TcpStream,
+    security: &Security,
+    sock: TcpStream,
     peer: String,
     token: CancellationToken,
 ) -> Result<(), ReplError> {
     sock.set_nodelay(true)?;
     let max = repl.cfg.frame_limit();
     let hs = repl.cfg.handshake_timeout();
+    // TLS and the secret's challenge come before any frame is read.
+    let (mut sock, authenticated) =
+        tokio::time::timeout(hs, security.accept(sock, &repl.broker_name))
+            .await
+            .map_err(|_| ReplError::Timeout("TLS handshake / authentication"))??;
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
     let hello = tokio::time::timeout(hs, frame::read_frame(&mut sock, &mut rbuf, max))
         .await
@@ -77,7 +92,11 @@ async fn session(
         return Err(ReplError::Protocol("expected Hello".into()));
     };
     let epoch = repl.store.current_epoch();
-    let refuse = if repl.role() != Role::Master {
+    let refuse = if authenticated.is_some_and(|id| id != broker_id) {
+        Some(format!(
+            "Hello from broker id {broker_id}, authenticated as {authenticated:?}"
+        ))
+    } else if repl.role() != Role::Master {
         Some("not master".to_string())
     } else if broker_name != repl.broker_name {
         Some(format!(
@@ -129,8 +148,8 @@ async fn session(
     tracing::info!(slave = %name, from, slave_log_end = log_end, durable, epoch, "slave following");
     let id = repl
         .tracker
-        .register(name.clone(), from, repl.store.durable_offset());
-    let (rd, wr) = sock.into_split();
+        .register(name.clone(), broker_id, from, repl.store.durable_offset());
+    let (rd, wr) = tokio::io::split(sock);
     let stop = token.child_token();
     let sender = tokio::spawn(stream(repl.clone(), wr, from, epoch, stop.clone()));
     let r = acks(repl, rd, rbuf, id, from, epoch, &stop).await;
@@ -144,7 +163,7 @@ async fn session(
 /// Streams the log from `pos` to the slave: whole durable records, up to one frame at a time.
 async fn stream(
     repl: Arc<Replication>,
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut wr: WriteHalf<ReplStream>,
     mut pos: u64,
     epoch: u64,
     stop: CancellationToken,
@@ -206,7 +225,7 @@ async fn stream(
 /// never backwards.
 async fn acks(
     repl: &Arc<Replication>,
-    mut rd: tokio::net::tcp::OwnedReadHalf,
+    mut rd: ReadHalf<ReplStream>,
     mut rbuf: BytesMut,
     id: u64,
     from: u64,

@@ -12,11 +12,13 @@
 //! demote); a master begins a new, higher epoch durably before it takes writes.
 
 pub mod config;
+pub mod decide;
 pub mod dedup;
 pub mod epoch;
 pub mod frame;
 pub mod insync;
 pub mod master;
+pub mod secure;
 pub mod slave;
 
 use std::path::PathBuf;
@@ -67,6 +69,12 @@ pub struct Replication {
     pub(crate) cfg: ReplicationConfig,
     pub(crate) broker_name: String,
     pub(crate) slave_id: u64,
+    /// The configured broker id: this broker's identity for the controller and its slaves'
+    /// in-sync accounting.
+    pub(crate) identity: u64,
+    /// With a controller: until when this broker may act as master (its lease). Sends are
+    /// neither accepted nor acked after it; `None` while it holds no lease.
+    lease_until: Mutex<Option<std::time::Instant>>,
     pub(crate) store: Store,
     segment_dir: PathBuf,
     role: Mutex<RoleState>,
@@ -92,7 +100,12 @@ impl Replication {
         store: Store,
         store_dir: &std::path::Path,
     ) -> Result<Self, BrokerError> {
-        let role = cfg.start_role(broker_id);
+        // With a controller every broker starts as an idle slave and waits to be told.
+        let role = if cfg.controlled() {
+            Role::Slave
+        } else {
+            cfg.start_role(broker_id)
+        };
         let tracker = Tracker::new(cfg.effective_min_insync(), cfg.max_lag_bytes, cfg.max_lag());
         let dedup = Dedup::new(
             cfg.dedup_window,
@@ -101,6 +114,8 @@ impl Replication {
         let repl = Self {
             broker_name: broker_name.to_string(),
             slave_id: broker_id.max(1),
+            identity: broker_id,
+            lease_until: Mutex::new(None),
             seen_epoch: AtomicU64::new(store.current_epoch()),
             role: Mutex::new(RoleState {
                 role,
@@ -128,6 +143,8 @@ impl Replication {
             repl.become_master_limits();
             repl.dedup
                 .rebuild(&repl.store, &repl.segment_dir, repl.cfg.dedup_scan_bytes);
+        } else if repl.cfg.controlled() {
+            tracing::info!("waiting for the controller to assign a role");
         } else if repl.cfg.master_addr.is_none() {
             tracing::warn!("slave without replication.master_addr: idle until demoted/told");
         }
@@ -148,6 +165,8 @@ impl Replication {
     pub fn broker_id(&self) -> u64 {
         match self.role() {
             Role::Master => 0,
+            // Under a controller any broker may be a slave, id 0 included: keep ids distinct.
+            Role::Slave if self.cfg.controlled() => self.identity + 1,
             Role::Slave => self.slave_id,
         }
     }
@@ -225,6 +244,7 @@ impl Replication {
             tokio::spawn(master::serve(self.clone(), l, token.clone()));
         }
         if self.role() == Role::Slave
+            && !self.cfg.controlled()
             && let Some(addr) = self.master_addr()
         {
             self.spawn_follower(addr, &token);
@@ -273,7 +293,19 @@ impl Replication {
         }
         self.stop_follower().await;
         let seen = self.seen_epoch.load(Ordering::Acquire);
-        let new = (self.store.current_epoch().max(seen) + 1).max(epoch.unwrap_or(0));
+        let new = match epoch {
+            // The controller's epoch, exactly: it is above every epoch of the group.
+            Some(e) if self.cfg.controlled() => {
+                if e <= self.store.current_epoch() {
+                    return Err(BrokerError::NotAvailable(format!(
+                        "controller epoch {e} is not above this log's epoch {}",
+                        self.store.current_epoch()
+                    )));
+                }
+                e
+            }
+            _ => (self.store.current_epoch().max(seen) + 1).max(epoch.unwrap_or(0)),
+        };
         let me = self.clone();
         tokio::task::spawn_blocking(move || -> Result<(), BrokerError> {
             me.store.begin_epoch(new)?;
@@ -300,6 +332,7 @@ impl Replication {
     /// tail by the epoch rule).
     pub async fn demote(self: &Arc<Self>, master_addr: String) -> Result<(), BrokerError> {
         let _g = self.switching.lock().await;
+        self.drop_lease();
         self.stop_follower().await;
         {
             let mut g = self.role.lock();
@@ -316,15 +349,76 @@ impl Replication {
         Ok(())
     }
 
-    /// Fails fast (HA_NOT_AVAILABLE) when too few replicas are in sync for a write.
+    /// Fails fast (HA_NOT_AVAILABLE) when too few replicas are in sync for a write, or when
+    /// a controlled master's lease ran out.
     pub fn check_available(&self) -> Result<(), BrokerError> {
+        self.check_lease()?;
         self.tracker.check_available()
     }
 
-    /// Waits until the in-sync slaves cover `offset` (within the configured ack timeout).
+    /// Waits until the in-sync slaves cover `offset` (within the configured ack timeout);
+    /// then, under a controller, checks the lease again: a master that lost it acks nothing.
     pub async fn wait_replicated(&self, offset: u64) -> Result<(), BrokerError> {
         self.tracker
             .wait_replicated(offset, self.cfg.ack_timeout())
-            .await
+            .await?;
+        self.check_lease()
+    }
+
+    /// Under a controller: errors unless this broker holds a valid master lease.
+    pub fn check_lease(&self) -> Result<(), BrokerError> {
+        if !self.cfg.controlled() {
+            return Ok(());
+        }
+        match *self.lease_until.lock() {
+            Some(t) if std::time::Instant::now() < t => Ok(()),
+            _ => Err(BrokerError::NotAvailable(
+                "no valid master lease from the controller; not acking".into(),
+            )),
+        }
+    }
+
+    /// Extends (or sets) the master lease to `until`.
+    pub(crate) fn renew_lease(&self, until: std::time::Instant) {
+        let mut g = self.lease_until.lock();
+        if g.is_none_or(|t| t < until) {
+            *g = Some(until);
+        }
+    }
+
+    /// Drops the master lease at once.
+    pub(crate) fn drop_lease(&self) {
+        *self.lease_until.lock() = None;
+    }
+
+    /// Milliseconds of master lease left (0 without one).
+    pub fn lease_left_ms(&self) -> u64 {
+        self.lease_until
+            .lock()
+            .map(|t| {
+                t.saturating_duration_since(std::time::Instant::now())
+                    .as_millis() as u64
+            })
+            .unwrap_or(0)
+    }
+
+    /// Stops acting as master without following anyone (the controller names no master
+    /// this broker can reach): every waiting send fails, and nothing new is taken.
+    pub(crate) async fn step_down(self: &Arc<Self>) {
+        let _g = self.switching.lock().await;
+        self.drop_lease();
+        self.stop_follower().await;
+        self.role.lock().role = Role::Slave;
+        let _ = self.role_tx.send(Role::Slave);
+        self.tracker.reset_term();
+        self.appended.notify_waiters();
+        self.limit.store(u64::MAX, Ordering::Release);
+        self.store.set_replication_limit(None);
+        tracing::warn!("stepped down: no master lease");
+    }
+
+    /// The configured broker id.
+    pub fn identity(&self) -> u64 {
+        self.identity
     }
 }

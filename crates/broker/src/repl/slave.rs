@@ -14,16 +14,24 @@ use tokio_util::sync::CancellationToken;
 
 use super::epoch::{divergence, last_epoch};
 use super::frame::{self, Frame, Msg};
+use super::secure::Security;
 use super::{ReplError, Replication};
 
 /// Follows `master` until `token` is cancelled.
 pub async fn follow(repl: Arc<Replication>, master: String, token: CancellationToken) {
     let base = Duration::from_millis(repl.cfg.reconnect_backoff_ms.max(1));
     let mut delay = base;
+    let security = match Security::from_config(&repl.cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(%master, error = %e, "not following: bad replication TLS/secret settings");
+            return;
+        }
+    };
     loop {
         let r = tokio::select! {
             () = token.cancelled() => return,
-            r = session(&repl, &master, &token) => r,
+            r = session(&repl, &security, &master, &token) => r,
         };
         match r {
             Ok(()) => delay = base,
@@ -47,15 +55,23 @@ pub async fn follow(repl: Arc<Replication>, master: String, token: CancellationT
 
 async fn session(
     repl: &Arc<Replication>,
+    security: &Security,
     master: &str,
     token: &CancellationToken,
 ) -> Result<(), ReplError> {
     let hs = repl.cfg.handshake_timeout();
     let max = repl.cfg.frame_limit();
-    let mut sock = tokio::time::timeout(hs, TcpStream::connect(master))
+    let sock = tokio::time::timeout(hs, TcpStream::connect(master))
         .await
         .map_err(|_| ReplError::Timeout("connect"))??;
     sock.set_nodelay(true)?;
+    // TLS and the answer to the master's challenge come before any frame.
+    let mut sock = tokio::time::timeout(
+        hs,
+        security.connect(sock, master, &repl.broker_name, repl.identity),
+    )
+    .await
+    .map_err(|_| ReplError::Timeout("TLS handshake / authentication"))??;
     let store = &repl.store;
     let my_hist = store.epoch_history();
     let my_end = store.log_end_offset();
@@ -68,7 +84,7 @@ async fn session(
         known,
         &Msg::Hello {
             broker_name: repl.broker_name.clone(),
-            broker_id: repl.slave_id,
+            broker_id: repl.identity,
             log_end: my_end,
             history: my_hist.clone(),
         },
@@ -119,7 +135,7 @@ async fn session(
     .await?;
     tracing::info!(%master, from = cut, epoch, master_durable = m_durable, "following master");
 
-    let (mut rd, mut wr) = sock.into_split();
+    let (mut rd, mut wr) = tokio::io::split(sock);
     let (tx, mut rx) = mpsc::channel::<Frame>(repl.cfg.slave_queue_frames.max(1));
     let idle = repl.cfg.heartbeat() * 4 + Duration::from_millis(200);
     let stop = token.child_token();

@@ -1,0 +1,89 @@
+//! `sofamq chaos`: runs a fault-injection scenario against a real local cluster (processes of
+//! this same binary) and prints the checker's table; exits non-zero when a scenario fails.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use sofamq_testkit::chaos::{self, Failover, Outcome, SCENARIOS, ScenarioOptions};
+
+/// Options of `sofamq chaos`.
+#[derive(clap::Args, Debug)]
+pub struct ChaosArgs {
+    /// Scenario name, `ci` (the short CI set) or `all`; `list` prints them.
+    #[arg(long)]
+    pub scenario: String,
+    /// Length of the fault phase of each scenario, seconds.
+    #[arg(long, default_value_t = 20)]
+    pub duration: u64,
+    /// Seed of the fault timing.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Failover strategy: manual (the kit promotes) or controller (`sofamq controller`).
+    #[arg(long, default_value = "manual")]
+    pub failover: Failover,
+    /// Write the reports as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// The broken build: brokers ack before the slave has the message (min_insync_replicas = 1).
+    #[arg(long)]
+    pub unsafe_ack_before_replication: bool,
+}
+
+/// Runs the chosen scenarios.
+pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
+    let names: Vec<&str> = match a.scenario.as_str() {
+        "list" => {
+            for (n, d) in SCENARIOS {
+                println!("{n:<24} {d}");
+            }
+            return Ok(());
+        }
+        "all" => SCENARIOS.iter().map(|(n, _)| *n).collect(),
+        "ci" => chaos::CI_SET.to_vec(),
+        one => vec![one],
+    };
+    // The scenarios start `sofamq` processes: this very binary.
+    if std::env::var_os("SOFAMQ_BIN").is_none() {
+        let me = std::env::current_exe().context("current_exe")?;
+        sofamq_testkit::set_sofamq_bin(&me);
+    }
+    let opts = ScenarioOptions {
+        duration: Duration::from_secs(a.duration),
+        seed: a.seed,
+        failover: a.failover,
+        unsafe_ack_before_replication: a.unsafe_ack_before_replication,
+    };
+    let mut reports = Vec::new();
+    let mut failed = false;
+    for name in names {
+        eprintln!(
+            "chaos: running {name} for {}s (seed {})",
+            a.duration, a.seed
+        );
+        match chaos::run(name, &opts).await {
+            Ok(Outcome::Checked(r)) => {
+                for e in &r.examples {
+                    eprintln!("chaos: {name}: {e}");
+                }
+                failed |= !r.pass();
+                println!("{}", chaos::checker::row(&r));
+                reports.push(r);
+            }
+            Ok(Outcome::Skipped(why)) => {
+                println!("{name:<20} SKIPPED: {why}");
+            }
+            Err(e) => {
+                failed = true;
+                println!("{name:<20} ERROR: {e:#}");
+            }
+        }
+    }
+    println!("\n{}", chaos::table(&reports));
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&reports)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    anyhow::ensure!(!failed, "chaos: at least one scenario failed");
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! Serving a [`Controller`] over any [`Acceptor`] (mini-redis shape: `serve(listener, ..)`).
+
+use std::io;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::network::{Acceptor, AsyncStream};
+use crate::node::Controller;
+use crate::rpc::{FrameError, FrameLimits, Request, Response, read_frame, write_frame};
+use crate::types::ControllerError;
+
+/// How long a connection may sit idle between requests.
+const IDLE: Duration = Duration::from_secs(120);
+
+/// Serves `controller` on a bound tokio listener until `shutdown` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    controller: Controller,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    serve_with(listener, controller, shutdown).await
+}
+
+/// Serves `controller` on connections from any acceptor (a simulator's listener, say).
+/// Returns after `shutdown` fires, once every connection task has ended; the acceptor is
+/// dropped (the port freed) before it returns.
+pub async fn serve_with<A: Acceptor>(
+    mut acceptor: A,
+    controller: Controller,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = acceptor.accept() => match r {
+                Ok((stream, peer)) => {
+                    tasks.spawn(connection(stream, peer, controller.clone(), shutdown.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "controller accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    drop(acceptor);
+    tasks.shutdown().await;
+    Ok(())
+}
+
+async fn connection(
+    mut s: Box<dyn AsyncStream>,
+    peer: String,
+    ctl: Controller,
+    shutdown: CancellationToken,
+) {
+    let cfg = ctl.config();
+    let limits = FrameLimits {
+        max_bytes: cfg.max_frame_bytes,
+        timeout: cfg.rpc_timeout(),
+    };
+    loop {
+        let req = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = read_frame::<_, Request>(&mut s, limits, Some(IDLE)) => r,
+        };
+        let resp = match req {
+            Ok(req) => ctl.handle(req).await,
+            Err(FrameError::Closed) => return,
+            Err(e @ FrameError::Decode(_)) => {
+                tracing::debug!(%peer, error = %e, "bad controller request");
+                Response::Error(ControllerError::Transport(e.to_string()))
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "controller connection dropped");
+                return;
+            }
+        };
+        let fatal = matches!(resp, Response::Error(_));
+        if let Err(e) = write_frame(&mut s, &resp, limits).await {
+            tracing::debug!(%peer, error = %e, "controller reply failed");
+            return;
+        }
+        if fatal {
+            return;
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! Durable Raft log and vote.
+//!
+//! * `vote.json`: the vote, replaced with write-temp + fsync + rename + directory fsync.
+//! * `log`: one record per line, `CRC32C(hex) SPACE JSON NEWLINE`, where the JSON is a
+//!   [`Record`]. An append writes its lines and `fdatasync`s before openraft's callback
+//!   runs. Truncate and purge rewrite the file (temp + fsync + rename). On open, a bad or
+//!   incomplete *last* record (a torn append) is cut; a bad record followed by good ones is
+//!   corruption and opening fails.
+//!
+//! The log only holds state changes (never heartbeats), so it is kept in memory too.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{RaftLogReader, StorageIOError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::raft::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+/// One line of the log file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Record {
+    /// Everything up to this id was purged (first line after a purge).
+    Purged(LogId),
+    /// A log entry.
+    Entry(Entry),
+}
+
+/// Errors opening the store.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// I/O failure.
+    #[error("controller store I/O: {0}")]
+    Io(#[from] io::Error),
+    /// Another live store (this process or another) holds the directory.
+    #[error("controller data dir {0} is in use by another controller")]
+    Locked(String),
+    /// A damaged record before the end of the log.
+    #[error("controller log corrupt at byte {offset}: {reason}")]
+    Corrupt {
+        /// Byte offset of the bad record.
+        offset: u64,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename, dir fsync.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path)
+}
+
+fn sync_dir(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
+        _ => File::open(".")?.sync_all(),
+    }
+}
+
+fn encode(rec: &Record, out: &mut Vec<u8>) -> io::Result<()> {
+    let json = serde_json::to_vec(rec).map_err(io::Error::other)?;
+    out.extend_from_slice(format!("{:08x} ", crc32c::crc32c(&json)).as_bytes());
+    out.extend_from_slice(&json);
+    out.push(b'\n');
+    Ok(())
+}
+
+/// Decodes one line (without its newline).
+fn decode(line: &[u8]) -> Result<Record, String> {
+    if line.len() < 10 || line[8] != b' ' {
+        return Err("short record".into());
+    }
+    let crc = std::str::from_utf8(&line[..8])
+        .ok()
+        .and_then(|s| u32::from_str_radix(s, 16).ok())
+        .ok_or("bad crc field")?;
+    let json = &line[9..];
+    if crc32c::crc32c(json) != crc {
+        return Err("crc mismatch".into());
+    }
+    serde_json::from_slice(json).map_err(|e| format!("bad json: {e}"))
+}
+
+struct Inner {
+    /// Held (locked) for the store's lifetime: one controller per data dir.
+    _lock: File,
+    dir: PathBuf,
+    log: Arc<File>,
+    entries: BTreeMap<u64, Entry>,
+    last_purged: Option<LogId>,
+    vote: Option<Vote>,
+}
+
+/// The log + vote store given to openraft (cheap to clone; clones share state).
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn log_path(dir: &Path) -> PathBuf {
+    dir.join("log")
+}
+
+fn vote_path(dir: &Path) -> PathBuf {
+    dir.join("vote.json")
+}
+
+impl LogStore {
+    /// Opens (creating if needed) the store in `dir`, recovering the log.
+    pub fn open(dir: &Path) -> Result<Self, OpenError> {
+        std::fs::create_dir_all(dir)?;
+        let lock = File::create(dir.join("lock"))?;
+        if lock.try_lock().is_err() {
+            return Err(OpenError::Locked(dir.display().to_string()));
+        }
+        let vote = match std::fs::read(vote_path(dir)) {
+            Ok(b) => Some(serde_json::from_slice(&b).map_err(|e| OpenError::Corrupt {
+                offset: 0,
+                reason: format!("vote.json: {e}"),
+            })?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        let path = log_path(dir);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let (records, good_len) = recover(&bytes)?;
+        let mut entries = BTreeMap::new();
+        let mut last_purged = None;
+        for r in records {
+            match r {
+                Record::Purged(id) => {
+                    entries.retain(|i, _| *i > id.index);
+                    last_purged = Some(id);
+                }
+                Record::Entry(e) => {
+                    // A later record at the same index replaces the rest of the tail.
+                    let _ = entries.split_off(&e.log_id.index);
+                    entries.insert(e.log_id.index, e);
+                }
+            }
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        if (good_len as u64) < file.metadata()?.len() {
+            tracing::warn!(path = %path.display(), kept = good_len, "controller log: cutting torn tail");
+            file.set_len(good_len as u64)?;
+            file.sync_all()?;
+        }
+        sync_dir(&path)?;
+        Ok(Self {
+            inner: Arc::new(Mutex::new(Inner {
+                _lock: lock,
+                dir: dir.to_path_buf(),
+                log: Arc::new(file),
+                entries,
+                last_purged,
+                vote,
+            })),
+        })
+    }
+}
+
+/// Parses the log bytes: the good records and the length of the good prefix.
+fn recover(bytes: &[u8]) -> Result<(Vec<Record>, usize), OpenError> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let rest = &bytes[pos..];
+        let bad = match rest.iter().position(|b| *b == b'\n') {
+            None => "incomplete record".to_string(),
+            Some(n) => match decode(&rest[..n]) {
+                Ok(r) => {
+                    out.push(r);
+                    pos += n + 1;
+                    continue;
+                }
+                Err(e) => e,
+            },
+        };
+        // Torn tail only if no good record follows.
+        let later_good = rest
+            .split(|b| *b == b'\n')
+            .skip(1)
+            .any(|l| !l.is_empty() && decode(l).is_ok());
+        if later_good {
+            return Err(OpenError::Corrupt {
+                offset: pos as u64,
+                reason: bad,
+            });
+        }
+        tracing::warn!(offset = pos, reason = %bad, "controller log: torn last record ignored");
+        break;
+    }
+    Ok((out, pos))
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_logs(&e).into()
+}
+
+impl Inner {
+    /// Rewrites the whole log file from memory (after truncate or purge).
+    async fn rewrite(&mut self) -> Result<(), StorageError> {
+        let mut buf = Vec::new();
+        if let Some(p) = self.last_purged {
+            encode(&Record::Purged(p), &mut buf).map_err(write_err)?;
+        }
+        for e in self.entries.values() {
+            encode(&Record::Entry(e.clone()), &mut buf).map_err(write_err)?;
+        }
+        let path = log_path(&self.dir);
+        let file = tokio::task::spawn_blocking(move || -> io::Result<File> {
+            write_atomic(&path, &buf)?;
+            OpenOptions::new().append(true).open(&path)
+        })
+        .await
+        .map_err(write_err)?
+        .map_err(write_err)?;
+        self.log = Arc::new(file);
+        Ok(())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let inner = self.inner.lock().await;
+        Ok(inner.entries.range(range).map(|(_, e)| e.clone()).collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let inner = self.inner.lock().await;
+        let last = inner
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(inner.last_purged);
+        Ok(LogState {
+            last_purged_log_id: inner.last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let mut inner = self.inner.lock().await;
+        let bytes = serde_json::to_vec(vote)
+            .map_err(|e| StorageError::from(StorageIOError::write_vote(&e)))?;
+        let path = vote_path(&inner.dir);
+        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+            .await
+            .map_err(|e| StorageError::from(StorageIOError::write_vote(&e)))?
+            .map_err(|e| StorageError::from(StorageIOError::write_vote(&e)))?;
+        inner.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(self.inner.lock().await.vote)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut inner = self.inner.lock().await;
+        let mut buf = Vec::new();
+        let mut new = Vec::new();
+        for e in entries {
+            encode(&Record::Entry(e.clone()), &mut buf).map_err(write_err)?;
+            new.push(e);
+        }
+        let file = inner.log.clone();
+        let res = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            (&*file).write_all(&buf)?;
+            file.sync_data()
+        })
+        .await
+        .map_err(io::Error::other)
+        .and_then(|r| r);
+        if let Err(e) = res {
+            tracing::error!(error = %e, "controller log append failed");
+            let err = write_err(io::Error::new(e.kind(), e.to_string()));
+            callback.log_io_completed(Err(e));
+            return Err(err);
+        }
+        for e in new {
+            inner.entries.insert(e.log_id.index, e);
+        }
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut inner = self.inner.lock().await;
+        let _ = inner.entries.split_off(&log_id.index);
+        inner.rewrite().await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut inner = self.inner.lock().await;
+        inner.entries.retain(|i, _| *i > log_id.index);
+        inner.last_purged = Some(log_id);
+        inner.rewrite().await
+    }
+}

@@ -1,0 +1,423 @@
+//! An in-process 3-node controller cluster on 127.0.0.1 with fake brokers heartbeating.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use sofamq_controller::network::{Channel, TcpConnector};
+use sofamq_controller::rpc::{FrameLimits, Request, Response};
+use sofamq_controller::{
+    AlterInSync, BrokerAddrs, Controller, ControllerClient, ControllerConfig, ControllerError,
+    GroupState, Heartbeat, serve,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const MASTER_TIMEOUT_MS: u64 = 1500;
+
+struct Node {
+    ctl: Controller,
+    token: CancellationToken,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+fn config(id: u64, peers: &BTreeMap<u64, String>, dir: &Path) -> ControllerConfig {
+    let mut c = ControllerConfig::new(id, peers.clone(), dir.join(format!("n{id}")));
+    c.master_timeout_ms = MASTER_TIMEOUT_MS;
+    c.lease_ms = 1000;
+    c.check_interval_ms = 100;
+    c.raft_heartbeat_ms = 100;
+    c.election_timeout_min_ms = 400;
+    c.election_timeout_max_ms = 800;
+    c.rpc_timeout_ms = 500;
+    c
+}
+
+async fn start(id: u64, peers: &BTreeMap<u64, String>, dir: &Path) -> Node {
+    let token = CancellationToken::new();
+    let mut listener = None;
+    for _ in 0..50 {
+        match tokio::net::TcpListener::bind(&peers[&id]).await {
+            Ok(l) => {
+                listener = Some(l);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let listener = listener.expect("bind controller port");
+    let ctl = Controller::start(config(id, peers, dir), token.clone())
+        .await
+        .unwrap();
+    let server = tokio::spawn(serve(listener, ctl.clone(), token.clone()));
+    Node { ctl, token, server }
+}
+
+async fn stop(node: Node) {
+    node.token.cancel();
+    node.server.await.unwrap().unwrap();
+    node.ctl.stopped().await;
+}
+
+/// A fake broker: heartbeats every 100 ms unless paused, acts on the view it gets.
+struct FakeBroker {
+    id: u64,
+    paused: Arc<AtomicBool>,
+    state: Arc<Mutex<BrokerState>>,
+}
+
+#[derive(Default, Clone)]
+struct BrokerState {
+    view: Option<GroupState>,
+    acting: Option<u64>,
+    store_epoch: u64,
+    ever_master: bool,
+    replies: u64,
+}
+
+impl FakeBroker {
+    fn spawn(id: u64, prefer: bool, addrs: Vec<String>, stop: CancellationToken) -> Self {
+        let paused = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(Mutex::new(BrokerState::default()));
+        let (p, st) = (paused.clone(), state.clone());
+        tokio::spawn(async move {
+            let client = ControllerClient::new(addrs, Duration::from_secs(2));
+            while !stop.is_cancelled() {
+                if !p.load(Ordering::SeqCst) {
+                    let (acting, store_epoch) = {
+                        let s = st.lock();
+                        (s.acting, s.store_epoch)
+                    };
+                    let hb = Heartbeat {
+                        group: "broker-a".into(),
+                        broker_id: id,
+                        incarnation: 42 + id,
+                        addrs: BrokerAddrs {
+                            grpc: format!("g{id}"),
+                            repl: format!("r{id}"),
+                        },
+                        store_epoch,
+                        log_end: 100,
+                        prefer_master: prefer,
+                        acting_master_epoch: acting,
+                    };
+                    if let Ok(r) = client.heartbeat(&hb).await {
+                        let mut s = st.lock();
+                        if r.view.master == Some(id) {
+                            s.acting = Some(r.view.master_epoch);
+                            s.store_epoch = r.view.master_epoch;
+                            s.ever_master = true;
+                        } else {
+                            s.acting = None;
+                            s.store_epoch = s.store_epoch.max(r.view.master_epoch);
+                        }
+                        s.view = Some(r.view);
+                        s.replies += 1;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Self { id, paused, state }
+    }
+
+    fn view(&self) -> Option<GroupState> {
+        self.state.lock().view.clone()
+    }
+}
+
+async fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_node_failover_leader_loss_and_restart() {
+    tokio::time::timeout(Duration::from_secs(90), scenario())
+        .await
+        .expect("scenario timed out");
+}
+
+async fn scenario() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(3);
+    let peers: BTreeMap<u64, String> = (1..=3)
+        .map(|i| (i, format!("127.0.0.1:{}", ports[i as usize - 1])))
+        .collect();
+    let addrs: Vec<String> = peers.values().cloned().collect();
+    let mut nodes: BTreeMap<u64, Node> = BTreeMap::new();
+    for id in 1..=3 {
+        nodes.insert(id, start(id, &peers, dir.path()).await);
+    }
+    let brokers_stop = CancellationToken::new();
+    let b0 = FakeBroker::spawn(0, true, addrs.clone(), brokers_stop.clone());
+    let b1 = FakeBroker::spawn(1, false, addrs.clone(), brokers_stop.clone());
+    let b2 = FakeBroker::spawn(2, false, addrs.clone(), brokers_stop.clone());
+
+    // The preferred broker becomes the first master.
+    let v = wait_for("first master", Duration::from_secs(15), || {
+        b0.view()
+            .filter(|v| v.master == Some(0) && v.brokers.len() == 3)
+    })
+    .await;
+    assert_eq!(v.insync, BTreeSet::from([0]));
+    let e1 = v.master_epoch;
+
+    // A follower answers NotLeader with the leader's address; the client follows it.
+    let st = ControllerClient::new(addrs.clone(), Duration::from_secs(3))
+        .status()
+        .await
+        .unwrap();
+    let (leader_id, leader_addr) = (st.leader.unwrap(), st.leader_addr.clone().unwrap());
+    assert_eq!(leader_addr, peers[&leader_id]);
+    let follower = peers.keys().copied().find(|id| *id != leader_id).unwrap();
+    let limits = FrameLimits {
+        max_bytes: 1 << 20,
+        timeout: Duration::from_secs(2),
+    };
+    let mut ch = Channel::new(peers[&follower].clone(), Arc::new(TcpConnector), limits);
+    let hb = b1_heartbeat();
+    match ch.call(&Request::Heartbeat(hb.clone())).await.unwrap() {
+        Response::Heartbeat(Err(ControllerError::NotLeader {
+            leader_addr: Some(a),
+        })) => assert_eq!(a, leader_addr),
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+    let via_follower =
+        ControllerClient::new(vec![peers[&follower].clone()], Duration::from_secs(3));
+    let r = via_follower.heartbeat(&hb).await.unwrap();
+    assert_eq!(r.view.master, Some(0));
+
+    // The master adds broker 1 to the in-sync set; a stale master is refused.
+    let client = ControllerClient::new(addrs.clone(), Duration::from_secs(3));
+    let g = client
+        .alter_insync(&AlterInSync {
+            group: "broker-a".into(),
+            master: 0,
+            master_epoch: e1,
+            insync: BTreeSet::from([0, 1]),
+        })
+        .await
+        .unwrap();
+    assert_eq!(g.insync, BTreeSet::from([0, 1]));
+    let stale = client
+        .alter_insync(&AlterInSync {
+            group: "broker-a".into(),
+            master: 0,
+            master_epoch: e1 - 1,
+            insync: BTreeSet::from([0]),
+        })
+        .await;
+    assert!(
+        matches!(stale, Err(ControllerError::Refused(_))),
+        "{stale:?}"
+    );
+
+    // The master goes silent: the in-sync slave takes over with epoch + 1.
+    b0.paused.store(true, Ordering::SeqCst);
+    let t = Instant::now();
+    let v = wait_for(
+        "failover to broker 1",
+        Duration::from_millis(MASTER_TIMEOUT_MS + 2500),
+        || b1.view().filter(|v| v.master == Some(1)),
+    )
+    .await;
+    let took = t.elapsed();
+    assert!(
+        took <= Duration::from_millis(MASTER_TIMEOUT_MS + 1500),
+        "failover took {took:?}"
+    );
+    assert_eq!(v.master_epoch, e1 + 1);
+    assert_eq!(v.insync, BTreeSet::from([1]));
+    let e2 = v.master_epoch;
+    assert!(!b2.state.lock().ever_master, "broker 2 was never in sync");
+
+    // Stop the Raft leader node: a new leader answers and the state survived.
+    let st = client.status().await.unwrap();
+    let leader = st.leader.expect("a leader");
+    tracing_free_log(&format!("stopping leader {leader}"));
+    stop_node(&mut nodes, leader).await;
+    let hb_client = ControllerClient::new(addrs.clone(), Duration::from_secs(5));
+    let mut new_leader = None;
+    for _ in 0..100 {
+        if let Ok(st) = hb_client.status().await
+            && st.leader.is_some_and(|l| l != leader)
+        {
+            new_leader = st.leader;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let new_leader = new_leader.expect("a new leader was elected");
+    tracing_free_log(&format!("new leader {new_leader}"));
+    let before = b1.state.lock().replies;
+    let v = wait_for(
+        "heartbeats answered by the new leader",
+        Duration::from_secs(10),
+        || {
+            let s = b1.state.lock();
+            (s.replies >= before + 3).then(|| s.view.clone()).flatten()
+        },
+    )
+    .await;
+    assert_eq!((v.master, v.master_epoch), (Some(1), e2));
+    assert_eq!(v.insync, BTreeSet::from([1]));
+    // The new leader waits out its master timeout and keeps the live master.
+    tokio::time::sleep(Duration::from_millis(MASTER_TIMEOUT_MS + 1000)).await;
+    let v = b1.view().unwrap();
+    assert_eq!(
+        (v.master, v.master_epoch),
+        (Some(1), e2),
+        "no spurious election by the new leader"
+    );
+    assert!(!b2.state.lock().ever_master);
+
+    // Restart the stopped node from its data dir: it rejoins with the same state.
+    nodes.insert(leader, start(leader, &peers, dir.path()).await);
+    let restarted = nodes[&leader].ctl.clone();
+    let g = wait_for("restarted node catches up", Duration::from_secs(10), || {
+        restarted
+            .group("broker-a")
+            .filter(|g| g.master == Some(1) && g.master_epoch == e2)
+    })
+    .await;
+    assert_eq!(g.brokers.len(), 3);
+    let _ = b0.id;
+
+    brokers_stop.cancel();
+    for (_, n) in std::mem::take(&mut nodes) {
+        stop(n).await;
+    }
+}
+
+async fn stop_node(nodes: &mut BTreeMap<u64, Node>, id: u64) {
+    if let Some(n) = nodes.remove(&id) {
+        stop(n).await;
+    }
+}
+
+fn b1_heartbeat() -> Heartbeat {
+    Heartbeat {
+        group: "broker-a".into(),
+        broker_id: 1,
+        incarnation: 43,
+        addrs: BrokerAddrs {
+            grpc: "g1".into(),
+            repl: "r1".into(),
+        },
+        store_epoch: 1,
+        log_end: 100,
+        prefer_master: false,
+        acting_master_epoch: None,
+    }
+}
+
+fn tracing_free_log(msg: &str) {
+    eprintln!("[cluster test] {msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_voter_state_survives_restart() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_ports(1)[0];
+        let peers = BTreeMap::from([(1u64, format!("127.0.0.1:{port}"))]);
+        let addrs = vec![peers[&1].clone()];
+        let node = start(1, &peers, dir.path()).await;
+        let client = ControllerClient::new(addrs.clone(), Duration::from_secs(3));
+        let hb = Heartbeat {
+            group: "g".into(),
+            broker_id: 5,
+            incarnation: 1,
+            addrs: BrokerAddrs {
+                grpc: "x".into(),
+                repl: "y".into(),
+            },
+            store_epoch: 0,
+            log_end: 0,
+            prefer_master: true,
+            acting_master_epoch: None,
+        };
+        let v = wait_for_async(|| client.heartbeat(&hb)).await;
+        assert!(v.view.brokers.contains_key(&5));
+        assert_eq!(v.lease_ms, 1000);
+        let elected = loop {
+            let r = client.heartbeat(&hb).await.unwrap();
+            if r.view.master == Some(5) {
+                break r.view;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // Hostile frames close the connection and nothing else.
+        let mut raw = tokio::net::TcpStream::connect(&peers[&1]).await.unwrap();
+        raw.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(3), raw.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(n, 0, "oversized frame: connection closed");
+        let mut raw = tokio::net::TcpStream::connect(&peers[&1]).await.unwrap();
+        raw.write_all(&5u32.to_be_bytes()).await.unwrap();
+        raw.write_all(b"nope!").await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(3), raw.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 4, "garbage answered with an error frame");
+        assert!(client.status().await.is_ok(), "server still serving");
+        stop(node).await;
+        let node = start(1, &peers, dir.path()).await;
+        let g = wait_for("replayed state", Duration::from_secs(10), || {
+            node.ctl.group("g")
+        })
+        .await;
+        assert_eq!(g, elected);
+        // Snapshot + purge, then restart: the state comes back from the snapshot.
+        let purged = node.ctl.compact().await.unwrap();
+        assert!(purged.is_some());
+        stop(node).await;
+        let node = start(1, &peers, dir.path()).await;
+        assert_eq!(
+            node.ctl.group("g"),
+            Some(elected.clone()),
+            "loaded from the snapshot at once"
+        );
+        let r = client.heartbeat(&hb).await.unwrap();
+        assert_eq!(r.view, elected);
+        stop(node).await;
+    })
+    .await
+    .expect("timed out");
+}
+
+async fn wait_for_async<T, F, Fut>(mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ControllerError>>,
+{
+    for _ in 0..50 {
+        if let Ok(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never succeeded");
+}

@@ -1,0 +1,271 @@
+//! Election rules (pure functions).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use sofamq_controller::logic::{BrokerSeen, Clock, decide};
+use sofamq_controller::{BrokerAddrs, Command, GroupState, Heartbeat};
+
+const MT: Duration = Duration::from_millis(3000);
+
+fn addrs(id: u64) -> BrokerAddrs {
+    BrokerAddrs {
+        grpc: format!("g{id}"),
+        repl: format!("r{id}"),
+    }
+}
+
+fn group(master: Option<u64>, epoch: u64, insync: &[u64], brokers: &[u64]) -> GroupState {
+    GroupState {
+        group: "a".into(),
+        master,
+        master_epoch: epoch,
+        insync: insync.iter().copied().collect(),
+        insync_epoch: 1,
+        brokers: brokers.iter().map(|i| (*i, addrs(*i))).collect(),
+    }
+}
+
+fn hb(id: u64, log_end: u64, store_epoch: u64, prefer: bool, acting: Option<u64>) -> Heartbeat {
+    Heartbeat {
+        group: "a".into(),
+        broker_id: id,
+        incarnation: 7,
+        addrs: addrs(id),
+        store_epoch,
+        log_end,
+        prefer_master: prefer,
+        acting_master_epoch: acting,
+    }
+}
+
+fn seen_at(h: &Heartbeat, at: Instant) -> BrokerSeen {
+    BrokerSeen::new(h, at)
+}
+
+/// A clock where the leader has led long enough (t0 is leadership start).
+fn clock(t0: Instant, now_ms: u64) -> Clock {
+    Clock {
+        now: t0 + Duration::from_millis(now_ms),
+        leader_since: t0,
+        epoch_since: t0,
+        master_timeout: MT,
+    }
+}
+
+fn elected(cmd: Option<Command>) -> (Option<u64>, u64, BTreeSet<u64>) {
+    match cmd {
+        Some(Command::Elect {
+            master,
+            epoch,
+            insync,
+            ..
+        }) => (master, epoch, insync),
+        other => panic!("expected an election, got {other:?}"),
+    }
+}
+
+#[test]
+fn first_master_is_the_preferred_one_at_once() {
+    let t0 = Instant::now();
+    let g = group(None, 0, &[], &[0, 1]);
+    let seen = BTreeMap::from([
+        (0, seen_at(&hb(0, 10, 0, true, None), t0)),
+        (1, seen_at(&hb(1, 50, 0, false, None), t0)),
+    ]);
+    let (m, e, insync) = elected(decide(&g, &seen, &clock(t0, 10)));
+    assert_eq!((m, e, insync), (Some(0), 1, BTreeSet::from([0])));
+}
+
+#[test]
+fn first_master_without_preference_waits_then_takes_the_most_complete() {
+    let t0 = Instant::now();
+    let g = group(None, 0, &[], &[0, 1]);
+    let mut seen = BTreeMap::from([
+        (0, seen_at(&hb(0, 10, 2, false, None), t0)),
+        (1, seen_at(&hb(1, 50, 2, false, None), t0)),
+    ]);
+    assert_eq!(
+        decide(&g, &seen, &clock(t0, 1000)),
+        None,
+        "waits master_timeout after first registration"
+    );
+    let now = t0 + MT + Duration::from_millis(100);
+    for s in seen.values_mut() {
+        s.last_seen = now;
+    }
+    let (m, e, _) = elected(decide(&g, &seen, &clock(t0, 3100)));
+    assert_eq!(m, Some(1), "highest (store_epoch, log_end)");
+    assert_eq!(e, 3, "epoch = max(store epochs) + 1");
+}
+
+#[test]
+fn live_master_is_left_alone() {
+    let t0 = Instant::now();
+    let g = group(Some(0), 4, &[0, 1], &[0, 1]);
+    let now = t0 + Duration::from_millis(5000);
+    let seen = BTreeMap::from([
+        (0, seen_at(&hb(0, 10, 4, false, Some(4)), now)),
+        (1, seen_at(&hb(1, 10, 4, false, None), now)),
+    ]);
+    assert_eq!(decide(&g, &seen, &clock(t0, 5000)), None);
+}
+
+#[test]
+fn silent_master_is_replaced_by_insync_slave_with_higher_epoch() {
+    let t0 = Instant::now();
+    let g = group(Some(0), 4, &[0, 1], &[0, 1, 2]);
+    let now = t0 + Duration::from_millis(8000);
+    let seen = BTreeMap::from([
+        (
+            0,
+            seen_at(
+                &hb(0, 10, 4, false, Some(4)),
+                t0 + Duration::from_millis(4000),
+            ),
+        ),
+        (1, seen_at(&hb(1, 9, 4, false, None), now)),
+        (2, seen_at(&hb(2, 99, 4, false, None), now)),
+    ]);
+    let (m, e, insync) = elected(decide(&g, &seen, &clock(t0, 8000)));
+    assert_eq!(
+        m,
+        Some(1),
+        "only in-sync replicas are eligible, even with a shorter log"
+    );
+    assert_eq!(e, 5);
+    assert_eq!(insync, BTreeSet::from([1]));
+}
+
+#[test]
+fn no_unclean_election() {
+    let t0 = Instant::now();
+    // Master 0 and in-sync slave 1 are silent; broker 2 (not in sync) is alive.
+    let g = group(Some(0), 4, &[0, 1], &[0, 1, 2]);
+    let now = t0 + Duration::from_millis(8000);
+    let old = t0 + Duration::from_millis(4000);
+    let mut seen = BTreeMap::from([
+        (0, seen_at(&hb(0, 10, 4, false, Some(4)), old)),
+        (1, seen_at(&hb(1, 10, 4, false, None), old)),
+        (2, seen_at(&hb(2, 99, 4, true, None), now)),
+    ]);
+    let cmd = decide(&g, &seen, &clock(t0, 8000));
+    assert_eq!(
+        cmd,
+        Some(Command::Elect {
+            group: "a".into(),
+            expect_epoch: 4,
+            master: None,
+            epoch: 4,
+            insync: BTreeSet::from([0, 1])
+        }),
+        "group left without master, in-sync set kept"
+    );
+    // Once committed (master None), nothing happens while only 2 is alive...
+    let g2 = group(None, 4, &[0, 1], &[0, 1, 2]);
+    assert_eq!(decide(&g2, &seen, &clock(t0, 8000)), None);
+    // ... and an in-sync member coming back is elected.
+    let later = t0 + Duration::from_millis(9000);
+    seen.insert(1, seen_at(&hb(1, 10, 4, false, None), later));
+    let (m, e, _) = elected(decide(&g2, &seen, &clock(t0, 9000)));
+    assert_eq!((m, e), (Some(1), 5));
+}
+
+#[test]
+fn restart_bumps_epoch() {
+    let t0 = Instant::now();
+    // Sole in-sync member (the master) restarts: a new incarnation seen after the epoch began.
+    let g = group(Some(0), 4, &[0], &[0, 1]);
+    let now = t0 + Duration::from_millis(5000);
+    let mut s = seen_at(
+        &hb(0, 10, 4, false, Some(4)),
+        t0 + Duration::from_millis(3500),
+    );
+    let mut h = hb(0, 10, 4, false, None);
+    h.incarnation = 8;
+    s.update(&h, now);
+    assert!(s.restarted_at.is_some());
+    let seen = BTreeMap::from([(0, s), (1, seen_at(&hb(1, 10, 4, false, None), now))]);
+    let (m, e, insync) = elected(decide(&g, &seen, &clock(t0, 5000)));
+    assert_eq!((m, e, insync), (Some(0), 5, BTreeSet::from([0])));
+}
+
+#[test]
+fn restarted_master_with_live_insync_slave_fails_over() {
+    let t0 = Instant::now();
+    let g = group(Some(0), 4, &[0, 1], &[0, 1]);
+    let now = t0 + Duration::from_millis(5000);
+    let mut s = seen_at(
+        &hb(0, 10, 4, false, Some(4)),
+        t0 + Duration::from_millis(3500),
+    );
+    let mut h = hb(0, 10, 4, false, None);
+    h.incarnation = 9;
+    s.update(&h, now);
+    let seen = BTreeMap::from([(0, s), (1, seen_at(&hb(1, 10, 4, false, None), now))]);
+    let (m, e, insync) = elected(decide(&g, &seen, &clock(t0, 5000)));
+    assert_eq!((m, e, insync), (Some(1), 5, BTreeSet::from([1])));
+}
+
+#[test]
+fn master_not_acting_in_its_epoch_after_restart_is_replaced() {
+    // A new leader never saw the old incarnation; the master reports store epoch 4 but is
+    // not acting as master of epoch 4: it restarted.
+    let t0 = Instant::now();
+    let g = group(Some(0), 4, &[0], &[0]);
+    let now = t0 + Duration::from_millis(4000);
+    let seen = BTreeMap::from([(0, seen_at(&hb(0, 10, 4, false, None), now))]);
+    let (m, e, _) = elected(decide(&g, &seen, &clock(t0, 4000)));
+    assert_eq!((m, e), (Some(0), 5));
+    // A freshly elected master that has not begun the epoch yet (store epoch 3) is fine.
+    let seen = BTreeMap::from([(0, seen_at(&hb(0, 10, 3, false, None), now))]);
+    assert_eq!(decide(&g, &seen, &clock(t0, 4000)), None);
+}
+
+#[test]
+fn new_leader_waits_a_master_timeout() {
+    let t0 = Instant::now();
+    let g = group(Some(0), 4, &[0, 1], &[0, 1]);
+    // Only the slave has been heard from since leadership started.
+    let seen = BTreeMap::from([(
+        1,
+        seen_at(&hb(1, 10, 4, false, None), t0 + Duration::from_millis(100)),
+    )]);
+    assert_eq!(decide(&g, &seen, &clock(t0, 200)), None);
+    assert_eq!(decide(&g, &seen, &clock(t0, 2999)), None);
+    // After the wait, the silent master (counted as seen at leadership start) is replaced.
+    let mut seen = seen;
+    if let Some(s) = seen.get_mut(&1) {
+        s.last_seen = t0 + Duration::from_millis(3000);
+    }
+    let (m, e, _) = elected(decide(&g, &seen, &clock(t0, 3001)));
+    assert_eq!((m, e), (Some(1), 5));
+}
+
+#[test]
+fn highest_log_end_then_lowest_id() {
+    let t0 = Instant::now();
+    let g = group(Some(0), 2, &[0, 1, 2, 3], &[0, 1, 2, 3]);
+    let now = t0 + Duration::from_millis(9000);
+    let seen = BTreeMap::from([
+        (1, seen_at(&hb(1, 50, 2, false, None), now)),
+        (2, seen_at(&hb(2, 70, 2, false, None), now)),
+        (3, seen_at(&hb(3, 70, 2, false, None), now)),
+    ]);
+    let (m, e, insync) = elected(decide(&g, &seen, &clock(t0, 9000)));
+    assert_eq!((m, e), (Some(2), 3));
+    assert_eq!(insync, BTreeSet::from([1, 2, 3]));
+}
+
+#[test]
+fn epoch_covers_every_live_store_epoch() {
+    let t0 = Instant::now();
+    let g = group(Some(0), 2, &[0, 1], &[0, 1, 2]);
+    let now = t0 + Duration::from_millis(9000);
+    let seen = BTreeMap::from([
+        (1, seen_at(&hb(1, 5, 2, false, None), now)),
+        (2, seen_at(&hb(2, 5, 7, false, None), now)),
+    ]);
+    let (m, e, _) = elected(decide(&g, &seen, &clock(t0, 9000)));
+    assert_eq!((m, e), (Some(1), 8));
+}

@@ -1,0 +1,765 @@
+//! The chaos cluster: a namesrv, one broker group (master + slave) and, with the controller
+//! failover strategy, 1 or 3 `sofamq controller` processes, each a real process on 127.0.0.1
+//! in a temp dir. Every broker is reached through two fault-injecting proxies: clients dial its
+//! client proxy (the broker's `advertise` address) and its peer dials its replication proxy.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use sofamq_store::{Store, StoreConfig};
+
+use super::history::{LogDigest, digest};
+use crate::proxy::Proxy;
+use crate::repl::free_port;
+use crate::{Node, sofamq_bin};
+
+/// Broker group name.
+pub const GROUP: &str = "broker-a";
+
+/// Who decides which broker is master after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failover {
+    /// The kit promotes the slave (`sofamq admin promote`) after the master dies and restarts
+    /// the old master as a slave of the new one.
+    Manual,
+    /// `sofamq controller` processes decide; the kit only kills, restarts and waits.
+    Controller,
+}
+
+impl std::str::FromStr for Failover {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "manual" => Ok(Failover::Manual),
+            "controller" => Ok(Failover::Controller),
+            _ => Err(format!("failover must be manual or controller, not {s:?}")),
+        }
+    }
+}
+
+/// Cluster settings.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Failover strategy.
+    pub failover: Failover,
+    /// Controllers to start with [`Failover::Controller`] (1 or 3).
+    pub controllers: usize,
+    /// `--min-insync-replicas` of both brokers (1 = ack before replication: the broken build).
+    pub min_insync: usize,
+    /// `--ack-timeout-ms`.
+    pub ack_timeout_ms: u64,
+    /// `--max-lag-ms`.
+    pub max_lag_ms: u64,
+    /// Disk budget of the first master (`max_disk_bytes`).
+    pub master_disk_budget: Option<u64>,
+    /// Topic and its queue count.
+    pub topic: String,
+    /// Queues of the topic.
+    pub queues: u32,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            failover: Failover::Manual,
+            controllers: 3,
+            min_insync: 2,
+            ack_timeout_ms: 2_000,
+            max_lag_ms: 3_000,
+            master_disk_budget: None,
+            topic: "chaos".into(),
+            queues: 4,
+        }
+    }
+}
+
+/// One broker process, restartable at the same addresses with the same data.
+pub struct BrokerProc {
+    /// `a0`, `a1`.
+    pub name: String,
+    /// Client gRPC address the broker binds.
+    pub grpc: String,
+    /// Replication address the broker binds.
+    pub repl: String,
+    /// Data directory.
+    pub data: PathBuf,
+    /// Clients reach the broker through this (its advertised address).
+    pub client_proxy: Proxy,
+    /// The peer reaches the replication port through this.
+    pub repl_proxy: Proxy,
+    /// Disk budget written to its config.
+    pub disk_budget: Option<u64>,
+    node: Option<Node>,
+    starts: usize,
+}
+
+impl BrokerProc {
+    /// The store directory.
+    pub fn store_dir(&self) -> PathBuf {
+        self.data.join("store")
+    }
+
+    /// The running process's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.node.as_ref().and_then(Node::pid)
+    }
+
+    /// Running (started and not killed by the kit).
+    pub fn running(&self) -> bool {
+        self.node.is_some()
+    }
+}
+
+/// A controller process.
+pub struct ControllerProc {
+    /// Raft node id (1-based).
+    pub id: u64,
+    /// Listen address.
+    pub addr: String,
+    /// Data directory.
+    pub data: PathBuf,
+    node: Option<Node>,
+}
+
+/// The running cluster.
+pub struct ChaosCluster {
+    /// Temp dir with data and process logs; removed on drop unless `SOFAMQ_CHAOS_KEEP` is set.
+    pub dir: tempfile::TempDir,
+    /// Settings.
+    pub opts: ClusterOptions,
+    /// NameServer address (fixed, so a restart keeps it).
+    pub namesrv_addr: String,
+    namesrv: Option<Node>,
+    /// The two brokers.
+    pub brokers: Vec<BrokerProc>,
+    /// Controllers (empty with manual failover).
+    pub controllers: Vec<ControllerProc>,
+    /// Index of the broker the kit believes is master.
+    pub master: usize,
+}
+
+async fn blocking<T, F>(f: F) -> anyhow::Result<T>
+where
+    F: FnOnce() -> anyhow::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("blocking task")?
+}
+
+async fn spawn_node(name: String, args: Vec<String>, log_dir: PathBuf) -> anyhow::Result<Node> {
+    blocking(move || {
+        // The port may be briefly unavailable right after a kill: retry a few times.
+        let mut last = None;
+        for _ in 0..5 {
+            match Node::spawn(&name, &args, &log_dir, Duration::from_secs(30)) {
+                Ok(n) => return Ok(n),
+                Err(e) => {
+                    last = Some(e);
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("spawn failed")))
+    })
+    .await
+}
+
+/// Runs `sofamq ARGS` to completion (bounded by `sofamq`'s own timeouts) and returns stdout.
+pub async fn cli(args: Vec<String>) -> anyhow::Result<String> {
+    blocking(move || {
+        let out = Command::new(sofamq_bin()).args(&args).output()?;
+        if !out.status.success() {
+            bail!(
+                "sofamq {args:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    })
+    .await
+}
+
+/// True when this `sofamq` has the `controller` subcommand and `broker --controller`.
+pub fn has_controller() -> bool {
+    let help = |cmd: &str| {
+        Command::new(sofamq_bin())
+            .args([cmd, "--help"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    help("controller").is_some() && help("broker").is_some_and(|h| h.contains("--controller"))
+}
+
+fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()?;
+    anyhow::ensure!(st.success(), "kill -{sig} {pid} failed");
+    Ok(())
+}
+
+fn sock(addr: &str) -> anyhow::Result<std::net::SocketAddr> {
+    addr.parse().with_context(|| format!("address {addr}"))
+}
+
+impl ChaosCluster {
+    /// Starts controllers (controller failover), the namesrv, the master `a0` and the slave
+    /// `a1`, creates the topic and waits until the slave is in sync.
+    pub async fn start(opts: ClusterOptions) -> anyhow::Result<ChaosCluster> {
+        let keep = std::env::var_os("SOFAMQ_CHAOS_KEEP").is_some();
+        let dir = tempfile::Builder::new()
+            .prefix("sofamq-chaos-")
+            .disable_cleanup(keep)
+            .tempdir()?;
+        if keep {
+            eprintln!("chaos: keeping {}", dir.path().display());
+        }
+        let namesrv_addr = format!("127.0.0.1:{}", free_port()?);
+        let mut brokers = Vec::new();
+        for (i, name) in ["a0", "a1"].into_iter().enumerate() {
+            let grpc = format!("127.0.0.1:{}", free_port()?);
+            let repl = format!("127.0.0.1:{}", free_port()?);
+            brokers.push(BrokerProc {
+                name: name.into(),
+                client_proxy: Proxy::start(sock(&grpc)?).await?,
+                repl_proxy: Proxy::start(sock(&repl)?).await?,
+                grpc,
+                repl,
+                data: dir.path().join(name),
+                disk_budget: if i == 0 {
+                    opts.master_disk_budget
+                } else {
+                    None
+                },
+                node: None,
+                starts: 0,
+            });
+        }
+        let mut c = ChaosCluster {
+            dir,
+            opts,
+            namesrv_addr,
+            namesrv: None,
+            brokers,
+            controllers: Vec::new(),
+            master: 0,
+        };
+        if c.opts.failover == Failover::Controller {
+            c.start_controllers().await?;
+        }
+        c.start_namesrv().await?;
+        c.start_broker(0, None).await?;
+        c.start_broker(1, Some(0)).await?;
+        c.settle(Duration::from_secs(30)).await?;
+        let topic = c.opts.topic.clone();
+        let queues = c.opts.queues.to_string();
+        let master = c.brokers[c.master].grpc.clone();
+        cli(vec![
+            "topic".into(),
+            "create".into(),
+            topic,
+            "--queues".into(),
+            queues,
+            "--broker-addr".into(),
+            master,
+        ])
+        .await?;
+        // Let the namesrv learn the topic from a heartbeat.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        Ok(c)
+    }
+
+    /// The log directory (process logs are `NAME.log` in it).
+    pub fn log_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts (or restarts, same address) the namesrv.
+    pub async fn start_namesrv(&mut self) -> anyhow::Result<()> {
+        let args = vec![
+            "namesrv".into(),
+            "--listen".into(),
+            self.namesrv_addr.clone(),
+            "--broker-expiry-ms".into(),
+            "2000".into(),
+        ];
+        let n = spawn_node("namesrv".into(), args, self.dir.path().to_path_buf()).await?;
+        self.namesrv = Some(n);
+        Ok(())
+    }
+
+    /// SIGTERM the namesrv.
+    pub async fn stop_namesrv(&mut self) {
+        if let Some(mut n) = self.namesrv.take() {
+            let _ = blocking(move || Ok(n.terminate(Duration::from_secs(10)))).await;
+        }
+    }
+
+    async fn start_controllers(&mut self) -> anyhow::Result<()> {
+        if !has_controller() {
+            bail!("needs controller: this sofamq has no `controller` subcommand");
+        }
+        let n = self.opts.controllers.max(1);
+        self.controllers.clear();
+        for id in 1..=n as u64 {
+            self.controllers.push(ControllerProc {
+                id,
+                addr: format!("127.0.0.1:{}", free_port()?),
+                data: self.dir.path().join(format!("controller-{id}")),
+                node: None,
+            });
+        }
+        for i in 0..self.controllers.len() {
+            self.start_controller(i).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts (or restarts) controller `i` (`sofamq controller --id N --listen ADDR --peers
+    /// 1=a,2=b,3=c --data-dir D`, ready line `controller ready on ADDR`).
+    pub async fn start_controller(&mut self, i: usize) -> anyhow::Result<()> {
+        let peers = self
+            .controllers
+            .iter()
+            .map(|c| format!("{}={}", c.id, c.addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let c = &self.controllers[i];
+        let args = vec![
+            "controller".into(),
+            "--id".into(),
+            c.id.to_string(),
+            "--listen".into(),
+            c.addr.clone(),
+            "--peers".into(),
+            peers,
+            "--data-dir".into(),
+            c.data.display().to_string(),
+        ];
+        let name = format!("controller-{}", c.id);
+        let node = spawn_node(name, args, self.dir.path().to_path_buf()).await?;
+        self.controllers[i].node = Some(node);
+        Ok(())
+    }
+
+    /// Controller `i` has a process.
+    pub fn controller_alive(&self, i: usize) -> bool {
+        self.controllers.get(i).is_some_and(|c| c.node.is_some())
+    }
+
+    /// kill -9 controller `i`.
+    pub fn kill9_controller(&mut self, i: usize) {
+        if let Some(mut n) = self.controllers[i].node.take() {
+            n.kill9();
+        }
+    }
+
+    /// The index of the controller that currently leads, from `sofamq admin cluster --json
+    /// --controller ...` (`controller.leader_addr`); the first running controller when that
+    /// query fails.
+    pub async fn controller_leader(&self) -> Option<usize> {
+        let out = cli(vec![
+            "admin".into(),
+            "cluster".into(),
+            "--access-point".into(),
+            self.namesrv_addr.clone(),
+            "--json".into(),
+            "--controller".into(),
+            self.controller_list(),
+        ])
+        .await;
+        if let Ok(out) = out
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(out.trim())
+            && let Some(leader) = v["controller"]["leader_addr"].as_str()
+            && let Some(i) = self
+                .controllers
+                .iter()
+                .position(|c| c.addr == leader && c.node.is_some())
+        {
+            return Some(i);
+        }
+        self.controllers.iter().position(|c| c.node.is_some())
+    }
+
+    fn controller_list(&self) -> String {
+        self.controllers
+            .iter()
+            .map(|c| c.addr.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn write_config(&self, i: usize) -> anyhow::Result<PathBuf> {
+        let b = &self.brokers[i];
+        let mut toml = format!("advertise = \"{}\"\n", b.client_proxy.addr());
+        if let Some(budget) = b.disk_budget {
+            toml.push_str(&format!("max_disk_bytes = {budget}\n"));
+        }
+        toml.push_str(&format!(
+            "[replication]\nadvertise = \"{}\"\n",
+            b.repl_proxy.addr()
+        ));
+        let path = self.dir.path().join(format!("{}.toml", b.name));
+        std::fs::write(&path, toml)?;
+        Ok(path)
+    }
+
+    /// Starts broker `i`: as master (`follow` None) or as slave of broker `follow` through its
+    /// replication proxy. With controller failover both are started alike with `--controller`
+    /// and the controller assigns the roles.
+    pub async fn start_broker(&mut self, i: usize, follow: Option<usize>) -> anyhow::Result<()> {
+        let config = self.write_config(i)?;
+        let o = &self.opts;
+        let b = &self.brokers[i];
+        let mut args: Vec<String> = vec![
+            "broker".into(),
+            "--config".into(),
+            config.display().to_string(),
+            "--broker-name".into(),
+            GROUP.into(),
+            "--listen".into(),
+            b.grpc.clone(),
+            "--replication-listen".into(),
+            b.repl.clone(),
+            "--namesrv".into(),
+            self.namesrv_addr.clone(),
+            "--data-dir".into(),
+            b.data.display().to_string(),
+            "--heartbeat-ms".into(),
+            "200".into(),
+            "--reconnect-backoff-ms".into(),
+            "50".into(),
+            "--min-insync-replicas".into(),
+            o.min_insync.to_string(),
+            "--ack-timeout-ms".into(),
+            o.ack_timeout_ms.to_string(),
+            "--max-lag-ms".into(),
+            o.max_lag_ms.to_string(),
+        ];
+        match (o.failover, follow) {
+            (Failover::Controller, _) => {
+                // The controller decides the roles. Broker ids stay fixed (a0 = 0, a1 = 1; the
+                // default role of id 0 only names the preferred first master); no `--role`,
+                // since `--role slave` would turn id 0 into id 1.
+                args.extend([
+                    "--controller".into(),
+                    self.controller_list(),
+                    "--broker-id".into(),
+                    i.to_string(),
+                ]);
+            }
+            (Failover::Manual, None) => args.extend(["--role".into(), "master".into()]),
+            (Failover::Manual, Some(m)) => args.extend([
+                "--role".into(),
+                "slave".into(),
+                "--broker-id".into(),
+                "1".into(),
+                "--master-addr".into(),
+                self.brokers[m].repl_proxy.addr().to_string(),
+            ]),
+        }
+        let b = &mut self.brokers[i];
+        b.starts += 1;
+        let name = format!("{}-{}", b.name, b.starts);
+        let node = spawn_node(name, args, self.dir.path().to_path_buf()).await?;
+        self.brokers[i].node = Some(node);
+        Ok(())
+    }
+
+    /// The index of the broker that is not `i`.
+    pub fn peer(&self, i: usize) -> usize {
+        1 - i
+    }
+
+    /// kill -9 broker `i`.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut n) = self.brokers[i].node.take() {
+            n.kill9();
+        }
+    }
+
+    /// SIGTERM broker `i` and wait for it to exit.
+    pub async fn stop(&mut self, i: usize) {
+        if let Some(mut n) = self.brokers[i].node.take() {
+            let _ = blocking(move || Ok(n.terminate(Duration::from_secs(15)))).await;
+        }
+    }
+
+    /// SIGSTOP broker `i`.
+    pub fn pause(&self, i: usize) -> anyhow::Result<()> {
+        signal(self.brokers[i].pid().context("not running")?, "STOP")
+    }
+
+    /// SIGCONT broker `i`.
+    pub fn resume(&self, i: usize) -> anyhow::Result<()> {
+        signal(self.brokers[i].pid().context("not running")?, "CONT")
+    }
+
+    /// `sofamq admin status` of broker `i` (None when it does not answer).
+    pub async fn status(&self, i: usize) -> Option<serde_json::Value> {
+        let addr = self.brokers[i].grpc.clone();
+        let out = cli(vec![
+            "admin".into(),
+            "status".into(),
+            "--broker-addr".into(),
+            addr,
+        ])
+        .await
+        .ok()?;
+        serde_json::from_str(out.trim()).ok()
+    }
+
+    /// After the master died: make the slave master (manual: promote it; controller: wait for
+    /// the controller to do it), and set `self.master`.
+    pub async fn fail_over(&mut self, dead: usize) -> anyhow::Result<()> {
+        let next = self.peer(dead);
+        match self.opts.failover {
+            Failover::Manual => {
+                let addr = self.brokers[next].grpc.clone();
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    match cli(vec![
+                        "admin".into(),
+                        "promote".into(),
+                        "--broker-addr".into(),
+                        addr.clone(),
+                    ])
+                    .await
+                    {
+                        Ok(_) => break,
+                        Err(e) if Instant::now() > deadline => return Err(e),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                }
+                self.master = next;
+            }
+            Failover::Controller => {
+                // The controller elects only an in-sync slave: when the dead master was alone
+                // in the in-sync set, nobody takes over until it returns (the caller restarts
+                // it next), so a timeout here is not an error.
+                if let Ok(m) = self.wait_master(Duration::from_secs(10)).await {
+                    self.master = m;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Restarts a stopped broker in the role it should have now: a slave of the current master.
+    pub async fn restart_as_slave(&mut self, i: usize) -> anyhow::Result<()> {
+        let m = self.peer(i);
+        anyhow::ensure!(
+            self.opts.failover == Failover::Controller || self.master == m,
+            "broker {i} is the master"
+        );
+        self.start_broker(i, Some(m)).await
+    }
+
+    /// Waits for a stable group: manual failover: the known master has an in-sync slave;
+    /// controller failover: exactly one running broker says it is master and it has an in-sync
+    /// slave (then `self.master` is set to it).
+    pub async fn settle(&mut self, max: Duration) -> anyhow::Result<()> {
+        if self.opts.failover == Failover::Manual {
+            return self.wait_in_sync(max).await;
+        }
+        let deadline = Instant::now() + max;
+        loop {
+            let mut masters = Vec::new();
+            for i in 0..self.brokers.len() {
+                if self.brokers[i].running()
+                    && let Some(s) = self.status(i).await
+                    && s["role"].as_str() == Some("master")
+                {
+                    masters.push((i, s["in_sync_slaves"].as_u64().unwrap_or(0)));
+                }
+            }
+            if let [(m, in_sync)] = masters[..]
+                && in_sync >= 1
+            {
+                self.master = m;
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("no single master with an in-sync slave within {max:?}: {masters:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Polls until some broker reports role master; returns its index.
+    pub async fn wait_master(&self, max: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + max;
+        loop {
+            for i in 0..self.brokers.len() {
+                if self.brokers[i].running()
+                    && let Some(s) = self.status(i).await
+                    && s["role"].as_str() == Some("master")
+                {
+                    return Ok(i);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no master within {max:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the master has an in-sync slave.
+    pub async fn wait_in_sync(&self, max: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + max;
+        loop {
+            if let Some(s) = self.status(self.master).await
+                && s["in_sync_slaves"].as_u64().unwrap_or(0) >= 1
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} has no in-sync slave within {max:?}",
+                    self.brokers[self.master].name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the slave has acked the master's whole log (false on timeout).
+    pub async fn wait_caught_up(&self, max: Duration) -> bool {
+        let deadline = Instant::now() + max;
+        while Instant::now() < deadline {
+            if let Some(s) = self.status(self.master).await {
+                let end = s["log_end_offset"].as_u64().unwrap_or(u64::MAX);
+                let acked = s["slaves"]
+                    .as_array()
+                    .and_then(|a| a.iter().filter_map(|x| x["acked_offset"].as_u64()).max());
+                if acked.is_some_and(|a| a >= end) {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    }
+
+    /// Heals every proxy.
+    pub fn heal_links(&self) {
+        for b in &self.brokers {
+            b.client_proxy.heal();
+            b.repl_proxy.heal();
+        }
+    }
+
+    /// Stops every process (brokers SIGTERM, then namesrv and controllers).
+    pub async fn stop_all(&mut self) {
+        for i in 0..self.brokers.len() {
+            if let Some(pid) = self.brokers[i].pid() {
+                let _ = signal(pid, "CONT");
+            }
+            self.stop(i).await;
+        }
+        self.stop_namesrv().await;
+        for c in &mut self.controllers {
+            if let Some(mut n) = c.node.take() {
+                n.kill9();
+            }
+        }
+    }
+
+    /// Reads broker `i`'s log offline (after [`ChaosCluster::stop_all`]).
+    pub async fn log_digest(&self, i: usize) -> anyhow::Result<LogDigest> {
+        let dir = self.brokers[i].store_dir();
+        let name = self.brokers[i].name.clone();
+        blocking(move || log_digest(&name, &dir)).await
+    }
+
+    /// kill -9 broker `i`, then tear the tail of its last segment: append a partial copy of
+    /// the log's last bytes plus garbage (`seed` picks the lengths). Returns the bytes added.
+    pub fn tear_tail(&self, i: usize, seed: u64) -> anyhow::Result<usize> {
+        anyhow::ensure!(!self.brokers[i].running(), "kill the broker first");
+        tear_tail(&self.brokers[i].store_dir(), seed)
+    }
+}
+
+impl Drop for ChaosCluster {
+    fn drop(&mut self) {
+        for b in &mut self.brokers {
+            if let Some(pid) = b.pid() {
+                let _ = signal(pid, "CONT");
+            }
+            if let Some(mut n) = b.node.take() {
+                n.kill9();
+            }
+        }
+    }
+}
+
+/// (offset, digest) of every record of the store in `dir`.
+pub fn log_digest(name: &str, dir: &Path) -> anyhow::Result<LogDigest> {
+    let store = Store::open(StoreConfig::new(dir))?;
+    let mut records = Vec::new();
+    for r in store.scan(0) {
+        let r = r?;
+        let mut props = Vec::new();
+        for (k, v) in &r.properties {
+            props.extend_from_slice(k.as_bytes());
+            props.push(0);
+            props.extend_from_slice(v.as_bytes());
+            props.push(0);
+        }
+        let d = digest(&[
+            &r.epoch.to_le_bytes(),
+            r.topic.as_bytes(),
+            &r.queue_id.to_le_bytes(),
+            &r.queue_offset.to_le_bytes(),
+            r.tag.as_bytes(),
+            &r.store_ts_ms.to_le_bytes(),
+            &props,
+            &r.body,
+        ]);
+        records.push((r.log_offset, d));
+    }
+    Ok(LogDigest {
+        name: name.to_string(),
+        records,
+        end: store.log_end_offset(),
+    })
+}
+
+/// Appends a torn record to the last commit-log segment under `store_dir`.
+pub fn tear_tail(store_dir: &Path, seed: u64) -> anyhow::Result<usize> {
+    use std::io::Write;
+    let seg_dir = store_dir.join("commitlog");
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(&seg_dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    segs.sort();
+    let last = segs.last().context("no segment")?;
+    let bytes = std::fs::read(last)?;
+    let mut rng = super::scenarios::Rng::new(seed);
+    // A prefix of a real-looking record (a copy of the segment's tail) cut at a random point,
+    // then random garbage.
+    let copy_len = (bytes.len().min(512) as u64 * (1 + rng.below(90)) / 100) as usize;
+    let mut torn = bytes[bytes.len() - bytes.len().min(512)..][..copy_len].to_vec();
+    for _ in 0..rng.below(64) + 1 {
+        torn.push(rng.next_u64() as u8);
+    }
+    let mut f = std::fs::OpenOptions::new().append(true).open(last)?;
+    f.write_all(&torn)?;
+    f.sync_all()?;
+    Ok(torn.len())
+}

@@ -1,0 +1,398 @@
+//! The scenarios: each starts a cluster and the workload, injects one kind of fault in rounds
+//! (timing drawn from a seeded RNG) until the duration is up, heals everything, drains every
+//! queue, reads the master's and slave's logs offline and runs the checker.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::checker::{Report, check};
+use super::cluster::{ChaosCluster, ClusterOptions, Failover, has_controller};
+use super::history::History;
+use super::workload::{Workload, WorkloadConfig};
+use crate::proxy::LinkMode;
+
+/// A small deterministic RNG (xorshift64*), so a seed replays the same fault timing.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded (any seed, 0 included).
+    pub fn new(seed: u64) -> Self {
+        Rng((seed ^ 0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    /// Next value.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `0..n` (0 when n is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
+
+    /// A duration uniform in `lo_ms..=hi_ms`.
+    pub fn ms(&mut self, lo_ms: u64, hi_ms: u64) -> Duration {
+        Duration::from_millis(lo_ms + self.below(hi_ms.saturating_sub(lo_ms) + 1))
+    }
+}
+
+/// Every scenario: name and what it does.
+pub const SCENARIOS: &[(&str, &str)] = &[
+    (
+        "master-kill",
+        "stall replication until the slave leaves the in-sync set, kill -9 the master, fail over to the slave, restart the old master as slave",
+    ),
+    (
+        "slave-kill",
+        "kill -9 the slave and restart it (sends block meanwhile)",
+    ),
+    ("master-pause", "SIGSTOP the master for 1-3 s, then SIGCONT"),
+    (
+        "partition",
+        "cut or blackhole the master-slave replication link for 1-4 s, then heal",
+    ),
+    (
+        "link-flaps",
+        "flap the client-master link: cut, blackhole or stall for 0.1-0.8 s, pass for 0.2-1 s",
+    ),
+    (
+        "disk-full",
+        "the master's disk budget fills mid-run: sends fail, reads and acks keep working",
+    ),
+    (
+        "torn-write",
+        "kill -9 the master, append a torn record to its last segment, restart it",
+    ),
+    (
+        "rolling-restart",
+        "restart the namesrv, the slave, then switch over and restart the old master",
+    ),
+    (
+        "controller-leader-kill",
+        "kill -9 the controller leader and restart it (needs controller)",
+    ),
+    (
+        "master-controller-kill",
+        "kill -9 the master and the controller leader together (needs controller)",
+    ),
+];
+
+/// The short set run in CI.
+pub const CI_SET: &[&str] = &[
+    "master-kill",
+    "slave-kill",
+    "master-pause",
+    "partition",
+    "link-flaps",
+    "disk-full",
+    "torn-write",
+];
+
+/// How to run a scenario.
+#[derive(Debug, Clone)]
+pub struct ScenarioOptions {
+    /// Fault phase length.
+    pub duration: Duration,
+    /// RNG seed for fault timing.
+    pub seed: u64,
+    /// Failover strategy.
+    pub failover: Failover,
+    /// The broken build: `min_insync_replicas = 1`, acks before the slave has the message.
+    pub unsafe_ack_before_replication: bool,
+}
+
+/// What a scenario run produced.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The checker's verdict.
+    Checked(Report),
+    /// Not run, and why (e.g. "needs controller").
+    Skipped(String),
+}
+
+fn needs_controller(name: &str) -> bool {
+    matches!(name, "controller-leader-kill" | "master-controller-kill")
+}
+
+/// Runs scenario `name`.
+pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(
+        SCENARIOS.iter().any(|(n, _)| *n == name),
+        "unknown scenario {name:?}; known: {}",
+        SCENARIOS
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut failover = o.failover;
+    if needs_controller(name) {
+        if !has_controller() {
+            return Ok(Outcome::Skipped(
+                "needs controller: this sofamq has no `controller` subcommand".into(),
+            ));
+        }
+        failover = Failover::Controller;
+    }
+    if failover == Failover::Controller && !has_controller() {
+        return Ok(Outcome::Skipped(
+            "needs controller: this sofamq has no `controller` subcommand".into(),
+        ));
+    }
+    let secs = o.duration.as_secs().max(1);
+    let copts = ClusterOptions {
+        failover,
+        min_insync: if o.unsafe_ack_before_replication {
+            1
+        } else {
+            2
+        },
+        // About a third of the way into the run at the workload's ~45 KiB/s.
+        master_disk_budget: (name == "disk-full").then(|| 96 * 1024 + secs * 15 * 1024),
+        ..ClusterOptions::default()
+    };
+    let mut c = ChaosCluster::start(copts).await?;
+    let w = WorkloadConfig::new(&c.namesrv_addr, &c.opts.topic);
+    let mut w = Workload::start(w).await?;
+    anyhow::ensure!(
+        w.wait_acked(20, Duration::from_secs(30)).await,
+        "no sends acked before the faults"
+    );
+    let mut rng = Rng::new(o.seed);
+    let deadline = Instant::now() + o.duration;
+    let r = faults(name, &mut c, &w, &mut rng, deadline).await;
+    if let Err(e) = r {
+        tracing_note(&format!("{name}: fault phase error: {e:#}"));
+    }
+    heal(&mut c).await.context("healing")?;
+    // Liveness after the heal (not required for a disk that stays full).
+    if name != "disk-full" && !w.wait_acked(5, Duration::from_secs(20)).await {
+        tracing_note(&format!("{name}: no sends acked after the heal"));
+    }
+    w.stop_producers().await;
+    w.drain(
+        Duration::from_secs(2),
+        Duration::from_secs(10),
+        Duration::from_secs(60),
+    )
+    .await?;
+    let (sends, reads) = w.take();
+    drop(w);
+    let caught_up = c.wait_caught_up(Duration::from_secs(15)).await;
+    if !caught_up {
+        tracing_note(&format!("{name}: slave not caught up at the end"));
+    }
+    c.stop_all().await;
+    let m = c.master;
+    let master = c.log_digest(m).await?;
+    let slave = c.log_digest(c.peer(m)).await?;
+    let h = History {
+        sends,
+        reads,
+        audited: true,
+        log_pairs: vec![(master, slave)],
+    };
+    let mut report = check(name, &h);
+    if o.unsafe_ack_before_replication {
+        report.scenario = format!("{name}(unsafe)");
+    }
+    Ok(Outcome::Checked(report))
+}
+
+fn tracing_note(s: &str) {
+    eprintln!("chaos: {s}");
+}
+
+/// Brings every process back, heals every link and waits for a master with an in-sync slave.
+async fn heal(c: &mut ChaosCluster) -> anyhow::Result<()> {
+    c.heal_links();
+    for i in 0..c.brokers.len() {
+        if let Some(pid) = c.brokers[i].pid() {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
+    }
+    for i in 0..c.controllers.len() {
+        if !controller_running(c, i) {
+            c.start_controller(i).await?;
+        }
+    }
+    if c.opts.failover == Failover::Controller {
+        for i in 0..c.brokers.len() {
+            if !c.brokers[i].running() {
+                let peer = c.peer(i);
+                c.start_broker(i, Some(peer)).await?;
+            }
+        }
+    } else {
+        if !c.brokers[c.master].running() {
+            let dead = c.master;
+            c.fail_over(dead).await?;
+        }
+        let s = c.peer(c.master);
+        if !c.brokers[s].running() {
+            c.restart_as_slave(s).await?;
+        }
+    }
+    c.settle(Duration::from_secs(30)).await
+}
+
+fn controller_running(c: &ChaosCluster, i: usize) -> bool {
+    c.controllers.get(i).is_some_and(|_| {
+        // A controller the kit killed has no process; the cluster tracks that.
+        c.controller_alive(i)
+    })
+}
+
+async fn sleep(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
+fn left(deadline: Instant) -> bool {
+    Instant::now() < deadline
+}
+
+/// The fault loop of one scenario.
+async fn faults(
+    name: &str,
+    c: &mut ChaosCluster,
+    w: &Workload,
+    rng: &mut Rng,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    match name {
+        "master-kill" => {
+            while left(deadline) {
+                sleep(rng.ms(1000, 3000)).await;
+                let m = c.master;
+                // Make the slave lag until it leaves the in-sync set (max_lag_ms), so acks the
+                // master gives alone (the broken build) are not on the slave when it dies. A
+                // correct master acks nothing meanwhile.
+                c.brokers[m].repl_proxy.set(LinkMode::Stall);
+                let lag = c.opts.max_lag_ms;
+                w.wait_acked(10, rng.ms(lag + 500, lag + 1500)).await;
+                c.kill9(m);
+                c.brokers[m].repl_proxy.heal();
+                sleep(rng.ms(200, 1000)).await;
+                c.fail_over(m).await?;
+                sleep(rng.ms(200, 1500)).await;
+                c.restart_as_slave(m).await?;
+                c.settle(Duration::from_secs(30)).await?;
+            }
+        }
+        "slave-kill" => {
+            while left(deadline) {
+                sleep(rng.ms(1000, 3000)).await;
+                let s = c.peer(c.master);
+                c.kill9(s);
+                sleep(rng.ms(300, 2000)).await;
+                c.restart_as_slave(s).await?;
+                c.settle(Duration::from_secs(30)).await?;
+            }
+        }
+        "master-pause" => {
+            while left(deadline) {
+                sleep(rng.ms(1000, 3000)).await;
+                c.pause(c.master)?;
+                sleep(rng.ms(1000, 3000)).await;
+                c.resume(c.master)?;
+                c.settle(Duration::from_secs(30)).await?;
+            }
+        }
+        "partition" => {
+            while left(deadline) {
+                sleep(rng.ms(1000, 3000)).await;
+                let mode = if rng.below(2) == 0 {
+                    LinkMode::Cut
+                } else {
+                    LinkMode::Drop
+                };
+                let m = c.master;
+                c.brokers[m].repl_proxy.set(mode);
+                sleep(rng.ms(1000, 4000)).await;
+                c.brokers[m].repl_proxy.heal();
+                c.settle(Duration::from_secs(30)).await?;
+            }
+        }
+        "link-flaps" => {
+            while left(deadline) {
+                let mode = match rng.below(3) {
+                    0 => LinkMode::Cut,
+                    1 => LinkMode::Drop,
+                    _ => LinkMode::Stall,
+                };
+                let m = c.master;
+                c.brokers[m].client_proxy.set(mode);
+                sleep(rng.ms(100, 800)).await;
+                c.brokers[m].client_proxy.heal();
+                sleep(rng.ms(200, 1000)).await;
+            }
+        }
+        "disk-full" => {
+            // The budget fills by itself; keep going until the end.
+            while left(deadline) {
+                sleep(Duration::from_millis(200)).await;
+            }
+        }
+        "torn-write" => {
+            while left(deadline) {
+                sleep(rng.ms(1000, 3000)).await;
+                let m = c.master;
+                c.kill9(m);
+                let n = c.tear_tail(m, rng.next_u64())?;
+                tracing_note(&format!("torn-write: appended {n} torn bytes"));
+                // Restart it as the master (the slave never has more than the master).
+                c.start_broker(m, None).await?;
+                c.settle(Duration::from_secs(30)).await?;
+            }
+        }
+        "rolling-restart" => {
+            while left(deadline) {
+                sleep(rng.ms(500, 1500)).await;
+                c.stop_namesrv().await;
+                sleep(rng.ms(100, 500)).await;
+                c.start_namesrv().await?;
+                let s = c.peer(c.master);
+                c.stop(s).await;
+                c.restart_as_slave(s).await?;
+                c.settle(Duration::from_secs(30)).await?;
+                let m = c.master;
+                c.stop(m).await;
+                c.fail_over(m).await?;
+                c.restart_as_slave(m).await?;
+                c.settle(Duration::from_secs(30)).await?;
+            }
+        }
+        "controller-leader-kill" => {
+            while left(deadline) {
+                sleep(rng.ms(1000, 3000)).await;
+                let l = c.controller_leader().await.context("no controller")?;
+                c.kill9_controller(l);
+                sleep(rng.ms(1000, 3000)).await;
+                c.start_controller(l).await?;
+            }
+        }
+        "master-controller-kill" => {
+            while left(deadline) {
+                sleep(rng.ms(1000, 3000)).await;
+                let l = c.controller_leader().await.context("no controller")?;
+                let m = c.master;
+                c.kill9_controller(l);
+                c.kill9(m);
+                sleep(rng.ms(1000, 3000)).await;
+                c.start_controller(l).await?;
+                c.fail_over(m).await?;
+                c.restart_as_slave(m).await?;
+                c.settle(Duration::from_secs(30)).await?;
+            }
+        }
+        other => anyhow::bail!("unknown scenario {other}"),
+    }
+    Ok(())
+}
