@@ -72,6 +72,7 @@ impl Broker {
         let group = resource_name(req.group.as_ref());
         let topic = resource_name(req.topic.as_ref());
         self.check_group(group)?;
+        self.writable()?;
         let consumers = self.consumers();
         let secret = consumers
             .existing_secret()

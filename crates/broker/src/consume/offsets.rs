@@ -117,6 +117,7 @@ impl Broker {
     pub async fn update_offset(&self, req: &UpdateOffsetRequest) -> Result<(), BrokerError> {
         let group = resource_name(req.group.as_ref());
         self.check_group(group)?;
+        self.writable()?;
         let (topic, q) = self.queue_of(req.message_queue.as_ref())?;
         let offset = u64::try_from(req.offset)
             .map_err(|_| BrokerError::BadRequest("offset is negative".into()))?;

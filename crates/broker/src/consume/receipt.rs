@@ -127,6 +127,18 @@ mod tests {
         assert!(decode(&k, "g", "t", &"é".repeat(45)).is_err());
     }
 
+    proptest::proptest! {
+        /// Any string decodes to an error or a receipt, never a panic; random bytes of the
+        /// right length never verify.
+        #[test]
+        fn arbitrary_input_never_panics(s in ".{0,120}", raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 45)) {
+            let k = [9u8; 32];
+            let _ = decode(&k, "g", "t", &s);
+            let h = hex::encode(&raw);
+            proptest::prop_assert!(decode(&k, "g", "t", &h).is_err());
+        }
+    }
+
     #[test]
     fn epoch_rules() {
         let r = Receipt {

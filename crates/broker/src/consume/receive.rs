@@ -94,6 +94,8 @@ impl Broker {
         let cfg = self.consumers().config().clone();
         let group = resource_name(req.group.as_ref()).to_string();
         self.check_group(&group)?;
+        // Deliveries are recorded in the log: only a master (with its lease) may.
+        self.writable()?;
         let mq = req.message_queue.as_ref();
         let topic = self.readable_topic(resource_name(mq.and_then(|m| m.topic.as_ref())))?;
         let filter =
@@ -236,7 +238,7 @@ impl Broker {
         };
         let group = resource_name(req.group.as_ref()).to_string();
         let topic = resource_name(req.topic.as_ref()).to_string();
-        if let Err(e) = self.check_group(&group) {
+        if let Err(e) = self.check_group(&group).and_then(|()| self.writable()) {
             return fail(e);
         }
         if let Err(e) = validate::check_name(&topic, self.config().limits.max_name_bytes) {
@@ -327,6 +329,7 @@ impl Broker {
         let group = resource_name(req.group.as_ref());
         let topic = resource_name(req.topic.as_ref());
         self.check_group(group)?;
+        self.writable()?;
         let cfg = self.consumers().config();
         let ms = duration_ms(req.invisible_duration.as_ref()).ok_or_else(|| {
             BrokerError::IllegalInvisibleTime("invisible_duration is missing".into())
