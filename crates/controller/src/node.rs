@@ -292,10 +292,16 @@ impl Controller {
     /// the purged-up-to index. The log is tiny, so this is for admin and tests.
     pub async fn compact(&self) -> Result<Option<u64>, ControllerError> {
         let raft = &self.inner.raft;
+        let unavailable = |e: &dyn std::fmt::Display| ControllerError::Unavailable(e.to_string());
+        // After a restart the applied index reaches the metrics a moment after the state
+        // itself: wait for it briefly rather than report "nothing to compact".
+        let _ = raft
+            .wait(Some(self.inner.config.rpc_timeout()))
+            .metrics(|m| m.last_applied.is_some(), "applied")
+            .await;
         let Some(applied) = raft.metrics().borrow().last_applied.map(|l| l.index) else {
             return Ok(None);
         };
-        let unavailable = |e: &dyn std::fmt::Display| ControllerError::Unavailable(e.to_string());
         raft.trigger()
             .snapshot()
             .await
