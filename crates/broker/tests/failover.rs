@@ -18,7 +18,6 @@ use sofamq_client::{Message, Producer, ProducerConfig};
 use sofamq_controller::GroupState;
 use sofamq_proto::v2::messaging_service_client::MessagingServiceClient;
 use sofamq_proto::v2::{self as v2, SendMessageRequest};
-use sofamq_store::{Store, StoreConfig};
 use sofamq_testkit::Cluster;
 use sofamq_testkit::controller::Controllers;
 use sofamq_testkit::repl::ReplBroker;
@@ -41,16 +40,12 @@ fn controller_flags() -> Vec<&'static str> {
 /// machine must not look like a dead master.
 const PATIENT: [&str; 4] = ["--master-timeout-ms", "8000", "--lease-ms", "6000"];
 
-/// Every message id in the log of `store_dir`, with how often it is there.
+/// Every message id of the test topic in the log of `store_dir`, with how often it is there.
 fn ids_in_log(store_dir: &std::path::Path) -> HashMap<String, usize> {
-    let store = Store::open(StoreConfig::new(store_dir)).unwrap();
     let mut out = HashMap::new();
-    for r in store.scan(0) {
-        let r = r.unwrap();
-        if r.topic == TOPIC
-            && let Some((_, id)) = r.properties.iter().find(|(k, _)| k == "__MSGID")
-        {
-            *out.entry(id.clone()).or_insert(0) += 1;
+    for (topic, id, _, _) in sofamq_testkit::logs::messages(store_dir).unwrap() {
+        if topic == TOPIC {
+            *out.entry(id).or_insert(0) += 1;
         }
     }
     out
@@ -58,15 +53,7 @@ fn ids_in_log(store_dir: &std::path::Path) -> HashMap<String, usize> {
 
 /// The whole durable log of a store as bytes.
 fn log_bytes(store_dir: &std::path::Path) -> Vec<u8> {
-    let store = Store::open(StoreConfig::new(store_dir)).unwrap();
-    let mut out = Vec::new();
-    let end = store.durable_offset();
-    while (out.len() as u64) < end {
-        let b = store.read_raw(out.len() as u64, 1 << 20).unwrap();
-        assert!(!b.is_empty());
-        out.extend_from_slice(&b);
-    }
-    out
+    sofamq_testkit::logs::log_bytes(store_dir).unwrap()
 }
 
 struct Setup {

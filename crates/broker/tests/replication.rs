@@ -11,7 +11,6 @@ use sofamq_proto::admin::broker_admin_client::BrokerAdminClient;
 use sofamq_proto::admin::{ReadQueueRequest, ReplicationStatusRequest};
 use sofamq_proto::v2::messaging_service_client::MessagingServiceClient;
 use sofamq_proto::v2::{self as v2, SendMessageRequest};
-use sofamq_store::{Store, StoreConfig};
 use sofamq_testkit::Cluster;
 use sofamq_testkit::repl::ReplBroker;
 
@@ -71,28 +70,12 @@ async fn wait_in_sync(master: &str, timeout: Duration) {
 
 /// Every record of the log in `store_dir` with a message id: (topic, id, body, log offset).
 fn log_messages(store_dir: &std::path::Path) -> Vec<(String, String, Vec<u8>, u64)> {
-    let store = Store::open(StoreConfig::new(store_dir)).unwrap();
-    let mut out = Vec::new();
-    for r in store.scan(0) {
-        let r = r.unwrap();
-        if let Some((_, id)) = r.properties.iter().find(|(k, _)| k == "__MSGID") {
-            out.push((r.topic.clone(), id.clone(), r.body.to_vec(), r.log_offset));
-        }
-    }
-    out
+    sofamq_testkit::logs::messages(store_dir).unwrap()
 }
 
 /// The whole durable log of a store as bytes.
 fn log_bytes(store_dir: &std::path::Path) -> Vec<u8> {
-    let store = Store::open(StoreConfig::new(store_dir)).unwrap();
-    let mut out = Vec::new();
-    let end = store.durable_offset();
-    while (out.len() as u64) < end {
-        let b = store.read_raw(out.len() as u64, 1 << 20).unwrap();
-        assert!(!b.is_empty());
-        out.extend_from_slice(&b);
-    }
-    out
+    sofamq_testkit::logs::log_bytes(store_dir).unwrap()
 }
 
 fn raw_message(topic: &str, id: &str, body: &[u8]) -> v2::Message {

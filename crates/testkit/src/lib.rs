@@ -4,6 +4,7 @@
 
 pub mod chaos;
 pub mod controller;
+pub mod logs;
 pub mod proxy;
 pub mod repl;
 

@@ -161,7 +161,18 @@ impl Tracker {
         self.publish(&g.1, false);
     }
 
-    fn evaluate(&self, s: &mut Slave, durable: u64, now: Instant) {
+    /// The highest offset that may have been acked to a client: what the master holds
+    /// durably and every counted slave acked.
+    fn high_watermark(&self, durable: u64) -> u64 {
+        let snap = self.tx.borrow();
+        if snap.in_sync == 0 {
+            durable
+        } else {
+            snap.replicated.min(durable)
+        }
+    }
+
+    fn evaluate(&self, s: &mut Slave, durable: u64, hw: u64, now: Instant) {
         if s.acked >= s.mark.0 {
             s.reached = s.mark.1;
             s.mark = (durable, now);
@@ -172,8 +183,10 @@ impl Tracker {
         if s.in_sync {
             s.in_sync = !behind_bytes && !behind_time;
         } else {
-            // Rejoin only right after reaching a mark (caught up to where the master was).
-            s.in_sync = s.mark.1 == now && !behind_bytes;
+            // Rejoin only right after reaching a mark (caught up to where the master was), and
+            // only holding everything that may have been acked (the high watermark): a
+            // controller may elect any member of the in-sync set.
+            s.in_sync = s.mark.1 == now && !behind_bytes && s.acked >= hw;
         }
         if was != s.in_sync {
             if s.in_sync {
@@ -190,7 +203,8 @@ impl Tracker {
         let now = Instant::now();
         if let Some(mut s) = g.1.remove(&id) {
             s.acked = s.acked.max(acked);
-            self.evaluate(&mut s, durable, now);
+            let hw = self.high_watermark(durable);
+            self.evaluate(&mut s, durable, hw, now);
             g.1.insert(id, s);
         }
         self.publish(&g.1, false);
@@ -202,7 +216,8 @@ impl Tracker {
         let now = Instant::now();
         for s in g.1.values_mut() {
             if s.in_sync {
-                self.evaluate(s, durable, now);
+                // Only in-sync slaves are evaluated here: the watermark cannot matter.
+                self.evaluate(s, durable, 0, now);
             }
         }
         self.publish(&g.1, false);
@@ -322,12 +337,17 @@ mod tests {
         t.ack(id, 200, 500);
         assert!(t.check_available().is_err(), "behind its mark");
         t.ack(id, 500, 600);
-        assert!(t.check_available().is_ok(), "reached its mark: in sync");
-        // A waiter for 600 is released by the ack covering it, not before.
-        let w = t.wait_replicated(600, Duration::from_millis(20)).await;
-        assert!(matches!(w, Err(BrokerError::SlavePersistence(_))), "{w:?}");
+        assert!(
+            t.check_available().is_err(),
+            "reached its mark but not the high watermark (600 may be acked)"
+        );
         t.ack(id, 600, 600);
-        t.wait_replicated(600, Duration::from_millis(20))
+        assert!(t.check_available().is_ok(), "holds everything: in sync");
+        // A waiter for 650 is released by the ack covering it, not before.
+        let w = t.wait_replicated(650, Duration::from_millis(20)).await;
+        assert!(matches!(w, Err(BrokerError::SlavePersistence(_))), "{w:?}");
+        t.ack(id, 650, 650);
+        t.wait_replicated(650, Duration::from_millis(20))
             .await
             .unwrap();
         // Too far behind in bytes: leaves the set; waiters fail fast.
@@ -345,6 +365,27 @@ mod tests {
         assert!(t.check_available().is_err());
         t.remove(id);
         assert_eq!(t.snapshot().in_sync, 0);
+    }
+
+    /// A slave joins only once it holds everything the in-sync set may have acked: the
+    /// controller may elect any member of the set.
+    #[test]
+    fn join_needs_the_high_watermark() {
+        let t = Tracker::new(2, 1 << 20, Duration::from_secs(5));
+        let a = t.register("a".into(), 1, 0, 0);
+        t.ack(a, 0, 0);
+        assert_eq!(t.insync_ids(), [1].into());
+        // `a` acked up to 900: sends up to 900 may have been acked.
+        t.ack(a, 900, 900);
+        let b = t.register("b".into(), 2, 0, 100);
+        t.ack(b, 100, 900);
+        assert_eq!(t.insync_ids(), [1].into(), "b reached its mark (100) only");
+        t.ack(b, 900, 1000);
+        assert_eq!(
+            t.insync_ids(),
+            [1, 2].into(),
+            "b holds all that may be acked"
+        );
     }
 
     #[tokio::test]
