@@ -178,15 +178,40 @@ fn address_in(line: &str) -> Option<String> {
 /// A base port such that `base..base + n` are all free on 127.0.0.1 right now
 /// (for `sofamq standalone --port-base`, which uses consecutive ports).
 pub fn free_port_base(n: u16) -> anyhow::Result<u16> {
-    for _ in 0..200 {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let base = probe.local_addr()?.port();
-        drop(probe);
-        if base.checked_add(n).is_none() {
+    fixed_ports(n)
+}
+
+/// `n` consecutive ports, free on 127.0.0.1 now, from 20000..32700: below Linux's
+/// ephemeral range, so no port-0 listener or outgoing connection takes one before the
+/// process meant to bind it does. Ports handed out once are not handed out again by this
+/// process.
+pub(crate) fn fixed_ports(n: u16) -> anyhow::Result<u16> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static TAKEN: Mutex<Vec<(u16, u16)>> = Mutex::new(Vec::new());
+    static SEED: AtomicU64 = AtomicU64::new(0);
+    const LOW: u16 = 20_000;
+    const HIGH: u16 = 32_700;
+    anyhow::ensure!(n > 0 && n < 100, "ask for 1..100 ports");
+    let mut x = SEED.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+        ^ u64::from(std::process::id()).rotate_left(32)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..500 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let base = LOW + (x % u64::from(HIGH - LOW - n)) as u16;
+        let overlaps = taken.iter().any(|&(b, len)| base < b + len && b < base + n);
+        if overlaps {
             continue;
         }
         let all_free = (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
         if all_free {
+            taken.push((base, n));
             return Ok(base);
         }
     }

@@ -6,10 +6,13 @@ use std::time::Duration;
 
 use crate::Node;
 
-/// A free 127.0.0.1 port right now.
+/// A free 127.0.0.1 port right now, for a process that binds it later.
+///
+/// Taken below Linux's ephemeral range (32768 and up), so that listeners bound to port 0
+/// (the test kit's proxies, in-process servers) and outgoing connections can never take it
+/// between this check and the bind; never the same port twice in one test process.
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    crate::fixed_ports(1)
 }
 
 /// One broker process of a replicated group, restartable with the same addresses and data.

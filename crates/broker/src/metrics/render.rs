@@ -42,7 +42,7 @@ pub fn health(b: &Broker) -> (bool, String) {
     let v = serde_json::json!({
         "status": if fenced.is_some() { "fenced" } else { "ok" },
         "broker": b.config().broker_name,
-        "broker_id": repl.broker_id(),
+        "broker_id": repl.identity(),
         "role": role.as_str(),
         "epoch": s.current_epoch(),
         "fenced_reason": fenced,
@@ -59,7 +59,9 @@ pub fn render(b: &Broker) -> String {
     let repl = b.repl();
     let store = b.store();
     let m = b.metrics();
-    let id = repl.broker_id().to_string();
+    // The configured id: stable across role changes, so series survive a failover (the
+    // role is its own label).
+    let id = repl.identity().to_string();
     let base = labels(&[("broker", &cfg.broker_name), ("broker_id", &id)]);
     let with = |extra: &[(&str, &str)]| {
         let mut v: Vec<(&str, &str)> = vec![("broker", &cfg.broker_name), ("broker_id", &id)];
