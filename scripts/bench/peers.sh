@@ -191,7 +191,7 @@ fi
 PEERBENCH=""
 if ((want_nats + want_rabbit > 0)); then
     log "building peerbench (bench/peers, release)"
-    (cd "$ROOT/bench/peers" && cargo build --release -q)
+    (cd "$ROOT/bench/peers" && CARGO_TARGET_DIR="$ROOT/bench/peers/target" cargo build --release -q)
     PEERBENCH="$ROOT/bench/peers/target/release/peerbench"
 fi
 SOFAMQ=""
