@@ -95,20 +95,14 @@ impl Controllers {
         args.extend(extra);
         c.restarts += 1;
         let name = format!("controller-{id}-{}", c.restarts);
-        let mut last = None;
-        for _ in 0..20 {
-            match Node::spawn(&name, &args, &log_dir, Duration::from_secs(30)) {
-                Ok(n) => {
-                    c.node = Some(n);
-                    return Ok(());
-                }
-                Err(e) => {
-                    last = Some(e);
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("spawn failed")))
+        c.node = Some(Node::spawn_retrying(
+            &name,
+            &args,
+            &log_dir,
+            20,
+            Duration::from_millis(100),
+        )?);
+        Ok(())
     }
 
     /// SIGKILL voter `id`.

@@ -113,6 +113,28 @@ impl Node {
         }
     }
 
+    /// [`Node::spawn`], tried up to `attempts` times `pause` apart: a fixed port can be
+    /// briefly unavailable right after the previous process on it was killed.
+    pub fn spawn_retrying(
+        name: &str,
+        args: &[String],
+        log_dir: &Path,
+        attempts: usize,
+        pause: Duration,
+    ) -> anyhow::Result<Node> {
+        let mut last = None;
+        for _ in 0..attempts.max(1) {
+            match Node::spawn(name, args, log_dir, Duration::from_secs(30)) {
+                Ok(n) => return Ok(n),
+                Err(e) => {
+                    last = Some(e);
+                    std::thread::sleep(pause);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("spawn failed")))
+    }
+
     /// The process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -120,20 +120,14 @@ impl ReplBroker {
         self.restarts += 1;
         let log_name = format!("{}-{}", self.name, self.restarts);
         // The port may be briefly unavailable right after a kill; retry a few times.
-        let mut last = None;
-        for _ in 0..20 {
-            match Node::spawn(&log_name, &args, &self.log_dir, Duration::from_secs(30)) {
-                Ok(n) => {
-                    self.node = Some(n);
-                    return Ok(());
-                }
-                Err(e) => {
-                    last = Some(e);
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("spawn failed")))
+        self.node = Some(Node::spawn_retrying(
+            &log_name,
+            &args,
+            &self.log_dir,
+            20,
+            Duration::from_millis(100),
+        )?);
+        Ok(())
     }
 
     /// SIGSTOP (`true`) or SIGCONT (`false`) the running process.

@@ -151,21 +151,8 @@ where
 }
 
 async fn spawn_node(name: String, args: Vec<String>, log_dir: PathBuf) -> anyhow::Result<Node> {
-    blocking(move || {
-        // The port may be briefly unavailable right after a kill: retry a few times.
-        let mut last = None;
-        for _ in 0..5 {
-            match Node::spawn(&name, &args, &log_dir, Duration::from_secs(30)) {
-                Ok(n) => return Ok(n),
-                Err(e) => {
-                    last = Some(e);
-                    std::thread::sleep(Duration::from_millis(300));
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("spawn failed")))
-    })
-    .await
+    blocking(move || Node::spawn_retrying(&name, &args, &log_dir, 5, Duration::from_millis(300)))
+        .await
 }
 
 /// Runs `sofamq ARGS` to completion (bounded by `sofamq`'s own timeouts) and returns stdout.
