@@ -114,7 +114,7 @@ fn send_req(topic: &str) -> SendMessageRequest {
                 message_type: MessageType::Normal as i32,
                 ..Default::default()
             }),
-            body: b"hello".to_vec(),
+            body: b"hello".to_vec().into(),
         }],
     }
 }
@@ -410,7 +410,7 @@ async fn inflight_send_bytes_are_bounded() {
     let mut h = start(false, |c| c.limits.max_inflight_send_bytes = 1000).await;
     let before = h.stored("t");
     let mut req = send_req("t");
-    req.messages[0].body = vec![b'x'; 2000];
+    req.messages[0].body = (vec![b'x'; 2000]).into();
     let code = h.send(tonic::Request::new(req)).await;
     assert_eq!(code, Code::TooManyRequests as i32);
     assert_eq!(h.stored("t"), before);

@@ -329,7 +329,7 @@ async fn send_direct(addr: &str, id: &str) -> Option<i32> {
             born_host: "test".into(),
             ..Default::default()
         }),
-        body: b"direct".to_vec(),
+        body: b"direct".to_vec().into(),
         ..Default::default()
     };
     let r = tokio::time::timeout(

@@ -90,7 +90,7 @@ fn raw_message(topic: &str, id: &str, body: &[u8]) -> v2::Message {
             born_host: "test".into(),
             ..Default::default()
         }),
-        body: body.to_vec(),
+        body: body.to_vec().into(),
         ..Default::default()
     }
 }

@@ -157,7 +157,7 @@ fn raw_message(topic: &str) -> v2::Message {
             born_host: "test".into(),
             ..Default::default()
         }),
-        body: b"hello".to_vec(),
+        body: b"hello".to_vec().into(),
         ..Default::default()
     }
 }

@@ -73,7 +73,7 @@ fn msg(topic: &str, body: &[u8]) -> Message {
             message_type: MessageType::Normal as i32,
             ..Default::default()
         }),
-        body: body.to_vec(),
+        body: body.to_vec().into(),
     }
 }
 

@@ -121,8 +121,7 @@ impl Message {
                 message_group: self.message_group,
                 ..Default::default()
             }),
-            // Zero-copy when the body is a uniquely owned Vec-backed Bytes.
-            body: self.body.into(),
+            body: self.body,
         }
     }
 }

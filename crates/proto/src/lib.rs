@@ -159,7 +159,7 @@ mod tests {
                     delivery_attempt: Some(1),
                     ..Default::default()
                 }),
-                body: b"a".to_vec(),
+                body: b"a".to_vec().into(),
             }],
         };
         let bytes = req.encode_to_vec();

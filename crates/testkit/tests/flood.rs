@@ -34,7 +34,7 @@ fn msg(topic: &str, body: Vec<u8>, id: &str) -> pb::Message {
             message_type: pb::MessageType::Normal as i32,
             ..Default::default()
         }),
-        body,
+        body: body.into(),
     }
 }
 

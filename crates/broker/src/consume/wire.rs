@@ -99,7 +99,7 @@ pub fn to_wire(rec: &Record, topic_type: TopicType, store_host: &str, d: &Delive
         }),
         user_properties,
         system_properties: Some(system_properties),
-        body: rec.body.to_vec(),
+        body: rec.body.clone(),
     }
 }
 
