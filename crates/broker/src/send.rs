@@ -3,11 +3,9 @@
 //! in request order. Acked only once the in-sync slaves hold it too (see [`crate::repl`]);
 //! a message id already stored gets its original receipt and stores nothing new.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use sofamq_proto::v2::{
     Code, Message, SendMessageRequest, SendMessageResponse, SendResultEntry, Status,
 };
@@ -15,7 +13,7 @@ use sofamq_store::NewRecord;
 
 use crate::broker::Broker;
 use crate::error::{BrokerError, ok_status};
-use crate::repl::dedup::{self, Dedup, Lookup, Receipt};
+use crate::repl::dedup::{self, Dedup, HashKeyed, Key, Lookup, Receipt};
 use crate::topics::{TopicConfig, now_ms};
 use crate::validate::{self, Checked};
 
@@ -107,29 +105,41 @@ impl Broker {
         let mut entries: Vec<SendResultEntry> = Vec::with_capacity(n);
         let mut records = Vec::with_capacity(n);
         let mut slots = Vec::with_capacity(n);
-        let mut keys = Vec::with_capacity(n);
+        // The window key of every accepted message, by slot (taken when completed).
+        let mut keys: Vec<Option<Key>> = Vec::with_capacity(n);
         let mut dups: Vec<(usize, Dup)> = Vec::new();
-        // Only a request of several messages can repeat an id within itself.
-        let mut in_request: HashMap<String, usize> = if n > 1 {
-            HashMap::with_capacity(n)
-        } else {
-            HashMap::new()
-        };
+        // Only a request of several messages can repeat an id within itself: key hash →
+        // first slot with that key (the full key is compared on a hit).
+        let mut in_request: HashKeyed<usize> = HashKeyed::default();
+        if n > 1 {
+            in_request.reserve(n);
+        }
+        // Consecutive messages of one topic (the usual batch) look the topic up once.
+        let mut topic_cache: Option<TopicConfig> = None;
         for (i, msg) in req.messages.into_iter().enumerate() {
-            match self.prepare(msg) {
+            match self.prepare(msg, &mut topic_cache) {
                 Ok((message_id, record)) => {
-                    let key = dedup::key(&record.topic, &message_id);
+                    let key = dedup.key(&record.topic, &message_id);
                     entries.push(SendResultEntry {
                         status: None,
                         message_id,
                         ..Default::default()
                     });
                     if n > 1 {
-                        if let Some(&first) = in_request.get(&key) {
-                            dups.push((i, Dup::SameRequest(first)));
-                            continue;
+                        match in_request.entry(key.hash()) {
+                            std::collections::hash_map::Entry::Occupied(o) => {
+                                let first = *o.get();
+                                if keys[first].as_ref() == Some(&key) {
+                                    keys.push(None);
+                                    dups.push((i, Dup::SameRequest(first)));
+                                    continue;
+                                }
+                                // A hash collision with another id: not a repeat.
+                            }
+                            std::collections::hash_map::Entry::Vacant(v) => {
+                                v.insert(i);
+                            }
                         }
-                        in_request.insert(key.clone(), i);
                     }
                     match dedup.lookup(&key) {
                         Lookup::Stored(r) => dups.push((i, Dup::Stored(r))),
@@ -137,9 +147,9 @@ impl Broker {
                         Lookup::Claimed => {
                             records.push(record);
                             slots.push(i);
-                            keys.push(key);
                         }
                     }
+                    keys.push(Some(key));
                 }
                 Err((message_id, e)) => {
                     self.metrics_rejected(&e);
@@ -148,6 +158,7 @@ impl Broker {
                         message_id,
                         ..Default::default()
                     });
+                    keys.push(None);
                 }
             }
         }
@@ -163,29 +174,31 @@ impl Broker {
                 Ok(appended) => {
                     self.repl().log_grew();
                     self.metrics().commit_in(tally);
-                    for (((slot, a), key), queue_id) in
-                        slots.iter().zip(appended).zip(keys).zip(queue_ids)
-                    {
+                    let mut done = Vec::with_capacity(slots.len());
+                    for ((slot, a), queue_id) in slots.iter().zip(appended).zip(queue_ids) {
                         let end = a.log_offset + u64::from(a.size);
-                        dedup.complete(
-                            key,
-                            Receipt {
-                                queue_id,
-                                queue_offset: a.queue_offset,
-                                end,
-                            },
-                        );
+                        if let Some(key) = keys[*slot].take() {
+                            done.push((
+                                key,
+                                Receipt {
+                                    queue_id,
+                                    queue_offset: a.queue_offset,
+                                    end,
+                                },
+                            ));
+                        }
                         entries[*slot].offset = a.queue_offset as i64;
                         need = need.max(end);
                         stored.push(*slot);
                     }
+                    dedup.complete_all(done);
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "send not persisted");
-                    for key in &keys {
-                        dedup.abort(key);
-                    }
                     for slot in &slots {
+                        if let Some(key) = &keys[*slot] {
+                            dedup.abort(key);
+                        }
                         entries[*slot].status = Some(err.status());
                     }
                 }
@@ -247,7 +260,11 @@ impl Broker {
 
     /// Validates one message and builds its record. Returns its message id with the record,
     /// or the id (empty when absent) with the reason it was refused.
-    fn prepare(&self, msg: Message) -> Result<(String, NewRecord), (String, BrokerError)> {
+    fn prepare(
+        &self,
+        mut msg: Message,
+        topic_cache: &mut Option<TopicConfig>,
+    ) -> Result<(String, NewRecord), (String, BrokerError)> {
         let fail = |msg: &Message, e| {
             let id = msg
                 .system_properties
@@ -262,17 +279,29 @@ impl Broker {
             .map(|t| t.name.as_str())
             .unwrap_or_default();
         let limits = &self.config().limits;
-        if let Err(e) = validate::check_topic_name(topic_name, limits) {
-            return Err(fail(&msg, e));
+        // The name check is a pure function of the name, so a cached topic (which passed
+        // it under the same name) needs neither the check nor the table lookup again.
+        let cached = topic_cache.as_ref().is_some_and(|t| t.name == topic_name);
+        if !cached {
+            if let Err(e) = validate::check_topic_name(topic_name, limits) {
+                return Err(fail(&msg, e));
+            }
+            let Some(topic): Option<TopicConfig> = self.topics().get(topic_name) else {
+                let e = BrokerError::TopicNotFound(format!(
+                    "'{topic_name}' does not exist on {}",
+                    self.config().broker_name
+                ));
+                return Err(fail(&msg, e));
+            };
+            *topic_cache = Some(topic);
         }
-        let Some(topic): Option<TopicConfig> = self.topics().get(topic_name) else {
-            let e = BrokerError::TopicNotFound(format!(
-                "'{topic_name}' does not exist on {}",
-                self.config().broker_name
+        let Some(topic) = topic_cache.as_ref() else {
+            return Err(fail(
+                &msg,
+                BrokerError::Internal("topic cache empty".into()),
             ));
-            return Err(fail(&msg, e));
         };
-        let checked = match validate::check_message(&msg, &topic, limits) {
+        let checked = match validate::check_message(&mut msg, topic, limits) {
             Ok(c) => c,
             Err(e) => return Err(fail(&msg, e)),
         };
@@ -293,14 +322,16 @@ impl Broker {
             .and_then(|s| s.born_timestamp.as_ref())
             .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000))
             .unwrap_or_else(now_ms);
+        // The message's own topic string equals the table's name: move it, do not copy.
+        let topic_name = msg.topic.take().map(|t| t.name).unwrap_or_default();
         let record = NewRecord {
-            topic: topic.name,
+            topic: topic_name,
             queue_id,
             flags: 0,
             tag,
             born_ts_ms,
             properties,
-            body: Bytes::from(msg.body),
+            body: msg.body,
         };
         Ok((message_id, record))
     }
@@ -335,17 +366,15 @@ fn whole_failure(e: &BrokerError) -> SendMessageResponse {
 /// single message, MULTIPLE_RESULTS when a batch is mixed.
 fn overall(entries: &[SendResultEntry]) -> Status {
     let ok = Code::Ok as i32;
-    let codes: Vec<i32> = entries
-        .iter()
-        .map(|e| e.status.as_ref().map(|s| s.code).unwrap_or(ok))
-        .collect();
-    if codes.iter().all(|c| *c == ok) {
+    let code = |e: &SendResultEntry| e.status.as_ref().map(|s| s.code).unwrap_or(ok);
+    if entries.iter().all(|e| code(e) == ok) {
         return ok_status();
     }
     if entries.len() == 1 {
         return entries[0].status.clone().unwrap_or_else(ok_status);
     }
-    if codes.iter().all(|c| *c == codes[0]) {
+    let first = code(&entries[0]);
+    if entries.iter().all(|e| code(e) == first) {
         return entries[0].status.clone().unwrap_or_else(ok_status);
     }
     Status {

@@ -84,6 +84,11 @@ pub fn check_topic_name(name: &str, limits: &Limits) -> Result<(), BrokerError> 
 }
 
 fn has_control_or_blank(s: &str) -> bool {
+    if s.is_ascii() {
+        // The same rule without decoding chars: in ASCII the control characters are
+        // 0..=0x1F and 0x7F, and every whitespace character but ' ' is a control one.
+        return s.bytes().all(|b| b == b' ') || s.bytes().any(|b| b < 0x20 || b == 0x7F);
+    }
     s.trim().is_empty() || s.chars().any(char::is_control)
 }
 
@@ -102,9 +107,11 @@ pub struct Checked {
     pub message_id: String,
 }
 
-/// Validates `msg` against `topic` and `limits`.
+/// Validates `msg` against `topic` and `limits`. On success the strings the record needs
+/// (message id, tag, group, host, trace context, user properties) are moved out of `msg`
+/// instead of copied; on failure `msg` is left untouched.
 pub fn check_message(
-    msg: &Message,
+    msg: &mut Message,
     topic: &TopicConfig,
     limits: &Limits,
 ) -> Result<Checked, BrokerError> {
@@ -139,29 +146,25 @@ pub fn check_message(
         )));
     }
 
-    let tag = match &sys.tag {
-        None => String::new(),
-        Some(t) => {
-            if has_control_or_blank(t) {
-                return Err(BrokerError::IllegalTag(
-                    "tag is blank or contains control characters".into(),
-                ));
-            }
-            if t.contains('|') {
-                return Err(BrokerError::IllegalTag(format!(
-                    "tag {t:?} contains '|', which is reserved for filter expressions"
-                )));
-            }
-            if t.len() > limits.max_tag_bytes {
-                return Err(BrokerError::IllegalTag(format!(
-                    "tag is {} bytes, the limit is {}",
-                    t.len(),
-                    limits.max_tag_bytes
-                )));
-            }
-            t.clone()
+    if let Some(t) = &sys.tag {
+        if has_control_or_blank(t) {
+            return Err(BrokerError::IllegalTag(
+                "tag is blank or contains control characters".into(),
+            ));
         }
-    };
+        if t.contains('|') {
+            return Err(BrokerError::IllegalTag(format!(
+                "tag {t:?} contains '|', which is reserved for filter expressions"
+            )));
+        }
+        if t.len() > limits.max_tag_bytes {
+            return Err(BrokerError::IllegalTag(format!(
+                "tag is {} bytes, the limit is {}",
+                t.len(),
+                limits.max_tag_bytes
+            )));
+        }
+    }
 
     if sys.keys.len() > limits.max_key_count {
         return Err(BrokerError::IllegalKey(format!(
@@ -187,7 +190,7 @@ pub fn check_message(
                 limits.max_name_bytes
             )));
         }
-        Some(g) => Some(g.clone()),
+        Some(_) => Some(()),
     };
 
     if msg.user_properties.len() > limits.max_property_count {
@@ -267,6 +270,13 @@ pub fn check_message(
         ));
     }
 
+    let Some(sys) = msg.system_properties.as_mut() else {
+        return Err(BrokerError::BadRequest("system_properties missing".into()));
+    };
+    let message_id = std::mem::take(&mut sys.message_id);
+    let tag = sys.tag.take().unwrap_or_default();
+    // Validated above: present exactly when `message_group` was `Some`.
+    let message_group = sys.message_group.take();
     let mut properties = Vec::with_capacity(msg.user_properties.len() + 6);
     properties.push((keys::MSG_ID.to_string(), message_id.clone()));
     properties.push((keys::TYPE.to_string(), type_number(message_type)));
@@ -283,48 +293,52 @@ pub fn check_message(
         properties.push((keys::DELIVER_AT.to_string(), ms.to_string()));
     }
     if !sys.born_host.is_empty() {
-        properties.push((keys::BORN_HOST.to_string(), truncate(&sys.born_host, 255)));
+        properties.push((
+            keys::BORN_HOST.to_string(),
+            truncate(std::mem::take(&mut sys.born_host), 255),
+        ));
     }
     if sys.body_encoding != 0 {
-        properties.push((keys::ENCODING.to_string(), sys.body_encoding.to_string()));
+        properties.push((keys::ENCODING.to_string(), decimal(sys.body_encoding)));
     }
-    if let Some(t) = &sys.trace_context {
+    if let Some(t) = sys.trace_context.take() {
         properties.push((keys::TRACE.to_string(), truncate(t, 1024)));
     }
-    let mut user: Vec<_> = msg
-        .user_properties
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    user.sort();
-    properties.extend(user);
+    let start = properties.len();
+    properties.extend(std::mem::take(&mut msg.user_properties));
+    properties[start..].sort();
 
     Ok(Checked {
         message_type,
         message_group,
         tag,
         properties,
-        message_id: message_id.clone(),
+        message_id,
     })
 }
 
 /// The decimal form of a message type number (what `to_string` gives, without the
 /// formatting machinery: every defined type is a single digit).
 fn type_number(t: MessageType) -> String {
-    let n = t as i32;
+    decimal(t as i32)
+}
+
+/// `n.to_string()`, with a shortcut for the single digits every enum number here is.
+fn decimal(n: i32) -> String {
     match u8::try_from(n) {
         Ok(d @ 0..=9) => char::from(b'0' + d).to_string(),
         _ => n.to_string(),
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
+fn truncate(mut s: String, max: usize) -> String {
     if s.len() <= max {
-        return s.to_string();
+        return s;
     }
     let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].to_string()
+    s.truncate(end);
+    s
 }

@@ -153,7 +153,14 @@ pub(crate) struct Writer {
     pub synced: u64,
     buf: Vec<u8>,
     pub epoch: u64,
-    pub index: FnvMap<String, FnvMap<u32, usize>>,
+    /// Topic → its slot in `topic_names` / `topic_queues`.
+    index: FnvMap<String, usize>,
+    topic_names: Vec<String>,
+    /// Per topic slot: queue id → index in `queues`.
+    topic_queues: Vec<FnvMap<u32, usize>>,
+    /// The topic slot of the last lookup (a batch is mostly one topic): compared by name,
+    /// which is cheaper than hashing it again.
+    last_topic: Option<usize>,
     pub queues: Vec<WriterQueue>,
     dispatch: Vec<(usize, CqEntry)>,
     waiters: Vec<Waiter>,
@@ -182,6 +189,9 @@ impl Writer {
             buf: Vec::with_capacity(sh.cfg.max_batch_bytes + 64 * 1024),
             epoch,
             index: FnvMap::default(),
+            topic_names: Vec::new(),
+            topic_queues: Vec::new(),
+            last_topic: None,
             queues: Vec::new(),
             dispatch: Vec::new(),
             waiters: Vec::new(),
@@ -206,25 +216,42 @@ impl Writer {
         }
         for cq in w.sh.cqs.all() {
             let i = w.queues.len();
-            w.index
-                .entry(cq.topic.clone())
-                .or_default()
-                .insert(cq.queue_id, i);
+            let t = w.topic_slot(&cq.topic);
+            w.topic_queues[t].insert(cq.queue_id, i);
             w.queues.push(WriterQueue { next: cq.len(), cq });
         }
         w
     }
 
+    /// The slot of `topic` in the queue index, created when new.
+    fn topic_slot(&mut self, topic: &str) -> usize {
+        if let Some(t) = self.last_topic
+            && self.topic_names[t] == topic
+        {
+            return t;
+        }
+        let t = match self.index.get(topic) {
+            Some(t) => *t,
+            None => {
+                let t = self.topic_names.len();
+                self.topic_names.push(topic.to_owned());
+                self.topic_queues.push(FnvMap::default());
+                self.index.insert(topic.to_owned(), t);
+                t
+            }
+        };
+        self.last_topic = Some(t);
+        t
+    }
+
     fn queue_index(&mut self, topic: &str, queue_id: u32) -> io::Result<usize> {
-        if let Some(i) = self.index.get(topic).and_then(|m| m.get(&queue_id)) {
+        let t = self.topic_slot(topic);
+        if let Some(i) = self.topic_queues[t].get(&queue_id) {
             return Ok(*i);
         }
         let cq = self.sh.cqs.get_or_create(topic, queue_id)?;
         let i = self.queues.len();
-        self.index
-            .entry(topic.to_owned())
-            .or_default()
-            .insert(queue_id, i);
+        self.topic_queues[t].insert(queue_id, i);
         self.queues.push(WriterQueue { next: cq.len(), cq });
         Ok(i)
     }
@@ -378,6 +405,7 @@ impl Writer {
         let now = now_ms();
         let mut out = Vec::with_capacity(recs.len());
         for rec in recs {
+            // Checked by `Store::submit`; 0 only for a record it would have refused.
             let size = record::encoded_len(rec).unwrap_or(0);
             self.make_room(size)?;
             let qi = self.queue_index(&rec.topic, rec.queue_id)?;

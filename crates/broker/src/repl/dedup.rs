@@ -2,13 +2,24 @@
 //! the sends in flight so a concurrent duplicate waits for the first copy instead of storing a
 //! second. Rebuilt from the tail of the log on start and on promotion, so it follows the log
 //! (the only state path) across failover.
+//!
+//! Cost per message matters here (every send passes through it), so a key is hashed once,
+//! with the process's randomly keyed SipHash ([`RandomState`]: message ids come from the
+//! network, so an unkeyed hash would let a client aim collisions at the window), and both maps
+//! are keyed by that 64-bit hash with an identity hasher. Each entry keeps the full
+//! `topic NUL message id` text and every hit compares it, so a hash collision can never hand
+//! out another message's receipt: a colliding id is simply not remembered (it is stored like a
+//! new message), which only weakens deduplication for that id, never correctness. A waiter on
+//! an in-flight send costs a oneshot channel only when there is a duplicate.
 
+use std::collections::hash_map::{Entry as MapEntry, RandomState};
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use sofamq_store::{Record, Store};
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 
 use crate::topics::now_ms;
 use crate::validate::keys;
@@ -24,8 +35,8 @@ pub struct Receipt {
     pub end: u64,
 }
 
-/// Outcome of a send in flight: `None` while pending, then the receipt or a failure.
-pub type Pending = watch::Receiver<Option<Option<Receipt>>>;
+/// Outcome of a send in flight: the receipt, or `None` when it failed.
+pub type Pending = oneshot::Receiver<Option<Receipt>>;
 
 /// How a message id stands.
 pub enum Lookup {
@@ -37,33 +48,73 @@ pub enum Lookup {
     Claimed,
 }
 
+/// The window key of a message: `topic NUL message id` and its keyed hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    hash: u64,
+    text: Box<str>,
+}
+
+impl Key {
+    /// The keyed 64-bit hash (equal keys of one [`Dedup`] have equal hashes).
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+}
+
+/// Hasher for maps keyed by an already uniformly distributed 64-bit hash.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; fold anything else in so the hasher stays total.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A map keyed by a [`Key::hash`].
+pub type HashKeyed<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
 struct Entry {
-    key: String,
+    hash: u64,
     receipt: Receipt,
     ts_ms: i64,
 }
 
+struct Stored {
+    text: Box<str>,
+    receipt: Receipt,
+}
+
+struct InFlight {
+    text: Box<str>,
+    waiters: Vec<oneshot::Sender<Option<Receipt>>>,
+}
+
 #[derive(Default)]
 struct State {
-    map: HashMap<String, Receipt>,
+    map: HashKeyed<Stored>,
     order: VecDeque<Entry>,
-    pending: HashMap<String, watch::Sender<Option<Option<Receipt>>>>,
+    pending: HashKeyed<InFlight>,
 }
 
 /// The window.
 pub struct Dedup {
     cap: usize,
     ttl_ms: i64,
+    hasher: RandomState,
     st: Mutex<State>,
-}
-
-/// The window key of a message.
-pub fn key(topic: &str, message_id: &str) -> String {
-    let mut k = String::with_capacity(topic.len() + message_id.len() + 1);
-    k.push_str(topic);
-    k.push('\u{0}');
-    k.push_str(message_id);
-    k
 }
 
 impl Dedup {
@@ -72,61 +123,143 @@ impl Dedup {
         Self {
             cap: cap.max(1),
             ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
+            hasher: RandomState::new(),
             st: Mutex::new(State::default()),
         }
     }
 
-    fn insert(&self, st: &mut State, key: String, receipt: Receipt, ts_ms: i64) {
-        if st.map.insert(key.clone(), receipt).is_none() {
+    /// The window key of a message.
+    pub fn key(&self, topic: &str, message_id: &str) -> Key {
+        let mut text = String::with_capacity(topic.len() + message_id.len() + 1);
+        text.push_str(topic);
+        text.push('\u{0}');
+        text.push_str(message_id);
+        let mut h = self.hasher.build_hasher();
+        h.write(text.as_bytes());
+        Key {
+            hash: h.finish(),
+            text: text.into_boxed_str(),
+        }
+    }
+
+    /// Remembers `receipt` for `key`, then evicts by count and age.
+    fn insert(&self, st: &mut State, key: Key, receipt: Receipt, ts_ms: i64, oldest_ok: i64) {
+        let remembered = match st.map.entry(key.hash) {
+            MapEntry::Vacant(v) => {
+                v.insert(Stored {
+                    text: key.text,
+                    receipt,
+                });
+                true
+            }
+            MapEntry::Occupied(mut o) => {
+                let s = o.get_mut();
+                // A different id with the same hash (a collision) is not remembered.
+                if s.text == key.text {
+                    s.receipt = receipt;
+                    true
+                } else {
+                    false
+                }
+            }
+        };
+        if remembered {
             st.order.push_back(Entry {
-                key,
+                hash: key.hash,
                 receipt,
                 ts_ms,
             });
         }
-        let oldest_ok = now_ms().saturating_sub(self.ttl_ms);
         while st.order.len() > self.cap || st.order.front().is_some_and(|e| e.ts_ms < oldest_ok) {
             if let Some(e) = st.order.pop_front()
-                && st.map.get(&e.key) == Some(&e.receipt)
+                && let MapEntry::Occupied(o) = st.map.entry(e.hash)
+                && o.get().receipt == e.receipt
             {
-                st.map.remove(&e.key);
+                o.remove();
             }
         }
     }
 
     /// Looks a key up, claiming it when new.
-    pub fn lookup(&self, key: &str) -> Lookup {
+    pub fn lookup(&self, key: &Key) -> Lookup {
         let mut st = self.st.lock();
-        if let Some(r) = st.map.get(key) {
-            return Lookup::Stored(*r);
+        if let Some(s) = st.map.get(&key.hash)
+            && s.text == key.text
+        {
+            return Lookup::Stored(s.receipt);
         }
-        if let Some(tx) = st.pending.get(key) {
-            return Lookup::InFlight(tx.subscribe());
+        match st.pending.entry(key.hash) {
+            MapEntry::Occupied(mut o) => {
+                let p = o.get_mut();
+                if p.text == key.text {
+                    let (tx, rx) = oneshot::channel();
+                    p.waiters.push(tx);
+                    return Lookup::InFlight(rx);
+                }
+                // A collision with another id in flight: this one goes untracked
+                // (`complete` and `abort` compare the text and leave the other alone).
+            }
+            MapEntry::Vacant(v) => {
+                v.insert(InFlight {
+                    text: key.text.clone(),
+                    waiters: Vec::new(),
+                });
+            }
         }
-        st.pending.insert(key.to_string(), watch::channel(None).0);
         Lookup::Claimed
     }
 
     /// A claimed send was stored.
-    pub fn complete(&self, key: String, receipt: Receipt) {
-        let mut st = self.st.lock();
-        if let Some(tx) = st.pending.remove(&key) {
-            let _ = tx.send(Some(Some(receipt)));
+    pub fn complete(&self, key: Key, receipt: Receipt) {
+        self.complete_all(std::iter::once((key, receipt)));
+    }
+
+    /// Claimed sends were stored: one lock and one clock read for all of them.
+    pub fn complete_all(&self, done: impl IntoIterator<Item = (Key, Receipt)>) {
+        let now = now_ms();
+        let oldest_ok = now.saturating_sub(self.ttl_ms);
+        let mut answer = Vec::new();
+        {
+            let mut st = self.st.lock();
+            for (key, receipt) in done {
+                if let MapEntry::Occupied(o) = st.pending.entry(key.hash)
+                    && o.get().text == key.text
+                {
+                    let waiters = o.remove().waiters;
+                    if !waiters.is_empty() {
+                        answer.push((waiters, receipt));
+                    }
+                }
+                self.insert(&mut st, key, receipt, now, oldest_ok);
+            }
         }
-        self.insert(&mut st, key, receipt, now_ms());
+        for (waiters, receipt) in answer {
+            for tx in waiters {
+                let _ = tx.send(Some(receipt));
+            }
+        }
     }
 
     /// A claimed send failed before it was stored.
-    pub fn abort(&self, key: &str) {
-        if let Some(tx) = self.st.lock().pending.remove(key) {
-            let _ = tx.send(Some(None));
+    pub fn abort(&self, key: &Key) {
+        let removed = {
+            let mut st = self.st.lock();
+            match st.pending.entry(key.hash) {
+                MapEntry::Occupied(o) if o.get().text == key.text => Some(o.remove()),
+                _ => None,
+            }
+        };
+        if let Some(p) = removed {
+            for tx in p.waiters {
+                let _ = tx.send(None);
+            }
         }
     }
 
     /// Waits for an in-flight send; `None` when it failed (or did not finish in `timeout`).
-    pub async fn wait(mut rx: Pending, timeout: Duration) -> Option<Receipt> {
-        match tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await {
-            Ok(Ok(v)) => (*v).flatten(),
+    pub async fn wait(rx: Pending, timeout: Duration) -> Option<Receipt> {
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(v)) => v,
             _ => None,
         }
     }
@@ -159,7 +292,8 @@ impl Dedup {
                     queue_offset: r.queue_offset,
                     end: r.next_offset(),
                 };
-                self.insert(&mut st, key(&r.topic, id), receipt, r.store_ts_ms);
+                let key = self.key(&r.topic, id);
+                self.insert(&mut st, key, receipt, r.store_ts_ms, oldest_ok);
                 n += 1;
             }
         }
@@ -210,30 +344,138 @@ mod tests {
         }
     }
 
+    fn k(d: &Dedup, id: &str) -> Key {
+        d.key("t", id)
+    }
+
+    /// A key of `text` forced onto `hash`, to exercise collisions.
+    fn forced(text: &str, hash: u64) -> Key {
+        Key {
+            hash,
+            text: text.into(),
+        }
+    }
+
     #[tokio::test]
     async fn claim_complete_duplicate_and_eviction() {
         let d = Dedup::new(2, Duration::from_secs(60));
-        assert!(matches!(d.lookup("a"), Lookup::Claimed));
-        let Lookup::InFlight(rx) = d.lookup("a") else {
+        assert!(matches!(d.lookup(&k(&d, "a")), Lookup::Claimed));
+        let Lookup::InFlight(rx) = d.lookup(&k(&d, "a")) else {
             panic!("second lookup must wait for the first")
         };
-        d.complete("a".into(), r(1));
+        let Lookup::InFlight(rx2) = d.lookup(&k(&d, "a")) else {
+            panic!("every duplicate waits")
+        };
+        d.complete(k(&d, "a"), r(1));
         assert_eq!(Dedup::wait(rx, Duration::from_secs(1)).await, Some(r(1)));
-        assert!(matches!(d.lookup("a"), Lookup::Stored(x) if x == r(1)));
+        assert_eq!(Dedup::wait(rx2, Duration::from_secs(1)).await, Some(r(1)));
+        assert!(matches!(d.lookup(&k(&d, "a")), Lookup::Stored(x) if x == r(1)));
         // abort lets waiters know and frees the id
-        assert!(matches!(d.lookup("b"), Lookup::Claimed));
-        let Lookup::InFlight(rx) = d.lookup("b") else {
+        assert!(matches!(d.lookup(&k(&d, "b")), Lookup::Claimed));
+        let Lookup::InFlight(rx) = d.lookup(&k(&d, "b")) else {
             panic!()
         };
-        d.abort("b");
+        d.abort(&k(&d, "b"));
         assert_eq!(Dedup::wait(rx, Duration::from_secs(1)).await, None);
-        assert!(matches!(d.lookup("b"), Lookup::Claimed));
-        d.complete("b".into(), r(2));
-        assert!(matches!(d.lookup("c"), Lookup::Claimed));
-        d.complete("c".into(), r(3));
+        assert!(matches!(d.lookup(&k(&d, "b")), Lookup::Claimed));
+        d.complete(k(&d, "b"), r(2));
+        assert!(matches!(d.lookup(&k(&d, "c")), Lookup::Claimed));
+        d.complete(k(&d, "c"), r(3));
         // capacity 2: "a" evicted
         assert_eq!(d.len(), 2);
-        assert!(matches!(d.lookup("a"), Lookup::Claimed));
+        assert!(matches!(d.lookup(&k(&d, "a")), Lookup::Claimed));
+    }
+
+    #[test]
+    fn topic_is_part_of_the_key() {
+        let d = Dedup::new(10, Duration::from_secs(60));
+        assert_eq!(d.key("t", "m").hash(), d.key("t", "m").hash());
+        assert_ne!(d.key("t", "m"), d.key("u", "m"));
+        assert!(matches!(d.lookup(&d.key("t", "m")), Lookup::Claimed));
+        d.complete(d.key("t", "m"), r(1));
+        assert!(matches!(d.lookup(&d.key("u", "m")), Lookup::Claimed));
+        assert!(matches!(d.lookup(&d.key("t", "m")), Lookup::Stored(_)));
+    }
+
+    #[test]
+    fn complete_all_answers_in_one_go() {
+        let d = Dedup::new(10, Duration::from_secs(60));
+        let keys: Vec<Key> = (0..5).map(|i| k(&d, &format!("m{i}"))).collect();
+        for key in &keys {
+            assert!(matches!(d.lookup(key), Lookup::Claimed));
+        }
+        let Lookup::InFlight(mut rx) = d.lookup(&keys[3]) else {
+            panic!()
+        };
+        d.complete_all(keys.iter().cloned().zip((0..5).map(r)));
+        assert_eq!(rx.try_recv().unwrap(), Some(r(3)));
+        assert_eq!(d.len(), 5);
+        for (i, key) in keys.iter().enumerate() {
+            assert!(matches!(d.lookup(key), Lookup::Stored(x) if x == r(i as u64)));
+        }
+    }
+
+    #[tokio::test]
+    async fn eviction_by_age() {
+        let d = Dedup::new(100, Duration::from_millis(30));
+        assert!(matches!(d.lookup(&k(&d, "old")), Lookup::Claimed));
+        d.complete(k(&d, "old"), r(1));
+        assert!(matches!(d.lookup(&k(&d, "old")), Lookup::Stored(_)));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        // Expired entries go on the next insert.
+        assert!(matches!(d.lookup(&k(&d, "new")), Lookup::Claimed));
+        d.complete(k(&d, "new"), r(2));
+        assert_eq!(d.len(), 1);
+        assert!(matches!(d.lookup(&k(&d, "old")), Lookup::Claimed));
+    }
+
+    #[tokio::test]
+    async fn waiter_times_out_when_the_claimant_never_finishes() {
+        let d = Dedup::new(10, Duration::from_secs(60));
+        assert!(matches!(d.lookup(&k(&d, "x")), Lookup::Claimed));
+        let Lookup::InFlight(rx) = d.lookup(&k(&d, "x")) else {
+            panic!()
+        };
+        assert_eq!(Dedup::wait(rx, Duration::from_millis(20)).await, None);
+    }
+
+    #[test]
+    fn a_hash_collision_never_yields_another_ids_receipt() {
+        let d = Dedup::new(10, Duration::from_secs(60));
+        let a = forced("t\0a", 7);
+        let b = forced("t\0b", 7);
+        assert!(matches!(d.lookup(&a), Lookup::Claimed));
+        // b collides with a pending a: b is stored untracked, a is not disturbed
+        assert!(matches!(d.lookup(&b), Lookup::Claimed));
+        d.abort(&b);
+        let Lookup::InFlight(mut rx) = d.lookup(&a) else {
+            panic!("a is still in flight")
+        };
+        d.complete(b.clone(), r(2));
+        assert!(
+            rx.try_recv().is_err(),
+            "b's completion must not answer a's waiter"
+        );
+        d.complete(a.clone(), r(1));
+        assert_eq!(rx.try_recv().unwrap(), Some(r(1)));
+        // The slot holds b: a is not remembered, and never gets b's receipt.
+        assert!(matches!(d.lookup(&b), Lookup::Stored(x) if x == r(2)));
+        assert!(matches!(d.lookup(&a), Lookup::Claimed));
+        assert!(matches!(d.lookup(&b), Lookup::Stored(x) if x == r(2)));
+        assert_eq!(d.len(), 1);
+    }
+
+    #[test]
+    fn re_storing_an_id_keeps_the_window_bounded() {
+        let d = Dedup::new(2, Duration::from_secs(60));
+        let a = k(&d, "a");
+        d.complete(a.clone(), r(1));
+        d.complete(a.clone(), r(2));
+        assert!(matches!(d.lookup(&a), Lookup::Stored(x) if x == r(2)));
+        d.complete(k(&d, "b"), r(3));
+        d.complete(k(&d, "c"), r(4));
+        assert_eq!(d.len(), 2);
+        assert!(matches!(d.lookup(&a), Lookup::Claimed));
     }
 
     #[test]
@@ -249,11 +491,11 @@ mod tests {
         let a = store.append_blocking(vec![rec("m1"), rec("m2")]).unwrap();
         let d = Dedup::new(100, Duration::from_secs(60));
         d.rebuild(&store, &dir.path().join("commitlog"), 1 << 30);
-        let Lookup::Stored(got) = d.lookup(&key("t", "m2")) else {
+        let Lookup::Stored(got) = d.lookup(&d.key("t", "m2")) else {
             panic!("m2 not found")
         };
         assert_eq!(got.queue_offset, a[1].queue_offset);
         assert_eq!(got.end, a[1].log_offset + u64::from(a[1].size));
-        assert!(matches!(d.lookup(&key("t", "m3")), Lookup::Claimed));
+        assert!(matches!(d.lookup(&d.key("t", "m3")), Lookup::Claimed));
     }
 }
