@@ -172,7 +172,8 @@ impl Broker {
             let tally = self.metrics().tally_in(&records);
             match self.append(records).await {
                 Ok(appended) => {
-                    self.repl().log_grew();
+                    // No wake-up for the slave streams here: the store's writer wakes them
+                    // as soon as the bytes are written (before this fsync completed).
                     self.metrics().commit_in(tally);
                     let mut done = Vec::with_capacity(slots.len());
                     for ((slot, a), queue_id) in slots.iter().zip(appended).zip(queue_ids) {
@@ -237,7 +238,12 @@ impl Broker {
         }
         if !stored.is_empty() {
             let status = match self.repl().wait_replicated(need).await {
-                Ok(()) => ok_status(),
+                Ok(()) => {
+                    // A slave's ack may have arrived before this master's fsync (it streams
+                    // written bytes), when the readable limit could not cover `need` yet.
+                    self.repl().refresh_limit();
+                    ok_status()
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, offset = need, "send stored on the master but not acked");
                     e.status()

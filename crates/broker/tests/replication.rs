@@ -370,6 +370,84 @@ async fn promoted_slave_wins_and_old_master_truncates_its_tail() {
     );
 }
 
+/// A slave may durably hold bytes its master never made durable: the master streams what it
+/// has WRITTEN, before its own fsync. When the master's machine then crashes, the master comes
+/// back with a shorter log in the same epoch than its slave. Manual mode: the restarted master
+/// begins a new epoch at its recovered end, and the slave must cut its longer tail of the old
+/// epoch back to that end (the epoch rule) before it follows. The lost tail is faked here by
+/// cutting the stopped master's log (`Store::truncate`): the effect of losing unsynced writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slave_ahead_of_a_restarted_master_in_the_same_epoch_is_cut_back() {
+    let c = Cluster::start_namesrv().unwrap();
+    let (mut a, mut b) = start_pair(&c, &[]);
+    create_topic(&a, "t", 1);
+    wait_in_sync(&a.grpc, Duration::from_secs(20)).await;
+    let ok = |r: v2::SendMessageResponse| assert_eq!(r.status.unwrap().code, Code::Ok as i32);
+    for i in 0..6 {
+        ok(send_raw(&a.grpc, vec![raw_message("t", &format!("m{i}"), b"old")]).await);
+    }
+    a.stop();
+    b.stop();
+    assert_eq!(log_bytes(&a.store_dir()), log_bytes(&b.store_dir()));
+    let cut = log_messages(&a.store_dir())
+        .into_iter()
+        .find(|m| m.1 == "m3")
+        .expect("m3 in the master's log")
+        .3;
+    let (epoch_before, b_end) = {
+        let bs = sofamq_store::Store::open(sofamq_store::StoreConfig::new(b.store_dir())).unwrap();
+        (bs.current_epoch(), bs.log_end_offset())
+    };
+    {
+        let s = sofamq_store::Store::open(sofamq_store::StoreConfig::new(a.store_dir())).unwrap();
+        assert_eq!(s.current_epoch(), epoch_before);
+        s.truncate(cut).unwrap();
+    }
+    assert!(
+        b_end > cut,
+        "the slave must be ahead of the master in the same epoch"
+    );
+
+    // The master restarts (new epoch at `cut`), then the slave follows it.
+    a.start(GROUP, None, &[]).unwrap();
+    let a_repl = a.repl.clone();
+    b.start(GROUP, Some(&a_repl), &[]).unwrap();
+    wait_in_sync(&a.grpc, Duration::from_secs(20)).await;
+    let st = status(&a.grpc).await;
+    assert!(
+        st.epoch > epoch_before,
+        "restarted master's epoch {}",
+        st.epoch
+    );
+    for i in 0..3 {
+        ok(send_raw(&a.grpc, vec![raw_message("t", &format!("n{i}"), b"new")]).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (sa, sb) = (status(&a.grpc).await, status(&b.grpc).await);
+        if sa.durable_offset == sb.durable_offset {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slave did not converge");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b_log = b.log();
+    a.stop();
+    b.stop();
+    assert!(
+        b_log.contains("truncating"),
+        "the slave did not cut its tail: {b_log}"
+    );
+    let (ab, bb) = (log_bytes(&a.store_dir()), log_bytes(&b.store_dir()));
+    assert_eq!(ab, bb, "slave's log differs from the restarted master's");
+    let ids: Vec<String> = log_messages(&b.store_dir())
+        .into_iter()
+        .filter(|m| m.0 == "t")
+        .map(|m| m.1)
+        .collect();
+    assert_eq!(ids, ["m0", "m1", "m2", "n0", "n1", "n2"], "{ids:?}");
+}
+
 /// (d) A retried send of an already-stored message id stores one copy and returns the
 /// original receipt: sequential retries, duplicates inside one batch, concurrent duplicates,
 /// and retries after a master restart (the window is rebuilt from the log). Runs against

@@ -1,6 +1,11 @@
 //! A broker host: durable log, heartbeats with a lease, the real `decide()` on every view,
-//! master send path (lease → fsync → wait for slaves → lease again → receipt), replication
-//! by slave fetch with the real `divergence()` truncation, and in-sync reporting.
+//! master send path (lease → write → fsync → wait for slaves → lease again → receipt),
+//! replication by slave fetch with the real `divergence()` truncation, and in-sync reporting.
+//!
+//! As in the real broker, a master serves slaves what it has WRITTEN, before its fsync: the
+//! fsync takes `Timing::fsync`, during which a slave may fetch and durably store the record,
+//! and a crash loses (or tears) the master's unsynced writes. A slave fetches (acks) with its
+//! durable end; marks and the heartbeat's log end use the master's durable end.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -166,7 +171,7 @@ impl Node {
             incarnation,
             addrs: addrs(&self.name),
             store_epoch: self.log.epoch(),
-            log_end: self.log.end(),
+            log_end: self.log.durable(),
             prefer_master: self.me == 0,
             acting_master_epoch: (self.role == Role::Master).then(|| self.log.epoch()),
         }
@@ -201,18 +206,21 @@ impl Node {
         if seen > epoch {
             return Resp::Refused(format!("stale master: epoch {epoch} < {seen}"));
         }
+        // Written, not only durable: the slave may hold records this master loses in a crash
+        // before its fsync (never acked; the epoch rule cuts them if this master comes back).
         let my_end = self.log.end();
+        let durable = self.log.durable();
         let d = divergence(&from_pairs(hist), end, self.log.hist(), my_end);
         let now = Instant::now();
         let f = self.followers.entry(from).or_insert(Follower {
             acked: 0,
-            mark: my_end,
+            mark: durable,
             last_ok: None,
         });
         f.acked = d;
         if d >= f.mark {
             f.last_ok = Some(now);
-            f.mark = my_end;
+            f.mark = durable;
         }
         let lo = usize::try_from(d).unwrap_or(usize::MAX);
         let hi = usize::try_from(my_end.min(d + 64)).unwrap_or(usize::MAX);
@@ -286,11 +294,22 @@ async fn send(node: N, id: u64) -> Resp {
             return Resp::Refused("HA not available: no slave in sync".into());
         }
         let epoch = n.log.epoch();
-        if let Err(e) = n.log.append(&[Rec { epoch, id }]) {
-            return Resp::Refused(format!("append: {e}"));
+        if let Err(e) = n.log.write(&[Rec { epoch, id }]) {
+            return Resp::Refused(format!("write: {e}"));
         }
         (epoch, n.log.end())
     };
+    // The fsync takes a while; slaves may fetch the written record meanwhile.
+    tokio::time::sleep(Duration::from_millis(sh.timing.fsync)).await;
+    if !sh.knobs.ack_before_fsync {
+        let mut n = node.borrow_mut();
+        if let Err(e) = n.log.sync() {
+            return Resp::Refused(format!("sync: {e}"));
+        }
+        if n.log.durable() < target {
+            return Resp::Refused("log cut below the record before its fsync".into());
+        }
+    }
     if !sh.knobs.ack_before_replication {
         let deadline = Instant::now() + Duration::from_millis(sh.timing.ack_wait);
         loop {
@@ -374,7 +393,8 @@ async fn fetch_loop(node: N) {
                         from: n.me,
                         seen_epoch: n.seen_epoch.max(n.log.epoch()),
                         hist: to_pairs(n.log.hist()),
-                        end: n.log.end(),
+                        // Its ack: only what this slave holds durably.
+                        end: n.log.durable(),
                     },
                 )),
                 _ => None,

@@ -11,6 +11,10 @@
 //! 0.2–6 s; at 30 s everything is healed; the producer stops at 34 s; at 42 s every broker
 //! is crashed and restarted, so the checks at 43 s read only what was durable.
 //!
+//! As in the real broker, a master streams records it has written before its own fsync
+//! completes (a per-seed fsync time); a crash loses or tears its unsynced writes, so a slave
+//! can durably hold records its restarted master no longer has (cut by the epoch rule).
+//!
 //! Not modeled (see the crate's report for the full list): a multi-node Raft controller
 //! (one node, crash = leader change), clock drift (all hosts share simulated time), the
 //! broker's real send/replication/store code (a model of it runs the real rules), byte
@@ -34,7 +38,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 pub use shared::Knobs;
-use shared::{Shared, World};
+use shared::{Shared, Timing, World};
 
 /// End of the fault window (ms): everything is healed here.
 const FAULTS_END: u64 = 30_000;
@@ -91,17 +95,24 @@ pub fn brokers_for(seed: u64) -> u64 {
 /// Runs one seed.
 pub fn run_seed(seed: u64, knobs: Knobs) -> Outcome {
     let n = brokers_for(seed);
-    let sh: World = Rc::new(Shared {
-        knobs,
-        brokers: n,
-        ..Shared::default()
-    });
-    sh.producer_stop.set(Duration::from_millis(PRODUCER_STOP));
     let mut rng = StdRng::seed_from_u64(seed);
     let plan = faults::plan(&mut rng, 8, 2_000, FAULTS_END - 3_000);
 
     let max_latency = rng.random_range(2..60);
     let flush = if rng.random_bool(0.5) { 0.0 } else { 0.3 };
+    // The master's fsync time: the window in which its slaves may hold a record it has
+    // only written (and a crash loses).
+    let fsync = rng.random_range(1..40);
+    let sh: World = Rc::new(Shared {
+        knobs,
+        brokers: n,
+        timing: Timing {
+            fsync,
+            ..Timing::default()
+        },
+        ..Shared::default()
+    });
+    sh.producer_stop.set(Duration::from_millis(PRODUCER_STOP));
     let mut b = turmoil::Builder::new();
     b.rng_seed(seed)
         .simulation_duration(Duration::from_millis(END + 10_000))

@@ -3,8 +3,10 @@
 //! `sync_all`ed; on restart the log is rebuilt from what survived (a torn or unsynced tail
 //! is dropped by the shim or fails its CRC and is cut off).
 //!
-//! Offsets are record indices. The in-memory copy is updated only after a successful sync,
-//! so `end()` is always the durable end.
+//! Offsets are record indices. Like the real store, a master WRITES records first
+//! ([`Log::write`], no sync: a crash may lose them, or keep a torn part) and syncs them
+//! later ([`Log::sync`]); [`Log::end`] is the written end (what a master streams to its
+//! slaves), [`Log::durable`] the synced end (what it may ack and report).
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
@@ -54,7 +56,10 @@ fn decode_all(bytes: &[u8]) -> Vec<(u64, u64)> {
 /// The durable log of one broker.
 pub struct Log {
     file: File,
+    /// Every record written (the durable ones first).
     recs: Vec<Rec>,
+    /// How many of `recs` a completed sync covers.
+    durable: u64,
     hist: Vec<EpochEntry>,
 }
 
@@ -102,14 +107,25 @@ impl Log {
                 start_offset,
             });
         }
-        let mut log = Log { file, recs, hist };
+        let durable = recs.len() as u64;
+        let mut log = Log {
+            file,
+            recs,
+            durable,
+            hist,
+        };
         log.write_hist()?;
         Ok(log)
     }
 
-    /// The durable end (number of records).
+    /// The written end (number of records written, synced or not).
     pub fn end(&self) -> u64 {
         self.recs.len() as u64
+    }
+
+    /// The durable end (records covered by a completed sync).
+    pub fn durable(&self) -> u64 {
+        self.durable
     }
 
     /// The highest epoch in the history (0 when empty).
@@ -137,7 +153,8 @@ impl Log {
         sfs::sync_dir("/")
     }
 
-    /// Durably begins `epoch` at the current end (a master, before it takes writes).
+    /// Durably begins `epoch` at the current end (a master, before it takes writes); syncs
+    /// what is written first.
     pub fn begin_epoch(&mut self, epoch: u64) -> io::Result<()> {
         if epoch <= self.epoch() {
             return Err(io::Error::other(format!(
@@ -145,6 +162,7 @@ impl Log {
                 self.epoch()
             )));
         }
+        self.sync()?;
         self.hist.push(EpochEntry {
             epoch,
             start_offset: self.end(),
@@ -158,6 +176,22 @@ impl Log {
 
     /// Appends records durably (history first, then the records, each synced).
     pub fn append(&mut self, recs: &[Rec]) -> io::Result<()> {
+        self.write(recs)?;
+        self.sync()
+    }
+
+    /// Makes every written record durable.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.durable < self.end() {
+            self.file.sync_all()?;
+            self.durable = self.end();
+        }
+        Ok(())
+    }
+
+    /// Writes records (history first, durably; the records without a sync: they count as
+    /// written, not durable, until [`Log::sync`]).
+    pub fn write(&mut self, recs: &[Rec]) -> io::Result<()> {
         if recs.is_empty() {
             return Ok(());
         }
@@ -198,7 +232,6 @@ impl Log {
         }
         self.file.seek(SeekFrom::Start(self.end() * REC as u64))?;
         self.file.write_all(&buf)?;
-        self.file.sync_all()?;
         self.recs.extend_from_slice(recs);
         Ok(())
     }
@@ -213,6 +246,8 @@ impl Log {
         self.file.sync_all()?;
         self.recs
             .truncate(usize::try_from(to).unwrap_or(usize::MAX));
+        // `sync_all` above covered whatever was written below `to`.
+        self.durable = self.end();
         let before = self.hist.len();
         self.hist.retain(|e| e.start_offset < to);
         if self.hist.len() != before {

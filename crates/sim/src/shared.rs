@@ -21,6 +21,9 @@ pub struct Knobs {
     /// On failover the controller elects the live broker with the shortest log, in sync or
     /// not (the real logic decides *when*; this knob overrides *whom*).
     pub unclean_election: bool,
+    /// The master acks once the slaves hold a record, without its own fsync (it streams
+    /// written records, so slaves can be ahead of it).
+    pub ack_before_fsync: bool,
 }
 
 /// Timings (milliseconds of simulated time).
@@ -35,6 +38,8 @@ pub struct Timing {
     pub master_timeout: u64,
     /// Slave fetch period.
     pub fetch: u64,
+    /// How long a master's fsync takes (between writing a record and its being durable).
+    pub fsync: u64,
     /// A slave that has not caught up within this leaves the master's local in-sync set.
     pub max_lag: u64,
     /// How long a send waits for slave acks.
@@ -50,6 +55,7 @@ impl Default for Timing {
             lease: 1000,
             master_timeout: 2000,
             fetch: 50,
+            fsync: 5,
             max_lag: 1000,
             ack_wait: 1000,
             rpc: 500,

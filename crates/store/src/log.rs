@@ -68,8 +68,12 @@ pub(crate) struct Shared {
     pub cfg: StoreConfig,
     pub log_dir: PathBuf,
     pub segments: RwLock<Vec<Arc<Segment>>>,
-    /// Bytes written to segment files.
+    /// Bytes written to segment files: handed to the OS by `pwrite`, durable only once
+    /// [`Shared::durable`] covers them (a machine crash may lose the rest).
     pub log_end: AtomicU64,
+    /// Notified (`notify_waiters`) whenever `log_end` grows: wakes the replication streamer,
+    /// which sends written bytes before they are durable.
+    pub written_notify: Arc<tokio::sync::Notify>,
     /// Bytes covered by a completed fdatasync.
     pub durable: AtomicU64,
     /// Records below this have their consume-queue entries dispatched.
@@ -115,6 +119,7 @@ impl Shared {
             cfg,
             segments: RwLock::new(segments),
             log_end: AtomicU64::new(log_end),
+            written_notify: Arc::new(tokio::sync::Notify::new()),
             durable: AtomicU64::new(log_end),
             dispatched: AtomicU64::new(log_end),
             sync_pending: AtomicU64::new(0),
@@ -224,8 +229,27 @@ impl Shared {
     /// Whole records from `from` up to `end`, at most `max_bytes` (but always at least one
     /// record if one is available), never crossing a segment boundary.
     pub fn read_raw(&self, from: u64, max_bytes: usize, end: u64) -> Result<Vec<u8>, StoreError> {
+        let mut buf = Vec::new();
+        let n = self.read_raw_into(from, max_bytes, end, &mut buf, 0)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// [`Shared::read_raw`] into `buf[at..]`: returns how many bytes of whole records were
+    /// read there. `buf` only grows (to `at` + the bytes read), so a buffer reused across calls
+    /// is zeroed once, not per read. Every record's header is checked (magic, version,
+    /// lengths) and must name its own offset, so `from` must be a record boundary; CRCs are
+    /// not checked here (the reader of the bytes does that).
+    pub fn read_raw_into(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        end: u64,
+        buf: &mut Vec<u8>,
+        at: usize,
+    ) -> Result<usize, StoreError> {
         if from == end {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         if from > end {
             return Err(StoreError::OffsetOutOfRange { offset: from, end });
@@ -238,22 +262,43 @@ impl Shared {
             let i = segs.partition_point(|s| s.start <= from);
             segs.get(i).map_or(end, |n| n.start.min(end))
         };
-        // Verify `from` is a record boundary.
-        let first = self.read_record(from, seg_end)?;
-        let want = (max_bytes as u64).max(u64::from(first.size));
-        let len = (seg_end - from).min(want) as usize;
-        let mut buf = vec![0u8; len];
-        seg.file.read_exact_at(&mut buf, from - seg.start)?;
-        // Cut after the last whole record.
-        let mut p = 0usize;
-        while buf.len() - p >= HEADER_LEN {
-            match record::check_header(&buf[p..], buf.len() - p) {
-                Ok(t) => p += t,
-                Err(_) => break,
-            }
+        let avail = seg_end - from;
+        let len = avail.min(max_bytes.max(HEADER_LEN) as u64) as usize;
+        if buf.len() < at + len {
+            buf.resize(at + len, 0);
         }
-        buf.truncate(p);
-        Ok(buf)
+        seg.file
+            .read_exact_at(&mut buf[at..at + len], from - seg.start)?;
+        // Cut after the last whole record; each header must name its own offset.
+        let mut p = 0usize;
+        while len - p >= HEADER_LEN {
+            let rest = &buf[at + p..at + len];
+            let t = match record::check_header(rest, MAX_RECORD_HARD) {
+                Ok(t) if record::log_offset_of(rest) == from + p as u64 => t,
+                _ if p == 0 => return Err(StoreError::NotRecordBoundary(from)),
+                _ => break,
+            };
+            if t > rest.len() {
+                if p == 0 {
+                    // A first record larger than `max_bytes`: read it whole.
+                    if t as u64 > avail {
+                        return Err(StoreError::NotRecordBoundary(from));
+                    }
+                    if buf.len() < at + t {
+                        buf.resize(at + t, 0);
+                    }
+                    seg.file
+                        .read_exact_at(&mut buf[at + len..at + t], from - seg.start + len as u64)?;
+                    p = t;
+                }
+                break;
+            }
+            p += t;
+        }
+        if p == 0 {
+            return Err(StoreError::NotRecordBoundary(from));
+        }
+        Ok(p)
     }
 }
 

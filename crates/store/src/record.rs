@@ -236,6 +236,12 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// The log offset a record declares for itself (bytes 24..32 of its header); `b` must hold
+/// at least [`HEADER_LEN`] bytes (checked by [`check_header`] first).
+pub fn log_offset_of(b: &[u8]) -> u64 {
+    u64_at(b, 24)
+}
+
 /// Validates the fixed header in `b` (at least [`HEADER_LEN`] bytes) and returns the record's
 /// total length. Does not check the CRC.
 pub fn check_header(b: &[u8], max_len: usize) -> Result<usize, DecodeError> {
@@ -345,6 +351,67 @@ pub fn decode_view(b: &[u8], max_len: usize) -> Result<RecordView<'_>, DecodeErr
         store_ts_ms: u64_at(rec, 52) as i64,
         props,
         body_start: p,
+    })
+}
+
+/// What a replica needs of a record copied from its master: its place and its queue.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicaMeta<'a> {
+    /// Total encoded length.
+    pub size: u32,
+    /// Epoch.
+    pub epoch: u64,
+    /// Self-declared log offset.
+    pub log_offset: u64,
+    /// Topic.
+    pub topic: &'a str,
+    /// Queue id.
+    pub queue_id: u32,
+    /// Queue offset.
+    pub queue_offset: u64,
+    /// Tag.
+    pub tag: &'a str,
+}
+
+/// The replica's check of a record received from its master: header, lengths, CRC, topic and
+/// tag; the properties block is not walked. The CRC proves the bytes are exactly what the
+/// master's encoder wrote (from typed, validated fields), which is what a replica must know:
+/// any corruption in transit or on the master's disk fails it. [`decode_view`] still checks
+/// everything when the record is read. Never panics.
+pub fn decode_replicated(b: &[u8], max_len: usize) -> Result<ReplicaMeta<'_>, DecodeError> {
+    let total = check_header(b, max_len)?;
+    if b.len() < total {
+        return Err(DecodeError::Truncated {
+            need: total,
+            have: b.len(),
+        });
+    }
+    let rec = &b[..total];
+    let stored = u32_at(rec, 4);
+    let actual = crc32c::crc32c(&rec[8..]);
+    if stored != actual {
+        return Err(DecodeError::Invalid(format!(
+            "crc mismatch: stored {stored:#010x}, computed {actual:#010x}"
+        )));
+    }
+    let topic_len = u16_at(rec, 60) as usize;
+    let tag_len = u16_at(rec, 62) as usize;
+    let topic = std::str::from_utf8(&rec[HEADER_LEN..HEADER_LEN + topic_len])
+        .map_err(|_| DecodeError::Invalid("topic is not UTF-8".into()))?;
+    if topic.is_empty() {
+        return Err(DecodeError::Invalid("empty topic".into()));
+    }
+    let p = HEADER_LEN + topic_len;
+    let tag = std::str::from_utf8(&rec[p..p + tag_len])
+        .map_err(|_| DecodeError::Invalid("tag is not UTF-8".into()))?;
+    Ok(ReplicaMeta {
+        size: total as u32,
+        epoch: u64_at(rec, 16),
+        log_offset: u64_at(rec, 24),
+        topic,
+        queue_id: u32_at(rec, 32),
+        queue_offset: u64_at(rec, 36),
+        tag,
     })
 }
 

@@ -374,7 +374,7 @@ impl Store {
         let mut p = 0usize;
         while p < bytes.len() {
             let off = start_offset + p as u64;
-            let v = record::decode_view(&bytes[p..], MAX_RECORD_HARD).map_err(|e| {
+            let v = record::decode_replicated(&bytes[p..], MAX_RECORD_HARD).map_err(|e| {
                 StoreError::Corrupt {
                     offset: off,
                     reason: e.to_string(),
@@ -387,7 +387,8 @@ impl Store {
                 });
             }
             metas.push(RawMeta {
-                topic: v.topic.to_owned(),
+                at: p,
+                topic_len: v.topic.len(),
                 queue_id: v.queue_id,
                 queue_offset: v.queue_offset,
                 size: v.size,
@@ -407,8 +408,8 @@ impl Store {
     }
 
     /// Replication (slave side): appends whole encoded records copied from a master's log at
-    /// `start_offset`, which must equal [`Store::log_end_offset`]. Every record's CRC, offset
-    /// and queue offset is verified; records are written and fsynced by the group-commit writer
+    /// `start_offset`, which must equal [`Store::log_end_offset`]. Every record's header, CRC,
+    /// offset and queue offset is verified (see [`record::decode_replicated`]); records are written and fsynced by the group-commit writer
     /// and dispatched to the consume queues. A record with a higher epoch than the current one
     /// durably adds that epoch to the history. Returns the new durable offset. Blocking; see
     /// [`Store::append_raw_async`].
@@ -438,6 +439,39 @@ impl Store {
     /// offset and within one segment. Empty when `from` is the durable end.
     pub fn read_raw(&self, from: u64, max_bytes: usize) -> Result<Vec<u8>, StoreError> {
         self.sh().read_raw(from, max_bytes, self.durable_offset())
+    }
+
+    /// Bytes handed to the OS by `pwrite` (the same as [`Store::log_end_offset`]). Bytes
+    /// between [`Store::durable_offset`] and here may still be lost in a machine crash.
+    pub fn written_offset(&self) -> u64 {
+        self.sh().log_end.load(Ordering::Acquire)
+    }
+
+    /// Notified (`notify_waiters`) each time [`Store::written_offset`] grows. Arm a
+    /// `Notified` (`enable`) before reading the offset so that a write in between is not
+    /// missed.
+    pub fn written_notify(&self) -> Arc<tokio::sync::Notify> {
+        self.sh().written_notify.clone()
+    }
+
+    /// Replication (master side), streaming form: reads whole encoded records from `from` (a
+    /// record boundary) into `buf[at..]`, at most `max_bytes` (but at least one record when
+    /// one is available), below the WRITTEN offset (not necessarily durable yet) and within
+    /// one segment; returns how many bytes were read (0 at the written end). `buf` only grows,
+    /// so reusing it costs no zeroing per call. Headers and offsets are checked, CRCs are not:
+    /// the receiving slave verifies every record's CRC before it stores it.
+    ///
+    /// The caller must not count these bytes as durable on this node: only
+    /// [`Store::durable_offset`] says that.
+    pub fn read_written_into(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        buf: &mut Vec<u8>,
+        at: usize,
+    ) -> Result<usize, StoreError> {
+        self.sh()
+            .read_raw_into(from, max_bytes, self.written_offset(), buf, at)
     }
 
     /// Iterates forward over records from `from` (a record boundary) up to the log end. Stops

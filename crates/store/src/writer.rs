@@ -36,7 +36,10 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 /// Metadata of one record inside an `append_raw` payload (parsed and CRC-checked by the caller).
 #[derive(Debug)]
 pub(crate) struct RawMeta {
-    pub topic: String,
+    /// Where the record starts in the payload.
+    pub at: usize,
+    /// Length of its topic (which follows its header, validated UTF-8).
+    pub topic_len: usize,
     pub queue_id: u32,
     pub queue_offset: u64,
     pub size: u32,
@@ -163,11 +166,26 @@ pub(crate) struct Writer {
     last_topic: Option<usize>,
     pub queues: Vec<WriterQueue>,
     dispatch: Vec<(usize, CqEntry)>,
+    /// Scratch of `encode_raw`: each record's queue index, and next queue offsets.
+    raw_qi: Vec<usize>,
+    raw_next: FnvMap<usize, u64>,
     waiters: Vec<Waiter>,
     batch_records: u64,
     last_sync: Instant,
     /// Present in sync-flush mode: the thread that fdatasyncs and completes batches.
     syncer: Option<SyncStage>,
+}
+
+/// The topic of a raw record (validated UTF-8 by `record::decode_replicated`).
+fn raw_topic<'a>(bytes: &'a [u8], m: &RawMeta) -> Result<&'a str, StoreError> {
+    let at = m.at + record::HEADER_LEN;
+    bytes
+        .get(at..at + m.topic_len)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .ok_or(StoreError::Corrupt {
+            offset: m.at as u64,
+            reason: "raw record topic out of place".into(),
+        })
 }
 
 fn now_ms() -> i64 {
@@ -194,6 +212,8 @@ impl Writer {
             last_topic: None,
             queues: Vec::new(),
             dispatch: Vec::new(),
+            raw_qi: Vec::new(),
+            raw_next: FnvMap::default(),
             waiters: Vec::new(),
             batch_records: 0,
             last_sync: Instant::now(),
@@ -452,20 +472,26 @@ impl Writer {
             }));
         }
         // Check queue offsets and epochs before touching anything.
-        let mut overlay: HashMap<usize, u64> = HashMap::new();
+        self.raw_qi.clear();
+        self.raw_next.clear();
         let mut epoch = self.epoch;
         for m in metas {
-            let qi = self.queue_index(&m.topic, m.queue_id)?;
-            let expected = *overlay.get(&qi).unwrap_or(&self.queues[qi].next);
+            let topic = match raw_topic(bytes, m) {
+                Ok(t) => t,
+                Err(e) => return Ok(Err(e)),
+            };
+            let qi = self.queue_index(topic, m.queue_id)?;
+            let expected = *self.raw_next.get(&qi).unwrap_or(&self.queues[qi].next);
             if m.queue_offset != expected {
                 return Ok(Err(StoreError::QueueOffsetMismatch {
-                    topic: m.topic.clone(),
+                    topic: topic.to_owned(),
                     queue_id: m.queue_id,
                     expected,
                     got: m.queue_offset,
                 }));
             }
-            overlay.insert(qi, expected + 1);
+            self.raw_next.insert(qi, expected + 1);
+            self.raw_qi.push(qi);
             if m.epoch < epoch {
                 return Ok(Err(StoreError::Corrupt {
                     offset: start,
@@ -474,8 +500,7 @@ impl Writer {
             }
             epoch = m.epoch;
         }
-        let mut p = 0usize;
-        for m in metas {
+        for (i, m) in metas.iter().enumerate() {
             self.make_room(m.size as usize)?;
             if m.epoch > self.epoch {
                 lock(&self.sh.epochs).append(EpochEntry {
@@ -485,9 +510,10 @@ impl Writer {
                 self.epoch = m.epoch;
                 self.sh.current_epoch.store(m.epoch, Ordering::Release);
             }
-            let qi = self.queue_index(&m.topic, m.queue_id)?;
+            let qi = self.raw_qi[i];
             self.queues[qi].next = m.queue_offset + 1;
-            self.buf.extend_from_slice(&bytes[p..p + m.size as usize]);
+            self.buf
+                .extend_from_slice(&bytes[m.at..m.at + m.size as usize]);
             self.dispatch.push((
                 qi,
                 CqEntry {
@@ -496,7 +522,6 @@ impl Writer {
                     tag_hash: m.tag_hash,
                 },
             ));
-            p += m.size as usize;
             self.end += u64::from(m.size);
             self.batch_records += 1;
         }
@@ -520,6 +545,8 @@ impl Writer {
             .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
         self.buf.clear();
         self.sh.log_end.store(self.written, Ordering::Release);
+        // The replication streamer may send these bytes now, while they are being fsynced.
+        self.sh.written_notify.notify_waiters();
         Ok(())
     }
 

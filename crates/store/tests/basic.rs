@@ -316,6 +316,49 @@ fn raw_replication_copies_a_log_exactly() {
     assert!(master.read_raw(5, 1000).is_err());
 }
 
+/// Replication sends records without a frame-level checksum over them (the records carry
+/// their own): the slave must refuse any single flipped bit anywhere in a chunk, and store
+/// nothing of it. Also: `read_written_into` returns whole records below the written end,
+/// reuses its buffer, and refuses a non-boundary start.
+#[test]
+fn raw_append_refuses_every_flipped_bit() {
+    let dm = tempfile::tempdir().unwrap();
+    let ds = tempfile::tempdir().unwrap();
+    let master = open(dm.path());
+    master.begin_epoch(1).unwrap();
+    fill(&master, "r", 0, 3, "abc");
+    fill(&master, "q", 1, 1, "def");
+    let chunk = master.read_raw(0, 1 << 20).unwrap();
+    assert_eq!(chunk.len() as u64, master.durable_offset());
+    let mut buf = vec![7u8; 5];
+    let n = master.read_written_into(0, 1 << 20, &mut buf, 5).unwrap();
+    assert_eq!(&buf[5..5 + n], &chunk[..]);
+    assert_eq!(&buf[..5], &[7u8; 5]);
+    let n2 = master.read_written_into(0, 10, &mut buf, 5).unwrap();
+    assert!(n2 > 0 && n2 < n, "at least one whole record: {n2}");
+    assert_eq!(
+        master
+            .read_written_into(n as u64, 1 << 20, &mut buf, 5)
+            .unwrap(),
+        0
+    );
+    assert!(master.read_written_into(3, 1 << 20, &mut buf, 5).is_err());
+
+    let slave = open(ds.path());
+    for bit in 0..chunk.len() * 8 {
+        let mut bad = chunk.clone();
+        bad[bit / 8] ^= 1 << (bit % 8);
+        let r = slave.append_raw(0, &bad);
+        assert!(r.is_err(), "flipped bit {bit} accepted");
+        assert_eq!(slave.log_end_offset(), 0);
+    }
+    assert!(slave.fenced().is_none());
+    assert_eq!(slave.append_raw(0, &chunk).unwrap(), chunk.len() as u64);
+    let m: Vec<_> = master.scan(0).map(Result::unwrap).collect();
+    let s: Vec<_> = slave.scan(0).map(Result::unwrap).collect();
+    assert_eq!(m, s);
+}
+
 #[tokio::test]
 async fn scan_from_the_middle_and_async_append() {
     let d = tempfile::tempdir().unwrap();

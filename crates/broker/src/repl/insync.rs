@@ -5,6 +5,12 @@
 //! earlier moment (its "mark"); it leaves when it falls more than `max_lag_bytes` behind or
 //! fails to reach its mark within `max_lag`. Reaching the mark moves the mark to the master's
 //! current durable offset.
+//!
+//! Slaves are streamed bytes as soon as the master WROTE them (before its fsync), so an ack
+//! may run ahead of the master's durable offset. Every rule here measures against the
+//! master's durable offset (marks, lag, the high watermark `min(replicated, durable)`), and
+//! a sender waits only after its own fsync, so such an ack never lets anything count as
+//! acked or readable before the master holds it durably.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -197,7 +203,8 @@ impl Tracker {
         }
     }
 
-    /// Records an ack. The caller checked epoch and range.
+    /// Records an ack. The caller checked epoch and range (at most the master's written end:
+    /// `acked` may exceed the master's `durable`).
     pub fn ack(&self, id: u64, acked: u64, durable: u64) {
         let mut g = self.slaves.lock();
         let now = Instant::now();
@@ -385,6 +392,30 @@ mod tests {
             t.insync_ids(),
             [1, 2].into(),
             "b holds all that may be acked"
+        );
+    }
+
+    /// Slaves get written bytes before the master's fsync, so they may ack beyond the
+    /// master's durable offset: that counts for waiters (who hold their own fsync), but the
+    /// high watermark a joining slave must reach stays at what the master holds durably.
+    #[tokio::test]
+    async fn acks_ahead_of_the_master_durable_offset() {
+        let t = Tracker::new(2, 1 << 20, Duration::from_secs(5));
+        let a = t.register("a".into(), 1, 0, 0);
+        t.ack(a, 0, 0);
+        t.ack(a, 800, 500);
+        assert_eq!(t.insync_ids(), [1].into());
+        assert_eq!(t.snapshot().replicated, 800);
+        t.wait_replicated(800, Duration::from_millis(20))
+            .await
+            .unwrap();
+        assert_eq!(t.high_watermark(500), 500);
+        let b = t.register("b".into(), 2, 0, 500);
+        t.ack(b, 500, 500);
+        assert_eq!(
+            t.insync_ids(),
+            [1, 2].into(),
+            "b holds all the master has durable"
         );
     }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -122,7 +122,9 @@ async fn session(
         .await;
         return Err(ReplError::Protocol(reason));
     }
-    let durable = repl.store.durable_offset();
+    // The end the slave may keep of this epoch: what is WRITTEN here (see `stream`), so a
+    // slave that reconnects holding bytes not yet durable here does not cut them needlessly.
+    let durable = repl.store.written_offset();
     frame::write_frame(
         &mut sock,
         epoch,
@@ -160,7 +162,26 @@ async fn session(
     r
 }
 
-/// Streams the log from `pos` to the slave: whole durable records, up to one frame at a time.
+/// Streams the log from `pos` to the slave: whole records, up to one frame at a time, as
+/// soon as they are WRITTEN here (`pwrite` done), not only once this master's fdatasync covers
+/// them, so the master's and the slave's fsyncs of a batch overlap instead of running back to
+/// back. Records are read straight into the reused frame buffer behind the frame header.
+///
+/// Why sending not-yet-durable bytes is safe. A client is acked only when this master's own
+/// fsync covers its record AND the required slaves acked (their fsync) covering it
+/// (`send.rs`: `append` resolves after the local fsync, then `wait_replicated`); nothing
+/// here changes that. What changes: a slave may durably hold bytes this master loses in a
+/// machine crash before its fsync. Those bytes were never acked to anyone, and:
+/// * a master that restarts begins a new epoch at its recovered end (manual mode on every
+///   start; under a controller only through a promotion), so its history ends the old epoch
+///   where its log now ends, and a slave that follows it cuts its longer tail of that epoch
+///   back by the epoch rule (`epoch::divergence`, Kafka's leader-epoch truncation);
+/// * under a controller only in-sync replicas are elected; one that holds extra never-acked
+///   bytes may keep them (a retried send finds them via the dedup window), and the old
+///   master, when it follows, takes them over from it;
+/// * consumers read only below `min(master durable, replicated)` (`refresh_limit`), and the
+///   in-sync checks compare slave acks with the master's DURABLE offset, so extra bytes on a
+///   slave never make a record readable or acked early.
 async fn stream(
     repl: Arc<Replication>,
     mut wr: WriteHalf<ReplStream>,
@@ -170,47 +191,37 @@ async fn stream(
 ) -> Result<(), ReplError> {
     let max = repl.cfg.frame_limit();
     let heartbeat = repl.cfg.heartbeat();
-    let mut out = BytesMut::with_capacity(max + 64);
+    // Frame header + start, then the records; grows to the largest frame, never shrinks.
+    let mut out: Vec<u8> = vec![0u8; frame::DATA_PREFIX];
+    let mut small = BytesMut::with_capacity(64);
     let r: Result<(), ReplError> = async {
         loop {
-            // Arm the wake-up before looking, so an append in between is not missed.
+            // Arm the wake-up before looking, so a write in between is not missed.
             let appended = repl.appended.notified();
             tokio::pin!(appended);
             appended.as_mut().enable();
             if repl.role() != Role::Master || repl.store.current_epoch() != epoch {
                 return Err(ReplError::Protocol("no longer master of this epoch".into()));
             }
-            let durable = repl.store.durable_offset();
-            if pos < durable {
-                let bytes = repl.store.read_raw(pos, max)?;
-                if bytes.is_empty() {
-                    return Err(ReplError::Protocol(format!(
-                        "read_raw at {pos} returned nothing"
-                    )));
-                }
-                let len = bytes.len() as u64;
-                out.clear();
-                frame::encode(
-                    epoch,
-                    &Msg::Data {
-                        start: pos,
-                        bytes: Bytes::from(bytes),
-                    },
-                    &mut out,
-                );
+            let n = repl
+                .store
+                .read_written_into(pos, max, &mut out, frame::DATA_PREFIX)?;
+            if n > 0 {
+                frame::data_prefix(epoch, pos, n, &mut out);
                 tokio::select! {
-                    r = wr.write_all(&out) => r?,
+                    r = wr.write_all(&out[..frame::DATA_PREFIX + n]) => r?,
                     () = stop.cancelled() => return Ok(()),
                 }
-                pos += len;
+                pos += n as u64;
                 continue;
             }
             tokio::select! {
                 () = &mut appended => {}
                 () = tokio::time::sleep(heartbeat) => {
-                    out.clear();
-                    frame::encode(epoch, &Msg::Heartbeat { durable }, &mut out);
-                    wr.write_all(&out).await?;
+                    small.clear();
+                    let durable = repl.store.durable_offset();
+                    frame::encode(epoch, &Msg::Heartbeat { durable }, &mut small);
+                    wr.write_all(&small).await?;
                 }
                 () = stop.cancelled() => return Ok(()),
             }
@@ -249,7 +260,9 @@ async fn acks(
         };
         match f.msg {
             Msg::Ack { durable } => {
-                let end = repl.store.log_end_offset();
+                // Slaves get written bytes before they are durable here, so an ack may run
+                // ahead of this master's durable offset, never beyond what it wrote.
+                let end = repl.store.written_offset();
                 if f.epoch != epoch {
                     return Err(ReplError::Protocol(format!(
                         "ack for epoch {} on a master of epoch {epoch}",

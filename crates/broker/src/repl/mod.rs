@@ -81,7 +81,9 @@ pub struct Replication {
     role_tx: watch::Sender<Role>,
     pub(crate) tracker: Tracker,
     pub(crate) dedup: Dedup,
-    pub(crate) appended: Notify,
+    /// Wakes the streams to slaves: the store's written-offset notifier (the writer thread
+    /// notifies it after every `pwrite`), also notified on role changes.
+    pub(crate) appended: Arc<Notify>,
     /// Highest master epoch this broker has seen (a promotion goes above it).
     pub(crate) seen_epoch: AtomicU64,
     /// Readable limit published to the store (`u64::MAX` = none); only grows per term.
@@ -125,7 +127,7 @@ impl Replication {
             role_tx: watch::channel(role).0,
             tracker,
             dedup,
-            appended: Notify::new(),
+            appended: store.written_notify(),
             limit: AtomicU64::new(u64::MAX),
             switching: tokio::sync::Mutex::new(()),
             token: Mutex::new(None),
@@ -191,7 +193,8 @@ impl Replication {
         &self.dedup
     }
 
-    /// Wakes the streams to slaves (call after anything was appended).
+    /// Wakes the streams to slaves. The store already does so after every write; this is
+    /// kept for callers that changed state the streams check (cheap, and harmless).
     pub fn log_grew(&self) {
         self.appended.notify_waiters();
     }
@@ -211,7 +214,11 @@ impl Replication {
         }
     }
 
-    /// Publishes the replicated offset as the store's readable limit (monotonic).
+    /// Publishes the replicated offset as the store's readable limit (monotonic). Slaves
+    /// receive written bytes before this master's fsync, so `replicated` may run ahead of the
+    /// master's durable offset: the limit is `min(replicated, durable)`, and the store reads
+    /// below `min(limit, durable)` anyway. Called on every slave ack, periodically, and by a
+    /// send once it is covered (its ack may have come before the local fsync).
     pub(crate) fn refresh_limit(&self) {
         if self.role() != Role::Master {
             return;
