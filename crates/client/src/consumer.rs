@@ -185,7 +185,7 @@ impl ReceivedMessage {
         Self {
             topic: m.topic.map(|t| t.name).unwrap_or_default(),
             message_id: sys.message_id,
-            body: Bytes::from(m.body),
+            body: m.body,
             tag: sys.tag,
             keys: sys.keys,
             message_group: sys.message_group,

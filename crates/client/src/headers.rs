@@ -1,5 +1,6 @@
 //! gRPC metadata sent with every request (`x-mq-*` headers).
 
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tonic::Request;
@@ -18,6 +19,17 @@ pub(crate) struct RequestHeaders {
     version: AsciiMetadataValue,
     request_ids: MessageIdGenerator,
     credentials: Option<crate::auth::Credentials>,
+    /// The date header and signature of the current second: both depend on
+    /// the second only, so they are made once per second, not per request.
+    dated: Mutex<Option<Dated>>,
+}
+
+/// Headers valid for one second.
+#[derive(Debug, Clone)]
+struct Dated {
+    secs: i64,
+    date: Option<AsciiMetadataValue>,
+    authorization: Option<AsciiMetadataValue>,
 }
 
 impl RequestHeaders {
@@ -43,7 +55,30 @@ impl RequestHeaders {
             version: AsciiMetadataValue::from_static(CLIENT_VERSION),
             request_ids: MessageIdGenerator::new(),
             credentials,
+            dated: Mutex::new(None),
         })
+    }
+
+    /// The date and authorization headers for `now`.
+    fn dated(&self, now: SystemTime) -> Dated {
+        let secs = unix_secs(now);
+        let mut cached = self.dated.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = &*cached
+            && d.secs == secs
+        {
+            return d.clone();
+        }
+        let date = format_date_time(now);
+        let d = Dated {
+            secs,
+            authorization: self
+                .credentials
+                .as_ref()
+                .and_then(|c| AsciiMetadataValue::try_from(c.authorization(&date)).ok()),
+            date: date.parse().ok(),
+        };
+        *cached = Some(d.clone());
+        d
     }
 
     /// Adds the `x-mq-*` headers to `req`.
@@ -53,16 +88,15 @@ impl RequestHeaders {
         md.insert("x-mq-language", AsciiMetadataValue::from_static("RUST"));
         md.insert("x-mq-protocol", AsciiMetadataValue::from_static("v2"));
         md.insert("x-mq-client-version", self.version.clone());
-        let date = format_date_time(SystemTime::now());
-        if let Some(c) = &self.credentials
-            && let Ok(v) = AsciiMetadataValue::try_from(c.authorization(&date))
-        {
+        let now = SystemTime::now();
+        let dated = self.dated(now);
+        if let Some(v) = dated.authorization {
             md.insert("authorization", v);
         }
-        if let Ok(v) = date.parse() {
+        if let Some(v) = dated.date {
             md.insert("x-mq-date-time", v);
         }
-        if let Ok(v) = self.request_ids.next_id().parse() {
+        if let Ok(v) = AsciiMetadataValue::try_from(self.request_ids.next_id_at(now)) {
             md.insert("x-mq-request-id", v);
         }
     }
@@ -70,10 +104,7 @@ impl RequestHeaders {
 
 /// Formats `t` as `yyyyMMdd'T'HHmmss'Z'` in UTC.
 pub fn format_date_time(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let secs = unix_secs(t);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
     format!(
@@ -82,6 +113,12 @@ pub fn format_date_time(t: SystemTime) -> String {
         (rem % 3600) / 60,
         rem % 60
     )
+}
+
+fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
@@ -151,6 +188,33 @@ mod tests {
         assert_eq!(md.get("authorization").unwrap(), want.as_str());
         assert!(
             RequestHeaders::new("me", Some(crate::auth::Credentials::new("a\nk", "s"))).is_err()
+        );
+    }
+
+    #[test]
+    fn dated_headers_follow_the_clock_second() {
+        let h =
+            RequestHeaders::new("me@1", Some(crate::auth::Credentials::new("ak", "sk"))).unwrap();
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let a = h.dated(t);
+        assert_eq!(a.date.as_ref().unwrap(), "20231114T221320Z");
+        let want = crate::auth::Credentials::new("ak", "sk").authorization("20231114T221320Z");
+        assert_eq!(a.authorization.as_ref().unwrap(), want.as_str());
+        // Same second: the cached values; next second: fresh ones.
+        let b = h.dated(t + Duration::from_millis(999));
+        assert_eq!(b.date, a.date);
+        assert_eq!(b.authorization, a.authorization);
+        let c = h.dated(t + Duration::from_secs(1));
+        assert_eq!(c.date.as_ref().unwrap(), "20231114T221321Z");
+        let want = crate::auth::Credentials::new("ak", "sk").authorization("20231114T221321Z");
+        assert_eq!(c.authorization.as_ref().unwrap(), want.as_str());
+        // Request ids differ per request.
+        let (mut r1, mut r2) = (Request::new(()), Request::new(()));
+        h.apply(&mut r1);
+        h.apply(&mut r2);
+        assert_ne!(
+            r1.metadata().get("x-mq-request-id"),
+            r2.metadata().get("x-mq-request-id")
         );
     }
 }

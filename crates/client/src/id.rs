@@ -17,8 +17,9 @@ const HEX: &[u8; 16] = b"0123456789ABCDEF";
 /// Generates unique message ids; cheap and safe to share between threads.
 #[derive(Debug)]
 pub struct MessageIdGenerator {
-    /// Version byte, salt and pid: fixed for the generator's life.
-    prefix: [u8; 13],
+    /// Version byte, salt and pid (fixed for the generator's life) in hex:
+    /// the first 26 characters of every id.
+    prefix_hex: [u8; 26],
     counter: AtomicU32,
 }
 
@@ -36,29 +37,44 @@ impl MessageIdGenerator {
         prefix[0] = 0x01;
         prefix[1..9].copy_from_slice(&salt.to_be_bytes());
         prefix[9..13].copy_from_slice(&std::process::id().to_be_bytes());
+        let mut prefix_hex = [0u8; 26];
+        for (i, b) in prefix.iter().enumerate() {
+            prefix_hex[2 * i] = HEX[(b >> 4) as usize];
+            prefix_hex[2 * i + 1] = HEX[(b & 0xf) as usize];
+        }
         Self {
-            prefix,
+            prefix_hex,
             counter: AtomicU32::new(random_u64() as u32),
         }
     }
 
     /// The next id: 42 upper-case hex characters.
     pub fn next_id(&self) -> String {
+        self.next_id_at(SystemTime::now())
+    }
+
+    /// The next id, with `now` as its time.
+    pub(crate) fn next_id_at(&self, now: SystemTime) -> String {
         let seq = self.counter.fetch_add(1, Ordering::Relaxed);
-        let secs = SystemTime::now()
+        let secs = now
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs().saturating_sub(EPOCH_2021))
             .unwrap_or(0) as u32;
-        let mut raw = [0u8; 21];
-        raw[..13].copy_from_slice(&self.prefix);
-        raw[13..17].copy_from_slice(&secs.to_be_bytes());
-        raw[17..].copy_from_slice(&seq.to_be_bytes());
-        let mut out = String::with_capacity(42);
-        for b in raw {
-            out.push(HEX[(b >> 4) as usize] as char);
-            out.push(HEX[(b & 0xf) as usize] as char);
-        }
-        out
+        let mut out = [0u8; 42];
+        out[..26].copy_from_slice(&self.prefix_hex);
+        hex_u32(secs, &mut out[26..34]);
+        hex_u32(seq, &mut out[34..]);
+        // Always ASCII.
+        std::str::from_utf8(&out)
+            .map(str::to_owned)
+            .unwrap_or_default()
+    }
+}
+
+/// Writes `v` as 8 upper-case hex digits, big-endian.
+fn hex_u32(v: u32, out: &mut [u8]) {
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = HEX[((v >> (28 - 4 * i)) & 0xf) as usize];
     }
 }
 
@@ -98,7 +114,7 @@ mod tests {
         let a = MessageIdGenerator::new();
         let b = MessageIdGenerator::new();
         // Two generators (as two processes would have) never share a salt.
-        assert_ne!(a.prefix, b.prefix);
+        assert_ne!(a.prefix_hex, b.prefix_hex);
         let mut seen = HashSet::new();
         for _ in 0..10_000 {
             assert!(seen.insert(a.next_id()));

@@ -40,6 +40,7 @@ mod retry;
 mod routes;
 mod selector;
 mod sender;
+mod wire;
 
 pub use auth::{Credentials, TlsOptions};
 pub use config::{AlertCallback, ProducerConfig};

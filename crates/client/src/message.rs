@@ -1,7 +1,9 @@
 //! Messages to send and the receipts of sent messages.
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
+#[cfg(test)]
+use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
 use sofamq_proto::v2;
@@ -100,7 +102,9 @@ impl Message {
         Ok(())
     }
 
-    /// The wire form, with the client-assigned `message_id`.
+    /// The wire form, with the client-assigned `message_id`, as prost types:
+    /// the reference `wire::encode_message` is tested against.
+    #[cfg(test)]
     pub(crate) fn into_proto(self, message_id: String, born_host: &str) -> v2::Message {
         let message_type = self.message_type() as i32;
         v2::Message {
@@ -126,6 +130,7 @@ impl Message {
     }
 }
 
+#[cfg(test)]
 fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     prost_types::Timestamp {

@@ -1,9 +1,8 @@
 //! The producer: routes, broker selection, coalesced sending and retries.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use sofamq_proto::v2::{self, SendResultEntry};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -16,7 +15,8 @@ use crate::message::{Message, SendReceipt};
 use crate::retry::{self, AttemptError};
 use crate::routes::RouteCache;
 use crate::selector;
-use crate::sender::{BrokerHandle, EntryResult, Senders, shutdown_signal};
+use crate::sender::{BrokerHandle, EntryResult, Senders, Stored, shutdown_signal};
+use crate::wire::{self, EncodedMessage};
 
 /// Metric: sends that finally failed (label `topic`).
 pub const METRIC_SEND_FAILURES: &str = "sofamq_client_send_failures_total";
@@ -60,11 +60,12 @@ impl Drop for Inner {
     }
 }
 
-/// A message ready to go: validated, with its id and wire form.
+/// A message ready to go: validated, with its id and wire form (encoded
+/// once; every attempt sends the same bytes).
 struct Prepared {
     topic: String,
     message_id: String,
-    proto: v2::Message,
+    wire: EncodedMessage,
     group_hash: Option<u64>,
 }
 
@@ -200,13 +201,25 @@ impl Producer {
                 }
                 First::NotQueued(p, attempt) => (p, attempt),
             };
-            outcomes.push(if attempt.result.is_ok() {
-                Outcome::Done(self.deliver(p, Some(attempt)).await)
-            } else {
-                let this = self.clone();
-                Outcome::Retrying(tokio::spawn(
-                    async move { this.deliver(p, Some(attempt)).await },
-                ))
+            let Attempt {
+                broker,
+                result,
+                other_broker,
+            } = attempt;
+            outcomes.push(match result {
+                // Stored at the first attempt: what `deliver` would answer.
+                Ok(entry) => Outcome::Done(Ok(receipt(p, &entry, broker.as_deref()))),
+                Err(e) => {
+                    let attempt = Attempt {
+                        broker,
+                        result: Err(e),
+                        other_broker,
+                    };
+                    let this = self.clone();
+                    Outcome::Retrying(tokio::spawn(
+                        async move { this.deliver(p, Some(attempt)).await },
+                    ))
+                }
             });
         }
         // 3. Wait for the retries.
@@ -275,8 +288,8 @@ impl Producer {
 
     /// Validates the message and assigns its id.
     fn prepare(&self, message: Message) -> Result<Prepared, SendError> {
-        let message_id = self.inner.ids.next_id();
-        let topic = message.topic.clone();
+        let now = SystemTime::now();
+        let message_id = self.inner.ids.next_id_at(now);
         if self.is_shut_down() {
             return Err(SendError {
                 kind: FailureKind::Shutdown,
@@ -284,7 +297,7 @@ impl Producer {
                 message: "producer is shut down".into(),
                 attempts: 0,
                 message_id,
-                topic,
+                topic: message.topic,
                 broker: None,
             });
         }
@@ -295,18 +308,18 @@ impl Producer {
                 message: reason,
                 attempts: 0,
                 message_id,
-                topic,
+                topic: message.topic,
                 broker: None,
             };
             self.report(&err);
             return Err(err);
         }
         let group_hash = message.message_group.as_deref().map(selector::group_hash);
-        let proto = message.into_proto(message_id.clone(), &self.inner.born_host);
+        let (topic, wire) = wire::encode_message(message, &message_id, &self.inner.born_host, now);
         Ok(Prepared {
             topic,
             message_id,
-            proto,
+            wire,
             group_hash,
         })
     }
@@ -334,7 +347,7 @@ impl Producer {
             ));
         };
         let other_broker = route.brokers.len() > 1;
-        match broker.submit(p.proto.clone()).await {
+        match broker.submit(p.wire.clone()).await {
             Ok(rx) => Ok((broker, other_broker, rx)),
             Err(e) => Err(failed(Some(broker), e, other_broker)),
         }
@@ -368,7 +381,7 @@ impl Producer {
                 None => self.attempt(&p, previous.as_deref()).await,
             };
             let err = match attempt.result {
-                Ok(entry) => return Ok(receipt(p, entry, attempt.broker.as_deref())),
+                Ok(entry) => return Ok(receipt(p, &entry, attempt.broker.as_deref())),
                 Err(e) => e,
             };
             let verdict = retry::classify(&err, attempt.other_broker);
@@ -436,12 +449,13 @@ impl Producer {
     }
 }
 
-fn receipt(p: Prepared, entry: SendResultEntry, broker: Option<&BrokerHandle>) -> SendReceipt {
+fn receipt(p: Prepared, entry: &Stored, broker: Option<&BrokerHandle>) -> SendReceipt {
     SendReceipt {
-        message_id: if entry.message_id.is_empty() {
+        // The broker's id when it answered one (normally ours, then no copy).
+        message_id: if entry.message_id.is_empty() || entry.message_id == p.message_id.as_bytes() {
             p.message_id
         } else {
-            entry.message_id
+            String::from_utf8_lossy(&entry.message_id).into_owned()
         },
         topic: p.topic,
         queue_offset: entry.offset,

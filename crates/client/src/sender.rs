@@ -16,22 +16,33 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use sofamq_proto::prost::Message as _;
-use sofamq_proto::v2::{
-    self, Code, SendMessageRequest, SendMessageResponse, SendResultEntry,
-    messaging_service_client::MessagingServiceClient,
-};
+use bytes::Bytes;
+use sofamq_proto::v2::Code;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tonic::client::Grpc;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 
 use crate::config::ProducerConfig;
 use crate::connection::Channels;
 use crate::headers::RequestHeaders;
 use crate::retry::AttemptError;
+use crate::wire::{
+    EncodedMessage, SEND_MESSAGE_PATH, SendCodec, SendRequest, SendResponse, WireStatus,
+};
+
+/// What the broker answered for one stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stored {
+    /// The message id as answered (UTF-8; may be empty).
+    pub(crate) message_id: Bytes,
+    /// The message's offset in its queue.
+    pub(crate) offset: i64,
+}
 
 /// Outcome of one message in one attempt.
-pub(crate) type EntryResult = Result<SendResultEntry, AttemptError>;
+pub(crate) type EntryResult = Result<Stored, AttemptError>;
 
 /// Framing overhead of one message inside a `SendMessageRequest`
 /// (field tag plus length varint), counted against the byte limit.
@@ -39,7 +50,7 @@ const PER_MESSAGE_OVERHEAD: usize = 6;
 
 /// One message waiting to be sent.
 struct Job {
-    message: v2::Message,
+    message: EncodedMessage,
     size: usize,
     reply: oneshot::Sender<EntryResult>,
 }
@@ -71,7 +82,7 @@ impl BrokerHandle {
     /// Queues `message` for this broker; the receiver yields its outcome.
     pub(crate) async fn submit(
         &self,
-        message: v2::Message,
+        message: EncodedMessage,
     ) -> Result<oneshot::Receiver<EntryResult>, AttemptError> {
         let (reply, rx) = oneshot::channel();
         let size = message.encoded_len() + PER_MESSAGE_OVERHEAD;
@@ -176,7 +187,7 @@ impl Senders {
         });
         let task = SenderTask {
             addr: key.1.clone(),
-            client: MessagingServiceClient::new(channel),
+            client: Grpc::new(channel),
             headers: self.headers.clone(),
             limits: self.limits,
             rx,
@@ -212,7 +223,7 @@ impl Senders {
 /// The task that drains one broker's queue into coalesced requests.
 struct SenderTask {
     addr: String,
-    client: MessagingServiceClient<Channel>,
+    client: Grpc<Channel>,
     headers: Arc<RequestHeaders>,
     limits: Limits,
     rx: mpsc::Receiver<Job>,
@@ -244,7 +255,9 @@ impl SenderTask {
             if slots.available_permits() + 1 < self.limits.max_in_flight {
                 tokio::task::yield_now().await;
             }
-            let mut batch = Batch::new(first);
+            // Room for what is queued now (at most a full request): no regrowth.
+            let room = (self.rx.len() + 1).min(self.limits.max_messages);
+            let mut batch = Batch::new(first, room);
             carry = batch.fill(&mut self.rx, &self.limits);
             if carry.is_none() && !self.limits.linger.is_zero() && !batch.full(&self.limits) {
                 carry = batch.linger(&mut self.rx, &self.limits).await;
@@ -293,9 +306,9 @@ struct Batch {
 }
 
 impl Batch {
-    fn new(first: Job) -> Self {
+    fn new(first: Job, capacity: usize) -> Self {
         let bytes = first.size;
-        let mut jobs = Vec::with_capacity(8);
+        let mut jobs = Vec::with_capacity(capacity);
         jobs.push(first);
         Self { jobs, bytes }
     }
@@ -353,7 +366,7 @@ impl Batch {
 
 /// Sends one coalesced request and hands each caller its entry.
 async fn send_batch(
-    mut client: MessagingServiceClient<Channel>,
+    client: Grpc<Channel>,
     headers: Arc<RequestHeaders>,
     timeout: Duration,
     jobs: Vec<Job>,
@@ -365,10 +378,14 @@ async fn send_batch(
         messages.push(job.message);
         replies.push(job.reply);
     }
-    let mut req = tonic::Request::new(SendMessageRequest { messages });
+    let request = SendRequest { messages };
+    let codec = SendCodec {
+        size_hint: request.encoded_len(),
+    };
+    let mut req = tonic::Request::new(request);
     req.set_timeout(timeout);
     headers.apply(&mut req);
-    let outcome = match tokio::time::timeout(timeout, client.send_message(req)).await {
+    let outcome = match tokio::time::timeout(timeout, call(client, req, codec)).await {
         Err(_) => Err(AttemptError::Timeout),
         Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
             Err(AttemptError::Timeout)
@@ -390,21 +407,45 @@ async fn send_batch(
     }
 }
 
+/// `MessagingService.SendMessage` through [`SendCodec`] (what the generated
+/// client does with prost types).
+async fn call(
+    mut client: Grpc<Channel>,
+    req: tonic::Request<SendRequest>,
+    codec: SendCodec,
+) -> Result<tonic::Response<SendResponse>, tonic::Status> {
+    client
+        .ready()
+        .await
+        .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
+    let mut req = req;
+    req.extensions_mut().insert(tonic::GrpcMethod::new(
+        "apache.rocketmq.v2.MessagingService",
+        "SendMessage",
+    ));
+    client
+        .unary(req, PathAndQuery::from_static(SEND_MESSAGE_PATH), codec)
+        .await
+}
+
 /// Splits a response back to the callers, one entry per message in request
 /// order. A response without one entry per message carries its verdict in
 /// the top-level status, which then applies to every message.
-fn dispatch(replies: Vec<oneshot::Sender<EntryResult>>, resp: SendMessageResponse) {
+fn dispatch(replies: Vec<oneshot::Sender<EntryResult>>, resp: SendResponse) {
     let top = resp.status.unwrap_or_default();
     if resp.entries.len() == replies.len() {
         for (reply, entry) in replies.into_iter().zip(resp.entries) {
-            let (code, message) = match &entry.status {
-                Some(s) => (s.code, s.message.clone()),
-                None => (top.code, top.message.clone()),
-            };
-            let result = if code == Code::Ok as i32 {
-                Ok(entry)
+            let status: &WireStatus = entry.status.as_ref().unwrap_or(&top);
+            let result = if status.code == Code::Ok as i32 {
+                Ok(Stored {
+                    message_id: entry.message_id,
+                    offset: entry.offset,
+                })
             } else {
-                Err(AttemptError::Status { code, message })
+                Err(AttemptError::Status {
+                    code: status.code,
+                    message: status.message(),
+                })
             };
             let _ = reply.send(result);
         }
@@ -413,7 +454,7 @@ fn dispatch(replies: Vec<oneshot::Sender<EntryResult>>, resp: SendMessageRespons
     let err = if top.code != Code::Ok as i32 {
         AttemptError::Status {
             code: top.code,
-            message: top.message,
+            message: top.message(),
         }
     } else {
         AttemptError::Transport(format!(
@@ -430,7 +471,13 @@ fn dispatch(replies: Vec<oneshot::Sender<EntryResult>>, resp: SendMessageRespons
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sofamq_proto::v2::Status;
+    use sofamq_proto::prost::Message as _;
+    use sofamq_proto::v2::{SendMessageResponse, SendResultEntry, Status};
+
+    /// The response as the sender sees it: encoded by prost, parsed by ours.
+    fn parsed(resp: &SendMessageResponse) -> SendResponse {
+        crate::wire::parse_response(&Bytes::from(resp.encode_to_vec())).unwrap()
+    }
 
     fn replies(
         n: usize,
@@ -458,7 +505,7 @@ mod tests {
         let (tx, mut rx) = replies(3);
         dispatch(
             tx,
-            SendMessageResponse {
+            parsed(&SendMessageResponse {
                 status: Some(Status {
                     code: Code::MultipleResults as i32,
                     message: String::new(),
@@ -468,13 +515,13 @@ mod tests {
                     entry(Code::IllegalMessageTag, 0),
                     entry(Code::Ok, 9),
                 ],
-            },
+            }),
         );
-        assert_eq!(rx[0].try_recv().unwrap().unwrap().offset, 7);
-        assert_eq!(
-            rx[1].try_recv().unwrap().unwrap_err().code(),
-            Some(Code::IllegalMessageTag as i32)
-        );
+        let first = rx[0].try_recv().unwrap().unwrap();
+        assert_eq!((first.offset, &first.message_id[..]), (7, &b"m7"[..]));
+        let err = rx[1].try_recv().unwrap().unwrap_err();
+        assert_eq!(err.code(), Some(Code::IllegalMessageTag as i32));
+        assert_eq!(err.message(), "IllegalMessageTag");
         assert_eq!(rx[2].try_recv().unwrap().unwrap().offset, 9);
     }
 
@@ -483,13 +530,13 @@ mod tests {
         let (tx, mut rx) = replies(2);
         dispatch(
             tx,
-            SendMessageResponse {
+            parsed(&SendMessageResponse {
                 status: Some(Status {
                     code: Code::TooManyRequests as i32,
                     message: "slow down".into(),
                 }),
                 entries: vec![],
-            },
+            }),
         );
         for r in &mut rx {
             assert_eq!(
@@ -500,13 +547,13 @@ mod tests {
         let (tx, mut rx) = replies(2);
         dispatch(
             tx,
-            SendMessageResponse {
+            parsed(&SendMessageResponse {
                 status: Some(Status {
                     code: Code::Ok as i32,
                     message: String::new(),
                 }),
                 entries: vec![entry(Code::Ok, 1)],
-            },
+            }),
         );
         assert!(matches!(
             rx[0].try_recv().unwrap(),
@@ -529,7 +576,7 @@ mod tests {
         let (reply, rx) = oneshot::channel();
         (
             Job {
-                message: v2::Message::default(),
+                message: EncodedMessage::default(),
                 size,
                 reply,
             },
@@ -554,7 +601,7 @@ mod tests {
             tx.try_send(j).ok().unwrap();
         }
         let (first, _r) = job(10);
-        let mut batch = Batch::new(first);
+        let mut batch = Batch::new(first, 1);
         assert!(batch.fill(&mut rx, &limits).is_none());
         assert_eq!(batch.jobs.len(), 3, "message limit");
 
@@ -565,7 +612,7 @@ mod tests {
             tx.try_send(j).ok().unwrap();
         }
         let (first, _r) = job(100);
-        let mut batch = Batch::new(first);
+        let mut batch = Batch::new(first, 1);
         // The 10-byte job fits; the 200-byte one would pass the byte limit.
         let rest = batch.fill(&mut rx, &limits).expect("carried over");
         assert_eq!(rest.size, 200);
