@@ -381,8 +381,8 @@ pub struct Send {
     /// Unmeasured seconds before measuring (time mode).
     #[arg(long, default_value_t = 1.0)]
     pub warmup: f64,
-    /// Max messages per coalesced request in the SDK.
-    #[arg(long, default_value_t = 64)]
+    /// Max messages per coalesced request in the SDK (the SDK's default).
+    #[arg(long, default_value_t = 256)]
     pub max_request_messages: usize,
     /// Max concurrent requests per broker in the SDK (default: the SDK's own).
     #[arg(long)]
@@ -587,7 +587,7 @@ pub async fn bench_consume(args: ConsumeBenchArgs) -> anyhow::Result<()> {
             seconds: 0.0,
             count: Some(args.preload),
             warmup: 0.0,
-            max_request_messages: 64,
+            max_request_messages: 256,
             max_inflight_requests: None,
         };
         let live = Live::new(Some(args.preload));

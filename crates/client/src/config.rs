@@ -36,7 +36,8 @@ pub struct ProducerConfig {
     pub route_refresh_interval: Duration,
     /// How long a broker is avoided after a failed attempt (default 5 s).
     pub broker_isolation: Duration,
-    /// Most messages merged into one SendMessage request (default 64).
+    /// Most messages merged into one SendMessage request (default 256; the broker accepts up to
+    /// `limits.max_batch_count`, 1024 by default).
     pub max_batch_messages: usize,
     /// Most encoded bytes merged into one SendMessage request (default 4 MiB).
     /// A single larger message still goes alone.
@@ -71,7 +72,7 @@ impl Default for ProducerConfig {
             throttle_backoff_factor: 4.0,
             route_refresh_interval: Duration::from_secs(30),
             broker_isolation: Duration::from_secs(5),
-            max_batch_messages: 64,
+            max_batch_messages: 256,
             max_batch_bytes: 4 * 1024 * 1024,
             linger: Duration::ZERO,
             max_in_flight_per_broker: 8,
@@ -255,7 +256,7 @@ mod tests {
         assert_eq!(c.retry_backoff_multiplier, 2.0);
         assert_eq!(c.route_refresh_interval, Duration::from_secs(30));
         assert_eq!(c.broker_isolation, Duration::from_secs(5));
-        assert_eq!(c.max_batch_messages, 64);
+        assert_eq!(c.max_batch_messages, 256);
         assert_eq!(c.max_batch_bytes, 4 * 1024 * 1024);
         assert_eq!(c.linger, Duration::ZERO);
         assert_eq!(c.max_in_flight_per_broker, 8);
