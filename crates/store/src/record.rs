@@ -307,50 +307,25 @@ pub struct RecordView<'a> {
 /// Decodes and fully validates (length fields, CRC, UTF-8, properties) the record at the start
 /// of `b`. Never panics and never allocates more than the input size.
 pub fn decode_view(b: &[u8], max_len: usize) -> Result<RecordView<'_>, DecodeError> {
-    let total = check_header(b, max_len)?;
-    if b.len() < total {
-        return Err(DecodeError::Truncated {
-            need: total,
-            have: b.len(),
-        });
-    }
-    let rec = &b[..total];
-    let stored = u32_at(rec, 4);
-    let actual = crc32c::crc32c(&rec[8..]);
-    if stored != actual {
-        return Err(DecodeError::Invalid(format!(
-            "crc mismatch: stored {stored:#010x}, computed {actual:#010x}"
-        )));
-    }
-    let topic_len = u16_at(rec, 60) as usize;
-    let tag_len = u16_at(rec, 62) as usize;
+    let m = decode_replicated(b, max_len)?;
+    let rec = &b[..m.size as usize];
+    let p = HEADER_LEN + m.topic.len() + m.tag.len();
     let props_len = u32_at(rec, 64) as usize;
-    let mut p = HEADER_LEN;
-    let topic = std::str::from_utf8(&rec[p..p + topic_len])
-        .map_err(|_| DecodeError::Invalid("topic is not UTF-8".into()))?;
-    p += topic_len;
-    if topic.is_empty() {
-        return Err(DecodeError::Invalid("empty topic".into()));
-    }
-    let tag = std::str::from_utf8(&rec[p..p + tag_len])
-        .map_err(|_| DecodeError::Invalid("tag is not UTF-8".into()))?;
-    p += tag_len;
     let props = &rec[p..p + props_len];
     validate_props(props)?;
-    p += props_len;
     Ok(RecordView {
-        size: total as u32,
-        epoch: u64_at(rec, 16),
-        log_offset: u64_at(rec, 24),
-        topic,
-        queue_id: u32_at(rec, 32),
-        queue_offset: u64_at(rec, 36),
+        size: m.size,
+        epoch: m.epoch,
+        log_offset: m.log_offset,
+        topic: m.topic,
+        queue_id: m.queue_id,
+        queue_offset: m.queue_offset,
         flags: u32_at(rec, 12),
-        tag,
+        tag: m.tag,
         born_ts_ms: u64_at(rec, 44) as i64,
         store_ts_ms: u64_at(rec, 52) as i64,
         props,
-        body_start: p,
+        body_start: p + props_len,
     })
 }
 
@@ -376,8 +351,8 @@ pub struct ReplicaMeta<'a> {
 /// The replica's check of a record received from its master: header, lengths, CRC, topic and
 /// tag; the properties block is not walked. The CRC proves the bytes are exactly what the
 /// master's encoder wrote (from typed, validated fields), which is what a replica must know:
-/// any corruption in transit or on the master's disk fails it. [`decode_view`] still checks
-/// everything when the record is read. Never panics.
+/// any corruption in transit or on the master's disk fails it. [`decode_view`] is this plus
+/// the properties walk, and still checks everything when the record is read. Never panics.
 pub fn decode_replicated(b: &[u8], max_len: usize) -> Result<ReplicaMeta<'_>, DecodeError> {
     let total = check_header(b, max_len)?;
     if b.len() < total {
