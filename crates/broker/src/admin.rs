@@ -164,6 +164,14 @@ impl BrokerAdmin for AdminService {
         }))
     }
 
+    async fn pending(&self, request: Request<PendingRequest>) -> RpcResult<PendingResponse> {
+        let _ = request;
+        Ok(Response::new(PendingResponse {
+            status: Some(BrokerError::NotImplemented("Pending".into()).status()),
+            ..Default::default()
+        }))
+    }
+
     async fn get_message(
         &self,
         request: Request<GetMessageRequest>,

@@ -311,6 +311,17 @@ impl MessagingService for BrokerService {
         }))
     }
 
+    async fn recall_message(
+        &self,
+        request: Request<RecallMessageRequest>,
+    ) -> RpcResult<RecallMessageResponse> {
+        acl_check!(self, request);
+        Ok(Response::new(RecallMessageResponse {
+            status: Some(not_implemented("RecallMessage")),
+            message_id: String::new(),
+        }))
+    }
+
     type TelemetryStream = BoxStream<TelemetryCommand>;
 
     async fn telemetry(

@@ -14,9 +14,10 @@ use sofamq_proto::v2::{
     GetOffsetRequest, GetOffsetResponse, HeartbeatRequest, HeartbeatResponse,
     NotifyClientTerminationRequest, NotifyClientTerminationResponse, PullMessageRequest,
     PullMessageResponse, QueryAssignmentRequest, QueryAssignmentResponse, QueryOffsetRequest,
-    QueryOffsetResponse, QueryRouteRequest, QueryRouteResponse, ReceiveMessageRequest,
-    ReceiveMessageResponse, SendMessageRequest, SendMessageResponse, TelemetryCommand,
-    UpdateOffsetRequest, UpdateOffsetResponse, pull_message_response, receive_message_response,
+    QueryOffsetResponse, QueryRouteRequest, QueryRouteResponse, RecallMessageRequest,
+    RecallMessageResponse, ReceiveMessageRequest, ReceiveMessageResponse, SendMessageRequest,
+    SendMessageResponse, TelemetryCommand, UpdateOffsetRequest, UpdateOffsetResponse,
+    pull_message_response, receive_message_response,
 };
 use tokio::sync::Semaphore;
 use tokio_stream::Stream;
@@ -189,6 +190,16 @@ impl MessagingService for NamesrvMessaging {
     ) -> Result<Response<EndTransactionResponse>, Status> {
         Ok(Response::new(EndTransactionResponse {
             status: Some(not_a_broker("EndTransaction")),
+        }))
+    }
+
+    async fn recall_message(
+        &self,
+        _request: Request<RecallMessageRequest>,
+    ) -> Result<Response<RecallMessageResponse>, Status> {
+        Ok(Response::new(RecallMessageResponse {
+            status: Some(not_a_broker("RecallMessage")),
+            message_id: String::new(),
         }))
     }
 

@@ -72,6 +72,12 @@ impl Needs for EndTransactionRequest {
     }
 }
 
+impl Needs for RecallMessageRequest {
+    fn needs(&self) -> Vec<Need> {
+        vec![(Kind::Topic, name(self.topic.as_ref()), Action::Pub)]
+    }
+}
+
 impl Needs for QueryAssignmentRequest {
     fn needs(&self) -> Vec<Need> {
         sub(name(self.topic.as_ref()), name(self.group.as_ref()))
@@ -170,6 +176,7 @@ denied_by_status_field!(
     GetOffsetResponse,
     QueryOffsetResponse,
     EndTransactionResponse,
+    RecallMessageResponse,
     NotifyClientTerminationResponse,
     ChangeInvisibleDurationResponse,
     TelemetryCommand,

@@ -334,6 +334,12 @@ impl MessagingService for Svc {
     ) -> Result<Response<EndTransactionResponse>, GrpcStatus> {
         unimplemented()
     }
+    async fn recall_message(
+        &self,
+        _: Request<RecallMessageRequest>,
+    ) -> Result<Response<RecallMessageResponse>, GrpcStatus> {
+        unimplemented()
+    }
     type TelemetryStream = BoxStream<TelemetryCommand>;
     async fn telemetry(
         &self,
