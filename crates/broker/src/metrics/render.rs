@@ -395,6 +395,11 @@ pub fn render(b: &Broker) -> String {
     ] {
         t.sample("sofamq_timers_total", &with(&[("outcome", kind)]), n as f64);
     }
+    t.family(
+        "sofamq_timer_lateness_seconds",
+        "histogram",
+        "Delivery of a timer message minus its due time (delivery = the append to its topic).",
+    );
     timers
         .lateness()
         .render(&mut t, "sofamq_timer_lateness_seconds", &base);
