@@ -69,6 +69,21 @@ fn not_a_broker(rpc: &str) -> sofamq_proto::v2::Status {
     status(Code::IllegalAccessPoint, NOT_A_BROKER)
 }
 
+/// The broker group a recall handle names (hex of newline-separated fields, the group
+/// second), if it is one.
+fn handle_group(handle: &str) -> Option<String> {
+    if handle.len() > 2048 || handle.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..handle.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(handle.get(i..i + 2)?, 16).ok())
+        .collect();
+    let text = String::from_utf8(bytes?).ok()?;
+    let mut parts = text.split('\n');
+    (parts.next() == Some("r1")).then(|| parts.next().map(str::to_string))?
+}
+
 fn once<T: Send + 'static>(item: T) -> Response<BoxStream<T>> {
     Response::new(Box::pin(tokio_stream::once(Ok(item))))
 }
@@ -193,14 +208,62 @@ impl MessagingService for NamesrvMessaging {
         }))
     }
 
+    /// Official clients send RecallMessage to their access point (often a name server),
+    /// not to a broker of the route: forward it to the master of the group the handle names
+    /// (the first master of the topic when the handle names none), credentials unchanged.
     async fn recall_message(
         &self,
-        _request: Request<RecallMessageRequest>,
+        request: Request<RecallMessageRequest>,
     ) -> Result<Response<RecallMessageResponse>, Status> {
-        Ok(Response::new(RecallMessageResponse {
-            status: Some(not_a_broker("RecallMessage")),
-            message_id: String::new(),
-        }))
+        let fail = |code: Code, msg: String| {
+            Ok(Response::new(RecallMessageResponse {
+                status: Some(status(code, &msg)),
+                message_id: String::new(),
+            }))
+        };
+        let (md, _, req) = request.into_parts();
+        let topic = req.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+        let group = handle_group(&req.recall_handle);
+        let routes = self.registry.master_routes(&topic, Instant::now());
+        let Some(route) = routes
+            .iter()
+            .find(|r| group.as_deref() == Some(r.broker_name.as_str()))
+            .or_else(|| routes.first())
+        else {
+            return fail(
+                Code::TopicNotFound,
+                format!("no master serves topic '{topic}'"),
+            );
+        };
+        let mut fwd = Request::new(req);
+        for (k, v) in md.iter().filter_map(|kv| match kv {
+            tonic::metadata::KeyAndValueRef::Ascii(k, v) => Some((k, v)),
+            tonic::metadata::KeyAndValueRef::Binary(..) => None,
+        }) {
+            if k.as_str() == "authorization" || k.as_str().starts_with("x-mq-") {
+                fwd.metadata_mut().insert(k.clone(), v.clone());
+            }
+        }
+        fwd.set_timeout(std::time::Duration::from_secs(10));
+        let addr = format!("http://{}", route.grpc_endpoint);
+        let channel = match tonic::transport::Endpoint::from_shared(addr) {
+            Ok(e) => e.connect_timeout(std::time::Duration::from_secs(3)).connect_lazy(),
+            Err(e) => return fail(Code::InternalServerError, format!("broker address: {e}")),
+        };
+        match sofamq_proto::v2::messaging_service_client::MessagingServiceClient::new(channel)
+            .recall_message(fwd)
+            .await
+        {
+            Ok(r) => Ok(r),
+            Err(e) => fail(
+                Code::ProxyTimeout,
+                format!(
+                    "forwarding RecallMessage to {} failed: {}",
+                    route.grpc_endpoint,
+                    e.message()
+                ),
+            ),
+        }
     }
 
     type TelemetryStream = BoxStream<TelemetryCommand>;
