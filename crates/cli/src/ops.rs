@@ -453,10 +453,18 @@ pub async fn pending(args: PendingArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&brokers)?);
         return Ok(());
     }
-    println!(
-        "{:<12} {:<32} {:>14} {:>10} {:>16}",
-        "BROKER", "TOPIC", "PENDING-TIMERS", "OPEN-HALF", "OLDEST-HALF-AGE"
-    );
+    let rows: usize = brokers
+        .iter()
+        .map(|b| b["topics"].as_array().map_or(0, Vec::len))
+        .sum();
+    if rows == 0 {
+        println!("no pending timer or open half message");
+    } else {
+        println!(
+            "{:<12} {:<32} {:>14} {:>10} {:>16}",
+            "BROKER", "TOPIC", "PENDING-TIMERS", "OPEN-HALF", "OLDEST-HALF-AGE"
+        );
+    }
     for b in &brokers {
         let broker = b["broker"].as_str().unwrap_or("");
         for t in b["topics"].as_array().into_iter().flatten() {
@@ -469,8 +477,9 @@ pub async fn pending(args: PendingArgs) -> anyhow::Result<()> {
                 "{:<12} {:<32} {:>14} {:>10} {:>16}",
                 broker,
                 t["topic"].as_str().unwrap_or(""),
-                t["pending_timers"],
-                t["open_half"],
+                // As numbers: a JSON value's Display ignores the width.
+                t["pending_timers"].as_u64().unwrap_or(0),
+                t["open_half"].as_u64().unwrap_or(0),
                 age
             );
         }
@@ -478,7 +487,7 @@ pub async fn pending(args: PendingArgs) -> anyhow::Result<()> {
     for b in &brokers {
         let broker = b["broker"].as_str().unwrap_or("");
         match b["next_due_ms"].as_i64().unwrap_or(0) {
-            0 => println!("{broker}: no pending timer"),
+            0 => println!("{broker}: no pending timer on the broker"),
             due => {
                 let when = if due > now_ms {
                     format!(
@@ -491,7 +500,7 @@ pub async fn pending(args: PendingArgs) -> anyhow::Result<()> {
                     "now".to_string()
                 };
                 println!(
-                    "{broker}: next timer due {} ({when})",
+                    "{broker}: next timer due on the broker {} ({when})",
                     crate::timefmt::format_epoch_ms(due)
                 );
             }
