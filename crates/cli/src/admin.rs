@@ -40,6 +40,9 @@ pub enum AdminCmd {
     /// Message lookup by id or key.
     #[command(subcommand)]
     Message(crate::ops::MessageCmd),
+    /// Timer and transactional messages not yet visible, per topic on every master:
+    /// pending timers, open half messages, the oldest one's age, the next due time.
+    Pending(crate::ops::PendingArgs),
     /// Role, epoch, offsets and slaves of one broker, as JSON.
     Status {
         /// The broker's client gRPC address.
@@ -74,6 +77,7 @@ pub async fn run(cmd: AdminCmd) -> anyhow::Result<()> {
         AdminCmd::Dlq(c) => crate::consume::dlq(c).await?,
         AdminCmd::Cluster(a) => crate::ops::cluster(a).await?,
         AdminCmd::Message(c) => crate::ops::message(c).await?,
+        AdminCmd::Pending(a) => crate::ops::pending(a).await?,
         AdminCmd::Promote { broker_addr, epoch } => {
             let r = client(&broker_addr)
                 .await?

@@ -12,6 +12,7 @@ mod produce;
 mod servers;
 mod shutdown;
 mod standalone;
+mod timefmt;
 mod topic;
 
 use clap::{Parser, Subcommand};
@@ -44,8 +45,10 @@ enum Command {
     /// Create, delete and list topics.
     #[command(subcommand)]
     Topic(topic::TopicCmd),
-    /// Send messages and print their receipts.
+    /// Send messages and print their receipts (also timer and transactional messages).
     Produce(produce::ProduceArgs),
+    /// Cancel a pending timer (DELAY) message by its recall handle.
+    Recall(produce::RecallArgs),
     /// Receive messages as a consumer group, print and ack them.
     Consume(consume::ConsumeArgs),
     /// Benchmarks.
@@ -99,6 +102,7 @@ fn main() -> anyhow::Result<()> {
             Command::Controller(a) => controller::run(a).await,
             Command::Topic(c) => topic::run(c).await,
             Command::Produce(a) => produce::run(a).await,
+            Command::Recall(a) => produce::recall(a).await,
             Command::Consume(a) => consume::run(a).await,
             Command::Bench(BenchCmd::Produce(a)) => bench::bench_produce(a).await,
             Command::Bench(BenchCmd::Consume(a)) => bench::bench_consume(a).await,

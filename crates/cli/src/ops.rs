@@ -1,8 +1,11 @@
-//! Operator commands: `sofamq admin cluster`, `sofamq admin message get` and
-//! `sofamq topic describe`. Every one prints a table, or JSON with `--json`.
+//! Operator commands: `sofamq admin cluster`, `sofamq admin message get`,
+//! `sofamq admin pending` and `sofamq topic describe`. Every one prints a
+//! table, or JSON with `--json`.
 
 use anyhow::Context;
-use sofamq_proto::admin::{BrokerStatusRequest, GetMessageRequest, ListTopicsRequest};
+use sofamq_proto::admin::{
+    BrokerStatusRequest, GetMessageRequest, ListTopicsRequest, PendingRequest,
+};
 use sofamq_proto::namesrv::ListBrokersRequest;
 use sofamq_proto::namesrv::name_server_admin_client::NameServerAdminClient;
 use sofamq_proto::v2::MessageType;
@@ -52,6 +55,19 @@ pub enum MessageCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Options of `sofamq admin pending`.
+#[derive(clap::Args, Debug)]
+pub struct PendingArgs {
+    /// Only this topic (default: every topic with something pending).
+    #[arg(long)]
+    pub topic: Option<String>,
+    #[command(flatten)]
+    pub target: Target,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn bytes_h(n: u64) -> String {
@@ -395,6 +411,99 @@ pub async fn describe_topic(name: &str, target: &Target, json: bool) -> anyhow::
                 "  {:>5} {:>12} {:>12} {:>12}",
                 q["queue_id"], q["min_offset"], q["max_offset"], q["messages"]
             );
+        }
+    }
+    Ok(())
+}
+
+/// `sofamq admin pending`: per master and topic, timers not yet due (nor recalled), half
+/// messages neither committed nor rolled back and the age of the oldest; per master, when
+/// the next timer is due.
+pub async fn pending(args: PendingArgs) -> anyhow::Result<()> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut brokers = Vec::new();
+    for (broker, addr) in masters(&args.target).await? {
+        let r = crate::auth::admin_client(channel(&addr).await?)
+            .pending(PendingRequest {
+                topic: args.topic.clone().unwrap_or_default(),
+            })
+            .await
+            .context("Pending")?
+            .into_inner();
+        check(r.status)?;
+        let topics: Vec<_> = r
+            .topics
+            .iter()
+            .map(|t| {
+                let age =
+                    (t.oldest_half_ms > 0).then(|| now_ms.saturating_sub(t.oldest_half_ms).max(0));
+                serde_json::json!({
+                    "topic": t.topic, "pending_timers": t.pending_timers, "open_half": t.open_half,
+                    "oldest_half_ms": t.oldest_half_ms, "oldest_half_age_ms": age,
+                })
+            })
+            .collect();
+        brokers.push(serde_json::json!({
+            "broker": broker, "next_due_ms": r.next_due_ms, "topics": topics,
+        }));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&brokers)?);
+        return Ok(());
+    }
+    let rows: usize = brokers
+        .iter()
+        .map(|b| b["topics"].as_array().map_or(0, Vec::len))
+        .sum();
+    if rows == 0 {
+        println!("no pending timer or open half message");
+    } else {
+        println!(
+            "{:<12} {:<32} {:>14} {:>10} {:>16}",
+            "BROKER", "TOPIC", "PENDING-TIMERS", "OPEN-HALF", "OLDEST-HALF-AGE"
+        );
+    }
+    for b in &brokers {
+        let broker = b["broker"].as_str().unwrap_or("");
+        for t in b["topics"].as_array().into_iter().flatten() {
+            let age = t["oldest_half_age_ms"]
+                .as_i64()
+                .map_or("-".to_string(), |ms| {
+                    crate::timefmt::format_age(std::time::Duration::from_millis(ms.max(0) as u64))
+                });
+            println!(
+                "{:<12} {:<32} {:>14} {:>10} {:>16}",
+                broker,
+                t["topic"].as_str().unwrap_or(""),
+                // As numbers: a JSON value's Display ignores the width.
+                t["pending_timers"].as_u64().unwrap_or(0),
+                t["open_half"].as_u64().unwrap_or(0),
+                age
+            );
+        }
+    }
+    for b in &brokers {
+        let broker = b["broker"].as_str().unwrap_or("");
+        match b["next_due_ms"].as_i64().unwrap_or(0) {
+            0 => println!("{broker}: no pending timer on the broker"),
+            due => {
+                let when = if due > now_ms {
+                    format!(
+                        "in {}",
+                        crate::timefmt::format_age(std::time::Duration::from_millis(
+                            (due - now_ms) as u64
+                        ))
+                    )
+                } else {
+                    "now".to_string()
+                };
+                println!(
+                    "{broker}: next timer due on the broker {} ({when})",
+                    crate::timefmt::format_epoch_ms(due)
+                );
+            }
         }
     }
     Ok(())

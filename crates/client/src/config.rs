@@ -57,6 +57,11 @@ pub struct ProducerConfig {
     pub credentials: Option<crate::auth::Credentials>,
     /// Connect with TLS.
     pub tls: Option<crate::auth::TlsOptions>,
+    /// Answers the broker's checks of transactions left open (see
+    /// [`TransactionChecker`](crate::TransactionChecker)). Without one, such
+    /// checks are logged and ignored, and the broker applies its default
+    /// outcome after its last check.
+    pub transaction_checker: Option<crate::transaction::TransactionChecker>,
 }
 
 impl Default for ProducerConfig {
@@ -80,6 +85,7 @@ impl Default for ProducerConfig {
             alert: None,
             credentials: None,
             tls: None,
+            transaction_checker: None,
         }
     }
 }
@@ -105,6 +111,10 @@ impl fmt::Debug for ProducerConfig {
             .field("alert", &self.alert.as_ref().map(|_| "<callback>"))
             .field("credentials", &self.credentials)
             .field("tls", &self.tls)
+            .field(
+                "transaction_checker",
+                &self.transaction_checker.as_ref().map(|_| "<callback>"),
+            )
             .finish()
     }
 }
@@ -201,6 +211,16 @@ impl ProducerConfig {
         F: Fn(&SendFailure) + Send + Sync + 'static,
     {
         self.alert = Some(Arc::new(alert));
+        self
+    }
+
+    /// Sets the transaction checker: called when the broker asks about a
+    /// transaction left open; its answer is sent as EndTransaction.
+    pub fn with_transaction_checker<F>(mut self, checker: F) -> Self
+    where
+        F: Fn(&crate::ReceivedMessage) -> crate::TransactionResolution + Send + Sync + 'static,
+    {
+        self.transaction_checker = Some(Arc::new(checker));
         self
     }
 

@@ -5,6 +5,8 @@
 //!   carries the message id, topic, attempts and the last failure.
 //! * [`BatchSendError`]: at least one message of a batch failed; it carries
 //!   the outcome of every message.
+//! * [`RequestError`]: an RPC other than a send (recall, end of a transaction)
+//!   failed; it travels inside [`ClientError::Request`].
 
 use std::fmt;
 
@@ -24,6 +26,66 @@ pub enum ClientError {
     /// A message could not be sent.
     #[error(transparent)]
     Send(#[from] SendError),
+    /// A recall or an end of transaction failed.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+}
+
+impl ClientError {
+    /// The status code of the failure, when the server (or the client's
+    /// validation) gave one, e.g. `42800` for PRECONDITION_FAILED.
+    pub fn code(&self) -> Option<i32> {
+        match self {
+            ClientError::Send(e) => e.code,
+            ClientError::Request(e) => e.code,
+            ClientError::Config(_) | ClientError::Shutdown => None,
+        }
+    }
+
+    /// The status code as the protocol enum, if it is a known code.
+    pub fn code_enum(&self) -> Option<Code> {
+        self.code().and_then(|c| Code::try_from(c).ok())
+    }
+}
+
+/// An RPC other than a send failed for good: `RecallMessage` or
+/// `EndTransaction`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "{op} failed after {attempts} attempt(s): {kind}{}: {message}",
+    code.map(|c| format!(" code {c}")).unwrap_or_default()
+)]
+pub struct RequestError {
+    /// The RPC: `"RecallMessage"` or `"EndTransaction"`.
+    pub op: &'static str,
+    /// Category of the last failure.
+    pub kind: FailureKind,
+    /// Status code of the last failure, when the server answered one.
+    pub code: Option<i32>,
+    /// Human-readable reason of the last failure.
+    pub message: String,
+    /// How many requests were made (0 when refused before any).
+    pub attempts: u32,
+    /// Endpoint (`host:port`) of the last request, if one was made.
+    pub endpoint: Option<String>,
+}
+
+impl RequestError {
+    pub(crate) fn from_attempt(
+        op: &'static str,
+        err: &crate::retry::AttemptError,
+        attempts: u32,
+        endpoint: Option<&str>,
+    ) -> Self {
+        Self {
+            op,
+            kind: err.kind(),
+            code: err.code(),
+            message: err.message(),
+            attempts,
+            endpoint: endpoint.map(str::to_string),
+        }
+    }
 }
 
 /// Why a send failed: the category of the last failure.

@@ -25,6 +25,16 @@
 //!    own result entry;
 //! 4. retryable failures are retried with exponential backoff and the same
 //!    message id; a final failure is logged, counted and alerted.
+//!
+//! Timer and transactional messages:
+//! * [`Producer::send_delayed`] / [`Producer::send_at`] store a DELAY message
+//!   that consumers see once due; its receipt's `recall_handle` cancels it
+//!   with [`Producer::recall`] while it is pending.
+//! * [`Producer::send_half`] stores a half message and returns a
+//!   [`Transaction`] to [`commit`](Transaction::commit) or
+//!   [`rollback`](Transaction::rollback); the broker asks the producer's
+//!   [`TransactionChecker`] about transactions left open, over the Telemetry
+//!   stream the producer keeps with every broker it uses.
 
 mod auth;
 mod config;
@@ -38,14 +48,17 @@ mod producer;
 mod push;
 mod retry;
 mod routes;
+mod rpc;
 mod selector;
 mod sender;
+mod telemetry;
+mod transaction;
 mod wire;
 
 pub use auth::{Credentials, TlsOptions};
 pub use config::{AlertCallback, ProducerConfig};
 pub use consumer::{ConsumeError, ConsumerConfig, ReceivedMessage, SimpleConsumer};
-pub use error::{BatchSendError, ClientError, FailureKind, SendError, SendFailure};
+pub use error::{BatchSendError, ClientError, FailureKind, RequestError, SendError, SendFailure};
 pub use headers::{CLIENT_VERSION, format_date_time};
 pub use id::MessageIdGenerator;
 pub use message::{Message, MessageBuilder, SendReceipt};
@@ -53,3 +66,4 @@ pub use producer::{METRIC_SEND_FAILURES, METRIC_SEND_RETRIES, Producer};
 pub use push::{ConsumeResult, Listener, PushConfig, PushConsumer, nack_backoff};
 /// Protocol status codes (`Code::Ok` = 20000, ...), re-exported.
 pub use sofamq_proto::v2::Code;
+pub use transaction::{Transaction, TransactionChecker, TransactionResolution};

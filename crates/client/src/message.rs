@@ -1,9 +1,9 @@
 //! Messages to send and the receipts of sent messages.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
 #[cfg(test)]
 use std::time::UNIX_EPOCH;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use sofamq_proto::v2;
@@ -17,7 +17,13 @@ pub struct Message {
     pub(crate) keys: Vec<String>,
     pub(crate) message_group: Option<String>,
     pub(crate) delivery_timestamp: Option<SystemTime>,
+    /// How long after storing a half message the broker first asks the
+    /// producer's checker about it (transactional messages only).
+    pub(crate) transaction_check_delay: Option<Duration>,
     pub(crate) properties: HashMap<String, String>,
+    /// Set by [`Producer::send_half`](crate::Producer::send_half): the
+    /// message is a TRANSACTION (half) message.
+    pub(crate) transactional: bool,
 }
 
 impl Message {
@@ -30,7 +36,9 @@ impl Message {
             keys: Vec::new(),
             message_group: None,
             delivery_timestamp: None,
+            transaction_check_delay: None,
             properties: HashMap::new(),
+            transactional: false,
         }
     }
 
@@ -71,6 +79,12 @@ impl Message {
         self.delivery_timestamp
     }
 
+    /// The delay before the broker first checks an open transaction of this
+    /// message with the producer, if set (the broker's default otherwise).
+    pub fn transaction_check_delay(&self) -> Option<Duration> {
+        self.transaction_check_delay
+    }
+
     /// The user properties.
     pub fn properties(&self) -> &HashMap<String, String> {
         &self.properties
@@ -78,7 +92,9 @@ impl Message {
 
     /// The protocol message type implied by the message's fields.
     pub(crate) fn message_type(&self) -> v2::MessageType {
-        if self.message_group.is_some() {
+        if self.transactional {
+            v2::MessageType::Transaction
+        } else if self.message_group.is_some() {
             v2::MessageType::Fifo
         } else if self.delivery_timestamp.is_some() {
             v2::MessageType::Delay
@@ -97,6 +113,20 @@ impl Message {
             return Err((
                 v2::Code::MessagePropertyConflictWithType,
                 "a message cannot have both a message group and a delivery timestamp".into(),
+            ));
+        }
+        if self.transactional && (self.message_group.is_some() || self.delivery_timestamp.is_some())
+        {
+            return Err((
+                v2::Code::MessagePropertyConflictWithType,
+                "a transactional message cannot have a message group or a delivery timestamp"
+                    .into(),
+            ));
+        }
+        if !self.transactional && self.transaction_check_delay.is_some() {
+            return Err((
+                v2::Code::MessagePropertyConflictWithType,
+                "a transaction check delay is only for transactional messages (send_half)".into(),
             ));
         }
         Ok(())
@@ -123,6 +153,12 @@ impl Message {
                 born_host: born_host.to_string(),
                 delivery_timestamp: self.delivery_timestamp.map(timestamp),
                 message_group: self.message_group,
+                orphaned_transaction_recovery_duration: self.transaction_check_delay.map(|d| {
+                    prost_types::Duration {
+                        seconds: d.as_secs() as i64,
+                        nanos: d.subsec_nanos() as i32,
+                    }
+                }),
                 ..Default::default()
             }),
             body: self.body,
@@ -176,9 +212,25 @@ impl MessageBuilder {
         self
     }
 
-    /// Sets the delivery time, making it a DELAY message.
+    /// Sets the delivery time, making it a DELAY message (on a DELAY topic).
+    /// See also [`Producer::send_at`](crate::Producer::send_at).
     pub fn delivery_timestamp(mut self, at: SystemTime) -> Self {
         self.message.delivery_timestamp = Some(at);
+        self
+    }
+
+    /// Makes it a DELAY message due `delay` from now.
+    /// See also [`Producer::send_delayed`](crate::Producer::send_delayed).
+    pub fn delay(self, delay: Duration) -> Self {
+        self.delivery_timestamp(SystemTime::now() + delay)
+    }
+
+    /// For a transactional message ([`Producer::send_half`](crate::Producer::send_half)):
+    /// how long after storing it the broker first asks the producer's
+    /// transaction checker about it, if it is still open (overrides the
+    /// broker's `transaction.check_delay_ms`).
+    pub fn transaction_check_delay(mut self, delay: Duration) -> Self {
+        self.message.transaction_check_delay = Some(delay);
         self
     }
 
@@ -205,6 +257,13 @@ pub struct SendReceipt {
     pub queue_offset: i64,
     /// Name of the broker that stored the message.
     pub broker: String,
+    /// gRPC endpoint (`host:port`) of the broker that stored the message.
+    pub endpoint: String,
+    /// For a DELAY message: the handle to cancel it with
+    /// [`Producer::recall`](crate::Producer::recall) before it is due.
+    pub recall_handle: Option<String>,
+    /// For a transactional (half) message: the broker's transaction id.
+    pub transaction_id: Option<String>,
 }
 
 #[cfg(test)]
@@ -272,5 +331,48 @@ mod tests {
             v2::Code::MessagePropertyConflictWithType
         );
         assert!(Message::new("T", "x").validate().is_ok());
+    }
+
+    #[test]
+    fn transactional_messages_have_their_type_and_refuse_delay_and_group() {
+        let mut m = Message::builder("T", "x")
+            .transaction_check_delay(Duration::from_millis(1500))
+            .build();
+        // A check delay alone is for transactional messages only.
+        assert_eq!(
+            m.validate().unwrap_err().0,
+            v2::Code::MessagePropertyConflictWithType
+        );
+        m.transactional = true;
+        assert!(m.validate().is_ok());
+        assert_eq!(m.message_type(), v2::MessageType::Transaction);
+        let s = m.into_proto("i".into(), "h").system_properties.unwrap();
+        assert_eq!(s.message_type, v2::MessageType::Transaction as i32);
+        let d = s.orphaned_transaction_recovery_duration.unwrap();
+        assert_eq!((d.seconds, d.nanos), (1, 500_000_000));
+
+        for b in [
+            Message::builder("T", "x").delay(Duration::from_secs(5)),
+            Message::builder("T", "x").message_group("g"),
+        ] {
+            let mut m = b.build();
+            m.transactional = true;
+            assert_eq!(
+                m.validate().unwrap_err().0,
+                v2::Code::MessagePropertyConflictWithType
+            );
+        }
+    }
+
+    #[test]
+    fn delay_sets_a_delivery_time_that_far_ahead() {
+        let before = SystemTime::now();
+        let m = Message::builder("T", "x")
+            .delay(Duration::from_secs(30))
+            .build();
+        let at = m.delivery_timestamp().unwrap();
+        assert!(at >= before + Duration::from_secs(30));
+        assert!(at <= SystemTime::now() + Duration::from_secs(30));
+        assert_eq!(m.message_type(), v2::MessageType::Delay);
     }
 }

@@ -8,14 +8,17 @@ use tokio::task::JoinHandle;
 
 use crate::config::ProducerConfig;
 use crate::connection::Channels;
-use crate::error::{BatchSendError, ClientError, FailureKind, SendError};
+use crate::error::{BatchSendError, ClientError, FailureKind, RequestError, SendError};
 use crate::headers::{RequestHeaders, host_name};
 use crate::id::{MessageIdGenerator, random_u64};
 use crate::message::{Message, SendReceipt};
 use crate::retry::{self, AttemptError};
 use crate::routes::RouteCache;
+use crate::rpc::Rpc;
 use crate::selector;
 use crate::sender::{BrokerHandle, EntryResult, Senders, Stored, shutdown_signal};
+use crate::telemetry::Sessions;
+use crate::transaction::Transaction;
 use crate::wire::{self, EncodedMessage};
 
 /// Metric: sends that finally failed (label `topic`).
@@ -49,6 +52,8 @@ struct Inner {
     ids: MessageIdGenerator,
     routes: Arc<RouteCache>,
     senders: Arc<Senders>,
+    rpc: Arc<Rpc>,
+    sessions: Arc<Sessions>,
     shutdown: watch::Sender<bool>,
     refresher: Mutex<Option<JoinHandle<()>>>,
 }
@@ -97,10 +102,19 @@ impl Producer {
             headers.clone(),
             shutdown_rx.clone(),
         ));
+        let rpc = Arc::new(Rpc::new(channels.clone(), headers.clone(), config.clone()));
+        let sessions = Arc::new(Sessions::new(
+            channels.clone(),
+            headers.clone(),
+            rpc.clone(),
+            born_host.clone(),
+            shutdown_rx.clone(),
+        ));
         let routes = Arc::new(RouteCache::new(
             config.access_points.clone(),
             channels,
             senders.clone(),
+            sessions.clone(),
             headers,
             config.request_timeout,
         ));
@@ -118,6 +132,8 @@ impl Producer {
                 ids: MessageIdGenerator::new(),
                 routes,
                 senders,
+                rpc,
+                sessions,
                 shutdown,
                 refresher: Mutex::new(Some(refresher)),
             }),
@@ -144,6 +160,143 @@ impl Producer {
     pub async fn send(&self, message: Message) -> Result<SendReceipt, SendError> {
         let prepared = self.prepare(message)?;
         self.deliver(prepared, None).await
+    }
+
+    /// Sends a DELAY message that consumers see from `at` on (the topic must
+    /// be a DELAY topic; a time already past is delivered at once, one beyond
+    /// the broker's `timer.max_delay_ms` is refused with
+    /// ILLEGAL_DELIVERY_TIME 40012). The receipt's `recall_handle` cancels it
+    /// with [`Producer::recall`] while it is pending.
+    pub async fn send_at(
+        &self,
+        mut message: Message,
+        at: SystemTime,
+    ) -> Result<SendReceipt, SendError> {
+        message.delivery_timestamp = Some(at);
+        self.send(message).await
+    }
+
+    /// Sends a DELAY message due `delay` from now; see [`Producer::send_at`].
+    pub async fn send_delayed(
+        &self,
+        message: Message,
+        delay: Duration,
+    ) -> Result<SendReceipt, SendError> {
+        self.send_at(message, SystemTime::now() + delay).await
+    }
+
+    /// Cancels a pending DELAY message of `topic` by the `recall_handle` of
+    /// its receipt; returns its message id. It is never delivered then.
+    ///
+    /// Goes to the masters of the topic's route in turn until one answers OK
+    /// or refuses for good. Recalling again answers OK; recalling a message
+    /// already delivered fails with PRECONDITION_FAILED 42800, an unknown or
+    /// malformed handle (or the wrong topic) with BAD_REQUEST 40000. Transport
+    /// failures and retryable codes are retried up to `max_attempts` rounds.
+    pub async fn recall(&self, topic: &str, recall_handle: &str) -> Result<String, ClientError> {
+        const OP: &str = "RecallMessage";
+        if self.is_shut_down() {
+            return Err(ClientError::Shutdown);
+        }
+        if topic.trim().is_empty() || recall_handle.is_empty() {
+            return Err(RequestError {
+                op: OP,
+                kind: FailureKind::Invalid,
+                code: Some(sofamq_proto::v2::Code::BadRequest as i32),
+                message: "topic and recall handle must not be empty".into(),
+                attempts: 0,
+                endpoint: None,
+            }
+            .into());
+        }
+        let cfg = &self.inner.config;
+        let mut attempts = 0u32;
+        // A refusal that may only mean "not stored here" (another master may
+        // hold the timer), and the last failure worth another round.
+        let mut refused: Option<(AttemptError, String)> = None;
+        let mut last: Option<(AttemptError, Option<String>)> = None;
+        for round in 1..=cfg.max_attempts {
+            let since = Instant::now();
+            let mut retryable = false;
+            match self.inner.routes.get(topic).await {
+                Err(e) => {
+                    retryable = retry::classify(&e, false).retry;
+                    last = Some((e, None));
+                }
+                Ok(route) => {
+                    for broker in &route.brokers {
+                        attempts += 1;
+                        match self
+                            .inner
+                            .rpc
+                            .recall_once(&broker.addr, topic, recall_handle)
+                            .await
+                        {
+                            Ok(id) => return Ok(id),
+                            Err(e) if not_here(&e) => {
+                                refused.get_or_insert((e, broker.addr.clone()));
+                            }
+                            Err(e) if retry::classify(&e, false).retry => {
+                                retryable = true;
+                                last = Some((e, Some(broker.addr.clone())));
+                            }
+                            Err(e) => {
+                                return Err(RequestError::from_attempt(
+                                    OP,
+                                    &e,
+                                    attempts,
+                                    Some(&broker.addr),
+                                )
+                                .into());
+                            }
+                        }
+                    }
+                }
+            }
+            // Every master answered and none has it: that is the answer.
+            if !retryable || round == cfg.max_attempts || self.is_shut_down() {
+                break;
+            }
+            tracing::warn!(%topic, round, error = ?last, "recall failed, retrying");
+            if let Err(e) = self.inner.routes.refresh_after(topic, since).await {
+                tracing::debug!(%topic, error = ?e, "route refresh after failure failed");
+            }
+            tokio::time::sleep(retry::backoff(cfg, round, false)).await;
+        }
+        let (err, endpoint) = match (refused, last) {
+            (Some((e, a)), _) => (e, Some(a)),
+            (None, Some((e, a))) => (e, a),
+            (None, None) => (AttemptError::NoRoute("empty route".into()), None),
+        };
+        Err(RequestError::from_attempt(OP, &err, attempts, endpoint.as_deref()).into())
+    }
+
+    /// Stores `message` as a half (TRANSACTION) message, invisible to
+    /// consumers until the returned [`Transaction`] is committed; the topic
+    /// must be a TRANSACTION topic. The message may have neither a message
+    /// group nor a delivery time. It goes alone in its request and is not
+    /// retried (a retry could store a second half message elsewhere).
+    pub async fn send_half(&self, mut message: Message) -> Result<Transaction, SendError> {
+        message.transactional = true;
+        let receipt = self.send(message).await?;
+        match receipt.transaction_id.clone() {
+            Some(id) => Ok(Transaction::new(self.inner.rpc.clone(), receipt, id)),
+            None => {
+                let err = SendError {
+                    kind: FailureKind::Transport,
+                    code: None,
+                    message: "protocol error: the broker answered no transaction id \
+                              (is the topic a TRANSACTION topic?)"
+                        .into(),
+                    attempts: 1,
+                    message_id: receipt.message_id,
+                    topic: receipt.topic,
+                    broker: Some(receipt.broker),
+                };
+                self.report(&err);
+                Err(err)
+            }
+        }
     }
 
     /// Sends several messages at once (they share requests where they go to
@@ -275,10 +428,9 @@ impl Producer {
         if let Some(r) = refresher {
             r.abort();
         }
-        self.inner
-            .senders
-            .join(self.inner.config.request_timeout + Duration::from_secs(1))
-            .await;
+        let grace = self.inner.config.request_timeout + Duration::from_secs(1);
+        self.inner.senders.join(grace).await;
+        self.inner.sessions.join(grace).await;
         tracing::info!(client_id = %self.inner.client_id, "producer shut down");
     }
 
@@ -372,6 +524,8 @@ impl Producer {
         mut first: Option<Attempt>,
     ) -> Result<SendReceipt, SendError> {
         let cfg = &self.inner.config;
+        // A half message is not retried: it might be stored twice.
+        let max_attempts = if p.wire.alone { 1 } else { cfg.max_attempts };
         let mut previous: Option<Arc<BrokerHandle>> = None;
         let mut attempt_no = 0u32;
         loop {
@@ -391,7 +545,7 @@ impl Producer {
             {
                 b.isolate(now, cfg.broker_isolation);
             }
-            if !verdict.retry || attempt_no >= cfg.max_attempts || self.is_shut_down() {
+            if !verdict.retry || attempt_no >= max_attempts || self.is_shut_down() {
                 let err = SendError {
                     kind: err.kind(),
                     code: err.code(),
@@ -460,7 +614,24 @@ fn receipt(p: Prepared, entry: &Stored, broker: Option<&BrokerHandle>) -> SendRe
         topic: p.topic,
         queue_offset: entry.offset,
         broker: broker.map(|b| b.name.clone()).unwrap_or_default(),
+        endpoint: broker.map(|b| b.addr.clone()).unwrap_or_default(),
+        recall_handle: non_empty(&entry.recall_handle),
+        transaction_id: non_empty(&entry.transaction_id),
     }
+}
+
+/// A string the parser checked as UTF-8, `None` when empty.
+fn non_empty(b: &bytes::Bytes) -> Option<String> {
+    (!b.is_empty()).then(|| String::from_utf8_lossy(b).into_owned())
+}
+
+/// Whether a recall refusal may only mean that another master holds the timer.
+fn not_here(e: &AttemptError) -> bool {
+    use sofamq_proto::v2::Code;
+    matches!(
+        e.code().and_then(|c| Code::try_from(c).ok()),
+        Some(Code::BadRequest | Code::TopicNotFound | Code::NotFound | Code::MessageNotFound)
+    )
 }
 
 async fn wait(rx: oneshot::Receiver<EntryResult>) -> EntryResult {

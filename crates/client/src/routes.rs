@@ -22,6 +22,7 @@ use crate::connection::Channels;
 use crate::headers::RequestHeaders;
 use crate::retry::AttemptError;
 use crate::sender::{BrokerHandle, Senders};
+use crate::telemetry::Sessions;
 
 /// The writable masters of a topic, sorted by broker name.
 #[derive(Debug)]
@@ -84,6 +85,8 @@ pub(crate) struct RouteCache {
     refresh_locks: Mutex<HashMap<String, Arc<RefreshLock>>>,
     channels: Arc<Channels>,
     senders: Arc<Senders>,
+    /// Telemetry sessions: one per master of a fetched route.
+    sessions: Arc<Sessions>,
     headers: Arc<RequestHeaders>,
     timeout: Duration,
 }
@@ -93,6 +96,7 @@ impl RouteCache {
         access_points: Vec<String>,
         channels: Arc<Channels>,
         senders: Arc<Senders>,
+        sessions: Arc<Sessions>,
         headers: Arc<RequestHeaders>,
         timeout: Duration,
     ) -> Self {
@@ -103,6 +107,7 @@ impl RouteCache {
             refresh_locks: Mutex::new(HashMap::new()),
             channels,
             senders,
+            sessions,
             headers,
             timeout,
         }
@@ -200,6 +205,12 @@ impl RouteCache {
             .iter()
             .map(|(name, addr)| self.senders.broker(name, addr))
             .collect::<Result<Vec<_>, _>>()?;
+        // The topic is published from now on; every master gets a session
+        // (whose settings then list the topic).
+        self.sessions.add_topic(topic);
+        for (_, addr) in &masters {
+            self.sessions.open(addr);
+        }
         tracing::debug!(%topic, brokers = ?masters, "route updated");
         let route = Arc::new(TopicRoute::new(brokers));
         self.routes

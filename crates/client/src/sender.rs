@@ -10,6 +10,9 @@
 //! So a lone send goes out at once (nothing else is queued), while under load
 //! messages pile up while the slots are busy and leave in large requests: the
 //! batch size adapts to the load without any added latency.
+//!
+//! A message marked `alone` (a TRANSACTION half message) is never coalesced:
+//! it ends the request being filled and leaves in a request of its own.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +42,10 @@ pub(crate) struct Stored {
     pub(crate) message_id: Bytes,
     /// The message's offset in its queue.
     pub(crate) offset: i64,
+    /// Transaction id (half messages; may be empty).
+    pub(crate) transaction_id: Bytes,
+    /// Recall handle (DELAY messages; may be empty).
+    pub(crate) recall_handle: Bytes,
 }
 
 /// Outcome of one message in one attempt.
@@ -303,23 +310,29 @@ pub(crate) async fn shutdown_signal(rx: &mut watch::Receiver<bool>) {
 struct Batch {
     jobs: Vec<Job>,
     bytes: usize,
+    /// The first (and so only) job must go alone.
+    alone: bool,
 }
 
 impl Batch {
     fn new(first: Job, capacity: usize) -> Self {
         let bytes = first.size;
+        let alone = first.message.alone;
         let mut jobs = Vec::with_capacity(capacity);
         jobs.push(first);
-        Self { jobs, bytes }
+        Self { jobs, bytes, alone }
     }
 
+    /// Whether nothing more may join: a limit is reached, or the batch holds
+    /// a message that must go alone.
     fn full(&self, limits: &Limits) -> bool {
-        self.jobs.len() >= limits.max_messages || self.bytes >= limits.max_bytes
+        self.jobs.len() >= limits.max_messages || self.bytes >= limits.max_bytes || self.alone
     }
 
-    /// Adds `job` if it fits; otherwise hands it back.
+    /// Adds `job` if it fits; otherwise hands it back. A job that must go
+    /// alone never joins a batch (which always holds a first job).
     fn push(&mut self, job: Job, limits: &Limits) -> Option<Job> {
-        if self.jobs.len() >= limits.max_messages || self.bytes + job.size > limits.max_bytes {
+        if job.message.alone || self.full(limits) || self.bytes + job.size > limits.max_bytes {
             return Some(job);
         }
         self.bytes += job.size;
@@ -440,6 +453,8 @@ fn dispatch(replies: Vec<oneshot::Sender<EntryResult>>, resp: SendResponse) {
                 Ok(Stored {
                     message_id: entry.message_id,
                     offset: entry.offset,
+                    transaction_id: entry.transaction_id,
+                    recall_handle: entry.recall_handle,
                 })
             } else {
                 Err(AttemptError::Status {
@@ -582,6 +597,51 @@ mod tests {
             },
             rx,
         )
+    }
+
+    fn alone_job(size: usize) -> (Job, oneshot::Receiver<EntryResult>) {
+        let (mut j, rx) = job(size);
+        j.message.alone = true;
+        (j, rx)
+    }
+
+    #[test]
+    fn messages_marked_alone_are_never_coalesced() {
+        let limits = Limits {
+            max_messages: 100,
+            max_bytes: 1 << 20,
+            max_in_flight: 1,
+            linger: Duration::ZERO,
+            timeout: Duration::from_secs(1),
+        };
+        // Queue: normal, alone, alone, normal, normal.
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut keep = Vec::new();
+        for alone in [false, true, true, false, false] {
+            let (j, r) = if alone { alone_job(10) } else { job(10) };
+            keep.push(r);
+            tx.try_send(j).ok().unwrap();
+        }
+        let mut sizes = Vec::new();
+        let mut carry: Option<Job> = None;
+        loop {
+            let first = match carry.take() {
+                Some(j) => j,
+                None => match rx.try_recv() {
+                    Ok(j) => j,
+                    Err(_) => break,
+                },
+            };
+            let mut batch = Batch::new(first, 4);
+            carry = batch.fill(&mut rx, &limits);
+            let alone = batch.jobs.iter().filter(|j| j.message.alone).count();
+            assert!(
+                alone == 0 || batch.jobs.len() == 1,
+                "an alone job was coalesced"
+            );
+            sizes.push((batch.jobs.len(), alone));
+        }
+        assert_eq!(sizes, [(1, 0), (1, 1), (1, 1), (2, 0)]);
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub(crate) const SEND_MESSAGE_PATH: &str = "/apache.rocketmq.v2.MessagingService
 pub(crate) struct EncodedMessage {
     head: Bytes,
     body: Bytes,
+    /// Must travel alone in its `SendMessageRequest` (a TRANSACTION message:
+    /// the broker refuses a request with more than one).
+    pub(crate) alone: bool,
 }
 
 impl EncodedMessage {
@@ -159,6 +162,9 @@ pub(crate) fn encode_message(
     let message_type = message.message_type() as i32 as u64;
     let born = timestamp(born);
     let delivery = message.delivery_timestamp.map(timestamp);
+    let check_delay = message
+        .transaction_check_delay
+        .map(|d| (d.as_secs() as i64, d.subsec_nanos() as i32));
     // SystemProperties, in tag order.
     let mut sys_len = 0;
     if let Some(tag) = &message.tag {
@@ -177,6 +183,10 @@ pub(crate) fn encode_message(
     }
     if let Some(g) = &message.message_group {
         sys_len += present_field_len(17, g.len());
+    }
+    if let Some(d) = check_delay {
+        // google.protobuf.Duration has Timestamp's layout.
+        sys_len += present_field_len(19, timestamp_len(d));
     }
     let topic_len = bytes_field_len(2, message.topic.len());
     let props_len: usize = message
@@ -214,11 +224,15 @@ pub(crate) fn encode_message(
     if let Some(g) = &message.message_group {
         w.present(17, g.as_bytes());
     }
+    if let Some(d) = check_delay {
+        w.timestamp(19, d);
+    }
     let buf = w.0;
     debug_assert_eq!(buf.len(), head_len);
     let encoded = EncodedMessage {
         head: Bytes::from(buf),
         body: message.body,
+        alone: message.transactional,
     };
     (message.topic, encoded)
 }
@@ -264,6 +278,10 @@ pub(crate) struct SendEntry {
     /// The message id as answered (checked UTF-8; may be empty).
     pub(crate) message_id: Bytes,
     pub(crate) offset: i64,
+    /// Transaction id of a half message (checked UTF-8; may be empty).
+    pub(crate) transaction_id: Bytes,
+    /// Recall handle of a DELAY message (checked UTF-8; may be empty).
+    pub(crate) recall_handle: Bytes,
 }
 
 /// A `SendMessageResponse`.
@@ -505,11 +523,9 @@ fn parse_entry(mut r: Reader<'_>) -> ParseResult<SendEntry> {
         match r.key()? {
             (1, w) => e.status = Some(parse_status(r.message(w)?)?),
             (2, w) => e.message_id = r.string(w)?,
-            // transaction_id, recall_handle: unused, but prost checked them.
-            (3 | 5, w) => {
-                r.string(w)?;
-            }
+            (3, w) => e.transaction_id = r.string(w)?,
             (4, w) => e.offset = r.int(w)? as i64,
+            (5, w) => e.recall_handle = r.string(w)?,
             (t, w) => r.skip(t, w)?,
         }
     }
@@ -586,6 +602,17 @@ mod tests {
             Message::builder("T", vec![1u8; 70_000])
                 .message_group("a-group")
                 .build(),
+            Message {
+                transactional: true,
+                ..Message::builder("T", &b"half"[..])
+                    .transaction_check_delay(Duration::new(3, 250))
+                    .key("k")
+                    .build()
+            },
+            Message {
+                transactional: true,
+                ..Message::new("T", &b"half"[..])
+            },
         ];
         for m in cases {
             let (ours, proto) = wire_of(&m, "01ABCDEF", "host1");
@@ -671,6 +698,8 @@ mod tests {
         assert_eq!(e.status.as_ref().unwrap().message(), "OK");
         assert_eq!(&e.message_id[..], b"01AB");
         assert_eq!(e.offset, 42);
+        assert_eq!(&e.transaction_id[..], b"tx");
+        assert_eq!(&e.recall_handle[..], b"rh");
         let e = &got.entries[1];
         assert_eq!(e.status.as_ref().unwrap().message(), "bad tag");
         assert_eq!(e.offset, -1);

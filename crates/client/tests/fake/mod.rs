@@ -1,7 +1,11 @@
 //! A fake `MessagingService` (name server + broker in one) for the producer
 //! tests: QueryRoute answers a configurable route, SendMessage answers one
-//! entry per message with a configurable code; everything else is
-//! Unimplemented. It records what it received.
+//! entry per message with a configurable code (with a recall handle for DELAY
+//! messages and a transaction id for TRANSACTION ones, refusing more than one
+//! TRANSACTION message per request as the broker does), RecallMessage and
+//! EndTransaction check the handles and ids it issued, Telemetry answers
+//! settings and lets a test push commands (a transaction check) to every open
+//! stream; everything else is Unimplemented. It records what it received.
 
 #![allow(dead_code)]
 
@@ -13,9 +17,9 @@ use std::time::Duration;
 
 use sofamq_proto::v2::{self, messaging_service_server::*, *};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status as GrpcStatus};
 
@@ -45,6 +49,24 @@ pub struct State {
     pub delay: Mutex<Duration>,
     pub code_for: Mutex<CodeFn>,
     pub last_headers: Mutex<Option<MetadataMap>>,
+    /// Requests with a TRANSACTION message among other messages.
+    pub mixed_transaction_requests: AtomicUsize,
+    /// Recall handles issued, to message ids.
+    pub handles: Mutex<HashMap<String, String>>,
+    /// Transaction ids issued, to message ids.
+    pub transactions: Mutex<HashMap<String, String>>,
+    pub recalls: Mutex<Vec<RecallMessageRequest>>,
+    /// If set, RecallMessage answers this code.
+    pub recall_code: Mutex<Option<i32>>,
+    pub end_transactions: Mutex<Vec<EndTransactionRequest>>,
+    /// If set, EndTransaction answers this code.
+    pub end_code: Mutex<Option<i32>>,
+    /// Every command received on any Telemetry stream.
+    pub telemetry_received: Mutex<Vec<TelemetryCommand>>,
+    pub telemetry_opened: AtomicUsize,
+    /// Streams whose client side ended.
+    pub telemetry_closed: AtomicUsize,
+    telemetry_streams: Mutex<Vec<mpsc::Sender<Result<TelemetryCommand, GrpcStatus>>>>,
 }
 
 impl State {
@@ -63,6 +85,50 @@ impl State {
 
     pub fn set_route(&self, route: Vec<(String, String)>) {
         *self.route.lock().unwrap() = route;
+    }
+
+    /// The topics of every Settings received on Telemetry, in order.
+    pub fn settings_topics(&self) -> Vec<Vec<String>> {
+        self.telemetry_received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|c| match &c.command {
+                Some(telemetry_command::Command::Settings(s)) => Some(s),
+                _ => None,
+            })
+            .map(|s| match &s.pub_sub {
+                Some(settings::PubSub::Publishing(p)) => {
+                    p.topics.iter().map(|t| t.name.clone()).collect()
+                }
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    /// Sends `cmd` on every open Telemetry stream; returns how many took it.
+    pub fn push_command(&self, cmd: &TelemetryCommand) -> usize {
+        let streams = self.telemetry_streams.lock().unwrap().clone();
+        streams
+            .iter()
+            .filter(|tx| tx.try_send(Ok(cmd.clone())).is_ok())
+            .count()
+    }
+
+    /// Ends every open Telemetry stream from the server's side.
+    pub fn close_telemetry(&self) {
+        self.telemetry_streams.lock().unwrap().clear();
+    }
+
+    /// The EndTransaction requests for `transaction_id`.
+    pub fn ends_of(&self, transaction_id: &str) -> Vec<EndTransactionRequest> {
+        self.end_transactions
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.transaction_id == transaction_id)
+            .cloned()
+            .collect()
     }
 
     pub fn max_batch(&self) -> usize {
@@ -119,6 +185,17 @@ impl Fake {
                 }
             })),
             last_headers: Mutex::new(None),
+            mixed_transaction_requests: AtomicUsize::new(0),
+            handles: Mutex::new(HashMap::new()),
+            transactions: Mutex::new(HashMap::new()),
+            recalls: Mutex::new(Vec::new()),
+            recall_code: Mutex::new(None),
+            end_transactions: Mutex::new(Vec::new()),
+            end_code: Mutex::new(None),
+            telemetry_received: Mutex::new(Vec::new()),
+            telemetry_opened: AtomicUsize::new(0),
+            telemetry_closed: AtomicUsize::new(0),
+            telemetry_streams: Mutex::new(Vec::new()),
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let svc = MessagingServiceServer::new(Svc(state.clone()));
@@ -230,16 +307,44 @@ impl MessagingService for Svc {
         }
         let messages = request.into_inner().messages;
         s.batch_sizes.lock().unwrap().push(messages.len());
+        let is_txn = |m: &v2::Message| {
+            m.system_properties.as_ref().unwrap().message_type == MessageType::Transaction as i32
+        };
+        let txns = messages.iter().filter(|m| is_txn(m)).count();
+        if txns > 0 && messages.len() > 1 {
+            s.mixed_transaction_requests.fetch_add(1, Ordering::SeqCst);
+        }
         let code_for = s.code_for.lock().unwrap().clone();
         let mut all_ok = true;
         let entries = messages
             .iter()
             .map(|m| {
-                let id = m.system_properties.as_ref().unwrap().message_id.clone();
-                let code = code_for(m);
+                let sp = m.system_properties.as_ref().unwrap();
+                let id = sp.message_id.clone();
+                // Like the broker: more than one TRANSACTION message per request is refused.
+                let code = if txns > 1 {
+                    Code::MessagePropertyConflictWithType as i32
+                } else {
+                    code_for(m)
+                };
+                let (mut transaction_id, mut recall_handle) = (String::new(), String::new());
                 let offset = if code == Code::Ok as i32 {
                     let o = s.next_offset.fetch_add(1, Ordering::SeqCst);
                     s.offsets.lock().unwrap().insert(id.clone(), o);
+                    if is_txn(m) {
+                        transaction_id = format!("tx-{}-{id}", s.name);
+                        s.transactions
+                            .lock()
+                            .unwrap()
+                            .insert(transaction_id.clone(), id.clone());
+                    }
+                    if sp.delivery_timestamp.is_some() {
+                        recall_handle = format!("rh-{}-{id}", s.name);
+                        s.handles
+                            .lock()
+                            .unwrap()
+                            .insert(recall_handle.clone(), id.clone());
+                    }
                     o
                 } else {
                     all_ok = false;
@@ -251,9 +356,9 @@ impl MessagingService for Svc {
                         message: format!("code {code}"),
                     }),
                     message_id: id,
-                    transaction_id: String::new(),
+                    transaction_id,
                     offset,
-                    recall_handle: String::new(),
+                    recall_handle,
                 }
             })
             .collect();
@@ -330,22 +435,80 @@ impl MessagingService for Svc {
     }
     async fn end_transaction(
         &self,
-        _: Request<EndTransactionRequest>,
+        request: Request<EndTransactionRequest>,
     ) -> Result<Response<EndTransactionResponse>, GrpcStatus> {
-        unimplemented()
+        let s = &self.0;
+        let req = request.into_inner();
+        s.end_transactions.lock().unwrap().push(req.clone());
+        let forced = *s.end_code.lock().unwrap();
+        let known = s
+            .transactions
+            .lock()
+            .unwrap()
+            .get(&req.transaction_id)
+            .cloned();
+        let code = forced.unwrap_or(match known {
+            Some(id) if id == req.message_id => Code::Ok as i32,
+            _ => Code::InvalidTransactionId as i32,
+        });
+        Ok(Response::new(EndTransactionResponse {
+            status: Some(v2::Status {
+                code,
+                message: format!("code {code}"),
+            }),
+        }))
     }
     async fn recall_message(
         &self,
-        _: Request<RecallMessageRequest>,
+        request: Request<RecallMessageRequest>,
     ) -> Result<Response<RecallMessageResponse>, GrpcStatus> {
-        unimplemented()
+        let s = &self.0;
+        let req = request.into_inner();
+        s.recalls.lock().unwrap().push(req.clone());
+        let forced = *s.recall_code.lock().unwrap();
+        let known = s.handles.lock().unwrap().get(&req.recall_handle).cloned();
+        let (code, message_id) = match (forced, known) {
+            (Some(code), _) => (code, String::new()),
+            (None, Some(id)) => (Code::Ok as i32, id),
+            (None, None) => (Code::BadRequest as i32, String::new()),
+        };
+        Ok(Response::new(RecallMessageResponse {
+            status: Some(v2::Status {
+                code,
+                message: format!("code {code}"),
+            }),
+            message_id,
+        }))
     }
     type TelemetryStream = BoxStream<TelemetryCommand>;
     async fn telemetry(
         &self,
-        _: Request<tonic::Streaming<TelemetryCommand>>,
+        request: Request<tonic::Streaming<TelemetryCommand>>,
     ) -> Result<Response<Self::TelemetryStream>, GrpcStatus> {
-        unimplemented()
+        let s = self.0.clone();
+        s.telemetry_opened.fetch_add(1, Ordering::SeqCst);
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        // The reader answers settings through a weak handle, so that
+        // `close_telemetry` (dropping the strong one) ends the stream.
+        let weak = tx.downgrade();
+        s.telemetry_streams.lock().unwrap().push(tx);
+        tokio::spawn(async move {
+            while let Ok(Some(cmd)) = inbound.message().await {
+                s.telemetry_received.lock().unwrap().push(cmd.clone());
+                if let Some(telemetry_command::Command::Settings(settings)) = cmd.command
+                    && let Some(tx) = weak.upgrade()
+                {
+                    let reply = TelemetryCommand {
+                        status: ok(),
+                        command: Some(telemetry_command::Command::Settings(settings)),
+                    };
+                    let _ = tx.send(Ok(reply)).await;
+                }
+            }
+            s.telemetry_closed.fetch_add(1, Ordering::SeqCst);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
     async fn notify_client_termination(
         &self,
