@@ -165,10 +165,34 @@ impl BrokerAdmin for AdminService {
     }
 
     async fn pending(&self, request: Request<PendingRequest>) -> RpcResult<PendingResponse> {
-        let _ = request;
+        let want = request.into_inner().topic;
+        let timers = self.broker.timers().stats();
+        let halves = self.broker.txns().stats();
+        let mut by_topic: std::collections::BTreeMap<String, PendingTopic> = Default::default();
+        for (t, n) in timers.per_topic {
+            by_topic
+                .entry(t.clone())
+                .or_insert_with(|| PendingTopic {
+                    topic: t,
+                    ..Default::default()
+                })
+                .pending_timers = n;
+        }
+        for (t, (n, oldest)) in halves {
+            let e = by_topic.entry(t.clone()).or_insert_with(|| PendingTopic {
+                topic: t,
+                ..Default::default()
+            });
+            e.open_half = n;
+            e.oldest_half_ms = oldest;
+        }
         Ok(Response::new(PendingResponse {
-            status: Some(BrokerError::NotImplemented("Pending".into()).status()),
-            ..Default::default()
+            status: Some(ok_status()),
+            topics: by_topic
+                .into_values()
+                .filter(|p| want.is_empty() || p.topic == want)
+                .collect(),
+            next_due_ms: timers.next_due_ms,
         }))
     }
 

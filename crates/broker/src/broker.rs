@@ -32,6 +32,8 @@ struct Inner {
     metrics: crate::metrics::Metrics,
     acl: crate::acl::Acl,
     send_bytes: std::sync::Arc<tokio::sync::Semaphore>,
+    timers: Arc<crate::timer::Timers>,
+    txns: Arc<crate::txn::Txns>,
 }
 
 impl Broker {
@@ -69,8 +71,19 @@ impl Broker {
             store.clone(),
             &config.data_dir.join("store"),
         )?);
+        let timers = Arc::new(crate::timer::Timers::open(
+            config.timer.clone(),
+            &config.data_dir.join("timer"),
+        )?);
+        let txns = Arc::new(crate::txn::Txns::open(
+            config.transaction.clone(),
+            &config.data_dir.join("txn"),
+            &store,
+        )?);
         Ok(Self {
             inner: Arc::new(Inner {
+                timers,
+                txns,
                 config,
                 store,
                 topics,
@@ -123,6 +136,24 @@ impl Broker {
     /// Request counters for `/metrics`.
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.inner.metrics
+    }
+
+    /// Timer (DELAY) messages.
+    pub fn timers(&self) -> &crate::timer::Timers {
+        &self.inner.timers
+    }
+
+    pub(crate) fn timers_arc(&self) -> Arc<crate::timer::Timers> {
+        self.inner.timers.clone()
+    }
+
+    /// Transactional messages.
+    pub fn txns(&self) -> &crate::txn::Txns {
+        &self.inner.txns
+    }
+
+    pub(crate) fn txns_arc(&self) -> Arc<crate::txn::Txns> {
+        self.inner.txns.clone()
     }
 
     pub(crate) fn cursor(&self) -> &QueueCursor {

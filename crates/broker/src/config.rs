@@ -53,6 +53,10 @@ pub struct BrokerConfig {
     pub limits: Limits,
     /// Consumer groups: attempts, batch, invisibility and long-polling bounds.
     pub consume: crate::consume::ConsumeConfig,
+    /// Timer (DELAY) messages.
+    pub timer: crate::timer::TimerConfig,
+    /// Transactional messages.
+    pub transaction: crate::txn::TxnConfig,
     /// Master/slave replication, in-sync rule and the idempotency window.
     pub replication: crate::repl::ReplicationConfig,
     /// Address of the HTTP endpoint (`/metrics`, `/health`); none: not served.
@@ -149,6 +153,8 @@ impl Default for BrokerConfig {
             default_queue_count: 8,
             limits: Limits::default(),
             consume: crate::consume::ConsumeConfig::default(),
+            timer: crate::timer::TimerConfig::default(),
+            transaction: crate::txn::TxnConfig::default(),
             replication: crate::repl::ReplicationConfig::default(),
             http_listen: None,
             acl: crate::acl::AclConfig::default(),

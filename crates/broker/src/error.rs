@@ -71,6 +71,12 @@ pub enum BrokerError {
     /// The group has no stored offset for the queue.
     #[error("offset not found: {0}")]
     OffsetNotFound(String),
+    /// The request conflicts with the state it addresses (e.g. recalling a delivered timer).
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
+    /// A transaction id that names no half message here.
+    #[error("invalid transaction id: {0}")]
+    InvalidTransactionId(String),
     /// Feature not served.
     #[error("not implemented: {0}")]
     NotImplemented(String),
@@ -120,6 +126,8 @@ impl BrokerError {
             Self::IllegalInvisibleTime(_) => Code::IllegalInvisibleTime,
             Self::OffsetNotFound(_) => Code::OffsetNotFound,
             Self::NotImplemented(_) => Code::NotImplemented,
+            Self::PreconditionFailed(_) => Code::PreconditionFailed,
+            Self::InvalidTransactionId(_) => Code::InvalidTransactionId,
             Self::TooManyRequests(_) => Code::TooManyRequests,
             Self::MasterPersistence(_) => Code::MasterPersistenceTimeout,
             Self::SlavePersistence(_) => Code::SlavePersistenceTimeout,

@@ -8,6 +8,8 @@
 //! * [`consume`]: consumer groups (receive, ack, redelivery, DLQ, offsets), state in the log.
 //! * [`service`] / [`admin`]: gRPC adapters; [`register`]: NameServer heartbeats.
 //! * [`repl`]: synchronous master/slave replication, promotion, idempotent sends.
+//! * [`timer`]: DELAY messages (an on-disk index by due time, delivery, recall).
+//! * [`txn`]: transactional messages (half messages, EndTransaction, check-back).
 //! * [`server`]: `run(listener, config, shutdown)`.
 
 pub mod acl;
@@ -17,6 +19,7 @@ pub mod config;
 pub mod consume;
 pub mod control;
 pub mod error;
+pub mod handles;
 pub mod lookup;
 pub mod meta;
 pub mod metrics;
@@ -25,7 +28,9 @@ pub mod repl;
 pub mod send;
 pub mod server;
 pub mod service;
+pub mod timer;
 pub mod topics;
+pub mod txn;
 pub mod validate;
 
 pub use broker::Broker;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sofamq_proto::v2::{
-    Code, Message, SendMessageRequest, SendMessageResponse, SendResultEntry, Status,
+    Code, Message, MessageType, SendMessageRequest, SendMessageResponse, SendResultEntry, Status,
 };
 use sofamq_store::NewRecord;
 
@@ -16,6 +16,14 @@ use crate::error::{BrokerError, ok_status};
 use crate::repl::dedup::{self, Dedup, HashKeyed, Key, Lookup, Receipt};
 use crate::topics::{TopicConfig, now_ms};
 use crate::validate::{self, Checked};
+
+/// A message stored on a reserved queue instead of its topic.
+enum Special {
+    /// A DELAY message due later.
+    Timer { topic: String, due_ms: u64 },
+    /// A transactional half message.
+    Half,
+}
 
 /// A message whose id this broker has seen: answered with the original receipt.
 enum Dup {
@@ -32,7 +40,7 @@ enum Dup {
 pub struct QueueCursor(AtomicU64);
 
 impl QueueCursor {
-    fn next(&self, queue_count: u32) -> u32 {
+    pub(crate) fn next(&self, queue_count: u32) -> u32 {
         (self.0.fetch_add(1, Ordering::Relaxed) % u64::from(queue_count.max(1))) as u32
     }
 }
@@ -95,6 +103,17 @@ impl Broker {
         if let Err(e) = self.writable() {
             return whole_failure(&e);
         }
+        if req.messages.len() > 1
+            && req.messages.iter().any(|m| {
+                m.system_properties
+                    .as_ref()
+                    .is_some_and(|s| s.message_type == MessageType::Transaction as i32)
+            })
+        {
+            return whole_failure(&BrokerError::MessageTypeMismatch(
+                "a TRANSACTION message must be sent alone, one per request".into(),
+            ));
+        }
 
         if let Err(e) = self.repl().check_available() {
             return whole_failure(&e);
@@ -107,6 +126,8 @@ impl Broker {
         let mut slots = Vec::with_capacity(n);
         // The window key of every accepted message, by slot (taken when completed).
         let mut keys: Vec<Option<Key>> = Vec::with_capacity(n);
+        // Timer and half messages, by slot: they get a recall handle / transaction id.
+        let mut special: Vec<Option<Special>> = Vec::new();
         let mut dups: Vec<(usize, Dup)> = Vec::new();
         // Only a request of several messages can repeat an id within itself: key hash →
         // first slot with that key (the full key is compared on a hit).
@@ -118,7 +139,11 @@ impl Broker {
         let mut topic_cache: Option<TopicConfig> = None;
         for (i, msg) in req.messages.into_iter().enumerate() {
             match self.prepare(msg, &mut topic_cache) {
-                Ok((message_id, record)) => {
+                Ok((message_id, record, sp)) => {
+                    if let Some(sp) = sp {
+                        special.resize_with(i + 1, || None);
+                        special[i] = Some(sp);
+                    }
                     let key = dedup.key(&record.topic, &message_id);
                     entries.push(SendResultEntry {
                         status: None,
@@ -257,6 +282,9 @@ impl Broker {
             entries[slot].status = entries[first].status.clone();
             entries[slot].offset = entries[first].offset;
         }
+        if !special.is_empty() {
+            self.finish_special(&mut entries, special);
+        }
         let status = overall(&entries);
         SendMessageResponse {
             status: Some(status),
@@ -270,7 +298,7 @@ impl Broker {
         &self,
         mut msg: Message,
         topic_cache: &mut Option<TopicConfig>,
-    ) -> Result<(String, NewRecord), (String, BrokerError)> {
+    ) -> Result<(String, NewRecord, Option<Special>), (String, BrokerError)> {
         let fail = |msg: &Message, e| {
             let id = msg
                 .system_properties
@@ -312,15 +340,43 @@ impl Broker {
             Err(e) => return Err(fail(&msg, e)),
         };
         let Checked {
+            message_type,
             message_group,
             tag,
-            properties,
+            mut properties,
             message_id,
-            ..
+            deliver_at_ms,
         } = checked;
-        let queue_id = match &message_group {
-            Some(g) => group_queue(g, topic.queue_count),
-            None => self.cursor().next(topic.queue_count),
+        let now = now_ms();
+        let special = match (message_type, deliver_at_ms) {
+            (MessageType::Delay, Some(due)) if due > now => {
+                let max = self.timers().config().max_delay_ms;
+                if due.saturating_sub(now) as u64 > max {
+                    return Err((
+                        message_id,
+                        BrokerError::IllegalDeliveryTime(format!(
+                            "delivery time {due} is {} ms ahead; the limit is {max} ms",
+                            due - now
+                        )),
+                    ));
+                }
+                Some(Special::Timer {
+                    topic: topic.name.clone(),
+                    due_ms: due as u64,
+                })
+            }
+            (MessageType::Transaction, _) => {
+                if let Err(e) = self.txns().check_capacity() {
+                    return Err((message_id, e));
+                }
+                Some(Special::Half)
+            }
+            _ => None,
+        };
+        let queue_id = match (&special, &message_group) {
+            (Some(_), _) => 0,
+            (None, Some(g)) => group_queue(g, topic.queue_count),
+            (None, None) => self.cursor().next(topic.queue_count),
         };
         let born_ts_ms = msg
             .system_properties
@@ -329,7 +385,16 @@ impl Broker {
             .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000))
             .unwrap_or_else(now_ms);
         // The message's own topic string equals the table's name: move it, do not copy.
-        let topic_name = msg.topic.take().map(|t| t.name).unwrap_or_default();
+        let mut topic_name = msg.topic.take().map(|t| t.name).unwrap_or_default();
+        if let Some(sp) = &special {
+            // Stored on a reserved queue, invisible, with the real topic beside it.
+            let reserved = match sp {
+                Special::Timer { .. } => crate::timer::TIMER_TOPIC,
+                Special::Half => crate::txn::HALF_TOPIC,
+            };
+            let real = std::mem::replace(&mut topic_name, reserved.to_string());
+            properties.insert(1, (validate::keys::REAL_TOPIC.to_string(), real));
+        }
         let record = NewRecord {
             topic: topic_name,
             queue_id,
@@ -339,7 +404,49 @@ impl Broker {
             properties,
             body: msg.body,
         };
-        Ok((message_id, record))
+        Ok((message_id, record, special))
+    }
+
+    /// Gives stored timer messages their recall handle and half messages their
+    /// transaction id, and wakes the services that index them.
+    fn finish_special(&self, entries: &mut [SendResultEntry], special: Vec<Option<Special>>) {
+        let ok = Code::Ok as i32;
+        let mut timers = false;
+        let mut halves = false;
+        for (e, sp) in entries.iter_mut().zip(special) {
+            let (Some(sp), true) = (sp, e.status.as_ref().is_some_and(|s| s.code == ok)) else {
+                continue;
+            };
+            let broker = self.config().broker_name.clone();
+            match sp {
+                Special::Timer { topic, due_ms } => {
+                    timers = true;
+                    e.recall_handle = crate::handles::RecallHandle {
+                        broker,
+                        topic,
+                        queue_offset: e.offset as u64,
+                        due_ms,
+                        message_id: e.message_id.clone(),
+                    }
+                    .encode();
+                }
+                Special::Half => {
+                    halves = true;
+                    e.transaction_id = crate::handles::TransactionId {
+                        broker,
+                        queue_offset: e.offset as u64,
+                        message_id: e.message_id.clone(),
+                    }
+                    .encode();
+                }
+            }
+        }
+        if timers {
+            self.timers().wake();
+        }
+        if halves {
+            self.txns().wake();
+        }
     }
 
     async fn append(

@@ -114,6 +114,8 @@ pub async fn serve_with(
     // One token ends the server, open Telemetry streams, replication and the registrar.
     let token = CancellationToken::new();
     broker.repl().start(repl_listener, token.clone());
+    tokio::spawn(crate::timer::run(broker.clone(), token.clone()));
+    tokio::spawn(crate::txn::run(broker.clone(), token.clone()));
     if broker.config().replication.controlled() {
         let addrs = sofamq_controller::BrokerAddrs {
             grpc: endpoint.clone(),

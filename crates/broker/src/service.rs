@@ -78,13 +78,6 @@ fn now_timestamp() -> prost_types::Timestamp {
     }
 }
 
-fn not_implemented(what: &str) -> Status {
-    Status {
-        code: Code::NotImplemented as i32,
-        message: format!("{what} is not served by this broker yet"),
-    }
-}
-
 #[tonic::async_trait]
 impl MessagingService for BrokerService {
     async fn query_route(
@@ -306,8 +299,9 @@ impl MessagingService for BrokerService {
         request: Request<EndTransactionRequest>,
     ) -> RpcResult<EndTransactionResponse> {
         acl_check!(self, request);
+        let r = self.broker.end_transaction(request.get_ref()).await;
         Ok(Response::new(EndTransactionResponse {
-            status: Some(not_implemented("EndTransaction")),
+            status: Some(r.map_or_else(|e| e.status(), |()| ok_status())),
         }))
     }
 
@@ -316,9 +310,15 @@ impl MessagingService for BrokerService {
         request: Request<RecallMessageRequest>,
     ) -> RpcResult<RecallMessageResponse> {
         acl_check!(self, request);
+        let req = request.into_inner();
+        let topic = req.topic.as_ref().map(|t| t.name.as_str()).unwrap_or("");
+        let (status, message_id) = match self.broker.recall(topic, &req.recall_handle).await {
+            Ok(id) => (ok_status(), id),
+            Err(e) => (e.status(), String::new()),
+        };
         Ok(Response::new(RecallMessageResponse {
-            status: Some(not_implemented("RecallMessage")),
-            message_id: String::new(),
+            status: Some(status),
+            message_id,
         }))
     }
 
@@ -329,9 +329,22 @@ impl MessagingService for BrokerService {
         request: Request<Streaming<TelemetryCommand>>,
     ) -> RpcResult<Self::TelemetryStream> {
         acl_check!(self, request);
-        let stream =
+        let mut stream =
             sofamq_namesrv::session::telemetry_stream(request.into_inner(), self.session.clone())
                 .with_shutdown(self.shutdown.clone());
+        // Producers' streams are where transaction check-backs go.
+        let txns = self.broker.txns_arc();
+        if let Some((id, rx, registration)) = crate::txn::producers::Producers::register(&txns) {
+            let opts = self.session.clone();
+            let reg = txns.clone();
+            stream = stream
+                .with_responder(std::sync::Arc::new(move |client: &Settings| {
+                    reg.producers.settings(id, client);
+                    sofamq_namesrv::session::server_settings(client, &opts)
+                }))
+                .with_server_commands(rx)
+                .with_guard(Box::new(registration));
+        }
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -5,7 +5,7 @@ use sofamq_proto::v2::{Message, MessageType};
 
 use crate::config::Limits;
 use crate::error::BrokerError;
-use crate::topics::{SYSTEM_PREFIX, TopicConfig, TopicType};
+use crate::topics::{SYSTEM_PREFIX, TopicConfig, TopicType, now_ms};
 
 /// Property keys the broker itself writes into stored records.
 pub mod keys {
@@ -25,6 +25,10 @@ pub mod keys {
     pub const ENCODING: &str = "__ENC";
     /// Trace context.
     pub const TRACE: &str = "__TRACE";
+    /// Real topic of a timer or half message stored on a reserved topic.
+    pub const REAL_TOPIC: &str = "__REAL_TOPIC";
+    /// First check-back delay (ms) a transactional message asked for.
+    pub const TXN_CHECK_MS: &str = "__TXN_CHECK_MS";
     /// Separator between keys; a control character, so no valid key contains it.
     pub const KEY_SEP: char = '\u{1}';
 }
@@ -105,6 +109,59 @@ pub struct Checked {
     pub properties: Vec<(String, String)>,
     /// Client message id.
     pub message_id: String,
+    /// Delivery time (epoch ms) of a DELAY message.
+    pub deliver_at_ms: Option<i64>,
+}
+
+/// User properties that carry a delay in RocketMQ's older forms.
+const DELAY_PROPERTIES: &[&str] = &[
+    "__STARTDELIVERTIME",
+    "TIMER_DELIVER_MS",
+    "TIMER_DELAY_SEC",
+    "TIMER_DELAY_MS",
+    "DELAY",
+];
+
+/// RocketMQ's delay levels 1..=18, in seconds.
+const DELAY_LEVELS_S: [i64; 18] = [
+    1, 5, 10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800, 3600, 7200,
+];
+
+/// Takes a delay property out of `msg.user_properties` and returns the delivery time it
+/// means (epoch ms). Several of them, or an unparsable one, are refused.
+fn take_delay_property(msg: &mut Message, now: i64) -> Result<Option<i64>, BrokerError> {
+    let found: Vec<&str> = DELAY_PROPERTIES
+        .iter()
+        .copied()
+        .filter(|k| msg.user_properties.contains_key(*k))
+        .collect();
+    let key = match found.as_slice() {
+        [] => return Ok(None),
+        [k] => *k,
+        _ => {
+            return Err(BrokerError::IllegalDeliveryTime(format!(
+                "several delay properties are set ({}); use one",
+                found.join(", ")
+            )));
+        }
+    };
+    let raw = msg.user_properties.get(key).cloned().unwrap_or_default();
+    let n: i64 = raw.trim().parse().map_err(|_| {
+        BrokerError::IllegalDeliveryTime(format!("{key}={raw:?} is not an integer"))
+    })?;
+    let at = match key {
+        "__STARTDELIVERTIME" | "TIMER_DELIVER_MS" => n,
+        "TIMER_DELAY_SEC" if n >= 0 => now.saturating_add(n.saturating_mul(1000)),
+        "TIMER_DELAY_MS" if n >= 0 => now.saturating_add(n),
+        "DELAY" if (1..=18).contains(&n) => now + DELAY_LEVELS_S[(n - 1) as usize] * 1000,
+        _ => {
+            return Err(BrokerError::IllegalDeliveryTime(format!(
+                "{key}={n} is out of range"
+            )));
+        }
+    };
+    msg.user_properties.remove(key);
+    Ok(Some(at))
 }
 
 /// Validates `msg` against `topic` and `limits`. On success the strings the record needs
@@ -193,6 +250,31 @@ pub fn check_message(
         Some(_) => Some(()),
     };
 
+    // What the broker does not implement is refused, never stored and ignored.
+    if let Some(p) = sys.priority {
+        return Err(BrokerError::NotImplemented(format!(
+            "message priority ({p}) is not supported by this broker"
+        )));
+    }
+    if let Some(l) = &sys.lite_topic {
+        return Err(BrokerError::NotImplemented(format!(
+            "lite topics ({l:?}) are not supported by this broker"
+        )));
+    }
+    let declared = MessageType::try_from(sys.message_type).unwrap_or(MessageType::Unspecified);
+    if matches!(declared, MessageType::Lite | MessageType::Priority) {
+        return Err(BrokerError::NotImplemented(format!(
+            "{} messages are not supported by this broker",
+            declared.as_str_name()
+        )));
+    }
+    // The RocketMQ property forms of a delay (older and non-gRPC clients) become the
+    // delivery time; they are taken out of the user properties.
+    let prop_delay = take_delay_property(msg, now_ms())?;
+    let Some(sys) = msg.system_properties.as_ref() else {
+        return Err(BrokerError::BadRequest("system_properties missing".into()));
+    };
+
     if msg.user_properties.len() > limits.max_property_count {
         return Err(BrokerError::PropertiesTooLarge(format!(
             "{} properties, the limit is {}",
@@ -225,6 +307,12 @@ pub fn check_message(
         .delivery_timestamp
         .as_ref()
         .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000));
+    if deliver_at_ms.is_some() && prop_delay.is_some() {
+        return Err(BrokerError::MessageTypeMismatch(
+            "both delivery_timestamp and a delay property are set; use one".into(),
+        ));
+    }
+    let deliver_at_ms = deliver_at_ms.or(prop_delay);
     if let Some(ms) = deliver_at_ms
         && ms < 0
     {
@@ -233,7 +321,6 @@ pub fn check_message(
         )));
     }
 
-    let declared = MessageType::try_from(sys.message_type).unwrap_or(MessageType::Unspecified);
     let inferred = if message_group.is_some() {
         MessageType::Fifo
     } else if deliver_at_ms.is_some() {
@@ -243,7 +330,32 @@ pub fn check_message(
     };
     let message_type = match declared {
         MessageType::Unspecified => inferred,
+        // A delay property on a message declared NORMAL still means a timer.
+        MessageType::Normal if deliver_at_ms.is_some() => MessageType::Delay,
         other => other,
+    };
+    if message_type == MessageType::Transaction && deliver_at_ms.is_some() {
+        return Err(BrokerError::MessageTypeMismatch(
+            "a TRANSACTION message cannot have a delivery time".into(),
+        ));
+    }
+    let txn_check_ms = match &sys.orphaned_transaction_recovery_duration {
+        None => None,
+        Some(_) if message_type != MessageType::Transaction => {
+            return Err(BrokerError::MessageTypeMismatch(
+                "orphaned_transaction_recovery_duration is for TRANSACTION messages only".into(),
+            ));
+        }
+        Some(d) if d.seconds < 0 || d.nanos < 0 => {
+            return Err(BrokerError::BadRequest(
+                "orphaned_transaction_recovery_duration is negative".into(),
+            ));
+        }
+        Some(d) => Some(
+            d.seconds
+                .saturating_mul(1000)
+                .saturating_add(i64::from(d.nanos / 1_000_000)),
+        ),
     };
     let expected = match topic.topic_type {
         TopicType::Normal => MessageType::Normal,
@@ -304,6 +416,9 @@ pub fn check_message(
     if let Some(t) = sys.trace_context.take() {
         properties.push((keys::TRACE.to_string(), truncate(t, 1024)));
     }
+    if let Some(ms) = txn_check_ms {
+        properties.push((keys::TXN_CHECK_MS.to_string(), ms.to_string()));
+    }
     let start = properties.len();
     properties.extend(std::mem::take(&mut msg.user_properties));
     properties[start..].sort();
@@ -314,6 +429,7 @@ pub fn check_message(
         tag,
         properties,
         message_id,
+        deliver_at_ms,
     })
 }
 

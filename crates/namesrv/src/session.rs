@@ -219,6 +219,7 @@ pub struct TelemetryStream<S> {
     server_commands: Option<mpsc::Receiver<TelemetryCommand>>,
     shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     _permit: Option<OwnedSemaphorePermit>,
+    _guard: Option<Box<dyn Send + Sync>>,
     done: bool,
 }
 
@@ -241,6 +242,7 @@ where
         server_commands: None,
         shutdown: None,
         _permit: None,
+        _guard: None,
         done: false,
     }
 }
@@ -268,6 +270,13 @@ impl<S> TelemetryStream<S> {
     /// Holds `permit` for as long as the stream lives (bounds concurrency).
     pub fn with_permit(mut self, permit: OwnedSemaphorePermit) -> Self {
         self._permit = Some(permit);
+        self
+    }
+
+    /// Holds `guard` for as long as the stream lives (e.g. a registration that its drop
+    /// removes).
+    pub fn with_guard(mut self, guard: Box<dyn Send + Sync>) -> Self {
+        self._guard = Some(guard);
         self
     }
 

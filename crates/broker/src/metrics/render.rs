@@ -367,5 +367,82 @@ pub fn render(b: &Broker) -> String {
     for (group, n) in dlq {
         t.sample("sofamq_dlq_messages", &with(&[("group", &group)]), n as f64);
     }
+
+    // Timer and transactional messages.
+    let timers = b.timers();
+    t.family(
+        "sofamq_timers_pending",
+        "gauge",
+        "DELAY messages stored and neither delivered nor recalled, per topic.",
+    );
+    for (topic, n) in timers.stats().per_topic {
+        t.sample(
+            "sofamq_timers_pending",
+            &with(&[("topic", &topic)]),
+            n as f64,
+        );
+    }
+    let (fired, recalled, dropped) = timers.counters();
+    t.family(
+        "sofamq_timers_total",
+        "counter",
+        "Timers that left the pending set on this broker, by outcome.",
+    );
+    for (kind, n) in [
+        ("delivered", fired),
+        ("recalled", recalled),
+        ("dropped", dropped),
+    ] {
+        t.sample("sofamq_timers_total", &with(&[("outcome", kind)]), n as f64);
+    }
+    t.family(
+        "sofamq_timer_lateness_seconds",
+        "histogram",
+        "Delivery of a timer message minus its due time (delivery = the append to its topic).",
+    );
+    timers
+        .lateness()
+        .render(&mut t, "sofamq_timer_lateness_seconds", &base);
+    let txns = b.txns();
+    t.family(
+        "sofamq_transactions_open",
+        "gauge",
+        "Half messages neither committed nor rolled back, per topic.",
+    );
+    for (topic, (n, _)) in txns.stats() {
+        t.sample(
+            "sofamq_transactions_open",
+            &with(&[("topic", &topic)]),
+            n as f64,
+        );
+    }
+    t.single(
+        "sofamq_transaction_checks_total",
+        "counter",
+        "Check-back commands sent to producers.",
+        &base,
+        txns.counters.checks_sent.load(Ordering::Relaxed) as f64,
+    );
+    t.single(
+        "sofamq_transaction_checks_unanswerable_total",
+        "counter",
+        "Check-backs due while no producer of the topic was connected.",
+        &base,
+        txns.counters.checks_unanswerable.load(Ordering::Relaxed) as f64,
+    );
+    t.family(
+        "sofamq_transactions_ended_total",
+        "counter",
+        "Transactions ended on this broker, by outcome and by who ended them.",
+    );
+    for (i, outcome) in ["commit", "rollback"].iter().enumerate() {
+        for (j, by) in ["client", "check", "timeout"].iter().enumerate() {
+            t.sample(
+                "sofamq_transactions_ended_total",
+                &with(&[("outcome", outcome), ("by", by)]),
+                txns.counters.outcomes[i][j].load(Ordering::Relaxed) as f64,
+            );
+        }
+    }
     t.finish()
 }
