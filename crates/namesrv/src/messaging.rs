@@ -72,7 +72,7 @@ fn not_a_broker(rpc: &str) -> sofamq_proto::v2::Status {
 /// The broker group a recall handle names (hex of newline-separated fields, the group
 /// second), if it is one.
 fn handle_group(handle: &str) -> Option<String> {
-    if handle.len() > 2048 || handle.len() % 2 != 0 {
+    if handle.len() > 2048 || !handle.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..handle.len())
@@ -222,7 +222,11 @@ impl MessagingService for NamesrvMessaging {
             }))
         };
         let (md, _, req) = request.into_parts();
-        let topic = req.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+        let topic = req
+            .topic
+            .as_ref()
+            .map(|t| t.name.clone())
+            .unwrap_or_default();
         let group = handle_group(&req.recall_handle);
         let routes = self.registry.master_routes(&topic, Instant::now());
         let Some(route) = routes
@@ -247,7 +251,9 @@ impl MessagingService for NamesrvMessaging {
         fwd.set_timeout(std::time::Duration::from_secs(10));
         let addr = format!("http://{}", route.grpc_endpoint);
         let channel = match tonic::transport::Endpoint::from_shared(addr) {
-            Ok(e) => e.connect_timeout(std::time::Duration::from_secs(3)).connect_lazy(),
+            Ok(e) => e
+                .connect_timeout(std::time::Duration::from_secs(3))
+                .connect_lazy(),
             Err(e) => return fail(Code::InternalServerError, format!("broker address: {e}")),
         };
         match sofamq_proto::v2::messaging_service_client::MessagingServiceClient::new(channel)
