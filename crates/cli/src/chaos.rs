@@ -16,6 +16,9 @@ pub struct ChaosArgs {
     /// Length of the fault phase of each scenario, seconds.
     #[arg(long, default_value_t = 20)]
     pub duration: u64,
+    /// Stop each fault phase after this many rounds (even before `--duration` is up).
+    #[arg(long)]
+    pub rounds: Option<u32>,
     /// Seed of the fault timing.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -53,6 +56,7 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
         seed: a.seed,
         failover: a.failover,
         unsafe_ack_before_replication: a.unsafe_ack_before_replication,
+        max_rounds: a.rounds,
     };
     let mut reports = Vec::new();
     let mut failed = false;
@@ -68,6 +72,10 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
                 }
                 failed |= !r.pass();
                 println!("{}", chaos::checker::row(&r));
+                let special = chaos::checker::special_row(&r);
+                if !special.is_empty() {
+                    println!("{special}");
+                }
                 reports.push(r);
             }
             Ok(Outcome::Skipped(why)) => {
@@ -80,6 +88,21 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
         }
     }
     println!("\n{}", chaos::table(&reports));
+    for r in &reports {
+        let special = chaos::checker::special_row(r);
+        if !special.is_empty() {
+            println!("{special}");
+        }
+    }
+    for r in reports.iter().filter(|r| !r.reasons.is_empty()) {
+        println!(
+            "\n{}: sends that failed or ended unknown, by reason",
+            r.scenario
+        );
+        for (why, n) in r.reasons.iter().take(8) {
+            println!("  {n:>6}  {why}");
+        }
+    }
     if let Some(path) = &a.json {
         std::fs::write(path, serde_json::to_vec_pretty(&reports)?)
             .with_context(|| format!("writing {}", path.display()))?;

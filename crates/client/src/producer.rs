@@ -546,6 +546,15 @@ impl Producer {
                 b.isolate(now, cfg.broker_isolation);
             }
             if !verdict.retry || attempt_no >= max_attempts || self.is_shut_down() {
+                // The next send must not go to the same dead or demoted broker for a whole
+                // refresh interval (a half message gets no retry to do it for it).
+                if verdict.retry
+                    && verdict.refresh_route
+                    && !self.is_shut_down()
+                    && let Err(e) = self.inner.routes.refresh_after(&p.topic, now).await
+                {
+                    tracing::debug!(topic = %p.topic, error = ?e, "route refresh after failure failed");
+                }
                 let err = SendError {
                     kind: err.kind(),
                     code: err.code(),

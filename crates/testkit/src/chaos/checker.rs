@@ -13,13 +13,20 @@
 //!   before it (reported; concurrent sends and retries may legitimately reorder).
 //! * **divergence**: records below the common end of two logs of one group that differ (or
 //!   exist in only one of them).
+//! * **timer early**: a timer message delivered (stored into its topic, or received) before
+//!   its due time. **timer late**: fired more than the history's bound after it was due. A
+//!   timer never read is lost like any acked message.
+//! * **uncommitted delivered**: a half message read although it was rolled back or never
+//!   committed (its producer meant rollback, or left it to the check-back that answers
+//!   "unknown" until the broker's default rollback). A half message whose producer's own
+//!   commit was acked must be read: otherwise it is lost (and counted as committed lost).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::history::{History, LogDigest, SendOutcome};
+use super::history::{History, LogDigest, SendKind, SendOutcome};
 
 /// The checker's verdict over one run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +61,42 @@ pub struct Report {
     pub out_of_order: u64,
     /// Differing records in the common prefix of master and slave logs.
     pub divergence: u64,
+    /// Fault rounds the scenario ran.
+    #[serde(default)]
+    pub rounds: u32,
+    /// Timer sends acked.
+    #[serde(default)]
+    pub timers: u64,
+    /// Timers delivered before their due time.
+    #[serde(default)]
+    pub timer_early: u64,
+    /// Timers fired later than the bound after their due time.
+    #[serde(default)]
+    pub timer_late: u64,
+    /// The latest a timer fired after its due time (store timestamp minus due), ms.
+    #[serde(default)]
+    pub timer_late_max_ms: i64,
+    /// Half messages acked.
+    #[serde(default)]
+    pub txn_half: u64,
+    /// Half messages whose producer's own commit was acked.
+    #[serde(default)]
+    pub txn_committed: u64,
+    /// Half messages read by consumers.
+    #[serde(default)]
+    pub txn_visible: u64,
+    /// Committed (acked commit) half messages never read (also in lost).
+    #[serde(default)]
+    pub txn_committed_lost: u64,
+    /// Rolled-back or never-committed half messages read.
+    #[serde(default)]
+    pub txn_uncommitted_delivered: u64,
+    /// Check-backs the producers' checkers answered.
+    #[serde(default)]
+    pub txn_checks: u64,
+    /// Sends that failed or ended unknown, by reason (most frequent first).
+    #[serde(default)]
+    pub reasons: Vec<(String, u64)>,
     /// A few examples of each anomaly, for the log.
     pub examples: Vec<String>,
 }
@@ -72,6 +115,9 @@ impl Report {
             && self.aborted == 0
             && self.duplicated == 0
             && self.divergence == 0
+            && self.timer_early == 0
+            && self.timer_late == 0
+            && self.txn_uncommitted_delivered == 0
             && self.ok > 0
     }
 }
@@ -93,9 +139,13 @@ pub fn check(scenario: &str, h: &History) -> Report {
     };
     // The last outcome of each (producer, seq) wins (there is one send per seq).
     let mut sent: HashMap<(u32, u64), &SendOutcome> = HashMap::new();
+    let mut kinds: HashMap<(u32, u64), &SendKind> = HashMap::new();
     for s in &h.sends {
         sent.insert((s.producer, s.seq), &s.outcome);
+        kinds.insert((s.producer, s.seq), &s.kind);
     }
+    r.txn_checks = h.txn_checks;
+    r.reasons = reasons(h);
     for o in sent.values() {
         match o {
             SendOutcome::Ok { .. } => r.ok += 1,
@@ -155,6 +205,17 @@ pub fn check(scenario: &str, h: &History) -> Report {
         }
     }
 
+    special(&mut r, h, &sent, &kinds, &places);
+    // Only what must be visible can be lost: a half message only once its commit was acked.
+    let sent: HashMap<(u32, u64), &SendOutcome> = sent
+        .into_iter()
+        .filter(|(k, _)| match kinds.get(k) {
+            Some(SendKind::Txn { intent, ended }) => {
+                *ended && *intent == super::history::TxnIntent::Commit
+            }
+            _ => true,
+        })
+        .collect();
     if h.audited {
         let mut audited: HashMap<(u32, u64), BTreeSet<(i32, i64)>> = HashMap::new();
         for d in h.reads.iter().filter(|d| d.audit) {
@@ -173,6 +234,10 @@ pub fn check(scenario: &str, h: &History) -> Report {
     // Order: per (producer, queue), seqs by queue offset.
     let mut by_queue: BTreeMap<(u32, i32), BTreeMap<i64, u64>> = BTreeMap::new();
     for (&(p, seq), at) in &places {
+        // Timers are stored in due order, not send order.
+        if matches!(kinds.get(&(p, seq)), Some(SendKind::Timer { .. })) {
+            continue;
+        }
         for &(q, off) in at {
             by_queue.entry((p, q)).or_default().insert(off, seq);
         }
@@ -209,6 +274,120 @@ pub fn check(scenario: &str, h: &History) -> Report {
         }
     }
     r
+}
+
+/// Failed and unknown sends by outcome and reason (ids and numbers folded, so one cause is
+/// one line).
+fn reasons(h: &History) -> Vec<(String, u64)> {
+    let mut by: HashMap<String, u64> = HashMap::new();
+    for s in &h.sends {
+        let (what, msg) = match &s.outcome {
+            SendOutcome::Ok { .. } => continue,
+            SendOutcome::Failed { message, .. } => ("failed", message),
+            SendOutcome::Unknown { message } => ("unknown", message),
+        };
+        let mut folded = String::new();
+        for c in msg.chars().take(120) {
+            if c.is_ascii_digit() {
+                if !folded.ends_with('N') {
+                    folded.push('N');
+                }
+            } else {
+                folded.push(c);
+            }
+        }
+        *by.entry(format!("{what}: {folded}")).or_default() += 1;
+    }
+    let mut v: Vec<_> = by.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v
+}
+
+/// The timer and transaction checks.
+fn special(
+    r: &mut Report,
+    h: &History,
+    sent: &HashMap<(u32, u64), &SendOutcome>,
+    kinds: &HashMap<(u32, u64), &SendKind>,
+    places: &HashMap<(u32, u64), BTreeSet<(i32, i64)>>,
+) {
+    let acked = |k: &(u32, u64)| matches!(sent.get(k), Some(SendOutcome::Ok { .. }));
+    // Earliest store / receive time of each message read.
+    let mut first: HashMap<(u32, u64), (i64, i64)> = HashMap::new();
+    for d in &h.reads {
+        if let (Some(p), Some(seq)) = (d.producer, d.seq) {
+            let e = first.entry((p, seq)).or_insert((i64::MAX, i64::MAX));
+            e.0 = e.0.min(d.store_ms);
+            e.1 = e.1.min(d.recv_ms);
+        }
+    }
+    let (mut n_early, mut n_late, mut n_unc, mut n_clost) = (0, 0, 0, 0);
+    let mut keys: Vec<_> = kinds.keys().copied().collect();
+    keys.sort_unstable();
+    for k in keys {
+        let (p, seq) = k;
+        let read = places.contains_key(&k);
+        match kinds[&k] {
+            SendKind::Normal => {}
+            SendKind::Timer { due_ms } => {
+                if acked(&k) {
+                    r.timers += 1;
+                }
+                let Some(&(stored, received)) = first.get(&k) else {
+                    continue;
+                };
+                if stored < *due_ms || received < *due_ms {
+                    r.timer_early += 1;
+                    example(
+                        r,
+                        &mut n_early,
+                        format!(
+                            "timer early: producer {p} seq {seq} due {due_ms}, stored {stored}, received {received}"
+                        ),
+                    );
+                }
+                let late = stored - due_ms;
+                r.timer_late_max_ms = r.timer_late_max_ms.max(late);
+                if h.timer_late_bound_ms > 0 && late > h.timer_late_bound_ms {
+                    r.timer_late += 1;
+                    example(
+                        r,
+                        &mut n_late,
+                        format!("timer late: producer {p} seq {seq} fired {late} ms after due"),
+                    );
+                }
+            }
+            SendKind::Txn { intent, ended } => {
+                if acked(&k) {
+                    r.txn_half += 1;
+                }
+                let committed = *ended && *intent == super::history::TxnIntent::Commit;
+                if committed {
+                    r.txn_committed += 1;
+                }
+                if read {
+                    r.txn_visible += 1;
+                    if !intent.may_commit() {
+                        r.txn_uncommitted_delivered += 1;
+                        example(
+                            r,
+                            &mut n_unc,
+                            format!(
+                                "uncommitted delivered: producer {p} seq {seq} ({intent:?}, own end acked: {ended})"
+                            ),
+                        );
+                    }
+                } else if committed && acked(&k) {
+                    r.txn_committed_lost += 1;
+                    example(
+                        r,
+                        &mut n_clost,
+                        format!("committed lost: producer {p} seq {seq} commit acked, never read"),
+                    );
+                }
+            }
+        }
+    }
 }
 
 fn lost(
@@ -296,6 +475,41 @@ pub fn row(r: &Report) -> String {
     s
 }
 
+/// The timer and transaction figures of a report (empty when it had neither).
+pub fn special_row(r: &Report) -> String {
+    let mut s = String::new();
+    if r.timers > 0 {
+        let _ = write!(
+            s,
+            "{:<20} timers {} early {} late {} (latest {} ms after due)",
+            r.scenario, r.timers, r.timer_early, r.timer_late, r.timer_late_max_ms
+        );
+    }
+    if r.txn_half > 0 {
+        if !s.is_empty() {
+            s.push('\n');
+        }
+        let _ = write!(
+            s,
+            "{:<20} half {} committed {} visible {} committed-lost {} uncommitted-delivered {} check-backs {}",
+            r.scenario,
+            r.txn_half,
+            r.txn_committed,
+            r.txn_visible,
+            r.txn_committed_lost,
+            r.txn_uncommitted_delivered,
+            r.txn_checks
+        );
+    }
+    if r.rounds > 0 {
+        if !s.is_empty() {
+            s.push('\n');
+        }
+        let _ = write!(s, "{:<20} fault rounds {}", r.scenario, r.rounds);
+    }
+    s
+}
+
 /// Header plus one row per report.
 pub fn table(reports: &[Report]) -> String {
     let mut s = String::from(HEADER);
@@ -308,7 +522,7 @@ pub fn table(reports: &[Report]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::history::{ReadRecord, SendRecord};
+    use super::super::history::{ReadRecord, SendRecord, TxnIntent};
     use super::*;
 
     fn ok(p: u32, seq: u64) -> SendRecord {
@@ -320,6 +534,7 @@ mod tests {
                 queue_offset: 0,
                 broker: "b".into(),
             },
+            kind: SendKind::Normal,
         }
     }
 
@@ -350,6 +565,8 @@ mod tests {
             queue,
             offset,
             audit: false,
+            recv_ms: 0,
+            store_ms: 0,
         }
     }
 
@@ -359,6 +576,7 @@ mod tests {
             reads,
             audited: false,
             log_pairs: Vec::new(),
+            ..History::default()
         }
     }
 
@@ -480,6 +698,118 @@ mod tests {
         let r = check("div", &h);
         assert_eq!(r.divergence, 3);
         assert!(!r.pass());
+    }
+
+    fn timer(p: u32, seq: u64, due_ms: i64) -> SendRecord {
+        SendRecord {
+            kind: SendKind::Timer { due_ms },
+            ..ok(p, seq)
+        }
+    }
+
+    fn txn(p: u32, seq: u64, ended: bool) -> SendRecord {
+        SendRecord {
+            kind: SendKind::Txn {
+                intent: TxnIntent::of(seq),
+                ended,
+            },
+            ..ok(p, seq)
+        }
+    }
+
+    fn read_at(p: u32, seq: u64, offset: i64, store_ms: i64, recv_ms: i64) -> ReadRecord {
+        ReadRecord {
+            store_ms,
+            recv_ms,
+            ..read(p, seq, 0, offset)
+        }
+    }
+
+    #[test]
+    fn timers_early_late_and_lost() {
+        let mut h = history(
+            vec![
+                timer(1, 1, 1_000),
+                timer(1, 2, 1_000),
+                timer(1, 3, 1_000),
+                timer(1, 4, 1_000),
+            ],
+            vec![
+                // On time (fired 5 ms late), then stored early, then received early.
+                read_at(1, 1, 0, 1_005, 1_010),
+                read_at(1, 2, 1, 999, 1_010),
+                read_at(1, 3, 2, 1_001, 990),
+            ],
+        );
+        h.timer_late_bound_ms = 100;
+        let r = check("timers", &h);
+        assert_eq!((r.timers, r.timer_early, r.timer_late), (4, 2, 0));
+        assert_eq!(r.lost(), 1, "seq 4 never read");
+        assert!(!r.pass());
+        // Fired 5 s after due with a 1 s bound: late.
+        let mut h = history(
+            vec![timer(1, 1, 1_000)],
+            vec![read_at(1, 1, 0, 6_000, 6_001)],
+        );
+        h.timer_late_bound_ms = 1_000;
+        let r = check("late", &h);
+        assert_eq!((r.timer_late, r.timer_late_max_ms), (1, 5_000));
+        assert!(!r.pass());
+        h.timer_late_bound_ms = 10_000;
+        assert!(check("late", &h).pass());
+    }
+
+    #[test]
+    fn timers_stored_in_due_order_are_not_out_of_order() {
+        let h = history(
+            vec![timer(1, 1, 2_000), timer(1, 2, 1_000)],
+            vec![
+                read_at(1, 2, 0, 1_000, 1_000),
+                read_at(1, 1, 1, 2_000, 2_000),
+            ],
+        );
+        let r = check("due order", &h);
+        assert_eq!(r.out_of_order, 0);
+        assert!(r.pass(), "{r:?}");
+    }
+
+    #[test]
+    fn transactions_uncommitted_delivered_and_committed_lost() {
+        // Seq 4 commit (acked), 5 rollback, 6 check-back commit, 7 abandoned, 8 commit whose
+        // own end failed (the check-back decides: may or may not be read).
+        let sends = vec![
+            txn(1, 4, true),
+            txn(1, 5, true),
+            txn(1, 6, false),
+            txn(1, 7, false),
+            txn(1, 8, false),
+        ];
+        let clean = history(sends.clone(), vec![read(1, 4, 0, 0), read(1, 6, 0, 1)]);
+        let r = check("txn", &clean);
+        assert!(r.pass(), "{r:?}");
+        assert_eq!((r.txn_half, r.txn_committed, r.txn_visible), (5, 1, 2));
+        // The rolled-back and the abandoned one delivered; the committed one missing.
+        let bad = history(sends, vec![read(1, 5, 0, 0), read(1, 7, 0, 1)]);
+        let r = check("txn", &bad);
+        assert_eq!(r.txn_uncommitted_delivered, 2);
+        assert_eq!((r.txn_committed_lost, r.lost()), (1, 1));
+        assert!(!r.pass());
+    }
+
+    #[test]
+    fn failure_reasons_fold_numbers() {
+        let h = history(
+            vec![unknown(1, 1), unknown(1, 2), failed(1, 3), ok(1, 4)],
+            vec![read(1, 4, 0, 0)],
+        );
+        let r = check("reasons", &h);
+        assert_eq!(
+            r.reasons,
+            vec![
+                ("unknown: timeout".to_string(), 2),
+                ("failed: bad".to_string(), 1)
+            ]
+        );
     }
 
     #[test]

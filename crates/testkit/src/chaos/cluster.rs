@@ -58,6 +58,10 @@ pub struct ClusterOptions {
     pub topic: String,
     /// Queues of the topic.
     pub queues: u32,
+    /// More topics to create: (name, type as `sofamq topic create --type` takes it).
+    pub extra_topics: Vec<(String, String)>,
+    /// Appended to every broker's TOML configuration (e.g. `[transaction]` settings).
+    pub broker_toml: String,
 }
 
 impl Default for ClusterOptions {
@@ -71,6 +75,8 @@ impl Default for ClusterOptions {
             master_disk_budget: None,
             topic: "chaos".into(),
             queues: 4,
+            extra_topics: Vec::new(),
+            broker_toml: String::new(),
         }
     }
 }
@@ -246,19 +252,24 @@ impl ChaosCluster {
         c.start_broker(0, None).await?;
         c.start_broker(1, Some(0)).await?;
         c.settle(Duration::from_secs(30)).await?;
-        let topic = c.opts.topic.clone();
         let queues = c.opts.queues.to_string();
         let master = c.brokers[c.master].grpc.clone();
-        cli(vec![
-            "topic".into(),
-            "create".into(),
-            topic,
-            "--queues".into(),
-            queues,
-            "--broker-addr".into(),
-            master,
-        ])
-        .await?;
+        let topics = std::iter::once((c.opts.topic.clone(), "NORMAL".to_string()))
+            .chain(c.opts.extra_topics.iter().cloned());
+        for (topic, ty) in topics {
+            cli(vec![
+                "topic".into(),
+                "create".into(),
+                topic,
+                "--queues".into(),
+                queues.clone(),
+                "--type".into(),
+                ty,
+                "--broker-addr".into(),
+                master.clone(),
+            ])
+            .await?;
+        }
         // Let the namesrv learn the topic from a heartbeat.
         tokio::time::sleep(Duration::from_millis(600)).await;
         Ok(c)
@@ -394,6 +405,7 @@ impl ChaosCluster {
             "[replication]\nadvertise = \"{}\"\n",
             b.repl_proxy.addr()
         ));
+        toml.push_str(&self.opts.broker_toml);
         let path = self.dir.path().join(format!("{}.toml", b.name));
         std::fs::write(&path, toml)?;
         Ok(path)

@@ -32,6 +32,58 @@ pub enum SendOutcome {
     },
 }
 
+/// What a transactional producer means to do with a half message (drawn from its seq).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TxnIntent {
+    /// The producer commits; its checker answers commit too.
+    Commit,
+    /// The producer rolls back; its checker answers rollback too.
+    Rollback,
+    /// The producer never ends it; its checker answers commit at the first check-back.
+    CheckCommit,
+    /// Never ended; the checker answers "unknown" until the broker's default outcome
+    /// (rollback) ends it.
+    Abandon,
+}
+
+impl TxnIntent {
+    /// The intent of sequence number `seq` (the four kinds in turn).
+    pub fn of(seq: u64) -> TxnIntent {
+        match seq % 4 {
+            0 => TxnIntent::Commit,
+            1 => TxnIntent::Rollback,
+            2 => TxnIntent::CheckCommit,
+            _ => TxnIntent::Abandon,
+        }
+    }
+
+    /// May a consumer ever see it (a commit was or may be given)?
+    pub fn may_commit(self) -> bool {
+        matches!(self, TxnIntent::Commit | TxnIntent::CheckCommit)
+    }
+}
+
+/// What kind of message a send was.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SendKind {
+    /// A normal message, visible once acked.
+    #[default]
+    Normal,
+    /// A timer (DELAY) message, invisible before `due_ms` (epoch ms).
+    Timer {
+        /// Delivery time asked for.
+        due_ms: i64,
+    },
+    /// A transactional half message.
+    Txn {
+        /// What the producer meant to do with it.
+        intent: TxnIntent,
+        /// The producer's own EndTransaction succeeded (false: not sent, failed or unknown;
+        /// the broker's check-back then decides).
+        ended: bool,
+    },
+}
+
 /// One send: producer id, sequence number, message id and outcome.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendRecord {
@@ -43,6 +95,9 @@ pub struct SendRecord {
     pub msg_id: String,
     /// Outcome.
     pub outcome: SendOutcome,
+    /// Normal, timer or transactional.
+    #[serde(default)]
+    pub kind: SendKind,
 }
 
 /// One delivery to a consumer.
@@ -60,6 +115,12 @@ pub struct ReadRecord {
     pub offset: i64,
     /// Read by the final audit group (which reads every queue from the start after the run).
     pub audit: bool,
+    /// Wall-clock time the consumer got it (epoch ms).
+    #[serde(default)]
+    pub recv_ms: i64,
+    /// The broker's store timestamp of the delivered record (for a timer: when it fired).
+    #[serde(default)]
+    pub store_ms: i64,
 }
 
 /// A log read offline: (log offset, digest of the record) for every record, and the end.
@@ -85,6 +146,12 @@ pub struct History {
     pub audited: bool,
     /// Pairs of logs of one broker group that must agree on their common prefix.
     pub log_pairs: Vec<(LogDigest, LogDigest)>,
+    /// A timer fired later than this after its due time is late (0: no bound).
+    #[serde(default)]
+    pub timer_late_bound_ms: i64,
+    /// Check-backs the transactional producers' checkers answered.
+    #[serde(default)]
+    pub txn_checks: u64,
 }
 
 /// A 64-bit FNV-1a digest (stable across runs and processes).

@@ -80,6 +80,14 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "master-controller-kill",
         "kill -9 the master and the controller leader together (needs controller)",
     ),
+    (
+        "timer-failover",
+        "timers (0.5-8 s delays) pending while the master is killed -9, the controller fails over, the old master returns as slave (needs controller)",
+    ),
+    (
+        "txn-failover",
+        "half messages open (commit, rollback, check-back commit, abandoned) while the master is killed -9, the controller fails over, the old master returns as slave (needs controller)",
+    ),
 ];
 
 /// The short set run in CI.
@@ -91,7 +99,19 @@ pub const CI_SET: &[&str] = &[
     "link-flaps",
     "disk-full",
     "torn-write",
+    "timer-failover",
+    "txn-failover",
 ];
+
+/// The DELAY topic of the timer scenario, the TRANSACTION topic of the transaction one.
+const TIMER_TOPIC: &str = "chaos-timer";
+const TXN_TOPIC: &str = "chaos-txn";
+/// A timer that fires later than this after its due time is a failure: a round's outage
+/// (detection, election, first write of the new master) is a few seconds.
+const TIMER_LATE_BOUND_MS: i64 = 15_000;
+/// Check-back timing of the transaction scenario (`[transaction]` of the brokers).
+const TXN_TOML: &str =
+    "[transaction]\ncheck_delay_ms = 1000\ncheck_interval_ms = 1000\nmax_checks = 5\n";
 
 /// How to run a scenario.
 #[derive(Debug, Clone)]
@@ -104,10 +124,13 @@ pub struct ScenarioOptions {
     pub failover: Failover,
     /// The broken build: `min_insync_replicas = 1`, acks before the slave has the message.
     pub unsafe_ack_before_replication: bool,
+    /// Stop the fault phase after this many rounds even before `duration` is up.
+    pub max_rounds: Option<u32>,
 }
 
 /// What a scenario run produced.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per scenario run
 pub enum Outcome {
     /// The checker's verdict.
     Checked(Report),
@@ -116,7 +139,10 @@ pub enum Outcome {
 }
 
 fn needs_controller(name: &str) -> bool {
-    matches!(name, "controller-leader-kill" | "master-controller-kill")
+    matches!(
+        name,
+        "controller-leader-kill" | "master-controller-kill" | "timer-failover" | "txn-failover"
+    )
 }
 
 /// Runs scenario `name`.
@@ -154,10 +180,35 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
         },
         // About a third of the way into the run at the workload's ~45 KiB/s.
         master_disk_budget: (name == "disk-full").then(|| 96 * 1024 + secs * 15 * 1024),
+        extra_topics: match name {
+            "timer-failover" => vec![(TIMER_TOPIC.into(), "DELAY".into())],
+            "txn-failover" => vec![(TXN_TOPIC.into(), "TRANSACTION".into())],
+            _ => Vec::new(),
+        },
+        broker_toml: if name == "txn-failover" {
+            TXN_TOML.into()
+        } else {
+            String::new()
+        },
         ..ClusterOptions::default()
     };
     let mut c = ChaosCluster::start(copts).await?;
-    let w = WorkloadConfig::new(&c.namesrv_addr, &c.opts.topic);
+    let mut w = WorkloadConfig::new(&c.namesrv_addr, &c.opts.topic);
+    match name {
+        "timer-failover" => {
+            w.producers = 2;
+            w.timer_producers = 2;
+            w.timer_topic = TIMER_TOPIC.into();
+        }
+        "txn-failover" => {
+            w.producers = 2;
+            w.txn_producers = 2;
+            w.txn_topic = TXN_TOPIC.into();
+            // Check delay + max checks x interval, and a failover's worth.
+            w.txn_settle = Duration::from_secs(12);
+        }
+        _ => {}
+    }
     let mut w = Workload::start(w).await?;
     anyhow::ensure!(
         w.wait_acked(20, Duration::from_secs(30)).await,
@@ -165,7 +216,12 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
     );
     let mut rng = Rng::new(o.seed);
     let deadline = Instant::now() + o.duration;
-    let r = faults(name, &mut c, &w, &mut rng, deadline).await;
+    let mut rounds = Rounds {
+        done: 0,
+        max: o.max_rounds,
+        deadline,
+    };
+    let r = faults(name, &mut c, &w, &mut rng, &mut rounds).await;
     if let Err(e) = r {
         tracing_note(&format!("{name}: fault phase error: {e:#}"));
     }
@@ -182,6 +238,7 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
     )
     .await?;
     let (sends, reads) = w.take();
+    let txn_checks = w.checks();
     drop(w);
     let caught_up = c.wait_caught_up(Duration::from_secs(15)).await;
     if !caught_up {
@@ -196,8 +253,11 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
         reads,
         audited: true,
         log_pairs: vec![(master, slave)],
+        timer_late_bound_ms: TIMER_LATE_BOUND_MS,
+        txn_checks,
     };
     let mut report = check(name, &h);
+    report.rounds = rounds.done;
     if o.unsafe_ack_before_replication {
         report.scenario = format!("{name}(unsafe)");
     }
@@ -258,17 +318,36 @@ fn left(deadline: Instant) -> bool {
     Instant::now() < deadline
 }
 
+/// The fault rounds: begun so far, the most to run, and the end of the fault phase.
+struct Rounds {
+    done: u32,
+    max: Option<u32>,
+    deadline: Instant,
+}
+
+impl Rounds {
+    /// Whether to begin another round (and count it).
+    fn next(&mut self) -> bool {
+        if !left(self.deadline) || self.max.is_some_and(|m| self.done >= m) {
+            return false;
+        }
+        self.done += 1;
+        true
+    }
+}
+
 /// The fault loop of one scenario.
 async fn faults(
     name: &str,
     c: &mut ChaosCluster,
     w: &Workload,
     rng: &mut Rng,
-    deadline: Instant,
+    rounds: &mut Rounds,
 ) -> anyhow::Result<()> {
+    let deadline = rounds.deadline;
     match name {
         "master-kill" => {
-            while left(deadline) {
+            while rounds.next() {
                 sleep(rng.ms(1000, 3000)).await;
                 let m = c.master;
                 // Make the slave lag until it leaves the in-sync set (max_lag_ms), so acks the
@@ -287,7 +366,7 @@ async fn faults(
             }
         }
         "slave-kill" => {
-            while left(deadline) {
+            while rounds.next() {
                 sleep(rng.ms(1000, 3000)).await;
                 let s = c.peer(c.master);
                 c.kill9(s);
@@ -297,7 +376,7 @@ async fn faults(
             }
         }
         "master-pause" => {
-            while left(deadline) {
+            while rounds.next() {
                 sleep(rng.ms(1000, 3000)).await;
                 c.pause(c.master)?;
                 sleep(rng.ms(1000, 3000)).await;
@@ -306,7 +385,7 @@ async fn faults(
             }
         }
         "partition" => {
-            while left(deadline) {
+            while rounds.next() {
                 sleep(rng.ms(1000, 3000)).await;
                 let mode = if rng.below(2) == 0 {
                     LinkMode::Cut
@@ -321,7 +400,7 @@ async fn faults(
             }
         }
         "link-flaps" => {
-            while left(deadline) {
+            while rounds.next() {
                 let mode = match rng.below(3) {
                     0 => LinkMode::Cut,
                     1 => LinkMode::Drop,
@@ -341,7 +420,7 @@ async fn faults(
             }
         }
         "torn-write" => {
-            while left(deadline) {
+            while rounds.next() {
                 sleep(rng.ms(1000, 3000)).await;
                 let m = c.master;
                 c.kill9(m);
@@ -353,7 +432,7 @@ async fn faults(
             }
         }
         "rolling-restart" => {
-            while left(deadline) {
+            while rounds.next() {
                 sleep(rng.ms(500, 1500)).await;
                 c.stop_namesrv().await;
                 sleep(rng.ms(100, 500)).await;
@@ -370,7 +449,7 @@ async fn faults(
             }
         }
         "controller-leader-kill" => {
-            while left(deadline) {
+            while rounds.next() {
                 sleep(rng.ms(1000, 3000)).await;
                 let l = c.controller_leader().await.context("no controller")?;
                 c.kill9_controller(l);
@@ -379,7 +458,7 @@ async fn faults(
             }
         }
         "master-controller-kill" => {
-            while left(deadline) {
+            while rounds.next() {
                 sleep(rng.ms(1000, 3000)).await;
                 let l = c.controller_leader().await.context("no controller")?;
                 let m = c.master;
@@ -388,6 +467,19 @@ async fn faults(
                 sleep(rng.ms(1000, 3000)).await;
                 c.start_controller(l).await?;
                 c.fail_over(m).await?;
+                c.restart_as_slave(m).await?;
+                c.settle(Duration::from_secs(30)).await?;
+            }
+        }
+        "timer-failover" | "txn-failover" => {
+            while rounds.next() {
+                // Let timers and open transactions pile up, then kill the master under them.
+                sleep(rng.ms(1500, 3000)).await;
+                let m = c.master;
+                c.kill9(m);
+                sleep(rng.ms(200, 1000)).await;
+                c.fail_over(m).await?;
+                sleep(rng.ms(500, 2000)).await;
                 c.restart_as_slave(m).await?;
                 c.settle(Duration::from_secs(30)).await?;
             }
