@@ -86,6 +86,8 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
+        // No colour codes in files and pipes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     auth::init(&cli.auth)?;
     if let Command::Bench(BenchCmd::Store(args)) = cli.command {

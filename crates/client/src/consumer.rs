@@ -398,12 +398,16 @@ impl Core {
         }
         let mut last = AttemptError::NoRoute("no access point".into());
         for ap in &self.cfg.access_points {
-            let req = self.request(
+            let mut req = self.request(
                 QueryRouteRequest {
                     topic: resource(topic),
                     endpoints: Some(endpoints_of(ap)),
                 },
                 self.cfg.request_timeout,
+            );
+            req.metadata_mut().insert(
+                crate::routes::DIRECT_ROUTE_HEADER,
+                tonic::metadata::MetadataValue::from_static("direct"),
             );
             let mut c = self.client(ap)?;
             match tokio::time::timeout(self.cfg.request_timeout, c.query_route(req)).await {

@@ -24,6 +24,9 @@ use crate::retry::AttemptError;
 use crate::sender::{BrokerHandle, Senders};
 use crate::telemetry::Sessions;
 
+/// Header asking a name server in proxy mode for direct (broker) endpoints.
+pub(crate) const DIRECT_ROUTE_HEADER: &str = "x-sofamq-route";
+
 /// The writable masters of a topic, sorted by broker name.
 #[derive(Debug)]
 pub(crate) struct TopicRoute {
@@ -267,6 +270,12 @@ impl RouteCache {
         });
         req.set_timeout(self.timeout);
         self.headers.apply(&mut req);
+        // This SDK follows failovers itself: ask a proxying name server for the brokers'
+        // own endpoints (one hop less on every send).
+        req.metadata_mut().insert(
+            DIRECT_ROUTE_HEADER,
+            tonic::metadata::MetadataValue::from_static("direct"),
+        );
         match tokio::time::timeout(self.timeout, client.query_route(req)).await {
             Err(_) => Err(AttemptError::Timeout),
             Ok(Err(status)) => Err(AttemptError::Transport(format!(

@@ -50,6 +50,9 @@ pub struct NamesrvConfig {
     pub http_listen: Option<SocketAddr>,
     /// TLS on the client gRPC port (`[tls] cert_path, key_path`); off when unset.
     pub tls: crate::tls::TlsConfig,
+    /// Proxy mode (`[proxy]`): routes name this server, client RPCs are forwarded to the
+    /// current masters. On by default.
+    pub proxy: crate::proxy::ProxyOptions,
 }
 
 impl Default for NamesrvConfig {
@@ -71,6 +74,7 @@ impl Default for NamesrvConfig {
             session: SessionOptions::default(),
             http_listen: None,
             tls: crate::tls::TlsConfig::default(),
+            proxy: crate::proxy::ProxyOptions::default(),
         }
     }
 }
@@ -107,6 +111,9 @@ impl NamesrvConfig {
                 reason: "value out of range",
             });
         }
+        self.proxy
+            .validate()
+            .map_err(|(key, reason)| NamesrvError::Config { key, reason })?;
         self.session
             .validate()
             .map_err(|reason| NamesrvError::Config {

@@ -21,6 +21,7 @@ pub mod http;
 pub mod messaging;
 pub mod metrics;
 pub mod net;
+pub mod proxy;
 pub mod registry;
 pub mod route;
 pub mod server;

@@ -10,7 +10,7 @@ use sofamq_proto::v2::messaging_service_server::MessagingService;
 use sofamq_proto::v2::{
     AckMessageRequest, AckMessageResponse, ChangeInvisibleDurationRequest,
     ChangeInvisibleDurationResponse, Code, EndTransactionRequest, EndTransactionResponse,
-    ForwardMessageToDeadLetterQueueRequest, ForwardMessageToDeadLetterQueueResponse,
+    Endpoints, ForwardMessageToDeadLetterQueueRequest, ForwardMessageToDeadLetterQueueResponse,
     GetOffsetRequest, GetOffsetResponse, HeartbeatRequest, HeartbeatResponse,
     NotifyClientTerminationRequest, NotifyClientTerminationResponse, PullMessageRequest,
     PullMessageResponse, QueryAssignmentRequest, QueryAssignmentResponse, QueryOffsetRequest,
@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
+use crate::endpoints::to_endpoints;
+use crate::proxy::{DIRECT_ROUTE_HEADER, Proxy, forward};
 use crate::registry::Registry;
 use crate::route::query_route;
 use crate::session::{SessionOptions, telemetry_stream};
@@ -44,6 +46,10 @@ pub struct NamesrvMessaging {
     session: SessionOptions,
     telemetry_slots: Arc<Semaphore>,
     shutdown: CancellationToken,
+    /// Proxy mode (routes name this endpoint; client RPCs are forwarded to masters).
+    proxy: Option<Arc<Proxy>>,
+    /// This server's own address, the endpoint of proxy routes when a request names none.
+    local: Option<std::net::SocketAddr>,
 }
 
 impl NamesrvMessaging {
@@ -60,28 +66,42 @@ impl NamesrvMessaging {
             session,
             telemetry_slots: Arc::new(Semaphore::new(max_telemetry_streams)),
             shutdown,
+            proxy: None,
+            local: None,
         }
     }
+
+    /// Serves client RPCs through `proxy` (proxy mode); `local` is this server's address.
+    pub fn with_proxy(mut self, proxy: Arc<Proxy>, local: std::net::SocketAddr) -> Self {
+        self.proxy = Some(proxy);
+        self.local = Some(local);
+        self
+    }
+
+    /// The endpoints of this server as a client reached it: the ones the request names
+    /// (its access point), else the connection's local address, else the bound address.
+    fn proxy_endpoints(
+        &self,
+        named: Option<&Endpoints>,
+        conn_local: Option<std::net::SocketAddr>,
+    ) -> Option<Endpoints> {
+        if let Some(e) = named.filter(|e| !e.addresses.is_empty()) {
+            return Some(e.clone());
+        }
+        let addr = conn_local.or(self.local)?;
+        to_endpoints(&[addr.to_string()]).ok()
+    }
+}
+
+fn wants_direct(md: &tonic::metadata::MetadataMap) -> bool {
+    md.get(DIRECT_ROUTE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("direct"))
 }
 
 fn not_a_broker(rpc: &str) -> sofamq_proto::v2::Status {
     debug!(rpc, "message-plane RPC on a name server");
     status(Code::IllegalAccessPoint, NOT_A_BROKER)
-}
-
-/// The broker group a recall handle names (hex of newline-separated fields, the group
-/// second), if it is one.
-fn handle_group(handle: &str) -> Option<String> {
-    if handle.len() > 2048 || !handle.len().is_multiple_of(2) {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..handle.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(handle.get(i..i + 2)?, 16).ok())
-        .collect();
-    let text = String::from_utf8(bytes?).ok()?;
-    let mut parts = text.split('\n');
-    (parts.next() == Some("r1")).then(|| parts.next().map(str::to_string))?
 }
 
 fn once<T: Send + 'static>(item: T) -> Response<BoxStream<T>> {
@@ -94,21 +114,41 @@ impl MessagingService for NamesrvMessaging {
         &self,
         request: Request<QueryRouteRequest>,
     ) -> Result<Response<QueryRouteResponse>, Status> {
-        let resp = query_route(&self.registry, request.get_ref(), Instant::now());
+        let mut resp = query_route(&self.registry, request.get_ref(), Instant::now());
+        if self.proxy.is_some()
+            && !wants_direct(request.metadata())
+            && let Some(ep) =
+                self.proxy_endpoints(request.get_ref().endpoints.as_ref(), request.local_addr())
+        {
+            for q in &mut resp.message_queues {
+                if let Some(b) = q.broker.as_mut() {
+                    b.endpoints = Some(ep.clone());
+                }
+            }
+        }
         Ok(Response::new(resp))
     }
 
     async fn heartbeat(
         &self,
-        _request: Request<HeartbeatRequest>,
+        request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        if let Some(p) = &self.proxy {
+            let (md, _, req) = request.into_parts();
+            return Ok(Response::new(forward::heartbeat(p, md, req).await));
+        }
         Ok(Response::new(HeartbeatResponse { status: Some(ok()) }))
     }
 
     async fn send_message(
         &self,
-        _request: Request<SendMessageRequest>,
+        request: Request<SendMessageRequest>,
     ) -> Result<Response<SendMessageResponse>, Status> {
+        if let Some(p) = &self.proxy {
+            let (md, _, req) = request.into_parts();
+            return Ok(Response::new(forward::send_message(p, md, req).await));
+        }
+        drop(request);
         Ok(Response::new(SendMessageResponse {
             status: Some(not_a_broker("SendMessage")),
             entries: Vec::new(),
@@ -117,8 +157,25 @@ impl MessagingService for NamesrvMessaging {
 
     async fn query_assignment(
         &self,
-        _request: Request<QueryAssignmentRequest>,
+        request: Request<QueryAssignmentRequest>,
     ) -> Result<Response<QueryAssignmentResponse>, Status> {
+        if let Some(p) = &self.proxy {
+            let local = request.local_addr();
+            let (md, _, req) = request.into_parts();
+            let Some(ep) = self.proxy_endpoints(req.endpoints.as_ref(), local) else {
+                return Ok(Response::new(QueryAssignmentResponse {
+                    status: Some(status(
+                        Code::InternalError,
+                        "proxy: no endpoint to hand out",
+                    )),
+                    assignments: Vec::new(),
+                }));
+            };
+            return Ok(Response::new(
+                forward::query_assignment(p, md, req, ep).await,
+            ));
+        }
+        drop(request);
         Ok(Response::new(QueryAssignmentResponse {
             status: Some(status(Code::NotImplemented, NOT_A_BROKER)),
             assignments: Vec::new(),
@@ -129,8 +186,13 @@ impl MessagingService for NamesrvMessaging {
 
     async fn receive_message(
         &self,
-        _request: Request<ReceiveMessageRequest>,
+        request: Request<ReceiveMessageRequest>,
     ) -> Result<Response<Self::ReceiveMessageStream>, Status> {
+        if let Some(p) = &self.proxy {
+            let (md, _, req) = request.into_parts();
+            return Ok(Response::new(forward::receive_message(p, md, req).await));
+        }
+        drop(request);
         Ok(once(ReceiveMessageResponse {
             content: Some(receive_message_response::Content::Status(not_a_broker(
                 "ReceiveMessage",
@@ -140,8 +202,13 @@ impl MessagingService for NamesrvMessaging {
 
     async fn ack_message(
         &self,
-        _request: Request<AckMessageRequest>,
+        request: Request<AckMessageRequest>,
     ) -> Result<Response<AckMessageResponse>, Status> {
+        if let Some(p) = &self.proxy {
+            let (md, _, req) = request.into_parts();
+            return Ok(Response::new(forward::ack_message(p, md, req).await));
+        }
+        drop(request);
         Ok(Response::new(AckMessageResponse {
             status: Some(not_a_broker("AckMessage")),
             entries: Vec::new(),
@@ -150,8 +217,13 @@ impl MessagingService for NamesrvMessaging {
 
     async fn forward_message_to_dead_letter_queue(
         &self,
-        _request: Request<ForwardMessageToDeadLetterQueueRequest>,
+        request: Request<ForwardMessageToDeadLetterQueueRequest>,
     ) -> Result<Response<ForwardMessageToDeadLetterQueueResponse>, Status> {
+        if let Some(p) = &self.proxy {
+            let (md, _, req) = request.into_parts();
+            return Ok(Response::new(forward::forward_to_dlq(p, md, req).await));
+        }
+        drop(request);
         Ok(Response::new(ForwardMessageToDeadLetterQueueResponse {
             status: Some(not_a_broker("ForwardMessageToDeadLetterQueue")),
         }))
@@ -161,8 +233,13 @@ impl MessagingService for NamesrvMessaging {
 
     async fn pull_message(
         &self,
-        _request: Request<PullMessageRequest>,
+        request: Request<PullMessageRequest>,
     ) -> Result<Response<Self::PullMessageStream>, Status> {
+        if let Some(p) = &self.proxy {
+            let (md, _, req) = request.into_parts();
+            return Ok(Response::new(forward::pull_message(p, md, req).await));
+        }
+        drop(request);
         Ok(once(PullMessageResponse {
             content: Some(pull_message_response::Content::Status(not_a_broker(
                 "PullMessage",
@@ -172,8 +249,13 @@ impl MessagingService for NamesrvMessaging {
 
     async fn update_offset(
         &self,
-        _request: Request<UpdateOffsetRequest>,
+        request: Request<UpdateOffsetRequest>,
     ) -> Result<Response<UpdateOffsetResponse>, Status> {
+        if let Some(p) = &self.proxy {
+            let (md, _, req) = request.into_parts();
+            return Ok(Response::new(forward::update_offset(p, md, req).await));
+        }
+        drop(request);
         Ok(Response::new(UpdateOffsetResponse {
             status: Some(not_a_broker("UpdateOffset")),
         }))
@@ -181,8 +263,13 @@ impl MessagingService for NamesrvMessaging {
 
     async fn get_offset(
         &self,
-        _request: Request<GetOffsetRequest>,
+        request: Request<GetOffsetRequest>,
     ) -> Result<Response<GetOffsetResponse>, Status> {
+        if let Some(p) = &self.proxy {
+            let (md, _, req) = request.into_parts();
+            return Ok(Response::new(forward::get_offset(p, md, req).await));
+        }
+        drop(request);
         Ok(Response::new(GetOffsetResponse {
             status: Some(not_a_broker("GetOffset")),
             offset: 0,
@@ -191,8 +278,13 @@ impl MessagingService for NamesrvMessaging {
 
     async fn query_offset(
         &self,
-        _request: Request<QueryOffsetRequest>,
+        request: Request<QueryOffsetRequest>,
     ) -> Result<Response<QueryOffsetResponse>, Status> {
+        if let Some(p) = &self.proxy {
+            let (md, _, req) = request.into_parts();
+            return Ok(Response::new(forward::query_offset(p, md, req).await));
+        }
+        drop(request);
         Ok(Response::new(QueryOffsetResponse {
             status: Some(not_a_broker("QueryOffset")),
             offset: 0,
@@ -201,8 +293,13 @@ impl MessagingService for NamesrvMessaging {
 
     async fn end_transaction(
         &self,
-        _request: Request<EndTransactionRequest>,
+        request: Request<EndTransactionRequest>,
     ) -> Result<Response<EndTransactionResponse>, Status> {
+        if let Some(p) = &self.proxy {
+            let (md, _, req) = request.into_parts();
+            return Ok(Response::new(forward::end_transaction(p, md, req).await));
+        }
+        drop(request);
         Ok(Response::new(EndTransactionResponse {
             status: Some(not_a_broker("EndTransaction")),
         }))
@@ -222,12 +319,15 @@ impl MessagingService for NamesrvMessaging {
             }))
         };
         let (md, _, req) = request.into_parts();
+        if let Some(p) = &self.proxy {
+            return Ok(Response::new(forward::recall_message(p, md, req).await));
+        }
         let topic = req
             .topic
             .as_ref()
             .map(|t| t.name.clone())
             .unwrap_or_default();
-        let group = handle_group(&req.recall_handle);
+        let group = crate::proxy::handles::group_of(&req.recall_handle, "r1");
         let routes = self.registry.master_routes(&topic, Instant::now());
         let Some(route) = routes
             .iter()
@@ -288,6 +388,24 @@ impl MessagingService for NamesrvMessaging {
                 command: None,
             }));
         };
+        if let Some(p) = &self.proxy {
+            let (md, _, inbound) = request.into_parts();
+            let (down_tx, down_rx) = tokio::sync::mpsc::channel(64);
+            let relay = Arc::new(crate::proxy::telemetry::start(Arc::clone(p), md, down_tx));
+            let observer = Arc::clone(&relay);
+            let inbound = tokio_stream::StreamExt::map(inbound, move |item| {
+                if let Ok(cmd) = &item {
+                    observer.observe(cmd);
+                }
+                item
+            });
+            let stream = telemetry_stream(inbound, self.session.clone())
+                .with_shutdown(self.shutdown.clone())
+                .with_permit(permit)
+                .with_server_commands(down_rx)
+                .with_guard(Box::new(relay));
+            return Ok(Response::new(Box::pin(stream)));
+        }
         let stream = telemetry_stream(request.into_inner(), self.session.clone())
             .with_shutdown(self.shutdown.clone())
             .with_permit(permit);
@@ -296,8 +414,15 @@ impl MessagingService for NamesrvMessaging {
 
     async fn notify_client_termination(
         &self,
-        _request: Request<NotifyClientTerminationRequest>,
+        request: Request<NotifyClientTerminationRequest>,
     ) -> Result<Response<NotifyClientTerminationResponse>, Status> {
+        if let Some(p) = &self.proxy {
+            let (md, _, req) = request.into_parts();
+            return Ok(Response::new(
+                forward::notify_client_termination(p, md, req).await,
+            ));
+        }
+        drop(request);
         Ok(Response::new(NotifyClientTerminationResponse {
             status: Some(ok()),
         }))
@@ -305,8 +430,15 @@ impl MessagingService for NamesrvMessaging {
 
     async fn change_invisible_duration(
         &self,
-        _request: Request<ChangeInvisibleDurationRequest>,
+        request: Request<ChangeInvisibleDurationRequest>,
     ) -> Result<Response<ChangeInvisibleDurationResponse>, Status> {
+        if let Some(p) = &self.proxy {
+            let (md, _, req) = request.into_parts();
+            return Ok(Response::new(
+                forward::change_invisible_duration(p, md, req).await,
+            ));
+        }
+        drop(request);
         Ok(Response::new(ChangeInvisibleDurationResponse {
             status: Some(not_a_broker("ChangeInvisibleDuration")),
             receipt_handle: String::new(),

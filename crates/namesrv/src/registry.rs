@@ -311,6 +311,31 @@ impl Registry {
         routes
     }
 
+    /// The client endpoint of the live master (broker id 0) of broker group `broker_name`
+    /// (of any cluster), if one is registered.
+    pub fn master_of(&self, broker_name: &str, now: Instant) -> Option<String> {
+        self.lock()
+            .iter()
+            .filter(|(k, m)| {
+                k.broker_id == MASTER_ID && k.broker_name == broker_name && m.is_live(now)
+            })
+            .max_by_key(|(_, m)| m.epoch)
+            .map(|(_, m)| m.grpc_endpoint.clone())
+    }
+
+    /// Every live master as (broker group, client endpoint), sorted by group.
+    pub fn masters(&self, now: Instant) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .lock()
+            .iter()
+            .filter(|(k, m)| k.broker_id == MASTER_ID && m.is_live(now))
+            .map(|(k, m)| (k.broker_name.clone(), m.grpc_endpoint.clone()))
+            .collect();
+        v.sort();
+        v.dedup_by(|a, b| a.0 == b.0);
+        v
+    }
+
     /// Live broker groups (optionally of one cluster) with their members and
     /// the topics reported by the master, or by the freshest member when the
     /// group has no live master. Sorted by cluster, broker name, broker id.

@@ -14,6 +14,7 @@ use crate::admin::AdminService;
 use crate::config::NamesrvConfig;
 use crate::error::NamesrvError;
 use crate::messaging::NamesrvMessaging;
+use crate::proxy::Proxy;
 use crate::registry::{Registry, RegistryLimits};
 
 /// Serves the name server on `listener` until `shutdown` completes.
@@ -62,12 +63,19 @@ pub async fn run_with_http(
         token.clone(),
     ));
 
-    let messaging = NamesrvMessaging::new(
+    let proxy = config
+        .proxy
+        .enabled
+        .then(|| Arc::new(Proxy::new(Arc::clone(&registry), config.proxy.clone())));
+    let mut messaging = NamesrvMessaging::new(
         Arc::clone(&registry),
         config.session.clone(),
         config.max_telemetry_streams,
         token.clone(),
     );
+    if let Some(p) = &proxy {
+        messaging = messaging.with_proxy(Arc::clone(p), addr);
+    }
     let messaging = MessagingServiceServer::new(messaging)
         .max_decoding_message_size(config.max_grpc_decode_bytes)
         .max_encoding_message_size(config.max_grpc_decode_bytes);
@@ -81,12 +89,13 @@ pub async fn run_with_http(
             registry: Arc::clone(&registry),
             conns: Arc::clone(&conns),
             labels: crate::metrics::labels(&[("addr", &addr.to_string())]),
+            proxy: proxy.clone(),
         });
         info!(%addr, http = ?l.local_addr().ok(), "name server HTTP endpoint (/metrics, /health)");
         crate::http::spawn(l, o, token.clone());
     }
 
-    info!(%addr, tls = config.tls.enabled(), "name server listening");
+    info!(%addr, tls = config.tls.enabled(), proxy = config.proxy.enabled, "name server listening");
     let serve = builder
         .tcp_nodelay(true)
         .max_concurrent_streams(config.max_concurrent_streams_per_connection)
@@ -141,6 +150,7 @@ struct NamesrvObservable {
     registry: Arc<Registry>,
     conns: Arc<crate::metrics::Connections>,
     labels: String,
+    proxy: Option<Arc<Proxy>>,
 }
 
 impl crate::http::Observable for NamesrvObservable {
@@ -175,6 +185,34 @@ impl crate::http::Observable for NamesrvObservable {
             l,
             self.conns.accepted() as f64,
         );
+        if let Some(p) = &self.proxy {
+            let c = &p.counters;
+            for (name, help, v) in [
+                (
+                    "sofamq_proxy_forwarded_total",
+                    "Client calls forwarded to a broker (each try counts).",
+                    &c.forwarded,
+                ),
+                (
+                    "sofamq_proxy_held_total",
+                    "Client calls held at least once while their broker group had no reachable master.",
+                    &c.held,
+                ),
+                (
+                    "sofamq_proxy_hold_expired_total",
+                    "Client calls whose hold ran out (answered HA_NOT_AVAILABLE or the last broker answer).",
+                    &c.hold_expired,
+                ),
+            ] {
+                t.single(
+                    name,
+                    "counter",
+                    help,
+                    l,
+                    v.load(std::sync::atomic::Ordering::Relaxed) as f64,
+                );
+            }
+        }
         t.finish()
     }
 

@@ -68,6 +68,14 @@ impl Server {
     }
 }
 
+/// The name server without proxy mode (routes name the brokers; message-plane RPCs are
+/// refused). `tests/proxy.rs` covers proxy mode.
+fn no_proxy() -> NamesrvConfig {
+    let mut c = NamesrvConfig::default();
+    c.proxy.enabled = false;
+    c
+}
+
 fn topic(name: &str, queues: u32) -> TopicRoute {
     TopicRoute {
         name: name.into(),
@@ -111,7 +119,7 @@ async fn route(
 
 #[tokio::test]
 async fn query_route_lists_master_queues_of_groups_with_the_topic() {
-    let server = Server::start(NamesrvConfig::default()).await;
+    let server = Server::start(no_proxy()).await;
     let mut admin = server.admin().await;
     admin
         .register_broker(registration("broker-b", 0, 20000, vec![topic("orders", 2)]))
@@ -172,7 +180,7 @@ async fn query_route_lists_master_queues_of_groups_with_the_topic() {
 
 #[tokio::test]
 async fn unknown_topic_is_topic_not_found() {
-    let server = Server::start(NamesrvConfig::default()).await;
+    let server = Server::start(no_proxy()).await;
     let mut admin = server.admin().await;
     admin
         .register_broker(registration("broker-a", 0, 10000, vec![topic("orders", 1)]))
@@ -189,7 +197,7 @@ async fn unknown_topic_is_topic_not_found() {
 
 #[tokio::test]
 async fn slaves_are_not_returned_as_masters() {
-    let server = Server::start(NamesrvConfig::default()).await;
+    let server = Server::start(no_proxy()).await;
     let mut admin = server.admin().await;
     admin
         .register_broker(registration("broker-a", 1, 10010, vec![topic("orders", 4)]))
@@ -279,7 +287,7 @@ async fn silent_broker_expires_from_routes() {
 
 #[tokio::test]
 async fn list_brokers_shows_members_and_master_topics() {
-    let server = Server::start(NamesrvConfig::default()).await;
+    let server = Server::start(no_proxy()).await;
     let mut admin = server.admin().await;
     admin
         .register_broker(registration("broker-a", 1, 10010, vec![topic("stale", 1)]))
@@ -336,7 +344,7 @@ async fn list_brokers_shows_members_and_master_topics() {
 async fn registration_is_validated_and_fenced_by_epoch() {
     let server = Server::start(NamesrvConfig {
         max_topics_per_registration: 2,
-        ..NamesrvConfig::default()
+        ..no_proxy()
     })
     .await;
     let mut admin = server.admin().await;
@@ -421,7 +429,7 @@ fn settings_cmd(settings: Settings) -> TelemetryCommand {
 
 #[tokio::test]
 async fn telemetry_replies_with_settings_and_stays_open() {
-    let server = Server::start(NamesrvConfig::default()).await;
+    let server = Server::start(no_proxy()).await;
     let mut client = server.messaging().await;
     let (tx, rx) = mpsc::channel(4);
     tx.send(settings_cmd(producer_settings())).await.unwrap();
@@ -491,7 +499,7 @@ async fn telemetry_replies_with_settings_and_stays_open() {
 
 #[tokio::test]
 async fn heartbeat_termination_and_message_plane_rpcs() {
-    let server = Server::start(NamesrvConfig::default()).await;
+    let server = Server::start(no_proxy()).await;
     let mut client = server.messaging().await;
     let hb = client
         .heartbeat(HeartbeatRequest::default())
@@ -531,7 +539,7 @@ async fn heartbeat_termination_and_message_plane_rpcs() {
 
 #[tokio::test]
 async fn shutdown_stops_server_even_with_open_telemetry() {
-    let server = Server::start(NamesrvConfig::default()).await;
+    let server = Server::start(no_proxy()).await;
     let addr = server.addr;
     let mut client = server.messaging().await;
     let (tx, rx) = mpsc::channel(4);

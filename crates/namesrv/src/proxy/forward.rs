@@ -1,0 +1,664 @@
+//! The client RPCs in proxy mode: each finds its broker group (from the request, the
+//! handle it carries, or the topic's route), then goes to that group's current master
+//! through [`Proxy::hold`].
+
+use std::time::{Duration, Instant};
+
+use sofamq_proto::namesrv::{PERM_READ, PERM_WRITE};
+use sofamq_proto::v2::{
+    AckMessageRequest, AckMessageResponse, AckMessageResultEntry, ChangeInvisibleDurationRequest,
+    ChangeInvisibleDurationResponse, Code, EndTransactionRequest, EndTransactionResponse,
+    Endpoints, ForwardMessageToDeadLetterQueueRequest, ForwardMessageToDeadLetterQueueResponse,
+    GetOffsetRequest, GetOffsetResponse, HeartbeatRequest, HeartbeatResponse,
+    NotifyClientTerminationRequest, NotifyClientTerminationResponse, PullMessageRequest,
+    PullMessageResponse, QueryAssignmentRequest, QueryAssignmentResponse, QueryOffsetRequest,
+    QueryOffsetResponse, RecallMessageRequest, RecallMessageResponse, ReceiveMessageRequest,
+    ReceiveMessageResponse, SendMessageRequest, SendMessageResponse, Status, UpdateOffsetRequest,
+    UpdateOffsetResponse, pull_message_response, receive_message_response,
+};
+use tokio_stream::StreamExt;
+use tonic::metadata::MetadataMap;
+
+use super::handles;
+use super::{NoAnswer, Proxy, Verdict, forward_request, not_master, unreachable};
+use crate::messaging::BoxStream;
+use crate::status::{ok, status};
+
+fn no_answer_status(e: &NoAnswer) -> Status {
+    status(e.code, e.message.clone())
+}
+
+/// A transport failure as a status for the client (when the hold ran out on it).
+fn transport(e: &tonic::Status) -> Status {
+    status(
+        Code::HaNotAvailable,
+        format!("proxy: broker unreachable: {}", e.message()),
+    )
+}
+
+/// The broker group that serves `topic` with permission `perm` (round robin; by the hash of
+/// `key` when there is one, so a message group stays on one broker group), waiting up to
+/// `deadline` for one to have a live master. `Err` when no group serves the topic at all.
+async fn group_for_topic(
+    p: &Proxy,
+    topic: &str,
+    perm: u32,
+    key: Option<&str>,
+    deadline: Instant,
+) -> Result<(String, u32), Status> {
+    let retry = Duration::from_millis(p.options().retry_ms);
+    loop {
+        let routes: Vec<_> = p
+            .topic_routes(topic)
+            .into_iter()
+            .filter(|r| r.topic.perm & perm != 0 && r.topic.queue_count > 0)
+            .collect();
+        if !routes.is_empty() {
+            let i = match key {
+                Some(k) => (fnv(k.as_bytes()) % routes.len() as u64) as usize,
+                None => p.pick(routes.len()),
+            };
+            let r = &routes[i];
+            return Ok((r.broker_name.clone(), r.topic.queue_count));
+        }
+        let known = p
+            .registry()
+            .groups(None, Instant::now())
+            .iter()
+            .any(|g| g.topics.iter().any(|t| t.name == topic));
+        if !known {
+            return Err(status(
+                Code::TopicNotFound,
+                format!("topic '{topic}' not found"),
+            ));
+        }
+        if Instant::now() + retry > deadline {
+            return Err(status(
+                Code::HaNotAvailable,
+                format!("proxy: no broker group serving '{topic}' has a master now"),
+            ));
+        }
+        tokio::time::sleep(retry).await;
+    }
+}
+
+fn fnv(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+        (h ^ u64::from(*x)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// SendMessage: to a broker group of the topic (the hash of the message group for FIFO).
+pub async fn send_message(
+    p: &Proxy,
+    md: MetadataMap,
+    mut req: SendMessageRequest,
+) -> SendMessageResponse {
+    let fail = |s: Status| SendMessageResponse {
+        status: Some(s),
+        entries: Vec::new(),
+    };
+    let first = req.messages.first();
+    let Some(topic) = first
+        .and_then(|m| m.topic.as_ref())
+        .map(|t| t.name.clone())
+        .filter(|t| !t.is_empty())
+    else {
+        return fail(status(Code::BadRequest, "no message, or no topic"));
+    };
+    let key = first
+        .and_then(|m| m.system_properties.as_ref())
+        .and_then(|s| s.message_group.clone());
+    let deadline = p.hold_deadline(&md);
+    let timeout = p.forward_timeout(&md);
+    let (group, queues) =
+        match group_for_topic(p, &topic, PERM_WRITE, key.as_deref(), deadline).await {
+            Ok(g) => g,
+            Err(s) => return fail(s),
+        };
+    // The client chose a queue of the route it was given; keep it inside this group's.
+    for m in &mut req.messages {
+        if let Some(sp) = m.system_properties.as_mut()
+            && (sp.queue_id < 0 || sp.queue_id as u32 >= queues)
+        {
+            sp.queue_id = (sp.queue_id.unsigned_abs() % queues.max(1)) as i32;
+        }
+    }
+    let r = p
+        .hold(&group, deadline, |mut c, _| {
+            let r = forward_request(&md, req.clone(), timeout);
+            let g = group.clone();
+            async move {
+                match c.send_message(r).await {
+                    Ok(resp) => {
+                        let resp = resp.into_inner();
+                        if not_master(resp.status.as_ref()) {
+                            let why = resp.status.as_ref().map(|s| s.message.clone());
+                            Verdict::Retry(resp, why.unwrap_or_default())
+                        } else {
+                            Verdict::Done(resp)
+                        }
+                    }
+                    Err(e) if unreachable(&e) => {
+                        let why = e.message().to_string();
+                        Verdict::Retry(fail(transport(&e)), why)
+                    }
+                    Err(e) => Verdict::Done(fail(status(
+                        Code::ProxyTimeout,
+                        format!("proxy: SendMessage to {g}: {}", e.message()),
+                    ))),
+                }
+            }
+        })
+        .await;
+    r.unwrap_or_else(|e| fail(no_answer_status(&e)))
+}
+
+/// A unary RPC to `group`'s master, held while it has none. `call` makes one try;
+/// `status_of` finds the answer's status; `fail` builds an answer from a status.
+macro_rules! unary {
+    ($p:expr, $md:expr, $group:expr, $req:expr, $method:ident, $fail:expr) => {{
+        let p: &Proxy = $p;
+        let md: &MetadataMap = &$md;
+        let group: String = $group;
+        let req = $req;
+        let deadline = p.hold_deadline(md);
+        let timeout = p.forward_timeout(md);
+        let fail = $fail;
+        let r = p
+            .hold(&group, deadline, |mut c, _| {
+                let r = forward_request(md, req.clone(), timeout);
+                let g = group.clone();
+                async move {
+                    match c.$method(r).await {
+                        Ok(resp) => {
+                            let resp = resp.into_inner();
+                            let s: Option<&Status> = resp.status.as_ref();
+                            if not_master(s) {
+                                let why = s.map(|s| s.message.clone()).unwrap_or_default();
+                                Verdict::Retry(resp, why)
+                            } else {
+                                Verdict::Done(resp)
+                            }
+                        }
+                        Err(e) if unreachable(&e) => {
+                            let why = e.message().to_string();
+                            Verdict::Retry(fail(transport(&e)), why)
+                        }
+                        Err(e) => Verdict::Done(fail(status(
+                            Code::ProxyTimeout,
+                            format!("proxy: {} to {g}: {}", stringify!($method), e.message()),
+                        ))),
+                    }
+                }
+            })
+            .await;
+        r.unwrap_or_else(|e| fail(no_answer_status(&e)))
+    }};
+}
+
+fn resource_name(r: Option<&sofamq_proto::v2::Resource>) -> String {
+    r.map(|t| t.name.clone()).unwrap_or_default()
+}
+
+/// The group of a request that names no group: the first broker group of its topic.
+fn first_group(p: &Proxy, topic: &str) -> Option<String> {
+    p.topic_routes(topic)
+        .first()
+        .map(|r| r.broker_name.clone())
+        .or_else(|| {
+            p.registry()
+                .groups(None, Instant::now())
+                .into_iter()
+                .find(|g| g.topics.iter().any(|t| t.name == topic))
+                .map(|g| g.broker_name)
+        })
+}
+
+/// AckMessage: each entry to the group its handle names (entries of several groups are
+/// split into one request per group and the answers merged).
+pub async fn ack_message(p: &Proxy, md: MetadataMap, req: AckMessageRequest) -> AckMessageResponse {
+    let topic = resource_name(req.topic.as_ref());
+    let fallback = first_group(p, &topic);
+    let mut by_group: Vec<(String, Vec<_>)> = Vec::new();
+    let mut results = Vec::new();
+    for mut e in req.entries.clone() {
+        let (g, inner) = handles::unwrap(&e.receipt_handle);
+        let Some(g) = g.map(str::to_string).or_else(|| fallback.clone()) else {
+            results.push(AckMessageResultEntry {
+                message_id: e.message_id.clone(),
+                receipt_handle: e.receipt_handle.clone(),
+                status: Some(status(
+                    Code::InvalidReceiptHandle,
+                    "proxy: the receipt handle names no broker group",
+                )),
+            });
+            continue;
+        };
+        e.receipt_handle = inner.to_string();
+        match by_group.iter_mut().find(|(x, _)| *x == g) {
+            Some((_, v)) => v.push(e),
+            None => by_group.push((g, vec![e])),
+        }
+    }
+    let mut overall: Option<Status> = None;
+    for (group, entries) in by_group {
+        let one = AckMessageRequest {
+            entries,
+            ..req.clone()
+        };
+        let fail = |s: Status| AckMessageResponse {
+            status: Some(s),
+            entries: Vec::new(),
+        };
+        let resp = unary!(p, md, group.clone(), one.clone(), ack_message, fail);
+        if resp.entries.is_empty() {
+            // The whole request failed: every entry gets that status.
+            let s = resp
+                .status
+                .clone()
+                .unwrap_or_else(|| status(Code::InternalError, "no status"));
+            for e in &one.entries {
+                results.push(AckMessageResultEntry {
+                    message_id: e.message_id.clone(),
+                    receipt_handle: handles::wrap(&group, &e.receipt_handle),
+                    status: Some(s.clone()),
+                });
+            }
+        } else {
+            for mut e in resp.entries {
+                e.receipt_handle = handles::wrap(&group, &e.receipt_handle);
+                results.push(e);
+            }
+        }
+        if overall.is_none()
+            || resp
+                .status
+                .as_ref()
+                .is_some_and(|s| s.code != Code::Ok as i32)
+        {
+            overall = resp.status;
+        }
+    }
+    let all_ok = results
+        .iter()
+        .all(|e| e.status.as_ref().is_some_and(|s| s.code == Code::Ok as i32));
+    AckMessageResponse {
+        status: Some(if all_ok {
+            ok()
+        } else {
+            overall
+                .filter(|s| s.code != Code::Ok as i32)
+                .or_else(|| {
+                    results
+                        .iter()
+                        .find_map(|e| e.status.clone().filter(|s| s.code != Code::Ok as i32))
+                })
+                .unwrap_or_else(ok)
+        }),
+        entries: results,
+    }
+}
+
+/// ChangeInvisibleDuration: to the group its handle names; the new handle is wrapped.
+pub async fn change_invisible_duration(
+    p: &Proxy,
+    md: MetadataMap,
+    mut req: ChangeInvisibleDurationRequest,
+) -> ChangeInvisibleDurationResponse {
+    let fail = |s: Status| ChangeInvisibleDurationResponse {
+        status: Some(s),
+        receipt_handle: String::new(),
+    };
+    let topic = resource_name(req.topic.as_ref());
+    let (g, inner) = handles::unwrap(&req.receipt_handle);
+    let Some(group) = g.map(str::to_string).or_else(|| first_group(p, &topic)) else {
+        return fail(status(
+            Code::InvalidReceiptHandle,
+            "proxy: the receipt handle names no broker group",
+        ));
+    };
+    req.receipt_handle = inner.to_string();
+    let mut resp = unary!(p, md, group.clone(), req, change_invisible_duration, fail);
+    if !resp.receipt_handle.is_empty() {
+        resp.receipt_handle = handles::wrap(&group, &resp.receipt_handle);
+    }
+    resp
+}
+
+/// ForwardMessageToDeadLetterQueue: to the group its handle names.
+pub async fn forward_to_dlq(
+    p: &Proxy,
+    md: MetadataMap,
+    mut req: ForwardMessageToDeadLetterQueueRequest,
+) -> ForwardMessageToDeadLetterQueueResponse {
+    let fail = |s: Status| ForwardMessageToDeadLetterQueueResponse { status: Some(s) };
+    let topic = resource_name(req.topic.as_ref());
+    let (g, inner) = handles::unwrap(&req.receipt_handle);
+    let Some(group) = g.map(str::to_string).or_else(|| first_group(p, &topic)) else {
+        return fail(status(
+            Code::InvalidReceiptHandle,
+            "proxy: the receipt handle names no broker group",
+        ));
+    };
+    req.receipt_handle = inner.to_string();
+    unary!(
+        p,
+        md,
+        group,
+        req,
+        forward_message_to_dead_letter_queue,
+        fail
+    )
+}
+
+/// EndTransaction: to the group the transaction id names.
+pub async fn end_transaction(
+    p: &Proxy,
+    md: MetadataMap,
+    req: EndTransactionRequest,
+) -> EndTransactionResponse {
+    let fail = |s: Status| EndTransactionResponse { status: Some(s) };
+    let topic = resource_name(req.topic.as_ref());
+    let Some(group) =
+        handles::group_of(&req.transaction_id, "x1").or_else(|| first_group(p, &topic))
+    else {
+        return fail(status(
+            Code::InvalidTransactionId,
+            "proxy: the transaction id names no broker group",
+        ));
+    };
+    unary!(p, md, group, req, end_transaction, fail)
+}
+
+/// RecallMessage: to the group the recall handle names.
+pub async fn recall_message(
+    p: &Proxy,
+    md: MetadataMap,
+    req: RecallMessageRequest,
+) -> RecallMessageResponse {
+    let fail = |s: Status| RecallMessageResponse {
+        status: Some(s),
+        message_id: String::new(),
+    };
+    let topic = resource_name(req.topic.as_ref());
+    let Some(group) =
+        handles::group_of(&req.recall_handle, "r1").or_else(|| first_group(p, &topic))
+    else {
+        return fail(status(
+            Code::TopicNotFound,
+            format!("no broker group serves topic '{topic}'"),
+        ));
+    };
+    unary!(p, md, group, req, recall_message, fail)
+}
+
+fn queue_group(mq: Option<&sofamq_proto::v2::MessageQueue>) -> Option<String> {
+    mq.and_then(|q| q.broker.as_ref())
+        .map(|b| b.name.clone())
+        .filter(|n| !n.is_empty())
+}
+
+/// UpdateOffset: to the group of the queue.
+pub async fn update_offset(
+    p: &Proxy,
+    md: MetadataMap,
+    req: UpdateOffsetRequest,
+) -> UpdateOffsetResponse {
+    let fail = |s: Status| UpdateOffsetResponse { status: Some(s) };
+    let Some(group) = queue_group(req.message_queue.as_ref()) else {
+        return fail(status(Code::BadRequest, "message queue names no broker"));
+    };
+    unary!(p, md, group, req, update_offset, fail)
+}
+
+/// GetOffset: to the group of the queue.
+pub async fn get_offset(p: &Proxy, md: MetadataMap, req: GetOffsetRequest) -> GetOffsetResponse {
+    let fail = |s: Status| GetOffsetResponse {
+        status: Some(s),
+        offset: 0,
+    };
+    let Some(group) = queue_group(req.message_queue.as_ref()) else {
+        return fail(status(Code::BadRequest, "message queue names no broker"));
+    };
+    unary!(p, md, group, req, get_offset, fail)
+}
+
+/// QueryOffset: to the group of the queue.
+pub async fn query_offset(
+    p: &Proxy,
+    md: MetadataMap,
+    req: QueryOffsetRequest,
+) -> QueryOffsetResponse {
+    let fail = |s: Status| QueryOffsetResponse {
+        status: Some(s),
+        offset: 0,
+    };
+    let Some(group) = queue_group(req.message_queue.as_ref()) else {
+        return fail(status(Code::BadRequest, "message queue names no broker"));
+    };
+    unary!(p, md, group, req, query_offset, fail)
+}
+
+/// Heartbeat: to every master (consumer groups are tracked per broker group); OK when one
+/// answered OK or none is registered.
+pub async fn heartbeat(p: &Proxy, md: MetadataMap, req: HeartbeatRequest) -> HeartbeatResponse {
+    let masters = p.registry().masters(Instant::now());
+    let timeout = p.forward_timeout(&md).min(Duration::from_secs(3));
+    let mut set = tokio::task::JoinSet::new();
+    for (_, addr) in masters {
+        let Ok(mut c) = p.client(&addr) else { continue };
+        let r = forward_request(&md, req.clone(), timeout);
+        set.spawn(async move { c.heartbeat(r).await.map(|r| r.into_inner()) });
+    }
+    let mut last: Option<Status> = None;
+    let mut any_ok = set.is_empty();
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(Ok(resp))
+                if resp
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.code == Code::Ok as i32) =>
+            {
+                any_ok = true;
+            }
+            Ok(Ok(resp)) => last = resp.status,
+            Ok(Err(e)) => last = Some(transport(&e)),
+            Err(_) => {}
+        }
+    }
+    HeartbeatResponse {
+        status: Some(if any_ok {
+            ok()
+        } else {
+            last.unwrap_or_else(ok)
+        }),
+    }
+}
+
+/// NotifyClientTermination: to every master, best effort.
+pub async fn notify_client_termination(
+    p: &Proxy,
+    md: MetadataMap,
+    req: NotifyClientTerminationRequest,
+) -> NotifyClientTerminationResponse {
+    let timeout = p.forward_timeout(&md).min(Duration::from_secs(3));
+    let mut set = tokio::task::JoinSet::new();
+    for (_, addr) in p.registry().masters(Instant::now()) {
+        let Ok(mut c) = p.client(&addr) else { continue };
+        let r = forward_request(&md, req.clone(), timeout);
+        set.spawn(async move {
+            let _ = c.notify_client_termination(r).await;
+        });
+    }
+    while set.join_next().await.is_some() {}
+    NotifyClientTerminationResponse { status: Some(ok()) }
+}
+
+/// QueryAssignment: every broker group of the topic, assignments merged, each queue's
+/// endpoints replaced by `endpoints` (this proxy).
+pub async fn query_assignment(
+    p: &Proxy,
+    md: MetadataMap,
+    req: QueryAssignmentRequest,
+    endpoints: Endpoints,
+) -> QueryAssignmentResponse {
+    let topic = resource_name(req.topic.as_ref());
+    let fail = |s: Status| QueryAssignmentResponse {
+        status: Some(s),
+        assignments: Vec::new(),
+    };
+    let routes = p.topic_routes(&topic);
+    let mut groups: Vec<String> = routes
+        .iter()
+        .filter(|r| r.topic.perm & PERM_READ != 0)
+        .map(|r| r.broker_name.clone())
+        .collect();
+    groups.dedup();
+    if groups.is_empty() {
+        match first_group(p, &topic) {
+            Some(g) => groups.push(g),
+            None => {
+                return fail(status(
+                    Code::TopicNotFound,
+                    format!("topic '{topic}' not found"),
+                ));
+            }
+        }
+    }
+    let mut assignments = Vec::new();
+    let mut last_err: Option<Status> = None;
+    for group in groups {
+        let resp = unary!(p, md, group, req.clone(), query_assignment, fail);
+        if resp
+            .status
+            .as_ref()
+            .is_some_and(|s| s.code == Code::Ok as i32)
+        {
+            for mut a in resp.assignments {
+                if let Some(b) = a.message_queue.as_mut().and_then(|q| q.broker.as_mut()) {
+                    b.endpoints = Some(endpoints.clone());
+                }
+                assignments.push(a);
+            }
+        } else {
+            last_err = resp.status;
+        }
+    }
+    if assignments.is_empty()
+        && let Some(s) = last_err
+    {
+        return fail(s);
+    }
+    QueryAssignmentResponse {
+        status: Some(ok()),
+        assignments,
+    }
+}
+
+/// ReceiveMessage: streamed from the queue's group; receipt handles wrapped. Held while the
+/// group has no master (the first answer is awaited before anything is passed on, so a
+/// "not master" answer is retried too).
+pub async fn receive_message(
+    p: &Proxy,
+    md: MetadataMap,
+    req: ReceiveMessageRequest,
+) -> BoxStream<ReceiveMessageResponse> {
+    let one = |s: Status| -> BoxStream<ReceiveMessageResponse> {
+        Box::pin(tokio_stream::once(Ok(ReceiveMessageResponse {
+            content: Some(receive_message_response::Content::Status(s)),
+        })))
+    };
+    let Some(group) = queue_group(req.message_queue.as_ref()) else {
+        return one(status(Code::BadRequest, "message queue names no broker"));
+    };
+    let deadline = p.hold_deadline(&md);
+    let timeout = p.forward_timeout(&md);
+    let g = group.clone();
+    let r = p
+        .hold(&group, deadline, |mut c, _| {
+            let r = forward_request(&md, req.clone(), timeout);
+            async move {
+                let mut s = match c.receive_message(r).await {
+                    Ok(s) => s.into_inner(),
+                    Err(e) if unreachable(&e) => {
+                        let why = e.message().to_string();
+                        return Verdict::Retry(Err(transport(&e)), why);
+                    }
+                    Err(e) => return Verdict::Done(Err(status(Code::ProxyTimeout, e.message()))),
+                };
+                let first = s.next().await;
+                match first {
+                    Some(Ok(ReceiveMessageResponse {
+                        content: Some(receive_message_response::Content::Status(st)),
+                    })) if not_master(Some(&st)) => {
+                        let why = st.message.clone();
+                        Verdict::Retry(Err(st), why)
+                    }
+                    Some(Err(e)) if unreachable(&e) => {
+                        let why = e.message().to_string();
+                        Verdict::Retry(Err(transport(&e)), why)
+                    }
+                    first => Verdict::Done(Ok((first, s))),
+                }
+            }
+        })
+        .await;
+    match r {
+        Err(e) => one(no_answer_status(&e)),
+        Ok(Err(s)) => one(s),
+        Ok(Ok((first, rest))) => {
+            let rest = tokio_stream::iter(first).chain(rest);
+            Box::pin(rest.map(move |item| item.map(|r| wrap_receive(&g, r))))
+        }
+    }
+}
+
+fn wrap_receive(group: &str, mut r: ReceiveMessageResponse) -> ReceiveMessageResponse {
+    if let Some(receive_message_response::Content::Message(m)) = r.content.as_mut()
+        && let Some(sp) = m.system_properties.as_mut()
+        && let Some(h) = sp.receipt_handle.as_mut()
+    {
+        *h = handles::wrap(group, h);
+    }
+    r
+}
+
+/// PullMessage: streamed from the queue's group.
+pub async fn pull_message(
+    p: &Proxy,
+    md: MetadataMap,
+    req: PullMessageRequest,
+) -> BoxStream<PullMessageResponse> {
+    let one = |s: Status| -> BoxStream<PullMessageResponse> {
+        Box::pin(tokio_stream::once(Ok(PullMessageResponse {
+            content: Some(pull_message_response::Content::Status(s)),
+        })))
+    };
+    let Some(group) = queue_group(req.message_queue.as_ref()) else {
+        return one(status(Code::BadRequest, "message queue names no broker"));
+    };
+    let deadline = p.hold_deadline(&md);
+    let timeout = p.forward_timeout(&md);
+    let r = p
+        .hold(&group, deadline, |mut c, _| {
+            let r = forward_request(&md, req.clone(), timeout);
+            async move {
+                match c.pull_message(r).await {
+                    Ok(s) => Verdict::Done(Ok(s.into_inner())),
+                    Err(e) if unreachable(&e) => {
+                        let why = e.message().to_string();
+                        Verdict::Retry(Err(transport(&e)), why)
+                    }
+                    Err(e) => Verdict::Done(Err(status(Code::ProxyTimeout, e.message()))),
+                }
+            }
+        })
+        .await;
+    match r {
+        Err(e) => one(no_answer_status(&e)),
+        Ok(Err(s)) => one(s),
+        Ok(Ok(s)) => Box::pin(s),
+    }
+}

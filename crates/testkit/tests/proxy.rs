@@ -1,0 +1,347 @@
+//! The name server in proxy mode (the default), through real processes: routes name the
+//! access point the client used, every client RPC is forwarded to the current master of
+//! its broker group (receipt handles wrapped with the group), the SofaMQ SDK still gets
+//! direct routes, and a request that finds its group without a reachable master is held
+//! and completes when the master is back, instead of failing at once.
+
+use std::time::{Duration, Instant};
+
+use sofamq_proto::v2::{
+    self as v2, messaging_service_client::MessagingServiceClient, receive_message_response,
+};
+use sofamq_testkit::{Cluster, Node};
+use tonic::transport::Channel;
+
+fn resource(name: &str) -> Option<v2::Resource> {
+    Some(v2::Resource {
+        name: name.into(),
+        ..Default::default()
+    })
+}
+
+fn raw_message(topic: &str, id: &str, queue: i32) -> v2::Message {
+    v2::Message {
+        topic: resource(topic),
+        system_properties: Some(v2::SystemProperties {
+            message_id: id.into(),
+            message_type: v2::MessageType::Normal as i32,
+            born_host: "test".into(),
+            queue_id: queue,
+            ..Default::default()
+        }),
+        body: format!("body-{id}").into_bytes().into(),
+        ..Default::default()
+    }
+}
+
+async fn client(addr: &str) -> MessagingServiceClient<Channel> {
+    MessagingServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+fn endpoints_of(addr: &str) -> v2::Endpoints {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    v2::Endpoints {
+        scheme: v2::AddressScheme::IPv4 as i32,
+        addresses: vec![v2::Address {
+            host: host.into(),
+            port: port.parse().unwrap(),
+        }],
+    }
+}
+
+async fn route(ns: &str, topic: &str, direct: bool, wait: Duration) -> Vec<v2::MessageQueue> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let mut req = tonic::Request::new(v2::QueryRouteRequest {
+            topic: resource(topic),
+            endpoints: Some(endpoints_of(ns)),
+        });
+        if direct {
+            req.metadata_mut()
+                .insert("x-sofamq-route", "direct".parse().unwrap());
+        }
+        let r = client(ns)
+            .await
+            .query_route(req)
+            .await
+            .unwrap()
+            .into_inner();
+        if r.status
+            .as_ref()
+            .is_some_and(|s| s.code == v2::Code::Ok as i32)
+        {
+            return r.message_queues;
+        }
+        assert!(Instant::now() < deadline, "no route for {topic}: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn addr_of(q: &v2::MessageQueue) -> String {
+    let a = &q
+        .broker
+        .as_ref()
+        .unwrap()
+        .endpoints
+        .as_ref()
+        .unwrap()
+        .addresses[0];
+    format!("{}:{}", a.host, a.port)
+}
+
+fn two_groups(topic: &str) -> Cluster {
+    let mut c = Cluster::start_namesrv().unwrap();
+    let t = format!("{topic}:2");
+    c.add_broker("broker-a", &["--topic".into(), t.clone()])
+        .unwrap();
+    c.add_broker("broker-b", &["--topic".into(), t]).unwrap();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_routes_name_the_access_point_and_forward_every_rpc() {
+    let c = two_groups("pt");
+    let ns = c.namesrv.addr.clone();
+    let queues = route(&ns, "pt", false, Duration::from_secs(20)).await;
+    // Wait until both groups are in the route.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut queues = queues;
+    while queues.len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "both groups never in the route: {queues:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        queues = route(&ns, "pt", false, Duration::from_secs(5)).await;
+    }
+    assert!(
+        queues.iter().all(|q| addr_of(q) == ns),
+        "proxy route: {queues:?}"
+    );
+    let names: std::collections::BTreeSet<_> = queues
+        .iter()
+        .map(|q| q.broker.as_ref().unwrap().name.clone())
+        .collect();
+    assert_eq!(names.len(), 2);
+    // The SDK's direct routes name the brokers.
+    let direct = route(&ns, "pt", true, Duration::from_secs(5)).await;
+    assert!(
+        direct.iter().all(|q| addr_of(q) != ns),
+        "direct route: {direct:?}"
+    );
+    let broker_addrs: std::collections::BTreeSet<_> = direct.iter().map(addr_of).collect();
+    assert_eq!(broker_addrs.len(), 2);
+
+    // Sends through the proxy reach both groups.
+    let mut cl = client(&ns).await;
+    for i in 0..8 {
+        let r = cl
+            .send_message(v2::SendMessageRequest {
+                messages: vec![raw_message("pt", &format!("PX{i:04}"), i % 2)],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status.as_ref().unwrap().code,
+            v2::Code::Ok as i32,
+            "{r:?}"
+        );
+    }
+    // Receive every queue through the proxy: handles are wrapped with the group; ack and
+    // change-invisible-duration go back through the proxy to the right group.
+    let mut got = 0;
+    let mut acked = 0;
+    for q in &queues {
+        let mut s = cl
+            .receive_message(v2::ReceiveMessageRequest {
+                group: resource("proxy-group"),
+                message_queue: Some(q.clone()),
+                filter_expression: Some(v2::FilterExpression {
+                    r#type: v2::FilterType::Tag as i32,
+                    expression: "*".into(),
+                }),
+                batch_size: 16,
+                invisible_duration: Some(prost_types::Duration {
+                    seconds: 30,
+                    nanos: 0,
+                }),
+                auto_renew: false,
+                long_polling_timeout: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let group = q.broker.as_ref().unwrap().name.clone();
+        let mut handles = Vec::new();
+        while let Some(item) = s.message().await.unwrap() {
+            if let Some(receive_message_response::Content::Message(m)) = item.content {
+                let sp = m.system_properties.unwrap();
+                let h = sp.receipt_handle.unwrap();
+                assert!(
+                    h.starts_with(&format!("P1{:02x}{group}", group.len())),
+                    "{h}"
+                );
+                handles.push((sp.message_id, h));
+            }
+        }
+        got += handles.len();
+        for (i, (id, h)) in handles.into_iter().enumerate() {
+            if i % 2 == 0 {
+                let r = cl
+                    .ack_message(v2::AckMessageRequest {
+                        group: resource("proxy-group"),
+                        topic: resource("pt"),
+                        entries: vec![v2::AckMessageEntry {
+                            message_id: id,
+                            receipt_handle: h.clone(),
+                            lite_topic: None,
+                        }],
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(r.status.unwrap().code, v2::Code::Ok as i32);
+                assert_eq!(r.entries[0].receipt_handle, h);
+                acked += 1;
+            } else {
+                let r = cl
+                    .change_invisible_duration(v2::ChangeInvisibleDurationRequest {
+                        group: resource("proxy-group"),
+                        topic: resource("pt"),
+                        receipt_handle: h.clone(),
+                        invisible_duration: Some(prost_types::Duration {
+                            seconds: 60,
+                            nanos: 0,
+                        }),
+                        message_id: id,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(r.status.unwrap().code, v2::Code::Ok as i32);
+                assert!(r.receipt_handle.starts_with("P1") && r.receipt_handle != h);
+            }
+        }
+    }
+    assert_eq!(got, 8, "every message received through the proxy");
+    assert_eq!(acked, 4);
+    // A handle the proxy did not issue and that names no group of the topic is refused.
+    let r = cl
+        .ack_message(v2::AckMessageRequest {
+            group: resource("proxy-group"),
+            topic: resource("nope"),
+            entries: vec![v2::AckMessageEntry {
+                message_id: "x".into(),
+                receipt_handle: "00ff".into(),
+                lite_topic: None,
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.entries[0].status.as_ref().unwrap().code,
+        v2::Code::InvalidReceiptHandle as i32
+    );
+}
+
+/// The group's only master is killed -9: a send through the proxy is held (not failed at
+/// once) and, when the broker is back on its address within the hold, completes with OK.
+/// When nothing comes back, the client hears HA_NOT_AVAILABLE before its own deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_holds_a_send_while_the_group_has_no_master() {
+    // A hold long enough for a debug-build broker to restart on a loaded machine.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("namesrv.toml");
+    std::fs::write(&cfg, "[proxy]\nhold_ms = 15000\n").unwrap();
+    let namesrv = Node::spawn(
+        "namesrv",
+        &[
+            "namesrv".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--config".into(),
+            cfg.display().to_string(),
+        ],
+        dir.path(),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    let mut c = Cluster {
+        dir,
+        namesrv,
+        brokers: Vec::new(),
+    };
+    c.add_broker("broker-a", &["--topic".into(), "ph:1".into()])
+        .unwrap();
+    let ns = c.namesrv.addr.clone();
+    route(&ns, "ph", false, Duration::from_secs(20)).await;
+    let broker_addr = c.brokers[0].addr.clone();
+    let send = |id: &str, timeout: Duration| {
+        let ns = ns.clone();
+        let msg = raw_message("ph", id, 0);
+        async move {
+            let mut req = tonic::Request::new(v2::SendMessageRequest {
+                messages: vec![msg],
+            });
+            req.set_timeout(timeout);
+            let t = Instant::now();
+            let r = client(&ns).await.send_message(req).await;
+            (r.map(|r| r.into_inner()), t.elapsed())
+        }
+    };
+    let (r, _) = send("PH0001", Duration::from_secs(3)).await;
+    assert_eq!(r.unwrap().status.unwrap().code, v2::Code::Ok as i32);
+
+    // Down: held, then HA_NOT_AVAILABLE inside the client's 3 s (the hold is bounded by
+    // the client's deadline less a margin).
+    c.brokers[0].kill9();
+    let (r, took) = send("PH0002", Duration::from_secs(3)).await;
+    let st = r
+        .expect("the proxy answers before the deadline")
+        .status
+        .unwrap();
+    assert_eq!(st.code, v2::Code::HaNotAvailable as i32, "{st:?}");
+    assert!(
+        took >= Duration::from_millis(2000) && took < Duration::from_secs(3),
+        "held for {took:?}"
+    );
+
+    // Back within the hold: the held send completes.
+    let data = c.dir.path().join("broker-a");
+    let args: Vec<String> = vec![
+        "broker".into(),
+        "--broker-name".into(),
+        "broker-a".into(),
+        "--listen".into(),
+        broker_addr.clone(),
+        "--namesrv".into(),
+        ns.clone(),
+        "--data-dir".into(),
+        data.display().to_string(),
+        "--heartbeat-ms".into(),
+        "200".into(),
+        "--topic".into(),
+        "ph:1".into(),
+    ];
+    let held = tokio::spawn(send("PH0003", Duration::from_secs(20)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let node = Node::spawn("broker-a-2", &args, c.dir.path(), Duration::from_secs(20)).unwrap();
+    c.brokers[0] = node;
+    let (r, took) = held.await.unwrap();
+    let r = r.unwrap();
+    assert_eq!(
+        r.status.as_ref().unwrap().code,
+        v2::Code::Ok as i32,
+        "held send after {took:?}: {r:?}"
+    );
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+}
