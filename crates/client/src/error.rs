@@ -146,6 +146,12 @@ pub struct SendError {
     pub topic: String,
     /// Name of the broker of the last attempt, if one was chosen.
     pub broker: Option<String>,
+    /// Whether the message may be stored after all: some attempt timed out, lost its
+    /// connection, or was answered with a code that comes after the append
+    /// (MASTER_/SLAVE_PERSISTENCE_TIMEOUT, INTERNAL_ERROR...). `false` means every attempt
+    /// was refused before anything was stored (e.g. HA_NOT_AVAILABLE, a 4xx code): the
+    /// message is definitely not stored. See docs/failover.md, "What a failed send means".
+    pub maybe_stored: bool,
 }
 
 impl SendError {

@@ -292,6 +292,7 @@ impl Producer {
                     message_id: receipt.message_id,
                     topic: receipt.topic,
                     broker: Some(receipt.broker),
+                    maybe_stored: true,
                 };
                 self.report(&err);
                 Err(err)
@@ -451,6 +452,7 @@ impl Producer {
                 message_id,
                 topic: message.topic,
                 broker: None,
+                maybe_stored: false,
             });
         }
         if let Err((code, reason)) = message.validate() {
@@ -462,6 +464,7 @@ impl Producer {
                 message_id,
                 topic: message.topic,
                 broker: None,
+                maybe_stored: false,
             };
             self.report(&err);
             return Err(err);
@@ -528,6 +531,7 @@ impl Producer {
         let max_attempts = if p.wire.alone { 1 } else { cfg.max_attempts };
         let mut previous: Option<Arc<BrokerHandle>> = None;
         let mut attempt_no = 0u32;
+        let mut maybe_stored = false;
         loop {
             attempt_no += 1;
             let attempt = match first.take() {
@@ -539,6 +543,7 @@ impl Producer {
                 Err(e) => e,
             };
             let verdict = retry::classify(&err, attempt.other_broker);
+            maybe_stored |= retry::may_have_stored(&err);
             let now = Instant::now();
             if verdict.retry
                 && let Some(b) = &attempt.broker
@@ -563,6 +568,7 @@ impl Producer {
                     message_id: p.message_id,
                     topic: p.topic,
                     broker: attempt.broker.map(|b| b.name.clone()),
+                    maybe_stored,
                 };
                 self.report(&err);
                 return Err(err);
@@ -657,6 +663,8 @@ fn joined(e: &tokio::task::JoinError) -> SendError {
         message_id: String::new(),
         topic: String::new(),
         broker: None,
+        // It may have been in flight.
+        maybe_stored: true,
     }
 }
 

@@ -99,6 +99,27 @@ pub(crate) fn classify(err: &AttemptError, other_broker: bool) -> Verdict {
     }
 }
 
+/// Whether a failed attempt may have stored the message: no answer (transport failure,
+/// timeout), or a code the broker gives after the append. Refusals before the append
+/// (HA_NOT_AVAILABLE, TOO_MANY_REQUESTS, validation and permission codes), no route and
+/// shutdown mean it was not stored.
+pub(crate) fn may_have_stored(err: &AttemptError) -> bool {
+    match err {
+        AttemptError::Transport(_) | AttemptError::Timeout => true,
+        AttemptError::NoRoute(_) | AttemptError::Closed => false,
+        AttemptError::Status { code, .. } => matches!(
+            Code::try_from(*code),
+            Ok(Code::MasterPersistenceTimeout
+                | Code::SlavePersistenceTimeout
+                | Code::InternalError
+                | Code::InternalServerError
+                | Code::ProxyTimeout
+                | Code::RequestTimeout)
+                | Err(_)
+        ),
+    }
+}
+
 /// Delay before attempt `failed_attempt + 1` (`failed_attempt` >= 1):
 /// `initial * multiplier^(failed_attempt - 1)`, times the throttle factor
 /// after TOO_MANY_REQUESTS, capped at the configured max (the throttled
@@ -124,6 +145,29 @@ mod tests {
             code: code as i32,
             message: String::new(),
         }
+    }
+
+    #[test]
+    fn only_refusals_before_the_append_mean_not_stored() {
+        for code in [
+            Code::HaNotAvailable,
+            Code::TooManyRequests,
+            Code::BadRequest,
+            Code::TopicNotFound,
+            Code::Forbidden,
+        ] {
+            assert!(!may_have_stored(&status(code)), "{code:?}");
+        }
+        for code in [
+            Code::MasterPersistenceTimeout,
+            Code::SlavePersistenceTimeout,
+            Code::InternalError,
+        ] {
+            assert!(may_have_stored(&status(code)), "{code:?}");
+        }
+        assert!(may_have_stored(&AttemptError::Timeout));
+        assert!(may_have_stored(&AttemptError::Transport("reset".into())));
+        assert!(!may_have_stored(&AttemptError::NoRoute("none".into())));
     }
 
     #[test]

@@ -279,8 +279,10 @@ impl Tracker {
     }
 
     /// Waits until every in-sync slave acked `offset` (the caller holds the master's own
-    /// fsync). Fails with HA_NOT_AVAILABLE when the in-sync set shrinks below the minimum or
-    /// the term ends, and SLAVE_PERSISTENCE_TIMEOUT after `timeout`.
+    /// fsync). Fails with SLAVE_PERSISTENCE_TIMEOUT when the in-sync set shrinks below the
+    /// minimum, the term ends, or `timeout` passes: the record is in this log already, so
+    /// the answer means "may be stored" (HA_NOT_AVAILABLE is kept for refusals before the
+    /// append, which mean "not stored").
     pub async fn wait_replicated(&self, offset: u64, timeout: Duration) -> Result<(), BrokerError> {
         let mut rx = self.tx.subscribe();
         let term = rx.borrow().term;
@@ -298,14 +300,14 @@ impl Tracker {
             }
         };
         if s.term != term {
-            return Err(BrokerError::NotAvailable(
+            return Err(BrokerError::SlavePersistence(
                 "broker stopped being master before the message was replicated".into(),
             ));
         }
         if s.replicated >= offset && s.in_sync + 1 >= min {
             return Ok(());
         }
-        Err(BrokerError::NotAvailable(format!(
+        Err(BrokerError::SlavePersistence(format!(
             "in-sync replicas fell to {} of {} required before offset {offset} was replicated",
             s.in_sync + 1,
             min
@@ -361,7 +363,7 @@ mod tests {
         t.ack(id, 600, 5000);
         assert!(t.check_available().is_err());
         let w = t.wait_replicated(700, Duration::from_secs(5)).await;
-        assert!(matches!(w, Err(BrokerError::NotAvailable(_))), "{w:?}");
+        assert!(matches!(w, Err(BrokerError::SlavePersistence(_))), "{w:?}");
         // Catches up: rejoins.
         t.ack(id, 5000, 5000);
         assert!(t.check_available().is_ok());
@@ -430,7 +432,7 @@ mod tests {
         t.reset_term();
         assert!(matches!(
             w.await.unwrap(),
-            Err(BrokerError::NotAvailable(_))
+            Err(BrokerError::SlavePersistence(_))
         ));
     }
 

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sofamq_client::{
-    Code, ConsumerConfig, FailureKind, Message, Producer, ProducerConfig, ReceivedMessage,
-    SendError, SimpleConsumer, TransactionResolution,
+    ConsumerConfig, FailureKind, Message, Producer, ProducerConfig, ReceivedMessage, SendError,
+    SimpleConsumer, TransactionResolution,
 };
 use tokio::task::JoinHandle;
 
@@ -131,33 +131,13 @@ pub struct Workload {
     consumers: Vec<JoinHandle<()>>,
 }
 
-/// Retryable status codes (the SDK retries them; a final one is not a definite rejection).
-fn retryable(code: Option<Code>) -> bool {
-    matches!(
-        code,
-        Some(
-            Code::TooManyRequests
-                | Code::MasterPersistenceTimeout
-                | Code::SlavePersistenceTimeout
-                | Code::InternalError
-                | Code::InternalServerError
-                | Code::ProxyTimeout
-                | Code::RequestTimeout
-                | Code::HaNotAvailable
-                | Code::TopicNotFound
-        )
-    )
-}
-
-/// Failed only when the one attempt was rejected outright with a non-retryable code (or the
-/// SDK rejected it before any attempt); anything else may have been stored.
+/// Failed (definitely not stored) when the SDK says no attempt may have stored it: every
+/// attempt was refused before the append (HA_NOT_AVAILABLE, validation...) or never sent.
+/// Anything else (a timeout, a lost connection, a persistence timeout) may be stored.
+/// The checker then counts a "failed" message that shows up as aborted, so this contract
+/// between broker codes, SDK and checker is itself under test.
 pub fn classify(e: &SendError) -> SendOutcome {
-    let definite = match e.kind {
-        FailureKind::Invalid => true,
-        FailureKind::Status => e.attempts <= 1 && !retryable(e.code_enum()),
-        _ => false,
-    };
-    if definite {
+    if !e.maybe_stored || e.kind == FailureKind::Invalid {
         SendOutcome::Failed {
             code: e.code,
             message: e.message.clone(),
