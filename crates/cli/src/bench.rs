@@ -331,8 +331,8 @@ pub struct Load {
     pub json: Option<PathBuf>,
 }
 
-/// Creates the topic on every master when `--queues` asks for it.
-async fn ensure_topic(load: &Load) -> anyhow::Result<()> {
+/// Creates the topic (of type `ty`) on every master when `--queues` asks for it.
+async fn ensure_topic(load: &Load, ty: sofamq_proto::v2::MessageType) -> anyhow::Result<()> {
     let Some(queues) = load.queues else {
         return Ok(());
     };
@@ -346,7 +346,7 @@ async fn ensure_topic(load: &Load) -> anyhow::Result<()> {
                 topic: Some(sofamq_proto::admin::TopicSpec {
                     name: load.topic.clone(),
                     queue_count: queues,
-                    message_type: sofamq_proto::v2::MessageType::Normal as i32,
+                    message_type: ty as i32,
                     perm: 0,
                 }),
             })
@@ -387,6 +387,13 @@ pub struct Send {
     /// Max concurrent requests per broker in the SDK (default: the SDK's own).
     #[arg(long)]
     pub max_inflight_requests: Option<usize>,
+    /// Send DELAY messages due this long after each send (e.g. `1h`, so they stay
+    /// pending); the topic must be a DELAY topic (`--queues` creates it as one).
+    #[arg(long, value_parser = crate::timefmt::parse_duration)]
+    pub delay: Option<Duration>,
+    /// With `--delay`: spread the due times evenly over `[delay, delay + spread)`.
+    #[arg(long, value_parser = crate::timefmt::parse_duration, requires = "delay")]
+    pub delay_spread: Option<Duration>,
 }
 
 impl Send {
@@ -406,7 +413,56 @@ impl Send {
         serde_json::json!({
             "producers": self.producers, "inflight": self.inflight, "batch": self.batch,
             "count": self.count, "seconds": self.seconds,
+            "delay_ms": self.delay.map(|d| d.as_millis() as u64),
+            "delay_spread_ms": self.delay_spread.map(|d| d.as_millis() as u64),
         })
+    }
+
+    /// The message type of the topic these sends need.
+    fn topic_type(&self) -> sofamq_proto::v2::MessageType {
+        match self.delay {
+            Some(_) => sofamq_proto::v2::MessageType::Delay,
+            None => sofamq_proto::v2::MessageType::Normal,
+        }
+    }
+}
+
+/// When the messages of a `--delay` run are due: `delay` after the send, plus an offset in
+/// `[0, spread)` that visits the range evenly (a golden-ratio sequence over the message
+/// number), so a long run lays its timers over the whole range.
+#[derive(Debug, Clone, Copy, Default)]
+struct DueTimes {
+    delay: Option<Duration>,
+    spread: Duration,
+}
+
+impl DueTimes {
+    fn of(send: &Send) -> Self {
+        Self {
+            delay: send.delay,
+            spread: send.delay_spread.unwrap_or_default(),
+        }
+    }
+
+    /// The offset into the spread of message number `n`.
+    fn offset(&self, n: u64) -> Duration {
+        let ms = self.spread.as_millis() as u64;
+        if ms == 0 {
+            return Duration::ZERO;
+        }
+        // Fractional part of n * (golden ratio - 1), as a 64-bit fixed-point fraction.
+        let frac = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        Duration::from_millis(((u128::from(frac) * u128::from(ms)) >> 64) as u64)
+    }
+
+    /// The message to send: plain, or due at `now + delay + offset(n)`.
+    fn message(&self, topic: &str, body: bytes::Bytes, n: u64) -> Message {
+        match self.delay {
+            None => Message::new(topic.to_string(), body),
+            Some(d) => Message::builder(topic.to_string(), body)
+                .delivery_timestamp(SystemTime::now() + d + self.offset(n))
+                .build(),
+        }
     }
 }
 
@@ -421,6 +477,8 @@ async fn start_senders(
     let mut producers = Vec::new();
     let mut tasks = Vec::new();
     let pad = bytes::Bytes::from(vec![b'x'; load.size]);
+    let due = DueTimes::of(send);
+    let seq = Arc::new(AtomicU64::new(0));
     for _ in 0..send.producers {
         let mut cfg = ProducerConfig::new([load.access_point.clone()])
             .with_batch_limits(send.max_request_messages.max(send.batch), 16 << 20);
@@ -430,15 +488,16 @@ async fn start_senders(
         let producer = Producer::start(cfg).await?;
         // Resolve the route before timing.
         producer
-            .send(Message::new(load.topic.clone(), vec![b'w'; load.size]))
+            .send(due.message(&load.topic, vec![b'w'; load.size].into(), 0))
             .await
             .context("warm-up send")?;
         for _ in 0..send.inflight {
-            let (p, topic, live, pad) = (
+            let (p, topic, live, pad, seq) = (
                 producer.clone(),
                 load.topic.clone(),
                 live.clone(),
                 pad.clone(),
+                seq.clone(),
             );
             let (batch, size) = (send.batch as u64, load.size);
             tasks.push(tokio::spawn(async move {
@@ -448,13 +507,14 @@ async fn start_senders(
                         break;
                     }
                     let t0 = Instant::now();
+                    let first = seq.fetch_add(n, Ordering::Relaxed);
                     let ok = if n == 1 {
-                        p.send(Message::new(topic.clone(), body(size, &pad)))
+                        p.send(due.message(&topic, body(size, &pad), first))
                             .await
                             .is_ok()
                     } else {
-                        let msgs = (0..n)
-                            .map(|_| Message::new(topic.clone(), body(size, &pad)))
+                        let msgs = (first..first + n)
+                            .map(|i| due.message(&topic, body(size, &pad), i))
                             .collect();
                         p.send_batch(msgs).await.is_ok()
                     };
@@ -518,7 +578,7 @@ pub struct ProduceBenchArgs {
 pub async fn bench_produce(args: ProduceBenchArgs) -> anyhow::Result<()> {
     args.send.check()?;
     install_client_metrics();
-    ensure_topic(&args.load).await?;
+    ensure_topic(&args.load, args.send.topic_type()).await?;
     let live = Live::new(args.send.count);
     let (producers, tasks) = start_senders(&args.load, &args.send, &live, plain_body).await?;
     let seconds = drive(&args.send, &live, &tasks).await;
@@ -577,7 +637,7 @@ pub async fn bench_consume(args: ConsumeBenchArgs) -> anyhow::Result<()> {
         "--batch and --consumers must be positive"
     );
     install_client_metrics();
-    ensure_topic(&args.load).await?;
+    ensure_topic(&args.load, sofamq_proto::v2::MessageType::Normal).await?;
     let mut produce_rate = 0.0;
     if args.preload > 0 {
         let send = Send {
@@ -589,6 +649,8 @@ pub async fn bench_consume(args: ConsumeBenchArgs) -> anyhow::Result<()> {
             warmup: 0.0,
             max_request_messages: 256,
             max_inflight_requests: None,
+            delay: None,
+            delay_spread: None,
         };
         let live = Live::new(Some(args.preload));
         let (producers, tasks) = start_senders(&args.load, &send, &live, plain_body).await?;
@@ -735,7 +797,7 @@ pub async fn bench_e2e(args: E2eBenchArgs) -> anyhow::Result<()> {
         "--consumers and --receive-batch must be positive"
     );
     install_client_metrics();
-    ensure_topic(&args.load).await?;
+    ensure_topic(&args.load, args.send.topic_type()).await?;
     let group = args
         .group
         .clone()
@@ -844,6 +906,327 @@ pub async fn bench_e2e(args: E2eBenchArgs) -> anyhow::Result<()> {
     report.finish(args.load.json.as_ref())
 }
 
+// ------------------------------------------------------------------ timers
+
+/// Marks bodies written by `bench timers`: magic, run id, due time (ms since the epoch),
+/// sequence number.
+const TIMER_MAGIC: &[u8; 8] = b"SOFATMR1";
+const TIMER_HEADER: usize = 32;
+
+fn timer_body(size: usize, pad: &bytes::Bytes, due_ms: u64, seq: u64) -> bytes::Bytes {
+    let mut b = Vec::with_capacity(size.max(TIMER_HEADER));
+    b.extend_from_slice(TIMER_MAGIC);
+    b.extend_from_slice(&run_id().to_be_bytes());
+    b.extend_from_slice(&due_ms.to_be_bytes());
+    b.extend_from_slice(&seq.to_be_bytes());
+    if size > TIMER_HEADER {
+        b.extend_from_slice(&pad[..size - TIMER_HEADER]);
+    }
+    bytes::Bytes::from(b)
+}
+
+/// `(due ms, sequence number)` of a body written by this run, if it is one.
+fn timer_body_of(body: &[u8]) -> Option<(u64, u64)> {
+    if body.len() < TIMER_HEADER || &body[..8] != TIMER_MAGIC {
+        return None;
+    }
+    let word = |i: usize| body[i..i + 8].try_into().ok().map(u64::from_be_bytes);
+    (word(8)? == run_id()).then_some((word(16)?, word(24)?))
+}
+
+fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+/// How many messages a paced sender should have started `elapsed` into the run.
+fn paced_target(rate: f64, elapsed: Duration, total: u64) -> u64 {
+    ((elapsed.as_secs_f64() * rate) as u64).min(total)
+}
+
+/// Options of `sofamq bench timers`.
+#[derive(Args, Debug)]
+pub struct TimersBenchArgs {
+    #[command(flatten)]
+    pub load: Load,
+    /// Timers sent per second, at a steady pace (so as many fall due per second).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Each timer is due this long after its send.
+    #[arg(long, default_value = "5s", value_parser = crate::timefmt::parse_duration)]
+    pub delay: Duration,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 30.0)]
+    pub seconds: f64,
+    /// Most sends awaiting their receipt at once.
+    #[arg(long, default_value_t = 256)]
+    pub inflight: usize,
+    /// Concurrent consumers (receive + ack loops).
+    #[arg(long, default_value_t = 4)]
+    pub consumers: usize,
+    /// Messages per receive.
+    #[arg(long, default_value_t = 32)]
+    pub receive_batch: u32,
+    /// Consumer group (default: a fresh one).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// After the last timer is due, how long to wait for the rest to arrive.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain_seconds: f64,
+}
+
+/// What the consumers of `bench timers` collect.
+struct TimerRecv {
+    /// Receive wall-clock time minus due time, µs (late side; early ones counted apart).
+    late: Histogram<u64>,
+    /// Store timestamp of the delivered copy minus due time, µs.
+    store_late: Histogram<u64>,
+    /// Received before their due time (receive clock).
+    early: u64,
+    /// Stored (delivered copy) before their due time.
+    store_early: u64,
+    seen: std::collections::HashSet<u64>,
+    duplicates: u64,
+}
+
+impl TimerRecv {
+    fn new() -> Self {
+        Self {
+            late: new_hist(),
+            store_late: new_hist(),
+            early: 0,
+            store_early: 0,
+            seen: Default::default(),
+            duplicates: 0,
+        }
+    }
+
+    /// Records one received timer: receive time `now_us`, store time `store_ms`.
+    fn observe(&mut self, due_ms: u64, seq: u64, now_us: u64, store_ms: i64) {
+        if !self.seen.insert(seq) {
+            self.duplicates += 1;
+            return;
+        }
+        let due_us = due_ms.saturating_mul(1000);
+        if now_us < due_us {
+            self.early += 1;
+        }
+        let _ = self
+            .late
+            .record(now_us.saturating_sub(due_us).clamp(1, 600_000_000));
+        if store_ms > 0 {
+            let store_us = (store_ms as u64).saturating_mul(1000);
+            if store_us < due_us {
+                self.store_early += 1;
+            }
+            let _ = self
+                .store_late
+                .record(store_us.saturating_sub(due_us).clamp(1, 600_000_000));
+        }
+    }
+}
+
+fn quantiles_ms(h: &Histogram<u64>) -> serde_json::Value {
+    let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+    serde_json::json!({
+        "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
+        "max": h.max() as f64 / 1000.0, "samples": h.len(),
+    })
+}
+
+/// Sends timers at a steady rate, due `--delay` after each send, while consumers of a group
+/// receive the topic; reports how late each arrived after its due time.
+pub async fn bench_timers(args: TimersBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.rate > 0.0 && args.seconds > 0.0 && args.inflight > 0,
+        "--rate, --seconds and --inflight must be positive"
+    );
+    anyhow::ensure!(
+        args.consumers > 0 && args.receive_batch > 0,
+        "--consumers and --receive-batch must be positive"
+    );
+    install_client_metrics();
+    ensure_topic(&args.load, sofamq_proto::v2::MessageType::Delay).await?;
+    let group = args
+        .group
+        .clone()
+        .unwrap_or_else(|| format!("bench-timers-{}", std::process::id()));
+    let size = args.load.size.max(TIMER_HEADER);
+    let pad = bytes::Bytes::from(vec![b'x'; size]);
+
+    // Receivers first, so the group exists and follows from the start.
+    let recv = Arc::new(Mutex::new(TimerRecv::new()));
+    let received = Arc::new(AtomicU64::new(0));
+    let stop_recv = Arc::new(AtomicBool::new(false));
+    let mut consumers = Vec::new();
+    for _ in 0..args.consumers {
+        let cfg = ConsumerConfig::new([args.load.access_point.clone()], group.clone())
+            .with_long_polling_timeout(Duration::from_millis(500));
+        let c = SimpleConsumer::start(cfg, vec![(args.load.topic.clone(), "*".into())]).await?;
+        let (recv, received, stop, batch) = (
+            recv.clone(),
+            received.clone(),
+            stop_recv.clone(),
+            args.receive_batch,
+        );
+        consumers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let msgs = match c.receive(batch, Duration::from_secs(30)).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "receive failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let now_us = now_ns() / 1000;
+                {
+                    let mut r = recv.lock().unwrap_or_else(|e| e.into_inner());
+                    for m in &msgs {
+                        if let Some((due, seq)) = timer_body_of(&m.body) {
+                            r.observe(due, seq, now_us, m.store_timestamp_ms);
+                            received.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                if !msgs.is_empty() && c.ack_all(&msgs).await.is_err() {
+                    tracing::warn!("ack failed");
+                }
+            }
+            drop(c);
+        }));
+    }
+
+    let producer = Producer::start(
+        ProducerConfig::new([args.load.access_point.clone()]).with_batch_limits(256, 16 << 20),
+    )
+    .await?;
+    // Resolve the route before timing (a timer due at once, from no run: never counted).
+    producer
+        .send_at(
+            Message::new(args.load.topic.clone(), vec![b'w'; 8]),
+            SystemTime::now(),
+        )
+        .await
+        .context("warm-up send")?;
+
+    let total = (args.rate * args.seconds).round() as u64;
+    let sent = Live::new(None);
+    sent.measuring.store(true, Ordering::Relaxed);
+    let slots = Arc::new(tokio::sync::Semaphore::new(args.inflight));
+    // Most sends behind the pace at any tick (the sender could not keep up).
+    let mut max_behind = 0u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    let t0 = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut started = 0u64;
+    let mut last_print = Instant::now();
+    while started < total {
+        tick.tick().await;
+        let target = paced_target(args.rate, t0.elapsed(), total);
+        while started < target {
+            let permit = slots.clone().acquire_owned().await?;
+            let due = SystemTime::now() + args.delay;
+            let due_ms = epoch_ms(due);
+            let msg = Message::builder(
+                args.load.topic.clone(),
+                timer_body(size, &pad, due_ms, started),
+            )
+            .delivery_timestamp(UNIX_EPOCH + Duration::from_millis(due_ms))
+            .build();
+            let (p, live) = (producer.clone(), sent.clone());
+            tasks.spawn(async move {
+                let t = Instant::now();
+                match p.send(msg).await {
+                    Ok(_) => live.record(1, t.elapsed()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "timer send failed");
+                        live.fail(1);
+                    }
+                }
+                drop(permit);
+            });
+            started += 1;
+        }
+        while tasks.try_join_next().is_some() {}
+        max_behind = max_behind.max(paced_target(args.rate, t0.elapsed(), total) - started);
+        if last_print.elapsed() >= Duration::from_secs(5) {
+            last_print = Instant::now();
+            eprintln!(
+                "{:>5.1} s: sent {}, received {}",
+                t0.elapsed().as_secs_f64(),
+                sent.done.load(Ordering::Relaxed),
+                received.load(Ordering::Relaxed)
+            );
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    let send_seconds = t0.elapsed().as_secs_f64();
+    producer.shutdown().await;
+    let ok = sent.done.load(Ordering::Relaxed);
+    // The last timer is due `delay` after the last send; wait for the rest after that.
+    let drain_end = Instant::now() + args.delay + Duration::from_secs_f64(args.drain_seconds);
+    while received.load(Ordering::Relaxed) < ok && Instant::now() < drain_end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if last_print.elapsed() >= Duration::from_secs(5) {
+            last_print = Instant::now();
+            eprintln!(
+                "{:>5.1} s: sent {ok}, received {}",
+                t0.elapsed().as_secs_f64(),
+                received.load(Ordering::Relaxed)
+            );
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    stop_recv.store(true, Ordering::Relaxed);
+    for c in consumers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), c).await;
+    }
+    let r = recv.lock().unwrap_or_else(|e| e.into_inner());
+    let got = r.seen.len() as u64;
+    let send_hist = sent.hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut extra = serde_json::Map::new();
+    extra.insert("sent".into(), ok.into());
+    extra.insert(
+        "send_failed".into(),
+        sent.failed.load(Ordering::Relaxed).into(),
+    );
+    extra.insert("received".into(), got.into());
+    extra.insert("missing".into(), ok.saturating_sub(got).into());
+    extra.insert("duplicates".into(), r.duplicates.into());
+    extra.insert("early".into(), r.early.into());
+    extra.insert(
+        "send_msgs_per_sec".into(),
+        (ok as f64 / send_seconds.max(1e-9)).into(),
+    );
+    extra.insert("max_behind_pace".into(), max_behind.into());
+    extra.insert("send_latency_ms".into(), quantiles_ms(&send_hist));
+    extra.insert(
+        "store_lateness_ms".into(),
+        serde_json::json!({
+            "of": "store timestamp of the delivered copy minus due (ms resolution)",
+            "quantiles": quantiles_ms(&r.store_late),
+            "early": r.store_early,
+        }),
+    );
+    let report = Report {
+        mode: "timers",
+        latency_of: "lateness: receive time minus due time",
+        size,
+        messages: got,
+        failed: sent.failed.load(Ordering::Relaxed),
+        seconds,
+        hist: r.late.clone(),
+        params: serde_json::json!({
+            "rate": args.rate, "delay_ms": args.delay.as_millis() as u64,
+            "seconds": args.seconds, "inflight": args.inflight,
+            "consumers": args.consumers, "receive_batch": args.receive_batch, "group": group,
+        }),
+        extra,
+    };
+    report.finish(args.load.json.as_ref())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -869,5 +1252,60 @@ mod tests {
         assert_eq!(live.claim(4), 4);
         assert_eq!(live.claim(4), 2);
         assert_eq!(live.claim(4), 0);
+    }
+
+    #[test]
+    fn timer_bodies_round_trip_and_lateness_is_recorded_once() {
+        let pad = bytes::Bytes::from(vec![b'x'; 64]);
+        let b = timer_body(64, &pad, 1_000, 7);
+        assert_eq!(b.len(), 64);
+        assert_eq!(timer_body_of(&b), Some((1_000, 7)));
+        assert_eq!(timer_body_of(&e2e_body(64, &pad)), None);
+        let mut r = TimerRecv::new();
+        r.observe(1_000, 7, 1_020_000, 1_010);
+        r.observe(1_000, 7, 1_030_000, 1_010); // a redelivery
+        r.observe(2_000, 8, 1_999_000, 0); // early, no store time
+        assert_eq!(
+            (r.seen.len(), r.duplicates, r.early, r.store_early),
+            (2, 1, 1, 0)
+        );
+        assert_eq!(r.late.len(), 2);
+        assert_eq!(r.store_late.len(), 1);
+        assert!(r.late.equivalent(r.late.max(), 20_000));
+    }
+
+    #[test]
+    fn pace_and_due_spread() {
+        assert_eq!(
+            paced_target(1000.0, Duration::from_millis(1500), 10_000),
+            1500
+        );
+        assert_eq!(
+            paced_target(1000.0, Duration::from_secs(60), 10_000),
+            10_000
+        );
+        let d = DueTimes {
+            delay: Some(Duration::from_secs(3600)),
+            spread: Duration::from_secs(3600),
+        };
+        // The offsets cover the spread evenly: every tenth of it gets about a tenth.
+        let mut tenths = [0u32; 10];
+        for n in 0..10_000 {
+            let o = d.offset(n);
+            assert!(o < d.spread);
+            tenths[(o.as_millis() * 10 / d.spread.as_millis()) as usize] += 1;
+        }
+        assert!(
+            tenths.iter().all(|&c| (900..=1100).contains(&c)),
+            "{tenths:?}"
+        );
+        assert_eq!(DueTimes::default().offset(5), Duration::ZERO);
+        assert!(
+            DueTimes::default()
+                .message("t", "b".into(), 0)
+                .delivery_timestamp()
+                .is_none()
+        );
+        assert!(d.message("t", "b".into(), 0).delivery_timestamp().is_some());
     }
 }

@@ -71,6 +71,8 @@ enum BenchCmd {
     Consume(bench::ConsumeBenchArgs),
     /// Send-to-receive latency: producers and consumers together.
     E2e(bench::E2eBenchArgs),
+    /// Timer (DELAY) lateness: steady-rate timers, received by a consumer group.
+    Timers(bench::TimersBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -109,6 +111,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(BenchCmd::Produce(a)) => bench::bench_produce(a).await,
             Command::Bench(BenchCmd::Consume(a)) => bench::bench_consume(a).await,
             Command::Bench(BenchCmd::E2e(a)) => bench::bench_e2e(a).await,
+            Command::Bench(BenchCmd::Timers(a)) => bench::bench_timers(a).await,
             Command::Admin(c) => admin::run(c).await,
             Command::Chaos(a) => chaos::run(a).await,
             Command::Bench(BenchCmd::Store(_)) => unreachable!("handled above"),
