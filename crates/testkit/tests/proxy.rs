@@ -134,6 +134,45 @@ async fn proxy_routes_name_the_access_point_and_forward_every_rpc() {
     let broker_addrs: std::collections::BTreeSet<_> = direct.iter().map(addr_of).collect();
     assert_eq!(broker_addrs.len(), 2);
 
+    // Assignments (push consumers) name the proxy too, once per queue of every group.
+    let a = client(&ns)
+        .await
+        .query_assignment(v2::QueryAssignmentRequest {
+            topic: resource("pt"),
+            group: resource("proxy-group"),
+            endpoints: Some(endpoints_of(&ns)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        a.status.as_ref().unwrap().code,
+        v2::Code::Ok as i32,
+        "{a:?}"
+    );
+    let assigned: Vec<_> = a
+        .assignments
+        .iter()
+        .map(|x| x.message_queue.clone().unwrap())
+        .collect();
+    assert!(assigned.iter().all(|q| addr_of(q) == ns), "{assigned:?}");
+    let keys: std::collections::BTreeSet<_> = assigned
+        .iter()
+        .map(|q| (q.broker.as_ref().unwrap().name.clone(), q.id))
+        .collect();
+    assert_eq!(
+        keys.len(),
+        assigned.len(),
+        "no duplicate assignment: {assigned:?}"
+    );
+    assert_eq!(
+        keys.iter()
+            .map(|k| &k.0)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        2
+    );
+
     // Sends through the proxy reach both groups.
     let mut cl = client(&ns).await;
     for i in 0..8 {

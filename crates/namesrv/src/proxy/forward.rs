@@ -496,8 +496,9 @@ pub async fn notify_client_termination(
     NotifyClientTerminationResponse { status: Some(ok()) }
 }
 
-/// QueryAssignment: every broker group of the topic, assignments merged, each queue's
-/// endpoints replaced by `endpoints` (this proxy).
+/// QueryAssignment: to one broker group of the topic (a broker answers with the queues of
+/// every group, from the topic's route), each queue's endpoints replaced by `endpoints`
+/// (this proxy).
 pub async fn query_assignment(
     p: &Proxy,
     md: MetadataMap,
@@ -509,52 +510,18 @@ pub async fn query_assignment(
         status: Some(s),
         assignments: Vec::new(),
     };
-    let routes = p.topic_routes(&topic);
-    let mut groups: Vec<String> = routes
-        .iter()
-        .filter(|r| r.topic.perm & PERM_READ != 0)
-        .map(|r| r.broker_name.clone())
-        .collect();
-    groups.dedup();
-    if groups.is_empty() {
-        match first_group(p, &topic) {
-            Some(g) => groups.push(g),
-            None => {
-                return fail(status(
-                    Code::TopicNotFound,
-                    format!("topic '{topic}' not found"),
-                ));
-            }
+    let deadline = p.hold_deadline(&md);
+    let group = match group_for_topic(p, &topic, PERM_READ, None, deadline).await {
+        Ok((g, _)) => g,
+        Err(s) => return fail(s),
+    };
+    let mut resp = unary!(p, md, group, req, query_assignment, fail);
+    for a in &mut resp.assignments {
+        if let Some(b) = a.message_queue.as_mut().and_then(|q| q.broker.as_mut()) {
+            b.endpoints = Some(endpoints.clone());
         }
     }
-    let mut assignments = Vec::new();
-    let mut last_err: Option<Status> = None;
-    for group in groups {
-        let resp = unary!(p, md, group, req.clone(), query_assignment, fail);
-        if resp
-            .status
-            .as_ref()
-            .is_some_and(|s| s.code == Code::Ok as i32)
-        {
-            for mut a in resp.assignments {
-                if let Some(b) = a.message_queue.as_mut().and_then(|q| q.broker.as_mut()) {
-                    b.endpoints = Some(endpoints.clone());
-                }
-                assignments.push(a);
-            }
-        } else {
-            last_err = resp.status;
-        }
-    }
-    if assignments.is_empty()
-        && let Some(s) = last_err
-    {
-        return fail(s);
-    }
-    QueryAssignmentResponse {
-        status: Some(ok()),
-        assignments,
-    }
+    resp
 }
 
 /// ReceiveMessage: streamed from the queue's group; receipt handles wrapped. Held while the
