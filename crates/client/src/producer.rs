@@ -532,8 +532,10 @@ impl Producer {
         let mut previous: Option<Arc<BrokerHandle>> = None;
         let mut attempt_no = 0u32;
         let mut maybe_stored = false;
+        let mut routes_changed = self.inner.routes.generation();
         loop {
             attempt_no += 1;
+            routes_changed.borrow_and_update();
             let attempt = match first.take() {
                 Some(a) => a,
                 None => self.attempt(&p, previous.as_deref()).await,
@@ -587,7 +589,17 @@ impl Producer {
             {
                 tracing::debug!(topic = %p.topic, error = ?e, "route refresh after failure failed");
             }
-            tokio::time::sleep(retry::backoff(cfg, attempt_no, verdict.throttled)).await;
+            // A route that changed since this attempt (a new master) ends the wait early;
+            // a throttled broker gets its whole backoff.
+            let wait = retry::backoff(cfg, attempt_no, verdict.throttled);
+            if verdict.throttled {
+                tokio::time::sleep(wait).await;
+            } else if !routes_changed.has_changed().unwrap_or(false) {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = routes_changed.changed() => {}
+                }
+            }
             previous = attempt.broker;
         }
     }

@@ -92,6 +92,9 @@ pub(crate) struct RouteCache {
     sessions: Arc<Sessions>,
     headers: Arc<RequestHeaders>,
     timeout: Duration,
+    /// Bumped whenever a fetched route names other masters than the cached one (a
+    /// failover): senders waiting out a retry backoff wake on it.
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl RouteCache {
@@ -113,7 +116,13 @@ impl RouteCache {
             sessions,
             headers,
             timeout,
+            generation: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Watches route changes (see [`RouteCache::generation`]'s field doc).
+    pub(crate) fn generation(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// The cached route of `topic`, fetched if not cached yet.
@@ -216,10 +225,21 @@ impl RouteCache {
         }
         tracing::debug!(%topic, brokers = ?masters, "route updated");
         let route = Arc::new(TopicRoute::new(brokers));
-        self.routes
+        let old = self
+            .routes
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(topic.to_string(), route.clone());
+        let same = old.is_some_and(|o| {
+            o.brokers.len() == route.brokers.len()
+                && o.brokers
+                    .iter()
+                    .zip(&route.brokers)
+                    .all(|(a, b)| a.name == b.name && a.addr == b.addr)
+        });
+        if !same {
+            self.generation.send_modify(|g| *g += 1);
+        }
         Ok(route)
     }
 

@@ -307,6 +307,38 @@ async fn route_refresh_after_failure_picks_up_new_broker() {
     producer.shutdown().await;
 }
 
+/// A failover seen by the periodic route refresh ends a retry's backoff at once: the send
+/// does not wait out a long backoff once the route names a new master.
+#[tokio::test]
+async fn a_route_change_ends_the_retry_backoff() {
+    let namesrv = Fake::start("namesrv").await;
+    let new = Fake::start("broker-new").await;
+    namesrv
+        .state
+        .set_route(vec![("broker-a".into(), dead_addr())]);
+    let cfg = config(&[&namesrv.addr])
+        .with_retry_backoff(Duration::from_secs(5), Duration::from_secs(5), 2.0)
+        .with_route_refresh_interval(Duration::from_millis(100));
+    let producer = Producer::start(cfg).await.unwrap();
+    let started = Instant::now();
+    let send = tokio::spawn({
+        let p = producer.clone();
+        async move { p.send(Message::new("TopicW", "x")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    namesrv
+        .state
+        .set_route(vec![("broker-a".into(), new.addr.clone())]);
+    let receipt = send.await.unwrap().unwrap();
+    assert_eq!(new.state.received_ids(), vec![receipt.message_id]);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "waited out the 5 s backoff: {:?}",
+        started.elapsed()
+    );
+    producer.shutdown().await;
+}
+
 #[tokio::test]
 async fn routes_are_refreshed_periodically() {
     let a = Fake::start("broker-a").await;
