@@ -99,6 +99,14 @@ pub struct Record {
 }
 
 impl Record {
+    /// The value of property `key`, if the record has it.
+    pub fn property(&self, key: &str) -> Option<&str> {
+        self.properties
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// Offset just past this record.
     pub fn next_offset(&self) -> u64 {
         self.log_offset + u64::from(self.size)

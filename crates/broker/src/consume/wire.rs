@@ -33,17 +33,11 @@ pub fn md5_upper_hex(body: &[u8]) -> String {
     hex::encode_upper(Md5::digest(body))
 }
 
-fn prop<'a>(rec: &'a Record, key: &str) -> Option<&'a str> {
-    rec.properties
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-}
-
 /// Converts `rec` for delivery. `topic_type` fills the message type when the
 /// record does not carry one; `store_host` names this broker.
 pub fn to_wire(rec: &Record, topic_type: TopicType, store_host: &str, d: &Delivery) -> Message {
-    let message_type = prop(rec, keys::TYPE)
+    let message_type = rec
+        .property(keys::TYPE)
         .and_then(|v| v.parse::<i32>().ok())
         .unwrap_or(match topic_type {
             TopicType::Normal => MessageType::Normal as i32,
@@ -51,10 +45,12 @@ pub fn to_wire(rec: &Record, topic_type: TopicType, store_host: &str, d: &Delive
             TopicType::Delay => MessageType::Delay as i32,
             TopicType::Transaction => MessageType::Transaction as i32,
         });
-    let body_encoding = prop(rec, keys::ENCODING)
+    let body_encoding = rec
+        .property(keys::ENCODING)
         .and_then(|v| v.parse::<i32>().ok())
         .unwrap_or(Encoding::Identity as i32);
-    let keys_list = prop(rec, keys::KEYS)
+    let keys_list = rec
+        .property(keys::KEYS)
         .map(|k| k.split(keys::KEY_SEP).map(str::to_string).collect())
         .unwrap_or_default();
     let user_properties = rec
@@ -66,7 +62,7 @@ pub fn to_wire(rec: &Record, topic_type: TopicType, store_host: &str, d: &Delive
     let system_properties = SystemProperties {
         tag: (!rec.tag.is_empty()).then(|| rec.tag.clone()),
         keys: keys_list,
-        message_id: prop(rec, keys::MSG_ID).unwrap_or_default().to_string(),
+        message_id: rec.property(keys::MSG_ID).unwrap_or_default().to_string(),
         body_digest: Some(Digest {
             r#type: DigestType::Md5 as i32,
             checksum: md5_upper_hex(&rec.body),
@@ -74,10 +70,14 @@ pub fn to_wire(rec: &Record, topic_type: TopicType, store_host: &str, d: &Delive
         body_encoding,
         message_type,
         born_timestamp: Some(ts(rec.born_ts_ms)),
-        born_host: prop(rec, keys::BORN_HOST).unwrap_or_default().to_string(),
+        born_host: rec
+            .property(keys::BORN_HOST)
+            .unwrap_or_default()
+            .to_string(),
         store_timestamp: Some(ts(rec.store_ts_ms)),
         store_host: store_host.to_string(),
-        delivery_timestamp: prop(rec, keys::DELIVER_AT)
+        delivery_timestamp: rec
+            .property(keys::DELIVER_AT)
             .and_then(|v| v.parse::<i64>().ok())
             .map(ts),
         receipt_handle: d.receipt_handle.clone(),
@@ -88,8 +88,8 @@ pub fn to_wire(rec: &Record, topic_type: TopicType, store_host: &str, d: &Delive
             nanos: ((ms % 1000) * 1_000_000) as i32,
         }),
         delivery_attempt: Some(d.attempt.max(1) as i32),
-        message_group: prop(rec, keys::GROUP).map(str::to_string),
-        trace_context: prop(rec, keys::TRACE).map(str::to_string),
+        message_group: rec.property(keys::GROUP).map(str::to_string),
+        trace_context: rec.property(keys::TRACE).map(str::to_string),
         ..Default::default()
     };
     Message {

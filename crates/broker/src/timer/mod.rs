@@ -122,17 +122,10 @@ pub struct TimerStats {
     pub next_due_ms: i64,
 }
 
-fn prop<'a>(r: &'a Record, k: &str) -> Option<&'a str> {
-    r.properties
-        .iter()
-        .find(|(key, _)| key == k)
-        .map(|(_, v)| v.as_str())
-}
-
 /// `(due ms, real topic)` of a timer record.
 fn timer_of(r: &Record) -> Option<(u64, &str)> {
-    let due = prop(r, keys::DELIVER_AT)?.parse::<u64>().ok()?;
-    Some((due, prop(r, keys::REAL_TOPIC)?))
+    let due = r.property(keys::DELIVER_AT)?.parse::<u64>().ok()?;
+    Some((due, r.property(keys::REAL_TOPIC)?))
 }
 
 impl Timers {
@@ -594,7 +587,7 @@ impl Broker {
             .next();
         let matches = rec.as_ref().is_some_and(|r| {
             timer_of(r).is_some_and(|(d, t)| d == h.due_ms && t == h.topic)
-                && prop(r, keys::MSG_ID) == Some(h.message_id.as_str())
+                && r.property(keys::MSG_ID) == Some(h.message_id.as_str())
         });
         if !matches {
             return Err(BrokerError::BadRequest(

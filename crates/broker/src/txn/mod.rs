@@ -28,7 +28,7 @@ use sofamq_proto::v2::{
     EndTransactionRequest, RecoverOrphanedTransactionCommand, TelemetryCommand,
     TransactionResolution, TransactionSource, telemetry_command::Command,
 };
-use sofamq_store::{NewRecord, Record, Store};
+use sofamq_store::{NewRecord, Store};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -171,13 +171,6 @@ pub struct Txns {
 /// Per-topic open half messages: `(count, oldest store time ms)`.
 pub type OpenStats = BTreeMap<String, (u64, i64)>;
 
-fn prop<'a>(r: &'a Record, k: &str) -> Option<&'a str> {
-    r.properties
-        .iter()
-        .find(|(key, _)| key == k)
-        .map(|(_, v)| v.as_str())
-}
-
 fn end_of(res: i32) -> Result<End, BrokerError> {
     match TransactionResolution::try_from(res) {
         Ok(TransactionResolution::Commit) => Ok(End::Commit),
@@ -306,8 +299,9 @@ impl Txns {
                 break;
             }
             for r in &recs {
-                let topic = prop(r, keys::REAL_TOPIC).unwrap_or_default().to_string();
-                let delay = prop(r, keys::TXN_CHECK_MS)
+                let topic = r.property(keys::REAL_TOPIC).unwrap_or_default().to_string();
+                let delay = r
+                    .property(keys::TXN_CHECK_MS)
                     .and_then(|v| v.parse::<i64>().ok())
                     .unwrap_or(check_delay);
                 st.open.insert(
@@ -442,6 +436,15 @@ impl Broker {
     }
 
     /// Commits or rolls back the half message at queue offset `q`.
+    /// The half message stored at queue offset `q` of `%SYS%HALF`, if any.
+    fn read_half(&self, q: u64) -> Result<Option<sofamq_store::Record>, BrokerError> {
+        Ok(self
+            .store()
+            .read_queue(HALF_TOPIC, Q_HALF, q, 1, usize::MAX)?
+            .into_iter()
+            .next())
+    }
+
     async fn finish_half(
         &self,
         q: u64,
@@ -453,17 +456,17 @@ impl Broker {
         self.writable()?;
         self.repl().check_available()?;
         let rec = self
-            .store()
-            .read_queue(HALF_TOPIC, Q_HALF, q, 1, usize::MAX)?
-            .into_iter()
-            .next()
-            .filter(|r| prop(r, keys::MSG_ID) == Some(message_id))
+            .read_half(q)?
+            .filter(|r| r.property(keys::MSG_ID) == Some(message_id))
             .ok_or_else(|| {
                 BrokerError::InvalidTransactionId(format!(
                     "no half message {message_id} is stored here"
                 ))
             })?;
-        let real = prop(&rec, keys::REAL_TOPIC).unwrap_or_default().to_string();
+        let real = rec
+            .property(keys::REAL_TOPIC)
+            .unwrap_or_default()
+            .to_string();
         if let Some(t) = topic
             && t != real
         {
@@ -548,14 +551,10 @@ impl Broker {
         let txns = self.txns();
         let (ask, expire) = txns.due_checks(now_ms());
         for (q, topic) in ask {
-            let Ok(Some(rec)) = self
-                .store()
-                .read_queue(HALF_TOPIC, Q_HALF, q, 1, usize::MAX)
-                .map(|v| v.into_iter().next())
-            else {
+            let Ok(Some(rec)) = self.read_half(q) else {
                 continue;
             };
-            let message_id = prop(&rec, keys::MSG_ID).unwrap_or_default().to_string();
+            let message_id = rec.property(keys::MSG_ID).unwrap_or_default().to_string();
             let tid = TransactionId {
                 broker: self.config().broker_name.clone(),
                 queue_offset: q,
@@ -598,14 +597,10 @@ impl Broker {
                 Outcome::Commit => End::Commit,
                 Outcome::Rollback => End::Rollback,
             };
-            let Ok(Some(rec)) = self
-                .store()
-                .read_queue(HALF_TOPIC, Q_HALF, q, 1, usize::MAX)
-                .map(|v| v.into_iter().next())
-            else {
+            let Ok(Some(rec)) = self.read_half(q) else {
                 continue;
             };
-            let id = prop(&rec, keys::MSG_ID).unwrap_or_default().to_string();
+            let id = rec.property(keys::MSG_ID).unwrap_or_default().to_string();
             match self.finish_half(q, &id, None, end, By::Timeout).await {
                 Ok(()) => tracing::warn!(
                     message_id = %id,
