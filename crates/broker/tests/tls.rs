@@ -66,13 +66,17 @@ fn stopper() -> (
 }
 
 async fn start_ns(tls: TlsConfig) -> (String, watch::Sender<bool>) {
+    start_ns_with(sofamq_namesrv::NamesrvConfig {
+        tls,
+        ..Default::default()
+    })
+    .await
+}
+
+async fn start_ns_with(cfg: sofamq_namesrv::NamesrvConfig) -> (String, watch::Sender<bool>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let (tx, stop) = stopper();
-    let cfg = sofamq_namesrv::NamesrvConfig {
-        tls,
-        ..Default::default()
-    };
     tokio::spawn(async move {
         if let Err(e) = sofamq_namesrv::run(l, cfg, stop).await {
             panic!("namesrv: {e}");
@@ -493,4 +497,70 @@ async fn bad_tls_files_stop_the_servers_at_start_with_the_file_named() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("nope.pem"), "{e}");
+}
+
+/// An official client's path over TLS: the name server in proxy mode serves TLS to the
+/// client and forwards over TLS to the broker (`proxy.broker_tls`, trusting the CA).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_forwards_over_tls_to_tls_brokers() {
+    let c = certs();
+    let mut cfg = sofamq_namesrv::NamesrvConfig {
+        tls: TlsConfig::new(&c.cert, &c.key),
+        ..Default::default()
+    };
+    cfg.proxy.broker_tls = true;
+    cfg.proxy.broker_tls_ca_path = Some(c.ca.clone());
+    let (ns, _ns_stop) = start_ns_with(cfg).await;
+    let ns2 = ns.clone();
+    let ca = c.ca.clone();
+    let cert = c.cert.clone();
+    let key = c.key.clone();
+    let _node = start_broker(false, move |cfg| {
+        cfg.namesrv = vec![ns2];
+        cfg.tls = TlsConfig::new(&cert, &key);
+        cfg.namesrv_tls = Some(ClientTls {
+            ca_path: Some(ca),
+            server_name: None,
+        });
+    })
+    .await;
+    let pem = std::fs::read(&c.ca).unwrap();
+    let ch = tonic::transport::Endpoint::from_shared(format!("https://{ns}"))
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = MessagingServiceClient::new(ch);
+    let route = client
+        .query_route(v2::QueryRouteRequest {
+            topic: Some(v2::Resource {
+                name: "t".into(),
+                ..Default::default()
+            }),
+            endpoints: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(route.status.unwrap().code, Code::Ok as i32);
+    let port = ns.rsplit_once(':').unwrap().1.parse::<i32>().unwrap();
+    assert!(
+        route.message_queues.iter().all(|q| q
+            .broker
+            .as_ref()
+            .and_then(|b| b.endpoints.as_ref())
+            .is_some_and(|e| e.addresses[0].port == port)),
+        "the route names the proxy"
+    );
+    let r = client.send_message(send_req()).await.unwrap().into_inner();
+    assert_eq!(
+        r.status.unwrap().code,
+        Code::Ok as i32,
+        "sent through the proxy over TLS"
+    );
 }

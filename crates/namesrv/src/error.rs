@@ -25,6 +25,9 @@ pub enum NamesrvError {
         #[source]
         source: std::io::Error,
     },
+    /// Proxy mode cannot start (e.g. its broker TLS CA is unreadable).
+    #[error("proxy: {0}")]
+    Proxy(String),
     /// The TLS certificate or key is unusable.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),

@@ -63,10 +63,12 @@ pub async fn run_with_http(
         token.clone(),
     ));
 
-    let proxy = config
-        .proxy
-        .enabled
-        .then(|| Arc::new(Proxy::new(Arc::clone(&registry), config.proxy.clone())));
+    let proxy = match config.proxy.enabled {
+        true => Some(Arc::new(
+            Proxy::new(Arc::clone(&registry), config.proxy.clone()).map_err(NamesrvError::Proxy)?,
+        )),
+        false => None,
+    };
     let mut messaging = NamesrvMessaging::new(
         Arc::clone(&registry),
         config.session.clone(),

@@ -55,6 +55,12 @@ pub struct ProxyOptions {
     pub connect_timeout_ms: u64,
     /// How often a relayed Telemetry stream checks that it follows every current master.
     pub telemetry_check_ms: u64,
+    /// Connect to brokers with TLS (their client port serves TLS).
+    pub broker_tls: bool,
+    /// CA (PEM) to trust for the brokers' certificates; unset: the system's roots.
+    pub broker_tls_ca_path: Option<std::path::PathBuf>,
+    /// Name the brokers' certificates carry, when not the host dialled.
+    pub broker_tls_server_name: Option<String>,
 }
 
 impl Default for ProxyOptions {
@@ -67,6 +73,9 @@ impl Default for ProxyOptions {
             forward_timeout_ms: 60_000,
             connect_timeout_ms: 1_000,
             telemetry_check_ms: 200,
+            broker_tls: false,
+            broker_tls_ca_path: None,
+            broker_tls_server_name: None,
         }
     }
 }
@@ -105,6 +114,7 @@ pub struct NoAnswer {
 pub struct Proxy {
     registry: Arc<Registry>,
     opts: ProxyOptions,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     channels: parking_lot::Mutex<HashMap<String, Channel>>,
     next: AtomicUsize,
     /// Counters for `/metrics`.
@@ -132,15 +142,34 @@ pub enum Verdict<T> {
 }
 
 impl Proxy {
-    /// A proxy over `registry`.
-    pub fn new(registry: Arc<Registry>, opts: ProxyOptions) -> Self {
-        Self {
+    /// A proxy over `registry`. Fails when the broker TLS CA file cannot be read.
+    pub fn new(registry: Arc<Registry>, opts: ProxyOptions) -> Result<Self, String> {
+        let tls = if opts.broker_tls {
+            let mut t = tonic::transport::ClientTlsConfig::new();
+            t = match &opts.broker_tls_ca_path {
+                Some(path) => {
+                    let pem = std::fs::read(path).map_err(|e| {
+                        format!("reading proxy.broker_tls_ca_path {}: {e}", path.display())
+                    })?;
+                    t.ca_certificate(tonic::transport::Certificate::from_pem(pem))
+                }
+                None => t.with_native_roots(),
+            };
+            if let Some(n) = &opts.broker_tls_server_name {
+                t = t.domain_name(n.clone());
+            }
+            Some(t)
+        } else {
+            None
+        };
+        Ok(Self {
             registry,
             opts,
+            tls,
             channels: parking_lot::Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
             counters: Counters::default(),
-        }
+        })
     }
 
     /// The settings.
@@ -159,10 +188,17 @@ impl Proxy {
         if let Some(c) = channels.get(addr) {
             return Ok(MessagingServiceClient::new(c.clone()).max_decoding_message_size(usize::MAX));
         }
-        let ep = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| NoAnswer {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| NoAnswer {
             code: Code::InternalServerError,
             message: format!("broker address {addr}: {e}"),
         })?;
+        if let Some(t) = &self.tls {
+            ep = ep.tls_config(t.clone()).map_err(|e| NoAnswer {
+                code: Code::InternalServerError,
+                message: format!("TLS towards broker {addr}: {e}"),
+            })?;
+        }
         let ch = ep
             .connect_timeout(Duration::from_millis(self.opts.connect_timeout_ms))
             .tcp_nodelay(true)
@@ -339,7 +375,8 @@ mod tests {
                 &crate::NamesrvConfig::default(),
             ))),
             ProxyOptions::default(),
-        );
+        )
+        .unwrap();
         let mut md = MetadataMap::new();
         md.insert("grpc-timeout", "1000m".parse().unwrap());
         let d = p
