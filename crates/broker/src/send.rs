@@ -253,8 +253,11 @@ impl Broker {
                 }
                 None => {
                     entries[slot].status = Some(
-                        BrokerError::NotAvailable(
-                            "a concurrent send of the same message id failed; retry".into(),
+                        // The other copy may be stored: "may be stored", not HA_NOT_AVAILABLE.
+                        BrokerError::SlavePersistence(
+                            "a concurrent send of the same message id was not acked (it may be \
+                             stored); retry"
+                                .into(),
                         )
                         .status(),
                     );

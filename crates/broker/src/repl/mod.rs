@@ -369,7 +369,11 @@ impl Replication {
         self.tracker
             .wait_replicated(offset, self.cfg.ack_timeout())
             .await?;
-        self.check_lease()
+        // The record is stored (and replicated) by now: a lapsed lease means "not acked,
+        // may be stored", never HA_NOT_AVAILABLE ("not stored").
+        self.check_lease().map_err(|e| {
+            BrokerError::SlavePersistence(format!("stored up to offset {offset}, but {e}"))
+        })
     }
 
     /// Under a controller: errors unless this broker holds a valid master lease.
