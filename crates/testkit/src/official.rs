@@ -297,6 +297,9 @@ pub struct Report {
     pub stored_not_acked: usize,
     /// Whether the drain ended because the topic ran dry (true) or on its time limit.
     pub drain_complete: bool,
+    /// The `sofamq` binary the servers ran (path, size, modification time): a shared
+    /// target directory may hold another branch's build, so pin it with `SOFAMQ_BIN`.
+    pub sofamq_bin: String,
 }
 
 impl Report {
@@ -305,6 +308,7 @@ impl Report {
         let s = |ms: u64| format!("{:.2}", ms as f64 / 1000.0);
         let mut o = String::new();
         let _ = writeln!(o, "client {}; variant {}", self.client, self.variant);
+        let _ = writeln!(o, "servers: {}", self.sofamq_bin);
         let t0 = self.kills.first().map_or(0, |k| k.at_ms);
         for (i, k) in self.kills.iter().enumerate() {
             let mut gaps: Vec<&Gap> = self.gaps.iter().filter(|g| g.kill == i).collect();
@@ -963,6 +967,25 @@ fn compute(
         duplicate_bodies,
         stored_not_acked,
         drain_complete,
+        sofamq_bin: describe_bin(&crate::sofamq_bin()),
+    }
+}
+
+fn describe_bin(p: &Path) -> String {
+    match std::fs::metadata(p) {
+        Ok(m) => {
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            format!(
+                "{} ({} bytes, modified {mtime} s after the epoch)",
+                p.display(),
+                m.len()
+            )
+        }
+        Err(e) => format!("{} ({e})", p.display()),
     }
 }
 
