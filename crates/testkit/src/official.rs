@@ -377,14 +377,15 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Error text with request ids, timestamps and other long numbers or hex runs masked,
+/// Error text with request ids, timestamps, log offsets (runs of 8+ hex digits, or 6+
+/// decimal digits; ports and status codes stay) masked,
 /// so that the same failure counts as one reason.
 pub fn normalize_error(e: &str) -> String {
     let mut out = String::new();
     let mut run = String::new();
     let flush = |run: &mut String, out: &mut String| {
         let digits = run.chars().filter(char::is_ascii_digit).count();
-        if run.len() >= 8 && digits > 0 {
+        if (run.len() >= 8 && digits > 0) || (digits >= 6 && digits == run.len()) {
             out.push('#');
         } else {
             out.push_str(run);
@@ -1000,6 +1001,10 @@ mod tests {
             "UNAVAILABLE: request # failed at #"
         );
         assert_eq!(normalize_error("code 40013 bad"), "code 40013 bad");
+        assert_eq!(
+            normalize_error("fell before offset 6594063 on 127.0.0.1:28081"),
+            "fell before offset # on 127.0.0.1:28081"
+        );
     }
 
     #[test]

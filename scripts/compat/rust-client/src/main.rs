@@ -34,6 +34,19 @@ fn emit(line: serde_json::Value) {
     let _ = out.flush();
 }
 
+/// Kind, operation, message, the context pairs (status code and message of a server error)
+/// and the source error (the gRPC status of a transport error).
+fn error_text(e: &rocketmq::error::ClientError) -> String {
+    let mut s = format!("{:?} at {}: {}", e.kind(), e.operation(), e.message());
+    for (k, v) in e.context() {
+        s.push_str(&format!("; {k}={v}"));
+    }
+    if let Some(src) = e.source() {
+        s.push_str(&format!("; source: {src}"));
+    }
+    s
+}
+
 fn panic_text(e: tokio::task::JoinError) -> String {
     match e.try_into_panic() {
         Ok(p) => {
@@ -92,12 +105,7 @@ async fn run_producer(p: usize, access_point: String, topic: String, until: Inst
         // Bound a send that never returns (the client's own timeout is 3 s).
         let result = match tokio::time::timeout(Duration::from_secs(60), task).await {
             Ok(Ok(Ok(receipt))) => Ok(receipt.message_id().to_string()),
-            Ok(Ok(Err(e))) => Err(format!(
-                "{:?} at {}: {}",
-                e.kind(),
-                e.operation(),
-                e.message()
-            )),
+            Ok(Ok(Err(e))) => Err(error_text(&e)),
             Ok(Err(join)) => Err(panic_text(join)),
             Err(_) => Err("driver: send did not return within 60 s".to_string()),
         };
