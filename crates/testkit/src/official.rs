@@ -248,8 +248,9 @@ pub struct Gap {
     pub producer: usize,
     /// Kill index.
     pub kill: usize,
-    /// Milliseconds from the last OK at or before the kill to the first OK after it (or
-    /// to the end of sending, when `recovered` is false).
+    /// The stretch without an OK (ms, between consecutive OK receipts, or from the last OK
+    /// to the end of sending when `recovered` is false) that covers most of the kill's
+    /// window (the kill to the next kill), whole.
     pub ms: u64,
     /// Whether an OK came after the kill at all.
     pub recovered: bool,
@@ -877,17 +878,24 @@ fn compute(
             .unwrap_or(0);
         longest_per_producer.push(longest);
         for (k, kill) in kills.iter().enumerate() {
-            let before = oks.iter().rev().find(|t| **t <= kill.at_ms).copied();
-            let after = oks.iter().find(|t| **t > kill.at_ms).copied();
-            let from = before.unwrap_or(start);
-            let (to, recovered) = match after {
-                Some(t) => (t, true),
-                None => (end, false),
-            };
+            // The stretch without an OK that covers most of this kill's window (the kill to
+            // the next kill, or to the end), reported whole. Not simply the stretch around
+            // the kill instant: a receipt the killed master had sent just before dying can
+            // arrive a few ms after the kill and would hide the outage that follows it.
+            let window_end = kills.get(k + 1).map_or(end, |n| n.at_ms);
+            let (ms, recovered) = points
+                .windows(2)
+                .filter_map(|w| {
+                    let overlap = w[1].min(window_end).checked_sub(w[0].max(kill.at_ms))?;
+                    let recovered = w[1] != end || oks.last() == Some(&end);
+                    Some((overlap, w[1].saturating_sub(w[0]), recovered))
+                })
+                .max_by_key(|x| (x.0, x.1))
+                .map_or((0, true), |x| (x.1, x.2));
             gaps.push(Gap {
                 producer: p,
                 kill: k,
-                ms: to.saturating_sub(from),
+                ms,
                 recovered,
             });
         }
@@ -1024,6 +1032,33 @@ mod tests {
             start_ms: end_ms.saturating_sub(1),
             end_ms,
         }
+    }
+
+    #[test]
+    fn a_receipt_just_after_the_kill_does_not_hide_the_outage() {
+        let mut s = Scenario::standard(OfficialClient::Python, true, 2);
+        s.producers = 1;
+        let kill = |at_ms| Kill {
+            broker: 0,
+            at_ms,
+            new_master_ms: None,
+            new_master: None,
+            restarted_ms: None,
+        };
+        let kills = vec![kill(1000), kill(3000)];
+        let sends = vec![
+            line(0, 0, true, 990),
+            line(0, 1, true, 1005),
+            line(0, 2, false, 2000),
+            line(0, 3, true, 2500),
+            line(0, 4, true, 3001),
+        ];
+        let started = HashMap::from([(0, 0)]);
+        let r = compute(&s, &kills, &sends, &started, 6000, &Vec::new(), true);
+        assert_eq!(r.gaps[0].ms, 1495, "1005 -> 2500, not 990 -> 1005");
+        assert!(r.gaps[0].recovered);
+        assert_eq!(r.gaps[1].ms, 2999, "3001 -> the end");
+        assert!(!r.gaps[1].recovered);
     }
 
     #[test]
