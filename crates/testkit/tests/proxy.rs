@@ -292,9 +292,10 @@ async fn proxy_routes_name_the_access_point_and_forward_every_rpc() {
     );
 }
 
-/// The group's only master is killed -9: a send through the proxy is held (not failed at
-/// once) and, when the broker is back on its address within the hold, completes with OK.
-/// When nothing comes back, the client hears HA_NOT_AVAILABLE before its own deadline.
+/// The group's only master is killed -9 (and expires from the registry): a send through
+/// the proxy is held (not failed at once, not TOPIC_NOT_FOUND) and, when the broker is back
+/// on its address within the hold, completes with OK. When nothing comes back, the client
+/// hears HA_NOT_AVAILABLE before its own deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_holds_a_send_while_the_group_has_no_master() {
     // A hold long enough for a debug-build broker to restart on a loaded machine.
@@ -309,6 +310,8 @@ async fn proxy_holds_a_send_while_the_group_has_no_master() {
             "127.0.0.1:0".into(),
             "--config".into(),
             cfg.display().to_string(),
+            "--broker-expiry-ms".into(),
+            "1000".into(),
         ],
         dir.path(),
         Duration::from_secs(20),
@@ -343,6 +346,9 @@ async fn proxy_holds_a_send_while_the_group_has_no_master() {
     // Down: held, then HA_NOT_AVAILABLE inside the client's 3 s (the hold is bounded by
     // the client's deadline less a margin).
     c.brokers[0].kill9();
+    // Let the dead broker expire from the registry: the topic is then in no live route,
+    // but it was a moment ago, so the send is held, not refused with TOPIC_NOT_FOUND.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let (r, took) = send("PH0002", Duration::from_secs(3)).await;
     let st = r
         .expect("the proxy answers before the deadline")

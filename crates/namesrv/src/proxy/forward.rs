@@ -66,7 +66,7 @@ async fn group_for_topic(
             .groups(None, Instant::now())
             .iter()
             .any(|g| g.topics.iter().any(|t| t.name == topic));
-        if !known {
+        if !known && !p.seen_recently(topic) {
             return Err(status(
                 Code::TopicNotFound,
                 format!("topic '{topic}' not found"),

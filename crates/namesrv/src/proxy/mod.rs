@@ -55,6 +55,9 @@ pub struct ProxyOptions {
     pub connect_timeout_ms: u64,
     /// How often a relayed Telemetry stream checks that it follows every current master.
     pub telemetry_check_ms: u64,
+    /// A topic seen in a route within this long is held for, not refused, while no live
+    /// member reports it (a failover can leave it out of the registry for a moment).
+    pub recent_topic_ms: u64,
     /// Connect to brokers with TLS (their client port serves TLS).
     pub broker_tls: bool,
     /// CA (PEM) to trust for the brokers' certificates; unset: the system's roots.
@@ -73,6 +76,7 @@ impl Default for ProxyOptions {
             forward_timeout_ms: 60_000,
             connect_timeout_ms: 1_000,
             telemetry_check_ms: 200,
+            recent_topic_ms: 60_000,
             broker_tls: false,
             broker_tls_ca_path: None,
             broker_tls_server_name: None,
@@ -116,6 +120,8 @@ pub struct Proxy {
     opts: ProxyOptions,
     tls: Option<tonic::transport::ClientTlsConfig>,
     channels: parking_lot::Mutex<HashMap<String, Channel>>,
+    /// When each topic was last found in a route (bounded; see `recent_topic_ms`).
+    seen: parking_lot::Mutex<HashMap<String, Instant>>,
     next: AtomicUsize,
     /// Counters for `/metrics`.
     pub counters: Counters,
@@ -167,6 +173,7 @@ impl Proxy {
             opts,
             tls,
             channels: parking_lot::Mutex::new(HashMap::new()),
+            seen: parking_lot::Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
             counters: Counters::default(),
         })
@@ -216,7 +223,23 @@ impl Proxy {
 
     /// Live masters serving `topic`.
     pub fn topic_routes(&self, topic: &str) -> Vec<MasterRoute> {
-        self.registry.master_routes(topic, Instant::now())
+        let routes = self.registry.master_routes(topic, Instant::now());
+        if !routes.is_empty() {
+            let mut seen = self.seen.lock();
+            if seen.len() >= 100_000 && !seen.contains_key(topic) {
+                seen.clear();
+            }
+            seen.insert(topic.to_string(), Instant::now());
+        }
+        routes
+    }
+
+    /// Whether `topic` was in a route within `recent_topic_ms`.
+    pub fn seen_recently(&self, topic: &str) -> bool {
+        self.seen
+            .lock()
+            .get(topic)
+            .is_some_and(|t| t.elapsed() <= Duration::from_millis(self.opts.recent_topic_ms))
     }
 
     /// A round-robin pick among `n`.
