@@ -82,6 +82,15 @@ async fn group_for_topic(
     }
 }
 
+/// A send answer meaning "not acked, may be stored" (replication or persistence not
+/// confirmed).
+fn maybe_stored(status: Option<&Status>) -> bool {
+    status.is_some_and(|s| {
+        s.code == Code::SlavePersistenceTimeout as i32
+            || s.code == Code::MasterPersistenceTimeout as i32
+    })
+}
+
 fn fnv(b: &[u8]) -> u64 {
     b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
         (h ^ u64::from(*x)).wrapping_mul(0x0100_0000_01b3)
@@ -132,7 +141,10 @@ pub async fn send_message(
                 match c.send_message(r).await {
                     Ok(resp) => {
                         let resp = resp.into_inner();
-                        if not_master(resp.status.as_ref()) {
+                        // A send is idempotent by message id: "may be stored" answers are
+                        // retried too (the group's dedup window answers a stored copy with
+                        // its receipt once it is replicated), for clients that never retry.
+                        if not_master(resp.status.as_ref()) || maybe_stored(resp.status.as_ref()) {
                             let why = resp.status.as_ref().map(|s| s.message.clone());
                             Verdict::Retry(resp, why.unwrap_or_default())
                         } else {
