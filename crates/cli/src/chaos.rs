@@ -31,6 +31,10 @@ pub struct ChaosArgs {
     /// The broken build: brokers ack before the slave has the message (min_insync_replicas = 1).
     #[arg(long)]
     pub unsafe_ack_before_replication: bool,
+    /// `official-*` scenarios: the killed master stays dead for its window instead of
+    /// restarting after 1 s.
+    #[arg(long)]
+    pub leave_dead: bool,
 }
 
 /// Runs the chosen scenarios.
@@ -57,6 +61,7 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
         failover: a.failover,
         unsafe_ack_before_replication: a.unsafe_ack_before_replication,
         max_rounds: a.rounds,
+        leave_dead: a.leave_dead,
     };
     let mut reports = Vec::new();
     let mut failed = false;
@@ -77,6 +82,17 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
                     println!("{special}");
                 }
                 reports.push(r);
+            }
+            Ok(Outcome::Official(r)) => {
+                println!("{name}:\n{}", r.render());
+                let broken = r.violations(true);
+                for v in &broken {
+                    println!("{name:<20} FAIL: {v}");
+                }
+                if broken.is_empty() {
+                    println!("{name:<20} PASS");
+                }
+                failed |= !broken.is_empty();
             }
             Ok(Outcome::Skipped(why)) => {
                 println!("{name:<20} SKIPPED: {why}");

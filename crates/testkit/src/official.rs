@@ -173,6 +173,8 @@ pub struct Scenario {
     pub controller_flags: Vec<String>,
     /// Copy the driver's output and the report here when set.
     pub out_dir: Option<PathBuf>,
+    /// Official consumers (one group each) that receive and ack beside the producers.
+    pub consumers: Vec<ConsumerMode>,
 }
 
 impl Scenario {
@@ -188,13 +190,16 @@ impl Scenario {
             warmup: Duration::from_secs(5),
             controller_flags: Vec::new(),
             out_dir: None,
+            consumers: Vec::new(),
         }
     }
 
     /// [`Scenario::standard`] from the environment: `FAILOVER_CLIENT` (python, node,
     /// rust; default python), `FAILOVER_RESTART` (1: variant A, default; 0: variant B),
     /// `FAILOVER_KILLS` (default 10), `FAILOVER_INTERVAL_S` (default 15),
-    /// `FAILOVER_PRODUCERS` (default 4), `FAILOVER_OUT` (a directory for the raw results).
+    /// `FAILOVER_PRODUCERS` (default 4), `FAILOVER_OUT` (a directory for the raw results),
+    /// `FAILOVER_CONSUMERS` (`simple`, `push` or `simple,push`: official consumers beside
+    /// the producers; Python only).
     pub fn from_env() -> anyhow::Result<Self> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let client = OfficialClient::parse(&var("FAILOVER_CLIENT").unwrap_or("python".into()))?;
@@ -208,6 +213,14 @@ impl Scenario {
             s.producers = v.parse()?;
         }
         s.out_dir = var("FAILOVER_OUT").map(PathBuf::from);
+        for c in var("FAILOVER_CONSUMERS").unwrap_or_default().split(',') {
+            match c.trim() {
+                "" => {}
+                "simple" => s.consumers.push(ConsumerMode::Simple),
+                "push" => s.consumers.push(ConsumerMode::Push),
+                other => bail!("unknown consumer {other:?} in FAILOVER_CONSUMERS (simple, push)"),
+            }
+        }
         Ok(s)
     }
 }
@@ -301,6 +314,255 @@ pub struct Report {
     /// The `sofamq` binary the servers ran (path, size, modification time): a shared
     /// target directory may hold another branch's build, so pin it with `SOFAMQ_BIN`.
     pub sofamq_bin: String,
+    /// The official consumers that ran beside the producers.
+    pub consumers: Vec<ConsumerReport>,
+}
+
+/// The goals of issue 15 for one run: a stretch without an OK (or, for a consumer, without
+/// a receipt) of at most [`GOAL_GAP_MAX_MS`], a median of at most [`GOAL_GAP_MEDIAN_MS`].
+pub const GOAL_GAP_MAX_MS: u64 = 8000;
+/// See [`GOAL_GAP_MAX_MS`].
+pub const GOAL_GAP_MEDIAN_MS: u64 = 5000;
+
+/// How long the consumers may take, after the producers stopped, to receive every acked
+/// message (a message whose ack failed comes back after its 10 s invisible duration).
+pub const CONSUMER_CATCH_UP: Duration = Duration::from_secs(60);
+
+impl Report {
+    /// What broke a promise: nothing acked lost or stored twice, every consumer received
+    /// every acked message (not) and, when `goals`, the gap bounds and no send that failed
+    /// after the client's retries. Empty when the run passes.
+    pub fn violations(&self, goals: bool) -> Vec<String> {
+        let mut v = Vec::new();
+        let mut need = |ok: bool, what: String| {
+            if !ok {
+                v.push(what);
+            }
+        };
+        need(
+            self.start_failures.is_empty(),
+            format!("producers did not start: {:?}", self.start_failures),
+        );
+        need(self.acked > 0, "nothing acked".into());
+        need(
+            self.drain_complete,
+            "the drain did not run dry in time".into(),
+        );
+        need(self.lost == 0, format!("{} acked messages lost", self.lost));
+        need(
+            self.body_mismatch == 0,
+            format!("{} read back with another body", self.body_mismatch),
+        );
+        need(
+            self.duplicate_ids == 0,
+            format!("{} messages stored twice", self.duplicate_ids),
+        );
+        need(
+            self.duplicate_bodies == 0,
+            format!("{} sends stored under two ids", self.duplicate_bodies),
+        );
+        for c in &self.consumers {
+            need(
+                c.start_error.is_none(),
+                format!("{} did not start: {:?}", c.mode, c.start_error),
+            );
+            need(
+                c.missing == 0,
+                format!("{}: {} acked messages never received", c.mode, c.missing),
+            );
+        }
+        if goals {
+            need(
+                self.gap_median_ms <= GOAL_GAP_MEDIAN_MS,
+                format!(
+                    "gap median {} ms > {GOAL_GAP_MEDIAN_MS} ms",
+                    self.gap_median_ms
+                ),
+            );
+            need(
+                self.gap_max_ms <= GOAL_GAP_MAX_MS,
+                format!("gap max {} ms > {GOAL_GAP_MAX_MS} ms", self.gap_max_ms),
+            );
+            need(
+                self.failed == 0,
+                format!("{} sends failed after the client's retries", self.failed),
+            );
+            for c in &self.consumers {
+                need(
+                    c.gap_max_ms <= GOAL_GAP_MAX_MS,
+                    format!(
+                        "{}: {} ms without a receipt > {GOAL_GAP_MAX_MS} ms",
+                        c.mode, c.gap_max_ms
+                    ),
+                );
+            }
+        }
+        v
+    }
+}
+
+/// Which official consumer runs beside the producers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumerMode {
+    /// SimpleConsumer: receive up to 16 with a 10 s invisible duration, ack each.
+    Simple,
+    /// PushConsumer: the listener returns SUCCESS, the client acks.
+    Push,
+}
+
+impl ConsumerMode {
+    /// The driver's mode argument.
+    pub fn arg(self) -> &'static str {
+        match self {
+            Self::Simple => "simple",
+            Self::Push => "push",
+        }
+    }
+
+    /// Its consumer group (one per mode: each receives every message).
+    pub fn group(self) -> String {
+        format!("fo-{}", self.arg())
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Simple => "SimpleConsumer",
+            Self::Push => "PushConsumer",
+        }
+    }
+}
+
+/// How to run the consumer driver of `client` in `mode`; `Ok(Err(why))` when there is
+/// none (only the Python client has one).
+pub fn consumer_driver(
+    client: OfficialClient,
+    mode: ConsumerMode,
+) -> anyhow::Result<Result<Driver, String>> {
+    if client != OfficialClient::Python {
+        return Ok(Err(format!("no consumer driver for {}", client.name())));
+    }
+    let script = repo_root().join("scripts/compat/python_failover_consumer.py");
+    Ok(Ok(Driver {
+        program: compat_python()?,
+        prefix: vec![script.display().to_string(), mode.arg().into()],
+        env: Vec::new(),
+    }))
+}
+
+/// The figures of one official consumer through the kills.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConsumerReport {
+    /// SimpleConsumer or PushConsumer.
+    pub mode: String,
+    /// Its consumer group.
+    pub group: String,
+    /// Why it did not start, if it did not.
+    pub start_error: Option<String>,
+    /// Acked messages it received (distinct message ids).
+    pub received: usize,
+    /// Deliveries of the drivers' messages (a redelivery counts again).
+    pub deliveries: usize,
+    /// Deliveries beyond the first of a message id.
+    pub redelivered: usize,
+    /// Acked messages it never received: must be 0 (at-least-once).
+    pub missing: usize,
+    /// Acks that failed (SimpleConsumer only; the PushConsumer acks inside the client).
+    pub ack_failed: usize,
+    /// Of those, messages that were delivered again after the failed ack.
+    pub ack_failed_redelivered: usize,
+    /// Failed acks by error text.
+    pub ack_failures_by_reason: BTreeMap<String, usize>,
+    /// Receive calls that failed (SimpleConsumer only).
+    pub receive_errors: usize,
+    /// Failed receives by error text.
+    pub receive_errors_by_reason: BTreeMap<String, usize>,
+    /// Per kill: the stretch without a receipt covering most of the kill's window (ms).
+    pub gaps_ms: Vec<u64>,
+    /// Max of `gaps_ms`.
+    pub gap_max_ms: u64,
+    /// Whether it had received every acked message before it was stopped.
+    pub caught_up: bool,
+}
+
+fn consumer_report(
+    mode: ConsumerMode,
+    lines: &[serde_json::Value],
+    acked: &HashMap<String, (usize, u64)>,
+    kills: &[Kill],
+    stop_ms: u64,
+) -> ConsumerReport {
+    let ev = |l: &serde_json::Value, e: &str| l["event"].as_str() == Some(e);
+    let start_error = lines
+        .iter()
+        .find(|l| ev(l, "start_failed"))
+        .map(|l| l["error"].as_str().unwrap_or("?").to_string());
+    let started = lines
+        .iter()
+        .find(|l| ev(l, "started"))
+        .and_then(|l| l["at_ms"].as_u64())
+        .unwrap_or(stop_ms);
+    let ours: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| ev(l, "received"))
+        .filter(|l| l["id"].as_str().is_some_and(|id| acked.contains_key(id)))
+        .collect();
+    let ids: HashSet<&str> = ours.iter().filter_map(|l| l["id"].as_str()).collect();
+    let mut at: Vec<u64> = ours
+        .iter()
+        .filter_map(|l| l["at_ms"].as_u64())
+        .filter(|t| *t <= stop_ms)
+        .collect();
+    at.sort_unstable();
+    let (_, per_kill) = stretches(started, &at, stop_ms, kills);
+    let gaps_ms: Vec<u64> = per_kill.iter().map(|g| g.0).collect();
+    let by_reason = |event: &str, ok_false: bool| {
+        let mut m = BTreeMap::new();
+        for l in lines
+            .iter()
+            .filter(|l| ev(l, event) && (!ok_false || l["ok"].as_bool() == Some(false)))
+        {
+            *m.entry(normalize_error(l["error"].as_str().unwrap_or("?")))
+                .or_insert(0) += 1;
+        }
+        m
+    };
+    // A failed ack, then a later delivery of the same id.
+    let mut failed_acks: Vec<(&str, u64)> = Vec::new();
+    for l in lines
+        .iter()
+        .filter(|l| ev(l, "ack") && l["ok"].as_bool() == Some(false))
+    {
+        if let (Some(id), Some(t)) = (l["id"].as_str(), l["at_ms"].as_u64()) {
+            failed_acks.push((id, t));
+        }
+    }
+    let ack_failed_redelivered = failed_acks
+        .iter()
+        .filter(|(id, t)| {
+            ours.iter().any(|l| {
+                l["id"].as_str() == Some(*id) && l["at_ms"].as_u64().is_some_and(|x| x > *t)
+            })
+        })
+        .count();
+    let ack_failures_by_reason = by_reason("ack", true);
+    let receive_errors_by_reason = by_reason("receive_error", false);
+    ConsumerReport {
+        mode: mode.name().into(),
+        group: mode.group(),
+        start_error,
+        received: ids.len(),
+        deliveries: ours.len(),
+        redelivered: ours.len() - ids.len(),
+        missing: acked.keys().filter(|id| !ids.contains(id.as_str())).count(),
+        ack_failed: failed_acks.len(),
+        ack_failed_redelivered,
+        ack_failures_by_reason,
+        receive_errors: receive_errors_by_reason.values().sum(),
+        receive_errors_by_reason,
+        gap_max_ms: gaps_ms.iter().copied().max().unwrap_or(0),
+        gaps_ms,
+        caught_up: false,
+    }
 }
 
 impl Report {
@@ -366,6 +628,36 @@ impl Report {
         }
         for e in &self.start_failures {
             let _ = writeln!(o, "  producer did not start: {e}");
+        }
+        for c in &self.consumers {
+            let gaps: Vec<String> = c.gaps_ms.iter().map(|x| s(*x)).collect();
+            let _ = writeln!(
+                o,
+                "consumer {} (group {}): received {} of {} acked, missing {}; {} deliveries ({} redelivered); acks failed {} ({} delivered again); receive errors {}; stretch without a receipt per kill (s): [{}], max {}; caught up: {}",
+                c.mode,
+                c.group,
+                c.received,
+                self.acked,
+                c.missing,
+                c.deliveries,
+                c.redelivered,
+                c.ack_failed,
+                c.ack_failed_redelivered,
+                c.receive_errors,
+                gaps.join(", "),
+                s(c.gap_max_ms),
+                c.caught_up
+            );
+            if let Some(e) = &c.start_error {
+                let _ = writeln!(o, "  did not start: {e}");
+            }
+            for (reason, n) in c
+                .ack_failures_by_reason
+                .iter()
+                .chain(&c.receive_errors_by_reason)
+            {
+                let _ = writeln!(o, "  {n:>7} x {reason}");
+            }
         }
         o
     }
@@ -485,30 +777,23 @@ struct DriverProc {
 }
 
 impl DriverProc {
-    fn spawn(
-        d: &Driver,
-        dir: &Path,
-        access_point: &str,
-        producers: usize,
-        secs: u64,
-    ) -> anyhow::Result<Self> {
-        let out = dir.join("driver.jsonl");
-        let home = dir.join("driver-home");
+    /// Starts `d` with `args` after its prefix; its output goes to `<name>.jsonl` and
+    /// `<name>.err` in `dir`.
+    fn spawn(d: &Driver, dir: &Path, name: &str, args: &[String]) -> anyhow::Result<Self> {
+        let out = dir.join(format!("{name}.jsonl"));
+        let home = dir.join(format!("{name}-home"));
         std::fs::create_dir_all(&home)?;
         let child = Command::new(&d.program)
             .args(&d.prefix)
-            .args([
-                access_point.to_string(),
-                TOPIC.to_string(),
-                producers.to_string(),
-                secs.to_string(),
-            ])
+            .args(args)
             .envs(d.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             // The clients' own log files (~/logs/...) go with the run.
             .env("HOME", &home)
             .stdin(Stdio::piped())
             .stdout(Stdio::from(std::fs::File::create(&out)?))
-            .stderr(Stdio::from(std::fs::File::create(dir.join("driver.err"))?))
+            .stderr(Stdio::from(std::fs::File::create(
+                dir.join(format!("{name}.err")),
+            )?))
             .spawn()
             .with_context(|| format!("spawning {}", d.program.display()))?;
         Ok(Self { child, out })
@@ -622,12 +907,48 @@ pub async fn run(s: &Scenario, driver: &Driver) -> anyhow::Result<Report> {
 
     // The driver bounds itself; the harness stops it earlier through its stdin.
     let budget = s.warmup + s.interval * (s.kills as u32 + 1) * 3 + Duration::from_secs(120);
+    // The consumers first, so that they are subscribed before the first send.
+    let mut consumers = Vec::new();
+    for &mode in &s.consumers {
+        let d = consumer_driver(s.client, mode)?
+            .map_err(|why| anyhow::anyhow!("no {mode:?} consumer driver: {why}"))?;
+        let p = DriverProc::spawn(
+            &d,
+            &dir,
+            mode.arg(),
+            &[
+                r.cluster.namesrv.addr.clone(),
+                TOPIC.into(),
+                mode.group(),
+                budget.as_secs().to_string(),
+            ],
+        )?;
+        consumers.push((mode, p));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (mode, p) in &consumers {
+        while !p
+            .lines()
+            .iter()
+            .any(|l| matches!(l["event"].as_str(), Some("started") | Some("start_failed")))
+        {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the {mode:?} consumer did not start within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let mut proc = DriverProc::spawn(
         driver,
         &dir,
-        &r.cluster.namesrv.addr,
-        s.producers,
-        budget.as_secs(),
+        "driver",
+        &[
+            r.cluster.namesrv.addr.clone(),
+            TOPIC.into(),
+            s.producers.to_string(),
+            budget.as_secs().to_string(),
+        ],
     )?;
     // Every producer started (or failed to) and had a first OK.
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -783,6 +1104,36 @@ pub async fn run(s: &Scenario, driver: &Driver) -> anyhow::Result<Report> {
         .filter(|l| l.ok)
         .filter_map(|l| Some((l.message_id.clone()?, (l.producer, l.seq))))
         .collect();
+    // The consumers go on until each has received every acked message (a message whose
+    // ack failed comes back after its invisible duration), bounded.
+    let deadline = Instant::now() + CONSUMER_CATCH_UP;
+    let mut consumer_reports = Vec::new();
+    for (mode, mut p) in consumers {
+        let caught_up = loop {
+            let got: HashSet<String> = p
+                .lines()
+                .iter()
+                .filter(|l| l["event"].as_str() == Some("received"))
+                .filter_map(|l| l["id"].as_str().map(str::to_string))
+                .collect();
+            if acked.keys().all(|id| got.contains(id)) {
+                break true;
+            }
+            if Instant::now() > deadline || matches!(p.child.try_wait(), Ok(Some(_))) {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        p.stop(Duration::from_secs(20));
+        let lines = p.lines();
+        let mut c = consumer_report(mode, &lines, &acked, &kills, stop_ms);
+        c.caught_up = caught_up;
+        if let Some(out) = &s.out_dir {
+            std::fs::create_dir_all(out)?;
+            std::fs::copy(&p.out, out.join(format!("{}.jsonl", mode.arg())))?;
+        }
+        consumer_reports.push(c);
+    }
     let (drained, drain_complete) = drain(
         &r.cluster.namesrv.addr,
         acked.len(),
@@ -800,6 +1151,7 @@ pub async fn run(s: &Scenario, driver: &Driver) -> anyhow::Result<Report> {
         drain_complete,
     );
     report.start_failures = start_failures;
+    report.consumers = consumer_reports;
     if let Some(out) = &s.out_dir {
         std::fs::create_dir_all(out)?;
         std::fs::copy(&proc.out, out.join("driver.jsonl"))?;
@@ -831,6 +1183,40 @@ fn variant(s: &Scenario) -> String {
             s.interval.as_secs()
         ),
     }
+}
+
+/// Stretches without an event (an OK, a receipt) of one client between `start` and `end`,
+/// `events` sorted: the longest of the run, and per kill the one that covers most of the
+/// kill's window (the kill to the next kill, or to `end`), whole, with whether an event
+/// came after it. Not simply the stretch around the kill instant: a receipt the killed
+/// master had sent just before dying can arrive a few ms after the kill and would hide the
+/// outage that follows it.
+fn stretches(start: u64, events: &[u64], end: u64, kills: &[Kill]) -> (u64, Vec<(u64, bool)>) {
+    let mut points = vec![start];
+    points.extend(events.iter().copied());
+    points.push(end);
+    let longest = points
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .max()
+        .unwrap_or(0);
+    let per_kill = kills
+        .iter()
+        .enumerate()
+        .map(|(k, kill)| {
+            let window_end = kills.get(k + 1).map_or(end, |n| n.at_ms);
+            points
+                .windows(2)
+                .filter_map(|w| {
+                    let overlap = w[1].min(window_end).checked_sub(w[0].max(kill.at_ms))?;
+                    let recovered = w[1] != end || events.last() == Some(&end);
+                    Some((overlap, w[1].saturating_sub(w[0]), recovered))
+                })
+                .max_by_key(|x| (x.0, x.1))
+                .map_or((0, true), |x| (x.1, x.2))
+        })
+        .collect();
+    (longest, per_kill)
 }
 
 fn compute(
@@ -868,30 +1254,9 @@ fn compute(
             .max()
             .unwrap_or(stop_ms)
             .max(stop_ms);
-        let mut points = vec![start];
-        points.extend(oks.iter().copied());
-        points.push(end);
-        let longest = points
-            .windows(2)
-            .map(|w| w[1].saturating_sub(w[0]))
-            .max()
-            .unwrap_or(0);
+        let (longest, per_kill) = stretches(start, &oks, end, kills);
         longest_per_producer.push(longest);
-        for (k, kill) in kills.iter().enumerate() {
-            // The stretch without an OK that covers most of this kill's window (the kill to
-            // the next kill, or to the end), reported whole. Not simply the stretch around
-            // the kill instant: a receipt the killed master had sent just before dying can
-            // arrive a few ms after the kill and would hide the outage that follows it.
-            let window_end = kills.get(k + 1).map_or(end, |n| n.at_ms);
-            let (ms, recovered) = points
-                .windows(2)
-                .filter_map(|w| {
-                    let overlap = w[1].min(window_end).checked_sub(w[0].max(kill.at_ms))?;
-                    let recovered = w[1] != end || oks.last() == Some(&end);
-                    Some((overlap, w[1].saturating_sub(w[0]), recovered))
-                })
-                .max_by_key(|x| (x.0, x.1))
-                .map_or((0, true), |x| (x.1, x.2));
+        for (k, (ms, recovered)) in per_kill.into_iter().enumerate() {
             gaps.push(Gap {
                 producer: p,
                 kill: k,
@@ -977,6 +1342,7 @@ fn compute(
         stored_not_acked,
         drain_complete,
         sofamq_bin: describe_bin(&crate::sofamq_bin()),
+        consumers: Vec::new(),
     }
 }
 
@@ -1099,5 +1465,65 @@ mod tests {
         assert_eq!(r.duplicate_ids, 1);
         assert_eq!(r.duplicate_bodies, 1);
         assert_eq!(r.stored_not_acked, 1);
+    }
+
+    #[test]
+    fn a_consumer_misses_what_it_never_received_and_a_failed_ack_comes_back() {
+        let acked: HashMap<String, (usize, u64)> = [("a", 0), ("b", 1), ("c", 2)]
+            .into_iter()
+            .map(|(id, seq)| (id.to_string(), (0, seq)))
+            .collect();
+        let kills = vec![Kill {
+            broker: 0,
+            at_ms: 1000,
+            new_master_ms: None,
+            new_master: None,
+            restarted_ms: None,
+        }];
+        let lines: Vec<serde_json::Value> = [
+            r#"{"event":"started","at_ms":100}"#,
+            r#"{"event":"received","id":"a","body":"p0-s0","at_ms":900}"#,
+            r#"{"event":"ack","id":"a","ok":false,"error":"InternalError: 50002, not master","at_ms":1100}"#,
+            r#"{"event":"receive_error","error":"UNAVAILABLE","at_ms":1200}"#,
+            r#"{"event":"received","id":"b","body":"p0-s1","at_ms":3500}"#,
+            r#"{"event":"received","id":"a","body":"p0-s0","at_ms":4000}"#,
+            r#"{"event":"received","id":"zz","body":"other","at_ms":4100}"#,
+        ]
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+        let c = consumer_report(ConsumerMode::Simple, &lines, &acked, &kills, 5000);
+        assert_eq!(c.received, 2);
+        assert_eq!(c.missing, 1, "c never came");
+        assert_eq!(c.deliveries, 3, "a twice, b once; zz is not ours");
+        assert_eq!(c.redelivered, 1);
+        assert_eq!(c.ack_failed, 1);
+        assert_eq!(c.ack_failed_redelivered, 1);
+        assert_eq!(c.receive_errors, 1);
+        assert_eq!(c.gaps_ms, vec![2600], "900 -> 3500 covers the kill");
+        assert!(c.start_error.is_none());
+    }
+
+    #[test]
+    fn violations_name_what_broke() {
+        let s = Scenario::standard(OfficialClient::Python, true, 1);
+        let kills = vec![Kill {
+            broker: 0,
+            at_ms: 1000,
+            new_master_ms: None,
+            new_master: None,
+            restarted_ms: None,
+        }];
+        let sends = vec![line(0, 0, true, 900), line(0, 1, true, 9950)];
+        let started = HashMap::from([(0, 100), (1, 100), (2, 100), (3, 100)]);
+        let drained: Drained = vec![
+            ("id0-0".into(), "p0-s0".into(), 0, 0),
+            ("id0-1".into(), "p0-s1".into(), 0, 1),
+        ];
+        let r = compute(&s, &kills, &sends, &started, 10_000, &drained, true);
+        assert!(r.violations(false).is_empty(), "{:?}", r.violations(false));
+        // Producers 1-3 never had an OK: 9.9 s without one.
+        let v = r.violations(true);
+        assert!(v.iter().any(|x| x.starts_with("gap max")), "{v:?}");
     }
 }

@@ -10,6 +10,7 @@ use super::checker::{Report, check};
 use super::cluster::{ChaosCluster, ClusterOptions, Failover, has_controller};
 use super::history::History;
 use super::workload::{Workload, WorkloadConfig};
+use crate::official;
 use crate::proxy::LinkMode;
 
 /// A small deterministic RNG (xorshift64*), so a seed replays the same fault timing.
@@ -85,6 +86,18 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "timers (0.5-8 s delays) pending while the master is killed -9, the controller fails over, the old master returns as slave (needs controller)",
     ),
     (
+        "official-python",
+        "the official Python client 5.1.2 (4 producers, a SimpleConsumer, a PushConsumer) through kill -9 of the master every 15 s; the killed broker restarts after 1 s, or stays dead with --leave-dead (needs controller)",
+    ),
+    (
+        "official-node",
+        "the official Node client 1.0.8 (4 producers) through kill -9 of the master every 15 s, as official-python (needs controller, node, npm)",
+    ),
+    (
+        "official-rust",
+        "the official Rust client 5.0.0 (4 producers) through kill -9 of the master every 15 s, as official-python (needs controller, cargo)",
+    ),
+    (
         "txn-failover",
         "half messages open (commit, rollback, check-back commit, abandoned) while the master is killed -9, the controller fails over, the old master returns as slave (needs controller)",
     ),
@@ -101,6 +114,7 @@ pub const CI_SET: &[&str] = &[
     "torn-write",
     "timer-failover",
     "txn-failover",
+    "official-python",
 ];
 
 /// The DELAY topic of the timer scenario, the TRANSACTION topic of the transaction one.
@@ -126,6 +140,9 @@ pub struct ScenarioOptions {
     pub unsafe_ack_before_replication: bool,
     /// Stop the fault phase after this many rounds even before `duration` is up.
     pub max_rounds: Option<u32>,
+    /// `official-*`: the killed broker stays dead for the kill's window (variant B) rather
+    /// than restarting after 1 s.
+    pub leave_dead: bool,
 }
 
 /// What a scenario run produced.
@@ -134,6 +151,9 @@ pub struct ScenarioOptions {
 pub enum Outcome {
     /// The checker's verdict.
     Checked(Report),
+    /// An `official-*` scenario: the figures of issue 15 (judge with
+    /// [`official::Report::violations`]).
+    Official(official::Report),
     /// Not run, and why (e.g. "needs controller").
     Skipped(String),
 }
@@ -142,7 +162,7 @@ fn needs_controller(name: &str) -> bool {
     matches!(
         name,
         "controller-leader-kill" | "master-controller-kill" | "timer-failover" | "txn-failover"
-    )
+    ) || name.starts_with("official-")
 }
 
 /// Runs scenario `name`.
@@ -169,6 +189,9 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Skipped(
             "needs controller: this sofamq has no `controller` subcommand".into(),
         ));
+    }
+    if let Some(client) = name.strip_prefix("official-") {
+        return run_official(client, o).await;
     }
     let secs = o.duration.as_secs().max(1);
     let copts = ClusterOptions {
@@ -262,6 +285,25 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
         report.scenario = format!("{name}(unsafe)");
     }
     Ok(Outcome::Checked(report))
+}
+
+/// An official client through master kills (the harness of [`official`]): one kill per
+/// round, every 15 s, `max_rounds` of them or as many as fit in `duration`.
+async fn run_official(client: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
+    let client = official::OfficialClient::parse(client)?;
+    let driver = match official::driver(client)? {
+        Ok(d) => d,
+        Err(why) => return Ok(Outcome::Skipped(why)),
+    };
+    let kills = o.max_rounds.map_or_else(
+        || (o.duration.as_secs() / 15).max(1) as usize,
+        |r| r.max(1) as usize,
+    );
+    let mut s = official::Scenario::standard(client, !o.leave_dead, kills);
+    if client == official::OfficialClient::Python {
+        s.consumers = vec![official::ConsumerMode::Simple, official::ConsumerMode::Push];
+    }
+    Ok(Outcome::Official(official::run(&s, &driver).await?))
 }
 
 fn tracing_note(s: &str) {
