@@ -32,6 +32,7 @@ pub async fn run(broker: Broker, addrs: BrokerAddrs, token: CancellationToken) {
     let check = beat.min(Duration::from_millis(100));
     let mut view: Option<GroupState> = None;
     let mut last_beat: Option<Instant> = None;
+    let mut last_refused: Option<String> = None;
     tracing::info!(controller = ?cfg.controller, broker_id = me, "following the controller");
     loop {
         // In-sync changes go out as soon as they are seen, heartbeats on their period.
@@ -61,9 +62,14 @@ pub async fn run(broker: Broker, addrs: BrokerAddrs, token: CancellationToken) {
                 }
             }
         }
-        if last_beat.is_none_or(|t| t.elapsed() >= beat) {
+        // While the master we follow refuses connections, beat on every check: the
+        // controller may elect as soon as that master's lease has run out.
+        let refused = repl.master_refused();
+        let period = if refused.is_some() { check } else { beat };
+        if last_beat.is_none_or(|t| t.elapsed() >= period) || refused != last_refused {
             let sent = Instant::now();
             last_beat = Some(sent);
+            last_refused.clone_from(&refused);
             let store = broker.store();
             let hb = Heartbeat {
                 group: group.clone(),
@@ -74,6 +80,7 @@ pub async fn run(broker: Broker, addrs: BrokerAddrs, token: CancellationToken) {
                 log_end: store.durable_offset(),
                 prefer_master,
                 acting_master_epoch: (repl.role() == Role::Master).then(|| store.current_epoch()),
+                master_refused: refused,
             };
             match client.heartbeat(&hb).await {
                 Ok(reply) => {

@@ -31,6 +31,11 @@ pub struct ControllerArgs {
     /// How long a master may act after a heartbeat (must be below the master timeout).
     #[arg(long)]
     pub lease_ms: Option<u64>,
+    /// Replace a master not heard from for this long when an in-sync slave finds its
+    /// replication port refusing connections (above the lease, at most the master
+    /// timeout; default: the lease plus a fifth of the gap to the master timeout).
+    #[arg(long)]
+    pub refused_timeout_ms: Option<u64>,
 }
 
 /// What [`start`] needs (shared by `sofamq controller` and the embedded namesrv node).
@@ -41,6 +46,7 @@ pub struct ControllerOpts {
     pub data_dir: PathBuf,
     pub master_timeout_ms: Option<u64>,
     pub lease_ms: Option<u64>,
+    pub refused_timeout_ms: Option<u64>,
 }
 
 /// A started controller node: its bound address and the serving task.
@@ -87,6 +93,7 @@ pub async fn start(o: ControllerOpts, token: CancellationToken) -> anyhow::Resul
     if let Some(l) = o.lease_ms {
         cfg.lease_ms = l;
     }
+    cfg.refused_timeout_ms = o.refused_timeout_ms;
     let controller = Controller::start(cfg, token.clone()).await?;
     let server = tokio::spawn(sofamq_controller::serve(
         listener,
@@ -123,6 +130,7 @@ pub async fn run(a: ControllerArgs) -> anyhow::Result<()> {
         data_dir: a.data_dir,
         master_timeout_ms: a.master_timeout_ms,
         lease_ms: a.lease_ms,
+        refused_timeout_ms: a.refused_timeout_ms,
     };
     let running = start(opts, token).await?;
     println!("controller ready on {}", running.bound);
@@ -166,6 +174,7 @@ pub async fn start_embedded(
         data_dir,
         master_timeout_ms: None,
         lease_ms: None,
+        refused_timeout_ms: None,
     };
     let running = start(opts, token_for(shutdown)).await?;
     println!("controller ready on {}", running.bound);

@@ -28,6 +28,11 @@ pub struct ControllerConfig {
     pub master_timeout_ms: u64,
     /// How long a master may act after sending a heartbeat (ms); must be < `master_timeout_ms`.
     pub lease_ms: u64,
+    /// A master not heard from for this long is replaced when an in-sync replica reports
+    /// its replication port refusing connections (ms); must be > `lease_ms` and at most
+    /// `master_timeout_ms`. `None`: `lease_ms` plus a fifth of the gap to
+    /// `master_timeout_ms` (2200 with the defaults).
+    pub refused_timeout_ms: Option<u64>,
     /// How often the leader runs the election check (ms).
     pub check_interval_ms: u64,
     /// Raft leader heartbeat interval (ms).
@@ -51,6 +56,7 @@ impl Default for ControllerConfig {
             data_dir: PathBuf::from("controller-data"),
             master_timeout_ms: 3000,
             lease_ms: 2000,
+            refused_timeout_ms: None,
             check_interval_ms: 200,
             raft_heartbeat_ms: 150,
             election_timeout_min_ms: 600,
@@ -74,6 +80,14 @@ pub enum ConfigError {
         lease: u64,
         /// The master timeout.
         timeout: u64,
+    },
+    /// `refused_timeout_ms` must lie in (`lease_ms`, `master_timeout_ms`].
+    #[error("refused_timeout_ms ({refused}) must be > lease_ms ({lease}) and <= master_timeout_ms")]
+    RefusedTimeout {
+        /// The refused timeout.
+        refused: u64,
+        /// The lease.
+        lease: u64,
     },
     /// A timing value is zero or the election bounds are inverted.
     #[error("bad timing: {0}")]
@@ -110,6 +124,13 @@ impl ControllerConfig {
                 timeout: self.master_timeout_ms,
             });
         }
+        let refused = self.refused_timeout().as_millis() as u64;
+        if refused <= self.lease_ms || refused > self.master_timeout_ms {
+            return Err(ConfigError::RefusedTimeout {
+                refused,
+                lease: self.lease_ms,
+            });
+        }
         if self.check_interval_ms == 0
             || self.raft_heartbeat_ms == 0
             || self.rpc_timeout_ms == 0
@@ -132,6 +153,12 @@ impl ControllerConfig {
     /// The master timeout as a duration.
     pub fn master_timeout(&self) -> Duration {
         Duration::from_millis(self.master_timeout_ms)
+    }
+
+    /// The refused timeout as a duration.
+    pub fn refused_timeout(&self) -> Duration {
+        let derived = self.lease_ms + self.master_timeout_ms.saturating_sub(self.lease_ms) / 5;
+        Duration::from_millis(self.refused_timeout_ms.unwrap_or(derived))
     }
 
     /// The RPC timeout as a duration.
@@ -165,6 +192,26 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_timeout_lies_between_the_lease_and_the_master_timeout() {
+        let mut c = ControllerConfig::new(1, parse_peers("1=h:1").unwrap(), "d".into());
+        assert_eq!(c.refused_timeout(), Duration::from_millis(2200));
+        assert!(c.validate().is_ok());
+        c.master_timeout_ms = 1500;
+        c.lease_ms = 1000;
+        assert_eq!(c.refused_timeout(), Duration::from_millis(1100));
+        assert!(c.validate().is_ok());
+        c.refused_timeout_ms = Some(1000);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::RefusedTimeout { .. })
+        ));
+        c.refused_timeout_ms = Some(1600);
+        assert!(c.validate().is_err());
+        c.refused_timeout_ms = Some(1500);
+        assert!(c.validate().is_ok());
+    }
 
     #[test]
     fn peers_parse() {

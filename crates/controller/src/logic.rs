@@ -29,6 +29,9 @@ pub struct BrokerSeen {
     pub prefer_master: bool,
     /// Reported acting-master epoch.
     pub acting_master_epoch: Option<u64>,
+    /// The replication address this broker last failed to connect to (refused), if its
+    /// latest attempt was refused.
+    pub master_refused: Option<String>,
 }
 
 impl BrokerSeen {
@@ -43,6 +46,7 @@ impl BrokerSeen {
             store_epoch: hb.store_epoch,
             prefer_master: hb.prefer_master,
             acting_master_epoch: hb.acting_master_epoch,
+            master_refused: hb.master_refused.clone(),
         }
     }
 
@@ -58,6 +62,7 @@ impl BrokerSeen {
         self.store_epoch = hb.store_epoch;
         self.prefer_master = hb.prefer_master;
         self.acting_master_epoch = hb.acting_master_epoch;
+        self.master_refused = hb.master_refused.clone();
     }
 }
 
@@ -73,12 +78,21 @@ pub struct Clock {
     pub epoch_since: Instant,
     /// A master silent for this long is replaced.
     pub master_timeout: Duration,
+    /// A master silent for this long is replaced when a live in-sync replica reports its
+    /// replication address refusing connections. Longer than the lease (the master's lease
+    /// starts before the heartbeat this leader last received, so it has run out by then),
+    /// at most `master_timeout`.
+    pub refused_timeout: Duration,
 }
 
 impl Clock {
     fn alive(&self, seen: Option<&BrokerSeen>) -> bool {
+        self.silent_for(seen) < self.master_timeout
+    }
+
+    fn silent_for(&self, seen: Option<&BrokerSeen>) -> Duration {
         let last = seen.map_or(self.leader_since, |s| s.last_seen.max(self.leader_since));
-        self.now.saturating_duration_since(last) < self.master_timeout
+        self.now.saturating_duration_since(last)
     }
 
     fn waited_as_leader(&self) -> bool {
@@ -157,7 +171,19 @@ fn failover(
     clock: &Clock,
 ) -> Option<Command> {
     let ms = seen.get(&m);
-    let silent = !clock.alive(ms);
+    // Silent for the master timeout, or past its lease while a live in-sync replica finds
+    // its replication port refusing connections (the process is gone: no need to wait out
+    // the rest of the timeout, which is there for masters that are merely slow).
+    let refused = group.brokers.get(&m).is_some_and(|a| {
+        group.insync.iter().any(|id| {
+            *id != m
+                && seen.get(id).is_some_and(|s| {
+                    clock.alive(Some(s)) && s.master_refused.as_deref() == Some(a.repl.as_str())
+                })
+        })
+    });
+    let silent = !clock.alive(ms)
+        || (refused && clock.silent_for(ms) >= clock.refused_timeout.min(clock.master_timeout));
     let restarted = !silent
         && ms.is_some_and(|s| {
             s.restarted_at.is_some_and(|t| t > clock.epoch_since)

@@ -455,6 +455,7 @@ impl Controller {
         live.for_term(term, now);
         let empty = BTreeMap::new();
         let master_timeout = self.inner.config.master_timeout();
+        let refused_timeout = self.inner.config.refused_timeout();
         let mut out = Vec::new();
         for g in &groups {
             let epoch_since = live.epoch_since(g, now);
@@ -463,6 +464,7 @@ impl Controller {
                 leader_since: live.leader_since,
                 epoch_since,
                 master_timeout,
+                refused_timeout,
             };
             let seen = live.groups.get(&g.group).unwrap_or(&empty);
             if let Some(cmd) = logic::decide(g, seen, &clock) {

@@ -64,6 +64,11 @@ pub struct Heartbeat {
     pub prefer_master: bool,
     /// Whether the broker acts as master now (and in which epoch).
     pub acting_master_epoch: Option<u64>,
+    /// A slave whose latest attempt to connect to the replication address it follows was
+    /// refused names that address: nothing listens there, the process is gone (a live but
+    /// slow or partitioned master does not refuse connections).
+    #[serde(default)]
+    pub master_refused: Option<String>,
 }
 
 /// The controller leader's answer to a heartbeat.

@@ -111,6 +111,7 @@ impl FakeBroker {
                         log_end: 100,
                         prefer_master: prefer,
                         acting_master_epoch: acting,
+                        master_refused: None,
                     };
                     if let Ok(r) = client.heartbeat(&hb).await {
                         let mut s = st.lock();
@@ -326,6 +327,7 @@ fn b1_heartbeat() -> Heartbeat {
         log_end: 100,
         prefer_master: false,
         acting_master_epoch: None,
+        master_refused: None,
     }
 }
 
@@ -354,6 +356,7 @@ async fn single_voter_state_survives_restart() {
             log_end: 0,
             prefer_master: true,
             acting_master_epoch: None,
+            master_refused: None,
         };
         let v = wait_for_async(|| client.heartbeat(&hb)).await;
         assert!(v.view.brokers.contains_key(&5));

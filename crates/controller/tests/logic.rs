@@ -7,6 +7,7 @@ use sofamq_controller::logic::{BrokerSeen, Clock, decide};
 use sofamq_controller::{BrokerAddrs, Command, GroupState, Heartbeat};
 
 const MT: Duration = Duration::from_millis(3000);
+const RT: Duration = Duration::from_millis(2200);
 
 fn addrs(id: u64) -> BrokerAddrs {
     BrokerAddrs {
@@ -36,6 +37,7 @@ fn hb(id: u64, log_end: u64, store_epoch: u64, prefer: bool, acting: Option<u64>
         log_end,
         prefer_master: prefer,
         acting_master_epoch: acting,
+        master_refused: None,
     }
 }
 
@@ -50,6 +52,7 @@ fn clock(t0: Instant, now_ms: u64) -> Clock {
         leader_since: t0,
         epoch_since: t0,
         master_timeout: MT,
+        refused_timeout: RT,
     }
 }
 
@@ -268,4 +271,61 @@ fn epoch_covers_every_live_store_epoch() {
     ]);
     let (m, e, _) = elected(decide(&g, &seen, &clock(t0, 9000)));
     assert_eq!((m, e), (Some(1), 8));
+}
+
+fn refusing(id: u64, master: u64) -> Heartbeat {
+    let mut h = hb(id, 10, 4, false, None);
+    h.master_refused = Some(addrs(master).repl);
+    h
+}
+
+#[test]
+fn a_refused_master_is_replaced_once_its_lease_has_run_out() {
+    let t0 = Instant::now();
+    let g = group(Some(0), 4, &[0, 1], &[0, 1]);
+    // The master was last heard at 5000; its in-sync slave finds its port refusing.
+    let last = t0 + Duration::from_millis(5000);
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let seen = |now| {
+        BTreeMap::from([
+            (0, seen_at(&hb(0, 10, 4, false, Some(4)), last)),
+            (1, seen_at(&refusing(1, 0), now)),
+        ])
+    };
+    // Within the lease (2000 ms) and the refused timeout: nobody is elected.
+    assert_eq!(decide(&g, &seen(at(6900)), &clock(t0, 6900)), None);
+    assert_eq!(decide(&g, &seen(at(7100)), &clock(t0, 7100)), None);
+    // Past the refused timeout (2200 ms), well before the master timeout (3000 ms).
+    let (m, e, _) = elected(decide(&g, &seen(at(7200)), &clock(t0, 7200)));
+    assert_eq!((m, e), (Some(1), 5));
+}
+
+#[test]
+fn a_refusal_needs_a_live_insync_reporter_naming_this_master() {
+    let t0 = Instant::now();
+    let now = t0 + Duration::from_millis(7500);
+    let last = t0 + Duration::from_millis(5000);
+    let master = seen_at(&hb(0, 10, 4, false, Some(4)), last);
+    // Reported by a broker outside the in-sync set: not enough.
+    let g = group(Some(0), 4, &[0, 1], &[0, 1, 2]);
+    let seen = BTreeMap::from([
+        (0, master.clone()),
+        (1, seen_at(&hb(1, 10, 4, false, None), now)),
+        (2, seen_at(&refusing(2, 0), now)),
+    ]);
+    assert_eq!(decide(&g, &seen, &clock(t0, 7500)), None);
+    // Naming another address (an old master): not enough.
+    let seen = BTreeMap::from([(0, master.clone()), (1, seen_at(&refusing(1, 2), now))]);
+    assert_eq!(decide(&g, &seen, &clock(t0, 7500)), None);
+    // A master still heartbeating is left alone whatever its slave says.
+    let seen = BTreeMap::from([
+        (0, seen_at(&hb(0, 10, 4, false, Some(4)), now)),
+        (1, seen_at(&refusing(1, 0), now)),
+    ]);
+    assert_eq!(decide(&g, &seen, &clock(t0, 7500)), None);
+    // Without any refusal the master timeout (3000 ms) still applies.
+    let seen = BTreeMap::from([(0, master), (1, seen_at(&hb(1, 10, 4, false, None), now))]);
+    assert_eq!(decide(&g, &seen, &clock(t0, 7500)), None);
+    let (m, _, _) = elected(decide(&g, &seen, &clock(t0, 8000)));
+    assert_eq!(m, Some(1));
 }

@@ -51,6 +51,11 @@ struct Node {
     followers: BTreeMap<u64, Follower>,
     seen_epoch: u64,
     view: Option<GroupState>,
+    /// The master address whose latest fetch failed. The real broker reports only a refused
+    /// connect (the process is gone); the sim reports every failure, a partition or a
+    /// held link too, so the controller's earlier election on such reports is tried
+    /// against masters that are alive.
+    master_unreachable: Option<String>,
 }
 
 type N = Rc<RefCell<Node>>;
@@ -174,6 +179,10 @@ impl Node {
             log_end: self.log.durable(),
             prefer_master: self.me == 0,
             acting_master_epoch: (self.role == Role::Master).then(|| self.log.epoch()),
+            master_refused: self
+                .master_unreachable
+                .clone()
+                .filter(|a| self.role == Role::Slave && self.following.as_ref() == Some(a)),
         }
     }
 
@@ -401,9 +410,14 @@ async fn fetch_loop(node: N) {
             }
         };
         let Some((addr, req)) = req else { continue };
-        if let Some(resp) = net::call(&addr, &req, rpc).await {
-            sh.gate(me).await;
-            node.borrow_mut().apply_fetch(&addr, resp);
+        match net::call(&addr, &req, rpc).await {
+            Some(resp) => {
+                sh.gate(me).await;
+                let mut n = node.borrow_mut();
+                n.master_unreachable = None;
+                n.apply_fetch(&addr, resp);
+            }
+            None => node.borrow_mut().master_unreachable = Some(addr),
         }
     }
 }
@@ -445,6 +459,7 @@ pub async fn run(sh: World, me: u64) -> turmoil::Result {
         followers: BTreeMap::new(),
         seen_epoch: 0,
         view: None,
+        master_unreachable: None,
     }));
     tokio::task::spawn_local(heartbeat_loop(node.clone(), incarnation));
     tokio::task::spawn_local(fetch_loop(node.clone()));

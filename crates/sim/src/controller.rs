@@ -129,6 +129,7 @@ impl Ctl {
             leader_since: self.leader_since,
             epoch_since: since.max(self.leader_since),
             master_timeout: Duration::from_millis(self.sh.timing.master_timeout),
+            refused_timeout: Duration::from_millis(self.sh.timing.refused_timeout()),
         };
         let Some(mut cmd) = logic::decide(&g, &self.seen, &clock) else {
             return;

@@ -48,6 +48,15 @@ pub struct Timing {
     pub rpc: u64,
 }
 
+impl Timing {
+    /// Controller: silence after which a master is replaced when a live in-sync slave
+    /// reports it unreachable; the lease plus a fifth of the gap to the master timeout, as
+    /// the real controller's default.
+    pub fn refused_timeout(&self) -> u64 {
+        self.lease + self.master_timeout.saturating_sub(self.lease) / 5
+    }
+}
+
 impl Default for Timing {
     fn default() -> Self {
         Self {

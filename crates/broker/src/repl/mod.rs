@@ -90,6 +90,8 @@ pub struct Replication {
     limit: AtomicU64,
     switching: tokio::sync::Mutex<()>,
     token: Mutex<Option<CancellationToken>>,
+    /// The master replication address whose latest connect attempt was refused.
+    master_refused: Mutex<Option<String>>,
 }
 
 impl Replication {
@@ -131,6 +133,7 @@ impl Replication {
             limit: AtomicU64::new(u64::MAX),
             switching: tokio::sync::Mutex::new(()),
             token: Mutex::new(None),
+            master_refused: Mutex::new(None),
             segment_dir: store_dir.join("commitlog"),
             cfg,
             store,
@@ -176,6 +179,28 @@ impl Replication {
     /// The master a slave follows.
     pub fn master_addr(&self) -> Option<String> {
         self.role.lock().master_addr.clone()
+    }
+
+    /// The master address this slave follows when its latest attempt to connect there was
+    /// refused (nothing listens: the master's process is gone), for the controller.
+    pub fn master_refused(&self) -> Option<String> {
+        let refused = self.master_refused.lock().clone()?;
+        let st = self.role.lock();
+        (st.role == Role::Slave && st.master_addr.as_deref() == Some(refused.as_str()))
+            .then_some(refused)
+    }
+
+    /// Notes the outcome of a connect attempt to `master`.
+    pub(crate) fn note_connect(&self, master: &str, refused: bool) {
+        let mut r = self.master_refused.lock();
+        if refused {
+            if r.as_deref() != Some(master) {
+                tracing::warn!(%master, "master replication port refuses connections");
+            }
+            *r = Some(master.to_string());
+        } else {
+            *r = None;
+        }
     }
 
     /// The settings.

@@ -29,10 +29,16 @@ pub async fn follow(repl: Arc<Replication>, master: String, token: CancellationT
         }
     };
     loop {
+        let began = std::time::Instant::now();
         let r = tokio::select! {
             () = token.cancelled() => return,
             r = session(&repl, &security, &master, &token) => r,
         };
+        // A session that lasted ended a healthy stretch: reconnect on the base delay (the
+        // master may be gone, and the controller hears of a refused port from us).
+        if began.elapsed() >= base * 16 {
+            delay = base;
+        }
         match r {
             Ok(()) => delay = base,
             Err(e) => {
@@ -61,9 +67,17 @@ async fn session(
 ) -> Result<(), ReplError> {
     let hs = repl.cfg.handshake_timeout();
     let max = repl.cfg.frame_limit();
-    let sock = tokio::time::timeout(hs, TcpStream::connect(master))
-        .await
-        .map_err(|_| ReplError::Timeout("connect"))??;
+    let sock = match tokio::time::timeout(hs, TcpStream::connect(master)).await {
+        Err(_) => return Err(ReplError::Timeout("connect")),
+        Ok(Err(e)) => {
+            repl.note_connect(master, e.kind() == std::io::ErrorKind::ConnectionRefused);
+            return Err(e.into());
+        }
+        Ok(Ok(s)) => {
+            repl.note_connect(master, false);
+            s
+        }
+    };
     sock.set_nodelay(true)?;
     // TLS and the answer to the master's challenge come before any frame.
     let mut sock = tokio::time::timeout(
