@@ -8,8 +8,8 @@ closes, and prints one JSON line per event:
   {"event":"ack","id":"..","ok":true|false,"error":"..","at_ms":..}     (simple only)
   {"event":"receive_error","error":"..","at_ms":..}                      (simple only)
 
-MODE is `simple` (SimpleConsumer: receive up to 16, ack each; an invisible duration of
-10 s) or `push` (PushConsumer: the listener returns SUCCESS and the client acks).
+MODE is `simple` (SimpleConsumer: receive up to 32, ack each (concurrently); an invisible
+duration of 10 s) or `push` (PushConsumer: the listener returns SUCCESS and the client acks).
 
 Usage: python_failover_consumer.py MODE ACCESS_POINT TOPIC GROUP DURATION_S
 """
@@ -56,15 +56,24 @@ def run_simple(access_point: str, topic: str, group: str, until: float) -> None:
     try:
         while time.monotonic() < until and not _stop.is_set():
             try:
-                msgs = consumer.receive(16, 10)
+                msgs = consumer.receive(32, 10)
             except Exception as e:  # noqa: BLE001 - report every failure
                 emit({"event": "receive_error", "error": error_text(e), "at_ms": now_ms()})
                 time.sleep(0.2)
                 continue
+            # Ack the batch concurrently (one round trip each would make the consumer fall
+            # behind the producers), then report every outcome.
+            pending = []
             for msg in msgs:
                 received(msg)
                 try:
-                    consumer.ack(msg)
+                    pending.append((msg, consumer.ack_async(msg)))
+                except Exception as e:  # noqa: BLE001 - report every failure
+                    emit({"event": "ack", "id": msg.message_id, "ok": False,
+                          "error": error_text(e), "at_ms": now_ms()})
+            for msg, fut in pending:
+                try:
+                    fut.result(timeout=30)
                     emit({"event": "ack", "id": msg.message_id, "ok": True, "at_ms": now_ms()})
                 except Exception as e:  # noqa: BLE001 - report every failure
                     emit({"event": "ack", "id": msg.message_id, "ok": False,

@@ -33,6 +33,8 @@ pub async fn run(broker: Broker, addrs: BrokerAddrs, token: CancellationToken) {
     let mut view: Option<GroupState> = None;
     let mut last_beat: Option<Instant> = None;
     let mut last_refused: Option<String> = None;
+    // The epoch this broker last acted as master in, and since when.
+    let mut master_term: Option<(u64, Instant)> = None;
     tracing::info!(controller = ?cfg.controller, broker_id = me, "following the controller");
     loop {
         // In-sync changes go out as soon as they are seen, heartbeats on their period.
@@ -43,6 +45,16 @@ pub async fn run(broker: Broker, addrs: BrokerAddrs, token: CancellationToken) {
         {
             let mut want: BTreeSet<u64> = repl.tracker().insync_ids();
             want.insert(me);
+            // A new master gives the committed in-sync slaves up to `max_lag` to connect
+            // (they learn of it a moment after it does), as it gives a connected slave
+            // that falls behind: no shrink before that, so the sends of its first
+            // moments wait for them rather than fail.
+            if master_term.is_none_or(|(e, _)| e != v.master_epoch) {
+                master_term = Some((v.master_epoch, Instant::now()));
+            }
+            if master_term.is_some_and(|(_, t)| t.elapsed() < cfg.max_lag()) {
+                want.extend(v.insync.iter().copied());
+            }
             if want != v.insync {
                 let req = AlterInSync {
                     group: group.clone(),

@@ -324,9 +324,12 @@ pub const GOAL_GAP_MAX_MS: u64 = 8000;
 /// See [`GOAL_GAP_MAX_MS`].
 pub const GOAL_GAP_MEDIAN_MS: u64 = 5000;
 
-/// How long the consumers may take, after the producers stopped, to receive every acked
-/// message (a message whose ack failed comes back after its 10 s invisible duration).
-pub const CONSUMER_CATCH_UP: Duration = Duration::from_secs(60);
+/// How long a consumer may go without a new receipt, after the producers stopped, while
+/// it has not received every acked message (a message whose ack failed comes back after
+/// its 10 s invisible duration).
+pub const CONSUMER_CATCH_UP: Duration = Duration::from_secs(30);
+/// The longest a consumer may take, after the producers stopped, to catch up.
+pub const CONSUMER_CATCH_UP_MAX: Duration = Duration::from_secs(300);
 
 impl Report {
     /// What broke a promise: nothing acked lost or stored twice, every consumer received
@@ -1105,24 +1108,32 @@ pub async fn run(s: &Scenario, driver: &Driver) -> anyhow::Result<Report> {
         .filter_map(|l| Some((l.message_id.clone()?, (l.producer, l.seq))))
         .collect();
     // The consumers go on until each has received every acked message (a message whose
-    // ack failed comes back after its invisible duration), bounded.
-    let deadline = Instant::now() + CONSUMER_CATCH_UP;
+    // ack failed comes back after its invisible duration): bounded by CONSUMER_CATCH_UP
+    // without a new receipt, and by CONSUMER_CATCH_UP_MAX in all.
     let mut consumer_reports = Vec::new();
     for (mode, mut p) in consumers {
+        let hard = Instant::now() + CONSUMER_CATCH_UP_MAX;
+        let mut stall = Instant::now() + CONSUMER_CATCH_UP;
+        let mut seen_lines = 0;
         let caught_up = loop {
-            let got: HashSet<String> = p
-                .lines()
+            let lines = p.lines();
+            let got: HashSet<&str> = lines
                 .iter()
                 .filter(|l| l["event"].as_str() == Some("received"))
-                .filter_map(|l| l["id"].as_str().map(str::to_string))
+                .filter_map(|l| l["id"].as_str())
                 .collect();
-            if acked.keys().all(|id| got.contains(id)) {
+            if acked.keys().all(|id| got.contains(id.as_str())) {
                 break true;
             }
-            if Instant::now() > deadline || matches!(p.child.try_wait(), Ok(Some(_))) {
+            if lines.len() > seen_lines {
+                seen_lines = lines.len();
+                stall = Instant::now() + CONSUMER_CATCH_UP;
+            }
+            let now = Instant::now();
+            if now > stall || now > hard || matches!(p.child.try_wait(), Ok(Some(_))) {
                 break false;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         };
         p.stop(Duration::from_secs(20));
         let lines = p.lines();
@@ -1159,8 +1170,35 @@ pub async fn run(s: &Scenario, driver: &Driver) -> anyhow::Result<Report> {
         let mut f = std::fs::File::create(out.join("report.json"))?;
         writeln!(f, "{}", serde_json::to_string_pretty(&report)?)?;
         std::fs::write(out.join("report.txt"), report.render())?;
+        // The servers' logs (one per process start), for the timing of each election.
+        let logs = out.join("server-logs");
+        std::fs::create_dir_all(&logs)?;
+        for e in walk_logs(&dir) {
+            if let Some(name) = e.file_name() {
+                let _ = std::fs::copy(&e, logs.join(name));
+            }
+        }
     }
     Ok(report)
+}
+
+/// The `*.log` files in `dir` and one level below.
+fn walk_logs(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let entries = |d: &Path| std::fs::read_dir(d).into_iter().flatten().flatten();
+    for e in entries(dir) {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(
+                entries(&p)
+                    .map(|x| x.path())
+                    .filter(|x| x.extension().is_some_and(|x| x == "log")),
+            );
+        } else if p.extension().is_some_and(|x| x == "log") {
+            out.push(p);
+        }
+    }
+    out
 }
 
 async fn sleep_until_ms(t: u64) {

@@ -97,7 +97,7 @@ async fn session(
             "Hello from broker id {broker_id}, authenticated as {authenticated:?}"
         ))
     } else if repl.role() != Role::Master {
-        Some("not master".to_string())
+        Some(super::REJECT_NOT_MASTER.to_string())
     } else if broker_name != repl.broker_name {
         Some(format!(
             "broker group {broker_name:?} does not match {:?}",

@@ -38,6 +38,9 @@ use crate::error::BrokerError;
 use dedup::Dedup;
 use insync::Tracker;
 
+/// Why a broker that is not master refuses a replication session.
+pub(crate) const REJECT_NOT_MASTER: &str = "not master";
+
 /// A replication session failure (the session ends; a slave reconnects).
 #[derive(Debug, thiserror::Error)]
 pub enum ReplError {

@@ -41,6 +41,19 @@ pub async fn follow(repl: Arc<Replication>, master: String, token: CancellationT
         }
         match r {
             Ok(()) => delay = base,
+            // The broker we were told to follow has not taken the master role yet (the
+            // controller's view reaches it a moment after us): try again soon, without
+            // backing off, or the group waits for our next attempt to have an in-sync slave.
+            Err(ReplError::Protocol(p))
+                if p.strip_prefix("master: ") == Some(super::REJECT_NOT_MASTER) =>
+            {
+                tracing::debug!(%master, "master not promoted yet");
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(base) => {}
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(%master, error = %e, "replication from master interrupted");
                 if let ReplError::Store(_) = e
