@@ -67,7 +67,9 @@ def run_simple(access_point: str, topic: str, group: str, until: float) -> None:
             for msg in msgs:
                 received(msg)
                 try:
-                    pending.append((msg, consumer.ack_async(msg)))
+                    # SimpleConsumer.ack_async of 5.1.2 drops the future it builds
+                    # (returns None); the method it wraps returns it.
+                    pending.append((msg, consumer._ack_async(msg)))
                 except Exception as e:  # noqa: BLE001 - report every failure
                     emit({"event": "ack", "id": msg.message_id, "ok": False,
                           "error": error_text(e), "at_ms": now_ms()})

@@ -70,7 +70,7 @@ impl Default for ProxyOptions {
     fn default() -> Self {
         Self {
             enabled: true,
-            hold_ms: 2_500,
+            hold_ms: 5_000,
             retry_ms: 50,
             deadline_margin_ms: 300,
             forward_timeout_ms: 60_000,
