@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from rocketmq import (ClientConfiguration, ConsumeResult, Credentials, FilterExpression,
                       MessageListener, PushConsumer, SimpleConsumer)
@@ -48,7 +49,18 @@ def received(msg) -> None:
           "attempt": msg.delivery_attempt, "at_ms": now_ms()})
 
 
+def ack_one(consumer):
+    def ack(msg):
+        try:
+            consumer.ack(msg)
+            return None
+        except Exception as e:  # noqa: BLE001 - report every failure
+            return error_text(e)
+    return ack
+
+
 def run_simple(access_point: str, topic: str, group: str, until: float) -> None:
+    acks = ThreadPoolExecutor(max_workers=8)
     config = ClientConfiguration(access_point, Credentials())
     consumer = SimpleConsumer(config, group, {topic: FilterExpression()})
     consumer.startup()
@@ -61,25 +73,17 @@ def run_simple(access_point: str, topic: str, group: str, until: float) -> None:
                 emit({"event": "receive_error", "error": error_text(e), "at_ms": now_ms()})
                 time.sleep(0.2)
                 continue
-            # Ack the batch concurrently (one round trip each would make the consumer fall
-            # behind the producers), then report every outcome.
-            pending = []
+            # Ack the batch concurrently (one round trip after another would make the
+            # consumer fall behind the producers), each with the synchronous public ack:
+            # SimpleConsumer.ack_async of 5.1.2 returns None instead of its future.
             for msg in msgs:
                 received(msg)
-                try:
-                    # SimpleConsumer.ack_async of 5.1.2 drops the future it builds
-                    # (returns None); the method it wraps returns it.
-                    pending.append((msg, consumer._ack_async(msg)))
-                except Exception as e:  # noqa: BLE001 - report every failure
-                    emit({"event": "ack", "id": msg.message_id, "ok": False,
-                          "error": error_text(e), "at_ms": now_ms()})
-            for msg, fut in pending:
-                try:
-                    fut.result(timeout=30)
+            for msg, err in zip(msgs, acks.map(ack_one(consumer), msgs)):
+                if err is None:
                     emit({"event": "ack", "id": msg.message_id, "ok": True, "at_ms": now_ms()})
-                except Exception as e:  # noqa: BLE001 - report every failure
-                    emit({"event": "ack", "id": msg.message_id, "ok": False,
-                          "error": error_text(e), "at_ms": now_ms()})
+                else:
+                    emit({"event": "ack", "id": msg.message_id, "ok": False, "error": err,
+                          "at_ms": now_ms()})
     finally:
         stop_aside(consumer)
 

@@ -539,13 +539,16 @@ fn consumer_report(
             failed_acks.push((id, t));
         }
     }
+    let mut last_delivery: HashMap<&str, u64> = HashMap::new();
+    for l in &ours {
+        if let (Some(id), Some(t)) = (l["id"].as_str(), l["at_ms"].as_u64()) {
+            let e = last_delivery.entry(id).or_insert(t);
+            *e = (*e).max(t);
+        }
+    }
     let ack_failed_redelivered = failed_acks
         .iter()
-        .filter(|(id, t)| {
-            ours.iter().any(|l| {
-                l["id"].as_str() == Some(*id) && l["at_ms"].as_u64().is_some_and(|x| x > *t)
-            })
-        })
+        .filter(|(id, t)| last_delivery.get(id).is_some_and(|x| x > t))
         .count();
     let ack_failures_by_reason = by_reason("ack", true);
     let receive_errors_by_reason = by_reason("receive_error", false);
@@ -1133,7 +1136,7 @@ pub async fn run(s: &Scenario, driver: &Driver) -> anyhow::Result<Report> {
             if now > stall || now > hard || matches!(p.child.try_wait(), Ok(Some(_))) {
                 break false;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
         };
         p.stop(Duration::from_secs(20));
         let lines = p.lines();
