@@ -14,33 +14,15 @@ duration of 10 s) or `push` (PushConsumer: the listener returns SUCCESS and the 
 Usage: python_failover_consumer.py MODE ACCESS_POINT TOPIC GROUP DURATION_S
 """
 
-import json
 import os
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from failover_driver import emit, error_text, now_ms, stop, watch_stop
 from rocketmq import (ClientConfiguration, ConsumeResult, Credentials, FilterExpression,
                       MessageListener, PushConsumer, SimpleConsumer)
-
-_out = threading.Lock()
-_stop = threading.Event()
-
-
-def emit(obj) -> None:
-    line = json.dumps(obj)
-    with _out:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def error_text(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}"
 
 
 def received(msg) -> None:
@@ -66,7 +48,7 @@ def run_simple(access_point: str, topic: str, group: str, until: float) -> None:
     consumer.startup()
     emit({"event": "started", "at_ms": now_ms()})
     try:
-        while time.monotonic() < until and not _stop.is_set():
+        while time.monotonic() < until and not stop.is_set():
             try:
                 msgs = consumer.receive(32, 10)
             except Exception as e:  # noqa: BLE001 - report every failure
@@ -100,7 +82,7 @@ def run_push(access_point: str, topic: str, group: str, until: float) -> None:
     consumer.startup()
     emit({"event": "started", "at_ms": now_ms()})
     try:
-        while time.monotonic() < until and not _stop.is_set():
+        while time.monotonic() < until and not stop.is_set():
             time.sleep(0.1)
     finally:
         stop_aside(consumer)
@@ -119,19 +101,7 @@ def main() -> int:
     duration = float(sys.argv[5])
     until = time.monotonic() + duration
 
-    def hard_stop() -> None:
-        time.sleep(duration + 30)
-        sys.stderr.write("python_failover_consumer: hard deadline reached, exiting\n")
-        sys.stderr.flush()
-        os._exit(3)
-
-    threading.Thread(target=hard_stop, daemon=True).start()
-
-    def stdin_watch() -> None:
-        sys.stdin.buffer.read()
-        _stop.set()
-
-    threading.Thread(target=stdin_watch, daemon=True).start()
+    watch_stop("python_failover_consumer", duration)
     run = {"simple": run_simple, "push": run_push}[mode]
     try:
         run(access_point, topic, group, until)

@@ -11,31 +11,13 @@ Body of a message is b"p<P>-s<S>". Producers stop at DURATION_S or when standard
 closes, whichever comes first; exits by itself at most 30 s after DURATION_S.
 """
 
-import json
 import os
 import sys
 import threading
 import time
 
+from failover_driver import emit, error_text, now_ms, stop, watch_stop
 from rocketmq import ClientConfiguration, Credentials, Message, Producer
-
-_out = threading.Lock()
-_stop = threading.Event()
-
-
-def emit(obj) -> None:
-    line = json.dumps(obj)
-    with _out:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def error_text(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}"
 
 
 def run_producer(p: int, access_point: str, topic: str, until: float) -> None:
@@ -49,7 +31,7 @@ def run_producer(p: int, access_point: str, topic: str, until: float) -> None:
     emit({"producer": p, "event": "started", "at_ms": now_ms()})
     seq = 0
     try:
-        while time.monotonic() < until and not _stop.is_set():
+        while time.monotonic() < until and not stop.is_set():
             msg = Message()
             msg.topic = topic
             msg.body = f"p{p}-s{seq}".encode()
@@ -76,19 +58,7 @@ def main() -> int:
     producers, duration = int(sys.argv[3]), float(sys.argv[4])
     until = time.monotonic() + duration
 
-    def hard_stop() -> None:
-        time.sleep(duration + 30)
-        sys.stderr.write("python_failover_producer: hard deadline reached, exiting\n")
-        sys.stderr.flush()
-        os._exit(3)
-
-    threading.Thread(target=hard_stop, daemon=True).start()
-
-    def stdin_watch() -> None:
-        sys.stdin.buffer.read()
-        _stop.set()
-
-    threading.Thread(target=stdin_watch, daemon=True).start()
+    watch_stop("python_failover_producer", duration)
     threads = [threading.Thread(target=run_producer, args=(p, access_point, topic, until))
                for p in range(producers)]
     for t in threads:

@@ -333,7 +333,7 @@ pub const CONSUMER_CATCH_UP_MAX: Duration = Duration::from_secs(300);
 
 impl Report {
     /// What broke a promise: nothing acked lost or stored twice, every consumer received
-    /// every acked message (not) and, when `goals`, the gap bounds and no send that failed
+    /// every acked message, and, when `goals`, the gap bounds and no send that failed
     /// after the client's retries. Empty when the run passes.
     pub fn violations(&self, goals: bool) -> Vec<String> {
         let mut v = Vec::new();
