@@ -37,6 +37,9 @@ use crate::registry::{MasterRoute, Registry};
 /// Header a client sets to get the brokers' own endpoints in routes even in proxy mode.
 pub const DIRECT_ROUTE_HEADER: &str = "x-sofamq-route";
 
+/// Topics remembered for `recent_topic_ms` at most (past this the memory starts over).
+const MAX_SEEN_TOPICS: usize = 100_000;
+
 /// Proxy settings (`[proxy]` in the name server's TOML).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -225,11 +228,17 @@ impl Proxy {
     pub fn topic_routes(&self, topic: &str) -> Vec<MasterRoute> {
         let routes = self.registry.master_routes(topic, Instant::now());
         if !routes.is_empty() {
+            let now = Instant::now();
             let mut seen = self.seen.lock();
-            if seen.len() >= 100_000 && !seen.contains_key(topic) {
-                seen.clear();
+            // Every proxied request passes here: no allocation for a topic already known.
+            if let Some(t) = seen.get_mut(topic) {
+                *t = now;
+            } else {
+                if seen.len() >= MAX_SEEN_TOPICS {
+                    seen.clear();
+                }
+                seen.insert(topic.to_string(), now);
             }
-            seen.insert(topic.to_string(), Instant::now());
         }
         routes
     }
