@@ -50,6 +50,11 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
         "ci" => chaos::CI_SET.to_vec(),
         one => vec![one],
     };
+    if a.leave_dead
+        && let Some(other) = names.iter().find(|n| !n.starts_with("official-"))
+    {
+        anyhow::bail!("--leave-dead applies to the official-* scenarios only, not {other}");
+    }
     // The scenarios start `sofamq` processes: this very binary.
     if std::env::var_os("SOFAMQ_BIN").is_none() {
         let me = std::env::current_exe().context("current_exe")?;
