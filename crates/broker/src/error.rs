@@ -11,6 +11,9 @@ pub enum BrokerError {
     /// Malformed request not covered by a more precise code.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A request whose messages do not belong together (a batch spanning topics).
+    #[error("message corrupted: {0}")]
+    MessageCorrupted(String),
     /// Topic name breaks the naming rules or is reserved.
     #[error("illegal topic: {0}")]
     IllegalTopic(String),
@@ -105,6 +108,7 @@ impl BrokerError {
     pub fn code(&self) -> Code {
         match self {
             Self::BadRequest(_) => Code::BadRequest,
+            Self::MessageCorrupted(_) => Code::MessageCorrupted,
             Self::IllegalTopic(_) => Code::IllegalTopic,
             Self::IllegalGroup(_) => Code::IllegalConsumerGroup,
             Self::IllegalTag(_) => Code::IllegalMessageTag,

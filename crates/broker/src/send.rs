@@ -62,6 +62,17 @@ impl Broker {
         if req.messages.is_empty() {
             return whole_failure(&BrokerError::BadRequest("no messages in request".into()));
         }
+        // One topic per request, as RocketMQ requires: a batch is stored whole or not at
+        // all, never its valid part.
+        if let Some(w) = req.messages.windows(2).find(|w| w[0].topic != w[1].topic) {
+            let name = |m: &Message| m.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+            return whole_failure(&BrokerError::MessageCorrupted(format!(
+                "the messages of one request name different topics ({:?} and {:?}); send one \
+                 request per topic",
+                name(&w[0]),
+                name(&w[1])
+            )));
+        }
         if req.messages.len() > limits.max_batch_count {
             return whole_failure(&BrokerError::PayloadTooLarge(format!(
                 "{} messages in one request, the limit is {}",

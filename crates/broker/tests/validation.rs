@@ -199,11 +199,14 @@ async fn mixed_batch_stores_only_the_valid_messages() {
     let h = start(|_| {}).await;
     let good = msg("normal", b"good");
     let good_id = good.system_properties.as_ref().unwrap().message_id.clone();
+    let mut fifo = msg("normal", b"x");
+    fifo.system_properties.as_mut().unwrap().message_type = MessageType::Fifo as i32;
+    fifo.system_properties.as_mut().unwrap().message_group = Some("g".into());
     let r = h
         .client
         .clone()
         .send_message(SendMessageRequest {
-            messages: vec![good, msg("normal", b""), msg("nope", b"x")],
+            messages: vec![good, msg("normal", b""), fifo],
         })
         .await
         .unwrap()
@@ -219,11 +222,37 @@ async fn mixed_batch_stores_only_the_valid_messages() {
         vec![
             Code::Ok as i32,
             Code::MessageBodyEmpty as i32,
-            Code::TopicNotFound as i32
+            Code::MessagePropertyConflictWithType as i32
         ]
     );
     assert_eq!(r.entries[0].message_id, good_id);
     assert_eq!(stored(&h, "normal"), 1);
+    let _ = h.stop.send(true);
+}
+
+#[tokio::test]
+async fn a_batch_spanning_topics_is_refused_whole_and_stores_nothing() {
+    let h = start(|_| {}).await;
+    for messages in [
+        // Both topics exist and every message is valid on its own.
+        vec![msg("normal", b"a"), msg("normal", b"b"), msg("fifo", b"c")],
+        // A missing topic among them.
+        vec![msg("normal", b"a"), msg("nope", b"b")],
+    ] {
+        let r = h
+            .client
+            .clone()
+            .send_message(SendMessageRequest { messages })
+            .await
+            .unwrap()
+            .into_inner();
+        let st = r.status.unwrap();
+        assert_eq!(st.code, Code::MessageCorrupted as i32, "{}", st.message);
+        assert!(st.message.contains("different topics"), "{}", st.message);
+        assert!(r.entries.is_empty());
+    }
+    assert_eq!(stored(&h, "normal"), 0);
+    assert_eq!(stored(&h, "fifo"), 0);
     let _ = h.stop.send(true);
 }
 

@@ -215,7 +215,7 @@ impl RouteCache {
         }
         let brokers = masters
             .iter()
-            .map(|(name, addr)| self.senders.broker(name, addr))
+            .map(|(name, addr)| self.senders.broker(topic, name, addr))
             .collect::<Result<Vec<_>, _>>()?;
         // The topic is published from now on; every master gets a session
         // (whose settings then list the topic).

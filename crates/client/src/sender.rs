@@ -13,6 +13,10 @@
 //!
 //! A message marked `alone` (a TRANSACTION half message) is never coalesced:
 //! it ends the request being filled and leaves in a request of its own.
+//!
+//! A request carries one topic only (the broker refuses a mixed one whole, as
+//! RocketMQ does), so the queues are per (broker, topic). The topics' queues of
+//! one broker share its request slots and its isolation.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,16 +76,24 @@ struct Limits {
     timeout: Duration,
 }
 
-/// A master broker as seen by the producer: where it is, whether it is
-/// isolated after a failure, and the queue of its sender task.
+/// What the queues of all topics of one broker share.
+#[derive(Debug)]
+struct Shared {
+    /// Milliseconds since [`clock_origin`] until which the broker is avoided.
+    isolated_until: AtomicU64,
+    /// Request slots (`max_in_flight_per_broker`).
+    slots: Arc<Semaphore>,
+}
+
+/// A master broker as seen by the producer for one topic: where it is, whether
+/// it is isolated after a failure, and the queue of its sender task.
 #[derive(Debug)]
 pub(crate) struct BrokerHandle {
     /// Broker name (from the route).
     pub(crate) name: String,
     /// gRPC endpoint, `host:port`.
     pub(crate) addr: String,
-    /// Milliseconds since [`clock_origin`] until which the broker is avoided.
-    isolated_until: AtomicU64,
+    shared: Arc<Shared>,
     tx: mpsc::Sender<Job>,
 }
 
@@ -106,13 +118,15 @@ impl BrokerHandle {
 
     /// Whether the broker is isolated at `now`.
     pub(crate) fn is_isolated(&self, now: Instant) -> bool {
-        self.isolated_until.load(Ordering::Relaxed) > millis_since_origin(now)
+        self.shared.isolated_until.load(Ordering::Relaxed) > millis_since_origin(now)
     }
 
     /// Avoids the broker for `period` from `now`.
     pub(crate) fn isolate(&self, now: Instant, period: Duration) {
         let until = millis_since_origin(now + period);
-        self.isolated_until.fetch_max(until, Ordering::Relaxed);
+        self.shared
+            .isolated_until
+            .fetch_max(until, Ordering::Relaxed);
     }
 
     /// A handle with no sender task (for selection tests).
@@ -122,7 +136,10 @@ impl BrokerHandle {
         Arc::new(Self {
             name: name.into(),
             addr: addr.into(),
-            isolated_until: AtomicU64::new(0),
+            shared: Arc::new(Shared {
+                isolated_until: AtomicU64::new(0),
+                slots: Arc::new(Semaphore::new(1)),
+            }),
             tx,
         })
     }
@@ -138,10 +155,14 @@ fn millis_since_origin(t: Instant) -> u64 {
     t.saturating_duration_since(clock_origin()).as_millis() as u64 + 1
 }
 
-/// All broker senders of a producer, keyed by (broker name, endpoint).
+/// (broker name, endpoint).
+type BrokerKey = (String, String);
+
+/// All broker senders of a producer, keyed by (broker name, endpoint, topic).
 #[derive(Debug)]
 pub(crate) struct Senders {
-    brokers: Mutex<HashMap<(String, String), Arc<BrokerHandle>>>,
+    brokers: Mutex<HashMap<BrokerKey, Arc<Shared>>>,
+    queues: Mutex<HashMap<(BrokerKey, String), Arc<BrokerHandle>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     channels: Arc<Channels>,
     headers: Arc<RequestHeaders>,
@@ -159,6 +180,7 @@ impl Senders {
     ) -> Self {
         Self {
             brokers: Mutex::new(HashMap::new()),
+            queues: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
             channels,
             headers,
@@ -174,29 +196,49 @@ impl Senders {
         }
     }
 
-    /// The handle of broker `name` at `addr`, starting its sender on first use.
-    pub(crate) fn broker(&self, name: &str, addr: &str) -> Result<Arc<BrokerHandle>, AttemptError> {
-        let key = (name.to_string(), addr.to_string());
-        let mut brokers = self.brokers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(b) = brokers.get(&key) {
+    /// The handle of broker `name` at `addr` for `topic`, starting its sender on
+    /// first use.
+    pub(crate) fn broker(
+        &self,
+        topic: &str,
+        name: &str,
+        addr: &str,
+    ) -> Result<Arc<BrokerHandle>, AttemptError> {
+        let broker: BrokerKey = (name.to_string(), addr.to_string());
+        let key = (broker, topic.to_string());
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = queues.get(&key) {
             return Ok(b.clone());
         }
         if *self.shutdown.borrow() {
             return Err(AttemptError::Closed);
         }
         let channel = self.channels.get(addr)?;
+        let shared = self
+            .brokers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.0.clone())
+            .or_insert_with(|| {
+                Arc::new(Shared {
+                    isolated_until: AtomicU64::new(0),
+                    slots: Arc::new(Semaphore::new(self.limits.max_in_flight)),
+                })
+            })
+            .clone();
         let (tx, rx) = mpsc::channel(self.queue_capacity);
         let handle = Arc::new(BrokerHandle {
-            name: key.0.clone(),
-            addr: key.1.clone(),
-            isolated_until: AtomicU64::new(0),
+            name: key.0.0.clone(),
+            addr: key.0.1.clone(),
+            shared: shared.clone(),
             tx,
         });
         let task = SenderTask {
-            addr: key.1.clone(),
+            addr: key.0.1.clone(),
             client: Grpc::new(channel),
             headers: self.headers.clone(),
             limits: self.limits,
+            slots: shared.slots.clone(),
             rx,
             shutdown: self.shutdown.clone(),
         };
@@ -205,14 +247,14 @@ impl Senders {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(join);
-        brokers.insert(key, handle.clone());
+        queues.insert(key, handle.clone());
         Ok(handle)
     }
 
     /// Waits (at most `grace`) for every sender to flush its queue and finish
     /// its outstanding requests. The shutdown signal must be sent first.
     pub(crate) async fn join(&self, grace: Duration) {
-        self.brokers
+        self.queues
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
@@ -227,19 +269,21 @@ impl Senders {
     }
 }
 
-/// The task that drains one broker's queue into coalesced requests.
+/// The task that drains one (broker, topic) queue into coalesced requests.
 struct SenderTask {
     addr: String,
     client: Grpc<Channel>,
     headers: Arc<RequestHeaders>,
     limits: Limits,
+    /// The broker's request slots, shared with its other topics' tasks.
+    slots: Arc<Semaphore>,
     rx: mpsc::Receiver<Job>,
     shutdown: watch::Receiver<bool>,
 }
 
 impl SenderTask {
     async fn run(mut self) {
-        let slots = Arc::new(Semaphore::new(self.limits.max_in_flight));
+        let slots = self.slots.clone();
         let mut carry: Option<Job> = None;
         let mut closing = false;
         loop {

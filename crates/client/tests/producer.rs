@@ -137,6 +137,30 @@ async fn coalescing_respects_message_and_in_flight_limits() {
 }
 
 #[tokio::test]
+async fn concurrent_sends_to_two_topics_leave_in_one_topic_requests_sharing_the_slots() {
+    let broker = Fake::start("broker-a").await;
+    *broker.state.delay.lock().unwrap() = Duration::from_millis(10);
+    let cfg = config(&[&broker.addr]).with_max_in_flight_per_broker(2);
+    let producer = Producer::start(cfg).await.unwrap();
+    producer.send(Message::new("TopicP", "warm")).await.unwrap();
+    producer.send(Message::new("TopicQ", "warm")).await.unwrap();
+    let handles: Vec<_> = (0..200)
+        .map(|i| {
+            let topic = if i % 2 == 0 { "TopicP" } else { "TopicQ" };
+            producer.spawn_send(Message::new(topic, format!("{i}")))
+        })
+        .collect();
+    for h in handles {
+        h.await.unwrap().unwrap();
+    }
+    assert_eq!(broker.state.mixed_topic_requests.load(Ordering::SeqCst), 0);
+    // Still coalesced, and the two topics' queues share the broker's two slots.
+    assert!(broker.state.max_batch() > 1);
+    assert!(broker.state.max_in_flight.load(Ordering::SeqCst) <= 2);
+    producer.shutdown().await;
+}
+
+#[tokio::test]
 async fn byte_limit_splits_requests() {
     let broker = Fake::start("broker-a").await;
     *broker.state.delay.lock().unwrap() = Duration::from_millis(10);

@@ -51,6 +51,8 @@ pub struct State {
     pub last_headers: Mutex<Option<MetadataMap>>,
     /// Requests with a TRANSACTION message among other messages.
     pub mixed_transaction_requests: AtomicUsize,
+    /// SendMessage requests whose messages named more than one topic.
+    pub mixed_topic_requests: AtomicUsize,
     /// Recall handles issued, to message ids.
     pub handles: Mutex<HashMap<String, String>>,
     /// Transaction ids issued, to message ids.
@@ -186,6 +188,7 @@ impl Fake {
             })),
             last_headers: Mutex::new(None),
             mixed_transaction_requests: AtomicUsize::new(0),
+            mixed_topic_requests: AtomicUsize::new(0),
             handles: Mutex::new(HashMap::new()),
             transactions: Mutex::new(HashMap::new()),
             recalls: Mutex::new(Vec::new()),
@@ -313,6 +316,18 @@ impl MessagingService for Svc {
         let txns = messages.iter().filter(|m| is_txn(m)).count();
         if txns > 0 && messages.len() > 1 {
             s.mixed_transaction_requests.fetch_add(1, Ordering::SeqCst);
+        }
+        // Like the broker: a request that spans topics is refused whole.
+        if messages.windows(2).any(|w| w[0].topic != w[1].topic) {
+            s.mixed_topic_requests.fetch_add(1, Ordering::SeqCst);
+            s.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Ok(Response::new(SendMessageResponse {
+                status: Some(v2::Status {
+                    code: Code::MessageCorrupted as i32,
+                    message: "messages of one request name different topics".into(),
+                }),
+                entries: Vec::new(),
+            }));
         }
         let code_for = s.code_for.lock().unwrap().clone();
         let mut all_ok = true;
