@@ -155,7 +155,9 @@ impl From<StoreError> for BrokerError {
         // Every store failure on the write path means "not durable": the client
         // must not count the message as sent and may retry elsewhere.
         match e {
-            StoreError::DiskFull { .. } => Self::StorageFull(e.to_string()),
+            StoreError::DiskFull { .. } | StoreError::NoSpace(_) => {
+                Self::StorageFull(e.to_string())
+            }
             e => Self::MasterPersistence(e.to_string()),
         }
     }

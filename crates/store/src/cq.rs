@@ -211,8 +211,10 @@ impl ConsumeQueue {
             if t.buf.is_empty() {
                 return Ok(false);
             }
+            // A failed write leaves the tail as it was: the next flush writes it again.
             self.file
-                .write_all_at(&t.buf, t.flushed * CQ_ENTRY_LEN as u64)?;
+                .write_all_at(&t.buf, t.flushed * CQ_ENTRY_LEN as u64)
+                .map_err(crate::error::write_error)?;
             t.flushed += (t.buf.len() / CQ_ENTRY_LEN) as u64;
             t.buf.clear();
             t.buf.shrink_to(64 * 1024);

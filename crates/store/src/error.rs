@@ -75,6 +75,16 @@ pub enum StoreError {
         /// The configured budget.
         budget: u64,
     },
+    /// A write found the disk full (ENOSPC or a quota, from a write or a file creation, never
+    /// from an fsync). The batch was given back: its waiters get this error, the bytes it
+    /// left past the last good write were cut, and the log stays writable, so appends succeed
+    /// again once space returns. A record of a failed append may still be in the log (when
+    /// an earlier part of its batch was written before a segment roll), so this is "may be
+    /// stored", like any I/O failure.
+    #[error(
+        "no space left on the log's disk: {0}; nothing acked, appends resume once space returns"
+    )]
+    NoSpace(String),
     /// The configuration is unusable.
     #[error("invalid config: {0}")]
     InvalidConfig(String),
@@ -86,6 +96,38 @@ pub enum StoreError {
 impl StoreError {
     /// A copy of an I/O error, for handing the same failure to many waiters.
     pub(crate) fn io_copy(e: &io::Error) -> StoreError {
+        if is_no_space(e) {
+            return StoreError::NoSpace(e.to_string());
+        }
         StoreError::Io(io::Error::new(e.kind(), e.to_string()))
     }
+}
+
+/// Marks an I/O error of a write or a file creation that found the disk full: unlike an
+/// fsync failure, it leaves nothing uncertain behind once the short write is cut.
+#[derive(Debug)]
+struct NoSpaceWrite(io::Error);
+
+impl std::fmt::Display for NoSpaceWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for NoSpaceWrite {}
+
+/// Tags `e` as a full disk if it is one (ENOSPC, EDQUOT). Only for errors of writes and file
+/// creations: an fsync error is never retried, whatever its code.
+pub(crate) fn write_error(e: io::Error) -> io::Error {
+    match e.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            io::Error::new(e.kind(), NoSpaceWrite(e))
+        }
+        _ => e,
+    }
+}
+
+/// Whether `e` was tagged by [`write_error`].
+pub(crate) fn is_no_space(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<NoSpaceWrite>())
 }

@@ -5,6 +5,7 @@ use std::io;
 use std::sync::atomic::Ordering;
 
 use crate::checkpoint::{self, Checkpoint};
+use crate::error::{is_no_space, write_error};
 use crate::log::{Shared, lock};
 
 /// Flushes every consume queue and writes a checkpoint if anything moved.
@@ -27,7 +28,8 @@ pub(crate) fn flush_once(sh: &Shared) -> io::Result<()> {
         queue_count: queues.len() as u64,
     };
     if next != *ck {
-        checkpoint::store(&sh.cfg.dir, &next)?;
+        // Replaced atomically: a failed write leaves the previous checkpoint, which is valid.
+        checkpoint::store(&sh.cfg.dir, &next).map_err(write_error)?;
         *ck = next;
     }
     Ok(())
@@ -36,6 +38,7 @@ pub(crate) fn flush_once(sh: &Shared) -> io::Result<()> {
 /// The thread body: flush every `cq_flush_interval` until asked to stop, then once more.
 pub(crate) fn run(sh: &Shared) {
     let interval = sh.cfg.cq_flush_interval;
+    let mut disk_full = false;
     loop {
         let stop = {
             let g = lock(&sh.flusher_stop);
@@ -45,10 +48,18 @@ pub(crate) fn run(sh: &Shared) {
                 .unwrap_or_else(|p| p.into_inner());
             *g
         };
-        if !sh.is_fenced()
-            && let Err(e) = flush_once(sh)
-        {
-            sh.fence(format!("consume queue / checkpoint flush failed: {e}"));
+        if !sh.is_fenced() {
+            match flush_once(sh) {
+                Ok(()) => disk_full = false,
+                // Nothing flushed is claimed: the tails stay buffered and the old checkpoint
+                // stands (recovery rebuilds queues from it), so the next round tries again.
+                Err(e) if is_no_space(&e) => {
+                    if !std::mem::replace(&mut disk_full, true) {
+                        tracing::warn!(error = %e, "consume queue flush: disk full, retrying every interval");
+                    }
+                }
+                Err(e) => sh.fence(format!("consume queue / checkpoint flush failed: {e}")),
+            }
         }
         if stop {
             return;

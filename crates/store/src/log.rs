@@ -29,6 +29,8 @@ pub(crate) struct Counters {
     pub fsync_nanos: AtomicU64,
     /// Bytes made durable by the fsyncs counted above (average batch = this / fsyncs).
     pub synced_bytes: AtomicU64,
+    /// Batches given back because a write found the disk full.
+    pub no_space: AtomicU64,
 }
 
 impl Counters {
@@ -52,6 +54,8 @@ impl Counters {
 #[derive(Debug, Default)]
 pub(crate) struct Faults {
     pub fail_next_write: AtomicBool,
+    /// The next segment write stops halfway with ENOSPC.
+    pub no_space_next_write: AtomicBool,
     pub fail_next_sync: AtomicBool,
 }
 

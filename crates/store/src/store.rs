@@ -29,6 +29,8 @@ pub struct StoreStats {
     pub records: u64,
     /// Bytes written to the commit log.
     pub bytes: u64,
+    /// Batches refused because a write found the disk full ([`StoreError::NoSpace`]).
+    pub no_space: u64,
 }
 
 /// fdatasync latency histogram and batch volume, see [`Store::fsync_stats`].
@@ -52,6 +54,8 @@ pub enum Fault {
     NextWrite,
     /// The next segment fdatasync fails.
     NextSync,
+    /// The next segment write writes half its bytes, then fails with ENOSPC.
+    NextWriteNoSpace,
 }
 
 struct Inner {
@@ -499,6 +503,7 @@ impl Store {
             batches: c.batches.load(Ordering::Relaxed),
             records: c.records.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
+            no_space: c.no_space.load(Ordering::Relaxed),
         }
     }
 
@@ -540,6 +545,7 @@ impl Store {
         match fault {
             Fault::NextWrite => f.fail_next_write.store(true, Ordering::Release),
             Fault::NextSync => f.fail_next_sync.store(true, Ordering::Release),
+            Fault::NextWriteNoSpace => f.no_space_next_write.store(true, Ordering::Release),
         }
     }
 }

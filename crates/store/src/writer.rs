@@ -10,6 +10,10 @@
 //! Any write or fsync error fences the log: the waiters of the failed batch get the error and
 //! every later append gets [`StoreError::Fenced`]. An fsync is never retried (after a failed
 //! fsync the kernel may have dropped the dirty pages, so a retry could "succeed" without the data).
+//! One exception: a write or a file creation that finds the disk full (ENOSPC) leaves nothing
+//! uncertain, so the batch is given back instead ([`Writer::give_back`]): the short write is
+//! cut, its queue offsets are returned, its waiters get [`StoreError::NoSpace`], and the next
+//! batch tries again.
 
 use std::collections::HashMap;
 use std::io;
@@ -26,6 +30,7 @@ use crate::StoreError;
 use crate::config::FlushMode;
 use crate::cq::{ConsumeQueue, CqEntry};
 use crate::epoch::EpochEntry;
+use crate::error::{is_no_space, write_error};
 use crate::log::{Shared, lock};
 use crate::record::{self, Appended, NewRecord, Stamp};
 use crate::segment::{Segment, sync_dir};
@@ -269,7 +274,12 @@ impl Writer {
         if let Some(i) = self.topic_queues[t].get(&queue_id) {
             return Ok(*i);
         }
-        let cq = self.sh.cqs.get_or_create(topic, queue_id)?;
+        // Creates the queue's file (no fsync): a full disk here is a write error.
+        let cq = self
+            .sh
+            .cqs
+            .get_or_create(topic, queue_id)
+            .map_err(write_error)?;
         let i = self.queues.len();
         self.topic_queues[t].insert(queue_id, i);
         self.queues.push(WriterQueue { next: cq.len(), cq });
@@ -349,11 +359,12 @@ impl Writer {
                     let _ = tx.send(Err(self.sh.fenced_error()));
                     return;
                 }
+                let start = self.end;
                 match self.encode_append(&recs) {
                     Ok(out) => self.waiters.push(Waiter::Append(tx, out)),
                     Err(e) => {
-                        self.fail_batch(&e);
-                        let _ = tx.send(Err(StoreError::io_copy(&e)));
+                        self.fail_batch_during(&e, Some(start));
+                        let _ = tx.send(Err(self.failure(&e)));
                     }
                 }
             }
@@ -374,7 +385,7 @@ impl Writer {
                     }
                     Err(e) => {
                         self.fail_batch(&e);
-                        let _ = tx.send(Err(StoreError::io_copy(&e)));
+                        let _ = tx.send(Err(self.failure(&e)));
                     }
                 }
             }
@@ -409,7 +420,7 @@ impl Writer {
     fn roll(&mut self) -> io::Result<()> {
         self.write_buf()?;
         self.sync()?;
-        let seg = Arc::new(Segment::open(&self.sh.log_dir, self.end, true)?);
+        let seg = Arc::new(Segment::open(&self.sh.log_dir, self.end, true).map_err(write_error)?);
         sync_dir(&self.sh.log_dir)?;
         tracing::debug!(start = self.end, "rolled to a new segment");
         self.sh
@@ -535,9 +546,23 @@ impl Writer {
         if self.sh.faults.fail_next_write.swap(false, Ordering::AcqRel) {
             return Err(io::Error::other("injected write failure"));
         }
+        let at = self.written - self.seg.start;
+        if self
+            .sh
+            .faults
+            .no_space_next_write
+            .swap(false, Ordering::AcqRel)
+        {
+            // A short write, as a filling disk gives: half the bytes land.
+            self.seg
+                .file
+                .write_all_at(&self.buf[..self.buf.len() / 2], at)?;
+            return Err(write_error(io::Error::from(io::ErrorKind::StorageFull)));
+        }
         self.seg
             .file
-            .write_all_at(&self.buf, self.written - self.seg.start)?;
+            .write_all_at(&self.buf, at)
+            .map_err(write_error)?;
         self.written += self.buf.len() as u64;
         self.sh
             .counters
@@ -568,9 +593,20 @@ impl Writer {
         Ok(())
     }
 
-    /// Fences after an I/O failure and fails every waiter of the current batch.
+    /// Fences after an I/O failure and fails every waiter of the current batch; a full disk
+    /// gives the batch back instead (see [`Writer::give_back`]).
     fn fail_batch(&mut self, e: &io::Error) {
+        self.fail_batch_during(e, None);
+    }
+
+    /// [`Writer::fail_batch`] for a failure while encoding the append that began at log
+    /// offset `current`.
+    fn fail_batch_during(&mut self, e: &io::Error, current: Option<u64>) {
+        if is_no_space(e) && self.give_back(e, current) {
+            return;
+        }
         self.sh.fence(format!("commit log write/fsync failed: {e}"));
+        let e = &io::Error::new(e.kind(), e.to_string());
         self.buf.clear();
         self.dispatch.clear();
         self.batch_records = 0;
@@ -585,6 +621,76 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// What the append that hit `e` (and was handled by [`Writer::fail_batch`]) is told.
+    fn failure(&self, e: &io::Error) -> StoreError {
+        if self.sh.is_fenced() {
+            StoreError::Io(io::Error::new(e.kind(), e.to_string()))
+        } else {
+            StoreError::io_copy(e)
+        }
+    }
+
+    /// After a write that found the disk full: undoes the pending batch so that the log is as
+    /// if it had never been submitted, and fails its waiters with [`StoreError::NoSpace`].
+    /// Returns false (the caller then fences) when that cannot be done exactly.
+    ///
+    /// Records of the batch already written stay: only a segment roll writes part of a batch,
+    /// and it fsyncs what it wrote, so they are durable; their consume-queue entries are
+    /// dispatched and an append wholly among them succeeds. The other records' queue offsets
+    /// are returned, and any bytes of them that reached the file are cut, so the next batch
+    /// writes at the same offset and nothing past `written` is ever read, replicated or
+    /// recovered as a record. An append split by the roll (part durable, part not) cannot be
+    /// answered either way without a duplicate on retry or a false refusal: that one case
+    /// fences, as any other write failure does. `current` is the log offset where the append
+    /// being encoded when the failure came began (it has no waiter yet).
+    fn give_back(&mut self, e: &io::Error, current: Option<u64>) -> bool {
+        // Batches already with the sync thread complete (and dispatch) first.
+        self.barrier();
+        let written = self.written;
+        let split = |first: u64, end: u64| first < written && end > written;
+        let split_waiter = self.waiters.iter().any(|w| match w {
+            Waiter::Append(_, out) => match (out.first(), out.last()) {
+                (Some(f), Some(l)) => split(f.log_offset, l.log_offset + u64::from(l.size)),
+                _ => false,
+            },
+            Waiter::Raw(_) => false,
+        });
+        if split_waiter || current.is_some_and(|c| c < written) {
+            tracing::error!("a full disk split an append across a segment roll");
+            return false;
+        }
+        if let Err(cut) = self.seg.file.set_len(self.written - self.seg.start) {
+            tracing::error!(error = %cut, "could not cut a short write after a full disk");
+            return false;
+        }
+        for (qi, entry) in std::mem::take(&mut self.dispatch) {
+            let q = &mut self.queues[qi];
+            if entry.log_offset < written {
+                q.cq.push(&entry);
+            } else {
+                // Entries of a queue are consecutive and end at `next`: each one given back
+                // returns one offset.
+                q.next -= 1;
+            }
+        }
+        self.sh.dispatched.fetch_max(written, Ordering::AcqRel);
+        self.buf.clear();
+        self.batch_records = 0;
+        self.end = written;
+        self.sh.counters.no_space.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %e, log_end = written, "commit log disk full: batch refused, log stays writable");
+        for w in self.waiters.drain(..) {
+            match w {
+                Waiter::Append(tx, out) if out.last().is_some_and(|l| l.log_offset < written) => {
+                    let _ = tx.send(Ok(out));
+                }
+                // A slave resumes from its log end whatever it is told.
+                w => w.fail(StoreError::NoSpace(e.to_string())),
+            }
+        }
+        true
     }
 
     /// Writes and (in sync mode) fsyncs the pending batch, dispatches its consume-queue

@@ -1,39 +1,12 @@
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use common::{fill, last_segment, open, rec, segments};
+use common::{check_queues_match_log, fill, last_segment, open, rec, segments};
 use sofamq_store::{Fault, Store, StoreError};
-
-/// Every queue read through its consume queue equals the log's records of that queue, in order,
-/// with dense queue offsets.
-fn check_queues_match_log(s: &Store) {
-    let mut by_q: BTreeMap<(String, u32), Vec<u64>> = BTreeMap::new();
-    for r in s.scan(0) {
-        let r = r.unwrap();
-        let v = by_q.entry((r.topic.clone(), r.queue_id)).or_default();
-        assert_eq!(
-            r.queue_offset,
-            v.len() as u64,
-            "dense queue offsets in the log"
-        );
-        v.push(r.log_offset);
-    }
-    for ((t, q), offs) in &by_q {
-        let got: Vec<u64> = s
-            .read_queue(t, *q, 0, usize::MAX, usize::MAX)
-            .unwrap()
-            .iter()
-            .map(|r| r.log_offset)
-            .collect();
-        assert_eq!(&got, offs, "queue {t}/{q}");
-        assert_eq!(s.queue_offsets(t, *q), (0, offs.len() as u64));
-    }
-}
 
 fn append_bytes(path: &Path, bytes: &[u8]) {
     let mut f = OpenOptions::new().append(true).open(path).unwrap();

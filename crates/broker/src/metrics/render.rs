@@ -197,6 +197,11 @@ pub fn render(b: &Broker) -> String {
             st.bytes,
         ),
         (
+            "sofamq_store_no_space_total",
+            "Batches refused because a commit-log write found the disk full (ENOSPC); the log stays writable.",
+            st.no_space,
+        ),
+        (
             "sofamq_store_synced_bytes_total",
             "Bytes made durable by fdatasync (per-fsync batch size = rate of this / rate of sofamq_store_fsync_seconds_count).",
             fs.synced_bytes,

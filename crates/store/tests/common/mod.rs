@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -73,4 +74,29 @@ pub fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
         .collect();
     v.sort();
     v
+}
+
+/// Every queue reads back exactly the log's records of that queue, with dense offsets.
+pub fn check_queues_match_log(s: &Store) {
+    let mut by_q: BTreeMap<(String, u32), Vec<u64>> = BTreeMap::new();
+    for r in s.scan(0) {
+        let r = r.unwrap();
+        let v = by_q.entry((r.topic.clone(), r.queue_id)).or_default();
+        assert_eq!(
+            r.queue_offset,
+            v.len() as u64,
+            "dense queue offsets in the log"
+        );
+        v.push(r.log_offset);
+    }
+    for ((t, q), offs) in &by_q {
+        let got: Vec<u64> = s
+            .read_queue(t, *q, 0, usize::MAX, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|r| r.log_offset)
+            .collect();
+        assert_eq!(&got, offs, "queue {t}/{q}");
+        assert_eq!(s.queue_offsets(t, *q), (0, offs.len() as u64));
+    }
 }
