@@ -4,6 +4,7 @@
 
 pub mod chaos;
 pub mod controller;
+pub mod disk;
 pub mod logs;
 pub mod official;
 pub mod proxy;

@@ -83,6 +83,20 @@ async fn chaos_disk_full() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_enospc() {
+    if let Some(why) = sofamq_testkit::disk::LoopDisk::unavailable() {
+        eprintln!("chaos_enospc skipped: {why}");
+        return;
+    }
+    let r = scenario("enospc", 16, Failover::Manual, false).await;
+    assert!(r.pass(), "enospc failed the checker: {r:#?}");
+    assert!(
+        r.failed + r.unknown > 0,
+        "no full disk ever refused a send: {r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_torn_write() {
     must_pass("torn-write", 7, Failover::Manual).await;
 }

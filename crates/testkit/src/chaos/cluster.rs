@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use sofamq_store::{Store, StoreConfig};
 
 use super::history::{LogDigest, digest};
+use crate::disk::LoopDisk;
 use crate::proxy::Proxy;
 use crate::repl::free_port;
 use crate::{Node, sofamq_bin};
@@ -54,6 +55,8 @@ pub struct ClusterOptions {
     pub max_lag_ms: u64,
     /// Disk budget of the first master (`max_disk_bytes`).
     pub master_disk_budget: Option<u64>,
+    /// Give each broker a real filesystem of this many MiB ([`LoopDisk`]) for its data.
+    pub loop_disk_mib: Option<u64>,
     /// Topic and its queue count.
     pub topic: String,
     /// Queues of the topic.
@@ -73,6 +76,7 @@ impl Default for ClusterOptions {
             ack_timeout_ms: 2_000,
             max_lag_ms: 3_000,
             master_disk_budget: None,
+            loop_disk_mib: None,
             topic: "chaos".into(),
             queues: 4,
             extra_topics: Vec::new(),
@@ -99,6 +103,8 @@ pub struct BrokerProc {
     pub disk_budget: Option<u64>,
     node: Option<Node>,
     starts: usize,
+    /// The filesystem under `data` (declared last: dropped after the process is killed).
+    pub disk: Option<LoopDisk>,
 }
 
 impl BrokerProc {
@@ -220,13 +226,17 @@ impl ChaosCluster {
         for (i, name) in ["a0", "a1"].into_iter().enumerate() {
             let grpc = format!("127.0.0.1:{}", free_port()?);
             let repl = format!("127.0.0.1:{}", free_port()?);
+            let disk = opts.loop_disk_mib.map(LoopDisk::new).transpose()?;
             brokers.push(BrokerProc {
                 name: name.into(),
                 client_proxy: Proxy::start(sock(&grpc)?).await?,
                 repl_proxy: Proxy::start(sock(&repl)?).await?,
                 grpc,
                 repl,
-                data: dir.path().join(name),
+                data: match &disk {
+                    Some(d) => d.path().join("data"),
+                    None => dir.path().join(name),
+                },
                 disk_budget: if i == 0 {
                     opts.master_disk_budget
                 } else {
@@ -234,6 +244,7 @@ impl ChaosCluster {
                 },
                 node: None,
                 starts: 0,
+                disk,
             });
         }
         let mut c = ChaosCluster {

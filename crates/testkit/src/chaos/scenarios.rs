@@ -10,6 +10,7 @@ use super::checker::{Report, check};
 use super::cluster::{ChaosCluster, ClusterOptions, Failover, has_controller};
 use super::history::History;
 use super::workload::{Workload, WorkloadConfig};
+use crate::disk::LoopDisk;
 use crate::official;
 use crate::proxy::LinkMode;
 
@@ -66,6 +67,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "the master's disk budget fills mid-run: sends fail, reads and acks keep working",
     ),
     (
+        "enospc",
+        "each broker on a 64 MiB ext4 of its own (loop device): fill the master's, the slave's or both disks to ENOSPC for 1-3 s, then free them; sends fail and nothing is acked meanwhile, and both logs take writes again without a restart (needs root)",
+    ),
+    (
         "torn-write",
         "kill -9 the master, append a torn record to its last segment, restart it",
     ),
@@ -111,6 +116,7 @@ pub const CI_SET: &[&str] = &[
     "partition",
     "link-flaps",
     "disk-full",
+    "enospc",
     "torn-write",
     "timer-failover",
     "txn-failover",
@@ -193,6 +199,11 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
     if let Some(client) = name.strip_prefix("official-") {
         return run_official(client, o).await;
     }
+    if name == "enospc"
+        && let Some(why) = LoopDisk::unavailable()
+    {
+        return Ok(Outcome::Skipped(why));
+    }
     let secs = o.duration.as_secs().max(1);
     let copts = ClusterOptions {
         failover,
@@ -203,6 +214,7 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
         },
         // About a third of the way into the run at the workload's ~45 KiB/s.
         master_disk_budget: (name == "disk-full").then(|| 96 * 1024 + secs * 15 * 1024),
+        loop_disk_mib: (name == "enospc").then_some(64),
         extra_topics: match name {
             "timer-failover" => vec![(TIMER_TOPIC.into(), "DELAY".into())],
             "txn-failover" => vec![(TXN_TOPIC.into(), "TRANSACTION".into())],
@@ -252,6 +264,23 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
     // Liveness after the heal (not required for a disk that stays full).
     if name != "disk-full" && !w.wait_acked(5, Duration::from_secs(20)).await {
         tracing_note(&format!("{name}: no sends acked after the heal"));
+        // A full disk that was freed must not leave a broker refusing writes.
+        anyhow::ensure!(
+            name != "enospc",
+            "enospc: no sends acked within 20 s of freeing the disks"
+        );
+    }
+    if name == "enospc" {
+        // No log may have fenced: a full disk is refused and given back, never fatal.
+        for e in std::fs::read_dir(c.log_dir())?.flatten() {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.contains("commit log fenced")) {
+                anyhow::bail!(
+                    "enospc: {} fenced its log after a full disk: {line}",
+                    e.file_name().to_string_lossy()
+                );
+            }
+        }
     }
     w.stop_producers().await;
     w.drain(
@@ -459,6 +488,38 @@ async fn faults(
             // The budget fills by itself; keep going until the end.
             while left(deadline) {
                 sleep(Duration::from_millis(200)).await;
+            }
+        }
+        "enospc" => {
+            while rounds.next() {
+                sleep(rng.ms(1000, 3000)).await;
+                let m = c.master;
+                let full: Vec<usize> = match rng.below(3) {
+                    0 => vec![m],
+                    1 => vec![c.peer(m)],
+                    _ => vec![m, c.peer(m)],
+                };
+                let mut filled = Ok(());
+                for &i in &full {
+                    if let Some(d) = &c.brokers[i].disk {
+                        filled = filled.and(d.fill(0).map(drop));
+                    }
+                }
+                if filled.is_ok() {
+                    sleep(rng.ms(1000, 3000)).await;
+                }
+                // Freed whether or not every fill worked: a disk left full would fail the heal.
+                for &i in &full {
+                    if let Some(d) = &c.brokers[i].disk {
+                        d.free()?;
+                    }
+                }
+                filled?;
+                tracing_note(&format!(
+                    "enospc: filled {:?}",
+                    full.iter().map(|&i| &c.brokers[i].name).collect::<Vec<_>>()
+                ));
+                c.settle(Duration::from_secs(30)).await?;
             }
         }
         "torn-write" => {
