@@ -52,6 +52,33 @@ fn pending(ap: &str, topic: &str) -> (u64, u64, i64) {
     sum
 }
 
+/// Waits (at most 10 s) until `admin pending` for `topic` shows `want` in the field `pick`
+/// selects. The counts come from the timer and transaction index loops, which pick up a
+/// new timer, a recall or an end of a transaction on their next poll, so they trail the
+/// RPC that caused them by up to one poll interval.
+async fn pending_reaches(ap: &str, topic: &str, pick: fn((u64, u64, i64)) -> u64, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = pick(pending(ap, topic));
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "admin pending for {topic} stayed at {got}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn timers(p: (u64, u64, i64)) -> u64 {
+    p.0
+}
+
+fn open_half(p: (u64, u64, i64)) -> u64 {
+    p.1
+}
+
 async fn consumer(ap: &str, group: &str, topic: &str) -> SimpleConsumer {
     let cfg = ConsumerConfig::new([ap.to_string()], group)
         .with_long_polling_timeout(Duration::from_secs(1));
@@ -127,7 +154,7 @@ async fn sdk_and_cli_timers_and_transactions_against_standalone() {
             .clone()
             .expect("a DELAY receipt has a recall handle"),
     );
-    assert_eq!(pending(&ap, "reminders").0, 2);
+    pending_reaches(&ap, "reminders", timers, 2).await;
     assert_eq!(
         producer.recall("reminders", &later_handle).await.unwrap(),
         later.message_id
@@ -155,7 +182,7 @@ async fn sdk_and_cli_timers_and_transactions_against_standalone() {
         .await
         .unwrap_err();
     assert_eq!(err.code_enum(), Some(Code::PreconditionFailed), "{err}");
-    assert_eq!(pending(&ap, "reminders").0, 0);
+    pending_reaches(&ap, "reminders", timers, 0).await;
 
     // The CLI: --delay prints the handle, `recall` takes it.
     let out = cli(&[
@@ -175,7 +202,7 @@ async fn sdk_and_cli_timers_and_transactions_against_standalone() {
         .unwrap_or_else(|| panic!("no recall handle in {out:?}"))
         .to_string();
     let id = out.split_whitespace().nth(1).unwrap().to_string();
-    assert_eq!(pending(&ap, "reminders").0, 1);
+    pending_reaches(&ap, "reminders", timers, 1).await;
     let out = cli(&[
         "recall",
         "--access-point",
@@ -186,7 +213,7 @@ async fn sdk_and_cli_timers_and_transactions_against_standalone() {
         &handle,
     ]);
     assert_eq!(out.trim(), format!("RECALLED {id} reminders"));
-    assert_eq!(pending(&ap, "reminders").0, 0);
+    pending_reaches(&ap, "reminders", timers, 0).await;
 
     // ---- transactions
     let orders = consumer(&ap, "g-orders", "orders").await;
@@ -198,7 +225,7 @@ async fn sdk_and_cli_timers_and_transactions_against_standalone() {
         .send_half(Message::new("orders", "rolled back"))
         .await
         .unwrap();
-    assert_eq!(pending(&ap, "orders").1, 2);
+    pending_reaches(&ap, "orders", open_half, 2).await;
     committed.commit().await.unwrap();
     committed.commit().await.unwrap(); // idempotent
     rolled.rollback().await.unwrap();
@@ -240,9 +267,8 @@ async fn sdk_and_cli_timers_and_transactions_against_standalone() {
         )
         .await
         .unwrap();
-    let (_, open, oldest) = pending(&ap, "orders");
-    assert_eq!(open, 2);
-    assert!(oldest > 0);
+    pending_reaches(&ap, "orders", open_half, 2).await;
+    assert!(pending(&ap, "orders").2 > 0);
 
     let want: HashSet<String> = [
         committed.message_id().to_string(),
