@@ -93,6 +93,7 @@ pub async fn run(broker: Broker, addrs: BrokerAddrs, token: CancellationToken) {
                 prefer_master,
                 acting_master_epoch: (repl.role() == Role::Master).then(|| store.current_epoch()),
                 master_refused: refused,
+                fenced: store.fenced(),
             };
             match client.heartbeat(&hb).await {
                 Ok(reply) => {

@@ -32,6 +32,8 @@ pub struct BrokerSeen {
     /// The replication address this broker last failed to connect to (refused), if its
     /// latest attempt was refused.
     pub master_refused: Option<String>,
+    /// Why its commit log is fenced, if it is.
+    pub fenced: Option<String>,
 }
 
 impl BrokerSeen {
@@ -47,6 +49,7 @@ impl BrokerSeen {
             prefer_master: hb.prefer_master,
             acting_master_epoch: hb.acting_master_epoch,
             master_refused: hb.master_refused.clone(),
+            fenced: hb.fenced.clone(),
         }
     }
 
@@ -63,6 +66,7 @@ impl BrokerSeen {
         self.prefer_master = hb.prefer_master;
         self.acting_master_epoch = hb.acting_master_epoch;
         self.master_refused = hb.master_refused.clone();
+        self.fenced.clone_from(&hb.fenced);
     }
 }
 
@@ -88,6 +92,11 @@ pub struct Clock {
 impl Clock {
     fn alive(&self, seen: Option<&BrokerSeen>) -> bool {
         self.silent_for(seen) < self.master_timeout
+    }
+
+    /// Alive and able to write: only such a broker may be elected.
+    fn eligible(&self, seen: Option<&BrokerSeen>) -> bool {
+        self.alive(seen) && seen.is_none_or(|s| s.fenced.is_none())
     }
 
     fn silent_for(&self, seen: Option<&BrokerSeen>) -> Duration {
@@ -122,7 +131,7 @@ pub fn decide(
                 .insync
                 .iter()
                 .copied()
-                .filter(|id| clock.alive(seen.get(id)))
+                .filter(|id| clock.eligible(seen.get(id)))
                 .collect();
             let best = best_by_log(&candidates, seen)?;
             Some(elect(group, best, group.insync.clone(), seen, clock))
@@ -141,7 +150,7 @@ fn first_election(
         .brokers
         .keys()
         .filter_map(|id| seen.get(id).map(|s| (*id, s)))
-        .filter(|(_, s)| clock.alive(Some(s)))
+        .filter(|(_, s)| clock.eligible(Some(s)))
         .collect();
     let rank = |(id, s): &(u64, &BrokerSeen)| (s.store_epoch, s.log_end, std::cmp::Reverse(*id));
     let preferred = alive
@@ -162,7 +171,7 @@ fn first_election(
     Some(elect(group, chosen, BTreeSet::from([chosen]), seen, clock))
 }
 
-/// The master failed (silent, restarted, or no longer acting in its epoch): elect another
+/// The master failed (silent, restarted, fenced, or no longer acting in its epoch): elect another
 /// in-sync replica, or leave the group without master when none is eligible.
 fn failover(
     group: &GroupState,
@@ -192,16 +201,20 @@ fn failover(
                     && clock.now.saturating_duration_since(clock.epoch_since)
                         >= clock.master_timeout)
         });
-    if !silent && !restarted {
+    // A fenced master refuses every write: replaced at once. Safe without waiting out its
+    // lease: a fenced log stores nothing more, and what it stored before is acked only once
+    // every in-sync replica holds it, so the replica elected here has it too.
+    let fenced = !silent && ms.is_some_and(|s| s.fenced.is_some());
+    if !silent && !restarted && !fenced {
         return None;
     }
     let mut candidates: Vec<u64> = group
         .insync
         .iter()
         .copied()
-        .filter(|id| *id != m && clock.alive(seen.get(id)))
+        .filter(|id| *id != m && clock.eligible(seen.get(id)))
         .collect();
-    if candidates.is_empty() && restarted && group.insync.contains(&m) {
+    if candidates.is_empty() && restarted && !fenced && group.insync.contains(&m) {
         candidates.push(m);
     }
     match best_by_log(&candidates, seen) {

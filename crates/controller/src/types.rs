@@ -69,6 +69,11 @@ pub struct Heartbeat {
     /// slow or partitioned master does not refuse connections).
     #[serde(default)]
     pub master_refused: Option<String>,
+    /// Why the broker's commit log is fenced (a write or fsync failed, or recovery found
+    /// corruption), if it is: it refuses writes, so it is replaced at once as master and
+    /// never elected.
+    #[serde(default)]
+    pub fenced: Option<String>,
 }
 
 /// The controller leader's answer to a heartbeat.

@@ -112,6 +112,7 @@ impl FakeBroker {
                         prefer_master: prefer,
                         acting_master_epoch: acting,
                         master_refused: None,
+                        fenced: None,
                     };
                     if let Ok(r) = client.heartbeat(&hb).await {
                         let mut s = st.lock();
@@ -328,6 +329,7 @@ fn b1_heartbeat() -> Heartbeat {
         prefer_master: false,
         acting_master_epoch: None,
         master_refused: None,
+        fenced: None,
     }
 }
 
@@ -357,6 +359,7 @@ async fn single_voter_state_survives_restart() {
             prefer_master: true,
             acting_master_epoch: None,
             master_refused: None,
+            fenced: None,
         };
         let v = wait_for_async(|| client.heartbeat(&hb)).await;
         assert!(v.view.brokers.contains_key(&5));

@@ -38,6 +38,7 @@ fn hb(id: u64, log_end: u64, store_epoch: u64, prefer: bool, acting: Option<u64>
         prefer_master: prefer,
         acting_master_epoch: acting,
         master_refused: None,
+        fenced: None,
     }
 }
 
@@ -327,5 +328,68 @@ fn a_refusal_needs_a_live_insync_reporter_naming_this_master() {
     let seen = BTreeMap::from([(0, master), (1, seen_at(&hb(1, 10, 4, false, None), now))]);
     assert_eq!(decide(&g, &seen, &clock(t0, 7500)), None);
     let (m, _, _) = elected(decide(&g, &seen, &clock(t0, 8000)));
+    assert_eq!(m, Some(1));
+}
+
+fn fenced(mut h: Heartbeat) -> Heartbeat {
+    h.fenced = Some("commit log write/fsync failed: Input/output error".into());
+    h
+}
+
+#[test]
+fn a_fenced_master_is_replaced_at_once_and_leaves_the_insync_set() {
+    let t0 = Instant::now();
+    let g = group(Some(0), 4, &[0, 1], &[0, 1]);
+    let now = t0 + Duration::from_millis(5000);
+    // Still heartbeating, well within its lease: replaced because it can no longer write.
+    let seen = BTreeMap::from([
+        (0, seen_at(&fenced(hb(0, 10, 4, false, Some(4))), now)),
+        (1, seen_at(&hb(1, 10, 4, false, None), now)),
+    ]);
+    let (m, e, insync) = elected(decide(&g, &seen, &clock(t0, 5000)));
+    assert_eq!((m, e), (Some(1), 5));
+    assert_eq!(insync, BTreeSet::from([1]));
+}
+
+#[test]
+fn a_fenced_replica_is_never_elected() {
+    let t0 = Instant::now();
+    let now = t0 + Duration::from_millis(8000);
+    let old = t0 + Duration::from_millis(4000);
+    // The master is gone; its only in-sync slave is fenced and has the longer log.
+    let g = group(Some(0), 4, &[0, 1, 2], &[0, 1, 2]);
+    let seen = BTreeMap::from([
+        (0, seen_at(&hb(0, 10, 4, false, Some(4)), old)),
+        (1, seen_at(&fenced(hb(1, 99, 4, false, None)), now)),
+        (2, seen_at(&hb(2, 10, 4, false, None), now)),
+    ]);
+    let (m, _, _) = elected(decide(&g, &seen, &clock(t0, 8000)));
+    assert_eq!(m, Some(2), "the healthy replica, despite its shorter log");
+    // With every in-sync replica fenced the group stays without a master (unavailable,
+    // not lossy), and a fenced master is not kept on even when it is the only one left.
+    let seen = BTreeMap::from([
+        (0, seen_at(&hb(0, 10, 4, false, Some(4)), old)),
+        (1, seen_at(&fenced(hb(1, 99, 4, false, None)), now)),
+    ]);
+    let g = group(Some(0), 4, &[0, 1], &[0, 1]);
+    let (m, _, insync) = elected(decide(&g, &seen, &clock(t0, 8000)));
+    assert_eq!(m, None);
+    assert_eq!(insync, BTreeSet::from([0, 1]));
+    let g = group(Some(0), 4, &[0], &[0]);
+    let seen = BTreeMap::from([(0, seen_at(&fenced(hb(0, 10, 4, false, Some(4))), now))]);
+    let (m, _, _) = elected(decide(&g, &seen, &clock(t0, 8000)));
+    assert_eq!(m, None, "a lone fenced master is dropped, not re-elected");
+    // Nor is a fenced broker chosen as a group's first master.
+    let g = group(None, 0, &[], &[0, 1]);
+    let mut seen = BTreeMap::from([
+        (0, seen_at(&fenced(hb(0, 10, 4, true, None)), t0)),
+        (1, seen_at(&hb(1, 0, 0, false, None), t0)),
+    ]);
+    assert_eq!(decide(&g, &seen, &clock(t0, 0)), None);
+    // Past a master timeout since both first registered, still heartbeating.
+    for s in seen.values_mut() {
+        s.last_seen = t0 + Duration::from_millis(3100);
+    }
+    let (m, _, _) = elected(decide(&g, &seen, &clock(t0, 3100)));
     assert_eq!(m, Some(1));
 }

@@ -183,6 +183,7 @@ impl Node {
                 .master_unreachable
                 .clone()
                 .filter(|a| self.role == Role::Slave && self.following.as_ref() == Some(a)),
+            fenced: None,
         }
     }
 
