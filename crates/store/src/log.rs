@@ -57,6 +57,20 @@ pub(crate) struct Faults {
     /// The next segment write stops halfway with ENOSPC.
     pub no_space_next_write: AtomicBool,
     pub fail_next_sync: AtomicBool,
+    /// The next segment fdatasync fails with ENOSPC.
+    pub no_space_next_sync: AtomicBool,
+}
+
+impl Faults {
+    /// The injected fsync failure, if one is armed.
+    pub fn take_sync_failure(&self) -> Option<std::io::Error> {
+        if self.fail_next_sync.swap(false, Ordering::AcqRel) {
+            return Some(std::io::Error::other("injected fsync failure"));
+        }
+        self.no_space_next_sync
+            .swap(false, Ordering::AcqRel)
+            .then(|| std::io::Error::from_raw_os_error(28)) // ENOSPC
+    }
 }
 
 /// The writer's inbox.

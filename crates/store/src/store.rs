@@ -56,6 +56,9 @@ pub enum Fault {
     NextSync,
     /// The next segment write writes half its bytes, then fails with ENOSPC.
     NextWriteNoSpace,
+    /// The next segment fdatasync fails with ENOSPC (what a thin-provisioned or network
+    /// volume answers when its write-back finds no room).
+    NextSyncNoSpace,
 }
 
 struct Inner {
@@ -546,6 +549,7 @@ impl Store {
             Fault::NextWrite => f.fail_next_write.store(true, Ordering::Release),
             Fault::NextSync => f.fail_next_sync.store(true, Ordering::Release),
             Fault::NextWriteNoSpace => f.no_space_next_write.store(true, Ordering::Release),
+            Fault::NextSyncNoSpace => f.no_space_next_sync.store(true, Ordering::Release),
         }
     }
 }

@@ -58,8 +58,8 @@ pub(crate) fn run(sh: &Shared, rx: &mpsc::Receiver<SyncMsg>) {
 }
 
 fn sync_all(sh: &Shared, group: &[Batch]) -> std::io::Result<()> {
-    if sh.faults.fail_next_sync.swap(false, Ordering::AcqRel) {
-        return Err(std::io::Error::other("injected fsync failure"));
+    if let Some(e) = sh.faults.take_sync_failure() {
+        return Err(e);
     }
     let mut last_start = None;
     for b in group {

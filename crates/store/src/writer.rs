@@ -576,8 +576,8 @@ impl Writer {
     }
 
     pub(crate) fn sync(&mut self) -> io::Result<()> {
-        if self.sh.faults.fail_next_sync.swap(false, Ordering::AcqRel) {
-            return Err(io::Error::other("injected fsync failure"));
+        if let Some(e) = self.sh.faults.take_sync_failure() {
+            return Err(e);
         }
         let t0 = std::time::Instant::now();
         self.seg.file.sync_data()?;

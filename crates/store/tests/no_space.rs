@@ -51,6 +51,27 @@ async fn a_short_write_on_a_full_disk_is_given_back_and_the_log_stays_writable()
     check_queues_match_log(&s);
 }
 
+/// ENOSPC from fdatasync is not a full disk to retry: the write-back of bytes already in the
+/// page cache failed, and the kernel may have dropped them (a later fsync would "succeed"). It
+/// fences the log like any fsync failure, and the append is never acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enospc_from_fdatasync_fences_the_log_and_acks_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let s = common::open(d.path());
+    s.append(vec![rec("t", 0, "a")]).await.unwrap();
+    s.inject_fault(Fault::NextSyncNoSpace);
+    let err = s.append(vec![rec("t", 0, "unsynced")]).await.unwrap_err();
+    assert!(
+        !matches!(err, StoreError::NoSpace(_)),
+        "an fsync failure must not read as 'definitely not stored': {err}"
+    );
+    let reason = s.fenced().expect("an fsync ENOSPC fences the log");
+    assert!(reason.contains("No space left"), "{reason}");
+    assert_eq!(s.stats().no_space, 0);
+    let err = s.append(vec![rec("t", 0, "after")]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Fenced(_)), "{err}");
+}
+
 fn fs_len(p: &Path) -> u64 {
     std::fs::metadata(p).unwrap().len()
 }
