@@ -368,6 +368,7 @@ impl BrokerAdmin for AdminService {
             durable_offset: s.durable_offset(),
             readable_offset: s.readable_offset(),
             log_end_offset: s.log_end_offset(),
+            fenced_reason: s.fenced().unwrap_or_default(),
             master_replication_addr: match repl.role() {
                 crate::repl::Role::Slave => repl.master_addr().unwrap_or_default(),
                 crate::repl::Role::Master => String::new(),

@@ -135,6 +135,7 @@ pub async fn run(cmd: AdminCmd) -> anyhow::Result<()> {
                 "min_insync_replicas": r.min_insync_replicas,
                 "in_sync_slaves": r.in_sync_slaves,
                 "slaves": slaves,
+                "fenced_reason": r.fenced_reason,
             });
             println!("{v}");
         }
