@@ -5,6 +5,7 @@
 pub mod chaos;
 pub mod controller;
 pub mod disk;
+pub mod http;
 pub mod logs;
 pub mod official;
 pub mod proxy;

@@ -186,3 +186,13 @@ async fn chaos_official_python() {
     let broken = r.violations(true);
     assert!(broken.is_empty(), "official-python: {broken:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_eio() {
+    if let Some(why) = sofamq_testkit::disk::LoopDisk::unavailable() {
+        eprintln!("chaos_eio skipped: {why}");
+        return;
+    }
+    let r = scenario("eio", 17, Failover::Controller, false).await;
+    assert!(r.pass(), "eio failed the checker: {r:#?}");
+}

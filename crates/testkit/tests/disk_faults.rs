@@ -109,3 +109,62 @@ async fn a_real_full_disk_refuses_appends_without_fencing_and_recovers_when_spac
     drop(s);
     drop(fs);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_write_back_failure_under_fdatasync_fences_the_log_and_loses_nothing_acked() {
+    if let Some(why) = LoopDisk::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let fs = LoopDisk::thin(32).unwrap();
+    let dir = fs.path().join("store");
+    let mut cfg = StoreConfig::new(&dir);
+    cfg.segment_size = 4 << 20;
+    let s = Store::open(cfg.clone()).unwrap();
+    let body = "y".repeat(16 * 1024);
+    let mut acked = Vec::new();
+    for i in 0..20u64 {
+        let b = format!("{i}-{body}");
+        let a = s.append(vec![rec(0, &b)]).await.unwrap();
+        acked.push((0, a[0].queue_offset, b));
+    }
+    // The volume under the filesystem runs out of room: write-back fails underneath ext4.
+    fs.starve().unwrap();
+    let mut failed = None;
+    for i in 0..200u64 {
+        match s.append(vec![rec(1, &format!("lost-{i}-{body}"))]).await {
+            Ok(a) => acked.push((1, a[0].queue_offset, format!("lost-{i}-{body}"))),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    let err = failed.expect("no append failed on a starved volume");
+    let reason = s.fenced().expect("an I/O error fences the log");
+    // EIO when ext4's journal write fails first; ENOSPC, passed up by the loop device, when
+    // the data write-back does. Either way fdatasync failed, and that fences.
+    assert!(
+        reason.contains("(os error 5)") || reason.contains("(os error 28)"),
+        "the fence says why: {reason} (append got: {err})"
+    );
+    // Fenced for good: a later append is refused, even with room again.
+    fs.feed().unwrap();
+    let again = s.append(vec![rec(0, "after")]).await.unwrap_err();
+    assert!(matches!(again, StoreError::Fenced(_)), "{again}");
+    drop(s);
+    // The operator's repair, then a restart: every acked record is there.
+    fs.repair().unwrap();
+    let s = Store::open(cfg).unwrap();
+    for (q, off, body) in &acked {
+        let r = s.read_queue("t", *q, *off, 1, usize::MAX).unwrap();
+        assert_eq!(
+            r.len(),
+            1,
+            "acked record {q}/{off} missing after the repair"
+        );
+        assert_eq!(&r[0].body[..], body.as_bytes());
+    }
+    drop(s);
+    drop(fs);
+}

@@ -57,6 +57,8 @@ pub struct ClusterOptions {
     pub master_disk_budget: Option<u64>,
     /// Give each broker a real filesystem of this many MiB ([`LoopDisk`]) for its data.
     pub loop_disk_mib: Option<u64>,
+    /// Make those filesystems thin ([`LoopDisk::thin`]: they can be starved into EIO).
+    pub thin_disks: bool,
     /// Topic and its queue count.
     pub topic: String,
     /// Queues of the topic.
@@ -77,6 +79,7 @@ impl Default for ClusterOptions {
             max_lag_ms: 3_000,
             master_disk_budget: None,
             loop_disk_mib: None,
+            thin_disks: false,
             topic: "chaos".into(),
             queues: 4,
             extra_topics: Vec::new(),
@@ -93,6 +96,8 @@ pub struct BrokerProc {
     pub grpc: String,
     /// Replication address the broker binds.
     pub repl: String,
+    /// `/health` and `/metrics` address the broker binds.
+    pub http: String,
     /// Data directory.
     pub data: PathBuf,
     /// Clients reach the broker through this (its advertised address).
@@ -226,13 +231,19 @@ impl ChaosCluster {
         for (i, name) in ["a0", "a1"].into_iter().enumerate() {
             let grpc = format!("127.0.0.1:{}", free_port()?);
             let repl = format!("127.0.0.1:{}", free_port()?);
-            let disk = opts.loop_disk_mib.map(LoopDisk::new).transpose()?;
+            let http = format!("127.0.0.1:{}", free_port()?);
+            let disk = match opts.loop_disk_mib {
+                Some(mib) if opts.thin_disks => Some(LoopDisk::thin(mib)?),
+                Some(mib) => Some(LoopDisk::new(mib)?),
+                None => None,
+            };
             brokers.push(BrokerProc {
                 name: name.into(),
                 client_proxy: Proxy::start(sock(&grpc)?).await?,
                 repl_proxy: Proxy::start(sock(&repl)?).await?,
                 grpc,
                 repl,
+                http,
                 data: match &disk {
                     Some(d) => d.path().join("data"),
                     None => dir.path().join(name),
@@ -439,6 +450,8 @@ impl ChaosCluster {
             b.grpc.clone(),
             "--replication-listen".into(),
             b.repl.clone(),
+            "--http-listen".into(),
+            b.http.clone(),
             "--namesrv".into(),
             self.namesrv_addr.clone(),
             "--data-dir".into(),
@@ -525,6 +538,23 @@ impl ChaosCluster {
         .await
         .ok()?;
         serde_json::from_str(out.trim()).ok()
+    }
+
+    /// Broker `i`'s `/health`: the HTTP status and the JSON answer (None if unreachable).
+    pub async fn health(&self, i: usize) -> Option<(u16, serde_json::Value)> {
+        let (code, body) =
+            crate::http::get(&self.brokers[i].http, "/health", Duration::from_secs(5))
+                .await
+                .ok()?;
+        Some((code, serde_json::from_str(&body).ok()?))
+    }
+
+    /// The first sample of metric `name` in broker `i`'s `/metrics` (None if unreachable).
+    pub async fn metric(&self, i: usize, name: &str) -> Option<f64> {
+        let (_, body) = crate::http::get(&self.brokers[i].http, "/metrics", Duration::from_secs(5))
+            .await
+            .ok()?;
+        crate::http::sample(&body, name)
     }
 
     /// After the master died: make the slave master (manual: promote it; controller: wait for

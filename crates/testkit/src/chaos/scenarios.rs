@@ -71,6 +71,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "each broker on a 64 MiB ext4 of its own (loop device): fill the master's, the slave's or both disks to ENOSPC for 1-3 s, then free them; sends fail and nothing is acked meanwhile, and both logs take writes again without a restart (needs root)",
     ),
     (
+        "eio",
+        "each broker on a 64 MiB ext4 whose loop image sits on a tmpfs: starve the master's tmpfs so its next fdatasync gets a real EIO; its log must fence and say why, the controller must elect the slave at once; then the old master is killed, its filesystem repaired (e2fsck) and it rejoins as a slave (needs root and a controller)",
+    ),
+    (
         "torn-write",
         "kill -9 the master, append a torn record to its last segment, restart it",
     ),
@@ -117,6 +121,7 @@ pub const CI_SET: &[&str] = &[
     "link-flaps",
     "disk-full",
     "enospc",
+    "eio",
     "torn-write",
     "timer-failover",
     "txn-failover",
@@ -167,7 +172,11 @@ pub enum Outcome {
 fn needs_controller(name: &str) -> bool {
     matches!(
         name,
-        "controller-leader-kill" | "master-controller-kill" | "timer-failover" | "txn-failover"
+        "controller-leader-kill"
+            | "master-controller-kill"
+            | "timer-failover"
+            | "txn-failover"
+            | "eio"
     ) || name.starts_with("official-")
 }
 
@@ -199,7 +208,7 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
     if let Some(client) = name.strip_prefix("official-") {
         return run_official(client, o).await;
     }
-    if name == "enospc"
+    if matches!(name, "enospc" | "eio")
         && let Some(why) = LoopDisk::unavailable()
     {
         return Ok(Outcome::Skipped(why));
@@ -214,7 +223,8 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
         },
         // About a third of the way into the run at the workload's ~45 KiB/s.
         master_disk_budget: (name == "disk-full").then(|| 96 * 1024 + secs * 15 * 1024),
-        loop_disk_mib: (name == "enospc").then_some(64),
+        loop_disk_mib: matches!(name, "enospc" | "eio").then_some(64),
+        thin_disks: name == "eio",
         extra_topics: match name {
             "timer-failover" => vec![(TIMER_TOPIC.into(), "DELAY".into())],
             "txn-failover" => vec![(TXN_TOPIC.into(), "TRANSACTION".into())],
@@ -522,6 +532,87 @@ async fn faults(
                 c.settle(Duration::from_secs(30)).await?;
             }
         }
+        "eio" => {
+            while rounds.next() {
+                sleep(rng.ms(1000, 3000)).await;
+                let m = c.master;
+                let s = c.peer(m);
+                c.brokers[m]
+                    .disk
+                    .as_ref()
+                    .context("eio: no disk")?
+                    .starve()?;
+                let starved = Instant::now();
+                // `/health` answers 503 with the reason once the log is fenced.
+                let fenced = wait_for(Duration::from_secs(15), || async {
+                    c.health(m).await.and_then(|(code, h)| {
+                        let r = h["fenced_reason"].as_str().unwrap_or_default();
+                        (code == 503 && h["status"] == "fenced" && !r.is_empty())
+                            .then(|| r.to_string())
+                    })
+                })
+                .await;
+                let elected = match &fenced {
+                    Some(_) => {
+                        wait_for(Duration::from_secs(10), || async {
+                            c.status(s)
+                                .await
+                                .filter(|st| st["role"].as_str() == Some("master"))
+                        })
+                        .await
+                    }
+                    None => None,
+                };
+                let took = starved.elapsed();
+                // Room again before anything can fail: the repair needs it.
+                c.brokers[m].disk.as_ref().context("eio: no disk")?.feed()?;
+                let name_m = c.brokers[m].name.clone();
+                let reason = fenced.with_context(|| {
+                    format!("eio: {name_m} did not fence within 15 s of its volume filling")
+                })?;
+                // The loop driver passes the starved tmpfs's error up as EIO or, for some
+                // write-backs, as ENOSPC; either way fdatasync failed (a full disk on
+                // write() refuses the batch instead, and never fences).
+                anyhow::ensure!(
+                    reason.contains("(os error 5)") || reason.contains("(os error 28)"),
+                    "eio: {name_m} fenced for another reason: {reason}"
+                );
+                anyhow::ensure!(
+                    elected.is_some(),
+                    "eio: {} not master within 10 s of {name_m} fencing",
+                    c.brokers[s].name
+                );
+                anyhow::ensure!(
+                    logs_mention(c.log_dir(), &name_m, "commit log fenced")?,
+                    "eio: {name_m}'s log does not say it fenced"
+                );
+                anyhow::ensure!(
+                    c.metric(m, "sofamq_broker_fenced").await == Some(1.0),
+                    "eio: {name_m}'s /metrics does not show sofamq_broker_fenced 1"
+                );
+                anyhow::ensure!(
+                    c.status(m)
+                        .await
+                        .is_some_and(|st| st["fenced_reason"] == reason.as_str()),
+                    "eio: `sofamq admin status` of {name_m} does not give the fence reason"
+                );
+                c.kill9(m);
+                c.master = s;
+                let fsck = c.brokers[m]
+                    .disk
+                    .as_ref()
+                    .context("eio: no disk")?
+                    .repair()?;
+                tracing_note(&format!(
+                    "eio: {name_m} fenced ({reason}); {} master {:.1} s after the volume filled; e2fsck: {}",
+                    c.brokers[s].name,
+                    took.as_secs_f64(),
+                    fsck.lines().last().unwrap_or_default()
+                ));
+                c.restart_as_slave(m).await?;
+                c.settle(Duration::from_secs(30)).await?;
+            }
+        }
         "torn-write" => {
             while rounds.next() {
                 sleep(rng.ms(1000, 3000)).await;
@@ -590,4 +681,35 @@ async fn faults(
         other => anyhow::bail!("unknown scenario {other}"),
     }
     Ok(())
+}
+
+/// Polls `f` every 100 ms until it gives a value or `max` passes.
+async fn wait_for<T, F, Fut>(max: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + max;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether a log file of broker `name` (any of its starts) contains `needle`.
+fn logs_mention(dir: &std::path::Path, name: &str, needle: &str) -> anyhow::Result<bool> {
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        if file.starts_with(&format!("{name}-"))
+            && std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(needle))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
