@@ -93,7 +93,8 @@ pub async fn run(broker: Broker, addrs: BrokerAddrs, token: CancellationToken) {
                 prefer_master,
                 acting_master_epoch: (repl.role() == Role::Master).then(|| store.current_epoch()),
                 master_refused: refused,
-                fenced: store.fenced(),
+                // A replica fetching a damaged range again is not whole: never elected.
+                fenced: store.fenced().or_else(|| repl.repairing()),
             };
             match client.heartbeat(&hb).await {
                 Ok(reply) => {

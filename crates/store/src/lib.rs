@@ -50,6 +50,7 @@ pub use error::StoreError;
 pub use log::Scan;
 pub use record::{Appended, NewRecord, Record, tag_hash};
 pub use store::{Fault, FsyncStats, Store, StoreStats};
+pub use truncate::DamageCut;
 
 /// Upper bounds (microseconds, inclusive) of the fdatasync latency buckets; one more bucket
 /// counts everything above the last bound.

@@ -102,6 +102,10 @@ pub(crate) struct Shared {
     pub repl_limit: AtomicU64,
     fenced_flag: AtomicBool,
     fence_reason: Mutex<Option<String>>,
+    /// Lowest log offset known damaged (a CRC failure or a gap below the durable offset),
+    /// when that is why the log is fenced: [`crate::Store::cut_damage`] can then cut there
+    /// so the range is fetched again from a healthy replica.
+    damage: Mutex<Option<u64>>,
     pub cqs: ConsumeQueues,
     pub epochs: Mutex<EpochHistory>,
     pub current_epoch: AtomicU64,
@@ -130,6 +134,7 @@ impl Shared {
         epochs: EpochHistory,
         ckpt: Checkpoint,
         fenced: Option<String>,
+        damage: Option<u64>,
     ) -> Shared {
         let epoch = epochs.current();
         Shared {
@@ -144,6 +149,7 @@ impl Shared {
             repl_limit: AtomicU64::new(u64::MAX),
             fenced_flag: AtomicBool::new(fenced.is_some()),
             fence_reason: Mutex::new(fenced),
+            damage: Mutex::new(damage),
             cqs,
             epochs: Mutex::new(epochs),
             current_epoch: AtomicU64::new(epoch),
@@ -166,6 +172,38 @@ impl Shared {
             *r = Some(reason);
             self.fenced_flag.store(true, Ordering::Release);
         }
+    }
+
+    /// Fences the log because the bytes at `offset` are damaged, and remembers the lowest
+    /// damaged offset. A log already fenced for another reason (an I/O error) stays so
+    /// without a damage offset: cutting it would not make it writable.
+    pub fn fence_damaged(&self, offset: u64, reason: String) {
+        let mut r = lock(&self.fence_reason);
+        let mut d = lock(&self.damage);
+        match (&*r, *d) {
+            (None, _) => {
+                tracing::error!(reason = %reason, offset, "commit log fenced: damaged range");
+                *r = Some(reason);
+                *d = Some(offset);
+                self.fenced_flag.store(true, Ordering::Release);
+            }
+            (Some(_), Some(at)) if offset < at => *d = Some(offset),
+            _ => {}
+        }
+    }
+
+    /// The lowest damaged offset, when damage is why the log is fenced.
+    pub fn damage(&self) -> Option<u64> {
+        *lock(&self.damage)
+    }
+
+    /// Lifts the fence after the damaged range was cut.
+    pub fn unfence_repaired(&self) {
+        let mut r = lock(&self.fence_reason);
+        let mut d = lock(&self.damage);
+        *r = None;
+        *d = None;
+        self.fenced_flag.store(false, Ordering::Release);
     }
 
     pub fn is_fenced(&self) -> bool {

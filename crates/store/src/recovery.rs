@@ -37,6 +37,9 @@ pub(crate) struct Recovered {
     pub segments: Vec<Arc<Segment>>,
     pub log_end: u64,
     pub fenced: Option<String>,
+    /// Where the damage begins, when damage (not an unreadable epoch file) fenced the log:
+    /// the end of the last valid record before it.
+    pub damage: Option<u64>,
     pub cqs: ConsumeQueues,
     pub epochs: EpochHistory,
     pub checkpoint: Checkpoint,
@@ -209,6 +212,7 @@ pub(crate) fn recover(cfg: &StoreConfig) -> Result<Recovered, StoreError> {
     let log_dir = cfg.dir.join("commitlog");
     let ck = checkpoint::load(&cfg.dir)?;
     let (mut epochs, epoch_problem) = EpochHistory::open(&cfg.dir)?;
+    let epoch_unreadable = epoch_problem.is_some();
     let mut fenced: Option<String> = epoch_problem;
 
     let mut segs = Vec::new();
@@ -314,9 +318,13 @@ pub(crate) fn recover(cfg: &StoreConfig) -> Result<Recovered, StoreError> {
             seg.file.sync_all()?;
         }
     }
-    if fenced.is_some() {
+    let damage = if fenced.is_some() {
         log_end = log_end.min(files_end);
+        (!epoch_unreadable).then_some(log_end)
     } else {
+        None
+    };
+    if fenced.is_none() {
         // Everything we keep is now made durable before anyone relies on it.
         segs[segs.len() - 1].file.sync_data()?;
         if epochs
@@ -346,6 +354,7 @@ pub(crate) fn recover(cfg: &StoreConfig) -> Result<Recovered, StoreError> {
         segments: segs,
         log_end,
         fenced,
+        damage,
         cqs,
         epochs,
         checkpoint,

@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use crate::DamageCut;
 use crate::config::StoreConfig;
 use crate::cq::CqEntry;
 use crate::epoch::EpochEntry;
@@ -132,6 +133,7 @@ impl Store {
             rec.epochs,
             rec.checkpoint,
             rec.fenced,
+            rec.damage,
         ));
         if !sh.is_fenced() {
             flusher::flush_once(&sh)?;
@@ -232,9 +234,10 @@ impl Store {
         if let Err(StoreError::Corrupt { offset, reason }) = &r
             && *offset < self.durable_offset()
         {
-            self.sh().fence(format!(
-                "corrupt record at offset {offset} found on read: {reason}"
-            ));
+            self.sh().fence_damaged(
+                *offset,
+                format!("corrupt record at offset {offset} found on read: {reason}"),
+            );
         }
         r
     }
@@ -348,6 +351,23 @@ impl Store {
     pub fn truncate(&self, offset: u64) -> Result<(), StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.send(Cmd::Truncate { offset, tx });
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Where the damage begins when damage is why the log is fenced (a CRC failure below the
+    /// durable offset, found on open or on a read, or a gap in the segments); `None` when
+    /// it is not fenced, or fenced for a reason a cut does not fix (an I/O error, an
+    /// unreadable epoch file).
+    pub fn damaged_from(&self) -> Option<u64> {
+        self.sh().damage()
+    }
+
+    /// For a replica whose master holds the whole log: cuts a log fenced by damage where the
+    /// damage begins (keeping the cut bytes in `damaged/<offset>/`) and lifts the fence, so
+    /// replication fetches the range again. `None` when the log is not fenced by damage.
+    pub fn cut_damage(&self) -> Result<Option<DamageCut>, StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Cmd::CutDamage { tx });
         rx.recv().map_err(|_| StoreError::Closed)?
     }
 

@@ -105,3 +105,84 @@ impl Writer {
         Ok(())
     }
 }
+
+/// What [`Writer::cut_damage`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamageCut {
+    /// The log now ends here (where the damage began).
+    pub at: u64,
+    /// Where the log's files ended before the cut.
+    pub old_end: u64,
+    /// The cut bytes, kept for the operator (`DATA/store/damaged/<at>/`).
+    pub kept_in: std::path::PathBuf,
+}
+
+impl Writer {
+    /// A log fenced by damage: keeps a copy of everything from the damaged offset on (the
+    /// tail of the segment holding it, hard links to the later segments), cuts the log there
+    /// durably and lifts the fence, so the range can be fetched again from a healthy replica.
+    /// `None` when the log is not fenced by damage.
+    pub(crate) fn cut_damage(&mut self) -> Result<Option<DamageCut>, StoreError> {
+        let Some(at) = self.sh.damage() else {
+            return Ok(None);
+        };
+        let segs: Vec<_> = self
+            .sh
+            .segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut old_end = at;
+        let kept_in = self.sh.cfg.dir.join("damaged").join(at.to_string());
+        std::fs::create_dir_all(&kept_in)?;
+        for s in &segs {
+            let len = s.len()?;
+            let end = s.start + len;
+            old_end = old_end.max(end);
+            if end <= at {
+                continue;
+            }
+            let name = s.path.file_name().unwrap_or_default();
+            if s.start >= at {
+                let to = kept_in.join(name);
+                if !to.exists() {
+                    std::fs::hard_link(&s.path, to)?;
+                }
+            } else {
+                use std::os::unix::fs::FileExt;
+                let to = kept_in.join(format!("{}.from-{at}", name.to_string_lossy()));
+                let f = std::fs::File::create(to)?;
+                let mut buf = vec![0u8; 1 << 20];
+                let mut pos = at - s.start;
+                while pos < len {
+                    let n = usize::try_from(len - pos).map_or(buf.len(), |r| r.min(buf.len()));
+                    s.file.read_exact_at(&mut buf[..n], pos)?;
+                    f.write_all_at(&buf[..n], pos - (at - s.start))?;
+                    pos += n as u64;
+                }
+                f.sync_all()?;
+            }
+        }
+        sync_dir(&kept_in)?;
+        if let Some(parent) = kept_in.parent() {
+            sync_dir(parent)?;
+        }
+        if let Err(e) = self.truncate_io(at) {
+            self.sh
+                .fence(format!("cutting the damaged log at {at} failed: {e}"));
+            return Err(e);
+        }
+        self.sh.unfence_repaired();
+        tracing::warn!(
+            at,
+            old_end,
+            kept_in = %kept_in.display(),
+            "damaged commit log cut; the range is fetched again from the master"
+        );
+        Ok(Some(DamageCut {
+            at,
+            old_end,
+            kept_in,
+        }))
+    }
+}

@@ -72,6 +72,9 @@ pub(crate) enum Cmd {
         epoch: u64,
         tx: mpsc::SyncSender<Result<(), StoreError>>,
     },
+    CutDamage {
+        tx: mpsc::SyncSender<Result<Option<crate::truncate::DamageCut>, StoreError>>,
+    },
 }
 
 pub(crate) enum Waiter {
@@ -393,6 +396,11 @@ impl Writer {
                 self.commit();
                 self.barrier();
                 let _ = tx.send(self.truncate(offset));
+            }
+            Cmd::CutDamage { tx } => {
+                self.commit();
+                self.barrier();
+                let _ = tx.send(self.cut_damage());
             }
             Cmd::BeginEpoch { epoch, tx } => {
                 self.commit();

@@ -95,6 +95,17 @@ pub struct Replication {
     token: Mutex<Option<CancellationToken>>,
     /// The master replication address whose latest connect attempt was refused.
     master_refused: Mutex<Option<String>>,
+    /// A damaged range being fetched again from the master (see [`Replication::repairing`]).
+    repair: Mutex<Option<Repair>>,
+}
+
+/// A damaged log cut at `at` that held bytes up to `old_end`: until the log is durable
+/// there again, this replica is not whole and must not be elected.
+#[derive(Debug, Clone)]
+pub(crate) struct Repair {
+    pub at: u64,
+    pub old_end: u64,
+    pub began: std::time::Instant,
 }
 
 impl Replication {
@@ -137,6 +148,7 @@ impl Replication {
             switching: tokio::sync::Mutex::new(()),
             token: Mutex::new(None),
             master_refused: Mutex::new(None),
+            repair: Mutex::new(None),
             segment_dir: store_dir.join("commitlog"),
             cfg,
             store,
@@ -191,6 +203,38 @@ impl Replication {
         let st = self.role.lock();
         (st.role == Role::Slave && st.master_addr.as_deref() == Some(refused.as_str()))
             .then_some(refused)
+    }
+
+    /// Notes that a damaged log was cut and is being fetched again.
+    pub(crate) fn begin_repair(&self, at: u64, old_end: u64) {
+        *self.repair.lock() = Some(Repair {
+            at,
+            old_end,
+            began: std::time::Instant::now(),
+        });
+    }
+
+    /// While a damaged range is being fetched again, what to report to the controller in
+    /// place of a fence reason (a replica still missing it is never elected). Ends, and logs
+    /// the time the repair took, once the log is durable up to where it ended before.
+    pub fn repairing(&self) -> Option<String> {
+        let mut g = self.repair.lock();
+        let r = g.as_ref()?;
+        let durable = self.store.durable_offset();
+        if durable >= r.old_end {
+            tracing::warn!(
+                from = r.at,
+                to = r.old_end,
+                took_ms = r.began.elapsed().as_millis() as u64,
+                "damaged log range repaired from the master"
+            );
+            *g = None;
+            return None;
+        }
+        Some(format!(
+            "repairing a damaged log: fetching {}..{} again from the master ({durable} so far)",
+            r.at, r.old_end
+        ))
     }
 
     /// Notes the outcome of a connect attempt to `master`.

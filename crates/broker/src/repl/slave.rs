@@ -56,8 +56,10 @@ pub async fn follow(repl: Arc<Replication>, master: String, token: CancellationT
             }
             Err(e) => {
                 tracing::warn!(%master, error = %e, "replication from master interrupted");
+                // A log fenced by damage is cut and fetched again on the next session.
                 if let ReplError::Store(_) = e
                     && repl.store.fenced().is_some()
+                    && repl.store.damaged_from().is_none()
                 {
                     tracing::error!("commit log fenced: this slave stops replicating");
                     return;
@@ -101,7 +103,10 @@ async fn session(
     .map_err(|_| ReplError::Timeout("TLS handshake / authentication"))??;
     let store = &repl.store;
     let my_hist = store.epoch_history();
-    let my_end = store.log_end_offset();
+    // A damaged log claims only what precedes the damage.
+    let my_end = store
+        .damaged_from()
+        .unwrap_or_else(|| store.log_end_offset());
     let known = repl
         .seen_epoch
         .load(Ordering::Acquire)
@@ -136,6 +141,27 @@ async fn session(
             "master epoch {epoch} is behind the epoch {known} this slave knows: not following a stale master"
         )));
     }
+    // A live master of an epoch at least ours holds every acked byte: cut the damaged log
+    // where the damage begins (the bytes are kept aside) and fetch the rest again from it.
+    let (my_hist, my_end) = if store.damaged_from().is_some() {
+        let s = store.clone();
+        let done = tokio::task::spawn_blocking(move || s.cut_damage())
+            .await
+            .map_err(|e| ReplError::Protocol(format!("cut task: {e}")))??;
+        if let Some(c) = done {
+            tracing::warn!(
+                %master,
+                from = c.at,
+                to = c.old_end,
+                kept_in = %c.kept_in.display(),
+                "damaged log cut: fetching the range again from the master"
+            );
+            repl.begin_repair(c.at, c.old_end);
+        }
+        (store.epoch_history(), store.log_end_offset())
+    } else {
+        (my_hist, my_end)
+    };
     let cut = divergence(&my_hist, my_end, &m_hist, m_durable);
     if cut < my_end {
         tracing::warn!(
@@ -253,6 +279,8 @@ async fn session(
             }
             let durable = store.durable_offset();
             frame::write_frame(&mut wr, epoch, &Msg::Ack { durable }).await?;
+            // Ends (and logs) a repair once the log is whole again.
+            let _ = repl.repairing();
         }
     }
     .await;

@@ -1,0 +1,176 @@
+//! Damage on one replica: a flipped byte below the durable offset fences the log with the
+//! damaged offset (found on open or on a read); `cut_damage` keeps the damaged bytes aside,
+//! cuts the log there and lifts the fence, and fetching the range again from a healthy copy
+//! gives back a log identical to it, consume queues included.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use common::{check_queues_match_log, fill};
+use sofamq_store::{Store, StoreError};
+
+/// A healthy store of three queues over several small segments, and a copy of its directory.
+fn healthy_pair(root: &Path) -> (Store, std::path::PathBuf) {
+    let m = root.join("master");
+    let s = common::open(&m);
+    for q in 0..3 {
+        fill(&s, "t", q, 100, &format!("q{q}"));
+    }
+    s.flush_queues().unwrap();
+    drop(s);
+    let copy = root.join("replica");
+    copy_dir(&m, &copy);
+    (common::open(&m), copy)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
+
+fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir.join("commitlog"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Flips one byte `at` bytes into segment file `seg`.
+fn flip(seg: &Path, at: u64) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(seg)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= 0x40;
+    f.write_all_at(&b, at).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// Offset (in the log) of the record holding byte `pos` of the log, scanning the master.
+fn record_holding(m: &Store, pos: u64) -> u64 {
+    m.scan(0)
+        .map(|r| r.unwrap())
+        .find(|r| r.log_offset + u64::from(r.size) > pos)
+        .unwrap()
+        .log_offset
+}
+
+/// What a slave does after the cut: fetch from its log end until it has the master's.
+fn refetch(m: &Store, s: &Store) {
+    while s.log_end_offset() < m.log_end_offset() {
+        let bytes = m.read_raw(s.log_end_offset(), 64 * 1024).unwrap();
+        assert!(!bytes.is_empty());
+        s.append_raw(s.log_end_offset(), &bytes).unwrap();
+    }
+}
+
+fn same_log(m: &Store, s: &Store) {
+    let a = m.read_raw(0, usize::MAX).unwrap();
+    let b = s.read_raw(0, usize::MAX).unwrap();
+    assert_eq!(a.len(), b.len());
+    assert!(a == b, "the repaired log differs from the healthy copy");
+    for q in 0..3 {
+        assert_eq!(m.queue_offsets("t", q), s.queue_offsets("t", q));
+    }
+    check_queues_match_log(s);
+}
+
+#[test]
+fn damage_in_the_active_segment_is_found_on_open_cut_and_fetched_again() {
+    let d = tempfile::tempdir().unwrap();
+    let (m, copy) = healthy_pair(d.path());
+    let segs = segments(&copy);
+    let last = segs.last().unwrap();
+    let start: u64 = last.file_name().unwrap().to_str().unwrap().parse().unwrap();
+    let len = std::fs::metadata(last).unwrap().len();
+    let pos = start + len / 3;
+    flip(last, len / 3);
+    let bad = record_holding(&m, pos);
+
+    let s = common::open(&copy);
+    let reason = s
+        .fenced()
+        .expect("a flipped byte below the durable offset fences");
+    assert!(reason.contains("corrupt record"), "{reason}");
+    assert_eq!(s.damaged_from(), Some(bad));
+    assert_eq!(s.log_end_offset(), bad, "nothing past the damage is served");
+    let err = s.append_raw(bad, b"x").unwrap_err();
+    assert!(matches!(err, StoreError::Fenced(_)), "{err}");
+
+    let cut = s.cut_damage().unwrap().expect("a damaged log is cut");
+    assert_eq!(cut.at, bad);
+    assert_eq!(cut.old_end, m.log_end_offset());
+    // The damaged bytes are kept for the operator, not destroyed.
+    let kept: u64 = std::fs::read_dir(&cut.kept_in)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert_eq!(kept, cut.old_end - cut.at);
+    assert_eq!(s.fenced(), None);
+    assert_eq!(s.damaged_from(), None);
+    assert_eq!(s.log_end_offset(), bad);
+    assert_eq!(s.cut_damage().unwrap(), None, "nothing left to cut");
+
+    refetch(&m, &s);
+    same_log(&m, &s);
+    // And it stays repaired across a restart.
+    drop(s);
+    let s = common::open(&copy);
+    assert_eq!(s.fenced(), None);
+    same_log(&m, &s);
+}
+
+#[test]
+fn damage_in_a_sealed_segment_is_found_on_read_cut_and_fetched_again() {
+    let d = tempfile::tempdir().unwrap();
+    let (m, copy) = healthy_pair(d.path());
+    let segs = segments(&copy);
+    assert!(segs.len() >= 3, "the test needs sealed segments");
+    let first_len = std::fs::metadata(&segs[0]).unwrap().len();
+    flip(&segs[0], first_len / 2);
+    let bad = record_holding(&m, first_len / 2);
+
+    // Recovery scans from the checkpoint on: the sealed segment is not read at open.
+    let s = common::open(&copy);
+    assert_eq!(s.fenced(), None);
+    let bad_rec = m.read_at(bad).unwrap();
+    let err = s
+        .read_queue("t", bad_rec.queue_id, bad_rec.queue_offset, 1, usize::MAX)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(s.fenced().is_some(), "a CRC failure on read fences");
+    assert_eq!(s.damaged_from(), Some(bad));
+
+    let cut = s.cut_damage().unwrap().unwrap();
+    assert_eq!((cut.at, cut.old_end), (bad, m.log_end_offset()));
+    refetch(&m, &s);
+    same_log(&m, &s);
+}
+
+#[test]
+fn an_io_fence_is_not_damage_and_is_not_cut() {
+    let d = tempfile::tempdir().unwrap();
+    let s = common::open(d.path());
+    fill(&s, "t", 0, 5, "a");
+    s.inject_fault(sofamq_store::Fault::NextSync);
+    let _ = s.append_blocking(vec![common::rec("t", 0, "b")]);
+    assert!(s.fenced().is_some());
+    assert_eq!(s.damaged_from(), None);
+    assert_eq!(s.cut_damage().unwrap(), None);
+    assert!(s.fenced().is_some(), "an fsync failure stays fenced");
+}
