@@ -196,3 +196,9 @@ async fn chaos_eio() {
     let r = scenario("eio", 17, Failover::Controller, false).await;
     assert!(r.pass(), "eio failed the checker: {r:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_bit_flip() {
+    let r = scenario("bit-flip", 18, Failover::Controller, false).await;
+    assert!(r.pass(), "bit-flip failed the checker: {r:#?}");
+}

@@ -727,6 +727,13 @@ impl ChaosCluster {
         anyhow::ensure!(!self.brokers[i].running(), "kill the broker first");
         tear_tail(&self.brokers[i].store_dir(), seed)
     }
+
+    /// Flips one byte of a stopped broker's log, below its durable offset and in the part
+    /// its recovery verifies: see [`flip_durable_byte`].
+    pub fn flip_durable_byte(&self, i: usize, seed: u64) -> anyhow::Result<Option<u64>> {
+        anyhow::ensure!(!self.brokers[i].running(), "kill the broker first");
+        flip_durable_byte(&self.brokers[i].store_dir(), seed)
+    }
 }
 
 impl Drop for ChaosCluster {
@@ -777,17 +784,7 @@ pub fn log_digest(name: &str, dir: &Path) -> anyhow::Result<LogDigest> {
 /// Appends a torn record to the last commit-log segment under `store_dir`.
 pub fn tear_tail(store_dir: &Path, seed: u64) -> anyhow::Result<usize> {
     use std::io::Write;
-    let seg_dir = store_dir.join("commitlog");
-    let mut segs: Vec<PathBuf> = std::fs::read_dir(&seg_dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .collect();
-    segs.sort();
+    let segs = segment_files(store_dir)?;
     let last = segs.last().context("no segment")?;
     let bytes = std::fs::read(last)?;
     let mut rng = super::scenarios::Rng::new(seed);
@@ -802,4 +799,61 @@ pub fn tear_tail(store_dir: &Path, seed: u64) -> anyhow::Result<usize> {
     f.write_all(&torn)?;
     f.sync_all()?;
     Ok(torn.len())
+}
+
+/// The commit-log segment files of the store in `store_dir`, in log order.
+fn segment_files(store_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(store_dir.join("commitlog"))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    segs.sort();
+    Ok(segs)
+}
+
+/// Flips one byte (xor 0x40) of the log in `store_dir` at a random offset below the durable
+/// offset its checkpoint records, in the segments recovery verifies on open (from the one
+/// holding the checkpoint's consume-queue offset): damage that must fence the log, not be
+/// cut as a torn tail. Returns the offset, or `None` when that range is under 64 bytes.
+pub fn flip_durable_byte(store_dir: &Path, seed: u64) -> anyhow::Result<Option<u64>> {
+    use std::os::unix::fs::FileExt;
+    let ck = std::fs::read(store_dir.join("checkpoint"))?;
+    anyhow::ensure!(ck.len() >= 24, "short checkpoint");
+    let word = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&ck[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    let (durable, cq_flushed) = (word(8), word(16));
+    let segs: Vec<(u64, PathBuf)> = segment_files(store_dir)?
+        .into_iter()
+        .filter_map(|p| Some((p.file_name()?.to_str()?.parse().ok()?, p)))
+        .collect();
+    let from = durable.min(cq_flushed);
+    let Some(lo) = segs.iter().map(|(s, _)| *s).filter(|s| *s <= from).max() else {
+        return Ok(None);
+    };
+    if durable < lo + 64 {
+        return Ok(None);
+    }
+    let mut rng = super::scenarios::Rng::new(seed);
+    let at = lo + rng.below(durable - lo);
+    let Some((start, path)) = segs.iter().rev().find(|(s, _)| *s <= at) else {
+        return Ok(None);
+    };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at - start)?;
+    b[0] ^= 0x40;
+    f.write_all_at(&b, at - start)?;
+    f.sync_all()?;
+    Ok(Some(at))
 }

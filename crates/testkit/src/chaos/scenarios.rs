@@ -75,6 +75,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "each broker on a 64 MiB ext4 whose loop image sits on a tmpfs: starve the master's tmpfs so its next fdatasync gets a real EIO; its log must fence and say why, the controller must elect the slave at once; then the old master is killed, its filesystem repaired (e2fsck) and it rejoins as a slave (needs root and a controller)",
     ),
     (
+        "bit-flip",
+        "kill -9 the slave (even rounds) or the master (odd rounds, after the controller elects the slave), flip one byte of its log below its durable offset, restart it as slave: it must open fenced, cut its log where the damage begins (keeping the cut bytes aside), fetch the range again from the master and be in sync again, never elected meanwhile (needs a controller)",
+    ),
+    (
         "torn-write",
         "kill -9 the master, append a torn record to its last segment, restart it",
     ),
@@ -122,6 +126,7 @@ pub const CI_SET: &[&str] = &[
     "disk-full",
     "enospc",
     "eio",
+    "bit-flip",
     "torn-write",
     "timer-failover",
     "txn-failover",
@@ -177,6 +182,7 @@ fn needs_controller(name: &str) -> bool {
             | "timer-failover"
             | "txn-failover"
             | "eio"
+            | "bit-flip"
     ) || name.starts_with("official-")
 }
 
@@ -537,6 +543,8 @@ async fn faults(
                 sleep(rng.ms(1000, 3000)).await;
                 let m = c.master;
                 let s = c.peer(m);
+                let fenced_before =
+                    log_mentions(c.log_dir(), &c.brokers[m].name, "commit log fenced")?;
                 c.brokers[m]
                     .disk
                     .as_ref()
@@ -583,7 +591,7 @@ async fn faults(
                     c.brokers[s].name
                 );
                 anyhow::ensure!(
-                    logs_mention(c.log_dir(), &name_m, "commit log fenced")?,
+                    log_mentions(c.log_dir(), &name_m, "commit log fenced")? > fenced_before,
                     "eio: {name_m}'s log does not say it fenced"
                 );
                 anyhow::ensure!(
@@ -611,6 +619,49 @@ async fn faults(
                 ));
                 c.restart_as_slave(m).await?;
                 c.settle(Duration::from_secs(30)).await?;
+            }
+        }
+        "bit-flip" => {
+            let mut round = 0u64;
+            while rounds.next() {
+                sleep(rng.ms(1000, 3000)).await;
+                let victim = if round.is_multiple_of(2) {
+                    c.peer(c.master)
+                } else {
+                    c.master
+                };
+                round += 1;
+                let name = c.brokers[victim].name.clone();
+                c.kill9(victim);
+                if victim == c.master {
+                    c.fail_over(victim).await?;
+                }
+                let Some(at) = c.flip_durable_byte(victim, rng.next_u64())? else {
+                    tracing_note(&format!(
+                        "bit-flip: {name}'s durable log too short; no flip"
+                    ));
+                    c.restart_as_slave(victim).await?;
+                    c.settle(Duration::from_secs(30)).await?;
+                    continue;
+                };
+                const REPAIRED: &str = "damaged log range repaired from the master";
+                let repaired_before = log_mentions(c.log_dir(), &name, REPAIRED)?;
+                let restarted = Instant::now();
+                c.restart_as_slave(victim).await?;
+                c.settle(Duration::from_secs(30)).await?;
+                let took = restarted.elapsed();
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while log_mentions(c.log_dir(), &name, REPAIRED)? == repaired_before {
+                    anyhow::ensure!(
+                        Instant::now() < deadline,
+                        "bit-flip: {name} (byte {at} flipped) is in sync but never said it repaired its log"
+                    );
+                    sleep(Duration::from_millis(100)).await;
+                }
+                tracing_note(&format!(
+                    "bit-flip: {name} byte {at} flipped; cut, fetched again and in sync {:.1} s after its restart",
+                    took.as_secs_f64()
+                ));
             }
         }
         "torn-write" => {
@@ -701,15 +752,16 @@ where
     }
 }
 
-/// Whether a log file of broker `name` (any of its starts) contains `needle`.
-fn logs_mention(dir: &std::path::Path, name: &str, needle: &str) -> anyhow::Result<bool> {
+/// How often the log files of broker `name` (all of its starts) contain `needle`.
+fn log_mentions(dir: &std::path::Path, name: &str, needle: &str) -> anyhow::Result<usize> {
+    let mut n = 0;
     for e in std::fs::read_dir(dir)?.flatten() {
         let file = e.file_name().to_string_lossy().into_owned();
         if file.starts_with(&format!("{name}-"))
-            && std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(needle))
+            && let Ok(t) = std::fs::read_to_string(e.path())
         {
-            return Ok(true);
+            n += t.matches(needle).count();
         }
     }
-    Ok(false)
+    Ok(n)
 }
