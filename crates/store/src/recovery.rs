@@ -228,6 +228,14 @@ pub(crate) fn recover(cfg: &StoreConfig) -> Result<Recovered, StoreError> {
         lens.push(s.len()?);
     }
     let log_start = segs[0].start;
+    // Nothing removes segments from the front (there is no retention), so a log that does
+    // not start at 0 lost its first segments: the whole log is fetched again.
+    let missing_front = log_start > 0;
+    if missing_front {
+        fenced.get_or_insert(format!(
+            "the first segment starts at {log_start}: the segments before it are missing"
+        ));
+    }
     // Contiguity: each segment must end exactly where the next starts.
     let mut usable = segs.len();
     for i in 0..segs.len() - 1 {
@@ -319,7 +327,11 @@ pub(crate) fn recover(cfg: &StoreConfig) -> Result<Recovered, StoreError> {
         }
     }
     let damage = if fenced.is_some() {
-        log_end = log_end.min(files_end);
+        log_end = if missing_front {
+            0
+        } else {
+            log_end.min(files_end)
+        };
         (!epoch_unreadable).then_some(log_end)
     } else {
         None

@@ -8,12 +8,13 @@
 //!    reappear,
 //! 3. consume queues and the epoch history are trimmed (durably) to the new end.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::StoreError;
 use crate::checkpoint::{self, Checkpoint};
 use crate::log::lock;
-use crate::segment::sync_dir;
+use crate::segment::{Segment, sync_dir};
 use crate::writer::Writer;
 
 impl Writer {
@@ -68,6 +69,16 @@ impl Writer {
                     std::fs::remove_file(&s.path)?;
                     removed = true;
                 }
+            }
+            // A cut below the first segment (a log that lost its front) starts afresh there.
+            if segs.len() == 1 && segs[0].start > offset {
+                let old = segs.pop();
+                let fresh = Arc::new(Segment::open(&sh.log_dir, offset, true)?);
+                if let Some(s) = old {
+                    std::fs::remove_file(&s.path)?;
+                }
+                segs.push(fresh);
+                removed = true;
             }
             if let Some(last) = segs.last() {
                 last.file.set_len(offset.saturating_sub(last.start))?;

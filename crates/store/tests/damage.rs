@@ -174,3 +174,95 @@ fn an_io_fence_is_not_damage_and_is_not_cut() {
     assert_eq!(s.cut_damage().unwrap(), None);
     assert!(s.fenced().is_some(), "an fsync failure stays fenced");
 }
+
+/// Start offset of segment file `seg`.
+fn seg_start(seg: &Path) -> u64 {
+    seg.file_name().unwrap().to_str().unwrap().parse().unwrap()
+}
+
+/// Opens the damaged `copy`: it must be fenced with the damage at `expect`, serve nothing
+/// from there on, and after the cut and a fetch from `m` be identical to it (also after a
+/// restart).
+fn opens_damaged_then_repairs(m: &Store, copy: &Path, expect: u64, what: &str) {
+    let s = common::open(copy);
+    let reason = s.fenced().unwrap_or_else(|| panic!("{what}: not fenced"));
+    assert_eq!(s.damaged_from(), Some(expect), "{what}: {reason}");
+    assert!(
+        s.log_end_offset() <= expect,
+        "{what}: serves past the damage"
+    );
+    let cut = s.cut_damage().unwrap().expect("a damaged log is cut");
+    assert_eq!(cut.at, expect, "{what}");
+    assert_eq!(s.fenced(), None, "{what}");
+    assert_eq!(s.log_end_offset(), expect, "{what}");
+    refetch(m, &s);
+    same_log(m, &s);
+    drop(s);
+    let s = common::open(copy);
+    assert_eq!(s.fenced(), None, "{what}: fenced again after a restart");
+    same_log(m, &s);
+}
+
+#[test]
+fn a_truncated_sealed_segment_is_found_on_open_cut_and_fetched_again() {
+    let d = tempfile::tempdir().unwrap();
+    let (m, copy) = healthy_pair(d.path());
+    let segs = segments(&copy);
+    assert!(segs.len() >= 4, "the test needs sealed segments");
+    let seg = &segs[1];
+    let len = std::fs::metadata(seg).unwrap().len();
+    let keep = len / 2 + 3; // mid-record, most likely
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(seg)
+        .unwrap()
+        .set_len(keep)
+        .unwrap();
+    let bad = record_holding(&m, seg_start(seg) + keep);
+    opens_damaged_then_repairs(&m, &copy, bad, "truncated sealed segment");
+}
+
+#[test]
+fn a_removed_sealed_segment_in_the_middle_is_found_on_open_cut_and_fetched_again() {
+    let d = tempfile::tempdir().unwrap();
+    let (m, copy) = healthy_pair(d.path());
+    let segs = segments(&copy);
+    assert!(segs.len() >= 4);
+    std::fs::remove_file(&segs[2]).unwrap();
+    opens_damaged_then_repairs(&m, &copy, seg_start(&segs[2]), "removed middle segment");
+}
+
+#[test]
+fn a_removed_first_segment_is_found_on_open_and_the_whole_log_fetched_again() {
+    let d = tempfile::tempdir().unwrap();
+    let (m, copy) = healthy_pair(d.path());
+    let segs = segments(&copy);
+    std::fs::remove_file(&segs[0]).unwrap();
+    opens_damaged_then_repairs(&m, &copy, 0, "removed first segment");
+}
+
+#[test]
+fn a_truncated_or_removed_active_segment_below_the_checkpoint_is_found_on_open() {
+    let d = tempfile::tempdir().unwrap();
+    let (m, copy) = healthy_pair(d.path());
+    let pristine = d.path().join("pristine");
+    copy_dir(&copy, &pristine);
+    let segs = segments(&copy);
+    let last = segs.last().unwrap();
+    let len = std::fs::metadata(last).unwrap().len();
+    assert!(len > 64);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(last)
+        .unwrap()
+        .set_len(len / 3)
+        .unwrap();
+    let bad = record_holding(&m, seg_start(last) + len / 3);
+    opens_damaged_then_repairs(&m, &copy, bad, "truncated active segment");
+
+    // The same replica, the active segment gone altogether.
+    std::fs::remove_dir_all(&copy).unwrap();
+    copy_dir(&pristine, &copy);
+    std::fs::remove_file(segments(&copy).last().unwrap()).unwrap();
+    opens_damaged_then_repairs(&m, &copy, seg_start(last), "removed active segment");
+}
