@@ -202,3 +202,9 @@ async fn chaos_bit_flip() {
     let r = scenario("bit-flip", 18, Failover::Controller, false).await;
     assert!(r.pass(), "bit-flip failed the checker: {r:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_segment_loss() {
+    let r = scenario("segment-loss", 19, Failover::Controller, false).await;
+    assert!(r.pass(), "segment-loss failed the checker: {r:#?}");
+}

@@ -65,7 +65,8 @@ pub struct ClusterOptions {
     pub queues: u32,
     /// More topics to create: (name, type as `sofamq topic create --type` takes it).
     pub extra_topics: Vec<(String, String)>,
-    /// Appended to every broker's TOML configuration (e.g. `[transaction]` settings).
+    /// Added to every broker's TOML configuration before its `[replication]` table: top-level
+    /// keys first, then tables (e.g. `[transaction]`), never `[replication]`.
     pub broker_toml: String,
 }
 
@@ -423,11 +424,13 @@ impl ChaosCluster {
         if let Some(budget) = b.disk_budget {
             toml.push_str(&format!("max_disk_bytes = {budget}\n"));
         }
+        // The scenario's own settings come before the first table header, so that top-level
+        // keys in them stay top-level; their tables must not include [replication].
+        toml.push_str(&self.opts.broker_toml);
         toml.push_str(&format!(
             "[replication]\nadvertise = \"{}\"\n",
             b.repl_proxy.addr()
         ));
-        toml.push_str(&self.opts.broker_toml);
         let path = self.dir.path().join(format!("{}.toml", b.name));
         std::fs::write(&path, toml)?;
         Ok(path)
@@ -736,6 +739,15 @@ impl ChaosCluster {
     }
 }
 
+impl ChaosCluster {
+    /// Truncates or removes one commit-log segment of stopped broker `i`: see
+    /// [`lose_segment`].
+    pub fn lose_segment(&self, i: usize, kind: u64, seed: u64) -> anyhow::Result<SegmentLoss> {
+        anyhow::ensure!(!self.brokers[i].running(), "kill the broker first");
+        lose_segment(&self.brokers[i].store_dir(), kind, seed)
+    }
+}
+
 impl Drop for ChaosCluster {
     fn drop(&mut self) {
         for b in &mut self.brokers {
@@ -856,4 +868,85 @@ pub fn flip_durable_byte(store_dir: &Path, seed: u64) -> anyhow::Result<Option<u
     f.write_all_at(&b, at - start)?;
     f.sync_all()?;
     Ok(Some(at))
+}
+
+/// What [`lose_segment`] did to a log.
+#[derive(Debug, Clone)]
+pub struct SegmentLoss {
+    /// For the note, e.g. "segment 131072 truncated to 20011 of 65530 bytes".
+    pub what: String,
+    /// Whether bytes below the checkpoint's durable offset went: recovery must then open the
+    /// log fenced and repair it from the master. (Bytes above it look like a torn tail or an
+    /// unsynced end; the slave's normal catch-up fetches them.)
+    pub below_durable: bool,
+}
+
+/// Damages the log in `store_dir` by `kind % 4`: 0 truncates a sealed segment at a random
+/// point, 1 removes a sealed segment (the first included), 2 truncates the active segment at
+/// a random point below the checkpoint's durable offset, 3 removes the active segment. Kinds
+/// 0 and 1 fall back to 2 and 3 while the log has a single segment.
+pub fn lose_segment(store_dir: &Path, kind: u64, seed: u64) -> anyhow::Result<SegmentLoss> {
+    let ck = std::fs::read(store_dir.join("checkpoint"))?;
+    anyhow::ensure!(ck.len() >= 16, "short checkpoint");
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&ck[8..16]);
+    let durable = u64::from_le_bytes(w);
+    let segs: Vec<(u64, PathBuf)> = segment_files(store_dir)?
+        .into_iter()
+        .filter_map(|p| Some((p.file_name()?.to_str()?.parse().ok()?, p)))
+        .collect();
+    anyhow::ensure!(!segs.is_empty(), "no segment");
+    let mut rng = super::scenarios::Rng::new(seed);
+    let sealed = segs.len() - 1;
+    let kind = match kind % 4 {
+        0 | 1 if sealed == 0 => kind % 4 + 2,
+        k => k,
+    };
+    let len = |p: &Path| std::fs::metadata(p).map(|m| m.len());
+    let truncate = |p: &Path, to: u64| -> anyhow::Result<()> {
+        let f = std::fs::OpenOptions::new().write(true).open(p)?;
+        f.set_len(to)?;
+        f.sync_all()?;
+        Ok(())
+    };
+    let (start, path) = match kind {
+        0 | 1 => segs[rng.below(sealed as u64) as usize].clone(),
+        _ => segs[sealed].clone(),
+    };
+    let n = len(&path)?;
+    Ok(match kind {
+        0 => {
+            let to = rng.below(n.max(1));
+            truncate(&path, to)?;
+            SegmentLoss {
+                what: format!("sealed segment {start} truncated to {to} of {n} bytes"),
+                below_durable: start + to < durable,
+            }
+        }
+        1 => {
+            std::fs::remove_file(&path)?;
+            SegmentLoss {
+                what: format!("sealed segment {start} ({n} bytes) removed"),
+                below_durable: start < durable,
+            }
+        }
+        2 => {
+            let upto = durable.saturating_sub(start).min(n);
+            let to = rng.below(upto.max(1));
+            truncate(&path, to)?;
+            SegmentLoss {
+                what: format!(
+                    "active segment {start} truncated to {to} of {n} bytes (durable {durable})"
+                ),
+                below_durable: start + to < durable,
+            }
+        }
+        _ => {
+            std::fs::remove_file(&path)?;
+            SegmentLoss {
+                what: format!("active segment {start} ({n} bytes) removed (durable {durable})"),
+                below_durable: start < durable,
+            }
+        }
+    })
 }

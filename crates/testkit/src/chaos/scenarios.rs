@@ -79,6 +79,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "kill -9 the slave (even rounds) or the master (odd rounds, after the controller elects the slave), flip one byte of its log below its durable offset, restart it as slave: it must open fenced, cut its log where the damage begins (keeping the cut bytes aside), fetch the range again from the master and be in sync again, never elected meanwhile (needs a controller)",
     ),
     (
+        "segment-loss",
+        "kill -9 the slave (even rounds) or the master (odd rounds, after the controller elects the slave), then truncate a sealed segment, remove a sealed segment, truncate the active segment below the durable offset or remove the active segment (64 KiB segments), restart it as slave: a loss below the durable offset must open fenced and be repaired from the master, never elected meanwhile (needs a controller)",
+    ),
+    (
         "torn-write",
         "kill -9 the master, append a torn record to its last segment, restart it",
     ),
@@ -127,6 +131,7 @@ pub const CI_SET: &[&str] = &[
     "enospc",
     "eio",
     "bit-flip",
+    "segment-loss",
     "torn-write",
     "timer-failover",
     "txn-failover",
@@ -183,6 +188,7 @@ fn needs_controller(name: &str) -> bool {
             | "txn-failover"
             | "eio"
             | "bit-flip"
+            | "segment-loss"
     ) || name.starts_with("official-")
 }
 
@@ -236,10 +242,11 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
             "txn-failover" => vec![(TXN_TOPIC.into(), "TRANSACTION".into())],
             _ => Vec::new(),
         },
-        broker_toml: if name == "txn-failover" {
-            TXN_TOML.into()
-        } else {
-            String::new()
+        broker_toml: match name {
+            "txn-failover" => TXN_TOML.into(),
+            // Small segments, so that sealed ones exist within a short run.
+            "segment-loss" => "segment_bytes = 65536\n".into(),
+            _ => String::new(),
         },
         ..ClusterOptions::default()
     };
@@ -660,6 +667,52 @@ async fn faults(
                 }
                 tracing_note(&format!(
                     "bit-flip: {name} byte {at} flipped; cut, fetched again and in sync {:.1} s after its restart",
+                    took.as_secs_f64()
+                ));
+            }
+        }
+        "segment-loss" => {
+            let mut round = 0u64;
+            while rounds.next() {
+                sleep(rng.ms(1000, 3000)).await;
+                let victim = if round.is_multiple_of(2) {
+                    c.peer(c.master)
+                } else {
+                    c.master
+                };
+                let name = c.brokers[victim].name.clone();
+                c.kill9(victim);
+                if victim == c.master {
+                    c.fail_over(victim).await?;
+                }
+                // Over 8 rounds each victim role meets each kind once.
+                let loss = c.lose_segment(victim, round + round / 2, rng.next_u64())?;
+                round += 1;
+                const REPAIRED: &str = "damaged log range repaired from the master";
+                let repaired_before = log_mentions(c.log_dir(), &name, REPAIRED)?;
+                let restarted = Instant::now();
+                c.restart_as_slave(victim).await?;
+                c.settle(Duration::from_secs(30)).await?;
+                let took = restarted.elapsed();
+                if loss.below_durable {
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while log_mentions(c.log_dir(), &name, REPAIRED)? == repaired_before {
+                        anyhow::ensure!(
+                            Instant::now() < deadline,
+                            "segment-loss: {name} ({}) is in sync but never said it repaired its log",
+                            loss.what
+                        );
+                        sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                tracing_note(&format!(
+                    "segment-loss: {name}: {}; {} and in sync {:.1} s after its restart",
+                    loss.what,
+                    if loss.below_durable {
+                        "fenced, cut, fetched again"
+                    } else {
+                        "above the durable offset: caught up"
+                    },
                     took.as_secs_f64()
                 ));
             }
