@@ -10,6 +10,7 @@ pub mod client;
 pub mod command;
 pub mod config;
 pub mod logic;
+pub mod mutant;
 pub mod network;
 pub mod node;
 pub mod raft;

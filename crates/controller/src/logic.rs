@@ -96,7 +96,8 @@ impl Clock {
 
     /// Alive and able to write: only such a broker may be elected.
     fn eligible(&self, seen: Option<&BrokerSeen>) -> bool {
-        self.alive(seen) && seen.is_none_or(|s| s.fenced.is_none())
+        self.alive(seen)
+            && (seen.is_none_or(|s| s.fenced.is_none()) || crate::mutant::active("elect-fenced"))
     }
 
     fn silent_for(&self, seen: Option<&BrokerSeen>) -> Duration {
@@ -204,7 +205,8 @@ fn failover(
     // A fenced master refuses every write: replaced at once. Safe without waiting out its
     // lease: a fenced log stores nothing more, and what it stored before is acked only once
     // every in-sync replica holds it, so the replica elected here has it too.
-    let fenced = !silent && ms.is_some_and(|s| s.fenced.is_some());
+    let fenced =
+        !silent && ms.is_some_and(|s| s.fenced.is_some()) && !crate::mutant::active("elect-fenced");
     if !silent && !restarted && !fenced {
         return None;
     }

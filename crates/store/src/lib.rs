@@ -33,6 +33,7 @@ mod epoch;
 mod error;
 mod flusher;
 mod log;
+pub mod mutant;
 pub mod record;
 mod recovery;
 mod segment;

@@ -230,7 +230,7 @@ pub(crate) fn recover(cfg: &StoreConfig) -> Result<Recovered, StoreError> {
     let log_start = segs[0].start;
     // Nothing removes segments from the front (there is no retention), so a log that does
     // not start at 0 lost its first segments: the whole log is fetched again.
-    let missing_front = log_start > 0;
+    let missing_front = log_start > 0 && !crate::mutant::active("ignore-segment-loss");
     if missing_front {
         fenced.get_or_insert(format!(
             "the first segment starts at {log_start}: the segments before it are missing"
@@ -239,7 +239,9 @@ pub(crate) fn recover(cfg: &StoreConfig) -> Result<Recovered, StoreError> {
     // Contiguity: each segment must end exactly where the next starts.
     let mut usable = segs.len();
     for i in 0..segs.len() - 1 {
-        if segs[i].start + lens[i] != segs[i + 1].start {
+        if segs[i].start + lens[i] != segs[i + 1].start
+            && !crate::mutant::active("ignore-segment-loss")
+        {
             fenced.get_or_insert(format!(
                 "segment {} holds {} bytes but the next segment starts at {}",
                 segs[i].start,
@@ -253,7 +255,7 @@ pub(crate) fn recover(cfg: &StoreConfig) -> Result<Recovered, StoreError> {
     }
     let ck_durable = ck.map_or(0, |c| c.durable);
     let files_end = segs[usable - 1].start + lens[usable - 1];
-    if ck_durable > files_end {
+    if ck_durable > files_end && !crate::mutant::active("ignore-segment-loss") {
         fenced.get_or_insert(format!(
             "log ends at {files_end}, below the checkpointed durable offset {ck_durable}"
         ));

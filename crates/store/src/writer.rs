@@ -588,7 +588,9 @@ impl Writer {
             return Err(e);
         }
         let t0 = std::time::Instant::now();
-        self.seg.file.sync_data()?;
+        if !crate::mutant::active("skip-fdatasync") {
+            self.seg.file.sync_data()?;
+        }
         let took = t0.elapsed();
         let before = self.sh.durable.fetch_max(self.written, Ordering::AcqRel);
         self.sh
@@ -610,7 +612,8 @@ impl Writer {
     /// [`Writer::fail_batch`] for a failure while encoding the append that began at log
     /// offset `current`.
     fn fail_batch_during(&mut self, e: &io::Error, current: Option<u64>) {
-        if is_no_space(e) && self.give_back(e, current) {
+        if is_no_space(e) && !crate::mutant::active("fence-on-enospc") && self.give_back(e, current)
+        {
             return;
         }
         self.sh.fence(format!("commit log write/fsync failed: {e}"));
