@@ -3,6 +3,12 @@
 //! second. Rebuilt from the tail of the log on start and on promotion, so it follows the log
 //! (the only state path) across failover.
 //!
+//! Ages are monotonic: an id is kept `ttl` after it was remembered by this process (the
+//! wall clock may jump; a window that forgot ids early would store a retried send twice).
+//! A rebuild remembers the ids of the scanned tail as of the rebuild, whatever their store
+//! timestamps say, bounded by the count cap and the scanned bytes: answering an old id with
+//! its stored receipt is never wrong, forgetting a recent one would be.
+//!
 //! Cost per message matters here (every send passes through it), so a key is hashed once,
 //! with the process's randomly keyed SipHash ([`RandomState`]: message ids come from the
 //! network, so an unkeyed hash would let a client aim collisions at the window), and both maps
@@ -15,7 +21,7 @@
 use std::collections::hash_map::{Entry as MapEntry, RandomState};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use sofamq_store::{Record, Store};
@@ -89,7 +95,8 @@ pub type HashKeyed<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 struct Entry {
     hash: u64,
     receipt: Receipt,
-    ts_ms: i64,
+    /// When this process remembered it.
+    at: Instant,
 }
 
 struct Stored {
@@ -112,7 +119,7 @@ struct State {
 /// The window.
 pub struct Dedup {
     cap: usize,
-    ttl_ms: i64,
+    ttl: Duration,
     hasher: RandomState,
     st: Mutex<State>,
 }
@@ -122,7 +129,7 @@ impl Dedup {
     pub fn new(cap: usize, ttl: Duration) -> Self {
         Self {
             cap: cap.max(1),
-            ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
+            ttl,
             hasher: RandomState::new(),
             st: Mutex::new(State::default()),
         }
@@ -143,7 +150,9 @@ impl Dedup {
     }
 
     /// Remembers `receipt` for `key`, then evicts by count and age.
-    fn insert(&self, st: &mut State, key: Key, receipt: Receipt, ts_ms: i64, oldest_ok: i64) {
+    fn insert(&self, st: &mut State, key: Key, receipt: Receipt, at: Instant) {
+        // None while this process is younger than the ttl: nothing is old enough.
+        let oldest_ok = at.checked_sub(self.ttl);
         let remembered = match st.map.entry(key.hash) {
             MapEntry::Vacant(v) => {
                 v.insert(Stored {
@@ -167,10 +176,15 @@ impl Dedup {
             st.order.push_back(Entry {
                 hash: key.hash,
                 receipt,
-                ts_ms,
+                at,
             });
         }
-        while st.order.len() > self.cap || st.order.front().is_some_and(|e| e.ts_ms < oldest_ok) {
+        while st.order.len() > self.cap
+            || st
+                .order
+                .front()
+                .is_some_and(|e| oldest_ok.is_some_and(|o| e.at < o))
+        {
             if let Some(e) = st.order.pop_front()
                 && let MapEntry::Occupied(o) = st.map.entry(e.hash)
                 && o.get().receipt == e.receipt
@@ -216,8 +230,7 @@ impl Dedup {
 
     /// Claimed sends were stored: one lock and one clock read for all of them.
     pub fn complete_all(&self, done: impl IntoIterator<Item = (Key, Receipt)>) {
-        let now = now_ms();
-        let oldest_ok = now.saturating_sub(self.ttl_ms);
+        let now = Instant::now();
         let mut answer = Vec::new();
         {
             let mut st = self.st.lock();
@@ -230,7 +243,7 @@ impl Dedup {
                         answer.push((waiters, receipt));
                     }
                 }
-                self.insert(&mut st, key, receipt, now, oldest_ok);
+                self.insert(&mut st, key, receipt, now);
             }
         }
         for (waiters, receipt) in answer {
@@ -265,12 +278,18 @@ impl Dedup {
     }
 
     /// Forgets everything (the role changed) and rebuilds from the log tail: every record
-    /// from the start of the segment holding `log_end - scan_bytes`, within the time window.
+    /// from the start of the segment holding `log_end - scan_bytes` (the newest `cap` of
+    /// them), each kept `ttl` from now whatever its store timestamp.
     pub fn rebuild(&self, store: &Store, segment_dir: &std::path::Path, scan_bytes: u64) {
         let end = store.log_end_offset();
         let want = end.saturating_sub(scan_bytes);
         let from = segment_start_at(segment_dir, want).unwrap_or(0);
-        let oldest_ok = now_ms().saturating_sub(self.ttl_ms);
+        let now = Instant::now();
+        // The broken build of the clock class (scripts/chaos/mutants.sh): ages from the
+        // records' store timestamps against this node's wall clock.
+        let wall_oldest_ok = sofamq_store::mutant::active("wall-clock-dedup").then(|| {
+            now_ms().saturating_sub(i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX))
+        });
         let mut st = self.st.lock();
         st.map.clear();
         st.order.clear();
@@ -283,7 +302,7 @@ impl Dedup {
                     break;
                 }
             };
-            if r.store_ts_ms < oldest_ok {
+            if wall_oldest_ok.is_some_and(|o| r.store_ts_ms < o) {
                 continue;
             }
             if let Some((_, id)) = r.properties.iter().find(|(k, _)| k == keys::MSG_ID) {
@@ -293,7 +312,7 @@ impl Dedup {
                     end: r.next_offset(),
                 };
                 let key = self.key(&r.topic, id);
-                self.insert(&mut st, key, receipt, r.store_ts_ms, oldest_ok);
+                self.insert(&mut st, key, receipt, now);
                 n += 1;
             }
         }
@@ -497,5 +516,31 @@ mod tests {
         assert_eq!(got.queue_offset, a[1].queue_offset);
         assert_eq!(got.end, a[1].log_offset + u64::from(a[1].size));
         assert!(matches!(d.lookup(&d.key("t", "m3")), Lookup::Claimed));
+    }
+
+    /// A node whose wall clock jumped forward past the window must still know the ids of the
+    /// log's tail when it rebuilds (else a retried send is stored twice): store timestamps
+    /// "older" than the ttl are kept, and ages count from the rebuild on the monotonic clock.
+    #[test]
+    fn rebuild_keeps_ids_whose_store_time_looks_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(sofamq_store::StoreConfig::new(dir.path())).unwrap();
+        let rec = |id: &str| sofamq_store::NewRecord {
+            topic: "t".into(),
+            properties: vec![(keys::MSG_ID.into(), id.into())],
+            body: "x".into(),
+            ..Default::default()
+        };
+        store.append_blocking(vec![rec("m1")]).unwrap();
+        let d = Dedup::new(100, Duration::from_millis(200));
+        // The record's store time is now older than the window, as after a jump forward.
+        std::thread::sleep(Duration::from_millis(300));
+        d.rebuild(&store, &dir.path().join("commitlog"), 1 << 30);
+        assert!(matches!(d.lookup(&d.key("t", "m1")), Lookup::Stored(_)));
+        // The window still ages out, from the rebuild on.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(matches!(d.lookup(&d.key("t", "m2")), Lookup::Claimed));
+        d.complete(d.key("t", "m2"), r(2));
+        assert!(matches!(d.lookup(&d.key("t", "m1")), Lookup::Claimed));
     }
 }
