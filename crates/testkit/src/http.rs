@@ -11,6 +11,30 @@ const MAX_ANSWER: u64 = 4 << 20;
 
 /// `GET path` on `addr` (`host:port`), bounded by `wait`: the status code and the body.
 pub async fn get(addr: &str, path: &str, wait: Duration) -> anyhow::Result<(u16, String)> {
+    get_full(addr, path, wait)
+        .await
+        .map(|(code, _, body)| (code, body))
+}
+
+/// The server's wall clock, from the `Date` header of its answer to `GET path`.
+pub async fn server_time(
+    addr: &str,
+    path: &str,
+    wait: Duration,
+) -> anyhow::Result<std::time::SystemTime> {
+    let (_, head, _) = get_full(addr, path, wait).await?;
+    let date = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("date").then(|| v.trim().to_string())
+        })
+        .with_context(|| format!("GET {addr}{path}: no Date header"))?;
+    httpdate::parse_http_date(&date).with_context(|| format!("GET {addr}{path}: Date {date:?}"))
+}
+
+/// `GET path` on `addr`: the status code, the header block and the body.
+async fn get_full(addr: &str, path: &str, wait: Duration) -> anyhow::Result<(u16, String, String)> {
     let fetch = async {
         let mut s = TcpStream::connect(addr).await?;
         s.write_all(
@@ -42,7 +66,7 @@ pub async fn get(addr: &str, path: &str, wait: Duration) -> anyhow::Result<(u16,
     } else {
         body.to_string()
     };
-    Ok((status, body))
+    Ok((status, head.to_string(), body))
 }
 
 /// Joins the chunks of a chunked body (ends at the last chunk or at anything malformed).

@@ -63,6 +63,17 @@ impl Node {
         log_dir: &Path,
         wait: Duration,
     ) -> anyhow::Result<Node> {
+        Self::spawn_env(name, args, log_dir, wait, &[])
+    }
+
+    /// [`Node::spawn`] with more environment variables for the process.
+    pub fn spawn_env(
+        name: &str,
+        args: &[String],
+        log_dir: &Path,
+        wait: Duration,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Node> {
         let bin = sofamq_bin();
         anyhow::ensure!(
             bin.exists(),
@@ -77,6 +88,7 @@ impl Node {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
@@ -125,9 +137,21 @@ impl Node {
         attempts: usize,
         pause: Duration,
     ) -> anyhow::Result<Node> {
+        Self::spawn_retrying_env(name, args, log_dir, attempts, pause, &[])
+    }
+
+    /// [`Node::spawn_retrying`] with more environment variables for the process.
+    pub fn spawn_retrying_env(
+        name: &str,
+        args: &[String],
+        log_dir: &Path,
+        attempts: usize,
+        pause: Duration,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Node> {
         let mut last = None;
         for _ in 0..attempts.max(1) {
-            match Node::spawn(name, args, log_dir, Duration::from_secs(30)) {
+            match Node::spawn_env(name, args, log_dir, Duration::from_secs(30), env) {
                 Ok(n) => return Ok(n),
                 Err(e) => {
                     last = Some(e);

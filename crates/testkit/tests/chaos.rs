@@ -208,3 +208,9 @@ async fn chaos_segment_loss() {
     let r = scenario("segment-loss", 19, Failover::Controller, false).await;
     assert!(r.pass(), "segment-loss failed the checker: {r:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_clock_jump() {
+    let r = scenario("clock-jump", 20, Failover::Controller, false).await;
+    assert!(r.pass(), "clock-jump failed the checker: {r:#?}");
+}

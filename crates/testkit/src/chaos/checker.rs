@@ -99,6 +99,15 @@ pub struct Report {
     pub reasons: Vec<(String, u64)>,
     /// A few examples of each anomaly, for the log.
     pub examples: Vec<String>,
+    /// A check of the fault phase that failed (e.g. a damaged replica that never repaired
+    /// itself, a fenced log that did not say why): the run fails.
+    #[serde(default)]
+    pub fault_error: Option<String>,
+    /// How long each repair took, ms: from the damaged replica's restart to in sync
+    /// (`bit-flip`, `segment-loss`, `power-loss`) or from the failed disk to a new master
+    /// (`eio`).
+    #[serde(default)]
+    pub repair_ms: Vec<u64>,
 }
 
 impl Report {
@@ -118,6 +127,7 @@ impl Report {
             && self.timer_early == 0
             && self.timer_late == 0
             && self.txn_uncommitted_delivered == 0
+            && self.fault_error.is_none()
             && self.ok > 0
     }
 }
@@ -506,6 +516,21 @@ pub fn special_row(r: &Report) -> String {
             s.push('\n');
         }
         let _ = write!(s, "{:<20} fault rounds {}", r.scenario, r.rounds);
+    }
+    if !r.repair_ms.is_empty() {
+        let mut v = r.repair_ms.clone();
+        v.sort_unstable();
+        let _ = write!(
+            s,
+            "\n{:<20} repairs {} took median {:.1} s max {:.1} s",
+            r.scenario,
+            v.len(),
+            v[v.len() / 2] as f64 / 1000.0,
+            v[v.len() - 1] as f64 / 1000.0
+        );
+    }
+    if let Some(e) = &r.fault_error {
+        let _ = write!(s, "\n{:<20} FAULT PHASE FAILED: {e}", r.scenario);
     }
     s
 }

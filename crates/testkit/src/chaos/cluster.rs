@@ -68,6 +68,9 @@ pub struct ClusterOptions {
     /// Added to every broker's TOML configuration before its `[replication]` table: top-level
     /// keys first, then tables (e.g. `[transaction]`), never `[replication]`.
     pub broker_toml: String,
+    /// Run every process under this libfaketime (`LD_PRELOAD`), each with a wall clock of
+    /// its own that [`ChaosCluster::set_clock`] moves; monotonic clocks stay real.
+    pub fake_clocks: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -85,6 +88,7 @@ impl Default for ClusterOptions {
             queues: 4,
             extra_topics: Vec::new(),
             broker_toml: String::new(),
+            fake_clocks: None,
         }
     }
 }
@@ -168,9 +172,16 @@ where
         .context("blocking task")?
 }
 
-async fn spawn_node(name: String, args: Vec<String>, log_dir: PathBuf) -> anyhow::Result<Node> {
-    blocking(move || Node::spawn_retrying(&name, &args, &log_dir, 5, Duration::from_millis(300)))
-        .await
+async fn spawn_node(
+    name: String,
+    args: Vec<String>,
+    log_dir: PathBuf,
+    env: Vec<(String, String)>,
+) -> anyhow::Result<Node> {
+    blocking(move || {
+        Node::spawn_retrying_env(&name, &args, &log_dir, 5, Duration::from_millis(300), &env)
+    })
+    .await
 }
 
 /// Runs `sofamq ARGS` to completion (bounded by `sofamq`'s own timeouts) and returns stdout.
@@ -298,6 +309,41 @@ impl ChaosCluster {
         Ok(c)
     }
 
+    fn clock_file(&self, clock: &str) -> PathBuf {
+        self.dir.path().join(format!("clock-{clock}"))
+    }
+
+    /// The environment of a process whose wall clock is `clock` (`namesrv`, `controller-N`,
+    /// a broker's name): empty unless [`ClusterOptions::fake_clocks`].
+    fn clock_env(&self, clock: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let Some(lib) = &self.opts.fake_clocks else {
+            return Ok(Vec::new());
+        };
+        let file = self.clock_file(clock);
+        if !file.exists() {
+            std::fs::write(&file, "+0\n")?;
+        }
+        Ok(vec![
+            ("LD_PRELOAD".into(), lib.display().to_string()),
+            ("FAKETIME_TIMESTAMP_FILE".into(), file.display().to_string()),
+            // Only the wall clock moves: leases and timeouts run on the monotonic clock.
+            ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+            // The file is read again at most every second.
+            ("FAKETIME_CACHE_DURATION".into(), "1".into()),
+        ])
+    }
+
+    /// Sets the wall clock `clock` (see [`ChaosCluster::clock_env`]) to real time plus
+    /// `offset_s` seconds, for its running and future processes (within a second).
+    pub fn set_clock(&self, clock: &str, offset_s: i64) -> anyhow::Result<()> {
+        anyhow::ensure!(self.opts.fake_clocks.is_some(), "clocks are not faked");
+        let file = self.clock_file(clock);
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, format!("{offset_s:+}\n"))?;
+        std::fs::rename(&tmp, &file)?;
+        Ok(())
+    }
+
     /// The log directory (process logs are `NAME.log` in it).
     pub fn log_dir(&self) -> &Path {
         self.dir.path()
@@ -312,7 +358,8 @@ impl ChaosCluster {
             "--broker-expiry-ms".into(),
             "2000".into(),
         ];
-        let n = spawn_node("namesrv".into(), args, self.dir.path().to_path_buf()).await?;
+        let env = self.clock_env("namesrv")?;
+        let n = spawn_node("namesrv".into(), args, self.dir.path().to_path_buf(), env).await?;
         self.namesrv = Some(n);
         Ok(())
     }
@@ -366,7 +413,8 @@ impl ChaosCluster {
             c.data.display().to_string(),
         ];
         let name = format!("controller-{}", c.id);
-        let node = spawn_node(name, args, self.dir.path().to_path_buf()).await?;
+        let env = self.clock_env(&name)?;
+        let node = spawn_node(name, args, self.dir.path().to_path_buf(), env).await?;
         self.controllers[i].node = Some(node);
         Ok(())
     }
@@ -495,7 +543,9 @@ impl ChaosCluster {
         let b = &mut self.brokers[i];
         b.starts += 1;
         let name = format!("{}-{}", b.name, b.starts);
-        let node = spawn_node(name, args, self.dir.path().to_path_buf()).await?;
+        let clock = b.name.clone();
+        let env = self.clock_env(&clock)?;
+        let node = spawn_node(name, args, self.dir.path().to_path_buf(), env).await?;
         self.brokers[i].node = Some(node);
         Ok(())
     }
@@ -550,6 +600,19 @@ impl ChaosCluster {
                 .await
                 .ok()?;
         Some((code, serde_json::from_str(&body).ok()?))
+    }
+
+    /// How far broker `i`'s wall clock is ahead of ours, in whole seconds (from the `Date`
+    /// header of its `/health`; None if unreachable).
+    pub async fn clock_offset(&self, i: usize) -> Option<i64> {
+        let t = crate::http::server_time(&self.brokers[i].http, "/health", Duration::from_secs(5))
+            .await
+            .ok()?;
+        let now = std::time::SystemTime::now();
+        Some(match t.duration_since(now) {
+            Ok(ahead) => ahead.as_secs_f64().round() as i64,
+            Err(e) => -(e.duration().as_secs_f64().round() as i64),
+        })
     }
 
     /// The first sample of metric `name` in broker `i`'s `/metrics` (None if unreachable).

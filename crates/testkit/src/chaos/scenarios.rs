@@ -83,6 +83,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "kill -9 the slave (even rounds) or the master (odd rounds, after the controller elects the slave), then truncate a sealed segment, remove a sealed segment, truncate the active segment below the durable offset or remove the active segment (64 KiB segments), restart it as slave: a loss below the durable offset must open fenced and be repaired from the master, never elected meanwhile (needs a controller)",
     ),
     (
+        "clock-jump",
+        "every process under libfaketime with a wall clock of its own: jump the master's, the slave's, the controller leader's or every node's wall clock by 30 s to 30 min forward or back (absolute offsets, monotonic clocks untouched); sends must go on within 10 s; odd rounds also kill -9 the master while the clocks disagree, the controller elects the slave (needs a controller and libfaketime)",
+    ),
+    (
         "torn-write",
         "kill -9 the master, append a torn record to its last segment, restart it",
     ),
@@ -132,6 +136,7 @@ pub const CI_SET: &[&str] = &[
     "eio",
     "bit-flip",
     "segment-loss",
+    "clock-jump",
     "torn-write",
     "timer-failover",
     "txn-failover",
@@ -147,6 +152,31 @@ const TIMER_LATE_BOUND_MS: i64 = 15_000;
 /// Check-back timing of the transaction scenario (`[transaction]` of the brokers).
 const TXN_TOML: &str =
     "[transaction]\ncheck_delay_ms = 1000\ncheck_interval_ms = 1000\nmax_checks = 5\n";
+
+/// The largest wall-clock jump of `clock-jump`, seconds: past the idempotency window
+/// (`dedup_window_ms`, 10 min), which must not forget ids when a clock jumps.
+const MAX_JUMP_S: u64 = 1800;
+
+/// libfaketime's path (`scripts/chaos/setup-faketime.sh` installs it where it can), or why
+/// there is none.
+fn faketime_lib() -> Result<std::path::PathBuf, String> {
+    let script = crate::repo_root().join("scripts/chaos/setup-faketime.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("needs libfaketime: running {}: {e}", script.display()))?;
+    let path = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    if !out.status.success() || path.is_empty() {
+        return Err("needs libfaketime (Debian package libfaketime)".into());
+    }
+    Ok(path.into())
+}
 
 /// How to run a scenario.
 #[derive(Debug, Clone)]
@@ -189,6 +219,7 @@ fn needs_controller(name: &str) -> bool {
             | "eio"
             | "bit-flip"
             | "segment-loss"
+            | "clock-jump"
     ) || name.starts_with("official-")
 }
 
@@ -225,8 +256,17 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
     {
         return Ok(Outcome::Skipped(why));
     }
+    let fake_clocks = if name == "clock-jump" {
+        match faketime_lib() {
+            Ok(lib) => Some(lib),
+            Err(why) => return Ok(Outcome::Skipped(why)),
+        }
+    } else {
+        None
+    };
     let secs = o.duration.as_secs().max(1);
     let copts = ClusterOptions {
+        fake_clocks,
         failover,
         min_insync: if o.unsafe_ack_before_replication {
             1
@@ -278,10 +318,14 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
         done: 0,
         max: o.max_rounds,
         deadline,
+        repairs: Vec::new(),
     };
-    let r = faults(name, &mut c, &w, &mut rng, &mut rounds).await;
-    if let Err(e) = r {
-        tracing_note(&format!("{name}: fault phase error: {e:#}"));
+    let fault_error = faults(name, &mut c, &w, &mut rng, &mut rounds)
+        .await
+        .err()
+        .map(|e| format!("{e:#}"));
+    if let Some(e) = &fault_error {
+        tracing_note(&format!("{name}: fault phase error: {e}"));
     }
     heal(&mut c).await.context("healing")?;
     // Liveness after the heal (not required for a disk that stays full).
@@ -333,6 +377,12 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
     };
     let mut report = check(name, &h);
     report.rounds = rounds.done;
+    report.fault_error = fault_error;
+    report.repair_ms = rounds
+        .repairs
+        .iter()
+        .map(|d| d.as_millis() as u64)
+        .collect();
     if o.unsafe_ack_before_replication {
         report.scenario = format!("{name}(unsafe)");
     }
@@ -417,6 +467,8 @@ struct Rounds {
     done: u32,
     max: Option<u32>,
     deadline: Instant,
+    /// How long each repair took (see [`Report::repair_ms`]).
+    repairs: Vec<Duration>,
 }
 
 impl Rounds {
@@ -579,6 +631,7 @@ async fn faults(
                     None => None,
                 };
                 let took = starved.elapsed();
+                rounds.repairs.push(took);
                 // Room again before anything can fail: the repair needs it.
                 c.brokers[m].disk.as_ref().context("eio: no disk")?.feed()?;
                 let name_m = c.brokers[m].name.clone();
@@ -665,6 +718,7 @@ async fn faults(
                     );
                     sleep(Duration::from_millis(100)).await;
                 }
+                rounds.repairs.push(took);
                 tracing_note(&format!(
                     "bit-flip: {name} byte {at} flipped; cut, fetched again and in sync {:.1} s after its restart",
                     took.as_secs_f64()
@@ -695,6 +749,7 @@ async fn faults(
                 c.settle(Duration::from_secs(30)).await?;
                 let took = restarted.elapsed();
                 if loss.below_durable {
+                    rounds.repairs.push(took);
                     let deadline = Instant::now() + Duration::from_secs(5);
                     while log_mentions(c.log_dir(), &name, REPAIRED)? == repaired_before {
                         anyhow::ensure!(
@@ -716,6 +771,116 @@ async fn faults(
                     took.as_secs_f64()
                 ));
             }
+        }
+        "clock-jump" => {
+            let mut round = 0u64;
+            let mut offset_of = std::collections::HashMap::new();
+            while rounds.next() {
+                sleep(rng.ms(1000, 2500)).await;
+                let m = c.master;
+                let s = c.peer(m);
+                let mut clocks = Vec::new();
+                let who = match round % 4 {
+                    0 => {
+                        clocks.push(c.brokers[m].name.clone());
+                        "the master"
+                    }
+                    1 => {
+                        clocks.push(c.brokers[s].name.clone());
+                        "the slave"
+                    }
+                    2 => {
+                        let l = c
+                            .controller_leader()
+                            .await
+                            .context("no controller leader")?;
+                        clocks.push(format!("controller-{}", c.controllers[l].id));
+                        "the controller leader"
+                    }
+                    _ => {
+                        clocks.push("namesrv".into());
+                        clocks.extend(c.brokers.iter().map(|b| b.name.clone()));
+                        clocks.extend(c.controllers.iter().map(|k| format!("controller-{}", k.id)));
+                        "every node"
+                    }
+                };
+                // Each clock gets its own offset, so "every node" also disagree among themselves.
+                let mut set = Vec::new();
+                let mut offsets = Vec::new();
+                for clk in &clocks {
+                    let by = 30 + rng.below(MAX_JUMP_S - 30 + 1);
+                    let by = if rng.below(2) == 0 {
+                        by as i64
+                    } else {
+                        -(by as i64)
+                    };
+                    c.set_clock(clk, by)?;
+                    set.push(format!("{clk} {by:+} s"));
+                    offsets.push(by);
+                }
+                // libfaketime reads the offset again within a second: then the brokers whose
+                // clock moved forward must show it in the Date of their HTTP answers (whole
+                // seconds, so within 2 s). Not after a jump back: hyper keeps its cached
+                // Date until the clock passes the second it last formatted.
+                sleep(Duration::from_millis(1500)).await;
+                for (clk, by) in clocks.iter().zip(&offsets) {
+                    let before = offset_of.insert(clk.clone(), *by).unwrap_or(0);
+                    if *by <= before {
+                        continue;
+                    }
+                    if let Some(i) = c.brokers.iter().position(|b| &b.name == clk) {
+                        let seen = wait_for(Duration::from_secs(5), || async {
+                            c.clock_offset(i).await.filter(|o| (o - by).abs() <= 2)
+                        })
+                        .await;
+                        anyhow::ensure!(
+                            seen.is_some(),
+                            "clock-jump: {clk}'s wall clock should be {by:+} s off, it is {:?}",
+                            c.clock_offset(i).await
+                        );
+                    }
+                }
+                let jumped = Instant::now();
+                anyhow::ensure!(
+                    w.wait_acked(5, Duration::from_secs(10)).await,
+                    "clock-jump: no sends acked within 10 s of moving the wall clock of {who} ({})",
+                    set.join(", ")
+                );
+                let resumed = jumped.elapsed();
+                let killed = round % 2 == 1;
+                if killed {
+                    // Failover while the clocks disagree: the old master's lease and the
+                    // controller's timeouts must hold on their monotonic clocks.
+                    sleep(rng.ms(200, 1000)).await;
+                    c.kill9(m);
+                    c.fail_over(m).await?;
+                    sleep(rng.ms(200, 1000)).await;
+                    c.restart_as_slave(m).await?;
+                }
+                c.settle(Duration::from_secs(30)).await?;
+                round += 1;
+                tracing_note(&format!(
+                    "clock-jump: {who}: {}; 5 sends acked {:.2} s after the clocks moved{}",
+                    set.join(", "),
+                    resumed.as_secs_f64(),
+                    if killed {
+                        "; master killed -9 and replaced"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            // Back to real time: one more jump for every clock.
+            let mut all = vec!["namesrv".to_string()];
+            all.extend(c.brokers.iter().map(|b| b.name.clone()));
+            all.extend(c.controllers.iter().map(|k| format!("controller-{}", k.id)));
+            for clk in &all {
+                c.set_clock(clk, 0)?;
+            }
+            anyhow::ensure!(
+                w.wait_acked(5, Duration::from_secs(10)).await,
+                "clock-jump: no sends acked within 10 s of setting every clock back"
+            );
         }
         "torn-write" => {
             while rounds.next() {
