@@ -4,7 +4,9 @@
 use std::ffi::OsStr;
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{
+    DirBuilderExt, DirEntryExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt,
+};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,7 +18,7 @@ use fuser::{
     WriteFlags,
 };
 
-use crate::state::{DirEntry, Extent, Handle, Pending, ROOT_INO, State};
+use crate::state::{DirEntry, Extent, Handle, Pending, ROOT_INO, State, backing_id};
 
 type Res<T> = Result<T, Errno>;
 
@@ -105,7 +107,7 @@ impl State {
 
     fn entry(&mut self, rel: &Path) -> Res<FileAttr> {
         let meta = fs::symlink_metadata(self.full(rel))?;
-        let ino = self.inodes.ino_for(rel);
+        let ino = self.inodes.ino_for(rel, backing_id(&meta));
         Ok(attr(ino, &meta, self.files.get(&ino)))
     }
 
@@ -227,8 +229,12 @@ impl State {
 
     fn opendir(&mut self, ino: u64) -> Res<u64> {
         let rel = self.rel(ino)?;
+        let dir = fs::metadata(self.full(&rel))?;
         let parent = match rel.parent() {
-            Some(p) => self.inodes.ino_for(p),
+            Some(p) => {
+                let meta = fs::symlink_metadata(self.full(p))?;
+                self.inodes.ino_for(p, backing_id(&meta))
+            }
             None => ROOT_INO,
         };
         let mut entries = vec![
@@ -247,7 +253,8 @@ impl State {
             let e = e?;
             let kind = FileType::from_std(e.file_type()?).unwrap_or(FileType::RegularFile);
             let name = e.file_name();
-            let ino = self.inodes.ino_for(&rel.join(&name));
+            let id = (dir.dev(), e.ino());
+            let ino = self.inodes.ino_for(&rel.join(&name), id);
             entries.push(DirEntry { ino, kind, name });
         }
         let fh = self.fh();
@@ -397,7 +404,7 @@ impl Filesystem for LazyFsImpl {
         let r = self.with(|s| {
             let rel = s.child_rel(parent.0, name)?;
             fs::remove_file(s.full(&rel))?;
-            if let Some(ino) = s.inodes.remove(&rel) {
+            if let Some((ino, true)) = s.inodes.remove(&rel) {
                 s.orphan(ino);
             }
             Ok(())
@@ -431,6 +438,23 @@ impl Filesystem for LazyFsImpl {
             s.rename(&from, &to, flags)
         });
         reply_empty(reply, r);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = self.with(|s| {
+            let src = s.rel(ino.0)?;
+            let to = s.child_rel(newparent.0, newname)?;
+            fs::hard_link(s.full(&src), s.full(&to))?;
+            s.entry(&to)
+        });
+        self.reply_entry(reply, r);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -470,7 +494,7 @@ impl Filesystem for LazyFsImpl {
                 o.create(true);
             }
             let file = o.open(s.full(&rel))?;
-            let ino = s.inodes.ino_for(&rel);
+            let ino = s.inodes.ino_for(&rel, backing_id(&file.metadata()?));
             if flags & libc::O_TRUNC != 0 {
                 file.set_len(0)?;
                 s.trim(ino, 0);

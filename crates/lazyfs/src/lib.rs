@@ -38,7 +38,7 @@
 //!   then on the model counts them as persisted (the backing files are "the disk").
 //! * An unlinked (or replaced) file's pending data dies with its last handle, and a
 //!   cut drops it whole.
-//! * No hard links, symlink creation, xattrs, locks, mknod or fallocate; `statfs`
+//! * Hard links share one inode (and its pending writes). No symlink creation, xattrs, locks, mknod or fallocate; `statfs`
 //!   reports a fixed 1 TiB mostly free filesystem; `access` only checks existence
 //!   (the mount only serves its owner, root).
 //! * Requests are served one at a time on a background thread.
@@ -286,8 +286,10 @@ fn start(
     mountpoint: &Path,
     options: &Options,
 ) -> io::Result<(Arc<Mutex<State>>, BackgroundSession)> {
+    let root = state::backing_id(&std::fs::metadata(backing)?);
     let state = Arc::new(Mutex::new(State::new(
         backing.to_path_buf(),
+        root,
         options.pending_cap,
     )));
     let fs = LazyFsImpl {

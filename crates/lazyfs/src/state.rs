@@ -85,54 +85,101 @@ impl Pending {
     }
 }
 
+/// Identity of a backing file: (st_dev, st_ino).
+pub(crate) type BackingId = (u64, u64);
+
+pub(crate) fn backing_id(meta: &std::fs::Metadata) -> BackingId {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
 /// Path <-> inode number table. Paths are relative to the backing directory; the
-/// root is the empty path. Inodes are never forgotten while mounted (the table only
-/// grows with the number of distinct paths seen); a remount starts a fresh table.
+/// root is the empty path. FUSE inodes are keyed by the backing file's identity, so
+/// hard links (made through the mount or found in the backing directory) share one
+/// inode and its pending writes. Inodes are never forgotten while mounted (the table
+/// grows with the number of distinct files seen); a remount starts a fresh table.
 #[derive(Debug)]
 pub(crate) struct Inodes {
-    paths: HashMap<u64, PathBuf>,
+    /// The names of each inode; the first one is used to reach the backing file.
+    names: HashMap<u64, Vec<PathBuf>>,
     by_path: HashMap<PathBuf, u64>,
+    by_backing: HashMap<BackingId, u64>,
+    backing_of: HashMap<u64, BackingId>,
     next: u64,
 }
 
 impl Inodes {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(root: BackingId) -> Self {
         let mut t = Inodes {
-            paths: HashMap::new(),
+            names: HashMap::new(),
             by_path: HashMap::new(),
+            by_backing: HashMap::new(),
+            backing_of: HashMap::new(),
             next: ROOT_INO + 1,
         };
-        t.paths.insert(ROOT_INO, PathBuf::new());
+        t.names.insert(ROOT_INO, vec![PathBuf::new()]);
         t.by_path.insert(PathBuf::new(), ROOT_INO);
+        t.by_backing.insert(root, ROOT_INO);
+        t.backing_of.insert(ROOT_INO, root);
         t
     }
 
     pub(crate) fn path(&self, ino: u64) -> Option<&PathBuf> {
-        self.paths.get(&ino)
+        self.names.get(&ino).and_then(|n| n.first())
     }
 
-    pub(crate) fn ino_for(&mut self, rel: &Path) -> u64 {
+    /// The inode of the backing file `id`, found at `rel`.
+    pub(crate) fn ino_for(&mut self, rel: &Path, id: BackingId) -> u64 {
         if let Some(&ino) = self.by_path.get(rel) {
-            return ino;
+            if self.backing_of.get(&ino) == Some(&id) {
+                return ino;
+            }
+            // Replaced behind our back: the name now means another file.
+            self.remove(rel);
         }
-        let ino = self.next;
-        self.next += 1;
-        self.paths.insert(ino, rel.to_path_buf());
+        let ino = match self.by_backing.get(&id) {
+            Some(&ino) => ino,
+            None => {
+                let ino = self.next;
+                self.next += 1;
+                self.by_backing.insert(id, ino);
+                self.backing_of.insert(ino, id);
+                ino
+            }
+        };
+        self.names.entry(ino).or_default().push(rel.to_path_buf());
         self.by_path.insert(rel.to_path_buf(), ino);
         ino
     }
 
-    /// Forgets `rel` (after unlink / rmdir). Returns the inode it had.
-    pub(crate) fn remove(&mut self, rel: &Path) -> Option<u64> {
+    /// Forgets the name `rel` (after unlink / rmdir). Returns the inode it had and
+    /// whether that was its last name.
+    pub(crate) fn remove(&mut self, rel: &Path) -> Option<(u64, bool)> {
         let ino = self.by_path.remove(rel)?;
-        self.paths.remove(&ino);
-        Some(ino)
+        let names = self.names.entry(ino).or_default();
+        names.retain(|n| n != rel);
+        let last = names.is_empty();
+        if last {
+            self.names.remove(&ino);
+            if let Some(id) = self.backing_of.remove(&ino) {
+                self.by_backing.remove(&id);
+            }
+        }
+        Some((ino, last))
     }
 
-    /// Moves `from` (and, for a directory, everything under it) to `to`. Returns the
-    /// inode that `to` had before, which the rename replaced.
+    /// Moves the name `from` (and, for a directory, every name under it) to `to`.
+    /// Returns the inode that `to` named before, if the rename took its last name.
     pub(crate) fn rename(&mut self, from: &Path, to: &Path) -> Option<u64> {
-        let replaced = self.remove(to);
+        let src = self.by_path.get(from).copied();
+        if src.is_some() && src == self.by_path.get(to).copied() {
+            // Two names of one file: rename(2) does nothing.
+            return None;
+        }
+        let replaced = match self.remove(to) {
+            Some((ino, true)) => Some(ino),
+            _ => None,
+        };
         let moved: Vec<(PathBuf, u64)> = self
             .by_path
             .iter()
@@ -140,13 +187,19 @@ impl Inodes {
             .map(|(p, &i)| (p.clone(), i))
             .collect();
         for (old, ino) in moved {
-            self.by_path.remove(&old);
             let new = match old.strip_prefix(from) {
                 Ok(rest) if rest.as_os_str().is_empty() => to.to_path_buf(),
                 Ok(rest) => to.join(rest),
                 Err(_) => continue,
             };
-            self.paths.insert(ino, new.clone());
+            self.by_path.remove(&old);
+            if let Some(n) = self
+                .names
+                .get_mut(&ino)
+                .and_then(|n| n.iter_mut().find(|n| **n == old))
+            {
+                *n = new.clone();
+            }
             self.by_path.insert(new, ino);
         }
         replaced
@@ -185,10 +238,10 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub(crate) fn new(backing: PathBuf, pending_cap: u64) -> Self {
+    pub(crate) fn new(backing: PathBuf, root: BackingId, pending_cap: u64) -> Self {
         State {
             backing,
-            inodes: Inodes::new(),
+            inodes: Inodes::new(root),
             handles: HashMap::new(),
             dirs: HashMap::new(),
             next_fh: 1,

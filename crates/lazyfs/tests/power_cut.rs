@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
 use anyhow::Result;
@@ -393,5 +393,63 @@ fn o_dsync_writes_are_durable() -> Result<()> {
     assert_eq!(fx.fs.pending_bytes(), 0);
     fx.fs.power_cut(Fate::DropAll, 0)?;
     assert_eq!(fs::read(&path)?, b"durable");
+    Ok(())
+}
+
+#[test]
+fn hard_links_share_pending_data_and_copy_works() -> Result<()> {
+    let Some(mut fx) = setup()? else {
+        return Ok(());
+    };
+    let m = fx.fs.mountpoint().to_path_buf();
+    let mut f = File::create(m.join("a"))?;
+    f.write_all(b"synced|")?;
+    f.sync_data()?;
+    f.write_all(b"pending")?;
+    fs::create_dir(m.join("kept"))?;
+    fs::hard_link(m.join("a"), m.join("kept/a"))?;
+    assert_eq!(fs::metadata(m.join("a"))?.nlink(), 2);
+    // One inode: data written through one name is read through the other.
+    assert_eq!(fs::read(m.join("kept/a"))?, b"synced|pending");
+    f.write_all(b"+more")?;
+    assert_eq!(fs::read(m.join("kept/a"))?, b"synced|pending+more");
+    drop(f);
+    fs::copy(m.join("a"), m.join("copy"))?;
+    assert_eq!(fs::read(m.join("copy"))?, b"synced|pending+more");
+    fs::remove_file(m.join("a"))?;
+    assert_eq!(fs::read(m.join("kept/a"))?, b"synced|pending+more");
+    assert_eq!(fx.fs.pending_bytes(), 12 + 19);
+
+    let report = fx.fs.power_cut(Fate::DropAll, 0)?;
+    assert_eq!(report.dropped_bytes(), 12 + 19);
+    assert_eq!(fs::read(m.join("kept/a"))?, b"synced|");
+    assert_eq!(fs::metadata(m.join("copy"))?.len(), 0);
+    // After the remount the two names are found to be one file again.
+    fs::hard_link(m.join("kept/a"), m.join("b"))?;
+    fx.fs.power_cut(Fate::DropAll, 0)?;
+    OpenOptions::new()
+        .append(true)
+        .open(m.join("b"))?
+        .write_all(b"x")?;
+    assert_eq!(fs::read(m.join("kept/a"))?, b"synced|x");
+    Ok(())
+}
+
+#[test]
+fn a_busy_mount_is_detached_on_drop() -> Result<()> {
+    let Some(fx) = setup()? else {
+        return Ok(());
+    };
+    let path = fx.fs.mountpoint().join("busy");
+    let mnt = fx.fs.mountpoint().to_path_buf();
+    let mut f = File::create(&path)?;
+    f.write_all(b"x")?;
+    drop(fx.fs);
+    // Detached: the mountpoint is an empty directory again, and the stale handle
+    // fails instead of hanging.
+    let mounts = fs::read_to_string("/proc/self/mounts")?;
+    assert!(!mounts.contains(&*mnt.to_string_lossy()), "{mounts}");
+    assert!(f.write_all(b"y").is_err() || f.sync_data().is_err());
+    drop(f);
     Ok(())
 }
