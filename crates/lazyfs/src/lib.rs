@@ -133,6 +133,9 @@ pub struct CutReport {
     pub seed: u64,
     /// Files that had unsynced writes, sorted by path (unlinked ones last).
     pub files: Vec<FileCut>,
+    /// The old mount was still busy (a process had not exited yet) and had to be
+    /// lazily detached; whatever still used it got `EIO`.
+    pub detached: bool,
 }
 
 impl CutReport {
@@ -224,10 +227,13 @@ impl LazyFs {
         lock(&self.state).pending_bytes
     }
 
-    /// Power cut. The caller has already killed every process using the mount.
-    /// Unmounts, gives each file's unsynced writes the `fate` (random choices drawn
-    /// from `seed`), then mounts again on the same mountpoint over the same backing
-    /// directory, with a fresh kernel cache.
+    /// Power cut. The caller has already killed (and waited for) every process
+    /// using the mount. From the first moment every request to the old mount fails
+    /// with `EIO`; it is unmounted (lazily detached if still busy, see
+    /// [`CutReport::detached`]), each file's unsynced writes meet the `fate` (random
+    /// choices drawn from `seed`: the same pending writes and seed give the same
+    /// result), and the filesystem is mounted again on the same mountpoint over the
+    /// same backing directory, with a fresh kernel cache and inode table.
     pub fn power_cut(&mut self, fate: Fate, seed: u64) -> io::Result<CutReport> {
         let files = {
             let mut s = lock(&self.state);
@@ -246,8 +252,9 @@ impl LazyFs {
                 })
                 .collect::<Vec<_>>()
         };
-        self.unmount();
-        let report = apply_fate(files, fate, seed)?;
+        let detached = self.unmount();
+        let mut report = apply_fate(files, fate, seed)?;
+        report.detached = detached;
         tracing::info!(
             ?fate,
             seed,
@@ -262,22 +269,27 @@ impl LazyFs {
         Ok(report)
     }
 
-    fn unmount(&mut self) {
+    /// Unmounts; returns whether the mount was busy and had to be detached lazily.
+    fn unmount(&mut self) -> bool {
         lock(&self.state).dead = true;
         if let Some(session) = self.session.take()
             && let Err(e) = session.umount_and_join()
         {
             tracing::warn!(error = %e, mountpoint = %self.mountpoint.display(), "lazyfs unmount failed");
         }
-        if is_mounted(&self.mountpoint) {
+        let busy = is_mounted(&self.mountpoint);
+        if busy {
             detach(&self.mountpoint);
         }
+        busy
     }
 }
 
 impl Drop for LazyFs {
     fn drop(&mut self) {
-        self.unmount();
+        if self.unmount() {
+            tracing::debug!(mountpoint = %self.mountpoint.display(), "lazyfs: busy mount detached");
+        }
     }
 }
 
@@ -405,6 +417,7 @@ fn apply_fate(
         fate,
         seed,
         files: Vec::with_capacity(files.len()),
+        detached: false,
     };
     for (path, p) in files {
         let mut cut = FileCut {

@@ -453,3 +453,33 @@ fn a_busy_mount_is_detached_on_drop() -> Result<()> {
     drop(f);
     Ok(())
 }
+
+#[test]
+fn a_killed_process_loses_what_it_did_not_sync() -> Result<()> {
+    let Some(mut fx) = setup()? else {
+        return Ok(());
+    };
+    let m = fx.fs.mountpoint().to_path_buf();
+    fs::write(m.join("wal"), b"")?;
+    File::open(m.join("wal"))?.sync_all()?;
+    // A separate process appends and keeps the file open; it is killed mid-run.
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("exec 3>>wal; printf 'rec1;' >&3; printf 'rec2;' >&3; touch ready; exec sleep 60")
+        .current_dir(&m)
+        .spawn()?;
+    let t0 = std::time::Instant::now();
+    while !m.join("ready").exists() {
+        assert!(t0.elapsed().as_secs() < 10, "child did not start");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(fs::read(m.join("wal"))?, b"rec1;rec2;");
+    child.kill()?;
+    child.wait()?;
+    let report = fx.fs.power_cut(Fate::DropAll, 0)?;
+    assert_eq!(report.dropped_bytes(), 10);
+    assert!(!report.detached, "the killed process was waited for");
+    assert_eq!(fs::read(m.join("wal"))?, b"");
+    assert!(m.join("ready").exists(), "metadata survives");
+    Ok(())
+}
