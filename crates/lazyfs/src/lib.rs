@@ -38,10 +38,24 @@
 //!   then on the model counts them as persisted (the backing files are "the disk").
 //! * An unlinked (or replaced) file's pending data dies with its last handle, and a
 //!   cut drops it whole.
-//! * Hard links share one inode (and its pending writes). No symlink creation, xattrs, locks, mknod or fallocate; `statfs`
-//!   reports a fixed 1 TiB mostly free filesystem; `access` only checks existence
-//!   (the mount only serves its owner, root).
+//! * The unit a cut keeps or drops is one FUSE write request: the kernel passes
+//!   each `write(2)` on (no writeback cache), splitting only writes larger than its
+//!   maximum request size (at most 1 MiB on current kernels).
+//! * Hard links share one inode (and its pending writes). No symlink creation,
+//!   xattrs, locks, mknod or fallocate; `statfs` reports a fixed 1 TiB mostly free
+//!   filesystem; `access` only checks existence (the mount only serves its owner,
+//!   root).
 //! * Requests are served one at a time on a background thread.
+//!
+//! # Kernel caches
+//!
+//! Entry and attribute TTLs are zero by default, and a cut unmounts and mounts
+//! again, so the kernel's page cache of the old mount (which could still hold
+//! dropped data) is never read after the cut. The old mount must not be busy at
+//! the cut: kill and wait for every process using it, including children that
+//! inherited a descriptor or a working directory on it. If it is busy anyway it is
+//! lazily detached (`umount -l`, util-linux) and every request still reaching it
+//! fails with `EIO`, as on a machine whose power is off.
 //!
 //! Mounting needs root and `/dev/fuse`: `fuser` is built without libfuse and calls
 //! mount(2) itself. [`LazyFs::unavailable`] says why that cannot work here, if so.

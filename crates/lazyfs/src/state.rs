@@ -259,10 +259,13 @@ impl State {
     }
 
     /// Applies the pending writes of `ino` to its backing file (no sync).
+    /// On an error the extents stay pending (applying them again, in order, later
+    /// gives the same bytes).
     pub(crate) fn write_back(&mut self, ino: u64) -> io::Result<()> {
-        if let Some(mut p) = self.files.remove(&ino) {
+        if let Some(p) = self.files.get_mut(&ino) {
             let n = p.write_back()?;
             self.pending_bytes -= n;
+            self.files.remove(&ino);
         }
         Ok(())
     }
