@@ -286,6 +286,13 @@ fn truncate_trims_pending_writes() -> Result<()> {
     let mut want = vec![1u8; 800];
     want.extend_from_slice(&[0u8; 400]);
     assert_eq!(fs::read(&path)?, want);
+
+    // O_TRUNC (File::create on an existing file) drops the pending writes too.
+    fs::write(&path, b"pending")?;
+    assert_eq!(fx.fs.pending_bytes(), 7);
+    drop(File::create(&path)?);
+    assert_eq!(fx.fs.pending_bytes(), 0);
+    assert_eq!(fs::metadata(&path)?.len(), 0);
     Ok(())
 }
 
