@@ -24,6 +24,7 @@ if [ ${#pairs[@]} -eq 0 ]; then
     fence-on-enospc:enospc
     skip-crc:bit-flip
     ignore-segment-loss:segment-loss
+    wall-clock-dedup:clock-jump
   )
 fi
 logs="$target/mutant-logs"

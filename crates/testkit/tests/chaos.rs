@@ -214,3 +214,9 @@ async fn chaos_clock_jump() {
     let r = scenario("clock-jump", 20, Failover::Controller, false).await;
     assert!(r.pass(), "clock-jump failed the checker: {r:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_power_loss() {
+    let r = scenario("power-loss", 21, Failover::Controller, false).await;
+    assert!(r.pass(), "power-loss failed the checker: {r:#?}");
+}

@@ -71,6 +71,9 @@ pub struct ClusterOptions {
     /// Run every process under this libfaketime (`LD_PRELOAD`), each with a wall clock of
     /// its own that [`ChaosCluster::set_clock`] moves; monotonic clocks stay real.
     pub fake_clocks: Option<PathBuf>,
+    /// Put every broker's and controller's data on a power-loss filesystem of its own
+    /// ([`sofamq_lazyfs::LazyFs`]): [`ChaosCluster::power_cut`] loses what it did not fsync.
+    pub lazyfs: bool,
 }
 
 impl Default for ClusterOptions {
@@ -89,6 +92,7 @@ impl Default for ClusterOptions {
             extra_topics: Vec::new(),
             broker_toml: String::new(),
             fake_clocks: None,
+            lazyfs: false,
         }
     }
 }
@@ -113,6 +117,9 @@ pub struct BrokerProc {
     pub disk_budget: Option<u64>,
     node: Option<Node>,
     starts: usize,
+    /// The power-loss filesystem under `data` ([`ClusterOptions::lazyfs`]; dropped after
+    /// the process is killed).
+    pub lazy: Option<sofamq_lazyfs::LazyFs>,
     /// The filesystem under `data` (declared last: dropped after the process is killed).
     pub disk: Option<LoopDisk>,
 }
@@ -143,6 +150,8 @@ pub struct ControllerProc {
     /// Data directory.
     pub data: PathBuf,
     node: Option<Node>,
+    /// The power-loss filesystem under `data` ([`ClusterOptions::lazyfs`]).
+    pub lazy: Option<sofamq_lazyfs::LazyFs>,
 }
 
 /// The running cluster.
@@ -170,6 +179,16 @@ where
     tokio::task::spawn_blocking(f)
         .await
         .context("blocking task")?
+}
+
+/// A LazyFs for node `name`: backing files in `dir/name-disk`, mounted on `dir/name-mnt`.
+fn mount_lazy(dir: &Path, name: &str) -> anyhow::Result<sofamq_lazyfs::LazyFs> {
+    let backing = dir.join(format!("{name}-disk"));
+    let mnt = dir.join(format!("{name}-mnt"));
+    std::fs::create_dir_all(&backing)?;
+    std::fs::create_dir_all(&mnt)?;
+    sofamq_lazyfs::LazyFs::mount(&backing, &mnt)
+        .with_context(|| format!("mounting a LazyFs for {name}"))
 }
 
 async fn spawn_node(
@@ -249,6 +268,11 @@ impl ChaosCluster {
                 Some(mib) => Some(LoopDisk::new(mib)?),
                 None => None,
             };
+            let lazy = if opts.lazyfs {
+                Some(mount_lazy(dir.path(), name)?)
+            } else {
+                None
+            };
             brokers.push(BrokerProc {
                 name: name.into(),
                 client_proxy: Proxy::start(sock(&grpc)?).await?,
@@ -256,9 +280,10 @@ impl ChaosCluster {
                 grpc,
                 repl,
                 http,
-                data: match &disk {
-                    Some(d) => d.path().join("data"),
-                    None => dir.path().join(name),
+                data: match (&disk, &lazy) {
+                    (Some(d), _) => d.path().join("data"),
+                    (None, Some(l)) => l.mountpoint().join("data"),
+                    (None, None) => dir.path().join(name),
                 },
                 disk_budget: if i == 0 {
                     opts.master_disk_budget
@@ -267,6 +292,7 @@ impl ChaosCluster {
                 },
                 node: None,
                 starts: 0,
+                lazy,
                 disk,
             });
         }
@@ -378,11 +404,21 @@ impl ChaosCluster {
         let n = self.opts.controllers.max(1);
         self.controllers.clear();
         for id in 1..=n as u64 {
+            let name = format!("controller-{id}");
+            let lazy = if self.opts.lazyfs {
+                Some(mount_lazy(self.dir.path(), &name)?)
+            } else {
+                None
+            };
             self.controllers.push(ControllerProc {
                 id,
                 addr: format!("127.0.0.1:{}", free_port()?),
-                data: self.dir.path().join(format!("controller-{id}")),
+                data: match &lazy {
+                    Some(l) => l.mountpoint().join("data"),
+                    None => self.dir.path().join(name),
+                },
                 node: None,
+                lazy,
             });
         }
         for i in 0..self.controllers.len() {
@@ -429,6 +465,33 @@ impl ChaosCluster {
         if let Some(mut n) = self.controllers[i].node.take() {
             n.kill9();
         }
+    }
+
+    /// Power cut on broker `i`'s node: kill -9 it, then its filesystem loses, keeps in part
+    /// or tears what was not fsynced ([`sofamq_lazyfs::Fate`]) and is mounted again.
+    pub fn power_cut(
+        &mut self,
+        i: usize,
+        fate: sofamq_lazyfs::Fate,
+        seed: u64,
+    ) -> anyhow::Result<sofamq_lazyfs::CutReport> {
+        self.kill9(i);
+        let b = &mut self.brokers[i];
+        let lazy = b.lazy.as_mut().context("power cut: not on a LazyFs")?;
+        Ok(lazy.power_cut(fate, seed)?)
+    }
+
+    /// [`ChaosCluster::power_cut`] on controller `i`'s node.
+    pub fn power_cut_controller(
+        &mut self,
+        i: usize,
+        fate: sofamq_lazyfs::Fate,
+        seed: u64,
+    ) -> anyhow::Result<sofamq_lazyfs::CutReport> {
+        self.kill9_controller(i);
+        let c = &mut self.controllers[i];
+        let lazy = c.lazy.as_mut().context("power cut: not on a LazyFs")?;
+        Ok(lazy.power_cut(fate, seed)?)
     }
 
     /// The index of the controller that currently leads, from `sofamq admin cluster --json
@@ -820,6 +883,14 @@ impl Drop for ChaosCluster {
             if let Some(mut n) = b.node.take() {
                 n.kill9();
             }
+            // Unmounted before the temp dir (dropped first) would walk into the mount.
+            b.lazy.take();
+        }
+        for c in &mut self.controllers {
+            if let Some(mut n) = c.node.take() {
+                n.kill9();
+            }
+            c.lazy.take();
         }
     }
 }

@@ -67,6 +67,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "the master's disk budget fills mid-run: sends fail, reads and acks keep working",
     ),
     (
+        "power-loss",
+        "every broker's and controller's data on a power-loss filesystem of its own (LazyFs, FUSE): cut power to the master (the controller elects the slave), the slave, both at once, or the controller leader's node: the process is killed -9 and what it did not fsync is lost, kept in part or torn; then it restarts (needs root, /dev/fuse and a controller)",
+    ),
+    (
         "enospc",
         "each broker on a 64 MiB ext4 of its own (loop device): fill the master's, the slave's or both disks to ENOSPC for 1-3 s, then free them; sends fail and nothing is acked meanwhile, and both logs take writes again without a restart (needs root)",
     ),
@@ -132,6 +136,7 @@ pub const CI_SET: &[&str] = &[
     "partition",
     "link-flaps",
     "disk-full",
+    "power-loss",
     "enospc",
     "eio",
     "bit-flip",
@@ -220,6 +225,7 @@ fn needs_controller(name: &str) -> bool {
             | "bit-flip"
             | "segment-loss"
             | "clock-jump"
+            | "power-loss"
     ) || name.starts_with("official-")
 }
 
@@ -256,6 +262,11 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
     {
         return Ok(Outcome::Skipped(why));
     }
+    if name == "power-loss"
+        && let Some(why) = sofamq_lazyfs::LazyFs::unavailable()
+    {
+        return Ok(Outcome::Skipped(why));
+    }
     let fake_clocks = if name == "clock-jump" {
         match faketime_lib() {
             Ok(lib) => Some(lib),
@@ -267,6 +278,7 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
     let secs = o.duration.as_secs().max(1);
     let copts = ClusterOptions {
         fake_clocks,
+        lazyfs: name == "power-loss",
         failover,
         min_insync: if o.unsafe_ack_before_replication {
             1
@@ -768,6 +780,63 @@ async fn faults(
                     } else {
                         "above the durable offset: caught up"
                     },
+                    took.as_secs_f64()
+                ));
+            }
+        }
+        "power-loss" => {
+            use sofamq_lazyfs::Fate;
+            let mut round = 0u64;
+            while rounds.next() {
+                sleep(rng.ms(1000, 3000)).await;
+                let fate = match rng.below(3) {
+                    0 => Fate::DropAll,
+                    1 => Fate::KeepPrefix,
+                    _ => Fate::Torn,
+                };
+                let m = c.master;
+                let s = c.peer(m);
+                let kind = round % 4;
+                round += 1;
+                let (who, cuts) = match kind {
+                    0 => {
+                        let r = c.power_cut(m, fate, rng.next_u64())?;
+                        c.fail_over(m).await?;
+                        (c.brokers[m].name.clone(), vec![r])
+                    }
+                    1 => (
+                        c.brokers[s].name.clone(),
+                        vec![c.power_cut(s, fate, rng.next_u64())?],
+                    ),
+                    2 => {
+                        let a = c.power_cut(m, fate, rng.next_u64())?;
+                        let b = c.power_cut(s, fate, rng.next_u64())?;
+                        ("both brokers".to_string(), vec![a, b])
+                    }
+                    _ => {
+                        let l = c
+                            .controller_leader()
+                            .await
+                            .context("no controller leader")?;
+                        let name = format!("controller-{}", c.controllers[l].id);
+                        (name, vec![c.power_cut_controller(l, fate, rng.next_u64())?])
+                    }
+                };
+                let cut = Instant::now();
+                match kind {
+                    0 => c.restart_as_slave(m).await?,
+                    1 => c.restart_as_slave(s).await?,
+                    // Both come back at once; the controller picks the master.
+                    _ => heal(c).await?,
+                }
+                c.settle(Duration::from_secs(30)).await?;
+                let took = cut.elapsed();
+                rounds.repairs.push(took);
+                let dropped: u64 = cuts.iter().map(|r| r.dropped_bytes()).sum();
+                let kept: u64 = cuts.iter().map(|r| r.kept_bytes()).sum();
+                let torn: usize = cuts.iter().map(|r| r.torn_files()).sum();
+                tracing_note(&format!(
+                    "power-loss: {who}: {fate:?}: {dropped} unsynced bytes lost, {kept} kept, {torn} files torn; settled {:.1} s after the restart",
                     took.as_secs_f64()
                 ));
             }
