@@ -47,7 +47,7 @@ for pair in "${pairs[@]}"; do
   else
     verdict=CAUGHT
   fi
-  why=$(grep -E "FAIL|FAULT PHASE FAILED|Error|error:" "$log" | grep -v "^scenario" | head -2 | tr '\n' ' ' | cut -c1-220)
+  why=$(grep -E "FAIL|FAULT PHASE FAILED|Error|error:" "$log" | grep -v "^scenario" | head -2 | tr "\n" " " | cut -c1-220 || true)
   echo "mutant $mutant vs $scenario: $verdict in $(( $(date +%s) - start )) s ($why) [log $log]"
 done
 exit $(( missed > 0 ))

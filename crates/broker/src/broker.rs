@@ -37,9 +37,11 @@ struct Inner {
 }
 
 impl Broker {
-    /// Opens (and recovers) the log under `config.data_dir` and replays the
-    /// topic table. Blocking: call it from `spawn_blocking` in async code.
-    pub fn open(config: BrokerConfig) -> Result<Self, BrokerError> {
+    /// Opens the store and replays the topic table, consumer state and ACL from it.
+    #[allow(clippy::type_complexity)]
+    fn open_state(
+        config: &BrokerConfig,
+    ) -> Result<(Store, Topics, Consumers, crate::acl::Acl), BrokerError> {
         let mut sc = StoreConfig::new(config.data_dir.join("store"));
         sc.segment_size = config.segment_bytes;
         sc.max_disk_bytes = config.max_disk_bytes;
@@ -58,6 +60,37 @@ impl Broker {
         let topics = Topics::load(store.clone())?;
         let consumers = Consumers::load(store.clone(), config.consume.clone())?;
         let acl = crate::acl::Acl::load(store.clone(), config.acl.clone())?;
+        Ok((store, topics, consumers, acl))
+    }
+
+    /// Opens (and recovers) the log under `config.data_dir` and replays the
+    /// topic table. Blocking: call it from `spawn_blocking` in async code.
+    pub fn open(config: BrokerConfig) -> Result<Self, BrokerError> {
+        let (store, topics, consumers, acl) = match Self::open_state(&config) {
+            // A consume queue that points at the wrong records (damaged on disk, or a write
+            // lost under it) is derived data: rebuilt from the log, the old files kept.
+            Err(e) if e.to_string().contains("entry does not match record") => {
+                let dir = config.data_dir.join("store");
+                let ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                let aside = dir.join("damaged").join(format!("consumequeue-{ms}"));
+                tracing::error!(
+                    error = %e,
+                    kept = %aside.display(),
+                    "a consume queue does not match the commit log: rebuilding every consume queue from the log"
+                );
+                std::fs::create_dir_all(dir.join("damaged"))
+                    .and_then(|()| std::fs::rename(dir.join("consumequeue"), &aside))
+                    .map_err(|io| {
+                        BrokerError::Internal(format!(
+                            "moving the damaged consume queues aside: {io}"
+                        ))
+                    })?;
+                Self::open_state(&config)?
+            }
+            r => r?,
+        };
         let send_bytes = std::sync::Arc::new(tokio::sync::Semaphore::new(
             config
                 .limits
