@@ -158,6 +158,9 @@ const TIMER_LATE_BOUND_MS: i64 = 15_000;
 const TXN_TOML: &str =
     "[transaction]\ncheck_delay_ms = 1000\ncheck_interval_ms = 1000\nmax_checks = 5\n";
 
+/// What a broker's log says once it repaired a damaged range from the master.
+const REPAIRED: &str = "damaged log range repaired from the master";
+
 /// The largest wall-clock jump of `clock-jump`, seconds: past the idempotency window
 /// (`dedup_window_ms`, 10 min), which must not forget ids when a clock jumps.
 const MAX_JUMP_S: u64 = 1800;
@@ -716,20 +719,18 @@ async fn faults(
                     c.settle(Duration::from_secs(30)).await?;
                     continue;
                 };
-                const REPAIRED: &str = "damaged log range repaired from the master";
                 let repaired_before = log_mentions(c.log_dir(), &name, REPAIRED)?;
                 let restarted = Instant::now();
                 c.restart_as_slave(victim).await?;
                 c.settle(Duration::from_secs(30)).await?;
                 let took = restarted.elapsed();
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while log_mentions(c.log_dir(), &name, REPAIRED)? == repaired_before {
-                    anyhow::ensure!(
-                        Instant::now() < deadline,
-                        "bit-flip: {name} (byte {at} flipped) is in sync but never said it repaired its log"
-                    );
-                    sleep(Duration::from_millis(100)).await;
-                }
+                wait_repaired(
+                    c,
+                    &name,
+                    repaired_before,
+                    &format!("bit-flip: byte {at} flipped"),
+                )
+                .await?;
                 rounds.repairs.push(took);
                 tracing_note(&format!(
                     "bit-flip: {name} byte {at} flipped; cut, fetched again and in sync {:.1} s after its restart",
@@ -754,7 +755,6 @@ async fn faults(
                 // Over 8 rounds each victim role meets each kind once.
                 let loss = c.lose_segment(victim, round + round / 2, rng.next_u64())?;
                 round += 1;
-                const REPAIRED: &str = "damaged log range repaired from the master";
                 let repaired_before = log_mentions(c.log_dir(), &name, REPAIRED)?;
                 let restarted = Instant::now();
                 c.restart_as_slave(victim).await?;
@@ -762,15 +762,8 @@ async fn faults(
                 let took = restarted.elapsed();
                 if loss.below_durable {
                     rounds.repairs.push(took);
-                    let deadline = Instant::now() + Duration::from_secs(5);
-                    while log_mentions(c.log_dir(), &name, REPAIRED)? == repaired_before {
-                        anyhow::ensure!(
-                            Instant::now() < deadline,
-                            "segment-loss: {name} ({}) is in sync but never said it repaired its log",
-                            loss.what
-                        );
-                        sleep(Duration::from_millis(100)).await;
-                    }
+                    let what = format!("segment-loss: {}", loss.what);
+                    wait_repaired(c, &name, repaired_before, &what).await?;
                 }
                 tracing_note(&format!(
                     "segment-loss: {name}: {}; {} and in sync {:.1} s after its restart",
@@ -867,9 +860,7 @@ async fn faults(
                         "the controller leader"
                     }
                     _ => {
-                        clocks.push("namesrv".into());
-                        clocks.extend(c.brokers.iter().map(|b| b.name.clone()));
-                        clocks.extend(c.controllers.iter().map(|k| format!("controller-{}", k.id)));
+                        clocks = every_clock(c);
                         "every node"
                     }
                 };
@@ -940,10 +931,7 @@ async fn faults(
                 ));
             }
             // Back to real time: one more jump for every clock.
-            let mut all = vec!["namesrv".to_string()];
-            all.extend(c.brokers.iter().map(|b| b.name.clone()));
-            all.extend(c.controllers.iter().map(|k| format!("controller-{}", k.id)));
-            for clk in &all {
+            for clk in &every_clock(c) {
                 c.set_clock(clk, 0)?;
             }
             anyhow::ensure!(
@@ -1040,6 +1028,33 @@ where
 }
 
 /// How often the log files of broker `name` (all of its starts) contain `needle`.
+/// Every wall clock of a `fake_clocks` cluster: the namesrv's, each broker's, each controller's.
+fn every_clock(c: &ChaosCluster) -> Vec<String> {
+    let mut all = vec!["namesrv".to_string()];
+    all.extend(c.brokers.iter().map(|b| b.name.clone()));
+    all.extend(c.controllers.iter().map(|k| format!("controller-{}", k.id)));
+    all
+}
+
+/// Waits (5 s at most) for broker `name`'s log to say `REPAIRED` once more than `before`
+/// times: a replica in sync again after damage (`what`) must have repaired, not skipped it.
+async fn wait_repaired(
+    c: &ChaosCluster,
+    name: &str,
+    before: usize,
+    what: &str,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while log_mentions(c.log_dir(), name, REPAIRED)? == before {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{what}: {name} is in sync but never said it repaired its log"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 fn log_mentions(dir: &std::path::Path, name: &str, needle: &str) -> anyhow::Result<usize> {
     let mut n = 0;
     for e in std::fs::read_dir(dir)?.flatten() {
