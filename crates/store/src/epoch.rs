@@ -56,11 +56,15 @@ pub(crate) struct EpochHistory {
     dir: PathBuf,
     file: File,
     entries: Vec<EpochEntry>,
+    /// The file holds bytes past `entries` that are not a torn tail (a corrupt entry and
+    /// whatever follows it): the next trim rewrites the file whatever it keeps.
+    damaged: bool,
 }
 
 impl EpochHistory {
     /// Opens the history. A torn last entry is cut (durably); a bad entry before the last one is
-    /// reported as the second value (the caller fences) and the history is kept up to it.
+    /// reported as the second value (the caller fences) and the history is kept up to it; the
+    /// next [`EpochHistory::trim_after`] rewrites the file without the bad bytes.
     pub fn open(dir: &Path) -> io::Result<(EpochHistory, Option<String>)> {
         let _ = fs::remove_file(dir.join(TMP));
         let path = dir.join(FILE);
@@ -106,6 +110,7 @@ impl EpochHistory {
                 dir: dir.to_path_buf(),
                 file,
                 entries,
+                damaged: problem.is_some(),
             },
             problem,
         ))
@@ -122,6 +127,9 @@ impl EpochHistory {
 
     /// Durably appends an entry. The caller checked that the epoch grows.
     pub fn append(&mut self, e: EpochEntry) -> io::Result<()> {
+        if self.damaged {
+            self.trim_after(u64::MAX)?;
+        }
         let pos = (self.entries.len() * ENTRY) as u64;
         self.file.write_all_at(&encode(&e), pos)?;
         self.file.sync_data()?;
@@ -136,7 +144,7 @@ impl EpochHistory {
             .iter()
             .take_while(|e| e.start_offset <= offset)
             .count();
-        if keep == self.entries.len() {
+        if keep == self.entries.len() && !self.damaged {
             return Ok(());
         }
         let tmp = self.dir.join(TMP);
@@ -154,6 +162,7 @@ impl EpochHistory {
         sync_dir(&self.dir)?;
         self.file = f;
         self.entries.truncate(keep);
+        self.damaged = false;
         Ok(())
     }
 }

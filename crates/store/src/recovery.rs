@@ -334,7 +334,13 @@ pub(crate) fn recover(cfg: &StoreConfig) -> Result<Recovered, StoreError> {
         } else {
             log_end.min(files_end)
         };
-        (!epoch_unreadable).then_some(log_end)
+        if epoch_unreadable {
+            // Which epoch wrote the records from the last good entry on is unknown, and the
+            // epoch decides where a replica's log must be cut: they are fetched again.
+            let known = epochs.entries().last().map_or(0, |e| e.start_offset);
+            log_end = log_end.min(known);
+        }
+        Some(log_end)
     } else {
         None
     };

@@ -266,3 +266,90 @@ fn a_truncated_or_removed_active_segment_below_the_checkpoint_is_found_on_open()
     std::fs::remove_file(segments(&copy).last().unwrap()).unwrap();
     opens_damaged_then_repairs(&m, &copy, seg_start(last), "removed active segment");
 }
+
+/// A master whose log was written in epochs 1..=4, each a run of records, and a copy.
+fn epoch_pair(root: &Path) -> (Store, std::path::PathBuf) {
+    let m = root.join("master");
+    let s = common::open(&m);
+    for e in 1..=4u64 {
+        s.begin_epoch(e).unwrap();
+        for q in 0..3 {
+            fill(&s, "t", q, 30, &format!("e{e}q{q}"));
+        }
+    }
+    s.flush_queues().unwrap();
+    drop(s);
+    let copy = root.join("replica");
+    copy_dir(&m, &copy);
+    (common::open(&m), copy)
+}
+
+#[test]
+fn a_corrupt_epoch_entry_fences_from_the_last_good_epoch_and_is_fetched_again() {
+    let d = tempfile::tempdir().unwrap();
+    let (m, copy) = epoch_pair(d.path());
+    let hist = m.epoch_history();
+    assert_eq!(hist.len(), 4);
+    // Entry 2 (epoch 3) is bad: which epoch wrote the records from epoch 2's start on is no
+    // longer known, so they are fetched again from there.
+    let path = copy.join("epochs");
+    let mut b = std::fs::read(&path).unwrap();
+    b[2 * 20 + 9] ^= 0x10;
+    std::fs::write(&path, &b).unwrap();
+    let s = common::open(&copy);
+    let reason = s.fenced().expect("a corrupt epoch entry fences");
+    assert!(reason.contains("epoch history entry 2"), "{reason}");
+    assert_eq!(s.damaged_from(), Some(hist[1].start_offset), "{reason}");
+    drop(s);
+    opens_damaged_then_repairs(&m, &copy, hist[1].start_offset, "corrupt epoch entry");
+    let s = common::open(&copy);
+    assert_eq!(
+        s.epoch_history(),
+        hist,
+        "the history is rebuilt from the records"
+    );
+    // The file holds exactly the good entries: no bad bytes left to be read back later.
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 * 20);
+}
+
+#[test]
+fn a_corrupt_first_epoch_entry_fetches_the_whole_log_again() {
+    let d = tempfile::tempdir().unwrap();
+    let (m, copy) = epoch_pair(d.path());
+    let path = copy.join("epochs");
+    let mut b = std::fs::read(&path).unwrap();
+    b[3] ^= 0x01;
+    std::fs::write(&path, &b).unwrap();
+    opens_damaged_then_repairs(&m, &copy, 0, "corrupt first epoch entry");
+    assert_eq!(common::open(&copy).epoch_history(), m.epoch_history());
+}
+
+#[test]
+fn a_damaged_or_missing_checkpoint_costs_a_full_scan_and_nothing_else() {
+    let d = tempfile::tempdir().unwrap();
+    let (m, copy) = healthy_pair(d.path());
+    let pristine = d.path().join("pristine");
+    copy_dir(&copy, &pristine);
+    for what in ["flipped", "zeroed", "removed", "truncated"] {
+        std::fs::remove_dir_all(&copy).unwrap();
+        copy_dir(&pristine, &copy);
+        let ck = copy.join("checkpoint");
+        let mut b = std::fs::read(&ck).unwrap();
+        match what {
+            "flipped" => {
+                b[10] ^= 0x20;
+                std::fs::write(&ck, &b).unwrap();
+            }
+            "zeroed" => std::fs::write(&ck, vec![0u8; b.len()]).unwrap(),
+            "removed" => std::fs::remove_file(&ck).unwrap(),
+            _ => std::fs::write(&ck, &b[..b.len() / 2]).unwrap(),
+        }
+        let s = common::open(&copy);
+        assert_eq!(s.fenced(), None, "{what} checkpoint");
+        same_log(&m, &s);
+        drop(s);
+        // A fresh checkpoint is written and trusted again.
+        let s = common::open(&copy);
+        same_log(&m, &s);
+    }
+}
