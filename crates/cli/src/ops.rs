@@ -233,6 +233,7 @@ fn controller_json(
                 .collect();
             serde_json::json!({
                 "group": g.group, "master": g.master, "master_epoch": g.master_epoch,
+                "unavailable": c.unavailable.get(&g.group),
                 "insync": g.insync, "insync_epoch": g.insync_epoch, "lag_bytes": lag,
                 "brokers": g.brokers.iter().map(|(id, a)| (id.to_string(), serde_json::json!({"grpc": a.grpc, "repl": a.repl}))).collect::<serde_json::Map<_, _>>(),
             })
@@ -274,6 +275,9 @@ fn print_controller(c: &sofamq_controller::ControllerStatus, rows: &[serde_json:
             g.master_epoch,
             format!("{{{insync}}}"),
         );
+        if let Some(why) = c.unavailable.get(&g.group) {
+            println!("  UNAVAILABLE: {why}");
+        }
     }
     println!();
 }

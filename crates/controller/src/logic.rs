@@ -110,6 +110,40 @@ impl Clock {
     }
 }
 
+/// Why `group` has no master and none can be elected, naming each in-sync replica and what
+/// keeps it out (silent, or fenced with the reason it reported); `None` when the group has a
+/// master, never had one, or an eligible replica is there to be elected.
+pub fn unavailable(
+    group: &GroupState,
+    seen: &BTreeMap<u64, BrokerSeen>,
+    clock: &Clock,
+) -> Option<String> {
+    if group.master.is_some() || group.master_epoch == 0 {
+        return None;
+    }
+    if group.insync.iter().any(|id| clock.eligible(seen.get(id))) {
+        return None;
+    }
+    let why: Vec<String> = group
+        .insync
+        .iter()
+        .map(|id| {
+            let s = seen.get(id);
+            match s.and_then(|s| s.fenced.as_deref()) {
+                Some(f) if clock.alive(s) => format!("broker {id} is fenced: {f}"),
+                _ => format!(
+                    "broker {id} is silent for {} ms",
+                    clock.silent_for(s).as_millis()
+                ),
+            }
+        })
+        .collect();
+    Some(format!(
+        "no master: no in-sync replica can be elected without losing acked messages ({})",
+        why.join("; ")
+    ))
+}
+
 /// What to propose for `group`, if anything.
 pub fn decide(
     group: &GroupState,

@@ -46,6 +46,8 @@ struct Liveness {
     groups: BTreeMap<String, BTreeMap<u64, BrokerSeen>>,
     /// Per group: the master epoch last observed and when this leader first saw it.
     epochs: BTreeMap<String, (u64, Instant)>,
+    /// Per group that has no master and cannot get one: why (logged when it changes).
+    unavailable: BTreeMap<String, String>,
 }
 
 impl Liveness {
@@ -56,6 +58,7 @@ impl Liveness {
             self.leader_since = now;
             self.groups.clear();
             self.epochs.clear();
+            self.unavailable.clear();
         }
     }
 
@@ -147,6 +150,7 @@ impl Controller {
                     leader_since: Instant::now(),
                     groups: BTreeMap::new(),
                     epochs: BTreeMap::new(),
+                    unavailable: BTreeMap::new(),
                 }),
                 stopped: CancellationToken::new(),
             }),
@@ -380,9 +384,11 @@ impl Controller {
         };
         let groups = self.inner.sm.read().groups.values().cloned().collect();
         let mut last_seen_ms = BTreeMap::new();
+        let mut unavailable = BTreeMap::new();
         if let Some(t) = self.leader_term() {
             let live = self.inner.live.lock();
             if live.term == Some(t) {
+                unavailable.clone_from(&live.unavailable);
                 let now = Instant::now();
                 for (g, brokers) in &live.groups {
                     for (id, s) in brokers {
@@ -400,6 +406,7 @@ impl Controller {
             term,
             groups,
             last_seen_ms,
+            unavailable,
         }
     }
 
@@ -469,6 +476,24 @@ impl Controller {
             let seen = live.groups.get(&g.group).unwrap_or(&empty);
             if let Some(cmd) = logic::decide(g, seen, &clock) {
                 out.push(cmd);
+            }
+            // Said once per change, not on every tick; `status` shows it meanwhile.
+            match logic::unavailable(g, seen, &clock) {
+                Some(why) => {
+                    let known = live.unavailable.get(&g.group);
+                    // A change of reasons is news; a silence growing by the millisecond is not.
+                    let shape =
+                        |w: &str| -> String { w.chars().filter(|c| !c.is_ascii_digit()).collect() };
+                    if known.is_none_or(|k| shape(k) != shape(&why)) {
+                        tracing::error!(group = %g.group, reason = %why, "broker group unavailable");
+                    }
+                    live.unavailable.insert(g.group.clone(), why);
+                }
+                None => {
+                    if live.unavailable.remove(&g.group).is_some() {
+                        tracing::info!(group = %g.group, "broker group can elect a master again");
+                    }
+                }
             }
         }
         out

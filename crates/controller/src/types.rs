@@ -115,6 +115,10 @@ pub struct ControllerStatus {
     pub groups: Vec<GroupState>,
     /// Per broker: milliseconds since the leader last heard from it (leader only).
     pub last_seen_ms: BTreeMap<String, u64>,
+    /// Per group without a master that none of its in-sync replicas can become: why
+    /// (leader only; see [`crate::logic::unavailable`]).
+    #[serde(default)]
+    pub unavailable: BTreeMap<String, String>,
 }
 
 /// Errors a controller request can end with.

@@ -393,3 +393,51 @@ fn a_fenced_replica_is_never_elected() {
     let (m, _, _) = elected(decide(&g, &seen, &clock(t0, 3100)));
     assert_eq!(m, Some(1));
 }
+
+#[test]
+fn a_group_no_replica_can_lead_says_why() {
+    use sofamq_controller::logic::unavailable;
+    let t0 = Instant::now();
+    let now = t0 + Duration::from_millis(8000);
+    let old = t0 + Duration::from_millis(1000);
+    let mut damaged = hb(1, 99, 4, false, None);
+    damaged.fenced = Some("corrupt record at offset 4096".into());
+    // Both in-sync replicas damaged: no master, and the reason names each.
+    let g = group(None, 5, &[0, 1], &[0, 1]);
+    let seen = BTreeMap::from([
+        (0, seen_at(&fenced(hb(0, 10, 4, false, None)), now)),
+        (1, seen_at(&damaged, now)),
+    ]);
+    let why = unavailable(&g, &seen, &clock(t0, 8000)).expect("unavailable");
+    assert!(
+        why.contains("broker 0 is fenced: commit log write"),
+        "{why}"
+    );
+    assert!(
+        why.contains("broker 1 is fenced: corrupt record at offset 4096"),
+        "{why}"
+    );
+    assert_eq!(
+        decide(&g, &seen, &clock(t0, 8000)),
+        None,
+        "nobody is elected"
+    );
+    // A silent member is named as such.
+    let seen = BTreeMap::from([
+        (0, seen_at(&hb(0, 10, 4, false, None), old)),
+        (1, seen_at(&damaged, now)),
+    ]);
+    let why = unavailable(&g, &seen, &clock(t0, 8000)).expect("unavailable");
+    assert!(why.contains("broker 0 is silent for 7000 ms"), "{why}");
+    // One healthy in-sync replica: it can be elected, so the group is not unavailable.
+    let seen = BTreeMap::from([
+        (0, seen_at(&hb(0, 10, 4, false, None), now)),
+        (1, seen_at(&damaged, now)),
+    ]);
+    assert_eq!(unavailable(&g, &seen, &clock(t0, 8000)), None);
+    // A group with a master, or one that never had one, is not reported.
+    let g = group(Some(0), 5, &[0, 1], &[0, 1]);
+    assert_eq!(unavailable(&g, &seen, &clock(t0, 8000)), None);
+    let g = group(None, 0, &[], &[0, 1]);
+    assert_eq!(unavailable(&g, &seen, &clock(t0, 8000)), None);
+}

@@ -521,7 +521,8 @@ impl ChaosCluster {
         self.controllers.iter().position(|c| c.node.is_some())
     }
 
-    fn controller_list(&self) -> String {
+    /// The controllers' addresses, comma separated.
+    pub fn controller_list(&self) -> String {
         self.controllers
             .iter()
             .map(|c| c.addr.clone())
