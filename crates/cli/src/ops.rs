@@ -241,7 +241,7 @@ fn controller_json(
         .collect();
     serde_json::json!({
         "node": c.node, "leader": c.leader, "leader_addr": c.leader_addr, "term": c.term,
-        "groups": groups,
+        "catching_up": c.catching_up, "groups": groups,
     })
 }
 
@@ -252,6 +252,9 @@ fn print_controller(c: &sofamq_controller::ControllerStatus, rows: &[serde_json:
         c.leader_addr.as_deref().unwrap_or("-"),
         c.term
     );
+    if let Some(why) = &c.catching_up {
+        println!("controller {} CATCHING UP (not voting): {why}", c.node);
+    }
     println!(
         "{:<12} {:>6} {:>6} {:<12} LAG (bytes behind the master, per broker id)",
         "GROUP", "MASTER", "EPOCH", "IN-SYNC"

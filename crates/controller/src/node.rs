@@ -77,6 +77,8 @@ impl Liveness {
 struct Inner {
     config: ControllerConfig,
     raft: Raft,
+    /// The log store (shared with Raft): says whether this node is catching up.
+    log: LogStore,
     sm: Arc<RwLock<SmData>>,
     live: Mutex<Liveness>,
     stopped: CancellationToken,
@@ -114,6 +116,7 @@ impl Controller {
     ) -> Result<Controller, StartError> {
         config.validate()?;
         let log = LogStore::open(&config.data_dir)?;
+        let log_handle = log.clone();
         let sm = StateMachine::open(&config.data_dir)
             .map_err(|e| StartError::StateMachine(e.to_string()))?;
         let data = sm.data();
@@ -144,6 +147,7 @@ impl Controller {
             inner: Arc::new(Inner {
                 config,
                 raft,
+                log: log_handle,
                 sm: data,
                 live: Mutex::new(Liveness {
                     term: None,
@@ -155,7 +159,14 @@ impl Controller {
                 stopped: CancellationToken::new(),
             }),
         };
-        ctl.initialize().await;
+        if let Some(why) = ctl.inner.log.catching_up() {
+            // Entries this node acknowledged may be gone: voting or standing for election
+            // now could let a leader without them win. The leader's log is fetched first.
+            ctl.inner.raft.runtime_config().elect(false);
+            tracing::warn!(reason = %why, "controller catching up: no vote and no election until it holds the leader's log");
+        } else {
+            ctl.initialize().await;
+        }
         tokio::spawn(ctl.clone().check_loop(shutdown.clone()));
         let c = ctl.clone();
         tokio::spawn(async move {
@@ -375,6 +386,33 @@ impl Controller {
         self.propose(Command::AlterInSync(req)).await
     }
 
+    /// A catching-up node holds the leader's log again once the leader reports an entry of
+    /// its own term committed and this log reaches it: every entry committed before (those
+    /// this node may have lost among them) precedes that entry in the leader's log, which
+    /// this one now matches. Then it votes and stands for election again.
+    fn maybe_caught_up(&self, leader_commit: Option<crate::raft::LogId>, leader_term: u64) {
+        if self.inner.log.catching_up().is_none() {
+            return;
+        }
+        let Some(c) = leader_commit.filter(|c| c.leader_id.term == leader_term) else {
+            return;
+        };
+        let last = self.inner.raft.metrics().borrow().last_log_index;
+        if last.is_none_or(|l| l < c.index) {
+            return;
+        }
+        match self.inner.log.caught_up() {
+            Ok(()) => {
+                self.inner.raft.runtime_config().elect(true);
+                tracing::warn!(
+                    committed = c.index,
+                    "controller log repaired from the leader: voting again"
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "could not end catching up"),
+        }
+    }
+
     /// This node's view (any node answers).
     pub fn status(&self) -> ControllerStatus {
         let (leader, term) = {
@@ -407,6 +445,7 @@ impl Controller {
             groups,
             last_seen_ms,
             unavailable,
+            catching_up: self.inner.log.catching_up(),
         }
     }
 
@@ -414,7 +453,24 @@ impl Controller {
     pub async fn handle(&self, req: Request) -> Response {
         let raft = &self.inner.raft;
         match req {
-            Request::AppendEntries(r) => Response::AppendEntries(raft.append_entries(*r).await),
+            Request::AppendEntries(r) => {
+                let leader_commit = r.leader_commit;
+                let leader_term = r.vote.leader_id.term;
+                let resp = raft.append_entries(*r).await;
+                if matches!(resp, Ok(openraft::raft::AppendEntriesResponse::Success)) {
+                    self.maybe_caught_up(leader_commit, leader_term);
+                }
+                Response::AppendEntries(resp)
+            }
+            Request::Vote(r) if self.inner.log.catching_up().is_some() => {
+                let m = raft.metrics().borrow().clone();
+                tracing::info!(candidate = %r.vote, "vote refused: this controller is catching up");
+                Response::Vote(Ok(openraft::raft::VoteResponse {
+                    vote: m.vote,
+                    vote_granted: false,
+                    last_log_id: None,
+                }))
+            }
             Request::Vote(r) => Response::Vote(raft.vote(r).await),
             Request::InstallSnapshot(r) => {
                 Response::InstallSnapshot(raft.install_snapshot(*r).await)

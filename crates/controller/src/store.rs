@@ -3,9 +3,13 @@
 //! * `vote.json`: the vote, replaced with write-temp + fsync + rename + directory fsync.
 //! * `log`: one record per line, `CRC32C(hex) SPACE JSON NEWLINE`, where the JSON is a
 //!   [`Record`]. An append writes its lines and `fdatasync`s before openraft's callback
-//!   runs. Truncate and purge rewrite the file (temp + fsync + rename). On open, a bad or
-//!   incomplete *last* record (a torn append) is cut; a bad record followed by good ones is
-//!   corruption and opening fails.
+//!   runs. Truncate and purge rewrite the file (temp + fsync + rename). On open, an
+//!   incomplete last line (a torn append, never acknowledged) is cut. A complete line that
+//!   fails its CRC, at the end or before good ones, is damage: the file is copied to
+//!   `damaged/log-<ms>`, the log is cut before that line, and the store is *catching up*
+//!   (the `catching-up` file says why, so a restart keeps it so). Entries this node had
+//!   acknowledged may be gone, so until it holds the leader's log again it must neither vote
+//!   nor stand for election (the node enforces that; see [`LogStore::catching_up`]).
 //!
 //! The log only holds state changes (never heartbeats), so it is kept in memory too.
 
@@ -42,7 +46,7 @@ pub enum OpenError {
     /// Another live store (this process or another) holds the directory.
     #[error("controller data dir {0} is in use by another controller")]
     Locked(String),
-    /// A damaged record before the end of the log.
+    /// A damaged vote file (a lost vote could be cast twice in one term: an operator decides).
     #[error("controller log corrupt at byte {offset}: {reason}")]
     Corrupt {
         /// Byte offset of the bad record.
@@ -109,7 +113,11 @@ struct Inner {
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
+    dir: PathBuf,
+    catching_up: Arc<parking_lot::Mutex<Option<String>>>,
 }
+
+const CATCHING_UP: &str = "catching-up";
 
 fn log_path(dir: &Path) -> PathBuf {
     dir.join("log")
@@ -141,7 +149,31 @@ impl LogStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e.into()),
         };
-        let (records, good_len) = recover(&bytes)?;
+        let (records, good_len, damage) = recover(&bytes);
+        let marker = dir.join(CATCHING_UP);
+        let mut catching_up = match std::fs::read_to_string(&marker) {
+            Ok(why) => Some(why),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some((offset, reason)) = damage {
+            let ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            let aside = dir.join("damaged");
+            std::fs::create_dir_all(&aside)?;
+            let kept = aside.join(format!("log-{ms}"));
+            write_atomic(&kept, &bytes)?;
+            let why = format!(
+                "controller log damaged at byte {offset} ({reason}); {} bytes after it cut, \
+                 a copy kept in {}",
+                bytes.len() - good_len,
+                kept.display()
+            );
+            tracing::error!(reason = %why, "controller log damaged: catching up from the leader, not voting until then");
+            write_atomic(&marker, why.as_bytes())?;
+            catching_up = Some(why);
+        }
         let mut entries = BTreeMap::new();
         let mut last_purged = None;
         for r in records {
@@ -159,7 +191,7 @@ impl LogStore {
         }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         if (good_len as u64) < file.metadata()?.len() {
-            tracing::warn!(path = %path.display(), kept = good_len, "controller log: cutting torn tail");
+            tracing::warn!(path = %path.display(), kept = good_len, "controller log: cut after its last good record");
             file.set_len(good_len as u64)?;
             file.sync_all()?;
         }
@@ -173,42 +205,53 @@ impl LogStore {
                 last_purged,
                 vote,
             })),
+            dir: dir.to_path_buf(),
+            catching_up: Arc::new(parking_lot::Mutex::new(catching_up)),
         })
+    }
+
+    /// Why this store is catching up (its log was damaged and cut), while it is: the node
+    /// must then grant no vote and start no election, since entries it had acknowledged may
+    /// be gone.
+    pub fn catching_up(&self) -> Option<String> {
+        self.catching_up.lock().clone()
+    }
+
+    /// Ends catching up (the log holds the leader's again): durably removes the marker.
+    pub fn caught_up(&self) -> io::Result<()> {
+        let marker = self.dir.join(CATCHING_UP);
+        match std::fs::remove_file(&marker) {
+            Ok(()) => sync_dir(&marker)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        *self.catching_up.lock() = None;
+        Ok(())
     }
 }
 
-/// Parses the log bytes: the good records and the length of the good prefix.
-fn recover(bytes: &[u8]) -> Result<(Vec<Record>, usize), OpenError> {
+/// Parses the log bytes: the good records, the length of the good prefix, and where and
+/// why the damage begins when what follows the prefix is not just a torn last append.
+fn recover(bytes: &[u8]) -> (Vec<Record>, usize, Option<(usize, String)>) {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < bytes.len() {
         let rest = &bytes[pos..];
-        let bad = match rest.iter().position(|b| *b == b'\n') {
-            None => "incomplete record".to_string(),
-            Some(n) => match decode(&rest[..n]) {
-                Ok(r) => {
-                    out.push(r);
-                    pos += n + 1;
-                    continue;
-                }
-                Err(e) => e,
-            },
+        let Some(n) = rest.iter().position(|b| *b == b'\n') else {
+            // An append writes whole lines: a last line without its newline never completed
+            // its fdatasync, so nobody was told it is stored.
+            tracing::warn!(offset = pos, "controller log: torn last record ignored");
+            return (out, pos, None);
         };
-        // Torn tail only if no good record follows.
-        let later_good = rest
-            .split(|b| *b == b'\n')
-            .skip(1)
-            .any(|l| !l.is_empty() && decode(l).is_ok());
-        if later_good {
-            return Err(OpenError::Corrupt {
-                offset: pos as u64,
-                reason: bad,
-            });
+        match decode(&rest[..n]) {
+            Ok(r) => {
+                out.push(r);
+                pos += n + 1;
+            }
+            Err(e) => return (out, pos, Some((pos, e))),
         }
-        tracing::warn!(offset = pos, reason = %bad, "controller log: torn last record ignored");
-        break;
     }
-    Ok((out, pos))
+    (out, pos, None)
 }
 
 fn write_err(e: impl std::error::Error + 'static) -> StorageError {

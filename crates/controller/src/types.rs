@@ -119,6 +119,10 @@ pub struct ControllerStatus {
     /// (leader only; see [`crate::logic::unavailable`]).
     #[serde(default)]
     pub unavailable: BTreeMap<String, String>,
+    /// Why this node is catching up from the leader (its Raft log was damaged), while it is:
+    /// it neither votes nor stands for election meanwhile.
+    #[serde(default)]
+    pub catching_up: Option<String>,
 }
 
 /// Errors a controller request can end with.

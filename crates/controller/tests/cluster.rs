@@ -427,3 +427,134 @@ where
     }
     panic!("never succeeded");
 }
+
+fn group_hb(group: &str) -> Heartbeat {
+    Heartbeat {
+        group: group.into(),
+        broker_id: 5,
+        incarnation: 1,
+        addrs: BrokerAddrs {
+            grpc: format!("{group}-g"),
+            repl: format!("{group}-r"),
+        },
+        store_epoch: 0,
+        log_end: 0,
+        prefer_master: true,
+        acting_master_epoch: None,
+        master_refused: None,
+        fenced: None,
+    }
+}
+
+fn leader_of(nodes: &BTreeMap<u64, Node>) -> Option<u64> {
+    nodes
+        .values()
+        .map(|n| n.ctl.status())
+        .find(|s| s.leader == Some(s.node))
+        .map(|s| s.node)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_raft_log_catches_up_from_the_leader_before_it_votes() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = free_ports(3);
+        let peers: BTreeMap<u64, String> = (1..=3u64)
+            .map(|id| (id, format!("127.0.0.1:{}", ports[id as usize - 1])))
+            .collect();
+        let mut nodes = BTreeMap::new();
+        for id in 1..=3 {
+            nodes.insert(id, start(id, &peers, dir.path()).await);
+        }
+        let client =
+            ControllerClient::new(peers.values().cloned().collect(), Duration::from_secs(3));
+        // Committed changes: six groups, each registered and given a master.
+        for g in 0..6 {
+            let hb = group_hb(&format!("g{g}"));
+            loop {
+                if let Ok(r) = client.heartbeat(&hb).await
+                    && r.view.master == Some(5)
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let groups = wait_for(
+            "every node applied the groups",
+            Duration::from_secs(10),
+            || {
+                let all: Vec<_> = nodes.values().map(|n| n.ctl.status().groups).collect();
+                (all.iter().all(|g| g.len() == 6 && *g == all[0])).then(|| all[0].clone())
+            },
+        )
+        .await;
+        for id in [1, 2, 3] {
+            stop_node(&mut nodes, id).await;
+        }
+        // A flipped byte in a record of node 3's log, with good records after it.
+        let log = dir.path().join("n3").join("log");
+        let mut bytes = std::fs::read(&log).unwrap();
+        let lines: Vec<usize> = bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .map(|(i, _)| i)
+            .collect();
+        assert!(lines.len() > 6, "the log holds the changes");
+        let at = lines[1] + 20;
+        bytes[at] ^= 0x01;
+        std::fs::write(&log, &bytes).unwrap();
+
+        // Node 3 comes back with node 2: node 2 needs node 3's vote to lead, and node 3,
+        // which may have lost entries it acknowledged, refuses to give it.
+        nodes.insert(3, start(3, &peers, dir.path()).await);
+        let why = nodes[&3].ctl.status().catching_up.expect("catching up");
+        assert!(
+            why.contains(&format!("damaged at byte {}", lines[1] + 1)),
+            "{why}"
+        );
+        assert!(dir.path().join("n3").join("catching-up").exists());
+        assert!(
+            std::fs::read_dir(dir.path().join("n3").join("damaged"))
+                .unwrap()
+                .next()
+                .is_some(),
+            "a copy of the damaged log is kept"
+        );
+        nodes.insert(2, start(2, &peers, dir.path()).await);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(
+            leader_of(&nodes),
+            None,
+            "a leader was elected with the vote of a node that lost its log"
+        );
+        // Node 1 returns: a leader is elected without node 3, which then fetches the log,
+        // holds the same state, and votes again.
+        nodes.insert(1, start(1, &peers, dir.path()).await);
+        wait_for("node 3 caught up", Duration::from_secs(20), || {
+            let s = nodes[&3].ctl.status();
+            (s.catching_up.is_none() && s.groups == groups).then_some(())
+        })
+        .await;
+        assert!(!dir.path().join("n3").join("catching-up").exists());
+        let leader = wait_for("a leader", Duration::from_secs(10), || leader_of(&nodes)).await;
+        assert_ne!(leader, 3, "node 3 stood for election while catching up");
+        let other = [1, 2].into_iter().find(|i| *i != leader).unwrap();
+        stop_node(&mut nodes, leader).await;
+        // The two left can only elect with node 3's vote.
+        let next = wait_for(
+            "a leader after the first one stopped",
+            Duration::from_secs(20),
+            || leader_of(&nodes),
+        )
+        .await;
+        assert!(next == other || next == 3, "{next}");
+        assert_eq!(nodes[&next].ctl.status().groups, groups);
+        for (_, n) in std::mem::take(&mut nodes) {
+            stop(n).await;
+        }
+    })
+    .await
+    .expect("timed out");
+}

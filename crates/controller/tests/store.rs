@@ -94,18 +94,21 @@ async fn torn_last_record_is_ignored() {
     }
     let mut s = LogStore::open(dir.path()).unwrap();
     assert_eq!(indexes(&mut s).await, vec![1, 2, 3]);
+    assert_eq!(s.catching_up(), None, "a torn append was never acknowledged");
     drop(s);
-    // A flipped byte in the last record is also a torn tail.
+    // A flipped byte in a whole last record is damage: that record may have been
+    // acknowledged, so the store is catching up (see the next test).
     let mut bytes = std::fs::read(&path).unwrap();
     let n = bytes.len();
     bytes[n - 5] ^= 0x20;
     std::fs::write(&path, &bytes).unwrap();
     let mut s = LogStore::open(dir.path()).unwrap();
     assert_eq!(indexes(&mut s).await, vec![1, 2]);
+    assert!(s.catching_up().is_some());
 }
 
 #[tokio::test]
-async fn damage_before_good_records_is_corruption() {
+async fn damage_before_good_records_is_cut_kept_aside_and_caught_up() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut s = LogStore::open(dir.path()).unwrap();
@@ -115,9 +118,27 @@ async fn damage_before_good_records_is_corruption() {
     }
     let path = dir.path().join("log");
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[12] ^= 0x01;
+    let second = bytes.iter().position(|b| *b == b'\n').unwrap() + 1;
+    bytes[second + 12] ^= 0x01;
     std::fs::write(&path, &bytes).unwrap();
-    assert!(LogStore::open(dir.path()).is_err());
+    let mut s = LogStore::open(dir.path()).unwrap();
+    // The good prefix is kept, the rest cut; a copy of the whole file is kept aside.
+    assert_eq!(indexes(&mut s).await, vec![1]);
+    let why = s.catching_up().expect("catching up");
+    assert!(why.contains(&format!("damaged at byte {second} (crc mismatch)")), "{why}");
+    let kept: Vec<_> = std::fs::read_dir(dir.path().join("damaged"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(kept, vec![bytes.clone()]);
+    assert!(std::fs::read(&path).unwrap().len() == second);
+    // Catching up survives a restart, until it is over.
+    drop(s);
+    let s = LogStore::open(dir.path()).unwrap();
+    assert_eq!(s.catching_up().as_deref(), Some(why.as_str()));
+    s.caught_up().unwrap();
+    drop(s);
+    assert_eq!(LogStore::open(dir.path()).unwrap().catching_up(), None);
 }
 
 #[tokio::test]
