@@ -94,7 +94,11 @@ async fn torn_last_record_is_ignored() {
     }
     let mut s = LogStore::open(dir.path()).unwrap();
     assert_eq!(indexes(&mut s).await, vec![1, 2, 3]);
-    assert_eq!(s.catching_up(), None, "a torn append was never acknowledged");
+    assert_eq!(
+        s.catching_up(),
+        None,
+        "a torn append was never acknowledged"
+    );
     drop(s);
     // A flipped byte in a whole last record is damage: that record may have been
     // acknowledged, so the store is catching up (see the next test).
@@ -125,7 +129,10 @@ async fn damage_before_good_records_is_cut_kept_aside_and_caught_up() {
     // The good prefix is kept, the rest cut; a copy of the whole file is kept aside.
     assert_eq!(indexes(&mut s).await, vec![1]);
     let why = s.catching_up().expect("catching up");
-    assert!(why.contains(&format!("damaged at byte {second} (crc mismatch)")), "{why}");
+    assert!(
+        why.contains(&format!("damaged at byte {second} (crc mismatch)")),
+        "{why}"
+    );
     let kept: Vec<_> = std::fs::read_dir(dir.path().join("damaged"))
         .unwrap()
         .map(|e| std::fs::read(e.unwrap().path()).unwrap())

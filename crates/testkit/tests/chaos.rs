@@ -204,6 +204,13 @@ async fn chaos_bit_flip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_file_damage() {
+    let r = scenario("file-damage", 22, Failover::Controller, false).await;
+    assert!(r.pass(), "file-damage failed the checker: {r:#?}");
+    assert!(r.rounds > 0, "no round ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_segment_loss() {
     let r = scenario("segment-loss", 19, Failover::Controller, false).await;
     assert!(r.pass(), "segment-loss failed the checker: {r:#?}");

@@ -867,6 +867,48 @@ impl ChaosCluster {
 }
 
 impl ChaosCluster {
+    /// Damages a file of stopped broker `i` by `kind` ([`FileDamage`]): see [`damage_file`].
+    pub fn damage_file(
+        &self,
+        i: usize,
+        kind: FileDamage,
+        seed: u64,
+    ) -> anyhow::Result<Option<String>> {
+        anyhow::ensure!(!self.brokers[i].running(), "kill the broker first");
+        damage_file(&self.brokers[i].store_dir(), kind, seed)
+    }
+
+    /// Flips one byte of a whole record of stopped controller `i`'s Raft log (`log`, one
+    /// record per line); what it did, or `None` when the log has no record yet.
+    pub fn damage_controller_log(&self, i: usize, seed: u64) -> anyhow::Result<Option<String>> {
+        anyhow::ensure!(!self.controller_alive(i), "kill the controller first");
+        let path = self.controllers[i].data.join("log");
+        let mut bytes = std::fs::read(&path).with_context(|| format!("{}", path.display()))?;
+        let ends: Vec<usize> = bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .map(|(i, _)| i)
+            .collect();
+        if ends.is_empty() {
+            return Ok(None);
+        }
+        let mut rng = super::scenarios::Rng::new(seed);
+        let k = rng.below(ends.len() as u64) as usize;
+        let start = if k == 0 { 0 } else { ends[k - 1] + 1 };
+        // A byte of the JSON after the CRC field ("xxxxxxxx "), never the newline.
+        if ends[k] <= start + 10 {
+            return Ok(None);
+        }
+        let at = start + 9 + rng.below((ends[k] - start - 9) as u64) as usize;
+        bytes[at] ^= 0x01;
+        std::fs::write(&path, &bytes)?;
+        Ok(Some(format!(
+            "byte {at} of record {k} of {} flipped",
+            ends.len()
+        )))
+    }
+
     /// Truncates or removes one commit-log segment of stopped broker `i`: see
     /// [`lose_segment`].
     pub fn lose_segment(&self, i: usize, kind: u64, seed: u64) -> anyhow::Result<SegmentLoss> {
@@ -969,6 +1011,100 @@ fn segment_files(store_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// cut as a torn tail. Returns the offset, or `None` when that range is under 64 bytes.
 pub fn flip_durable_byte(store_dir: &Path, seed: u64) -> anyhow::Result<Option<u64>> {
     use std::os::unix::fs::FileExt;
+    let Some((at, start, path, _)) = durable_spot(store_dir, seed)? else {
+        return Ok(None);
+    };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at - start)?;
+    b[0] ^= 0x40;
+    f.write_all_at(&b, at - start)?;
+    f.sync_all()?;
+    Ok(Some(at))
+}
+
+/// What [`damage_file`] damages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileDamage {
+    /// Zero a 4 KiB block of the log below the checkpoint's durable offset.
+    ZeroBlock,
+    /// Flip a byte of an epoch-history entry that is not the last one.
+    EpochEntry,
+    /// Flip a byte of, zero, cut short or remove the checkpoint.
+    Checkpoint,
+}
+
+/// Damages the store in `store_dir`: what it did, or `None` when there is nothing to damage
+/// that way yet (a log too short, an epoch history of one entry).
+pub fn damage_file(
+    store_dir: &Path,
+    kind: FileDamage,
+    seed: u64,
+) -> anyhow::Result<Option<String>> {
+    use std::os::unix::fs::FileExt;
+    let mut rng = super::scenarios::Rng::new(seed);
+    match kind {
+        FileDamage::ZeroBlock => {
+            let Some((at, start, path, durable)) = durable_spot(store_dir, seed)? else {
+                return Ok(None);
+            };
+            let seg_len = std::fs::metadata(&path)?.len();
+            let end = (at + 4096).min(durable).min(start + seg_len);
+            let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+            f.write_all_at(&vec![0u8; (end - at) as usize], at - start)?;
+            f.sync_all()?;
+            Ok(Some(format!("log bytes {at}..{end} zeroed")))
+        }
+        FileDamage::EpochEntry => {
+            let path = store_dir.join("epochs");
+            let mut b = std::fs::read(&path)?;
+            let n = b.len() / 20;
+            if n < 2 {
+                return Ok(None);
+            }
+            let k = rng.below(n as u64 - 1) as usize;
+            b[k * 20 + rng.below(20) as usize] ^= 0x10;
+            std::fs::write(&path, &b)?;
+            let f = std::fs::File::open(&path)?;
+            f.sync_all()?;
+            Ok(Some(format!("epoch entry {k} of {n} corrupted")))
+        }
+        FileDamage::Checkpoint => {
+            let path = store_dir.join("checkpoint");
+            let b = std::fs::read(&path)?;
+            let what = match rng.below(4) {
+                0 => {
+                    let mut b = b.clone();
+                    let i = rng.below(b.len() as u64) as usize;
+                    b[i] ^= 0x04;
+                    std::fs::write(&path, &b)?;
+                    "checkpoint byte flipped"
+                }
+                1 => {
+                    std::fs::write(&path, vec![0u8; b.len()])?;
+                    "checkpoint zeroed"
+                }
+                2 => {
+                    std::fs::write(&path, &b[..b.len() / 2])?;
+                    "checkpoint cut short"
+                }
+                _ => {
+                    std::fs::remove_file(&path)?;
+                    "checkpoint removed"
+                }
+            };
+            Ok(Some(what.into()))
+        }
+    }
+}
+
+/// A random log offset below the checkpoint's durable offset, in the part recovery verifies
+/// (from the lowest segment start at or below the queues' flushed offset): `(offset, its
+/// segment's start, that segment's path, durable)`.
+fn durable_spot(store_dir: &Path, seed: u64) -> anyhow::Result<Option<(u64, u64, PathBuf, u64)>> {
     let ck = std::fs::read(store_dir.join("checkpoint"))?;
     anyhow::ensure!(ck.len() >= 24, "short checkpoint");
     let word = |at: usize| {
@@ -993,16 +1129,7 @@ pub fn flip_durable_byte(store_dir: &Path, seed: u64) -> anyhow::Result<Option<u
     let Some((start, path)) = segs.iter().rev().find(|(s, _)| *s <= at) else {
         return Ok(None);
     };
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)?;
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at - start)?;
-    b[0] ^= 0x40;
-    f.write_all_at(&b, at - start)?;
-    f.sync_all()?;
-    Ok(Some(at))
+    Ok(Some((at, *start, path.clone(), durable)))
 }
 
 /// What [`lose_segment`] did to a log.

@@ -87,6 +87,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "kill -9 the slave (even rounds) or the master (odd rounds, after the controller elects the slave), then truncate a sealed segment, remove a sealed segment, truncate the active segment below the durable offset or remove the active segment (64 KiB segments), restart it as slave: a loss below the durable offset must open fenced and be repaired from the master, never elected meanwhile (needs a controller)",
     ),
     (
+        "file-damage",
+        "rounds rotate over four damages: zero a 4 KiB block of a stopped broker's log below its durable offset, flip a byte of a record of a stopped follower controller's Raft log, corrupt an epoch-history entry of a broker that is not its last, damage its checkpoint (flip, zero, cut short, remove). The broker (the slave or, after failover, the old master: over 8 rounds each role meets each damage) restarts as slave: a damaged log or epoch history must fence, be cut and fetched again, never elected meanwhile; a damaged checkpoint costs a full scan and nothing else. The controller must catch up from the leader, voting again only then (needs a controller)",
+    ),
+    (
         "clock-jump",
         "every process under libfaketime with a wall clock of its own: jump the master's, the slave's, the controller leader's or every node's wall clock by 30 s to 30 min forward or back (absolute offsets, monotonic clocks untouched); sends must go on within 10 s; odd rounds also kill -9 the master while the clocks disagree, the controller elects the slave (needs a controller and libfaketime)",
     ),
@@ -141,6 +145,7 @@ pub const CI_SET: &[&str] = &[
     "eio",
     "bit-flip",
     "segment-loss",
+    "file-damage",
     "clock-jump",
     "torn-write",
     "timer-failover",
@@ -227,6 +232,7 @@ fn needs_controller(name: &str) -> bool {
             | "eio"
             | "bit-flip"
             | "segment-loss"
+            | "file-damage"
             | "clock-jump"
             | "power-loss"
     ) || name.starts_with("official-")
@@ -777,6 +783,67 @@ async fn faults(
                 ));
             }
         }
+        "file-damage" => {
+            use crate::chaos::cluster::FileDamage;
+            let mut round = 0u64;
+            while rounds.next() {
+                sleep(rng.ms(1000, 3000)).await;
+                let kind = round % 4;
+                let victim = if (round / 4 + round).is_multiple_of(2) {
+                    c.peer(c.master)
+                } else {
+                    c.master
+                };
+                round += 1;
+                if kind == 1 {
+                    let took = damage_a_controller(c, rng.next_u64()).await?;
+                    rounds.repairs.extend(took);
+                    continue;
+                }
+                let name = c.brokers[victim].name.clone();
+                c.kill9(victim);
+                if victim == c.master {
+                    c.fail_over(victim).await?;
+                }
+                // Over 8 rounds each broker role meets each damage once (1 is the controller).
+                let mut kind = [
+                    FileDamage::ZeroBlock,
+                    FileDamage::ZeroBlock,
+                    FileDamage::EpochEntry,
+                    FileDamage::Checkpoint,
+                ][kind as usize];
+                let mut what = c.damage_file(victim, kind, rng.next_u64())?;
+                if what.is_none() && kind == FileDamage::EpochEntry {
+                    kind = FileDamage::ZeroBlock;
+                    what = c.damage_file(victim, kind, rng.next_u64())?;
+                }
+                let Some(what) = what else {
+                    tracing_note(&format!("file-damage: {name}'s log too short; no damage"));
+                    c.restart_as_slave(victim).await?;
+                    c.settle(Duration::from_secs(30)).await?;
+                    continue;
+                };
+                let repaired_before = log_mentions(c.log_dir(), &name, REPAIRED)?;
+                let restarted = Instant::now();
+                c.restart_as_slave(victim).await?;
+                c.settle(Duration::from_secs(30)).await?;
+                let took = restarted.elapsed();
+                if kind == FileDamage::Checkpoint {
+                    anyhow::ensure!(
+                        log_mentions(c.log_dir(), &name, REPAIRED)? == repaired_before,
+                        "file-damage: {name}: {what}, yet it cut and fetched its log again"
+                    );
+                } else {
+                    wait_repaired(c, &name, repaired_before, &format!("file-damage: {what}"))
+                        .await?;
+                    rounds.repairs.push(took);
+                }
+                tracing_note(&format!(
+                    "file-damage: {name}: {what}; in sync {:.1} s after its restart",
+                    took.as_secs_f64()
+                ));
+            }
+        }
         "power-loss" => {
             use sofamq_lazyfs::Fate;
             let mut round = 0u64;
@@ -1053,6 +1120,51 @@ async fn wait_repaired(
         sleep(Duration::from_millis(100)).await;
     }
     Ok(())
+}
+
+/// What a controller's log says once it caught up after its Raft log was damaged.
+const CONTROLLER_REPAIRED: &str = "controller log repaired from the leader";
+
+/// kill -9 a follower controller, flip a byte of a record of its Raft log, restart it: it
+/// must say it is catching up, then that it caught up from the leader (within 30 s). The
+/// time from its restart to that, when a damage was made.
+async fn damage_a_controller(c: &mut ChaosCluster, seed: u64) -> anyhow::Result<Option<Duration>> {
+    anyhow::ensure!(c.controllers.len() >= 3, "file-damage needs 3 controllers");
+    let leader = c.controller_leader().await;
+    let Some(f) = (0..c.controllers.len()).find(|i| Some(*i) != leader && c.controller_alive(*i))
+    else {
+        anyhow::bail!("file-damage: no follower controller running");
+    };
+    let name = format!("controller-{}", c.controllers[f].id);
+    c.kill9_controller(f);
+    let Some(what) = c.damage_controller_log(f, seed)? else {
+        tracing_note(&format!(
+            "file-damage: {name}'s Raft log is empty; no damage"
+        ));
+        c.start_controller(f).await?;
+        return Ok(None);
+    };
+    let before = log_mentions(c.log_dir(), &name, CONTROLLER_REPAIRED)?;
+    let catching = log_mentions(c.log_dir(), &name, "controller catching up")?;
+    let restarted = Instant::now();
+    c.start_controller(f).await?;
+    while log_mentions(c.log_dir(), &name, CONTROLLER_REPAIRED)? == before {
+        anyhow::ensure!(
+            restarted.elapsed() < Duration::from_secs(30),
+            "file-damage: {name}: {what}; not caught up from the leader within 30 s"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    let took = restarted.elapsed();
+    anyhow::ensure!(
+        log_mentions(c.log_dir(), &name, "controller catching up")? > catching,
+        "file-damage: {name}: {what}; it never said it was catching up"
+    );
+    tracing_note(&format!(
+        "file-damage: {name}: {what}; caught up from the leader {:.1} s after its restart",
+        took.as_secs_f64()
+    ));
+    Ok(Some(took))
 }
 
 fn log_mentions(dir: &std::path::Path, name: &str, needle: &str) -> anyhow::Result<usize> {
