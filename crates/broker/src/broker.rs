@@ -45,6 +45,8 @@ impl Broker {
         let mut sc = StoreConfig::new(config.data_dir.join("store"));
         sc.segment_size = config.segment_bytes;
         sc.max_disk_bytes = config.max_disk_bytes;
+        sc.scrub_bytes_per_sec = config.scrub_bytes_per_sec;
+        sc.scrub_pause = Duration::from_secs(config.scrub_pause_secs);
         sc.flush = match config.flush {
             FlushMode::Sync => StoreFlush::Sync,
             FlushMode::Async => StoreFlush::Async {

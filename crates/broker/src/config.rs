@@ -45,6 +45,12 @@ pub struct BrokerConfig {
     /// Disk budget of the commit log in bytes (none: the disk is the limit). Sends that would
     /// pass it fail with INTERNAL_SERVER_ERROR "disk full"; the broker stays up, reads work.
     pub max_disk_bytes: Option<u64>,
+    /// Bytes per second the background scrub reads to verify every durable record's CRC
+    /// (damage found fences the log; a replica then fetches the range again from its
+    /// master). 0 turns the scrub off.
+    pub scrub_bytes_per_sec: u64,
+    /// Seconds between the end of one scrub pass over the whole log and the next.
+    pub scrub_pause_secs: u64,
     /// How often the broker re-registers with every namesrv.
     pub heartbeat_interval_ms: u64,
     /// Queue count of topics created without an explicit count.
@@ -149,6 +155,8 @@ impl Default for BrokerConfig {
             async_flush_interval_ms: 100,
             segment_bytes: 256 * 1024 * 1024,
             max_disk_bytes: None,
+            scrub_bytes_per_sec: 8 * 1024 * 1024,
+            scrub_pause_secs: 600,
             heartbeat_interval_ms: 1_000,
             default_queue_count: 8,
             limits: Limits::default(),

@@ -41,6 +41,11 @@ pub struct StoreConfig {
     /// keep working). Records of reserved `%SYS%` topics are exempt so consumer state and
     /// metadata can still be written. `append_raw` (replication) is not limited. Default none.
     pub max_disk_bytes: Option<u64>,
+    /// Bytes per second the background scrub reads to check the CRC of every durable record
+    /// (see the `scrub` module); 0 turns it off. Default 8 MiB/s.
+    pub scrub_bytes_per_sec: u64,
+    /// Rest between two scrub passes over the whole log. Default 10 min.
+    pub scrub_pause: Duration,
 }
 
 impl StoreConfig {
@@ -55,6 +60,8 @@ impl StoreConfig {
             cq_flush_interval: Duration::from_secs(1),
             record_batch_sizes: false,
             max_disk_bytes: None,
+            scrub_bytes_per_sec: 8 * 1024 * 1024,
+            scrub_pause: Duration::from_secs(600),
         }
     }
 

@@ -12,6 +12,8 @@
 //! * **Recovery** from a checkpoint: a torn tail is cut, corruption in the middle fences the log
 //!   (see the `recovery` module).
 //! * An **epoch history** for replication and failover, and durable truncation.
+//! * A **scrub** thread that re-reads the durable log at a bounded rate and verifies every
+//!   CRC, so damage in a segment nothing reads is found while a healthy copy exists.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), sofamq_store::StoreError> {
@@ -36,6 +38,7 @@ mod log;
 pub mod mutant;
 pub mod record;
 mod recovery;
+mod scrub;
 mod segment;
 mod store;
 mod syncer;

@@ -31,6 +31,12 @@ pub(crate) struct Counters {
     pub synced_bytes: AtomicU64,
     /// Batches given back because a write found the disk full.
     pub no_space: AtomicU64,
+    /// Scrub passes completed over the whole durable log.
+    pub scrub_passes: AtomicU64,
+    /// Bytes the scrub verified.
+    pub scrub_bytes: AtomicU64,
+    /// Damaged records the scrub found.
+    pub scrub_damage: AtomicU64,
 }
 
 impl Counters {
@@ -116,8 +122,12 @@ pub(crate) struct Shared {
     pub inbox: Mutex<Inbox>,
     pub inbox_cv: Condvar,
     pub batch_sizes: Mutex<Vec<u64>>,
+    /// Set (and `flusher_cv` notified) when the store closes: stops the flusher and the
+    /// scrub.
     pub flusher_stop: Mutex<bool>,
     pub flusher_cv: Condvar,
+    /// Counts truncations and damage cuts: record boundaries past the cut may have moved.
+    pub truncations: AtomicU64,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -161,6 +171,7 @@ impl Shared {
             batch_sizes: Mutex::new(Vec::new()),
             flusher_stop: Mutex::new(false),
             flusher_cv: Condvar::new(),
+            truncations: AtomicU64::new(0),
         }
     }
 

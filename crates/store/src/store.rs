@@ -17,7 +17,7 @@ use crate::record::{self, Appended, MAX_RECORD_HARD, NewRecord, Record};
 use crate::recovery;
 use crate::segment::sync_dir;
 use crate::writer::{Cmd, RawMeta, Writer};
-use crate::{StoreError, flusher};
+use crate::{StoreError, flusher, scrub};
 
 /// Writer counters, see [`Store::stats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -32,6 +32,12 @@ pub struct StoreStats {
     pub bytes: u64,
     /// Batches refused because a write found the disk full ([`StoreError::NoSpace`]).
     pub no_space: u64,
+    /// Background scrub passes completed over the whole durable log.
+    pub scrub_passes: u64,
+    /// Bytes the scrub read and verified.
+    pub scrub_bytes: u64,
+    /// Damaged records the scrub found (each fenced the log).
+    pub scrub_damage: u64,
 }
 
 /// fdatasync latency histogram and batch volume, see [`Store::fsync_stats`].
@@ -66,6 +72,7 @@ struct Inner {
     sh: Arc<Shared>,
     writer: Option<JoinHandle<()>>,
     flusher: Option<JoinHandle<()>>,
+    scrub: Option<JoinHandle<()>>,
 }
 
 impl Drop for Inner {
@@ -81,6 +88,9 @@ impl Drop for Inner {
         *lock(&self.sh.flusher_stop) = true;
         self.sh.flusher_cv.notify_all();
         if let Some(h) = self.flusher.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.scrub.take() {
             let _ = h.join();
         }
     }
@@ -146,11 +156,16 @@ impl Store {
         let f = std::thread::Builder::new()
             .name("sofamq-store-flusher".into())
             .spawn(move || flusher::run(&fsh))?;
+        let ssh = sh.clone();
+        let scrub = std::thread::Builder::new()
+            .name("sofamq-store-scrub".into())
+            .spawn(move || scrub::run(&ssh))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 sh,
                 writer: Some(w),
                 flusher: Some(f),
+                scrub: Some(scrub),
             }),
         })
     }
@@ -527,6 +542,9 @@ impl Store {
             records: c.records.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
             no_space: c.no_space.load(Ordering::Relaxed),
+            scrub_passes: c.scrub_passes.load(Ordering::Relaxed),
+            scrub_bytes: c.scrub_bytes.load(Ordering::Relaxed),
+            scrub_damage: c.scrub_damage.load(Ordering::Relaxed),
         }
     }
 

@@ -47,6 +47,7 @@ impl Writer {
         let sh = self.sh.clone();
         // Hold the checkpoint lock throughout so the flusher cannot write a stale checkpoint.
         let mut ck = lock(&sh.ckpt);
+        sh.truncations.fetch_add(1, Ordering::AcqRel);
         sh.log_end.store(offset, Ordering::Release);
         sh.durable.fetch_min(offset, Ordering::AcqRel);
         sh.dispatched.fetch_min(offset, Ordering::AcqRel);

@@ -353,3 +353,72 @@ fn a_damaged_or_missing_checkpoint_costs_a_full_scan_and_nothing_else() {
         same_log(&m, &s);
     }
 }
+
+/// A byte that rots in a sealed segment of an open store (recovery will not read it again,
+/// nobody consumes it) is found by the background scrub: the log is fenced at that record,
+/// as a damaged read would fence it, and `cut_damage` can cut there.
+#[test]
+fn the_scrub_finds_a_flip_in_a_sealed_segment_of_an_open_store() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("s");
+    let mut c = common::cfg(&dir);
+    c.scrub_bytes_per_sec = 64 * 1024 * 1024;
+    c.scrub_pause = std::time::Duration::from_millis(200);
+    let s = Store::open(c).unwrap();
+    for q in 0..3 {
+        fill(&s, "t", q, 100, &format!("q{q}"));
+    }
+    let segs = segments(&dir);
+    assert!(segs.len() > 2, "several segments: {segs:?}");
+    // Clean passes first: nothing is fenced by reading a healthy log.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.stats().scrub_passes < 2 {
+        assert!(std::time::Instant::now() < deadline, "no scrub pass");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(s.fenced(), None);
+    assert_eq!(s.stats().scrub_damage, 0);
+    assert!(s.stats().scrub_bytes >= s.durable_offset());
+    // Rot a byte in the middle of the first (sealed) segment.
+    let at = 3000;
+    let victim = record_holding(&s, at);
+    flip(&segs[0], at);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.fenced().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scrub never found the flip"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let reason = s.fenced().unwrap();
+    assert!(reason.contains("found by the scrub"), "{reason}");
+    assert_eq!(s.damaged_from(), Some(victim), "{reason}");
+    assert_eq!(s.stats().scrub_damage, 1);
+    assert!(matches!(
+        s.append_blocking(vec![common::rec("t", 0, "x")]),
+        Err(StoreError::Fenced(_))
+    ));
+    let cut = s.cut_damage().unwrap().expect("damage to cut");
+    assert_eq!(cut.at, victim);
+    assert_eq!(s.fenced(), None);
+    assert_eq!(s.log_end_offset(), victim);
+}
+
+/// With the scrub off, the same rot goes unnoticed while nothing reads it: the scrub is
+/// what finds it.
+#[test]
+fn without_the_scrub_the_rot_stays_hidden() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("s");
+    let mut c = common::cfg(&dir);
+    c.scrub_bytes_per_sec = 0;
+    let s = Store::open(c).unwrap();
+    for q in 0..3 {
+        fill(&s, "t", q, 100, &format!("q{q}"));
+    }
+    flip(&segments(&dir)[0], 3000);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(s.fenced(), None);
+    assert_eq!(s.stats().scrub_passes, 0);
+}

@@ -202,6 +202,21 @@ pub fn render(b: &Broker) -> String {
             st.no_space,
         ),
         (
+            "sofamq_store_scrub_passes_total",
+            "Background scrub passes completed over the whole durable commit log.",
+            st.scrub_passes,
+        ),
+        (
+            "sofamq_store_scrub_bytes_total",
+            "Commit-log bytes the background scrub read and verified (CRC).",
+            st.scrub_bytes,
+        ),
+        (
+            "sofamq_store_scrub_damage_total",
+            "Damaged records the background scrub found (each fences the log until the range is fetched again).",
+            st.scrub_damage,
+        ),
+        (
             "sofamq_store_synced_bytes_total",
             "Bytes made durable by fdatasync (per-fsync batch size = rate of this / rate of sofamq_store_fsync_seconds_count).",
             fs.synced_bytes,

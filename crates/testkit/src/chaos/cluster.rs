@@ -864,6 +864,15 @@ impl ChaosCluster {
         anyhow::ensure!(!self.brokers[i].running(), "kill the broker first");
         flip_durable_byte(&self.brokers[i].store_dir(), seed)
     }
+
+    /// Flips one byte of running broker `i`'s log in a sealed segment (the first segment
+    /// while there is only one), below the checkpoint's durable offset: rot that neither
+    /// recovery nor a reader meets, only the broker's scrub. The flipped offset, or `None`
+    /// when the durable log is too short.
+    pub fn flip_sealed_byte(&self, i: usize, seed: u64) -> anyhow::Result<Option<u64>> {
+        anyhow::ensure!(self.brokers[i].running(), "the broker must be running");
+        flip_sealed_byte(&self.brokers[i].store_dir(), seed)
+    }
 }
 
 impl ChaosCluster {
@@ -1014,6 +1023,44 @@ pub fn flip_durable_byte(store_dir: &Path, seed: u64) -> anyhow::Result<Option<u
     let Some((at, start, path, _)) = durable_spot(store_dir, seed)? else {
         return Ok(None);
     };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at - start)?;
+    b[0] ^= 0x40;
+    f.write_all_at(&b, at - start)?;
+    f.sync_all()?;
+    Ok(Some(at))
+}
+
+/// Flips one byte in a sealed segment of the log in `store_dir` (the only segment when
+/// there is one), below the checkpoint's durable offset; see
+/// [`ChaosCluster::flip_sealed_byte`].
+pub fn flip_sealed_byte(store_dir: &Path, seed: u64) -> anyhow::Result<Option<u64>> {
+    use std::os::unix::fs::FileExt;
+    let ck = std::fs::read(store_dir.join("checkpoint"))?;
+    anyhow::ensure!(ck.len() >= 16, "short checkpoint");
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&ck[8..16]);
+    let durable = u64::from_le_bytes(w);
+    let segs: Vec<(u64, PathBuf)> = segment_files(store_dir)?
+        .into_iter()
+        .filter_map(|p| Some((p.file_name()?.to_str()?.parse().ok()?, p)))
+        .collect();
+    if segs.is_empty() {
+        return Ok(None);
+    }
+    let sealed = segs.len().saturating_sub(1).max(1);
+    let mut rng = super::scenarios::Rng::new(seed);
+    let (start, path) = &segs[rng.below(sealed as u64) as usize];
+    let len = std::fs::metadata(path)?.len();
+    let end = (start + len).min(durable);
+    if end < start + 64 {
+        return Ok(None);
+    }
+    let at = start + rng.below(end - start);
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -80,7 +80,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ),
     (
         "bit-flip",
-        "kill -9 the slave (even rounds) or the master (odd rounds, after the controller elects the slave), flip one byte of its log below its durable offset, restart it as slave: it must open fenced, cut its log where the damage begins (keeping the cut bytes aside), fetch the range again from the master and be in sync again, never elected meanwhile (needs a controller)",
+        "rounds rotate: kill -9 the slave, or the master (after the controller elects the slave), flip one byte of its log below its durable offset, restart it as slave: it must open fenced, cut its log where the damage begins (keeping the cut bytes aside), fetch the range again from the master and be in sync again, never elected meanwhile; then flip a byte in a sealed segment of the running slave, or of the running master: its scrub must find it within 15 s and fence the log, a master must be replaced by its slave, and the victim must cut, fetch the range again and be in sync without a restart (64 KiB segments; needs a controller)",
     ),
     (
         "segment-loss",
@@ -307,6 +307,11 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
             "txn-failover" => TXN_TOML.into(),
             // Small segments, so that sealed ones exist within a short run.
             "segment-loss" => "segment_bytes = 65536\n".into(),
+            // Sealed segments for the running-broker flips, and a scrub that finds them fast.
+            "bit-flip" => {
+                "segment_bytes = 65536\nscrub_bytes_per_sec = 67108864\nscrub_pause_secs = 1\n"
+                    .into()
+            }
             _ => String::new(),
         },
         ..ClusterOptions::default()
@@ -706,13 +711,22 @@ async fn faults(
             let mut round = 0u64;
             while rounds.next() {
                 sleep(rng.ms(1000, 3000)).await;
+                // Rounds 0, 1 mod 4: a stopped slave / master (recovery finds the flip);
+                // 2, 3: a running slave / master (only the scrub finds it).
                 let victim = if round.is_multiple_of(2) {
                     c.peer(c.master)
                 } else {
                     c.master
                 };
+                let live = round % 4 >= 2;
                 round += 1;
                 let name = c.brokers[victim].name.clone();
+                if live {
+                    if let Some(took) = flip_live(c, victim, rng.next_u64()).await? {
+                        rounds.repairs.push(took);
+                    }
+                    continue;
+                }
                 c.kill9(victim);
                 if victim == c.master {
                     c.fail_over(victim).await?;
@@ -1120,6 +1134,63 @@ async fn wait_repaired(
         sleep(Duration::from_millis(100)).await;
     }
     Ok(())
+}
+
+/// What a broker's log says when its scrub found damage.
+const SCRUB_FOUND: &str = "found by the scrub";
+
+/// Flips a byte in a sealed segment of running broker `victim` (a slave, or the master): its
+/// scrub must find it within 15 s and fence the log; a master must then be replaced by its
+/// slave; the victim, still running, must cut its log there, fetch the range again and be in
+/// sync within 30 s, with no restart. The time from the flip to in sync.
+async fn flip_live(
+    c: &mut ChaosCluster,
+    victim: usize,
+    seed: u64,
+) -> anyhow::Result<Option<Duration>> {
+    let name = c.brokers[victim].name.clone();
+    let role = if victim == c.master {
+        "master"
+    } else {
+        "slave"
+    };
+    let found_before = log_mentions(c.log_dir(), &name, SCRUB_FOUND)?;
+    let repaired_before = log_mentions(c.log_dir(), &name, REPAIRED)?;
+    let Some(at) = c.flip_sealed_byte(victim, seed)? else {
+        tracing_note(&format!(
+            "bit-flip: {name}'s durable log too short; no flip"
+        ));
+        return Ok(None);
+    };
+    let flipped = Instant::now();
+    let what = format!("bit-flip: byte {at} of running {role} {name} flipped");
+    while log_mentions(c.log_dir(), &name, SCRUB_FOUND)? == found_before {
+        anyhow::ensure!(
+            flipped.elapsed() < Duration::from_secs(15),
+            "{what}; its scrub did not find it within 15 s"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    let found = flipped.elapsed();
+    while log_mentions(c.log_dir(), &name, REPAIRED)? == repaired_before {
+        anyhow::ensure!(
+            flipped.elapsed() < Duration::from_secs(30),
+            "{what}; its scrub found it, but it did not repair its log within 30 s"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    c.settle(Duration::from_secs(30)).await?;
+    anyhow::ensure!(
+        role == "slave" || c.master != victim,
+        "{what}; still the master after its scrub fenced its log"
+    );
+    let took = flipped.elapsed();
+    tracing_note(&format!(
+        "{what}; its scrub found it after {:.1} s; cut, fetched again and in sync {:.1} s after the flip, no restart",
+        found.as_secs_f64(),
+        took.as_secs_f64()
+    ));
+    Ok(Some(took))
 }
 
 /// What a controller's log says once it caught up after its Raft log was damaged.
