@@ -3,7 +3,9 @@
 # builds `sofamq` with the `mutants` feature (deliberate defects, off unless SOFAMQ_MUTANT
 # names one; see crates/store/src/mutant.rs and crates/controller/src/mutant.rs) into its
 # own target dir, runs each defect against the scenario that must catch it, and prints one
-# line per pair: CAUGHT (the scenario failed) or MISSED. Exits non-zero if any was missed.
+# line per pair: CAUGHT (the scenario failed) or MISSED. A control run of the same binary,
+# scenario and seed with no defect switched on must pass, or the pair counts as UNCLEAR (a
+# failure that is not the defect's). Exits non-zero if any was missed or unclear.
 #
 #   bash scripts/chaos/mutants.sh                  # every pair, 4 rounds each
 #   ROUNDS=10 bash scripts/chaos/mutants.sh skip-crc:bit-flip
@@ -20,6 +22,7 @@ if [ ${#pairs[@]} -eq 0 ]; then
   pairs=(
     skip-fdatasync:power-loss
     fsync-error-ok:eio
+    fsync-error-ok:eio-thin
     elect-fenced:eio
     fence-on-enospc:enospc
     skip-crc:bit-flip
@@ -48,6 +51,16 @@ for pair in "${pairs[@]}"; do
     verdict=CAUGHT
   fi
   why=$(grep -E "FAIL|FAULT PHASE FAILED|Error|error:" "$log" | grep -v "^scenario" | head -2 | tr "\n" " " | cut -c1-220 || true)
+  control="$logs/control-$mutant-$scenario.log"
+  if [ "$verdict" = CAUGHT ]; then
+    if "$bin" chaos --scenario "$scenario" --rounds "$rounds" --duration "$duration" \
+         --seed "$seed" --failover controller >"$control" 2>&1; then
+      verdict="CAUGHT (control PASS)"
+    else
+      verdict="UNCLEAR (control failed too)"
+      missed=$((missed + 1))
+    fi
+  fi
   echo "mutant $mutant vs $scenario: $verdict in $(( $(date +%s) - start )) s ($why) [log $log]"
 done
 exit $(( missed > 0 ))

@@ -558,3 +558,92 @@ async fn a_damaged_raft_log_catches_up_from_the_leader_before_it_votes() {
     .await
     .expect("timed out");
 }
+
+/// The same damage on a follower while the leader keeps running: the leader remembers how
+/// far the follower's log matched, and the restarted follower's log is now shorter. The
+/// leader must probe again from the start (openraft's `loosen-follower-log-revert`), not
+/// crash, and the follower must catch up and vote again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_log_was_cut_catches_up_while_the_leader_runs() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = free_ports(3);
+        let peers: BTreeMap<u64, String> = (1..=3u64)
+            .map(|id| (id, format!("127.0.0.1:{}", ports[id as usize - 1])))
+            .collect();
+        let mut nodes = BTreeMap::new();
+        for id in 1..=3 {
+            nodes.insert(id, start(id, &peers, dir.path()).await);
+        }
+        let client =
+            ControllerClient::new(peers.values().cloned().collect(), Duration::from_secs(3));
+        for g in 0..6 {
+            let hb = group_hb(&format!("g{g}"));
+            loop {
+                if let Ok(r) = client.heartbeat(&hb).await
+                    && r.view.master == Some(5)
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let groups = wait_for("every node applied", Duration::from_secs(10), || {
+            let all: Vec<_> = nodes.values().map(|n| n.ctl.status().groups).collect();
+            (all.iter().all(|g| g.len() == 6 && *g == all[0])).then(|| all[0].clone())
+        })
+        .await;
+        let leader = wait_for("a leader", Duration::from_secs(10), || leader_of(&nodes)).await;
+        let f = [1, 2, 3].into_iter().find(|i| *i != leader).unwrap();
+        stop_node(&mut nodes, f).await;
+        // Cut the follower's log at a damaged record in its first half.
+        let log = dir.path().join(format!("n{f}")).join("log");
+        let mut bytes = std::fs::read(&log).unwrap();
+        let lines: Vec<usize> = bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .map(|(i, _)| i)
+            .collect();
+        assert!(lines.len() > 6, "the log holds the changes");
+        bytes[lines[1] + 20] ^= 0x01;
+        std::fs::write(&log, &bytes).unwrap();
+        nodes.insert(f, start(f, &peers, dir.path()).await);
+        assert!(nodes[&f].ctl.status().catching_up.is_some());
+        wait_for("the follower caught up", Duration::from_secs(20), || {
+            let s = nodes[&f].ctl.status();
+            (s.catching_up.is_none() && s.groups == groups).then_some(())
+        })
+        .await;
+        // The leader is still leading and still commits.
+        assert_eq!(leader_of(&nodes), Some(leader));
+        let hb = group_hb("g-after");
+        loop {
+            if let Ok(r) = client.heartbeat(&hb).await
+                && r.view.master == Some(5)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        wait_for(
+            "the follower applied the new commit",
+            Duration::from_secs(10),
+            || {
+                nodes[&f]
+                    .ctl
+                    .status()
+                    .groups
+                    .iter()
+                    .any(|g| g.group == "g-after")
+                    .then_some(())
+            },
+        )
+        .await;
+        for (_, n) in std::mem::take(&mut nodes) {
+            stop(n).await;
+        }
+    })
+    .await
+    .expect("timed out");
+}

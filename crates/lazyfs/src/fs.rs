@@ -126,6 +126,14 @@ impl State {
     }
 
     fn sync(&mut self, ino: u64, fh: Option<u64>, datasync: bool) -> Res<()> {
+        if self.fault == Some(crate::IoFault::Fsync) {
+            // As a disk whose write-back failed: the unsynced pages are gone, the sync
+            // reports it once, and they are not written again.
+            if let Some(p) = self.files.remove(&ino) {
+                self.pending_bytes -= p.bytes;
+            }
+            return Err(Errno::EIO);
+        }
         let file = match self.files.get(&ino) {
             Some(p) => Some(p.file.clone()),
             None => fh
@@ -144,6 +152,9 @@ impl State {
     }
 
     fn write(&mut self, ino: u64, fh: u64, offset: u64, data: &[u8], sync: bool) -> Res<()> {
+        if self.fault == Some(crate::IoFault::Write) {
+            return Err(Errno::EIO);
+        }
         let h = self.handle(fh)?;
         let file = h.file.clone();
         if sync || h.sync {

@@ -112,6 +112,16 @@ pub enum Fate {
     Torn,
 }
 
+/// A failing device ([`LazyFs::fail`]): which operation on a regular file answers `EIO`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoFault {
+    /// `fsync`/`fdatasync` fail, and the file's unsynced writes are dropped (the pages
+    /// whose write-back failed are gone); writes still succeed.
+    Fsync,
+    /// Every `write` fails; syncs of what was written before still work.
+    Write,
+}
+
 /// A page of damage written by [`Fate::Torn`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hole {
@@ -234,6 +244,12 @@ impl LazyFs {
 
     pub fn backing(&self) -> &Path {
         &self.backing
+    }
+
+    /// Makes the device fail (`Some`) or heal (`None`): see [`IoFault`]. The processes
+    /// using the mount see a real `EIO` from the system call. A power cut heals it.
+    pub fn fail(&self, fault: Option<IoFault>) {
+        lock(&self.state).fault = fault;
     }
 
     /// Unsynced bytes held in memory.

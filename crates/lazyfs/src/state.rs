@@ -235,6 +235,8 @@ pub(crate) struct State {
     pub(crate) pending_cap: u64,
     /// Set when the power is cut: from then on every request fails with `EIO`.
     pub(crate) dead: bool,
+    /// A failing device: which file operation answers `EIO` (see [`crate::IoFault`]).
+    pub(crate) fault: Option<crate::IoFault>,
 }
 
 impl State {
@@ -249,6 +251,7 @@ impl State {
             pending_bytes: 0,
             pending_cap,
             dead: false,
+            fault: None,
         }
     }
 

@@ -490,3 +490,38 @@ fn a_killed_process_loses_what_it_did_not_sync() -> Result<()> {
     assert!(m.join("ready").exists(), "metadata survives");
     Ok(())
 }
+
+#[test]
+fn a_failing_device_gives_real_eio_on_fsync_or_write_and_heals() -> Result<()> {
+    use sofamq_lazyfs::IoFault;
+    let Some(fx) = setup()? else {
+        return Ok(());
+    };
+    let path = fx.fs.mountpoint().join("log");
+    let synced = pattern(8_000, 3);
+    let mut f = File::create(&path)?;
+    f.write_all(&synced)?;
+    f.sync_data()?;
+    // fdatasync fails with EIO, and the pages it could not write back are gone.
+    fx.fs.fail(Some(IoFault::Fsync));
+    f.write_all(&pattern(3_000, 4))?;
+    let e = f.sync_data().expect_err("fdatasync must fail");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert_eq!(fx.fs.pending_bytes(), 0);
+    assert_eq!(fs::read(fx.backing.path().join("log"))?, synced);
+    // A failing write: the system call itself answers EIO.
+    fx.fs.fail(Some(IoFault::Write));
+    let e = f.write_at(b"more", 100).expect_err("write must fail");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    // Healed: writes and syncs work again.
+    fx.fs.fail(None);
+    f.write_at(b"more", 100)?;
+    f.sync_data()?;
+    let mut want = synced.clone();
+    want[100..104].copy_from_slice(b"more");
+    assert_eq!(
+        &fs::read(fx.backing.path().join("log"))?[..8_000],
+        &want[..]
+    );
+    Ok(())
+}

@@ -189,12 +189,24 @@ async fn chaos_official_python() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_eio() {
-    if let Some(why) = sofamq_testkit::disk::LoopDisk::unavailable() {
+    if let Some(why) = sofamq_lazyfs::LazyFs::unavailable() {
         eprintln!("chaos_eio skipped: {why}");
         return;
     }
     let r = scenario("eio", 17, Failover::Controller, false).await;
     assert!(r.pass(), "eio failed the checker: {r:#?}");
+    assert!(r.rounds > 0, "no round ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_eio_thin() {
+    if let Some(why) = sofamq_testkit::disk::LoopDisk::unavailable() {
+        eprintln!("chaos_eio_thin skipped: {why}");
+        return;
+    }
+    let r = scenario("eio-thin", 23, Failover::Controller, false).await;
+    assert!(r.pass(), "eio-thin failed the checker: {r:#?}");
+    assert!(r.rounds > 0, "no round ran");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

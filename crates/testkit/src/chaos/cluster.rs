@@ -150,6 +150,8 @@ pub struct ControllerProc {
     /// Data directory.
     pub data: PathBuf,
     node: Option<Node>,
+    /// Processes started so far: each incarnation logs to `controller-ID-N.log`.
+    starts: usize,
     /// The power-loss filesystem under `data` ([`ClusterOptions::lazyfs`]).
     pub lazy: Option<sofamq_lazyfs::LazyFs>,
 }
@@ -418,6 +420,7 @@ impl ChaosCluster {
                     None => self.dir.path().join(name),
                 },
                 node: None,
+                starts: 0,
                 lazy,
             });
         }
@@ -450,7 +453,11 @@ impl ChaosCluster {
         ];
         let name = format!("controller-{}", c.id);
         let env = self.clock_env(&name)?;
-        let node = spawn_node(name, args, self.dir.path().to_path_buf(), env).await?;
+        // One log per incarnation, as for brokers: a restart must not overwrite what the
+        // previous process said.
+        self.controllers[i].starts += 1;
+        let log_name = format!("{name}-{}", self.controllers[i].starts);
+        let node = spawn_node(log_name, args, self.dir.path().to_path_buf(), env).await?;
         self.controllers[i].node = Some(node);
         Ok(())
     }

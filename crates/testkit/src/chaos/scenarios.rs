@@ -76,6 +76,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ),
     (
         "eio",
+        "each broker's data on a LazyFs (FUSE) that can fail like a dying disk: by round, the master's fdatasync (its unsynced pages dropped) or its writes answer a real EIO; its log must fence and say why (log, /metrics, /health, admin status), the controller must elect the slave at once; then the old master is killed, the device healed, and it rejoins as a slave (needs root, /dev/fuse and a controller)",
+    ),
+    (
+        "eio-thin",
         "each broker on a 64 MiB ext4 whose loop image sits on a tmpfs: starve the master's tmpfs so its next fdatasync gets a real EIO; its log must fence and say why, the controller must elect the slave at once; then the old master is killed, its filesystem repaired (e2fsck) and it rejoins as a slave (needs root and a controller)",
     ),
     (
@@ -143,6 +147,7 @@ pub const CI_SET: &[&str] = &[
     "power-loss",
     "enospc",
     "eio",
+    "eio-thin",
     "bit-flip",
     "segment-loss",
     "file-damage",
@@ -230,6 +235,7 @@ fn needs_controller(name: &str) -> bool {
             | "timer-failover"
             | "txn-failover"
             | "eio"
+            | "eio-thin"
             | "bit-flip"
             | "segment-loss"
             | "file-damage"
@@ -266,12 +272,12 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
     if let Some(client) = name.strip_prefix("official-") {
         return run_official(client, o).await;
     }
-    if matches!(name, "enospc" | "eio")
+    if matches!(name, "enospc" | "eio-thin")
         && let Some(why) = LoopDisk::unavailable()
     {
         return Ok(Outcome::Skipped(why));
     }
-    if name == "power-loss"
+    if matches!(name, "power-loss" | "eio")
         && let Some(why) = sofamq_lazyfs::LazyFs::unavailable()
     {
         return Ok(Outcome::Skipped(why));
@@ -287,7 +293,7 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
     let secs = o.duration.as_secs().max(1);
     let copts = ClusterOptions {
         fake_clocks,
-        lazyfs: name == "power-loss",
+        lazyfs: matches!(name, "power-loss" | "eio"),
         failover,
         min_insync: if o.unsafe_ack_before_replication {
             1
@@ -296,8 +302,8 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
         },
         // About a third of the way into the run at the workload's ~45 KiB/s.
         master_disk_budget: (name == "disk-full").then(|| 96 * 1024 + secs * 15 * 1024),
-        loop_disk_mib: matches!(name, "enospc" | "eio").then_some(64),
-        thin_disks: name == "eio",
+        loop_disk_mib: matches!(name, "enospc" | "eio-thin").then_some(64),
+        thin_disks: name == "eio-thin",
         extra_topics: match name {
             "timer-failover" => vec![(TIMER_TOPIC.into(), "DELAY".into())],
             "txn-failover" => vec![(TXN_TOPIC.into(), "TRANSACTION".into())],
@@ -623,88 +629,19 @@ async fn faults(
                 c.settle(Duration::from_secs(30)).await?;
             }
         }
-        "eio" => {
+        "eio" | "eio-thin" => {
+            let mut round = 0u64;
             while rounds.next() {
                 sleep(rng.ms(1000, 3000)).await;
-                let m = c.master;
-                let s = c.peer(m);
-                let fenced_before =
-                    log_mentions(c.log_dir(), &c.brokers[m].name, "commit log fenced")?;
-                c.brokers[m]
-                    .disk
-                    .as_ref()
-                    .context("eio: no disk")?
-                    .starve()?;
-                let starved = Instant::now();
-                // `/health` answers 503 with the reason once the log is fenced.
-                let fenced = wait_for(Duration::from_secs(15), || async {
-                    c.health(m).await.and_then(|(code, h)| {
-                        let r = h["fenced_reason"].as_str().unwrap_or_default();
-                        (code == 503 && h["status"] == "fenced" && !r.is_empty())
-                            .then(|| r.to_string())
-                    })
-                })
-                .await;
-                let elected = match &fenced {
-                    Some(_) => {
-                        wait_for(Duration::from_secs(10), || async {
-                            c.status(s)
-                                .await
-                                .filter(|st| st["role"].as_str() == Some("master"))
-                        })
-                        .await
-                    }
-                    None => None,
+                let fault = if name == "eio-thin" {
+                    EioFault::Thin
+                } else if round.is_multiple_of(2) {
+                    EioFault::Fuse(sofamq_lazyfs::IoFault::Fsync)
+                } else {
+                    EioFault::Fuse(sofamq_lazyfs::IoFault::Write)
                 };
-                let took = starved.elapsed();
-                rounds.repairs.push(took);
-                // Room again before anything can fail: the repair needs it.
-                c.brokers[m].disk.as_ref().context("eio: no disk")?.feed()?;
-                let name_m = c.brokers[m].name.clone();
-                let reason = fenced.with_context(|| {
-                    format!("eio: {name_m} did not fence within 15 s of its volume filling")
-                })?;
-                // The loop driver passes the starved tmpfs's error up as EIO or, for some
-                // write-backs, as ENOSPC; either way fdatasync failed (a full disk on
-                // write() refuses the batch instead, and never fences).
-                anyhow::ensure!(
-                    reason.contains("(os error 5)") || reason.contains("(os error 28)"),
-                    "eio: {name_m} fenced for another reason: {reason}"
-                );
-                anyhow::ensure!(
-                    elected.is_some(),
-                    "eio: {} not master within 10 s of {name_m} fencing",
-                    c.brokers[s].name
-                );
-                anyhow::ensure!(
-                    log_mentions(c.log_dir(), &name_m, "commit log fenced")? > fenced_before,
-                    "eio: {name_m}'s log does not say it fenced"
-                );
-                anyhow::ensure!(
-                    c.metric(m, "sofamq_broker_fenced").await == Some(1.0),
-                    "eio: {name_m}'s /metrics does not show sofamq_broker_fenced 1"
-                );
-                anyhow::ensure!(
-                    c.status(m)
-                        .await
-                        .is_some_and(|st| st["fenced_reason"] == reason.as_str()),
-                    "eio: `sofamq admin status` of {name_m} does not give the fence reason"
-                );
-                c.kill9(m);
-                c.master = s;
-                let fsck = c.brokers[m]
-                    .disk
-                    .as_ref()
-                    .context("eio: no disk")?
-                    .repair()?;
-                tracing_note(&format!(
-                    "eio: {name_m} fenced ({reason}); {} master {:.1} s after the volume filled; e2fsck: {}",
-                    c.brokers[s].name,
-                    took.as_secs_f64(),
-                    fsck.lines().last().unwrap_or_default()
-                ));
-                c.restart_as_slave(m).await?;
-                c.settle(Duration::from_secs(30)).await?;
+                round += 1;
+                rounds.repairs.push(eio_round(c, fault).await?);
             }
         }
         "bit-flip" => {
@@ -1136,6 +1073,124 @@ async fn wait_repaired(
     Ok(())
 }
 
+/// How an `eio` round makes the master's disk fail.
+#[derive(Debug, Clone, Copy)]
+enum EioFault {
+    /// Starve the tmpfs under its thin loop image ([`LoopDisk::starve`]): the loop
+    /// device's write-back fails under ext4, fdatasync returns EIO (or ENOSPC).
+    Thin,
+    /// Its LazyFs answers EIO to this operation ([`sofamq_lazyfs::LazyFs::fail`]).
+    Fuse(sofamq_lazyfs::IoFault),
+}
+
+/// One `eio` round: the master's disk fails; within 15 s its `/health` must answer 503
+/// `fenced` with the reason (an I/O error), within 10 s more the controller must elect the
+/// slave, and its log, `/metrics` and `sofamq admin status` must say it is fenced and why.
+/// Then the kit kills it, heals the disk (e2fsck for a thin one) and restarts it as slave.
+/// The time from the fault to the new master.
+async fn eio_round(c: &mut ChaosCluster, fault: EioFault) -> anyhow::Result<Duration> {
+    let m = c.master;
+    let s = c.peer(m);
+    let name_m = c.brokers[m].name.clone();
+    let fenced_before = log_mentions(c.log_dir(), &name_m, "commit log fenced")?;
+    match fault {
+        EioFault::Thin => c.brokers[m]
+            .disk
+            .as_ref()
+            .context("eio: no disk")?
+            .starve()?,
+        EioFault::Fuse(f) => c.brokers[m]
+            .lazy
+            .as_ref()
+            .context("eio: no LazyFs")?
+            .fail(Some(f)),
+    }
+    let failed = Instant::now();
+    // `/health` answers 503 with the reason once the log is fenced.
+    let fenced = wait_for(Duration::from_secs(15), || async {
+        c.health(m).await.and_then(|(code, h)| {
+            let r = h["fenced_reason"].as_str().unwrap_or_default();
+            (code == 503 && h["status"] == "fenced" && !r.is_empty()).then(|| r.to_string())
+        })
+    })
+    .await;
+    let elected = match &fenced {
+        Some(_) => {
+            wait_for(Duration::from_secs(10), || async {
+                c.status(s)
+                    .await
+                    .filter(|st| st["role"].as_str() == Some("master"))
+            })
+            .await
+        }
+        None => None,
+    };
+    let took = failed.elapsed();
+    // Room again (or a healed device) before anything can fail: the repair needs it.
+    match fault {
+        EioFault::Thin => c.brokers[m].disk.as_ref().context("eio: no disk")?.feed()?,
+        EioFault::Fuse(_) => c.brokers[m]
+            .lazy
+            .as_ref()
+            .context("eio: no LazyFs")?
+            .fail(None),
+    }
+    let reason = fenced.with_context(|| {
+        format!("eio: {name_m} did not fence within 15 s of its disk failing ({fault:?})")
+    })?;
+    // The loop driver passes the starved tmpfs's error up as EIO or, for some write-backs,
+    // as ENOSPC; either way fdatasync failed (a full disk on write() refuses the batch
+    // instead, and never fences). The LazyFs answers EIO.
+    let expected = match fault {
+        EioFault::Thin => reason.contains("(os error 5)") || reason.contains("(os error 28)"),
+        EioFault::Fuse(_) => reason.contains("(os error 5)"),
+    };
+    anyhow::ensure!(
+        expected,
+        "eio: {name_m} fenced for another reason: {reason}"
+    );
+    anyhow::ensure!(
+        elected.is_some(),
+        "eio: {} not master within 10 s of {name_m} fencing",
+        c.brokers[s].name
+    );
+    anyhow::ensure!(
+        log_mentions(c.log_dir(), &name_m, "commit log fenced")? > fenced_before,
+        "eio: {name_m}'s log does not say it fenced"
+    );
+    anyhow::ensure!(
+        c.metric(m, "sofamq_broker_fenced").await == Some(1.0),
+        "eio: {name_m}'s /metrics does not show sofamq_broker_fenced 1"
+    );
+    anyhow::ensure!(
+        c.status(m)
+            .await
+            .is_some_and(|st| st["fenced_reason"] == reason.as_str()),
+        "eio: `sofamq admin status` of {name_m} does not give the fence reason"
+    );
+    c.kill9(m);
+    c.master = s;
+    let healed = match fault {
+        EioFault::Thin => {
+            let fsck = c.brokers[m]
+                .disk
+                .as_ref()
+                .context("eio: no disk")?
+                .repair()?;
+            format!("e2fsck: {}", fsck.lines().last().unwrap_or_default())
+        }
+        EioFault::Fuse(f) => format!("{f:?} EIO healed"),
+    };
+    tracing_note(&format!(
+        "eio: {name_m} fenced ({reason}); {} master {:.1} s after its disk failed; {healed}",
+        c.brokers[s].name,
+        took.as_secs_f64(),
+    ));
+    c.restart_as_slave(m).await?;
+    c.settle(Duration::from_secs(30)).await?;
+    Ok(took)
+}
+
 /// What a broker's log says when its scrub found damage.
 const SCRUB_FOUND: &str = "found by the scrub";
 
@@ -1238,6 +1293,8 @@ async fn damage_a_controller(c: &mut ChaosCluster, seed: u64) -> anyhow::Result<
     Ok(Some(took))
 }
 
+/// How often `needle` occurs in the logs of node `name`, one file per incarnation
+/// (`a0-2.log`, `controller-1-3.log`).
 fn log_mentions(dir: &std::path::Path, name: &str, needle: &str) -> anyhow::Result<usize> {
     let mut n = 0;
     for e in std::fs::read_dir(dir)?.flatten() {
