@@ -128,6 +128,9 @@ pub(crate) struct Shared {
     pub flusher_cv: Condvar,
     /// Counts truncations and damage cuts: record boundaries past the cut may have moved.
     pub truncations: AtomicU64,
+    /// Why a consume queue was found not to match the log, once it was (see
+    /// [`Shared::queues_damaged`]).
+    queue_damage: Mutex<Option<String>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -172,6 +175,7 @@ impl Shared {
             flusher_stop: Mutex::new(false),
             flusher_cv: Condvar::new(),
             truncations: AtomicU64::new(0),
+            queue_damage: Mutex::new(None),
         }
     }
 
@@ -201,6 +205,37 @@ impl Shared {
             (Some(_), Some(at)) if offset < at => *d = Some(offset),
             _ => {}
         }
+    }
+
+    /// A consume queue does not match the log (found on a read or by the scrub). Queues are
+    /// derived data: the `rebuild-queues` marker is written durably, so the next open
+    /// rebuilds every queue from the log. Said once.
+    pub fn queues_damaged(&self, reason: String) {
+        let mut g = lock(&self.queue_damage);
+        if g.is_some() {
+            return;
+        }
+        let marker = self.cfg.dir.join(crate::recovery::REBUILD_MARKER);
+        let written = std::fs::write(&marker, reason.as_bytes())
+            .and_then(|()| std::fs::File::open(&marker)?.sync_all())
+            .and_then(|()| crate::segment::sync_dir(&self.cfg.dir));
+        match written {
+            Ok(()) => tracing::error!(
+                reason = %reason,
+                "consume queue damaged: every consume queue is rebuilt from the log at the next start"
+            ),
+            Err(e) => tracing::error!(
+                reason = %reason,
+                error = %e,
+                "consume queue damaged, and the rebuild marker could not be written"
+            ),
+        }
+        *g = Some(reason);
+    }
+
+    /// Why a consume queue was found damaged since the store opened, if it was.
+    pub fn queue_damage(&self) -> Option<String> {
+        lock(&self.queue_damage).clone()
     }
 
     /// The lowest damaged offset, when damage is why the log is fenced.

@@ -32,6 +32,10 @@ use crate::epoch::EpochHistory;
 use crate::record::{self, MAX_RECORD_HARD};
 use crate::segment::{Segment, SegmentReader, Step, list_segments, sync_dir};
 
+/// A file in the store's directory asking the next open to rebuild every consume queue
+/// from the log (written when a queue was found not to match it).
+pub(crate) const REBUILD_MARKER: &str = "rebuild-queues";
+
 /// What recovery found.
 pub(crate) struct Recovered {
     pub segments: Vec<Arc<Segment>>,
@@ -49,6 +53,8 @@ struct ScanOut {
     end: u64,
     bad: Option<(usize, u64, String)>,
     inconsistent: Option<String>,
+    /// The highest epoch among the scanned records and the offset of its first record.
+    top_epoch: Option<(u64, u64)>,
 }
 
 /// Scans segments `from_seg..` verifying every record. Records at or past `cq_from` are
@@ -64,6 +70,7 @@ fn scan(
     let mut since_flush = 0usize;
     let mut cache: HashMap<(String, u32), Arc<crate::cq::ConsumeQueue>> = HashMap::new();
     let mut end = segs.get(from_seg).map_or(0, |s| s.start);
+    let mut top_epoch: Option<(u64, u64)> = None;
     for (i, seg) in segs.iter().enumerate().skip(from_seg) {
         let mut r = SegmentReader::new(&seg.file, lens[i], 0);
         loop {
@@ -75,6 +82,7 @@ fn scan(
                         end: off,
                         bad: Some((i, off, reason)),
                         inconsistent,
+                        top_epoch,
                     });
                 }
                 Step::Record(b) => b,
@@ -87,6 +95,7 @@ fn scan(
                         end: off,
                         bad: Some((i, off, reason)),
                         inconsistent,
+                        top_epoch,
                     });
                 }
                 Err(e) => {
@@ -94,10 +103,14 @@ fn scan(
                         end: off,
                         bad: Some((i, off, e.to_string())),
                         inconsistent,
+                        top_epoch,
                     });
                 }
             };
             end = off + u64::from(v.size);
+            if top_epoch.is_none_or(|(e, _)| v.epoch > e) {
+                top_epoch = Some((v.epoch, off));
+            }
             if inconsistent.is_some() {
                 continue;
             }
@@ -144,6 +157,7 @@ fn scan(
         end,
         bad: None,
         inconsistent,
+        top_epoch,
     })
 }
 
@@ -212,7 +226,7 @@ pub(crate) fn recover(cfg: &StoreConfig) -> Result<Recovered, StoreError> {
     let log_dir = cfg.dir.join("commitlog");
     let ck = checkpoint::load(&cfg.dir)?;
     let (mut epochs, epoch_problem) = EpochHistory::open(&cfg.dir)?;
-    let epoch_unreadable = epoch_problem.is_some();
+    let mut epoch_unreadable = epoch_problem.is_some();
     let mut fenced: Option<String> = epoch_problem;
 
     let mut segs = Vec::new();
@@ -276,6 +290,12 @@ pub(crate) fn recover(cfg: &StoreConfig) -> Result<Recovered, StoreError> {
         _ if strange > 0 => Some(format!("{strange} unexpected files in consumequeue/")),
         _ => None,
     };
+    let marker = cfg.dir.join(REBUILD_MARKER);
+    let marked = marker.exists();
+    if marked && rebuild.is_none() {
+        let why = std::fs::read_to_string(&marker).unwrap_or_default();
+        rebuild = Some(format!("a consume queue was found damaged: {why}"));
+    }
     let used = &segs[..usable];
     let out = if rebuild.is_none() {
         trim_queues(&cqs, cq_from)?;
@@ -308,6 +328,19 @@ pub(crate) fn recover(cfg: &StoreConfig) -> Result<Recovered, StoreError> {
     };
 
     let mut log_end = out.end;
+    // An epoch's entry is made durable before its first record is written, so a record of
+    // an epoch the history does not hold means the history lost entries (a removed file, a
+    // lost last entry): which epoch wrote what is unknown from the last known epoch on.
+    if let Some((e, at)) = out.top_epoch
+        && e > epochs.current()
+        && !epoch_unreadable
+    {
+        epoch_unreadable = true;
+        fenced.get_or_insert(format!(
+            "epoch history lacks epoch {e} of the record at offset {at} (it knows up to epoch {})",
+            epochs.current()
+        ));
+    }
     if let Some((seg_idx, off, reason)) = out.bad {
         let last = seg_idx + 1 == segs.len();
         if !last || off < ck_durable {
@@ -359,6 +392,11 @@ pub(crate) fn recover(cfg: &StoreConfig) -> Result<Recovered, StoreError> {
     trim_queues(&cqs, log_end)?;
     for q in cqs.all() {
         q.flush(cqs.root())?;
+    }
+    if marked {
+        // The queues were rebuilt and flushed above.
+        std::fs::remove_file(&marker)?;
+        sync_dir(&cfg.dir)?;
     }
     if let Some(r) = &fenced {
         tracing::error!(reason = %r, "commit log opened fenced");

@@ -13,6 +13,10 @@
 //! stops taking writes and reports itself fenced, so the controller elects its in-sync slave
 //! and the old master repairs itself as a slave.
 //!
+//! Each record below the dispatched offset is also checked against its consume-queue
+//! entry; a queue that does not match the log is derived data, not damage to fence for:
+//! [`Shared::queues_damaged`] has the next open rebuild every queue from the log.
+//!
 //! A truncation (a replica cutting its tail) can move record boundaries under a pass; the
 //! pass then starts over instead of taking a moved boundary for damage.
 
@@ -44,6 +48,8 @@ enum Found {
     Upto(u64),
     /// A record that fails its checks, or cannot be read, at this offset.
     Damage(u64, String),
+    /// A sound record whose consume-queue entry is missing or points elsewhere.
+    QueueMismatch(String),
 }
 
 /// Sleeps `d` unless the store is closing; true once it is.
@@ -104,6 +110,14 @@ pub(crate) fn run(sh: &Shared) {
                     .fetch_add(pos.saturating_sub(p.pos), Ordering::Relaxed);
                 pass = Some(Pass { pos, ..p });
             }
+            Found::QueueMismatch(why) => {
+                // Not the log's damage: its derived index's. Only in a log nobody cut meanwhile.
+                if sh.truncations.load(Ordering::Acquire) == p.generation {
+                    sh.queues_damaged(format!("found by the scrub: {why}"));
+                }
+                pass = None;
+                rest_until = Some(Instant::now() + sh.cfg.scrub_pause);
+            }
             Found::Damage(at, why) => {
                 // Only damage below what is durable now, in a log nobody cut meanwhile, is
                 // damage: otherwise the pass read across a moving tail.
@@ -118,6 +132,36 @@ pub(crate) fn run(sh: &Shared) {
                 }
             }
         }
+    }
+}
+
+/// Why the consume-queue entry of record `m` (dispatched) does not point at it, if it
+/// does not.
+fn queue_mismatch(sh: &Shared, m: &record::ReplicaMeta<'_>) -> Option<String> {
+    let what = format!(
+        "record at {} ({}/{} offset {})",
+        m.log_offset, m.topic, m.queue_id, m.queue_offset
+    );
+    let Some(cq) = sh.cqs.get(m.topic, m.queue_id) else {
+        return Some(format!("{what}: its consume queue is missing"));
+    };
+    match cq.entries(m.queue_offset, 1) {
+        Ok(e) => match e.first() {
+            Some(e)
+                if e.log_offset == m.log_offset
+                    && e.size == m.size
+                    && e.tag_hash == record::tag_hash(m.tag) =>
+            {
+                None
+            }
+            Some(e) => Some(format!(
+                "{what}: its entry says offset {} size {} tag hash {:#x}",
+                e.log_offset, e.size, e.tag_hash
+            )),
+            None => Some(format!("{what}: its entry is missing")),
+        },
+        // An unreadable queue file is as damaged as a wrong entry.
+        Err(e) => Some(format!("{what}: its consume queue is unreadable: {e}")),
     }
 }
 
@@ -140,10 +184,18 @@ fn step(sh: &Shared, mut pos: u64, target: u64, budget: usize, buf: &mut Vec<u8>
             }
             Err(e) => return Found::Damage(pos, format!("unreadable: {e}")),
         };
+        let dispatched = sh.dispatched.load(Ordering::Acquire);
         let mut p = 0usize;
         while p < n {
             match record::decode_replicated(&buf[p..n], MAX_RECORD_HARD) {
-                Ok(m) if m.log_offset == pos + p as u64 => p += m.size as usize,
+                Ok(m) if m.log_offset == pos + p as u64 => {
+                    if m.log_offset + u64::from(m.size) <= dispatched
+                        && let Some(why) = queue_mismatch(sh, &m)
+                    {
+                        return Found::QueueMismatch(why);
+                    }
+                    p += m.size as usize;
+                }
                 Ok(m) => {
                     return Found::Damage(
                         pos + p as u64,

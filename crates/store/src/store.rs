@@ -286,9 +286,19 @@ impl Store {
                 || r.queue_id != queue_id
                 || r.queue_offset != queue_offset + out.len() as u64
             {
+                let reason =
+                    format!("consume queue {topic}/{queue_id} entry does not match record");
+                self.sh().queues_damaged(format!(
+                    "{reason}: entry {} points at offset {}, which holds {}/{} offset {}",
+                    queue_offset + out.len() as u64,
+                    e.log_offset,
+                    r.topic,
+                    r.queue_id,
+                    r.queue_offset
+                ));
                 return Err(StoreError::Corrupt {
                     offset: e.log_offset,
-                    reason: format!("consume queue {topic}/{queue_id} entry does not match record"),
+                    reason,
                 });
             }
             bytes += r.size as usize;
@@ -526,6 +536,12 @@ impl Store {
             buf_start: from,
             done: false,
         }
+    }
+
+    /// Why a consume queue was found not to match the log since the store opened (on a read
+    /// or by the scrub); every queue is then rebuilt from the log at the next open.
+    pub fn queues_damaged(&self) -> Option<String> {
+        self.sh().queue_damage()
     }
 
     /// `Some(reason)` once the log is fenced (appends refused).

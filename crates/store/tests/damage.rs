@@ -422,3 +422,122 @@ fn without_the_scrub_the_rot_stays_hidden() {
     assert_eq!(s.fenced(), None);
     assert_eq!(s.stats().scrub_passes, 0);
 }
+
+/// An epoch's entry is durable before its first record, so records of an epoch the
+/// history lacks mean the history lost entries: a removed file refetches the whole log,
+/// a lost (or unreadable) last entry refetches from the last known epoch's start.
+#[test]
+fn a_removed_epoch_file_or_a_lost_last_entry_is_damage() {
+    let d = tempfile::tempdir().unwrap();
+    let (m, copy) = epoch_pair(d.path());
+    let hist = m.epoch_history();
+    let pristine = d.path().join("pristine");
+    copy_dir(&copy, &pristine);
+    let path = copy.join("epochs");
+
+    std::fs::remove_file(&path).unwrap();
+    let s = common::open(&copy);
+    let reason = s.fenced().expect("a removed epoch file fences");
+    assert!(reason.contains("epoch history lacks epoch 4"), "{reason}");
+    drop(s);
+    opens_damaged_then_repairs(&m, &copy, 0, "removed epoch file");
+    assert_eq!(common::open(&copy).epoch_history(), hist);
+
+    for what in ["lost", "flipped"] {
+        std::fs::remove_dir_all(&copy).unwrap();
+        copy_dir(&pristine, &copy);
+        let mut b = std::fs::read(&path).unwrap();
+        match what {
+            "lost" => b.truncate(3 * 20),
+            _ => b[3 * 20 + 5] ^= 0x08,
+        }
+        std::fs::write(&path, &b).unwrap();
+        opens_damaged_then_repairs(&m, &copy, hist[2].start_offset, what);
+        assert_eq!(common::open(&copy).epoch_history(), hist, "{what}");
+    }
+}
+
+fn queue_file(dir: &Path, topic: &str, queue: u32) -> std::path::PathBuf {
+    dir.join("consumequeue").join(topic).join(queue.to_string())
+}
+
+/// Two entries of a consume queue swapped in the middle (both point at real records, the
+/// tail that recovery checks is right): the scrub finds that they do not match the log,
+/// marks the queues for rebuilding, and the next open rebuilds them from the log.
+#[test]
+fn the_scrub_finds_a_damaged_queue_entry_and_the_next_open_rebuilds_the_queues() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("s");
+    let fast = || {
+        let mut c = common::cfg(&dir);
+        c.scrub_bytes_per_sec = 64 * 1024 * 1024;
+        c.scrub_pause = std::time::Duration::from_millis(200);
+        c
+    };
+    let s = Store::open(fast()).unwrap();
+    fill(&s, "t", 0, 50, "x");
+    s.flush_queues().unwrap();
+    let cq = queue_file(&dir, "t", 0);
+    let mut b = std::fs::read(&cq).unwrap();
+    assert_eq!(b.len(), 50 * 20);
+    let tenth: Vec<u8> = b[200..220].to_vec();
+    b.copy_within(220..240, 200);
+    b[220..240].copy_from_slice(&tenth);
+    std::fs::write(&cq, &b).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.queues_damaged().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scrub never found it"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let why = s.queues_damaged().unwrap();
+    assert!(
+        why.contains("found by the scrub") && why.contains("t/0"),
+        "{why}"
+    );
+    assert_eq!(
+        s.fenced(),
+        None,
+        "a queue is derived data: the log stays writable"
+    );
+    assert!(dir.join("rebuild-queues").exists());
+    drop(s);
+    let s = Store::open(fast()).unwrap();
+    assert!(
+        !dir.join("rebuild-queues").exists(),
+        "marker removed after the rebuild"
+    );
+    let recs = s.read_queue("t", 0, 0, 100, usize::MAX).unwrap();
+    assert_eq!(recs.len(), 50);
+    for (i, r) in recs.iter().enumerate() {
+        assert_eq!(&r.body[..], format!("x-{i}").as_bytes());
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(s.queues_damaged(), None);
+}
+
+/// The same damage found by a consumer's read (the scrub off): the read fails rather than
+/// deliver the wrong record, and the queues are marked for rebuilding.
+#[test]
+fn a_read_through_a_damaged_queue_entry_marks_the_queues_for_rebuilding() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("s");
+    let mut c = common::cfg(&dir);
+    c.scrub_bytes_per_sec = 0;
+    let s = Store::open(c.clone()).unwrap();
+    fill(&s, "t", 0, 50, "x");
+    s.flush_queues().unwrap();
+    let cq = queue_file(&dir, "t", 0);
+    let mut b = std::fs::read(&cq).unwrap();
+    let tenth: Vec<u8> = b[200..220].to_vec();
+    b.copy_within(220..240, 200);
+    b[220..240].copy_from_slice(&tenth);
+    std::fs::write(&cq, &b).unwrap();
+    assert!(s.read_queue("t", 0, 10, 1, usize::MAX).is_err());
+    assert!(s.queues_damaged().is_some());
+    drop(s);
+    let s = Store::open(c).unwrap();
+    assert_eq!(s.read_queue("t", 0, 0, 100, usize::MAX).unwrap().len(), 50);
+}

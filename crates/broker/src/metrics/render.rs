@@ -91,6 +91,13 @@ pub fn render(b: &Broker) -> String {
         &base,
         f64::from(u8::from(store.fenced().is_some())),
     );
+    t.single(
+        "sofamq_store_queues_damaged",
+        "gauge",
+        "1 when a consume queue was found not to match the commit log (every queue is rebuilt from the log at the next start).",
+        &base,
+        f64::from(u8::from(store.queues_damaged().is_some())),
+    );
 
     // Traffic per topic.
     let mut topics: Vec<(String, std::sync::Arc<super::TopicCounters>)> = m

@@ -891,7 +891,7 @@ impl ChaosCluster {
         seed: u64,
     ) -> anyhow::Result<Option<String>> {
         anyhow::ensure!(!self.brokers[i].running(), "kill the broker first");
-        damage_file(&self.brokers[i].store_dir(), kind, seed)
+        damage_file(&self.brokers[i].store_dir(), kind, &self.opts.topic, seed)
     }
 
     /// Flips one byte of a whole record of stopped controller `i`'s Raft log (`log`, one
@@ -1080,15 +1080,27 @@ pub fn flip_sealed_byte(store_dir: &Path, seed: u64) -> anyhow::Result<Option<u6
     Ok(Some(at))
 }
 
+/// fsyncs the directory holding `path` (after a removal).
+pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(d) => std::fs::File::open(d)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
 /// What [`damage_file`] damages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileDamage {
     /// Zero a 4 KiB block of the log below the checkpoint's durable offset.
     ZeroBlock,
-    /// Flip a byte of an epoch-history entry that is not the last one.
+    /// Flip a byte of an epoch-history entry that is not the last one, remove the file, or
+    /// cut its last entry (by seed).
     EpochEntry,
     /// Flip a byte of, zero, cut short or remove the checkpoint.
     Checkpoint,
+    /// Swap the first two entries of a consume queue of `topic` (both below the
+    /// checkpoint's flushed offset, so recovery does not rewrite them).
+    QueueEntries,
 }
 
 /// Damages the store in `store_dir`: what it did, or `None` when there is nothing to damage
@@ -1096,6 +1108,7 @@ pub enum FileDamage {
 pub fn damage_file(
     store_dir: &Path,
     kind: FileDamage,
+    topic: &str,
     seed: u64,
 ) -> anyhow::Result<Option<String>> {
     use std::os::unix::fs::FileExt;
@@ -1116,15 +1129,63 @@ pub fn damage_file(
             let path = store_dir.join("epochs");
             let mut b = std::fs::read(&path)?;
             let n = b.len() / 20;
-            if n < 2 {
-                return Ok(None);
-            }
-            let k = rng.below(n as u64 - 1) as usize;
-            b[k * 20 + rng.below(20) as usize] ^= 0x10;
+            let what = match rng.below(3) {
+                0 if n >= 1 => {
+                    std::fs::remove_file(&path)?;
+                    crate::chaos::cluster::sync_parent(&path)?;
+                    return Ok(Some(format!("epoch history of {n} entries removed")));
+                }
+                1 if n >= 1 => {
+                    b.truncate((n - 1) * 20);
+                    format!("last epoch entry of {n} lost")
+                }
+                _ if n >= 2 => {
+                    let k = rng.below(n as u64 - 1) as usize;
+                    b[k * 20 + rng.below(20) as usize] ^= 0x10;
+                    format!("epoch entry {k} of {n} corrupted")
+                }
+                _ => return Ok(None),
+            };
             std::fs::write(&path, &b)?;
             let f = std::fs::File::open(&path)?;
             f.sync_all()?;
-            Ok(Some(format!("epoch entry {k} of {n} corrupted")))
+            Ok(Some(what))
+        }
+        FileDamage::QueueEntries => {
+            let ck = std::fs::read(store_dir.join("checkpoint"))?;
+            anyhow::ensure!(ck.len() >= 24, "short checkpoint");
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&ck[16..24]);
+            let flushed = u64::from_le_bytes(w);
+            let dir = store_dir.join("consumequeue").join(topic);
+            let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+                Ok(d) => d.flatten().map(|e| e.path()).collect(),
+                Err(_) => return Ok(None),
+            };
+            files.sort();
+            let entry_end = |b: &[u8], i: usize| {
+                let mut o = [0u8; 8];
+                o.copy_from_slice(&b[i * 20..i * 20 + 8]);
+                let mut z = [0u8; 4];
+                z.copy_from_slice(&b[i * 20 + 8..i * 20 + 12]);
+                u64::from_le_bytes(o) + u64::from(u32::from_le_bytes(z))
+            };
+            for f in files {
+                let mut b = std::fs::read(&f)?;
+                if b.len() < 3 * 20 || entry_end(&b, 1) > flushed {
+                    continue;
+                }
+                let first: Vec<u8> = b[..20].to_vec();
+                b.copy_within(20..40, 0);
+                b[20..40].copy_from_slice(&first);
+                std::fs::write(&f, &b)?;
+                std::fs::File::open(&f)?.sync_all()?;
+                return Ok(Some(format!(
+                    "entries 0 and 1 of consume queue {topic}/{} swapped",
+                    f.file_name().unwrap_or_default().to_string_lossy()
+                )));
+            }
+            Ok(None)
         }
         FileDamage::Checkpoint => {
             let path = store_dir.join("checkpoint");

@@ -92,7 +92,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ),
     (
         "file-damage",
-        "rounds rotate over four damages: zero a 4 KiB block of a stopped broker's log below its durable offset, flip a byte of a record of a stopped follower controller's Raft log, corrupt an epoch-history entry of a broker that is not its last, damage its checkpoint (flip, zero, cut short, remove). The broker (the slave or, after failover, the old master: over 8 rounds each role meets each damage) restarts as slave: a damaged log or epoch history must fence, be cut and fetched again, never elected meanwhile; a damaged checkpoint costs a full scan and nothing else. The controller must catch up from the leader, voting again only then (needs a controller)",
+        "rounds rotate over five damages: zero a 4 KiB block of a stopped broker's log below its durable offset; flip a byte of a record of a stopped follower controller's Raft log; corrupt an epoch-history entry that is not its last, remove the epoch file or lose its last entry; damage its checkpoint (flip, zero, cut short, remove); swap two old entries of a consume queue. The broker (the slave or, after failover, the old master: over 10 rounds each role meets each damage) restarts as slave: a damaged log or epoch history must fence, be cut and fetched again, never elected meanwhile; a damaged checkpoint costs a full scan and nothing else; a damaged queue must be found by the scrub and rebuilt from the log at the next restart. The controller must catch up from the leader, voting again only then (needs a controller)",
     ),
     (
         "clock-jump",
@@ -314,7 +314,7 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
             // Small segments, so that sealed ones exist within a short run.
             "segment-loss" => "segment_bytes = 65536\n".into(),
             // Sealed segments for the running-broker flips, and a scrub that finds them fast.
-            "bit-flip" => {
+            "bit-flip" | "file-damage" => {
                 "segment_bytes = 65536\nscrub_bytes_per_sec = 67108864\nscrub_pause_secs = 1\n"
                     .into()
             }
@@ -739,8 +739,8 @@ async fn faults(
             let mut round = 0u64;
             while rounds.next() {
                 sleep(rng.ms(1000, 3000)).await;
-                let kind = round % 4;
-                let victim = if (round / 4 + round).is_multiple_of(2) {
+                let kind = round % 5;
+                let victim = if (round / 5 + round % 5).is_multiple_of(2) {
                     c.peer(c.master)
                 } else {
                     c.master
@@ -756,15 +756,16 @@ async fn faults(
                 if victim == c.master {
                     c.fail_over(victim).await?;
                 }
-                // Over 8 rounds each broker role meets each damage once (1 is the controller).
+                // Over 10 rounds each broker role meets each damage once (1 is the controller).
                 let mut kind = [
                     FileDamage::ZeroBlock,
                     FileDamage::ZeroBlock,
                     FileDamage::EpochEntry,
                     FileDamage::Checkpoint,
+                    FileDamage::QueueEntries,
                 ][kind as usize];
                 let mut what = c.damage_file(victim, kind, rng.next_u64())?;
-                if what.is_none() && kind == FileDamage::EpochEntry {
+                if what.is_none() && kind != FileDamage::ZeroBlock {
                     kind = FileDamage::ZeroBlock;
                     what = c.damage_file(victim, kind, rng.next_u64())?;
                 }
@@ -778,12 +779,17 @@ async fn faults(
                 let restarted = Instant::now();
                 c.restart_as_slave(victim).await?;
                 c.settle(Duration::from_secs(30)).await?;
-                let took = restarted.elapsed();
+                let mut took = restarted.elapsed();
                 if kind == FileDamage::Checkpoint {
                     anyhow::ensure!(
                         log_mentions(c.log_dir(), &name, REPAIRED)? == repaired_before,
                         "file-damage: {name}: {what}, yet it cut and fetched its log again"
                     );
+                } else if kind == FileDamage::QueueEntries {
+                    // Found by the scrub, rebuilt by a second restart: from the first
+                    // restart to settled after the second.
+                    took = rebuild_queues(c, victim, &what, restarted).await?;
+                    rounds.repairs.push(took);
                 } else {
                     wait_repaired(c, &name, repaired_before, &format!("file-damage: {what}"))
                         .await?;
@@ -1190,6 +1196,43 @@ async fn eio_round(c: &mut ChaosCluster, fault: EioFault) -> anyhow::Result<Dura
     c.settle(Duration::from_secs(30)).await?;
     Ok(took)
 }
+
+/// After two consume-queue entries of `victim` were swapped and it restarted: its scrub
+/// must say within 15 s that a queue does not match the log; then it is killed and
+/// restarted, must say it rebuilds every queue from the log, and the group must settle.
+/// The time from the first restart to settled.
+async fn rebuild_queues(
+    c: &mut ChaosCluster,
+    victim: usize,
+    what: &str,
+    restarted: Instant,
+) -> anyhow::Result<Duration> {
+    let name = c.brokers[victim].name.clone();
+    let before = log_mentions(c.log_dir(), &name, "consume queue damaged")?;
+    let rebuilt_before = log_mentions(c.log_dir(), &name, REBUILT)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while log_mentions(c.log_dir(), &name, "consume queue damaged")? == before {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "file-damage: {name}: {what}; its scrub did not find it within 15 s"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    c.kill9(victim);
+    if victim == c.master {
+        c.fail_over(victim).await?;
+    }
+    c.restart_as_slave(victim).await?;
+    c.settle(Duration::from_secs(30)).await?;
+    anyhow::ensure!(
+        log_mentions(c.log_dir(), &name, REBUILT)? > rebuilt_before,
+        "file-damage: {name}: {what}; the restart did not rebuild its consume queues"
+    );
+    Ok(restarted.elapsed())
+}
+
+/// What a store's recovery says when it rebuilds the consume queues from the log.
+const REBUILT: &str = "rebuilding every consume queue from the commit log";
 
 /// What a broker's log says when its scrub found damage.
 const SCRUB_FOUND: &str = "found by the scrub";
