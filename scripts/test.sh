@@ -6,8 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RUST_BACKTRACE=1
-# The process-level tests start the real `sofamq` binary; build it first.
-cargo build --bin sofamq
+# The process-level tests start the real `sofamq` binary: `cargo test` builds it itself
+# (crates/cli has an integration test), so no separate build step is needed.
 bash scripts/compat/setup-python.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

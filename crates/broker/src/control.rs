@@ -38,10 +38,13 @@ pub async fn run(broker: Broker, addrs: BrokerAddrs, token: CancellationToken) {
     tracing::info!(controller = ?cfg.controller, broker_id = me, "following the controller");
     loop {
         // In-sync changes go out as soon as they are seen, heartbeats on their period.
+        // A fenced master proposes no in-sync change: it acks nothing more, and its slaves
+        // (which stop acking once it stops streaming) must stay eligible to replace it.
         if let Some(v) = view.as_ref()
             && repl.role() == Role::Master
             && v.master == Some(me)
             && v.master_epoch == broker.store().current_epoch()
+            && broker.store().fenced().is_none()
         {
             let mut want: BTreeSet<u64> = repl.tracker().insync_ids();
             want.insert(me);

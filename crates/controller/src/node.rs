@@ -383,7 +383,34 @@ impl Controller {
     /// A master's in-sync change (leader only); refused unless master and epoch match.
     pub async fn alter_insync(&self, req: AlterInSync) -> Result<GroupState, ControllerError> {
         self.linearize().await?;
+        if let Some(why) = self.fenced_shrink(&req) {
+            tracing::warn!(group = %req.group, master = req.master, reason = %why, "in-sync shrink refused");
+            return Err(ControllerError::Refused(why));
+        }
         self.propose(Command::AlterInSync(req)).await
+    }
+
+    /// Why `req` must be refused: it drops replicas from the in-sync set while its master
+    /// reports a fenced log. A fenced master stores and acks nothing more, and the slaves
+    /// it would drop (its replication stopped, so they stopped acking) hold everything it
+    /// acked: dropping them would leave only the fenced master eligible, a group with no
+    /// master at all instead of a failover.
+    fn fenced_shrink(&self, req: &AlterInSync) -> Option<String> {
+        let fenced = {
+            let live = self.inner.live.lock();
+            live.groups
+                .get(&req.group)
+                .and_then(|b| b.get(&req.master))
+                .and_then(|s| s.fenced.clone())?
+        };
+        let sm = self.inner.sm.read();
+        let current = &sm.groups.get(&req.group)?.insync;
+        current.iter().any(|id| !req.insync.contains(id)).then(|| {
+            format!(
+                "master {} of {} is fenced ({fenced}): it may not shrink the in-sync set",
+                req.master, req.group
+            )
+        })
     }
 
     /// A catching-up node holds the leader's log again once the leader reports an entry of

@@ -647,3 +647,86 @@ async fn a_follower_whose_log_was_cut_catches_up_while_the_leader_runs() {
     .await
     .expect("timed out");
 }
+
+/// A master whose log is fenced may not drop its slaves from the in-sync set (it stopped
+/// streaming to them, so they stopped acking): that would leave only the fenced master
+/// eligible, a group without any master. The controller refuses the shrink and elects the
+/// slave instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_master_cannot_shrink_the_in_sync_set() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_ports(1)[0];
+        let peers = BTreeMap::from([(1u64, format!("127.0.0.1:{port}"))]);
+        let node = start(1, &peers, dir.path()).await;
+        let client = ControllerClient::new(vec![peers[&1].clone()], Duration::from_secs(3));
+        let hb = |id: u64, prefer: bool| Heartbeat {
+            group: "g".into(),
+            broker_id: id,
+            incarnation: 1,
+            addrs: BrokerAddrs {
+                grpc: format!("g{id}"),
+                repl: format!("r{id}"),
+            },
+            store_epoch: 0,
+            log_end: 0,
+            prefer_master: prefer,
+            acting_master_epoch: None,
+            master_refused: None,
+            fenced: None,
+        };
+        let v = loop {
+            let _ = client.heartbeat(&hb(1, false)).await;
+            if let Ok(r) = client.heartbeat(&hb(0, true)).await
+                && r.view.master == Some(0)
+            {
+                break r.view;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let epoch = v.master_epoch;
+        let g = client
+            .alter_insync(&AlterInSync {
+                group: "g".into(),
+                master: 0,
+                master_epoch: epoch,
+                insync: BTreeSet::from([0, 1]),
+            })
+            .await
+            .unwrap();
+        assert_eq!(g.insync, BTreeSet::from([0, 1]));
+        // The master's fsync failed: it says so, then tries to drop its slave.
+        let mut fenced = hb(0, true);
+        fenced.store_epoch = epoch;
+        fenced.acting_master_epoch = Some(epoch);
+        fenced.fenced = Some("commit log write/fsync failed: Input/output error".into());
+        client.heartbeat(&fenced).await.unwrap();
+        let shrink = client
+            .alter_insync(&AlterInSync {
+                group: "g".into(),
+                master: 0,
+                master_epoch: epoch,
+                insync: BTreeSet::from([0]),
+            })
+            .await;
+        assert!(
+            matches!(&shrink, Err(ControllerError::Refused(why)) if why.contains("fenced")),
+            "{shrink:?}"
+        );
+        // The slave, still in sync, replaces it.
+        let mut slave = hb(1, false);
+        slave.store_epoch = epoch;
+        let v = loop {
+            let _ = client.heartbeat(&fenced).await;
+            let r = client.heartbeat(&slave).await.unwrap();
+            if r.view.master == Some(1) {
+                break r.view;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(v.master_epoch > epoch);
+        stop(node).await;
+    })
+    .await
+    .expect("timed out");
+}
