@@ -10,6 +10,9 @@
 //!   (the `catching-up` file says why, so a restart keeps it so). Entries this node had
 //!   acknowledged may be gone, so until it holds the leader's log again it must neither vote
 //!   nor stand for election (the node enforces that; see [`LogStore::catching_up`]).
+//! * `log-end`: the index of the last entry made durable, rewritten after each append and
+//!   before each truncation. A log found to end below it was cut short or removed (a torn
+//!   append never reaches it): catching up too.
 //!
 //! The log only holds state changes (never heartbeats), so it is kept in memory too.
 
@@ -118,6 +121,30 @@ pub struct LogStore {
 }
 
 const CATCHING_UP: &str = "catching-up";
+/// The index of the last entry the log held durably (`none` for an empty log): written
+/// after each append's fdatasync and before a truncation, so a log found shorter than it
+/// was cut short or removed, not torn.
+const LOG_END: &str = "log-end";
+
+fn write_log_end(dir: &Path, last: Option<u64>) -> io::Result<()> {
+    let text = last.map_or_else(|| "none".to_string(), |i| i.to_string());
+    write_atomic(&dir.join(LOG_END), text.as_bytes())
+}
+
+/// The recorded log end: `Ok(None)` when there is no mark (a data dir from before it),
+/// `Ok(Some(None))` for an empty log, `Err(why)` when the mark is unreadable.
+fn read_log_end(dir: &Path) -> io::Result<Result<Option<Option<u64>>, String>> {
+    match std::fs::read_to_string(dir.join(LOG_END)) {
+        Ok(t) if t.trim() == "none" => Ok(Ok(Some(None))),
+        Ok(t) => Ok(t
+            .trim()
+            .parse::<u64>()
+            .map(|i| Some(Some(i)))
+            .map_err(|_| format!("unreadable log-end mark {t:?}"))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Ok(None)),
+        Err(e) => Err(e),
+    }
+}
 
 fn log_path(dir: &Path) -> PathBuf {
     dir.join("log")
@@ -189,6 +216,29 @@ impl LogStore {
                 }
             }
         }
+        // A log shorter than the mark lost entries this node had made durable (and may
+        // have acknowledged): cut short or removed, which no torn append explains.
+        let last = entries
+            .keys()
+            .next_back()
+            .copied()
+            .or(last_purged.map(|p: LogId| p.index));
+        let lost = match read_log_end(dir)? {
+            Ok(Some(Some(mark))) if last.is_none_or(|l| l < mark) => Some(format!(
+                "controller log ends at index {} but held index {mark} durably: cut short or removed",
+                last.map_or_else(|| "none".into(), |l| l.to_string())
+            )),
+            Err(why) => Some(format!("{why}: the log's durable end is unknown")),
+            _ => None,
+        };
+        if let Some(why) = lost
+            && catching_up.is_none()
+        {
+            tracing::error!(reason = %why, "controller log damaged: catching up from the leader, not voting until then");
+            write_atomic(&marker, why.as_bytes())?;
+            catching_up = Some(why);
+        }
+        write_log_end(dir, last)?;
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         if (good_len as u64) < file.metadata()?.len() {
             tracing::warn!(path = %path.display(), kept = good_len, "controller log: cut after its last good record");
@@ -346,9 +396,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             new.push(e);
         }
         let file = inner.log.clone();
+        let dir = inner.dir.clone();
+        let last = new.last().map(|e| e.log_id.index);
         let res = tokio::task::spawn_blocking(move || -> io::Result<()> {
             (&*file).write_all(&buf)?;
-            file.sync_data()
+            file.sync_data()?;
+            match last {
+                Some(_) => write_log_end(&dir, last),
+                None => Ok(()),
+            }
         })
         .await
         .map_err(io::Error::other)
@@ -369,6 +425,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut inner = self.inner.lock().await;
         let _ = inner.entries.split_off(&log_id.index);
+        // The mark comes down first: a crash between the two leaves it at or below the log.
+        let last = inner
+            .entries
+            .keys()
+            .next_back()
+            .copied()
+            .or(inner.last_purged.map(|p| p.index));
+        let dir = inner.dir.clone();
+        tokio::task::spawn_blocking(move || write_log_end(&dir, last))
+            .await
+            .map_err(write_err)?
+            .map_err(write_err)?;
         inner.rewrite().await
     }
 

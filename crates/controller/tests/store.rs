@@ -174,3 +174,58 @@ async fn truncate_and_purge_are_durable() {
         Some((2, 5))
     );
 }
+
+/// A log cut short at a record boundary, or removed, looks like a clean shorter log; the
+/// `log-end` mark says it once held more, so the store is catching up. A torn append and a
+/// Raft truncation do not lower the log below the mark.
+#[tokio::test]
+async fn a_log_cut_short_or_removed_is_caught_by_its_durable_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    {
+        let mut s = LogStore::open(dir.path()).unwrap();
+        s.blocking_append(vec![entry(1, 1), entry(1, 2), entry(1, 3)])
+            .await
+            .unwrap();
+        // A Raft truncation (a conflicting uncommitted tail) lowers the mark first.
+        s.truncate(LogId::new(CommittedLeaderId::new(1, 1), 3))
+            .await
+            .unwrap();
+        s.blocking_append(vec![entry(2, 3), entry(2, 4)])
+            .await
+            .unwrap();
+    }
+    let pristine = std::fs::read(&path).unwrap();
+    {
+        let mut s = LogStore::open(dir.path()).unwrap();
+        assert_eq!(indexes(&mut s).await, vec![1, 2, 3, 4]);
+        assert_eq!(s.catching_up(), None, "a truncation is not damage");
+    }
+    // Cut after the second whole record: a clean, shorter log.
+    let cut = pristine
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(1)
+        .unwrap()
+        .0
+        + 1;
+    std::fs::write(&path, &pristine[..cut]).unwrap();
+    {
+        let mut s = LogStore::open(dir.path()).unwrap();
+        assert_eq!(indexes(&mut s).await, vec![1, 2]);
+        let why = s.catching_up().expect("a log cut short is caught");
+        assert!(why.contains("held index 4 durably"), "{why}");
+        s.caught_up().unwrap();
+        // Entries from the leader raise the log again; then a reopen is clean.
+        s.blocking_append(vec![entry(2, 3), entry(2, 4)])
+            .await
+            .unwrap();
+    }
+    assert_eq!(LogStore::open(dir.path()).unwrap().catching_up(), None);
+    // Removed.
+    std::fs::remove_file(&path).unwrap();
+    let s = LogStore::open(dir.path()).unwrap();
+    let why = s.catching_up().expect("a removed log is caught");
+    assert!(why.contains("ends at index none"), "{why}");
+}

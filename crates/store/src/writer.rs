@@ -588,8 +588,13 @@ impl Writer {
             return Err(e);
         }
         let t0 = std::time::Instant::now();
-        if !crate::mutant::active("skip-fdatasync") {
-            self.seg.file.sync_data()?;
+        if !crate::mutant::active("skip-fdatasync")
+            && let Err(e) = self.seg.file.sync_data()
+        {
+            if !crate::mutant::active("fsync-error-ok") {
+                return Err(e);
+            }
+            tracing::error!(error = %e, "fdatasync failed; taken as done (mutant)");
         }
         let took = t0.elapsed();
         let before = self.sh.durable.fetch_max(self.written, Ordering::AcqRel);

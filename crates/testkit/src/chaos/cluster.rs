@@ -894,8 +894,9 @@ impl ChaosCluster {
         damage_file(&self.brokers[i].store_dir(), kind, &self.opts.topic, seed)
     }
 
-    /// Flips one byte of a whole record of stopped controller `i`'s Raft log (`log`, one
-    /// record per line); what it did, or `None` when the log has no record yet.
+    /// Damages stopped controller `i`'s Raft log (`log`, one record per line): by seed,
+    /// flips a byte of a whole record, cuts it short at a record boundary, or removes it;
+    /// what it did, or `None` when the log has no record yet.
     pub fn damage_controller_log(&self, i: usize, seed: u64) -> anyhow::Result<Option<String>> {
         anyhow::ensure!(!self.controller_alive(i), "kill the controller first");
         let path = self.controllers[i].data.join("log");
@@ -911,6 +912,23 @@ impl ChaosCluster {
         }
         let mut rng = super::scenarios::Rng::new(seed);
         let k = rng.below(ends.len() as u64) as usize;
+        match rng.below(3) {
+            // Cut short at a record boundary: a clean, shorter log.
+            0 => {
+                std::fs::write(&path, &bytes[..if k == 0 { 0 } else { ends[k - 1] + 1 }])?;
+                std::fs::File::open(&path)?.sync_all()?;
+                return Ok(Some(format!(
+                    "log cut to its first {k} of {} records",
+                    ends.len()
+                )));
+            }
+            1 => {
+                std::fs::remove_file(&path)?;
+                sync_parent(&path)?;
+                return Ok(Some(format!("log of {} records removed", ends.len())));
+            }
+            _ => {}
+        }
         let start = if k == 0 { 0 } else { ends[k - 1] + 1 };
         // A byte of the JSON after the CRC field ("xxxxxxxx "), never the newline.
         if ends[k] <= start + 10 {
