@@ -907,11 +907,13 @@ async fn faults(
                 // libfaketime reads the offset again within a second: then the brokers whose
                 // clock moved forward must show it in the Date of their HTTP answers (whole
                 // seconds, so within 2 s). Not after a jump back: hyper keeps its cached
-                // Date until the clock passes the second it last formatted.
+                // Date until the clock passes the second it last formatted, so only a clock
+                // set past the furthest it ever was (a process restart aside) must show it.
                 sleep(Duration::from_millis(1500)).await;
                 for (clk, by) in clocks.iter().zip(&offsets) {
-                    let before = offset_of.insert(clk.clone(), *by).unwrap_or(0);
-                    if *by <= before {
+                    let furthest = offset_of.get(clk).copied().unwrap_or(0);
+                    offset_of.insert(clk.clone(), furthest.max(*by));
+                    if *by <= furthest {
                         continue;
                     }
                     if let Some(i) = c.brokers.iter().position(|b| &b.name == clk) {
