@@ -307,6 +307,7 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
         extra_topics: match name {
             "timer-failover" => vec![(TIMER_TOPIC.into(), "DELAY".into())],
             "txn-failover" => vec![(TXN_TOPIC.into(), "TRANSACTION".into())],
+            "clock-jump" => vec![(PROBE_TOPIC.into(), "NORMAL".into())],
             _ => Vec::new(),
         },
         broker_toml: match name {
@@ -936,7 +937,13 @@ async fn faults(
                 );
                 let resumed = jumped.elapsed();
                 let killed = round % 2 == 1;
+                let mut probe = None;
                 if killed {
+                    // A send acked just before the kill and retried (same message id) after
+                    // the failover must get its first receipt back, whatever the new
+                    // master's wall clock says about the record's store timestamp.
+                    let id = format!("CLOCKPROBE{round:04}");
+                    probe = Some((id.clone(), send_probe(c, m, &id).await?));
                     // Failover while the clocks disagree: the old master's lease and the
                     // controller's timeouts must hold on their monotonic clocks.
                     sleep(rng.ms(200, 1000)).await;
@@ -946,6 +953,15 @@ async fn faults(
                     c.restart_as_slave(m).await?;
                 }
                 c.settle(Duration::from_secs(30)).await?;
+                if let Some((id, first)) = probe {
+                    let again = send_probe(c, c.master, &id).await?;
+                    anyhow::ensure!(
+                        again == first,
+                        "clock-jump: {id} was acked at queue offset {first} before the failover; \
+                         retried after it ({who}: {}), it was stored again at {again}",
+                        set.join(", ")
+                    );
+                }
                 round += 1;
                 tracing_note(&format!(
                     "clock-jump: {who}: {}; 5 sends acked {:.2} s after the clocks moved{}",
@@ -1263,6 +1279,62 @@ fn queue_head_in_order(store_dir: &std::path::Path, what: &str) -> bool {
         u64::from_le_bytes(o)
     };
     b.len() >= 40 && at(0) < at(1)
+}
+
+/// The topic of `clock-jump`'s idempotence probes (outside the checked workload).
+const PROBE_TOPIC: &str = "chaos-probe";
+
+/// Sends message `id` (one queue, a fixed body) straight to broker `i` and returns the
+/// queue offset of its receipt; fails unless it is answered OK within 10 s.
+async fn send_probe(c: &ChaosCluster, i: usize, id: &str) -> anyhow::Result<i64> {
+    use sofamq_proto::v2::{self, messaging_service_client::MessagingServiceClient};
+    let addr = format!("http://{}", c.brokers[i].grpc);
+    let msg = v2::Message {
+        topic: Some(v2::Resource {
+            name: PROBE_TOPIC.into(),
+            ..Default::default()
+        }),
+        system_properties: Some(v2::SystemProperties {
+            message_id: id.into(),
+            message_type: v2::MessageType::Normal as i32,
+            born_host: "chaos".into(),
+            queue_id: 0,
+            ..Default::default()
+        }),
+        body: format!("probe {id}").into_bytes().into(),
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = async {
+            let mut cl = MessagingServiceClient::connect(addr.clone()).await?;
+            let mut req = tonic::Request::new(v2::SendMessageRequest {
+                messages: vec![msg.clone()],
+            });
+            req.set_timeout(Duration::from_secs(3));
+            anyhow::Ok(cl.send_message(req).await?.into_inner())
+        }
+        .await;
+        let last = match r {
+            Ok(r) => match r.entries.first() {
+                Some(e)
+                    if e.status
+                        .as_ref()
+                        .is_some_and(|s| s.code == v2::Code::Ok as i32) =>
+                {
+                    return Ok(e.offset);
+                }
+                _ => format!("{:?}", r.status),
+            },
+            Err(e) => e.to_string(),
+        };
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "probe {id} to {}: not acked within 10 s: {last}",
+            c.brokers[i].name
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// What a store says when a consume queue does not match the log.
