@@ -427,7 +427,7 @@ function chart(title, series, unit) {
   const el = (tag, attrs) => { const e = document.createElementNS(NS, tag); for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v); return e; };
   const pts = S.hist;
   const vals = series.flatMap(s => pts.map(p => p[s.k]).filter(v => v !== null && v !== undefined));
-  const max = Math.max(1e-9, ...vals) * 1.1;
+  const top0 = Math.max(0, ...vals); const max = top0 > 0 ? top0 * 1.1 : 1;
   const t0 = pts.length ? pts[0].t : 0, t1 = pts.length ? pts[pts.length - 1].t : 1;
   const x = (t) => pad + (W - pad - 6) * (t1 > t0 ? (t - t0) / (t1 - t0) : 1);
   const y = (v) => H - 18 - (H - 30) * (v / max);
