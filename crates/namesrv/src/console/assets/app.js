@@ -475,6 +475,8 @@ async function route() {
     else if (hash === '#acl') await pageAcl();
     else if (hash === '#charts') pageCharts();
     else await pageCluster();
+    // When the page finished drawing (ms since navigation): the load-time figures use it.
+    window.sofamqRenderedAt = performance.now();
   } catch (e) {
     if (e.status !== 401) show(h('h2', {}, 'Error'), h('p', { class: 'err', id: 'page-error' }, e.message));
   }
