@@ -7,6 +7,7 @@
 #[path = "console/harness.rs"]
 mod harness;
 #[path = "console/webdriver.rs"]
+#[allow(dead_code)] // shared with console_browser.rs, which uses all of it
 mod webdriver;
 
 use std::time::Duration;

@@ -10,6 +10,7 @@
 //! credentials sign the broker calls; state-changing calls also need the session's
 //! CSRF token in `x-csrf-token` and a same-origin `Origin` (see [`auth`]).
 
+mod acl;
 mod api;
 mod assets;
 mod auth;
@@ -113,9 +114,9 @@ pub fn router(registry: Arc<Registry>, config: ConsoleConfig) -> Router {
         .route("/console/api/location", get(messages::location))
         .route("/console/api/dlq", get(messages::dead_letters))
         .route("/console/api/dlq/resend", post(messages::resend))
-        .route("/console/api/acl", get(messages::acl_users))
-        .route("/console/api/acl/users", post(messages::acl_put))
-        .route("/console/api/acl/users/delete", post(messages::acl_delete))
+        .route("/console/api/acl", get(acl::acl_users))
+        .route("/console/api/acl/users", post(acl::acl_put))
+        .route("/console/api/acl/users/delete", post(acl::acl_delete))
         .route("/console/api/metrics", get(scrape::metrics))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&st),
