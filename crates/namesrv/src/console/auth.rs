@@ -314,3 +314,66 @@ pub(crate) async fn logout(State(c): State<Arc<Console>>, headers: HeaderMap) ->
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn origin_must_be_this_host() {
+        assert!(same_origin(&headers(&[("host", "127.0.0.1:9881")])));
+        assert!(same_origin(&headers(&[
+            ("host", "127.0.0.1:9881"),
+            ("origin", "http://127.0.0.1:9881")
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("host", "127.0.0.1:9881"),
+            ("origin", "http://evil.example")
+        ])));
+        assert!(!same_origin(&headers(&[(
+            "origin",
+            "http://127.0.0.1:9881"
+        )])));
+    }
+
+    #[test]
+    fn cookie_is_found_among_others() {
+        let h = headers(&[("cookie", "a=1; sofamq_console=abc; b=2")]);
+        assert_eq!(cookie(&h).as_deref(), Some("abc"));
+        assert_eq!(cookie(&headers(&[("cookie", "sofamq_consolex=1")])), None);
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same("abcd", "abcd"));
+        assert!(!same("abcd", "abce"));
+        assert!(!same("abc", "abcd"));
+        assert!(!same("", "abcd"));
+    }
+
+    #[test]
+    fn sessions_are_bounded_and_expire() {
+        let s = Sessions::new(2, Duration::from_secs(60));
+        let a = s.create(Credentials::new("a", "x"), "a".into());
+        let b = s.create(Credentials::new("b", "x"), "b".into());
+        let c = s.create(Credentials::new("c", "x"), "c".into());
+        assert!(s.get(&a).is_none(), "the oldest made room");
+        assert!(s.get(&b).is_some() && s.get(&c).is_some());
+        assert_ne!(s.get(&b).unwrap().csrf, s.get(&c).unwrap().csrf);
+        s.remove(&b);
+        assert!(s.get(&b).is_none());
+        let short = Sessions::new(2, Duration::from_millis(1));
+        let d = short.create(Credentials::new("d", "x"), "d".into());
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(short.get(&d).is_none(), "expired");
+    }
+}
