@@ -39,7 +39,8 @@ async fn measure() -> anyhow::Result<()> {
     let b = Browser::start(base + 9).await?;
     let console = format!("http://127.0.0.1:{}/console/", base + 5);
     b.goto(&console).await?;
-    b.wait_for("the app", "return window.sofamqRenderedAt", WAIT).await?;
+    b.wait_for("the app", "return window.sofamqRenderedAt", WAIT)
+        .await?;
     // 1,000 topics (4 queues each) and one of 1,000 queues, through the console's API.
     let made = b
         .js(
@@ -67,8 +68,12 @@ async fn measure() -> anyhow::Result<()> {
 
     let topics = median(&b, &format!("{console}#topics"), "const t = document.getElementById('topics-table'); return t && t.tBodies[0].rows.length >= 1001 && window.sofamqRenderedAt").await?;
     let group = median(&b, &format!("{console}#group/wide-group"), "const q = document.querySelector('#group-queues table'); return q && q.tBodies[0].rows.length >= 1000 && window.sofamqRenderedAt").await?;
-    println!("FIGURE topics page, 1,001 topics: median {topics:.0} ms from navigation start to drawn (5 loads)");
-    println!("FIGURE consumer group, 1,000 queues: median {group:.0} ms from navigation start to drawn (5 loads)");
+    println!(
+        "FIGURE topics page, 1,001 topics: median {topics:.0} ms from navigation start to drawn (5 loads)"
+    );
+    println!(
+        "FIGURE consumer group, 1,000 queues: median {group:.0} ms from navigation start to drawn (5 loads)"
+    );
     b.close().await;
     Ok(())
 }
