@@ -59,7 +59,10 @@ fn assert_aligned(table: &str) {
         let cells: Vec<(usize, usize)> = rows.iter().filter_map(|r| r.get(i).copied()).collect();
         let left = cells.iter().all(|c| c.0 == h.0);
         let right = cells.iter().all(|c| c.1 == h.1);
-        assert!(left || right, "column {i} does not line up under its header:\n{table}");
+        assert!(
+            left || right,
+            "column {i} does not line up under its header:\n{table}"
+        );
     }
 }
 

@@ -260,6 +260,29 @@ async fn run(b: &Browser, base: u16) -> anyhow::Result<()> {
         shot(b, page).await?;
     }
     load.abort();
+
+    // A broker that is registered but does not answer: the pages say so plainly.
+    let mut ns = sofamq_proto::namesrv::name_server_admin_client::NameServerAdminClient::connect(
+        format!("http://{ap}"),
+    )
+    .await?;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string();
+    ns.register_broker(sofamq_proto::namesrv::RegisterBrokerRequest {
+        cluster: "DefaultCluster".into(),
+        broker_name: "broker-z".into(),
+        broker_id: 0,
+        grpc_endpoint: dead.clone(),
+        heartbeat_timeout_ms: 120_000,
+        ..Default::default()
+    })
+    .await?;
+    b.goto(&format!("{console}#cluster")).await?;
+    b.wait_for("the down broker", "const m = document.getElementById('main'); return m && m.innerText.includes('broker-z') && m.innerText.includes('DOWN: unreachable')", WAIT).await?;
+    shot(b, "cluster-broker-down").await?;
+    b.goto(&format!("{console}#topics")).await?;
+    b.wait_for("the topics page naming the down broker", "const m = document.getElementById('main'); return m && m.innerText.includes('Broker broker-z') && m.innerText.includes('is not answering') && document.getElementById('topics-table')", WAIT).await?;
     Ok(())
 }
 

@@ -72,12 +72,29 @@ pub async fn standalone(base: u16, dir: &std::path::Path, extra: &[&str]) -> any
     Ok(child)
 }
 
-pub fn chromedriver(port: u16) -> anyhow::Result<Child> {
+/// chromedriver in its own process group; dropping this kills the group, so the
+/// Chromium it started dies with it even when a test times out mid-session.
+pub struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+pub fn chromedriver(port: u16) -> anyhow::Result<Driver> {
     Command::new("chromedriver")
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
+        .map(Driver)
         .context("spawning chromedriver")
 }
