@@ -191,6 +191,22 @@ async fn run(b: &Browser, base: u16) -> anyhow::Result<()> {
         "const l = document.getElementById('group-lag'); return l && Number(l.textContent) < {lag0} && Number(l.textContent) === 0"
     );
     b.wait_for("the lag to fall to 0", &fell, WAIT).await?;
+    // Reset to earliest in the console: all 40 are unconsumed again (the broker's
+    // ResetOffset, through the log).
+    b.js(
+        "window.confirm = () => true; document.getElementById('reset-to').value = 'earliest'",
+        json!([]),
+    )
+    .await?;
+    b.click("#reset-submit").await?;
+    b.wait_for(
+        "the lag back to 40 after the reset",
+        "const l = document.getElementById('group-lag'); return l && Number(l.textContent) === 40",
+        WAIT,
+    )
+    .await?;
+    let again = receive(&consumer, 40).await?;
+    consumer.ack_all(&again).await?;
     b.goto(&format!("{console}#groups")).await?;
     b.wait_for("groups list", "const t = document.getElementById('groups-table'); return t && t.innerText.includes('console-group')", WAIT).await?;
     shot(b, "groups").await?;

@@ -208,7 +208,7 @@ async function pageGroup(name) {
         const bad = r.results.filter(x => x.error);
         flash(bad.length ? 'Reset failed: ' + bad.map(x => x.broker + ': ' + x.error).join('; ') : 'Offsets reset.', !bad.length);
       } catch (e) { flash(e.message); }
-    } }, 'Reset offset of topic', topic, 'to', to, at, h('button', { type: 'submit' }, 'Reset'));
+    } }, 'Reset offset of topic', topic, 'to', to, at, h('button', { type: 'submit', id: 'reset-submit' }, 'Reset'));
     show(h('h2', {}, 'Group ' + name), h('div', { id: 'group-errors' }, errorsBlock(d.errors) || ''),
       h('p', {}, 'Total lag: ', h('b', { id: 'group-lag' }, String(g.lag)), ' messages; topics: ', g.topics.join(', '), '. Refreshes every 2 s.'),
       h('p', { class: 'empty' }, 'Consumers online: the brokers do not report client sessions per group yet; in-flight deliveries show who is consuming.'),
