@@ -523,6 +523,10 @@ async fn reset_offset_to_earliest_latest_and_time_goes_through_the_log() {
         acked += msgs.len();
     }
     assert_eq!(group_lag(h.broker(), "gr"), 0);
+    // The consumer that just received is listed as online.
+    let online = &h.broker().group_states(Some("gr"))[0].consumers;
+    assert_eq!(online.len(), 1, "{online:?}");
+    assert!(online[0].last_seen_ms_ago < 60_000);
     let mid = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -178,6 +178,7 @@ async fn run(b: &Browser, base: u16) -> anyhow::Result<()> {
         )
         .await?;
     let lag0 = lag0.as_u64().context("lag is a number")?;
+    b.wait_for("the consumer online", "const t = document.getElementById('consumers-table'); return t && t.tBodies[0].rows.length >= 1", WAIT).await?;
     assert!(lag0 > 0, "lag before consuming: {lag0}");
     shot(b, "group").await?;
     consumer.ack_all(&first).await?;

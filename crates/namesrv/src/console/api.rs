@@ -273,8 +273,13 @@ pub(crate) async fn groups(
             Ok(gs) => {
                 for g in gs {
                     let e = out.entry(g.group.clone()).or_insert_with(
-                        || json!({"group": g.group, "topics": [], "lag": 0u64, "queues": [], "inflight": 0u64}),
+                        || json!({"group": g.group, "topics": [], "lag": 0u64, "queues": [], "inflight": 0u64, "consumers": []}),
                     );
+                    if let Some(a) = e["consumers"].as_array_mut() {
+                        a.extend(g.consumers.iter().map(|c| {
+                            json!({"broker": bg, "client_id": c.client_id, "last_seen_ms_ago": c.last_seen_ms_ago})
+                        }));
+                    }
                     e["lag"] = (e["lag"].as_u64().unwrap_or(0) + g.lag).into();
                     let inflight: u64 = g.queues.iter().map(|x| u64::from(x.inflight)).sum();
                     e["inflight"] = (e["inflight"].as_u64().unwrap_or(0) + inflight).into();

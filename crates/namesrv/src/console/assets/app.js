@@ -185,6 +185,7 @@ async function pageGroups() {
   show(h('h2', {}, 'Consumer groups'), errorsBlock(d.errors), table([
     { t: 'Group', v: g => g.group }, { t: 'Topics', v: g => g.topics.join(', ') },
     { t: 'Lag', num: 1, v: g => fmt(g.lag) }, { t: 'In flight', num: 1, v: g => fmt(g.inflight) },
+    { t: 'Consumers online', num: 1, v: g => new Set(g.consumers.map(c => c.client_id)).size },
   ], d.groups, { id: 'groups-table', empty: 'No consumer group has consumed anything yet.', click: g => { location.hash = '#group/' + encodeURIComponent(g.group); } }));
 }
 
@@ -194,7 +195,7 @@ async function pageGroup(name) {
     const g = d.groups[0];
     if (!g) { show(h('h2', {}, 'Group ' + name), h('p', { class: 'empty' }, 'No such consumer group.')); return; }
     const lag = $('group-lag');
-    if (lag) { lag.textContent = String(g.lag); $('group-queues').replaceChildren(queuesTable(g)); $('group-errors').replaceChildren(errorsBlock(d.errors) || ''); return; }
+    if (lag) { lag.textContent = String(g.lag); $('group-queues').replaceChildren(queuesTable(g)); $('group-consumers').replaceChildren(consumersTable(g)); $('group-errors').replaceChildren(errorsBlock(d.errors) || ''); return; }
     const topic = h('select', { id: 'reset-topic' }, g.topics.map(t => h('option', {}, t)));
     const to = h('select', { id: 'reset-to' }, h('option', { value: 'earliest' }, 'earliest'), h('option', { value: 'latest' }, 'latest'), h('option', { value: 'time' }, 'time'));
     const at = h('input', { id: 'reset-time', type: 'datetime-local', step: 1 });
@@ -211,11 +212,16 @@ async function pageGroup(name) {
     } }, 'Reset offset of topic', topic, 'to', to, at, h('button', { type: 'submit', id: 'reset-submit' }, 'Reset'));
     show(h('h2', {}, 'Group ' + name), h('div', { id: 'group-errors' }, errorsBlock(d.errors) || ''),
       h('p', {}, 'Total lag: ', h('b', { id: 'group-lag' }, String(g.lag)), ' messages; topics: ', g.topics.join(', '), '. Refreshes every 2 s.'),
-      h('p', { class: 'empty' }, 'Consumers online: the brokers do not report client sessions per group yet; in-flight deliveries show who is consuming.'),
-      form, h('div', { id: 'group-queues' }, queuesTable(g)));
+      h('h3', {}, 'Consumers online'), h('div', { id: 'group-consumers' }, consumersTable(g)),
+      h('h3', {}, 'Queues'), form, h('div', { id: 'group-queues' }, queuesTable(g)));
   };
   await draw();
   every(2000, () => draw().catch(e => flash(e.message)));
+}
+
+function consumersTable(g) {
+  return table([{ t: 'Client id', v: c => c.client_id }, { t: 'Broker', v: c => c.broker }, { t: 'Last heard', num: 1, v: c => (c.last_seen_ms_ago / 1000).toFixed(1) + ' s ago' }],
+    g.consumers, { id: 'consumers-table', empty: 'No consumer of this group called a broker in the last minute.' });
 }
 
 function queuesTable(g) {
