@@ -456,6 +456,32 @@ impl BrokerAdmin for AdminService {
             },
         ))
     }
+
+    async fn reset_offset(
+        &self,
+        request: Request<ResetOffsetRequest>,
+    ) -> RpcResult<ResetOffsetResponse> {
+        let r = request.into_inner();
+        Ok(Response::new(
+            match self
+                .broker
+                .reset_group_offsets(&r.group, &r.topic, r.to, r.timestamp_ms)
+                .await
+            {
+                Ok(qs) => ResetOffsetResponse {
+                    status: Some(ok_status()),
+                    queues: qs
+                        .into_iter()
+                        .map(|(queue_id, offset)| ResetQueue { queue_id, offset })
+                        .collect(),
+                },
+                Err(e) => ResetOffsetResponse {
+                    status: Some(e.status()),
+                    queues: Vec::new(),
+                },
+            },
+        ))
+    }
 }
 
 /// Manual switchover is refused while a controller decides roles.

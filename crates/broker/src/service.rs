@@ -108,6 +108,12 @@ impl MessagingService for BrokerService {
 
     async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> RpcResult<HeartbeatResponse> {
         acl_check!(self, request);
+        if let Some(g) = request.get_ref().group.as_ref() {
+            self.broker
+                .consumers()
+                .online()
+                .seen(&g.name, client_id(request.metadata()));
+        }
         Ok(Response::new(HeartbeatResponse {
             status: Some(ok_status()),
         }))
@@ -167,6 +173,12 @@ impl MessagingService for BrokerService {
     ) -> RpcResult<Self::ReceiveMessageStream> {
         acl_check!(self, request);
         use receive_message_response::Content;
+        if let Some(g) = request.get_ref().group.as_ref() {
+            self.broker
+                .consumers()
+                .online()
+                .seen(&g.name, client_id(request.metadata()));
+        }
         let req = request.into_inner();
         let items: Vec<ReceiveMessageResponse> =
             match self.broker.receive(&req, &self.shutdown).await {
@@ -374,4 +386,11 @@ impl MessagingService for BrokerService {
             receipt_handle,
         }))
     }
+}
+
+/// The client id a RocketMQ 5 client sends with every call (empty when absent).
+fn client_id(md: &tonic::metadata::MetadataMap) -> &str {
+    md.get("x-mq-client-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }

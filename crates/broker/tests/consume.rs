@@ -498,3 +498,82 @@ async fn push_consumer_acks_successes_and_retries_failures() {
         assert_eq!(v, &vec![1, 2], "nacked once, then acked, never again");
     }
 }
+
+fn group_lag(b: &Broker, group: &str) -> u64 {
+    b.group_states(Some(group))
+        .first()
+        .map(|g| g.lag)
+        .unwrap_or(0)
+}
+
+/// The admin ResetOffset (console "reset to earliest / latest / time"): goes through
+/// the log, so it survives a restart, and the reset messages are delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_offset_to_earliest_latest_and_time_goes_through_the_log() {
+    let mut h = H::start(|_| {}).await;
+    let p = h.producer().await;
+    send_n(&p, "t", 20).await;
+    let c = h.consumer("gr", "t", "*").await;
+    let mut acked = 0;
+    while acked < 20 {
+        let msgs = c.receive(32, Duration::from_secs(30)).await.unwrap();
+        for m in &msgs {
+            c.ack(m).await.unwrap();
+        }
+        acked += msgs.len();
+    }
+    assert_eq!(group_lag(h.broker(), "gr"), 0);
+    // The consumer that just received is listed as online.
+    let online = &h.broker().group_states(Some("gr"))[0].consumers;
+    assert_eq!(online.len(), 1, "{online:?}");
+    assert!(online[0].last_seen_ms_ago < 60_000);
+    let mid = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    send_n(&p, "t", 5).await;
+    assert_eq!(group_lag(h.broker(), "gr"), 5);
+
+    // Earliest: all 25 are unconsumed again, and stay so across a restart.
+    let qs = h
+        .broker()
+        .reset_group_offsets("gr", "t", 1, 0)
+        .await
+        .unwrap();
+    assert_eq!(qs.len(), 4);
+    assert!(qs.iter().all(|&(_, o)| o == 0));
+    assert_eq!(group_lag(h.broker(), "gr"), 25);
+    h.restart().await;
+    assert_eq!(group_lag(h.broker(), "gr"), 25, "the reset was in the log");
+
+    // Time: only the 5 sent after `mid` remain, and they are delivered again.
+    h.broker()
+        .reset_group_offsets("gr", "t", 3, mid)
+        .await
+        .unwrap();
+    assert_eq!(group_lag(h.broker(), "gr"), 5);
+    let c = h.consumer("gr", "t", "*").await;
+    let mut again = 0;
+    for _ in 0..20 {
+        let msgs = c.receive(32, Duration::from_secs(30)).await.unwrap();
+        again += msgs.len();
+        if again >= 5 {
+            break;
+        }
+    }
+    assert_eq!(again, 5);
+
+    // Latest: nothing left; an unknown mode is refused.
+    h.broker()
+        .reset_group_offsets("gr", "t", 2, 0)
+        .await
+        .unwrap();
+    assert_eq!(group_lag(h.broker(), "gr"), 0);
+    assert!(
+        h.broker()
+            .reset_group_offsets("gr", "t", 9, 0)
+            .await
+            .is_err()
+    );
+}

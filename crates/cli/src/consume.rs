@@ -134,6 +134,13 @@ pub async fn group(cmd: GroupCmd) -> anyhow::Result<()> {
         GroupCmd::List { target } => (target, String::new()),
         GroupCmd::Describe { group, target } => (target, group.clone()),
     };
+    use crate::table::{Align::*, Table};
+    let mut list = Table::new(&[
+        ("BROKER", Left),
+        ("GROUP", Left),
+        ("TOPICS", Left),
+        ("LAG", Right),
+    ]);
     for (name, addr) in masters(target).await? {
         let r = crate::auth::admin_client(channel(&addr).await?)
             .list_groups(ListGroupsRequest {
@@ -145,12 +152,9 @@ pub async fn group(cmd: GroupCmd) -> anyhow::Result<()> {
         check(r.status)?;
         for g in r.groups {
             match cmd {
-                GroupCmd::List { .. } => println!(
-                    "{name}\t{}\ttopics={}\tlag={}",
-                    g.group,
-                    g.topics.join(","),
-                    g.lag
-                ),
+                GroupCmd::List { .. } => {
+                    list.row([name.clone(), g.group, g.topics.join(","), g.lag.to_string()])
+                }
                 GroupCmd::Describe { .. } => {
                     let queues: Vec<_> = g
                         .queues
@@ -170,6 +174,9 @@ pub async fn group(cmd: GroupCmd) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+    if matches!(cmd, GroupCmd::List { .. }) {
+        list.print();
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ mod produce;
 mod servers;
 mod shutdown;
 mod standalone;
+mod table;
 mod timefmt;
 mod topic;
 
@@ -30,6 +31,41 @@ struct Cli {
     command: Command,
     #[command(flatten)]
     auth: auth::AuthArgs,
+    /// Log more: client commands log warnings only unless -v (info) or -vv (debug) is
+    /// given; servers log info by default. RUST_LOG overrides both.
+    #[arg(short = 'v', long = "verbose", global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+impl Command {
+    /// Client commands print their results on stdout and keep stderr quiet.
+    fn is_client(&self) -> bool {
+        matches!(
+            self,
+            Command::Topic(_)
+                | Command::Produce(_)
+                | Command::Recall(_)
+                | Command::Consume(_)
+                | Command::Admin(_)
+        )
+    }
+}
+
+/// The log filter when RUST_LOG is unset.
+fn default_filter(cmd: &Command, verbose: u8) -> &'static str {
+    match (verbose, cmd) {
+        (v, _) if v >= 2 => "debug",
+        // `chaos` drives SDK clients through faults on purpose: their retry logs are noise there.
+        (0, Command::Chaos(_)) => "warn,sofamq_client=off",
+        (0, c) if c.is_client() => "warn",
+        _ => "info",
+    }
+}
+
+/// Colour only on a terminal, and never when NO_COLOR is set to anything non-empty
+/// (<https://no-color.org>).
+fn use_color(is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 #[derive(Subcommand, Debug)]
@@ -77,19 +113,17 @@ enum BenchCmd {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // `chaos` drives SDK clients through faults on purpose: their retry logs are noise there.
-    let default_filter = match cli.command {
-        Command::Chaos(_) => "warn,sofamq_client=off",
-        _ => "info",
-    };
+    let filter = default_filter(&cli.command, cli.verbose);
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_filter.into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()),
         )
         .with_writer(std::io::stderr)
-        // No colour codes in files and pipes.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // No colour codes in files and pipes, nor with NO_COLOR.
+        .with_ansi(use_color(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR"),
+        ))
         .init();
     auth::init(&cli.auth)?;
     if let Command::Bench(BenchCmd::Store(args)) = cli.command {
@@ -117,4 +151,42 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(BenchCmd::Store(_)) => unreachable!("handled above"),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("sofamq").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn client_commands_are_quiet_unless_verbose() {
+        for args in [
+            &["topic", "list"][..],
+            &["produce", "--topic", "t", "--body", "x"],
+            &["consume", "--topic", "t", "--group", "g"],
+            &["admin", "cluster"],
+        ] {
+            let c = parse(args);
+            assert_eq!(default_filter(&c.command, c.verbose), "warn", "{args:?}");
+            let mut v: Vec<&str> = args.to_vec();
+            v.push("-v");
+            let c = parse(&v);
+            assert_eq!(default_filter(&c.command, c.verbose), "info", "{args:?} -v");
+        }
+        let c = parse(&["namesrv"]);
+        assert_eq!(default_filter(&c.command, c.verbose), "info");
+        let c = parse(&["-vv", "topic", "list"]);
+        assert_eq!(default_filter(&c.command, c.verbose), "debug");
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_color(true, None));
+        assert!(!use_color(false, None));
+        assert!(!use_color(true, Some("1".into())));
+        assert!(use_color(true, Some("".into())));
+    }
 }

@@ -152,10 +152,19 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
     if let Some(c) = &controller {
         print_controller(c, &rows);
     }
-    println!(
-        "{:<12} {:>3} {:<7} {:>5} {:<21} {:<21} {:>9} {:>14} {:>10}  STATE",
-        "BROKER", "ID", "ROLE", "EPOCH", "ADDRESS", "HTTP", "IN-SYNC", "LOG END", "DISK"
-    );
+    use crate::table::{Align::*, Table};
+    let mut tb = Table::new(&[
+        ("BROKER", Left),
+        ("ID", Right),
+        ("ROLE", Left),
+        ("EPOCH", Right),
+        ("ADDRESS", Left),
+        ("HTTP", Left),
+        ("IN-SYNC", Right),
+        ("LOG END", Right),
+        ("DISK", Right),
+        ("STATE", Left),
+    ]);
     for r in rows {
         let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
         let u = |k: &str| r[k].as_u64().unwrap_or(0);
@@ -171,12 +180,11 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         } else {
             "-".into()
         };
-        println!(
-            "{:<12} {:>3} {:<7} {:>5} {:<21} {:<21} {:>9} {:>14} {:>10}  {state}",
+        tb.row([
             s("broker"),
-            r["broker_id"],
+            r["broker_id"].to_string(),
             s("role"),
-            u("epoch"),
+            u("epoch").to_string(),
             s("address"),
             if s("http_address").is_empty() {
                 "-".into()
@@ -184,10 +192,12 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
                 s("http_address")
             },
             in_sync,
-            u("log_end_offset"),
+            u("log_end_offset").to_string(),
             bytes_h(u("disk_bytes")),
-        );
+            state,
+        ]);
     }
+    tb.print();
     Ok(())
 }
 
@@ -255,10 +265,15 @@ fn print_controller(c: &sofamq_controller::ControllerStatus, rows: &[serde_json:
     if let Some(why) = &c.catching_up {
         println!("controller {} CATCHING UP (not voting): {why}", c.node);
     }
-    println!(
-        "{:<12} {:>6} {:>6} {:<12} LAG (bytes behind the master, per broker id)",
-        "GROUP", "MASTER", "EPOCH", "IN-SYNC"
-    );
+    use crate::table::{Align::*, Table};
+    let mut tb = Table::new(&[
+        ("GROUP", Left),
+        ("MASTER", Right),
+        ("EPOCH", Right),
+        ("IN-SYNC", Left),
+        ("LAG (bytes behind the master, per broker id)", Left),
+    ]);
+    let mut unavailable = Vec::new();
     for g in &c.groups {
         let insync = g
             .insync
@@ -271,16 +286,20 @@ fn print_controller(c: &sofamq_controller::ControllerStatus, rows: &[serde_json:
             .map(|(id, l)| format!("{id}:{}", l.map_or("?".to_string(), |x| x.to_string())))
             .collect::<Vec<_>>()
             .join(" ");
-        println!(
-            "{:<12} {:>6} {:>6} {:<12} {lag}",
-            g.group,
+        tb.row([
+            g.group.clone(),
             g.master.map_or("none".to_string(), |m| m.to_string()),
-            g.master_epoch,
+            g.master_epoch.to_string(),
             format!("{{{insync}}}"),
-        );
+            lag,
+        ]);
         if let Some(why) = c.unavailable.get(&g.group) {
-            println!("  UNAVAILABLE: {why}");
+            unavailable.push(format!("{}: UNAVAILABLE: {why}", g.group));
         }
+    }
+    tb.print();
+    for u in unavailable {
+        println!("{u}");
     }
     println!();
 }
@@ -409,16 +428,22 @@ pub async fn describe_topic(name: &str, target: &Target, json: bool) -> anyhow::
             t["perm"],
             t["messages"]
         );
-        println!(
-            "  {:>5} {:>12} {:>12} {:>12}",
-            "QUEUE", "MIN", "MAX", "MESSAGES"
-        );
+        use crate::table::{Align::*, Table};
+        let mut tb = Table::new(&[
+            ("  QUEUE", Right),
+            ("MIN", Right),
+            ("MAX", Right),
+            ("MESSAGES", Right),
+        ]);
         for q in t["queues"].as_array().into_iter().flatten() {
-            println!(
-                "  {:>5} {:>12} {:>12} {:>12}",
-                q["queue_id"], q["min_offset"], q["max_offset"], q["messages"]
-            );
+            tb.row([
+                q["queue_id"].to_string(),
+                q["min_offset"].to_string(),
+                q["max_offset"].to_string(),
+                q["messages"].to_string(),
+            ]);
         }
+        tb.print();
     }
     Ok(())
 }
@@ -467,29 +492,34 @@ pub async fn pending(args: PendingArgs) -> anyhow::Result<()> {
     if rows == 0 {
         println!("no pending timer or open half message");
     } else {
-        println!(
-            "{:<12} {:<32} {:>14} {:>10} {:>16}",
-            "BROKER", "TOPIC", "PENDING-TIMERS", "OPEN-HALF", "OLDEST-HALF-AGE"
-        );
-    }
-    for b in &brokers {
-        let broker = b["broker"].as_str().unwrap_or("");
-        for t in b["topics"].as_array().into_iter().flatten() {
-            let age = t["oldest_half_age_ms"]
-                .as_i64()
-                .map_or("-".to_string(), |ms| {
-                    crate::timefmt::format_age(std::time::Duration::from_millis(ms.max(0) as u64))
-                });
-            println!(
-                "{:<12} {:<32} {:>14} {:>10} {:>16}",
-                broker,
-                t["topic"].as_str().unwrap_or(""),
-                // As numbers: a JSON value's Display ignores the width.
-                t["pending_timers"].as_u64().unwrap_or(0),
-                t["open_half"].as_u64().unwrap_or(0),
-                age
-            );
+        use crate::table::{Align::*, Table};
+        let mut tb = Table::new(&[
+            ("BROKER", Left),
+            ("TOPIC", Left),
+            ("PENDING-TIMERS", Right),
+            ("OPEN-HALF", Right),
+            ("OLDEST-HALF-AGE", Right),
+        ]);
+        for b in &brokers {
+            let broker = b["broker"].as_str().unwrap_or("");
+            for t in b["topics"].as_array().into_iter().flatten() {
+                let age = t["oldest_half_age_ms"]
+                    .as_i64()
+                    .map_or("-".to_string(), |ms| {
+                        crate::timefmt::format_age(std::time::Duration::from_millis(
+                            ms.max(0) as u64
+                        ))
+                    });
+                tb.row([
+                    broker.to_string(),
+                    t["topic"].as_str().unwrap_or("").to_string(),
+                    t["pending_timers"].as_u64().unwrap_or(0).to_string(),
+                    t["open_half"].as_u64().unwrap_or(0).to_string(),
+                    age,
+                ]);
+            }
         }
+        tb.print();
     }
     for b in &brokers {
         let broker = b["broker"].as_str().unwrap_or("");

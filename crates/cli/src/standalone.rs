@@ -147,9 +147,19 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     let ns_http = addr(args.port_base, ports::NAMESRV_HTTP)?;
     let m_http = addr(args.port_base, ports::BROKER_A_MASTER_HTTP)?;
     let s_http = addr(args.port_base, ports::BROKER_A_SLAVE_HTTP)?;
+    let failover = !args.no_slave && !args.no_failover;
+    let ctl_addr = addr(args.port_base, ports::CONTROLLER)?;
     let ns_cfg = NamesrvConfig {
         listen: ns_addr,
         http_listen: Some(ns_http),
+        console: sofamq_namesrv::console::ConsoleConfig {
+            controllers: if failover {
+                vec![ctl_addr.to_string()]
+            } else {
+                Vec::new()
+            },
+            ..Default::default()
+        },
         ..Default::default()
     };
     let ns_task = tokio::spawn(sofamq_namesrv::run(ns_listener, ns_cfg, shutdown.wait()));
@@ -159,8 +169,6 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     let m_repl = addr(args.port_base, ports::BROKER_A_MASTER_REPL)?;
     let s_addr = addr(args.port_base, ports::BROKER_A_SLAVE)?;
     let s_repl = addr(args.port_base, ports::BROKER_A_SLAVE_REPL)?;
-    let failover = !args.no_slave && !args.no_failover;
-    let ctl_addr = addr(args.port_base, ports::CONTROLLER)?;
     let ctl_task = if failover {
         Some(start_controller(ctl_addr, args.data_dir.join("controller"), &shutdown).await?)
     } else {
@@ -270,7 +278,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     .await?;
     if args.no_slave {
         println!(
-            "sofamq standalone ready: access point {ns_addr} (broker-a master {b_addr}, no slave, data {}; http namesrv {ns_http} master {m_http})",
+            "sofamq standalone ready: access point {ns_addr} (broker-a master {b_addr}, no slave, data {}; http namesrv {ns_http} master {m_http}; console http://{ns_http}/console/)",
             args.data_dir.display()
         );
     } else {
@@ -285,7 +293,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
             "no failover".to_string()
         };
         println!(
-            "sofamq standalone ready: access point {ns_addr} (broker-a master {master_addr}, slave {slave_addr}, in sync, {how}; replication {m_repl} / {s_repl}; data {}; http namesrv {ns_http} brokers {m_http} {s_http})",
+            "sofamq standalone ready: access point {ns_addr} (broker-a master {master_addr}, slave {slave_addr}, in sync, {how}; replication {m_repl} / {s_repl}; data {}; http namesrv {ns_http} brokers {m_http} {s_http}; console http://{ns_http}/console/)",
             args.data_dir.display()
         );
     }

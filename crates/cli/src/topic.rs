@@ -189,20 +189,24 @@ pub async fn run(cmd: TopicCmd) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!(
-                    "{:<12} {:<32} {:>6} {:<12} {:>12}",
-                    "BROKER", "TOPIC", "QUEUES", "TYPE", "MESSAGES"
-                );
+                use crate::table::{Align::*, Table};
+                let mut t = Table::new(&[
+                    ("BROKER", Left),
+                    ("TOPIC", Left),
+                    ("QUEUES", Right),
+                    ("TYPE", Left),
+                    ("MESSAGES", Right),
+                ]);
                 for r in rows {
-                    println!(
-                        "{:<12} {:<32} {:>6} {:<12} {:>12}",
-                        r["broker"].as_str().unwrap_or(""),
-                        r["topic"].as_str().unwrap_or(""),
-                        r["queues"],
-                        r["type"].as_str().unwrap_or(""),
-                        r["messages"]
-                    );
+                    t.row([
+                        r["broker"].as_str().unwrap_or("").to_string(),
+                        r["topic"].as_str().unwrap_or("").to_string(),
+                        r["queues"].to_string(),
+                        r["type"].as_str().unwrap_or("").to_string(),
+                        r["messages"].to_string(),
+                    ]);
                 }
+                t.print();
             }
         }
     }

@@ -53,6 +53,8 @@ pub struct NamesrvConfig {
     /// Proxy mode (`[proxy]`): routes name this server, client RPCs are forwarded to the
     /// current masters. On by default.
     pub proxy: crate::proxy::ProxyOptions,
+    /// The web console at `/console/` on [`Self::http_listen`] (`[console]`).
+    pub console: crate::console::ConsoleConfig,
 }
 
 impl Default for NamesrvConfig {
@@ -75,6 +77,7 @@ impl Default for NamesrvConfig {
             http_listen: None,
             tls: crate::tls::TlsConfig::default(),
             proxy: crate::proxy::ProxyOptions::default(),
+            console: crate::console::ConsoleConfig::default(),
         }
     }
 }

@@ -47,10 +47,23 @@ pub async fn serve(
     o: Arc<dyn Observable>,
     token: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = Router::new()
+    serve_with(listener, o, None, token).await
+}
+
+/// [`serve`] plus the routes of `extra` (the name server's console).
+pub async fn serve_with(
+    listener: TcpListener,
+    o: Arc<dyn Observable>,
+    extra: Option<Router>,
+    token: CancellationToken,
+) -> std::io::Result<()> {
+    let mut app = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .with_state(o);
+    if let Some(extra) = extra {
+        app = app.merge(extra);
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(token.cancelled_owned())
         .await
@@ -59,9 +72,19 @@ pub async fn serve(
 /// Spawns [`serve`], logging (not propagating) a failure: the HTTP endpoint is an
 /// operator aid and never takes the server down.
 pub fn spawn(listener: TcpListener, o: Arc<dyn Observable>, token: CancellationToken) {
+    spawn_with(listener, o, None, token);
+}
+
+/// [`spawn`] with extra routes (see [`serve_with`]).
+pub fn spawn_with(
+    listener: TcpListener,
+    o: Arc<dyn Observable>,
+    extra: Option<Router>,
+    token: CancellationToken,
+) {
     let addr = listener.local_addr().ok();
     tokio::spawn(async move {
-        if let Err(e) = serve(listener, o, token).await {
+        if let Err(e) = serve_with(listener, o, extra, token).await {
             tracing::warn!(?addr, error = %e, "HTTP endpoint stopped");
         }
     });

@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod console;
 pub mod endpoints;
 pub mod error;
 pub mod http;

@@ -93,8 +93,12 @@ pub async fn run_with_http(
             labels: crate::metrics::labels(&[("addr", &addr.to_string())]),
             proxy: proxy.clone(),
         });
-        info!(%addr, http = ?l.local_addr().ok(), "name server HTTP endpoint (/metrics, /health)");
-        crate::http::spawn(l, o, token.clone());
+        let console = config
+            .console
+            .enabled
+            .then(|| crate::console::router(Arc::clone(&registry), config.console.clone()));
+        info!(%addr, http = ?l.local_addr().ok(), console = config.console.enabled, "name server HTTP endpoint (/metrics, /health, /console/)");
+        crate::http::spawn_with(l, o, console, token.clone());
     }
 
     info!(%addr, tls = config.tls.enabled(), proxy = config.proxy.enabled, "name server listening");

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use sofamq_proto::admin::{ConsumerGroupState, GroupQueueState};
+use sofamq_proto::admin::{ConsumerClient, ConsumerGroupState, GroupQueueState};
 
 use super::dlq::RESEND_GROUP;
 use crate::broker::Broker;
@@ -49,6 +49,20 @@ impl Broker {
                 });
             }
         }
-        by_group.into_values().collect()
+        let online = self.consumers().online();
+        by_group
+            .into_values()
+            .map(|mut g| {
+                g.consumers = online
+                    .clients(&g.group)
+                    .into_iter()
+                    .map(|(client_id, last_seen_ms_ago)| ConsumerClient {
+                        client_id,
+                        last_seen_ms_ago,
+                    })
+                    .collect();
+                g
+            })
+            .collect()
     }
 }

@@ -21,6 +21,7 @@ pub mod config;
 pub mod dlq;
 pub mod filter;
 pub mod offsets;
+pub mod online;
 pub mod receipt;
 pub mod receive;
 pub mod records;
@@ -84,6 +85,7 @@ pub struct Consumers {
     secret_init: tokio::sync::Mutex<()>,
     wake: Notify,
     cursor: AtomicU32,
+    online: online::Online,
 }
 
 impl Consumers {
@@ -97,9 +99,15 @@ impl Consumers {
             secret_init: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
             cursor: AtomicU32::new(0),
+            online: online::Online::default(),
         };
         c.reload()?;
         Ok(c)
+    }
+
+    /// Consumer clients recently heard from, per group.
+    pub fn online(&self) -> &online::Online {
+        &self.online
     }
 
     /// Drops the in-memory state and replays it from the log (used at open,

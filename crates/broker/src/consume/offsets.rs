@@ -142,6 +142,79 @@ impl Broker {
         Ok(())
     }
 
+    /// The admin ResetOffset: moves `group`'s offset on every queue of `topic` to its
+    /// earliest (`to` = 1) or latest (2) offset, or to the first message stored at or
+    /// after `timestamp_ms` (3). One record in the log carries every queue's `Reset`.
+    pub async fn reset_group_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        to: u32,
+        timestamp_ms: i64,
+    ) -> Result<Vec<(u32, u64)>, BrokerError> {
+        self.check_group(group)?;
+        self.writable()?;
+        let cfg = self.readable_topic(topic)?;
+        let mut targets = Vec::with_capacity(cfg.queue_count as usize);
+        for q in 0..cfg.queue_count {
+            let (min, max) = self.store().queue_offsets(&cfg.name, q);
+            let offset = match to {
+                1 => min,
+                2 => max,
+                3 => self.first_at_or_after(&cfg.name, q, timestamp_ms)?,
+                _ => {
+                    return Err(BrokerError::BadRequest(
+                        "to: 1 (earliest), 2 (latest) or 3 (time)".into(),
+                    ));
+                }
+            };
+            targets.push((q, offset));
+        }
+        let consumers = self.consumers();
+        let Some(gt) = consumers.group_topic(group, &cfg.name, true)? else {
+            return Ok(Vec::new());
+        };
+        let pending = {
+            let mut g = gt.lock();
+            let ops: Vec<Op> = targets
+                .iter()
+                .map(|&(queue, offset)| Op::Reset { queue, offset })
+                .collect();
+            for op in &ops {
+                g.apply(op);
+            }
+            consumers.enqueue(vec![Consumers::ops_record(group, &cfg.name, &ops)])
+        };
+        pending.wait(self.persist_timeout()).await?;
+        consumers.wake();
+        tracing::info!(%group, topic = %cfg.name, to, "consumer group offsets reset");
+        Ok(targets)
+    }
+
+    /// First offset of queue `q` whose store timestamp is at or after `ts` (binary search).
+    fn first_at_or_after(&self, topic: &str, q: u32, ts: i64) -> Result<u64, BrokerError> {
+        let (min, max) = self.store().queue_offsets(topic, q);
+        let (mut lo, mut hi) = (min, max);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let e = self
+                .store()
+                .read_queue_entries(topic, q, mid, 1)
+                .map_err(|e| BrokerError::Internal(format!("consume queue read: {e}")))?;
+            let Some(e) = e.first() else { break };
+            let rec = self
+                .store()
+                .read_at(e.log_offset)
+                .map_err(|e| BrokerError::Internal(format!("log read: {e}")))?;
+            if rec.store_ts_ms < ts {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
     /// Handles GetOffset: the group's consumed-up-to offset of the queue.
     pub fn get_offset(&self, req: &GetOffsetRequest) -> Result<i64, BrokerError> {
         let group = resource_name(req.group.as_ref());
@@ -173,26 +246,7 @@ impl Broker {
                     .as_ref()
                     .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000))
                     .ok_or_else(|| BrokerError::BadRequest("timestamp is missing".into()))?;
-                // First offset whose store timestamp is >= ts (binary search).
-                let (mut lo, mut hi) = (min, max);
-                while lo < hi {
-                    let mid = lo + (hi - lo) / 2;
-                    let e = self
-                        .store()
-                        .read_queue_entries(&topic.name, q, mid, 1)
-                        .map_err(|e| BrokerError::Internal(format!("consume queue read: {e}")))?;
-                    let Some(e) = e.first() else { break };
-                    let rec = self
-                        .store()
-                        .read_at(e.log_offset)
-                        .map_err(|e| BrokerError::Internal(format!("log read: {e}")))?;
-                    if rec.store_ts_ms < ts {
-                        lo = mid + 1;
-                    } else {
-                        hi = mid;
-                    }
-                }
-                lo as i64
+                self.first_at_or_after(&topic.name, q, ts)? as i64
             }
         })
     }
