@@ -70,25 +70,13 @@ impl Broker {
     pub fn open(config: BrokerConfig) -> Result<Self, BrokerError> {
         let (store, topics, consumers, acl) = match Self::open_state(&config) {
             // A consume queue that points at the wrong records (damaged on disk, or a write
-            // lost under it) is derived data: rebuilt from the log, the old files kept.
-            Err(e) if e.to_string().contains("entry does not match record") => {
-                let dir = config.data_dir.join("store");
-                let ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis());
-                let aside = dir.join("damaged").join(format!("consumequeue-{ms}"));
+            // lost under it) is derived data: the store marked it when the replay read it,
+            // and opening again moves the queues aside and rebuilds them from the log.
+            Err(e) if sofamq_store::queue_rebuild_pending(&config.data_dir.join("store")) => {
                 tracing::error!(
                     error = %e,
-                    kept = %aside.display(),
                     "a consume queue does not match the commit log: rebuilding every consume queue from the log"
                 );
-                std::fs::create_dir_all(dir.join("damaged"))
-                    .and_then(|()| std::fs::rename(dir.join("consumequeue"), &aside))
-                    .map_err(|io| {
-                        BrokerError::Internal(format!(
-                            "moving the damaged consume queues aside: {io}"
-                        ))
-                    })?;
                 Self::open_state(&config)?
             }
             r => r?,

@@ -53,6 +53,7 @@ pub use epoch::EpochEntry;
 pub use error::StoreError;
 pub use log::Scan;
 pub use record::{Appended, NewRecord, Record, tag_hash};
+pub use recovery::queue_rebuild_pending;
 pub use store::{Fault, FsyncStats, Store, StoreStats};
 pub use truncate::DamageCut;
 

@@ -36,6 +36,33 @@ use crate::segment::{Segment, SegmentReader, Step, list_segments, sync_dir};
 /// from the log (written when a queue was found not to match it).
 pub(crate) const REBUILD_MARKER: &str = "rebuild-queues";
 
+/// Whether the store in `dir` is marked to rebuild its consume queues at the next open
+/// (a queue was found not to match the log; see `Store::queues_damaged`).
+pub fn queue_rebuild_pending(dir: &std::path::Path) -> bool {
+    dir.join(REBUILD_MARKER).exists()
+}
+
+/// Moves `consumequeue/` to `damaged/consumequeue-<ms>/` for the operator; recovery then
+/// rebuilds every queue from the log.
+fn set_queues_aside(dir: &std::path::Path) -> Result<(), StoreError> {
+    let from = dir.join("consumequeue");
+    if !from.exists() {
+        return Ok(());
+    }
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let damaged = dir.join("damaged");
+    std::fs::create_dir_all(&damaged)?;
+    let to = damaged.join(format!("consumequeue-{ms}"));
+    std::fs::rename(&from, &to)?;
+    std::fs::create_dir_all(&from)?;
+    sync_dir(&damaged)?;
+    sync_dir(dir)?;
+    tracing::warn!(kept = %to.display(), "damaged consume queues moved aside");
+    Ok(())
+}
+
 /// What recovery found.
 pub(crate) struct Recovered {
     pub segments: Vec<Arc<Segment>>,
@@ -275,6 +302,11 @@ pub(crate) fn recover(cfg: &StoreConfig) -> Result<Recovered, StoreError> {
         ));
     }
 
+    let marker = cfg.dir.join(REBUILD_MARKER);
+    let marked = marker.exists();
+    if marked {
+        set_queues_aside(&cfg.dir)?;
+    }
     let cqs = ConsumeQueues::new(cfg.dir.join("consumequeue"));
     let strange = cqs.load_all()?;
     let cq_from = ck
@@ -290,8 +322,6 @@ pub(crate) fn recover(cfg: &StoreConfig) -> Result<Recovered, StoreError> {
         _ if strange > 0 => Some(format!("{strange} unexpected files in consumequeue/")),
         _ => None,
     };
-    let marker = cfg.dir.join(REBUILD_MARKER);
-    let marked = marker.exists();
     if marked && rebuild.is_none() {
         let why = std::fs::read_to_string(&marker).unwrap_or_default();
         rebuild = Some(format!("a consume queue was found damaged: {why}"));

@@ -1044,36 +1044,55 @@ fn segment_files(store_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// holding the checkpoint's consume-queue offset): damage that must fence the log, not be
 /// cut as a torn tail. Returns the offset, or `None` when that range is under 64 bytes.
 pub fn flip_durable_byte(store_dir: &Path, seed: u64) -> anyhow::Result<Option<u64>> {
-    use std::os::unix::fs::FileExt;
     let Some((at, start, path, _)) = durable_spot(store_dir, seed)? else {
         return Ok(None);
     };
+    flip_at(&path, at - start)?;
+    Ok(Some(at))
+}
+
+/// Flips byte `pos` of file `path` (xor 0x40), durably.
+fn flip_at(path: &Path, pos: u64) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)?;
     let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at - start)?;
+    f.read_exact_at(&mut b, pos)?;
     b[0] ^= 0x40;
-    f.write_all_at(&b, at - start)?;
+    f.write_all_at(&b, pos)?;
     f.sync_all()?;
-    Ok(Some(at))
+    Ok(())
+}
+
+/// The broker checkpoint's `(durable, cq_flushed)` offsets (see `sofamq_store`'s
+/// `checkpoint.rs`: bytes 8..16 and 16..24).
+fn checkpoint_offsets(store_dir: &Path) -> anyhow::Result<(u64, u64)> {
+    let ck = std::fs::read(store_dir.join("checkpoint"))?;
+    anyhow::ensure!(ck.len() >= 24, "short checkpoint");
+    let word = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&ck[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    Ok((word(8), word(16)))
+}
+
+/// The commit-log segments of `store_dir` as `(start offset, path)`, in order.
+fn segments_by_start(store_dir: &Path) -> anyhow::Result<Vec<(u64, PathBuf)>> {
+    Ok(segment_files(store_dir)?
+        .into_iter()
+        .filter_map(|p| Some((p.file_name()?.to_str()?.parse().ok()?, p)))
+        .collect())
 }
 
 /// Flips one byte in a sealed segment of the log in `store_dir` (the only segment when
 /// there is one), below the checkpoint's durable offset; see
 /// [`ChaosCluster::flip_sealed_byte`].
 pub fn flip_sealed_byte(store_dir: &Path, seed: u64) -> anyhow::Result<Option<u64>> {
-    use std::os::unix::fs::FileExt;
-    let ck = std::fs::read(store_dir.join("checkpoint"))?;
-    anyhow::ensure!(ck.len() >= 16, "short checkpoint");
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&ck[8..16]);
-    let durable = u64::from_le_bytes(w);
-    let segs: Vec<(u64, PathBuf)> = segment_files(store_dir)?
-        .into_iter()
-        .filter_map(|p| Some((p.file_name()?.to_str()?.parse().ok()?, p)))
-        .collect();
+    let (durable, _) = checkpoint_offsets(store_dir)?;
+    let segs = segments_by_start(store_dir)?;
     if segs.is_empty() {
         return Ok(None);
     }
@@ -1086,15 +1105,7 @@ pub fn flip_sealed_byte(store_dir: &Path, seed: u64) -> anyhow::Result<Option<u6
         return Ok(None);
     }
     let at = start + rng.below(end - start);
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)?;
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at - start)?;
-    b[0] ^= 0x40;
-    f.write_all_at(&b, at - start)?;
-    f.sync_all()?;
+    flip_at(path, at - start)?;
     Ok(Some(at))
 }
 
@@ -1150,7 +1161,7 @@ pub fn damage_file(
             let what = match rng.below(3) {
                 0 if n >= 1 => {
                     std::fs::remove_file(&path)?;
-                    crate::chaos::cluster::sync_parent(&path)?;
+                    sync_parent(&path)?;
                     return Ok(Some(format!("epoch history of {n} entries removed")));
                 }
                 1 if n >= 1 => {
@@ -1170,11 +1181,7 @@ pub fn damage_file(
             Ok(Some(what))
         }
         FileDamage::QueueEntries => {
-            let ck = std::fs::read(store_dir.join("checkpoint"))?;
-            anyhow::ensure!(ck.len() >= 24, "short checkpoint");
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&ck[16..24]);
-            let flushed = u64::from_le_bytes(w);
+            let (_, flushed) = checkpoint_offsets(store_dir)?;
             let dir = store_dir.join("consumequeue").join(topic);
             let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
                 Ok(d) => d.flatten().map(|e| e.path()).collect(),
@@ -1238,18 +1245,8 @@ pub fn damage_file(
 /// (from the lowest segment start at or below the queues' flushed offset): `(offset, its
 /// segment's start, that segment's path, durable)`.
 fn durable_spot(store_dir: &Path, seed: u64) -> anyhow::Result<Option<(u64, u64, PathBuf, u64)>> {
-    let ck = std::fs::read(store_dir.join("checkpoint"))?;
-    anyhow::ensure!(ck.len() >= 24, "short checkpoint");
-    let word = |at: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&ck[at..at + 8]);
-        u64::from_le_bytes(b)
-    };
-    let (durable, cq_flushed) = (word(8), word(16));
-    let segs: Vec<(u64, PathBuf)> = segment_files(store_dir)?
-        .into_iter()
-        .filter_map(|p| Some((p.file_name()?.to_str()?.parse().ok()?, p)))
-        .collect();
+    let (durable, cq_flushed) = checkpoint_offsets(store_dir)?;
+    let segs = segments_by_start(store_dir)?;
     let from = durable.min(cq_flushed);
     let Some(lo) = segs.iter().map(|(s, _)| *s).filter(|s| *s <= from).max() else {
         return Ok(None);
@@ -1281,15 +1278,8 @@ pub struct SegmentLoss {
 /// a random point below the checkpoint's durable offset, 3 removes the active segment. Kinds
 /// 0 and 1 fall back to 2 and 3 while the log has a single segment.
 pub fn lose_segment(store_dir: &Path, kind: u64, seed: u64) -> anyhow::Result<SegmentLoss> {
-    let ck = std::fs::read(store_dir.join("checkpoint"))?;
-    anyhow::ensure!(ck.len() >= 16, "short checkpoint");
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&ck[8..16]);
-    let durable = u64::from_le_bytes(w);
-    let segs: Vec<(u64, PathBuf)> = segment_files(store_dir)?
-        .into_iter()
-        .filter_map(|p| Some((p.file_name()?.to_str()?.parse().ok()?, p)))
-        .collect();
+    let (durable, _) = checkpoint_offsets(store_dir)?;
+    let segs = segments_by_start(store_dir)?;
     anyhow::ensure!(!segs.is_empty(), "no segment");
     let mut rng = super::scenarios::Rng::new(seed);
     let sealed = segs.len() - 1;
