@@ -163,10 +163,12 @@ impl LogStore {
             return Err(OpenError::Locked(dir.display().to_string()));
         }
         let vote = match std::fs::read(vote_path(dir)) {
-            Ok(b) => Some(serde_json::from_slice(&b).map_err(|e| OpenError::Corrupt {
-                offset: 0,
-                reason: format!("vote.json: {e}"),
-            })?),
+            Ok(b) => Some(
+                serde_json::from_slice::<Vote>(&b).map_err(|e| OpenError::Corrupt {
+                    offset: 0,
+                    reason: format!("vote.json: {e}"),
+                })?,
+            ),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e.into()),
         };
@@ -238,6 +240,19 @@ impl LogStore {
             write_atomic(&marker, why.as_bytes())?;
             catching_up = Some(why);
         }
+        // A leader that restarts with its vote committed for itself takes up leadership at
+        // once, without an election (openraft's startup). With a damaged log that would be
+        // a leader missing entries it had committed, overwriting them on the followers. A
+        // catching-up node keeps its term but only as a candidate's vote: it starts as a
+        // follower, refuses votes, and the others elect a leader that holds the log.
+        let vote = match vote {
+            Some(mut v) if catching_up.is_some() && v.committed => {
+                tracing::warn!(vote = %v, "controller catching up: its committed vote is not restored as leadership");
+                v.committed = false;
+                Some(v)
+            }
+            v => v,
+        };
         write_log_end(dir, last)?;
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         if (good_len as u64) < file.metadata()?.len() {

@@ -446,6 +446,53 @@ fn group_hb(group: &str) -> Heartbeat {
     }
 }
 
+/// Heartbeats for `group`'s only broker (id 5) until the controller makes it master.
+async fn elect_group(client: &ControllerClient, group: &str) {
+    let hb = group_hb(group);
+    loop {
+        if let Ok(r) = client.heartbeat(&hb).await
+            && r.view.master == Some(5)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Three controller nodes in `dir` with six committed groups (`g0`..`g5`, each with a
+/// master) that every node applied: the peers, the nodes, a client, and the groups.
+async fn trio_with_groups(
+    dir: &Path,
+) -> (
+    BTreeMap<u64, String>,
+    BTreeMap<u64, Node>,
+    ControllerClient,
+    Vec<GroupState>,
+) {
+    let ports = free_ports(3);
+    let peers: BTreeMap<u64, String> = (1..=3u64)
+        .map(|id| (id, format!("127.0.0.1:{}", ports[id as usize - 1])))
+        .collect();
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3 {
+        nodes.insert(id, start(id, &peers, dir).await);
+    }
+    let client = ControllerClient::new(peers.values().cloned().collect(), Duration::from_secs(3));
+    for g in 0..6 {
+        elect_group(&client, &format!("g{g}")).await;
+    }
+    let groups = wait_for(
+        "every node applied the groups",
+        Duration::from_secs(10),
+        || {
+            let all: Vec<_> = nodes.values().map(|n| n.ctl.status().groups).collect();
+            (all.iter().all(|g| g.len() == 6 && *g == all[0])).then(|| all[0].clone())
+        },
+    )
+    .await;
+    (peers, nodes, client, groups)
+}
+
 fn leader_of(nodes: &BTreeMap<u64, Node>) -> Option<u64> {
     nodes
         .values()
@@ -458,60 +505,20 @@ fn leader_of(nodes: &BTreeMap<u64, Node>) -> Option<u64> {
 async fn a_damaged_raft_log_catches_up_from_the_leader_before_it_votes() {
     tokio::time::timeout(Duration::from_secs(90), async {
         let dir = tempfile::tempdir().unwrap();
-        let ports = free_ports(3);
-        let peers: BTreeMap<u64, String> = (1..=3u64)
-            .map(|id| (id, format!("127.0.0.1:{}", ports[id as usize - 1])))
-            .collect();
-        let mut nodes = BTreeMap::new();
-        for id in 1..=3 {
-            nodes.insert(id, start(id, &peers, dir.path()).await);
-        }
-        let client =
-            ControllerClient::new(peers.values().cloned().collect(), Duration::from_secs(3));
-        // Committed changes: six groups, each registered and given a master.
-        for g in 0..6 {
-            let hb = group_hb(&format!("g{g}"));
-            loop {
-                if let Ok(r) = client.heartbeat(&hb).await
-                    && r.view.master == Some(5)
-                {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        let groups = wait_for(
-            "every node applied the groups",
-            Duration::from_secs(10),
-            || {
-                let all: Vec<_> = nodes.values().map(|n| n.ctl.status().groups).collect();
-                (all.iter().all(|g| g.len() == 6 && *g == all[0])).then(|| all[0].clone())
-            },
-        )
-        .await;
+        let (peers, mut nodes, _client, groups) = trio_with_groups(dir.path()).await;
         for id in [1, 2, 3] {
             stop_node(&mut nodes, id).await;
         }
         // A flipped byte in a record of node 3's log, with good records after it.
         let log = dir.path().join("n3").join("log");
-        let mut bytes = std::fs::read(&log).unwrap();
-        let lines: Vec<usize> = bytes
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| **b == b'\n')
-            .map(|(i, _)| i)
-            .collect();
-        assert!(lines.len() > 6, "the log holds the changes");
-        let at = lines[1] + 20;
-        bytes[at] ^= 0x01;
-        std::fs::write(&log, &bytes).unwrap();
+        let at = flip_in_record(&log, 2);
 
         // Node 3 comes back with node 2: node 2 needs node 3's vote to lead, and node 3,
         // which may have lost entries it acknowledged, refuses to give it.
         nodes.insert(3, start(3, &peers, dir.path()).await);
         let why = nodes[&3].ctl.status().catching_up.expect("catching up");
         assert!(
-            why.contains(&format!("damaged at byte {}", lines[1] + 1)),
+            why.contains(&format!("damaged at byte {}", at - 19)),
             "{why}"
         );
         assert!(dir.path().join("n3").join("catching-up").exists());
@@ -559,6 +566,73 @@ async fn a_damaged_raft_log_catches_up_from_the_leader_before_it_votes() {
     .expect("timed out");
 }
 
+/// Flips a byte 20 bytes into record `k` (from 0) of the Raft log at `log` (one record per
+/// line), which must hold more than 6 records: the byte's offset.
+fn flip_in_record(log: &Path, k: usize) -> usize {
+    let mut bytes = std::fs::read(log).unwrap();
+    let ends: Vec<usize> = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .map(|(i, _)| i)
+        .collect();
+    assert!(ends.len() > 6, "the log holds the changes");
+    let at = ends[k - 1] + 20;
+    bytes[at] ^= 0x01;
+    std::fs::write(log, &bytes).unwrap();
+    at
+}
+
+/// A leader restarting with its vote committed for itself takes up leadership at once, with
+/// no election (openraft's startup). If its log was damaged meanwhile, it would lead without
+/// entries it had committed and overwrite them on the followers. Catching up, it must come
+/// back as a follower instead: the others elect a leader that holds the log, and it fetches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_log_was_damaged_comes_back_as_a_follower() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let dir = tempfile::tempdir().unwrap();
+        let (peers, mut nodes, client, groups) = trio_with_groups(dir.path()).await;
+        let leader = wait_for("a leader", Duration::from_secs(10), || leader_of(&nodes)).await;
+        stop_node(&mut nodes, leader).await;
+        flip_in_record(&dir.path().join(format!("n{leader}")).join("log"), 2);
+        // Back before the followers' election timeout: they still follow its term.
+        nodes.insert(leader, start(leader, &peers, dir.path()).await);
+        assert!(nodes[&leader].ctl.status().catching_up.is_some());
+        let next = wait_for("a new leader", Duration::from_secs(20), || {
+            leader_of(&nodes).filter(|l| *l != leader)
+        })
+        .await;
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            let s = nodes[&leader].ctl.status();
+            assert_ne!(s.leader, Some(leader), "the damaged node leads");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The new leader may have moved the groups on (their brokers stopped heartbeating):
+        // the old leader must hold the same state as the new one, every group in it.
+        let names = |g: &[GroupState]| g.iter().map(|g| g.group.clone()).collect::<Vec<_>>();
+        wait_for("the old leader caught up", Duration::from_secs(20), || {
+            let s = nodes[&leader].ctl.status();
+            (s.catching_up.is_none() && s.groups == nodes[&next].ctl.status().groups).then_some(())
+        })
+        .await;
+        for n in nodes.values() {
+            assert_eq!(
+                names(&n.ctl.status().groups),
+                names(&groups),
+                "committed state lost"
+            );
+        }
+        assert_eq!(leader_of(&nodes), Some(next));
+        elect_group(&client, "g-after").await;
+        for (_, n) in std::mem::take(&mut nodes) {
+            stop(n).await;
+        }
+    })
+    .await
+    .expect("timed out");
+}
+
 /// The same damage on a follower while the leader keeps running: the leader remembers how
 /// far the follower's log matched, and the restarted follower's log is now shorter. The
 /// leader must probe again from the start (openraft's `loosen-follower-log-revert`), not
@@ -567,47 +641,13 @@ async fn a_damaged_raft_log_catches_up_from_the_leader_before_it_votes() {
 async fn a_follower_whose_log_was_cut_catches_up_while_the_leader_runs() {
     tokio::time::timeout(Duration::from_secs(90), async {
         let dir = tempfile::tempdir().unwrap();
-        let ports = free_ports(3);
-        let peers: BTreeMap<u64, String> = (1..=3u64)
-            .map(|id| (id, format!("127.0.0.1:{}", ports[id as usize - 1])))
-            .collect();
-        let mut nodes = BTreeMap::new();
-        for id in 1..=3 {
-            nodes.insert(id, start(id, &peers, dir.path()).await);
-        }
-        let client =
-            ControllerClient::new(peers.values().cloned().collect(), Duration::from_secs(3));
-        for g in 0..6 {
-            let hb = group_hb(&format!("g{g}"));
-            loop {
-                if let Ok(r) = client.heartbeat(&hb).await
-                    && r.view.master == Some(5)
-                {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        let groups = wait_for("every node applied", Duration::from_secs(10), || {
-            let all: Vec<_> = nodes.values().map(|n| n.ctl.status().groups).collect();
-            (all.iter().all(|g| g.len() == 6 && *g == all[0])).then(|| all[0].clone())
-        })
-        .await;
+        let (peers, mut nodes, client, groups) = trio_with_groups(dir.path()).await;
         let leader = wait_for("a leader", Duration::from_secs(10), || leader_of(&nodes)).await;
         let f = [1, 2, 3].into_iter().find(|i| *i != leader).unwrap();
         stop_node(&mut nodes, f).await;
         // Cut the follower's log at a damaged record in its first half.
         let log = dir.path().join(format!("n{f}")).join("log");
-        let mut bytes = std::fs::read(&log).unwrap();
-        let lines: Vec<usize> = bytes
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| **b == b'\n')
-            .map(|(i, _)| i)
-            .collect();
-        assert!(lines.len() > 6, "the log holds the changes");
-        bytes[lines[1] + 20] ^= 0x01;
-        std::fs::write(&log, &bytes).unwrap();
+        flip_in_record(&log, 2);
         nodes.insert(f, start(f, &peers, dir.path()).await);
         assert!(nodes[&f].ctl.status().catching_up.is_some());
         wait_for("the follower caught up", Duration::from_secs(20), || {
@@ -617,15 +657,7 @@ async fn a_follower_whose_log_was_cut_catches_up_while_the_leader_runs() {
         .await;
         // The leader is still leading and still commits.
         assert_eq!(leader_of(&nodes), Some(leader));
-        let hb = group_hb("g-after");
-        loop {
-            if let Ok(r) = client.heartbeat(&hb).await
-                && r.view.master == Some(5)
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        elect_group(&client, "g-after").await;
         wait_for(
             "the follower applied the new commit",
             Duration::from_secs(10),

@@ -1403,17 +1403,30 @@ async fn flip_live(
 /// What a controller's log says once it caught up after its Raft log was damaged.
 const CONTROLLER_REPAIRED: &str = "controller log repaired from the leader";
 
-/// kill -9 a follower controller, flip a byte of a record of its Raft log, restart it: it
-/// must say it is catching up, then that it caught up from the leader (within 30 s). The
-/// time from its restart to that, when a damage was made.
+/// kill -9 a controller (the leader for odd seeds, a follower for even ones), damage its Raft
+/// log, restart it at once: it must say it is catching up, then that it caught up from the
+/// leader (within 30 s). A leader back before its followers' election timeout would take up
+/// its old leadership without an election, with a log missing what it had committed: it
+/// must come back a follower. The time from its restart to caught up, when a damage was made.
 async fn damage_a_controller(c: &mut ChaosCluster, seed: u64) -> anyhow::Result<Option<Duration>> {
     anyhow::ensure!(c.controllers.len() >= 3, "file-damage needs 3 controllers");
     let leader = c.controller_leader().await;
-    let Some(f) = (0..c.controllers.len()).find(|i| Some(*i) != leader && c.controller_alive(*i))
+    let pick_leader = seed % 2 == 1;
+    let Some(f) = (0..c.controllers.len())
+        .find(|i| (Some(*i) == leader) == pick_leader && c.controller_alive(*i))
     else {
-        anyhow::bail!("file-damage: no follower controller running");
+        anyhow::bail!("file-damage: no such controller running");
     };
-    let name = format!("controller-{}", c.controllers[f].id);
+    let name = format!(
+        "controller-{} ({})",
+        c.controllers[f].id,
+        if pick_leader {
+            "the leader"
+        } else {
+            "a follower"
+        }
+    );
+    let node = format!("controller-{}", c.controllers[f].id);
     c.kill9_controller(f);
     let Some(what) = c.damage_controller_log(f, seed)? else {
         tracing_note(&format!(
@@ -1422,11 +1435,11 @@ async fn damage_a_controller(c: &mut ChaosCluster, seed: u64) -> anyhow::Result<
         c.start_controller(f).await?;
         return Ok(None);
     };
-    let before = log_mentions(c.log_dir(), &name, CONTROLLER_REPAIRED)?;
-    let catching = log_mentions(c.log_dir(), &name, "controller catching up")?;
+    let before = log_mentions(c.log_dir(), &node, CONTROLLER_REPAIRED)?;
+    let catching = log_mentions(c.log_dir(), &node, "controller catching up")?;
     let restarted = Instant::now();
     c.start_controller(f).await?;
-    while log_mentions(c.log_dir(), &name, CONTROLLER_REPAIRED)? == before {
+    while log_mentions(c.log_dir(), &node, CONTROLLER_REPAIRED)? == before {
         anyhow::ensure!(
             restarted.elapsed() < Duration::from_secs(30),
             "file-damage: {name}: {what}; not caught up from the leader within 30 s"
@@ -1435,7 +1448,7 @@ async fn damage_a_controller(c: &mut ChaosCluster, seed: u64) -> anyhow::Result<
     }
     let took = restarted.elapsed();
     anyhow::ensure!(
-        log_mentions(c.log_dir(), &name, "controller catching up")? > catching,
+        log_mentions(c.log_dir(), &node, "controller catching up")? > catching,
         "file-damage: {name}: {what}; it never said it was catching up"
     );
     tracing_note(&format!(
