@@ -253,6 +253,40 @@ impl BrokerAdmin for AdminService {
         request: Request<ResendDeadLettersRequest>,
     ) -> RpcResult<ResendDeadLettersResponse> {
         let r = request.into_inner();
+        if !r.offsets.is_empty() {
+            if !r.topic.is_empty() || r.max != 0 {
+                let e = BrokerError::BadRequest(
+                    "chosen offsets resend just those: topic and max must be unset".into(),
+                );
+                return Ok(Response::new(ResendDeadLettersResponse {
+                    status: Some(e.status()),
+                    ..Default::default()
+                }));
+            }
+            return Ok(Response::new(
+                match self
+                    .broker
+                    .resend_chosen_dead_letters(&r.group, &r.offsets)
+                    .await
+                {
+                    Ok((resent, skipped)) => ResendDeadLettersResponse {
+                        status: Some(ok_status()),
+                        resent,
+                        skipped: skipped
+                            .into_iter()
+                            .map(|(offset, why)| ResendSkipped {
+                                offset,
+                                reason: why.to_string(),
+                            })
+                            .collect(),
+                    },
+                    Err(e) => ResendDeadLettersResponse {
+                        status: Some(e.status()),
+                        ..Default::default()
+                    },
+                },
+            ));
+        }
         let max = if r.max == 0 {
             usize::MAX
         } else {
@@ -264,10 +298,32 @@ impl BrokerAdmin for AdminService {
                 Ok(resent) => ResendDeadLettersResponse {
                     status: Some(ok_status()),
                     resent,
+                    skipped: Vec::new(),
                 },
                 Err(e) => ResendDeadLettersResponse {
                     status: Some(e.status()),
-                    resent: 0,
+                    ..Default::default()
+                },
+            },
+        ))
+    }
+
+    async fn dead_letter_progress(
+        &self,
+        request: Request<DeadLetterProgressRequest>,
+    ) -> RpcResult<DeadLetterProgressResponse> {
+        let r = request.into_inner();
+        Ok(Response::new(
+            match self.broker.dead_letter_progress(&r.group) {
+                Ok((resent_below, chosen, end)) => DeadLetterProgressResponse {
+                    status: Some(ok_status()),
+                    resent_below,
+                    chosen,
+                    end,
+                },
+                Err(e) => DeadLetterProgressResponse {
+                    status: Some(e.status()),
+                    ..Default::default()
                 },
             },
         ))

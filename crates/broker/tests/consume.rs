@@ -305,6 +305,69 @@ async fn message_moves_to_dlq_after_max_attempts_and_resend_brings_it_back() {
     c.ack(&back[0]).await.unwrap();
 }
 
+/// Dead letters resent by choice go back once: a second choice, the in-order resend and a
+/// restart (state replayed from the log) all skip them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chosen_dead_letters_are_resent_once_whichever_way() {
+    let mut h = H::start(|c| c.consume.max_attempts = 1).await;
+    let p = h.producer().await;
+    let ids: HashSet<String> = send_n(&p, "t", 4).await.into_iter().collect();
+    let c = h.consumer("gc", "t", "*").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored = h.broker().store().queue_offsets("%DLQ%gc", 0).1;
+        if stored == 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{stored} dead letters after 30 s"
+        );
+        let _ = c.receive(4, Duration::from_millis(200)).await.unwrap();
+    }
+    let b = h.broker();
+    let (n, skipped) = b
+        .resend_chosen_dead_letters("gc", &[2, 0, 2, 9])
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(skipped, vec![(9, "not stored")]);
+    let (n, skipped) = b.resend_chosen_dead_letters("gc", &[0]).await.unwrap();
+    assert_eq!((n, skipped), (0, vec![(0, "already resent")]));
+    assert_eq!(b.dead_letter_progress("gc").unwrap(), (0, vec![0, 2], 4));
+    assert!(
+        b.resend_chosen_dead_letters("gc", &vec![5; 1025])
+            .await
+            .is_err(),
+        "more than 1,024 offsets in one call"
+    );
+    h.restart().await;
+    let b = h.broker();
+    assert_eq!(
+        b.dead_letter_progress("gc").unwrap(),
+        (0, vec![0, 2], 4),
+        "replayed from the log"
+    );
+    // In order now: only the two not chosen.
+    assert_eq!(b.resend_dead_letters("gc", None, 100).await.unwrap(), 2);
+    assert_eq!(b.dead_letter_progress("gc").unwrap(), (4, vec![], 4));
+    let (n, skipped) = b.resend_chosen_dead_letters("gc", &[1]).await.unwrap();
+    assert_eq!((n, skipped), (0, vec![(1, "already resent")]));
+    // Each of the four came back exactly once (delivery attempt 1 of its new copy).
+    let c = h.consumer("gc", "t", "*").await;
+    let mut back = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while back.len() < 4 && Instant::now() < deadline {
+        for m in c.receive(4, Duration::from_secs(2)).await.unwrap() {
+            c.ack(&m).await.unwrap();
+            back.push(m);
+        }
+    }
+    let got: HashSet<String> = back.iter().map(|m| m.message_id.clone()).collect();
+    assert_eq!(back.len(), 4, "each dead letter back once");
+    assert_eq!(got, ids);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tag_filters_deliver_only_matching_messages() {
     let h = H::start(|_| {}).await;

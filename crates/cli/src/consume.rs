@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use sofamq_client::{ConsumerConfig, SimpleConsumer};
-use sofamq_proto::admin::{ListGroupsRequest, ResendDeadLettersRequest};
+use sofamq_proto::admin::{
+    DeadLetterProgressRequest, ListGroupsRequest, ReadQueueRequest, ResendDeadLettersRequest,
+};
 use sofamq_proto::v2::Code;
 
 use crate::topic::{Target, channel, masters};
@@ -115,6 +117,22 @@ pub enum DlqCmd {
         /// Only dead letters of this topic.
         #[arg(long)]
         topic: Option<String>,
+        /// Just the dead letters at these offsets of the group's dead-letter queue
+        /// (comma separated, as `admin dlq list` shows them); needs `--broker` when the
+        /// access point lists more than one master.
+        #[arg(long, value_delimiter = ',', conflicts_with = "topic")]
+        offsets: Vec<u64>,
+        /// With `--offsets`: the broker group whose dead-letter queue they are in.
+        #[arg(long, requires = "offsets")]
+        broker: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List a group's dead letters (the newest 100 per master) and whether each was resent.
+    List {
+        /// Consumer group.
+        #[arg(long)]
+        group: String,
         #[command(flatten)]
         target: Target,
     },
@@ -181,25 +199,92 @@ pub async fn group(cmd: GroupCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs a DLQ command against every master.
+/// Runs a DLQ command against every master (or the one `--broker` names).
 pub async fn dlq(cmd: DlqCmd) -> anyhow::Result<()> {
-    let DlqCmd::Resend {
-        group,
-        topic,
-        target,
-    } = cmd;
-    for (name, addr) in masters(&target).await? {
-        let r = crate::auth::admin_client(channel(&addr).await?)
-            .resend_dead_letters(ResendDeadLettersRequest {
-                group: group.clone(),
-                topic: topic.clone().unwrap_or_default(),
-                max: 0,
-            })
-            .await
-            .context("ResendDeadLetters")?
-            .into_inner();
-        check(r.status)?;
-        println!("{name}: resent {} dead letter(s) of {group}", r.resent);
+    match cmd {
+        DlqCmd::Resend {
+            group,
+            topic,
+            offsets,
+            broker,
+            target,
+        } => {
+            let mut masters = masters(&target).await?;
+            if let Some(b) = &broker {
+                masters.retain(|(name, _)| name == b);
+                if masters.is_empty() {
+                    bail!("no master of broker group {b} at the access point");
+                }
+            } else if !offsets.is_empty() && masters.len() > 1 {
+                bail!(
+                    "offsets are per dead-letter queue and {} masters are listed: name one with --broker",
+                    masters.len()
+                );
+            }
+            for (name, addr) in masters {
+                let r = crate::auth::admin_client(channel(&addr).await?)
+                    .resend_dead_letters(ResendDeadLettersRequest {
+                        group: group.clone(),
+                        topic: topic.clone().unwrap_or_default(),
+                        max: 0,
+                        offsets: offsets.clone(),
+                    })
+                    .await
+                    .context("ResendDeadLetters")?
+                    .into_inner();
+                check(r.status)?;
+                println!("{name}: resent {} dead letter(s) of {group}", r.resent);
+                for s in r.skipped {
+                    println!("{name}: offset {} not resent: {}", s.offset, s.reason);
+                }
+            }
+        }
+        DlqCmd::List { group, target } => {
+            let dlq = format!("%DLQ%{group}");
+            use crate::table::{Align::*, Table};
+            let mut t = Table::new(&[
+                ("BROKER", Left),
+                ("OFFSET", Right),
+                ("MESSAGE ID", Left),
+                ("FROM TOPIC", Left),
+                ("RESENT", Left),
+            ]);
+            for (name, addr) in masters(&target).await? {
+                let mut a = crate::auth::admin_client(channel(&addr).await?);
+                let p = a
+                    .dead_letter_progress(DeadLetterProgressRequest {
+                        group: group.clone(),
+                    })
+                    .await
+                    .context("DeadLetterProgress")?
+                    .into_inner();
+                check(p.status)?;
+                let r = a
+                    .read_queue(ReadQueueRequest {
+                        topic: dlq.clone(),
+                        queue_id: 0,
+                        offset: p.end.saturating_sub(100),
+                        max_count: 100,
+                    })
+                    .await
+                    .context("ReadQueue")?
+                    .into_inner();
+                check(r.status)?;
+                for m in r.messages {
+                    let from = m.properties.get("__DLQ_TOPIC").cloned().unwrap_or_default();
+                    let resent =
+                        m.queue_offset < p.resent_below || p.chosen.contains(&m.queue_offset);
+                    t.row([
+                        name.clone(),
+                        m.queue_offset.to_string(),
+                        m.message_id,
+                        from,
+                        if resent { "yes" } else { "no" }.to_string(),
+                    ]);
+                }
+            }
+            t.print();
+        }
     }
     Ok(())
 }

@@ -126,6 +126,18 @@ async fn client_commands_print_results_quietly_and_aligned() -> anyhow::Result<(
                         vec!["topic", "describe", "t", "--access-point", ap],
                         vec!["admin", "cluster", "--access-point", ap],
                         vec!["admin", "group", "list", "--access-point", ap],
+                        vec!["admin", "dlq", "list", "--group", "g", "--access-point", ap],
+                        vec![
+                            "admin",
+                            "dlq",
+                            "resend",
+                            "--group",
+                            "g",
+                            "--offsets",
+                            "0,3",
+                            "--access-point",
+                            ap,
+                        ],
                     ] {
                         let (o, e) = sofamq(&args)?;
                         v.push((args.join(" "), o, e));
@@ -156,6 +168,14 @@ async fn client_commands_print_results_quietly_and_aligned() -> anyhow::Result<(
             assert_aligned(&list);
             assert_aligned(&find("admin cluster"));
             assert_aligned(&find("admin group list"));
+            assert!(find("admin dlq list").starts_with("BROKER"));
+            let resend = find("admin dlq resend");
+            assert!(
+                resend.contains("resent 0 dead letter(s) of g")
+                    && resend.contains("offset 0 not resent: not stored")
+                    && resend.contains("offset 3 not resent: not stored"),
+                "{resend}"
+            );
             let describe = find("topic describe");
             let table: String = describe.lines().skip(1).map(|l| format!("{l}\n")).collect();
             assert!(table.contains("1023"));

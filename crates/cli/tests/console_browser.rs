@@ -107,14 +107,12 @@ async fn run(b: &Browser, base: u16) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("send: {e}"))?;
     }
-    producer
-        .send(
-            Message::builder("console-dlq", "poison")
-                .key("poison")
-                .build(),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("send: {e}"))?;
+    for body in ["poison-1", "poison-2"] {
+        producer
+            .send(Message::builder("console-dlq", body).key(body).build())
+            .await
+            .map_err(|e| anyhow::anyhow!("send: {e}"))?;
+    }
     b.goto(&format!("{console}#topics")).await?;
     b.wait_for(
         "40 messages counted",
@@ -212,41 +210,73 @@ async fn run(b: &Browser, base: u16) -> anyhow::Result<()> {
     b.wait_for("groups list", "const t = document.getElementById('groups-table'); return t && t.innerText.includes('console-group')", WAIT).await?;
     shot(b, "groups").await?;
 
-    // A dead letter: never acked, delivered until it gives up; then resent.
+    // Two dead letters: never acked, delivered until the group gives up on them. The
+    // second is chosen and resent; then "resend all" resends only the first.
     let poison = SimpleConsumer::start(
         ConsumerConfig::new(vec![ap.clone()], "console-dlq-group"),
         vec![("console-dlq".into(), "*".into())],
     )
     .await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
         b.goto(&format!("{console}#dlq")).await?;
         let seen = b.wait_for("dead letters page", "return document.querySelector('main h2') && document.getElementById('main').innerText", WAIT).await?;
         if seen
             .as_str()
             .unwrap_or("")
-            .contains("Group console-dlq-group")
+            .contains("Group console-dlq-group on broker-a: 2 dead letter(s) stored")
         {
             break;
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "no dead letter after 60 s"
+            "not two dead letters after 90 s: {seen}"
         );
-        let _ = poison.receive(1, Duration::from_millis(100)).await;
+        let _ = poison.receive(2, Duration::from_millis(100)).await;
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
+    b.click("#dlq-table-console-dlq-group input[data-offset='1']")
+        .await?;
     shot(b, "dlq").await?;
-    b.click("#dlq-resend-all-console-dlq-group").await?;
     b.wait_for(
-        "resend confirmed",
-        "return document.getElementById('flash').textContent.includes('Resent 1 dead letter')",
+        "the page without a stray 'null' where no broker erred",
+        "return !document.getElementById('main').innerText.split('\\n').includes('null')",
         WAIT,
     )
     .await?;
-    // The resent copy is back in its topic: the group receives it again.
-    let again = receive(&poison, 1).await?;
-    assert_eq!(again[0].body.as_ref(), b"poison");
+    b.click("#dlq-resend-chosen-console-dlq-group").await?;
+    b.wait_for(
+        "chosen resend confirmed",
+        "return document.getElementById('flash').textContent.includes('Resent 1 dead letter(s) of console-dlq-group (chosen)')",
+        WAIT,
+    )
+    .await?;
+    // The page now says which one was resent, and offers no box for it.
+    b.wait_for(
+        "the chosen one marked resent",
+        "const t = document.getElementById('dlq-table-console-dlq-group'); return t && !t.querySelector(\"input[data-offset='1']\") && t.querySelector(\"input[data-offset='0']\") && t.innerText.includes('yes')",
+        WAIT,
+    )
+    .await?;
+    // Which of the two reached the dead-letter queue second depends on redelivery timing.
+    let again = receive(&poison, 2).await?;
+    let chosen: Vec<&[u8]> = again.iter().map(|m| m.body.as_ref()).collect();
+    let other: &[u8] = match chosen.as_slice() {
+        [b"poison-1"] => b"poison-2",
+        [b"poison-2"] => b"poison-1",
+        _ => anyhow::bail!("not just the chosen dead letter came back: {chosen:?}"),
+    };
+    poison.ack_all(&again).await?;
+    b.click("#dlq-resend-all-console-dlq-group").await?;
+    b.wait_for(
+        "resend of the rest confirmed",
+        "const f = document.getElementById('flash').textContent; return f.includes('Resent 1 dead letter(s) of console-dlq-group.')",
+        WAIT,
+    )
+    .await?;
+    let again = receive(&poison, 2).await?;
+    let bodies: Vec<&[u8]> = again.iter().map(|m| m.body.as_ref()).collect();
+    assert_eq!(bodies, [other], "only the one not chosen came back");
     poison.ack_all(&again).await?;
 
     // The remaining pages render (for the screenshots, and no errors); the charts

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 
 use sofamq_proto::admin::{ConsumerClient, ConsumerGroupState, GroupQueueState};
 
-use super::dlq::RESEND_GROUP;
 use crate::broker::Broker;
 
 impl Broker {
@@ -12,7 +11,7 @@ impl Broker {
     pub fn group_states(&self, only: Option<&str>) -> Vec<ConsumerGroupState> {
         let mut by_group: BTreeMap<String, ConsumerGroupState> = BTreeMap::new();
         for (group, topic, gt) in self.consumers().snapshot() {
-            if group == RESEND_GROUP || only.is_some_and(|g| g != group) {
+            if group.starts_with(crate::topics::SYSTEM_PREFIX) || only.is_some_and(|g| g != group) {
                 continue;
             }
             let queue_count = self

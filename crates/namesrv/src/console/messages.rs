@@ -7,8 +7,8 @@ use axum::extract::{Extension, Query, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sofamq_proto::admin::{
-    GetMessageRequest, ListGroupsRequest, ListTopicsRequest, ReadQueueRequest,
-    ReplicationStatusRequest, ResendDeadLettersRequest, StoredMessage,
+    DeadLetterProgressRequest, GetMessageRequest, ListGroupsRequest, ListTopicsRequest,
+    ReadQueueRequest, ReplicationStatusRequest, ResendDeadLettersRequest, StoredMessage,
 };
 
 use super::auth::Caller;
@@ -249,6 +249,12 @@ pub(crate) async fn dead_letters(
             for t in t.topics {
                 let Some(spec) = t.spec else { continue };
                 let Some(cg) = spec.name.strip_prefix(DLQ_PREFIX) else { continue };
+                let p = a
+                    .dead_letter_progress(DeadLetterProgressRequest { group: cg.to_string() })
+                    .await
+                    .map_err(|e| why(&e))?
+                    .into_inner();
+                ok(p.status)?;
                 for qs in &t.queues {
                     let from = qs.max_offset.saturating_sub(100).max(qs.min_offset);
                     let r = a
@@ -260,7 +266,12 @@ pub(crate) async fn dead_letters(
                     v.push(json!({
                         "broker": group, "group": cg, "topic": spec.name, "queue_id": qs.queue_id,
                         "count": qs.max_offset.saturating_sub(qs.min_offset),
-                        "messages": r.messages.iter().map(|m| message(&group, m)).collect::<Vec<_>>(),
+                        "resent_below": p.resent_below,
+                        "messages": r.messages.iter().map(|m| {
+                            let mut v = message(&group, m);
+                            v["resent"] = json!(m.queue_offset < p.resent_below || p.chosen.contains(&m.queue_offset));
+                            v
+                        }).collect::<Vec<_>>(),
                     }));
                 }
             }
@@ -282,17 +293,29 @@ pub(crate) struct Resend {
     topic: String,
     #[serde(default)]
     max: u64,
+    /// With `offsets`: the broker group whose dead-letter queue they are in.
+    #[serde(default)]
+    broker: String,
+    /// Chosen dead letters (offsets of the dead-letter queue on `broker`).
+    #[serde(default)]
+    offsets: Vec<u64>,
 }
 
 /// `POST /console/api/dlq/resend`: moves the group's dead letters back to their topics,
-/// oldest first (`max` of them; 0: all), on every master.
+/// oldest first (`max` of them; 0: all), on every master; or, with `offsets`, just the
+/// chosen ones on `broker`'s master.
 pub(crate) async fn resend(
     State(c): State<Arc<Console>>,
     Extension(who): Extension<Caller>,
     Json(r): Json<Resend>,
 ) -> ApiResult {
+    let targets = if r.offsets.is_empty() {
+        c.masters()
+    } else {
+        vec![(r.broker.clone(), c.master_of(&r.broker)?)]
+    };
     let mut results = Vec::new();
-    for (bg, addr) in c.masters() {
+    for (bg, addr) in targets {
         let x = async {
             let x = c
                 .admin(&addr, who.creds.as_ref())
@@ -301,16 +324,20 @@ pub(crate) async fn resend(
                     group: r.group.clone(),
                     topic: r.topic.clone(),
                     max: r.max,
+                    offsets: r.offsets.clone(),
                 })
                 .await
                 .map_err(|e| why(&e))?
                 .into_inner();
-            ok(x.status).map(|()| x.resent)
+            ok(x.status).map(|()| (x.resent, x.skipped))
         }
         .await;
-        tracing::info!(group = %r.group, broker = %bg, user = ?who.user, ok = x.is_ok(), "console: resend dead letters");
+        tracing::info!(group = %r.group, broker = %bg, user = ?who.user, chosen = r.offsets.len(), ok = x.is_ok(), "console: resend dead letters");
         results.push(match x {
-            Ok(n) => json!({"broker": bg, "resent": n}),
+            Ok((n, skipped)) => json!({
+                "broker": bg, "resent": n,
+                "skipped": skipped.iter().map(|s| json!({"offset": s.offset, "reason": s.reason})).collect::<Vec<_>>(),
+            }),
             Err(e) => json!({"broker": bg, "error": e}),
         });
     }

@@ -22,7 +22,7 @@ function h(tag, props, ...kids) {
 }
 const $ = (id) => document.getElementById(id);
 const main = () => $('main');
-function show(...nodes) { main().replaceChildren(...nodes); }
+function show(...nodes) { main().replaceChildren(...nodes.filter(n => n !== null && n !== undefined && n !== false)); }
 function flash(msg, info) { const f = $('flash'); f.className = info ? 'info' : ''; f.textContent = msg || ''; }
 const fmt = (n) => (n === null || n === undefined) ? '-' : Number(n).toLocaleString('en-US');
 function bytes(n) { const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB']; let i = 0; n = Number(n) || 0; while (n >= 1024 && i < 4) { n /= 1024; i++; } return n.toFixed(1) + ' ' + u[i]; }
@@ -317,21 +317,33 @@ async function pageDlq() {
   if (!d.dlq.length) parts.push(h('p', { class: 'empty' }, 'No dead letters: no consumer group has given up on a message.'));
   for (const q of d.dlq) {
     const n = h('input', { type: 'number', min: 1, value: 1, style: 'width:6em', id: 'dlq-count-' + q.group });
-    const resend = async (max) => {
-      try {
-        const r = await api('dlq/resend', { group: q.group, max });
-        const bad = r.results.filter(x => x.error);
-        flash(bad.length ? 'Resend failed: ' + bad.map(x => x.broker + ': ' + x.error).join('; ') : 'Resent ' + r.results.reduce((a, x) => a + (x.resent || 0), 0) + ' dead letter(s) of ' + q.group + '.', !bad.length);
-      } catch (e) { flash(e.message); }
+    const picked = new Set();
+    const report = (r, what) => {
+      const bad = r.results.filter(x => x.error);
+      const skipped = r.results.flatMap(x => (x.skipped || []).map(s => 'offset ' + s.offset + ': ' + s.reason));
+      const n = r.results.reduce((a, x) => a + (x.resent || 0), 0);
+      flash(bad.length ? 'Resend failed: ' + bad.map(x => x.broker + ': ' + x.error).join('; ')
+        : 'Resent ' + n + ' dead letter(s) of ' + q.group + what + (skipped.length ? '; not resent: ' + skipped.join(', ') : '') + '.', !bad.length);
     };
+    const resend = async (max) => {
+      try { report(await api('dlq/resend', { group: q.group, max }), ''); await pageDlq(); } catch (e) { flash(e.message); }
+    };
+    const resendChosen = async () => {
+      if (!picked.size) { flash('Choose dead letters first (the boxes in the first column).'); return; }
+      try { report(await api('dlq/resend', { group: q.group, broker: q.broker, offsets: [...picked] }), ' (chosen)'); await pageDlq(); } catch (e) { flash(e.message); }
+    };
+    const box = (m) => m.resent ? '' : h('input', { type: 'checkbox', class: 'dlq-pick', 'data-offset': m.queue_offset,
+      onclick: (ev) => { ev.stopPropagation(); if (ev.target.checked) picked.add(m.queue_offset); else picked.delete(m.queue_offset); } });
     parts.push(h('div', { class: 'card' }, h('h3', {}, 'Group ' + q.group + ' on ' + q.broker + ': ' + q.count + ' dead letter(s) stored'),
       h('form', { class: 'inline', onsubmit: (ev) => { ev.preventDefault(); resend(Number(n.value)); } },
-        h('button', { type: 'button', id: 'dlq-resend-all-' + q.group, onclick: () => resend(0) }, 'Resend all not yet resent'),
+        h('button', { type: 'button', id: 'dlq-resend-chosen-' + q.group, onclick: resendChosen }, 'Resend chosen'),
+        h('button', { type: 'button', class: 'secondary', id: 'dlq-resend-all-' + q.group, onclick: () => resend(0) }, 'Resend all not yet resent'),
         'or the oldest', n, h('button', { type: 'submit', class: 'secondary' }, 'Resend these')),
-      h('p', { class: 'empty' }, 'Dead letters go back to their topic oldest first; each is resent once.'),
-      table([{ t: 'Message id', v: m => m.message_id }, { t: 'From topic', v: m => (m.properties && m.properties.__DLQ_TOPIC) || '' },
-        { t: 'Offset', num: 1, v: m => m.queue_offset }, { t: 'Stored', v: m => when(m.stored_ms) }, { t: 'Size', num: 1, v: m => m.body_len }],
-      q.messages, { click: m => { location.hash = '#messages'; setTimeout(() => messageDetail(m), 50); } })));
+      h('p', { class: 'empty' }, 'Each dead letter goes back to its topic once: chosen ones now, the rest oldest first.'),
+      table([{ t: '', v: box }, { t: 'Message id', v: m => m.message_id }, { t: 'From topic', v: m => (m.properties && m.properties.__DLQ_TOPIC) || '' },
+        { t: 'Offset', num: 1, v: m => m.queue_offset }, { t: 'Stored', v: m => when(m.stored_ms) }, { t: 'Size', num: 1, v: m => m.body_len },
+        { t: 'Resent', v: m => m.resent ? 'yes' : 'no' }],
+      q.messages, { id: 'dlq-table-' + q.group, click: m => { location.hash = '#messages'; setTimeout(() => messageDetail(m), 50); } })));
   }
   show(...parts);
 }
