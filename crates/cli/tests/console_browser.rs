@@ -405,5 +405,58 @@ async fn acl_flow(b: &Browser, base: u16) -> anyhow::Result<()> {
     // A POST without the CSRF token is refused even with the session cookie.
     let csrf = b.js("return fetch('/console/api/topics', {method: 'POST', headers: {'content-type': 'application/json'}, body: JSON.stringify({name: 'x', queues: 1})}).then(r => r.status)", json!([])).await?;
     assert_eq!(csrf, 403, "POST without x-csrf-token");
+
+    // Users and rules: add a user with a rule (the actions list has a comma of its own),
+    // add a second rule to it, remove the first; the brokers hold what the page shows.
+    b.goto(&format!("{console}#acl")).await?;
+    b.wait_for(
+        "the ACL page",
+        "return document.getElementById('acl-key')",
+        WAIT,
+    )
+    .await?;
+    b.fill("#acl-key", "app").await?;
+    b.fill("#acl-secret", "app-secret").await?;
+    b.fill("#acl-rules", "allow:topic:orders*:pub,sub").await?;
+    b.click("#acl-save").await?;
+    b.wait_for(
+        "the user listed with its rule",
+        "const t = document.getElementById('acl-table-broker-a'); return t && t.innerText.includes('app') && t.innerText.includes('allow:topic:orders*:pub,sub')",
+        WAIT,
+    )
+    .await?;
+    b.fill(
+        "input.acl-rule-new[data-user='app']",
+        "allow:group:billing:sub",
+    )
+    .await?;
+    b.click("button.acl-rule-add[data-user='app']").await?;
+    b.wait_for(
+        "the second rule",
+        "const t = document.getElementById('acl-table-broker-a'); return t && t.innerText.includes('allow:group:billing:sub')",
+        WAIT,
+    )
+    .await?;
+    shot(b, "acl-rules").await?;
+    b.click("button.acl-rule-remove[data-rule='allow:topic:orders*:pub,sub']")
+        .await?;
+    b.wait_for(
+        "the first rule gone",
+        "const t = document.getElementById('acl-table-broker-a'); return t && !t.innerText.includes('orders*') && t.innerText.includes('allow:group:billing:sub')",
+        WAIT,
+    )
+    .await?;
+    let users = b
+        .js(
+            "return fetch('/console/api/acl').then(r => r.json())",
+            json!([]),
+        )
+        .await?;
+    let app = users["brokers"][0]["users"]
+        .as_array()
+        .and_then(|us| us.iter().find(|u| u["access_key"] == "app"))
+        .cloned()
+        .context("user app on the broker")?;
+    assert_eq!(app["rules"], json!(["allow:group:billing:sub"]), "{users}");
     Ok(())
 }

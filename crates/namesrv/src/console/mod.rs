@@ -117,6 +117,7 @@ pub fn router(registry: Arc<Registry>, config: ConsoleConfig) -> Router {
         .route("/console/api/acl", get(acl::acl_users))
         .route("/console/api/acl/users", post(acl::acl_put))
         .route("/console/api/acl/users/delete", post(acl::acl_delete))
+        .route("/console/api/acl/rules", post(acl::acl_rules))
         .route("/console/api/metrics", get(scrape::metrics))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&st),

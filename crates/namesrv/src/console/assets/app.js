@@ -351,30 +351,44 @@ async function pageDlq() {
 // ---- ACL -----------------------------------------------------------------
 async function pageAcl() {
   const d = await api('acl');
-  const key = h('input', { placeholder: 'access key' });
-  const secret = h('input', { type: 'password', placeholder: 'secret key' });
+  const key = h('input', { id: 'acl-key', placeholder: 'access key' });
+  const secret = h('input', { id: 'acl-secret', type: 'password', placeholder: 'secret key' });
   const admin = h('input', { type: 'checkbox' });
-  const rules = h('input', { placeholder: 'rules, comma separated: allow:topic:orders*:pub', style: 'width:26em' });
+  const rules = h('input', { id: 'acl-rules', placeholder: 'rules, space separated: allow:topic:orders*:pub', style: 'width:26em' });
+  const outcome = (r, done) => {
+    const bad = r.results.filter(x => x.error);
+    flash(bad.length ? bad.map(x => x.broker + ': ' + x.error).join('; ') : done, !bad.length);
+  };
+  const changeRules = async (user, add, remove) => {
+    try { outcome(await api('acl/rules', { access_key: user, add, remove }), 'Rules of ' + user + ' saved.'); await pageAcl(); } catch (e) { flash(e.message); }
+  };
   const form = h('form', { class: 'inline', onsubmit: async (ev) => {
     ev.preventDefault();
     try {
-      const r = await api('acl/users', { access_key: key.value, secret_key: secret.value, admin: admin.checked, rules: rules.value.split(',').map(s => s.trim()).filter(Boolean) });
-      const bad = r.results.filter(x => x.error);
-      flash(bad.length ? bad.map(x => x.broker + ': ' + x.error).join('; ') : 'User saved.', !bad.length);
+      outcome(await api('acl/users', { access_key: key.value, secret_key: secret.value, admin: admin.checked, rules: rules.value.split(/[\s;]+/).filter(Boolean) }), 'User saved.');
       route();
     } catch (e) { flash(e.message); }
-  } }, key, secret, h('label', {}, admin, ' admin'), rules, h('button', { type: 'submit' }, 'Add / replace user'));
-  const parts = [h('h2', {}, 'ACL'), S.session && !S.session.acl ? h('p', { class: 'warn' }, 'ACL is off on the brokers: users are stored but nothing is checked.') : null, form];
+  } }, key, secret, h('label', {}, admin, ' admin'), rules, h('button', { type: 'submit', id: 'acl-save' }, 'Add / replace user'));
+  const parts = [h('h2', {}, 'ACL'), S.session && !S.session.acl ? h('p', { class: 'warn' }, 'ACL is off on the brokers: users are stored but nothing is checked.') : null, form,
+    h('p', { class: 'empty' }, 'A rule is allow|deny : topic|group : NAME (a trailing * matches a prefix) : pub, sub or pub,sub, e.g. allow:group:billing:sub. Changes go to every broker group.')];
   if (!d.brokers.length) parts.push(h('p', { class: 'empty' }, 'No broker group has a master.'));
   for (const b of d.brokers) {
     parts.push(h('h3', {}, 'Broker group ' + b.broker));
     if (b.error) { parts.push(h('p', { class: 'err' }, b.error)); continue; }
+    const ruleCell = (u) => {
+      const add = h('input', { class: 'acl-rule-new', 'data-user': u.access_key, placeholder: 'new rule', style: 'width:14em' });
+      return h('div', {},
+        u.rules.map(r => h('span', { class: 'pill' }, r, ' ', h('button', { type: 'button', class: 'link acl-rule-remove', 'data-user': u.access_key, 'data-rule': r, title: 'Remove this rule',
+          onclick: () => changeRules(u.access_key, [], [r]) }, '×'))),
+        h('form', { class: 'inline', onsubmit: (ev) => { ev.preventDefault(); if (add.value.trim()) changeRules(u.access_key, [add.value.trim()], []); } },
+          add, h('button', { type: 'submit', class: 'secondary acl-rule-add', 'data-user': u.access_key }, 'Add rule')));
+    };
     parts.push(table([{ t: 'User', v: u => u.access_key }, { t: 'Admin', v: u => u.admin ? 'yes' : 'no' },
-      { t: 'Rules', v: u => u.rules.length ? u.rules.map(r => h('span', { class: 'pill' }, r)) : '-' },
+      { t: 'Rules', v: ruleCell },
       { t: '', v: u => h('button', { class: 'danger', onclick: async () => {
         if (!confirm('Delete user ' + u.access_key + '?')) return;
         try { await api('acl/users/delete', { access_key: u.access_key }); route(); } catch (e) { flash(e.message); }
-      } }, 'Delete') }], b.users, { empty: 'No users stored (a bootstrap admin from the config file is not listed).' }));
+      } }, 'Delete') }], b.users, { id: 'acl-table-' + b.broker, empty: 'No users stored (a bootstrap admin from the config file is not listed).' }));
   }
   show(...parts);
 }
