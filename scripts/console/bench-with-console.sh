@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Does the console disturb the send path? Alternates `sofamq bench produce`
-# (64 in flight, short runs) without and with the console open in headless
-# Chromium on the live-charts page (which polls every broker's /metrics every
-# 2 s), 3 runs each; while the console is open, curl checks /console/ answers.
+# (64 in flight, short runs) without the console, with only the console's server
+# side at work (curl fetching what the charts page polls, every 2 s), with headless
+# Chromium open on a blank page (the browser's own cost on the same cores), and with it open on the
+# console's live-charts page (which polls every broker's /metrics every 2 s), 3
+# runs each; while the console is open, curl checks /console/ answers.
 # Usage: scripts/console/bench-with-console.sh [path/to/sofamq] [seconds per run]
 set -euo pipefail
 BIN=${1:-target/release/sofamq}
@@ -22,11 +24,24 @@ run() { # $1 = label
   "$BIN" bench produce --access-point "$AP" --topic bench --inflight 64 --seconds "$SECS" --warmup 1 --json "$DIR/r.json" >/dev/null 2>&1
   python3 -c "import json;d=json.load(open('$DIR/r.json'));print('$1', round(d.get('msgs_per_sec') or d.get('throughput_msgs_per_sec') or d['msgs_per_s']))"
 }
-for i in 1 2 3; do
-  run without
-  chromium --headless=new --no-sandbox --disable-gpu --remote-debugging-port=0 "$URL#charts" >/dev/null 2>&1 &
+browser() { # $1 = URL: headless Chromium on it, in the background
+  chromium --headless=new --no-sandbox --disable-gpu --remote-debugging-port=0 "$1" >/dev/null 2>&1 &
   CHROME=$!
   sleep 3
+}
+for i in 1 2 3; do
+  run without
+  # The console's server side alone: what the charts page asks for, every 2 s, by curl.
+  ( for _ in $(seq $(((SECS + 2) / 2))); do curl -s -o /dev/null "${URL}api/metrics"; sleep 2; done ) &
+  POLL=$!
+  run api-poll
+  wait "$POLL" || true
+  # The same Chromium on a blank page: what the browser itself costs on these shared
+  # cores, apart from the console (in use, the browser runs on the operator's machine).
+  browser about:blank
+  run blank-browser
+  kill "$CHROME"; wait "$CHROME" 2>/dev/null || true; CHROME=""
+  browser "$URL#charts"
   ( for _ in $(seq $((SECS + 1))); do curl -s -o /dev/null -w "%{http_code} %{time_total}\n" "$URL" >> "$DIR/curl.log"; sleep 1; done ) &
   CURL=$!
   run with
