@@ -37,6 +37,21 @@ impl Credentials {
             hmac_sha1_hex(&self.secret_key, date_time.as_bytes())
         )
     }
+
+    /// Signs `req` now: its `x-mq-date-time` and `authorization` headers (for callers that
+    /// sign outside the SDK's clients, such as admin tools).
+    pub fn sign<T>(&self, req: &mut tonic::Request<T>) -> Result<(), tonic::Status> {
+        let date = crate::format_date_time(std::time::SystemTime::now());
+        let auth = self
+            .authorization(&date)
+            .parse()
+            .map_err(|_| tonic::Status::invalid_argument("access key is not a valid header"))?;
+        if let Ok(d) = date.parse() {
+            req.metadata_mut().insert("x-mq-date-time", d);
+        }
+        req.metadata_mut().insert("authorization", auth);
+        Ok(())
+    }
 }
 
 impl fmt::Debug for Credentials {

@@ -26,15 +26,7 @@ pub(crate) struct Sign(Option<Credentials>);
 impl Interceptor for Sign {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(c) = &self.0 {
-            let date = sofamq_client::format_date_time(std::time::SystemTime::now());
-            let auth = c
-                .authorization(&date)
-                .parse()
-                .map_err(|_| tonic::Status::invalid_argument("access key is not a valid header"))?;
-            if let Ok(d) = date.parse() {
-                req.metadata_mut().insert("x-mq-date-time", d);
-            }
-            req.metadata_mut().insert("authorization", auth);
+            c.sign(&mut req)?;
         }
         Ok(req)
     }
