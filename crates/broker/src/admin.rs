@@ -438,6 +438,7 @@ impl BrokerAdmin for AdminService {
                     name: x.name,
                     acked_offset: x.acked,
                     in_sync: x.in_sync,
+                    protocol_version: u32::from(x.version),
                 })
                 .collect(),
             in_sync_slaves: snap.in_sync as u32,

@@ -77,7 +77,7 @@ async fn a_slave_retries_a_broker_that_is_not_master_yet_without_backing_off() {
             let reject = Msg::Reject {
                 reason: "not master".into(),
             };
-            let _ = frame::write_frame(&mut s, 0, &reject).await;
+            let _ = frame::write_frame(&mut s, frame::MIN_VERSION, 0, &reject).await;
         }
     });
     broker.repl().demote(addr).await.unwrap();

@@ -540,48 +540,86 @@ async fn retried_sends_are_stored_once() {
 
 /// A slave-role broker rejects sends; the master drops a slave that acks for another epoch
 /// or beyond its log end (a fake slave speaking the frame protocol).
+/// A raw slave session against a real master: acks of another epoch, beyond the master's
+/// end, of another protocol version, or (version 3) with a received offset outside what was
+/// streamed end the session; a Hello with no version in common is refused with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn master_drops_acks_for_other_epochs_or_beyond_its_end() {
     use bytes::BytesMut;
-    use sofamq_broker::repl::frame::{self, Msg};
+    use sofamq_broker::repl::frame::{self, MIN_VERSION, Msg};
+    #[derive(Debug, Clone, Copy)]
+    enum Bad {
+        Epoch,
+        BeyondEnd,
+        OtherVersion,
+        ReceivedBeyondEnd,
+    }
     let c = Cluster::start_namesrv().unwrap();
     let dir = c.dir.path();
     let mut m = ReplBroker::new(dir, &c.namesrv.addr, GROUP, "a0").unwrap();
-    m.start(GROUP, None, &[]).unwrap();
+    // The master offers version 3 (the slave side below picks per case).
+    m.start(GROUP, None, &["--replication-protocol-max", "3"])
+        .unwrap();
     create_topic(&m, "t", 1);
-    for bad_epoch in [true, false] {
-        let mut sock = tokio::net::TcpStream::connect(&m.repl).await.unwrap();
-        frame::write_frame(
-            &mut sock,
-            0,
-            &Msg::Hello {
-                broker_name: GROUP.into(),
-                broker_id: 1,
-                log_end: 0,
-                history: vec![],
-            },
-        )
+    let hello = |versions| Msg::Hello {
+        broker_name: GROUP.into(),
+        broker_id: 1,
+        log_end: 0,
+        history: vec![],
+        versions,
+    };
+    // No common version: refused, and the reason says so.
+    let mut sock = tokio::net::TcpStream::connect(&m.repl).await.unwrap();
+    frame::write_frame(&mut sock, MIN_VERSION, 0, &hello((4, 5)))
         .await
         .unwrap();
+    let mut buf = BytesMut::new();
+    let reply = frame::read_frame(&mut sock, &mut buf, 1 << 22)
+        .await
+        .unwrap();
+    match reply.msg {
+        Msg::Reject { reason } => assert!(
+            reason.contains("no common replication protocol version"),
+            "{reason}"
+        ),
+        other => panic!("expected a Reject, got {other:?}"),
+    }
+    for bad in [
+        Bad::Epoch,
+        Bad::BeyondEnd,
+        Bad::OtherVersion,
+        Bad::ReceivedBeyondEnd,
+    ] {
+        let mut sock = tokio::net::TcpStream::connect(&m.repl).await.unwrap();
+        frame::write_frame(&mut sock, MIN_VERSION, 0, &hello((2, 3)))
+            .await
+            .unwrap();
         let mut buf = BytesMut::new();
         let reply = frame::read_frame(&mut sock, &mut buf, 1 << 22)
             .await
             .unwrap();
         let epoch = reply.epoch;
-        let Msg::HelloReply { durable, .. } = reply.msg else {
+        let Msg::HelloReply {
+            durable, version, ..
+        } = reply.msg
+        else {
             panic!("{reply:?}")
         };
-        frame::write_frame(&mut sock, epoch, &Msg::Follow { from: 0 })
+        assert_eq!(version, 3, "both speak 3: the session must");
+        frame::write_frame(&mut sock, version, epoch, &Msg::Follow { from: 0 })
             .await
             .unwrap();
-        let (e, off) = if bad_epoch {
-            (epoch + 1, 0)
-        } else {
-            (epoch, durable + 1_000_000)
+        let (v, e, ack) = match bad {
+            Bad::Epoch => (version, epoch + 1, (0, Some(0))),
+            Bad::BeyondEnd => (version, epoch, (durable + 1_000_000, None)),
+            Bad::OtherVersion => (MIN_VERSION, epoch, (0, None)),
+            Bad::ReceivedBeyondEnd => (version, epoch, (0, Some(durable + 1_000_000))),
         };
-        frame::write_frame(&mut sock, e, &Msg::Ack { durable: off })
-            .await
-            .unwrap();
+        let ack = Msg::Ack {
+            durable: ack.0,
+            received: ack.1,
+        };
+        frame::write_frame(&mut sock, v, e, &ack).await.unwrap();
         // The master closes the connection: reads end (after any data already sent).
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -593,7 +631,7 @@ async fn master_drops_acks_for_other_epochs_or_beyond_its_end() {
             {
                 Ok(Ok(_)) => assert!(Instant::now() < deadline, "connection not dropped"),
                 Ok(Err(_)) => break,
-                Err(_) => panic!("connection not dropped (bad epoch {bad_epoch})"),
+                Err(_) => panic!("connection not dropped ({bad:?})"),
             }
         }
         assert_eq!(status(&m.grpc).await.in_sync_slaves, 0);
@@ -719,5 +757,110 @@ async fn consumer_progress_survives_switchover() {
     assert_eq!(
         again, unacked,
         "exactly the un-acked messages are redelivered"
+    );
+}
+
+/// The negotiated protocol version of the master's one slave session, once there is one.
+async fn slave_version(master: &str, timeout: Duration) -> u32 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(mut c) = BrokerAdminClient::connect(format!("http://{master}")).await
+            && let Ok(r) = c.replication_status(ReplicationStatusRequest {}).await
+            && let Some(s) = r.into_inner().slaves.iter().find(|s| s.in_sync)
+        {
+            return s.protocol_version;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no in-sync slave within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A rolling upgrade of one group, one broker at a time, under load: the slave is upgraded
+/// first (it offers version 3, the master 2: the session speaks 2), then the master is
+/// restarted on the new version (both offer 3: the session speaks 3). Every acked message
+/// ends up on the slave, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_upgrade_negotiates_versions_and_loses_nothing() {
+    let c = Cluster::start_namesrv().unwrap();
+    let dir = c.dir.path();
+    let mut m = ReplBroker::new(dir, &c.namesrv.addr, GROUP, "a0").unwrap();
+    let mut s = ReplBroker::new(dir, &c.namesrv.addr, GROUP, "a1").unwrap();
+    let old = ["--replication-protocol-max", "2"];
+    let new = ["--replication-protocol-max", "3"];
+    m.start(GROUP, None, &old).unwrap();
+    let ma = m.repl.clone();
+    s.start(GROUP, Some(&ma), &old).unwrap();
+    create_topic(&m, "up", 2);
+    assert_eq!(slave_version(&m.grpc, Duration::from_secs(20)).await, 2);
+    tokio::time::sleep(Duration::from_millis(600)).await; // namesrv learns the topic
+    let cfg = ProducerConfig::new([c.namesrv.addr.clone()])
+        .with_max_attempts(20)
+        .with_request_timeout(Duration::from_secs(3))
+        .with_retry_backoff(Duration::from_millis(50), Duration::from_millis(400), 2.0);
+    let producer = Producer::start(cfg).await.unwrap();
+    let acked: Arc<Mutex<Acked>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let (p, acked, stop) = (producer.clone(), acked.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let body = format!("t{t}-m{i}").into_bytes();
+                if let Ok(r) = p.send(Message::new("up", body.clone())).await {
+                    acked.lock().unwrap().push((r.message_id, body));
+                }
+            }
+        }));
+    }
+    let progress = |n: usize| {
+        let acked = acked.clone();
+        async move {
+            let before = acked.lock().unwrap().len();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while acked.lock().unwrap().len() < before + n {
+                assert!(Instant::now() < deadline, "no progress");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    progress(50).await;
+    // Upgrade the slave: it offers 3, the old master only 2.
+    s.stop();
+    s.start(GROUP, Some(&ma), &new).unwrap();
+    assert_eq!(slave_version(&m.grpc, Duration::from_secs(20)).await, 2);
+    progress(50).await;
+    // Upgrade the master: both offer 3 now.
+    m.stop();
+    m.start(GROUP, None, &new).unwrap();
+    assert_eq!(slave_version(&m.grpc, Duration::from_secs(20)).await, 3);
+    progress(50).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    producer.shutdown().await;
+    let acked = acked.lock().unwrap().clone();
+    s.stop();
+    m.stop();
+    let on_slave = log_messages(&s.store_dir());
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for (_, id, _, _) in &on_slave {
+        *count.entry(id.as_str()).or_default() += 1;
+    }
+    for (id, _) in &acked {
+        assert_eq!(
+            count.get(id.as_str()).copied(),
+            Some(1),
+            "acked message {id} not stored exactly once on the slave"
+        );
+    }
+    eprintln!(
+        "{} acked through the upgrade, all on the slave once",
+        acked.len()
     );
 }

@@ -122,6 +122,7 @@ pub async fn run(cmd: AdminCmd) -> anyhow::Result<()> {
                 .map(|s| {
                     serde_json::json!({
                         "name": s.name, "acked_offset": s.acked_offset, "in_sync": s.in_sync,
+                        "protocol_version": s.protocol_version,
                     })
                 })
                 .collect();

@@ -36,6 +36,10 @@ pub struct ControllerArgs {
     /// timeout; default: the lease plus a fifth of the gap to the master timeout).
     #[arg(long)]
     pub refused_timeout_ms: Option<u64>,
+    /// Highest RPC protocol version offered: hold the controller on the old version while
+    /// its nodes and brokers are upgraded one at a time.
+    #[arg(long, env = "SOFAMQ_CONTROLLER_PROTOCOL_MAX")]
+    pub protocol_max: Option<u8>,
 }
 
 /// What [`start`] needs (shared by `sofamq controller` and the embedded namesrv node).
@@ -47,6 +51,7 @@ pub struct ControllerOpts {
     pub master_timeout_ms: Option<u64>,
     pub lease_ms: Option<u64>,
     pub refused_timeout_ms: Option<u64>,
+    pub protocol_max: Option<u8>,
 }
 
 /// A started controller node: its bound address and the serving task.
@@ -94,6 +99,7 @@ pub async fn start(o: ControllerOpts, token: CancellationToken) -> anyhow::Resul
         cfg.lease_ms = l;
     }
     cfg.refused_timeout_ms = o.refused_timeout_ms;
+    cfg.protocol_max = o.protocol_max;
     let controller = Controller::start(cfg, token.clone()).await?;
     let server = tokio::spawn(sofamq_controller::serve(
         listener,
@@ -131,6 +137,7 @@ pub async fn run(a: ControllerArgs) -> anyhow::Result<()> {
         master_timeout_ms: a.master_timeout_ms,
         lease_ms: a.lease_ms,
         refused_timeout_ms: a.refused_timeout_ms,
+        protocol_max: a.protocol_max,
     };
     let running = start(opts, token).await?;
     println!("controller ready on {}", running.bound);
@@ -153,6 +160,13 @@ pub struct EmbeddedArgs {
     /// Hosted controller data directory.
     #[arg(long, requires = "controller_id")]
     pub controller_data_dir: Option<PathBuf>,
+    /// Hosted controller: highest RPC protocol version offered.
+    #[arg(
+        long,
+        requires = "controller_id",
+        env = "SOFAMQ_CONTROLLER_PROTOCOL_MAX"
+    )]
+    pub controller_protocol_max: Option<u8>,
 }
 
 /// Starts the hosted controller when the namesrv flags ask for one (prints its ready line).
@@ -175,6 +189,7 @@ pub async fn start_embedded(
         master_timeout_ms: None,
         lease_ms: None,
         refused_timeout_ms: None,
+        protocol_max: a.controller_protocol_max,
     };
     let running = start(opts, token_for(shutdown)).await?;
     println!("controller ready on {}", running.bound);

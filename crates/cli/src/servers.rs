@@ -102,6 +102,10 @@ pub struct BrokerArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Highest replication protocol version offered (`replication.protocol_max`): hold a
+    /// group on the old version while its brokers are upgraded one at a time.
+    #[arg(long, env = "SOFAMQ_REPLICATION_PROTOCOL_MAX")]
+    pub replication_protocol_max: Option<u8>,
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -207,6 +211,9 @@ pub fn broker_config(args: &BrokerArgs) -> anyhow::Result<BrokerConfig> {
     }
     if let Some(x) = args.ack_timeout_ms {
         r.ack_timeout_ms = x;
+    }
+    if let Some(x) = args.replication_protocol_max {
+        r.protocol_max = Some(x);
     }
     if let Some(x) = args.max_lag_ms {
         r.max_lag_ms = x;

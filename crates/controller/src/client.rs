@@ -95,10 +95,7 @@ impl ControllerClient {
             return Err(ControllerError::Transport("no controller addresses".into()));
         }
         let deadline = Instant::now() + self.timeout;
-        let limits = FrameLimits {
-            max_bytes: self.max_frame_bytes,
-            timeout: self.timeout,
-        };
+        let limits = FrameLimits::new(self.max_frame_bytes, self.timeout);
         let mut chan = self.state.lock().await;
         let mut next_idx = 0usize;
         let mut last_err = ControllerError::Unavailable("no controller answered".into());

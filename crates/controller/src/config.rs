@@ -45,6 +45,10 @@ pub struct ControllerConfig {
     pub rpc_timeout_ms: u64,
     /// Largest accepted frame, bytes.
     pub max_frame_bytes: usize,
+    /// Highest RPC protocol version this node offers (unset: the build's default). Hold it
+    /// at the old version while a rolling upgrade is under way if the new build's default
+    /// is higher.
+    pub protocol_max: Option<u8>,
 }
 
 impl Default for ControllerConfig {
@@ -63,6 +67,7 @@ impl Default for ControllerConfig {
             election_timeout_max_ms: 1200,
             rpc_timeout_ms: 1000,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            protocol_max: None,
         }
     }
 }
@@ -92,6 +97,9 @@ pub enum ConfigError {
     /// A timing value is zero or the election bounds are inverted.
     #[error("bad timing: {0}")]
     Timing(String),
+    /// `protocol_max` is outside the versions this build speaks.
+    #[error("protocol_max = {0}: this build speaks versions {min} to {max}", min = crate::rpc::MIN_VERSION, max = crate::rpc::MAX_VERSION)]
+    ProtocolVersion(u8),
     /// The peers string could not be parsed.
     #[error("bad peers {0:?}: expected ID=HOST:PORT[,ID=HOST:PORT...]")]
     Peers(String),
@@ -113,8 +121,28 @@ impl ControllerConfig {
         }
     }
 
+    /// The RPC protocol versions this node offers (lowest, highest).
+    pub fn protocol_versions(&self) -> Result<(u8, u8), ConfigError> {
+        use crate::rpc::{DEFAULT_MAX_VERSION, MAX_VERSION, MIN_VERSION};
+        match self.protocol_max {
+            None => Ok((MIN_VERSION, DEFAULT_MAX_VERSION)),
+            Some(v) if (MIN_VERSION..=MAX_VERSION).contains(&v) => Ok((MIN_VERSION, v)),
+            Some(v) => Err(ConfigError::ProtocolVersion(v)),
+        }
+    }
+
+    /// The frame limits and versions of this node's connections.
+    pub fn frame_limits(&self) -> crate::rpc::FrameLimits {
+        let mut l = crate::rpc::FrameLimits::new(self.max_frame_bytes, self.rpc_timeout());
+        if let Ok(v) = self.protocol_versions() {
+            l.versions = v;
+        }
+        l
+    }
+
     /// Checks the settings fit together.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.protocol_versions()?;
         if !self.peers.contains_key(&self.node_id) {
             return Err(ConfigError::SelfNotInPeers(self.node_id));
         }

@@ -19,7 +19,10 @@ use openraft::raft::{
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::raft::TypeConfig;
-use crate::rpc::{FrameError, FrameLimits, Request, Response, read_frame, write_frame};
+use crate::rpc::{
+    FrameError, FrameLimits, MIN_VERSION, Request, Response, read_frame, write_frame,
+};
+use crate::types::ControllerError;
 
 /// A bidirectional byte stream (TCP, or a simulator's stream).
 pub trait AsyncStream: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
@@ -71,7 +74,11 @@ pub struct Channel {
     addr: String,
     connector: Arc<dyn Connector>,
     limits: FrameLimits,
-    conn: Option<Box<dyn AsyncStream>>,
+    /// The open connection and the protocol version it speaks.
+    conn: Option<(Box<dyn AsyncStream>, u8)>,
+    /// The server answered a Hello as a build before negotiation does: speak version 1
+    /// without one until a call fails (it may come back upgraded).
+    legacy: bool,
 }
 
 /// Why a call failed.
@@ -93,6 +100,14 @@ pub enum CallError {
         /// Cause.
         source: FrameError,
     },
+    /// The server refused the connection's Hello (no common protocol version).
+    #[error("{addr}: {reason}")]
+    Refused {
+        /// Target.
+        addr: String,
+        /// Its answer.
+        reason: String,
+    },
 }
 
 impl Channel {
@@ -103,6 +118,7 @@ impl Channel {
             connector,
             limits,
             conn: None,
+            legacy: false,
         }
     }
 
@@ -111,46 +127,98 @@ impl Channel {
         &self.addr
     }
 
-    /// Sends `req` and waits for its response. Any failure drops the connection (the
-    /// next call reconnects).
-    pub async fn call(&mut self, req: &Request) -> Result<Response, CallError> {
-        let conn = match self.conn.take() {
-            Some(c) => c,
-            None => {
-                let fut = self.connector.connect(&self.addr);
-                match tokio::time::timeout(self.limits.timeout, fut).await {
-                    Ok(Ok(c)) => c,
-                    Ok(Err(source)) => {
-                        return Err(CallError::Connect {
-                            addr: self.addr.clone(),
-                            source,
-                        });
-                    }
-                    Err(_) => {
-                        return Err(CallError::Connect {
-                            addr: self.addr.clone(),
-                            source: io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
-                        });
-                    }
-                }
+    async fn connect(&self) -> Result<Box<dyn AsyncStream>, CallError> {
+        let fut = self.connector.connect(&self.addr);
+        match tokio::time::timeout(self.limits.timeout, fut).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(source)) => Err(CallError::Connect {
+                addr: self.addr.clone(),
+                source,
+            }),
+            Err(_) => Err(CallError::Connect {
+                addr: self.addr.clone(),
+                source: io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+            }),
+        }
+    }
+
+    /// Connects and negotiates the protocol version (see [`crate::rpc`]).
+    async fn open(&mut self) -> Result<(Box<dyn AsyncStream>, u8), CallError> {
+        let mut conn = self.connect().await?;
+        if self.legacy {
+            return Ok((conn, MIN_VERSION));
+        }
+        let (min, max) = self.limits.versions;
+        let answer = async {
+            write_frame(
+                &mut conn,
+                &Request::Hello { min, max },
+                self.limits,
+                MIN_VERSION,
+            )
+            .await?;
+            read_frame::<_, Response>(&mut conn, self.limits, None, MIN_VERSION).await
+        }
+        .await
+        .map_err(|source| CallError::Frame {
+            addr: self.addr.clone(),
+            source,
+        })?;
+        match answer {
+            Response::Hello { version } if (min..=max).contains(&version) => Ok((conn, version)),
+            // A build before negotiation could not decode the Hello (and hung up).
+            Response::Error(ControllerError::Transport(m)) if m.contains("unknown variant") => {
+                tracing::debug!(addr = %self.addr, "controller speaks version 1 only");
+                self.legacy = true;
+                Ok((self.connect().await?, MIN_VERSION))
             }
+            Response::Error(e) => Err(CallError::Refused {
+                addr: self.addr.clone(),
+                reason: e.to_string(),
+            }),
+            other => Err(CallError::Refused {
+                addr: self.addr.clone(),
+                reason: format!("unexpected answer to Hello: {other:?}"),
+            }),
+        }
+    }
+
+    /// Sends `req` and waits for its response. Any failure drops the connection (the
+    /// next call reconnects and negotiates again).
+    pub async fn call(&mut self, req: &Request) -> Result<Response, CallError> {
+        let (mut conn, version) = match self.conn.take() {
+            Some(c) => c,
+            None => match self.open().await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.legacy = false;
+                    return Err(e);
+                }
+            },
         };
-        let mut conn = conn;
         let res = async {
-            write_frame(&mut conn, req, self.limits).await?;
-            read_frame::<_, Response>(&mut conn, self.limits, None).await
+            write_frame(&mut conn, req, self.limits, version).await?;
+            read_frame::<_, Response>(&mut conn, self.limits, None, version).await
         }
         .await;
         match res {
             Ok(r) => {
-                self.conn = Some(conn);
+                self.conn = Some((conn, version));
                 Ok(r)
             }
-            Err(source) => Err(CallError::Frame {
-                addr: self.addr.clone(),
-                source,
-            }),
+            Err(source) => {
+                self.legacy = false;
+                Err(CallError::Frame {
+                    addr: self.addr.clone(),
+                    source,
+                })
+            }
         }
+    }
+
+    /// The protocol version of the open connection, if one is open.
+    pub fn version(&self) -> Option<u8> {
+        self.conn.as_ref().map(|(_, v)| *v)
     }
 }
 

@@ -14,7 +14,7 @@ use crate::config::{ConfigError, ControllerConfig};
 use crate::logic::{self, BrokerSeen, Clock};
 use crate::network::{Connector, Network, TcpConnector};
 use crate::raft::Raft;
-use crate::rpc::{FrameLimits, Request, Response};
+use crate::rpc::{Request, Response};
 use crate::sm::{SmData, StateMachine};
 use crate::store::{LogStore, OpenError};
 use crate::types::{
@@ -130,10 +130,7 @@ impl Controller {
         }
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
-        let limits = FrameLimits {
-            max_bytes: config.max_frame_bytes,
-            timeout: config.rpc_timeout(),
-        };
+        let limits = config.frame_limits();
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
@@ -505,6 +502,10 @@ impl Controller {
             Request::Heartbeat(h) => Response::Heartbeat(self.heartbeat(h).await),
             Request::AlterInSync(a) => Response::AlterInSync(self.alter_insync(a).await),
             Request::Status => Response::Status(Box::new(self.status())),
+            // Negotiation belongs to the connection (`server.rs`), never to the node.
+            Request::Hello { .. } => Response::Error(ControllerError::Transport(
+                "Hello must be a connection's first request".into(),
+            )),
         }
     }
 

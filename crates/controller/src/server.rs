@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::network::{Acceptor, AsyncStream};
 use crate::node::Controller;
-use crate::rpc::{FrameError, FrameLimits, Request, Response, read_frame, write_frame};
+use crate::rpc::{FrameError, MIN_VERSION, Request, Response, negotiate, read_frame, write_frame};
 use crate::types::ControllerError;
 
 /// How long a connection may sit idle between requests.
@@ -58,17 +58,29 @@ async fn connection(
     ctl: Controller,
     shutdown: CancellationToken,
 ) {
-    let cfg = ctl.config();
-    let limits = FrameLimits {
-        max_bytes: cfg.max_frame_bytes,
-        timeout: cfg.rpc_timeout(),
-    };
+    let limits = ctl.config().frame_limits();
+    // Every connection starts in version 1; a first request Hello may raise it.
+    let mut version = MIN_VERSION;
+    let mut first = true;
     loop {
         let req = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = read_frame::<_, Request>(&mut s, limits, Some(IDLE)) => r,
+            r = read_frame::<_, Request>(&mut s, limits, Some(IDLE), version) => r,
         };
+        let mut next = version;
         let resp = match req {
+            Ok(Request::Hello { min, max }) if first => {
+                match negotiate(limits.versions, (min, max)) {
+                    Ok(v) => {
+                        next = v;
+                        Response::Hello { version: v }
+                    }
+                    Err(why) => {
+                        tracing::warn!(%peer, "{why}");
+                        Response::Error(ControllerError::Transport(why))
+                    }
+                }
+            }
             Ok(req) => ctl.handle(req).await,
             Err(FrameError::Closed) => return,
             Err(e @ FrameError::Decode(_)) => {
@@ -81,12 +93,14 @@ async fn connection(
             }
         };
         let fatal = matches!(resp, Response::Error(_));
-        if let Err(e) = write_frame(&mut s, &resp, limits).await {
+        if let Err(e) = write_frame(&mut s, &resp, limits, version).await {
             tracing::debug!(%peer, error = %e, "controller reply failed");
             return;
         }
         if fatal {
             return;
         }
+        first = false;
+        version = next;
     }
 }

@@ -159,8 +159,15 @@ impl LogStore {
     pub fn open(dir: &Path) -> Result<Self, OpenError> {
         std::fs::create_dir_all(dir)?;
         let lock = File::create(dir.join("lock"))?;
-        if lock.try_lock().is_err() {
-            return Err(OpenError::Locked(dir.display().to_string()));
+        // A node of this process that is shutting down may hold it for a moment more (its
+        // last tasks drop the store after `stopped` fires): wait a bounded while for it.
+        let mut tries = 0;
+        while lock.try_lock().is_err() {
+            tries += 1;
+            if tries > 40 {
+                return Err(OpenError::Locked(dir.display().to_string()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
         let vote = match std::fs::read(vote_path(dir)) {
             Ok(b) => Some(

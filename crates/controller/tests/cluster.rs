@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use sofamq_controller::network::{Channel, TcpConnector};
+use sofamq_controller::network::{CallError, Channel, TcpConnector};
 use sofamq_controller::rpc::{FrameLimits, Request, Response};
 use sofamq_controller::{
     AlterInSync, BrokerAddrs, Controller, ControllerClient, ControllerConfig, ControllerError,
@@ -45,6 +45,11 @@ fn config(id: u64, peers: &BTreeMap<u64, String>, dir: &Path) -> ControllerConfi
 }
 
 async fn start(id: u64, peers: &BTreeMap<u64, String>, dir: &Path) -> Node {
+    start_cfg(config(id, peers, dir)).await
+}
+
+async fn start_cfg(cfg: ControllerConfig) -> Node {
+    let (id, peers) = (cfg.node_id, cfg.peers.clone());
     let token = CancellationToken::new();
     let mut listener = None;
     for _ in 0..50 {
@@ -57,9 +62,7 @@ async fn start(id: u64, peers: &BTreeMap<u64, String>, dir: &Path) -> Node {
         }
     }
     let listener = listener.expect("bind controller port");
-    let ctl = Controller::start(config(id, peers, dir), token.clone())
-        .await
-        .unwrap();
+    let ctl = Controller::start(cfg, token.clone()).await.unwrap();
     let server = tokio::spawn(serve(listener, ctl.clone(), token.clone()));
     Node { ctl, token, server }
 }
@@ -190,10 +193,7 @@ async fn scenario() {
     let (leader_id, leader_addr) = (st.leader.unwrap(), st.leader_addr.clone().unwrap());
     assert_eq!(leader_addr, peers[&leader_id]);
     let follower = peers.keys().copied().find(|id| *id != leader_id).unwrap();
-    let limits = FrameLimits {
-        max_bytes: 1 << 20,
-        timeout: Duration::from_secs(2),
-    };
+    let limits = FrameLimits::new(1 << 20, Duration::from_secs(2));
     let mut ch = Channel::new(peers[&follower].clone(), Arc::new(TcpConnector), limits);
     let hb = b1_heartbeat();
     match ch.call(&Request::Heartbeat(hb.clone())).await.unwrap() {
@@ -761,4 +761,99 @@ async fn a_fenced_master_cannot_shrink_the_in_sync_set() {
     })
     .await
     .expect("timed out");
+}
+
+/// A rolling upgrade of the controller trio: nodes offering version 2 (the next release)
+/// and one offering only 1 form one Raft group and elect masters; every connection speaks
+/// the highest version both ends offer; a dialer with no version in common is refused with
+/// the reason; a server from before negotiation (it cannot decode a Hello) is spoken to in
+/// version 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_protocol_versions_form_one_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(3);
+    let peers: BTreeMap<u64, String> = (1..=3)
+        .map(|i| (i, format!("127.0.0.1:{}", ports[i as usize - 1])))
+        .collect();
+    let addrs: Vec<String> = peers.values().cloned().collect();
+    let mut nodes = Vec::new();
+    for (id, max) in [(1, 2), (2, 2), (3, 1)] {
+        let mut c = config(id, &peers, dir.path());
+        c.protocol_max = Some(max);
+        nodes.push(start_cfg(c).await);
+    }
+    let stop_brokers = CancellationToken::new();
+    let b0 = FakeBroker::spawn(0, true, addrs.clone(), stop_brokers.clone());
+    wait_for(
+        "a master through a mixed trio",
+        Duration::from_secs(20),
+        || b0.view().filter(|v| v.master == Some(0)),
+    )
+    .await;
+    let both = FrameLimits {
+        versions: (1, 2),
+        ..FrameLimits::new(1 << 20, Duration::from_secs(2))
+    };
+    for (node, expect) in [(1, 2), (3, 1)] {
+        let mut ch = Channel::new(peers[&node].clone(), Arc::new(TcpConnector), both);
+        assert!(matches!(
+            ch.call(&Request::Status).await.unwrap(),
+            Response::Status(_)
+        ));
+        assert_eq!(ch.version(), Some(expect), "node {node}");
+    }
+    let only_2 = FrameLimits {
+        versions: (2, 2),
+        ..both
+    };
+    let mut ch = Channel::new(peers[&3].clone(), Arc::new(TcpConnector), only_2);
+    match ch.call(&Request::Status).await {
+        Err(CallError::Refused { reason, .. }) => {
+            assert!(
+                reason.contains("no common controller protocol version"),
+                "{reason}"
+            )
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    stop_brokers.cancel();
+    for n in nodes {
+        stop(n).await;
+    }
+
+    // A server before negotiation: it answers a Hello with its decode error and hangs up,
+    // then serves version 1 frames (no checksum).
+    let legacy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = legacy.local_addr().unwrap().to_string();
+    let server = tokio::spawn(async move {
+        let limits = FrameLimits::new(1 << 20, Duration::from_secs(2));
+        let (mut s, _) = legacy.accept().await.unwrap();
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await.unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut body).await.unwrap();
+        let err = Response::Error(ControllerError::Transport(
+            "decode: unknown variant `Hello`, expected one of `AppendEntries`".into(),
+        ));
+        sofamq_controller::rpc::write_frame(&mut s, &err, limits, 1)
+            .await
+            .unwrap();
+        drop(s);
+        let (mut s, _) = legacy.accept().await.unwrap();
+        let req: Request = sofamq_controller::rpc::read_frame(&mut s, limits, None, 1)
+            .await
+            .unwrap();
+        assert!(matches!(req, Request::Status), "{req:?}");
+        let ok = Response::AlterInSync(Err(ControllerError::Unavailable("legacy".into())));
+        sofamq_controller::rpc::write_frame(&mut s, &ok, limits, 1)
+            .await
+            .unwrap();
+    });
+    let mut ch = Channel::new(addr, Arc::new(TcpConnector), both);
+    assert!(matches!(
+        ch.call(&Request::Status).await.unwrap(),
+        Response::AlterInSync(Err(ControllerError::Unavailable(_)))
+    ));
+    assert_eq!(ch.version(), Some(1));
+    server.await.unwrap();
 }

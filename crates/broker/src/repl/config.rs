@@ -83,6 +83,10 @@ pub struct ReplicationConfig {
     pub controller_heartbeat_ms: u64,
     /// Longest one controller request may take.
     pub controller_timeout_ms: u64,
+    /// Highest replication protocol version offered (unset: the build's default). Hold it
+    /// at the old version while a rolling upgrade is under way if the new build's default
+    /// is higher; sessions speak the highest version both brokers offer.
+    pub protocol_max: Option<u8>,
 }
 
 impl Default for ReplicationConfig {
@@ -113,6 +117,7 @@ impl Default for ReplicationConfig {
             controller: Vec::new(),
             controller_heartbeat_ms: 300,
             controller_timeout_ms: 1_000,
+            protocol_max: None,
         }
     }
 }
@@ -157,6 +162,17 @@ impl ReplicationConfig {
     }
     pub(crate) fn controller_timeout(&self) -> Duration {
         Duration::from_millis(self.controller_timeout_ms.max(10))
+    }
+    /// The replication protocol versions this broker offers, or why the setting is wrong.
+    pub fn protocol_versions(&self) -> Result<(u8, u8), String> {
+        use super::frame::{DEFAULT_MAX_VERSION, MAX_VERSION, MIN_VERSION};
+        match self.protocol_max {
+            None => Ok((MIN_VERSION, DEFAULT_MAX_VERSION)),
+            Some(v) if (MIN_VERSION..=MAX_VERSION).contains(&v) => Ok((MIN_VERSION, v)),
+            Some(v) => Err(format!(
+                "replication.protocol_max = {v}: this build speaks versions {MIN_VERSION} to {MAX_VERSION}"
+            )),
+        }
     }
     pub(crate) fn frame_limit(&self) -> usize {
         self.max_frame_bytes.clamp(64 * 1024, 64 * 1024 * 1024)

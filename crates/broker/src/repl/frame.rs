@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! header (24 bytes, little endian):
-//!   magic u32 = "SQRP" | version u8 = 2 | kind u8 | reserved u16 = 0
+//!   magic u32 = "SQRP" | version u8 | kind u8 | versions u16
 //!   epoch u64 | payload length u32 | crc32c u32 (over header bytes 0..20 and the payload;
 //!   for Data only over header bytes 0..20 and `start`, see below)
 //! payload (kind):
@@ -11,11 +11,28 @@
 //!   HelloReply durable u64, history               history = count u32, (epoch u64, start u64)*
 //!   Follow     from u64
 //!   Data       start u64, raw commit-log bytes (whole records, as stored)
-//!   Ack        durable u64
+//!   Ack        durable u64                     (version 3: durable u64, received u64)
 //!   Heartbeat  durable u64
 //!   Reject     UTF-8 reason
 //! ```
-//! Version 2 (this one) changed the Data CRC: it covers the header and `start` but not the
+//!
+//! Versions are negotiated, so brokers of two releases can replicate to each other during a
+//! rolling upgrade. The handshake (Hello, HelloReply, a Reject) always travels at version 2,
+//! which every release speaks; the header's `versions` field, which version 2 left zero and
+//! every reader ignores, carries the negotiation: in a Hello the slave's lowest (low byte)
+//! and highest (high byte) version, in a HelloReply the version the master chose (the
+//! highest both speak, [`negotiate`]). Zero there means "2 only" (a build before
+//! negotiation). Every frame after the handshake carries the chosen version and a frame of
+//! another version ends the session. A broker offers versions up to
+//! `replication.protocol_max` (default [`DEFAULT_MAX_VERSION`]), the knob that holds a
+//! cluster on the old version until every broker runs the new build.
+//!
+//! Version 3 adds the slave's received (written, perhaps not yet durable) log end to its
+//! Acks; the master checks it against what it streamed. It is built into every release but
+//! offered by default only by a `next-proto` build: the stand-in for the next release in the
+//! mixed-version upgrade test.
+//!
+//! Version 2 changed the Data CRC: it covers the header and `start` but not the
 //! records. Every record carries its own CRC32C (and its own log offset), which the slave
 //! verifies before it stores anything (`Store::append_raw*`), so a second checksum over the
 //! same bytes only cost a pass over every replicated byte. The frame CRC still guards what
@@ -30,8 +47,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// "SQRP".
 pub const MAGIC: u32 = 0x5053_5153;
-/// The only version this code speaks (2: the Data CRC leaves out the records).
-pub const VERSION: u8 = 2;
+/// The lowest version this code speaks, and the one of every handshake frame (2: the Data
+/// CRC leaves out the records).
+pub const MIN_VERSION: u8 = 2;
+/// The highest version this code speaks (3: Acks carry the received offset too).
+pub const MAX_VERSION: u8 = 3;
+/// The highest version offered when `replication.protocol_max` is unset: 2, or 3 in a
+/// `next-proto` build.
+pub const DEFAULT_MAX_VERSION: u8 = if cfg!(feature = "next-proto") { 3 } else { 2 };
 /// Header length.
 pub const HEADER_LEN: usize = 24;
 /// Header plus a Data frame's `start`: where a Data frame's records begin.
@@ -78,6 +101,8 @@ pub enum FrameError {
 /// A decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
+    /// The protocol version it was encoded in.
+    pub version: u8,
     /// The master epoch as the sender knows it.
     pub epoch: u64,
     /// What it says.
@@ -97,9 +122,13 @@ pub enum Msg {
         log_end: u64,
         /// The slave's epoch history.
         history: Vec<EpochEntry>,
+        /// The lowest and highest protocol version the slave speaks.
+        versions: (u8, u8),
     },
     /// Master → slave: my log end and my epoch history.
     HelloReply {
+        /// The version the session speaks from now on.
+        version: u8,
         /// Master's written log end (bytes may be streamed before they are durable on the
         /// master, so this may be ahead of its durable offset).
         durable: u64,
@@ -122,6 +151,8 @@ pub enum Msg {
     Ack {
         /// Slave's durable offset.
         durable: u64,
+        /// Slave's received (written) log end; version 3 and later only.
+        received: Option<u64>,
     },
     /// Master → slave when idle.
     Heartbeat {
@@ -158,13 +189,17 @@ fn put_history(out: &mut BytesMut, h: &[EpochEntry]) {
     }
 }
 
-/// Appends the encoded frame to `out`.
-pub fn encode(epoch: u64, msg: &Msg, out: &mut BytesMut) {
+/// Appends the frame, encoded in protocol `version`, to `out`.
+pub fn encode(version: u8, epoch: u64, msg: &Msg, out: &mut BytesMut) {
     let start = out.len();
     out.put_u32_le(MAGIC);
-    out.put_u8(VERSION);
+    out.put_u8(version);
     out.put_u8(msg.kind());
-    out.put_u16_le(0);
+    out.put_u16_le(match msg {
+        Msg::Hello { versions, .. } => u16::from_le_bytes([versions.0, versions.1]),
+        Msg::HelloReply { version, .. } => u16::from(*version),
+        _ => 0,
+    });
     out.put_u64_le(epoch);
     out.put_u32_le(0); // length, patched below
     out.put_u32_le(0); // crc, patched below
@@ -175,6 +210,7 @@ pub fn encode(epoch: u64, msg: &Msg, out: &mut BytesMut) {
             broker_id,
             log_end,
             history,
+            ..
         } => {
             let name = &broker_name.as_bytes()[..broker_name.len().min(u16::MAX as usize)];
             out.put_u16_le(name.len() as u16);
@@ -183,7 +219,9 @@ pub fn encode(epoch: u64, msg: &Msg, out: &mut BytesMut) {
             out.put_u64_le(*log_end);
             put_history(out, history);
         }
-        Msg::HelloReply { durable, history } => {
+        Msg::HelloReply {
+            durable, history, ..
+        } => {
             out.put_u64_le(*durable);
             put_history(out, history);
         }
@@ -192,7 +230,13 @@ pub fn encode(epoch: u64, msg: &Msg, out: &mut BytesMut) {
             out.put_u64_le(*start);
             out.put_slice(bytes);
         }
-        Msg::Ack { durable } | Msg::Heartbeat { durable } => out.put_u64_le(*durable),
+        Msg::Ack { durable, received } => {
+            out.put_u64_le(*durable);
+            if version >= 3 {
+                out.put_u64_le(received.unwrap_or(*durable));
+            }
+        }
+        Msg::Heartbeat { durable } => out.put_u64_le(*durable),
         Msg::Reject { reason } => out.put_slice(reason.as_bytes()),
     }
     let len = (out.len() - body) as u32;
@@ -215,10 +259,10 @@ fn checksum(head: &[u8], payload: &[u8]) -> u32 {
 /// Fills `out[..DATA_PREFIX]` with the header and `start` of a Data frame whose `len` bytes
 /// of records already sit at `out[DATA_PREFIX..]`: the records are read straight into the
 /// frame buffer and never copied or checksummed again on the way out.
-pub fn data_prefix(epoch: u64, start: u64, len: usize, out: &mut [u8]) {
+pub fn data_prefix(version: u8, epoch: u64, start: u64, len: usize, out: &mut [u8]) {
     let len = u32::try_from(len + 8).unwrap_or(u32::MAX);
     out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-    out[4] = VERSION;
+    out[4] = version;
     out[5] = KIND_DATA;
     out[6..8].copy_from_slice(&[0, 0]);
     out[8..16].copy_from_slice(&epoch.to_le_bytes());
@@ -280,7 +324,16 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn parse(kind: u8, payload: &Bytes) -> Result<Msg, FrameError> {
+/// The version range a Hello's header announces (zero: a build before negotiation, which
+/// speaks only version 2).
+fn announced(versions: u16) -> (u8, u8) {
+    match versions.to_le_bytes() {
+        [0, 0] => (MIN_VERSION, MIN_VERSION),
+        [lo, hi] => (lo, hi),
+    }
+}
+
+fn parse(kind: u8, version: u8, versions: u16, payload: &Bytes) -> Result<Msg, FrameError> {
     let name = match kind {
         1 => "Hello",
         2 => "HelloReply",
@@ -306,9 +359,14 @@ fn parse(kind: u8, payload: &Bytes) -> Result<Msg, FrameError> {
                 broker_id: r.u64()?,
                 log_end: r.u64()?,
                 history: r.history()?,
+                versions: announced(versions),
             }
         }
         2 => Msg::HelloReply {
+            version: u8::try_from(versions)
+                .ok()
+                .filter(|v| *v != 0)
+                .unwrap_or(MIN_VERSION),
             durable: r.u64()?,
             history: r.history()?,
         },
@@ -320,7 +378,10 @@ fn parse(kind: u8, payload: &Bytes) -> Result<Msg, FrameError> {
                 bytes: payload.slice(8..),
             });
         }
-        5 => Msg::Ack { durable: r.u64()? },
+        5 => Msg::Ack {
+            durable: r.u64()?,
+            received: if version >= 3 { Some(r.u64()?) } else { None },
+        },
         6 => Msg::Heartbeat { durable: r.u64()? },
         _ => {
             return Ok(Msg::Reject {
@@ -332,26 +393,52 @@ fn parse(kind: u8, payload: &Bytes) -> Result<Msg, FrameError> {
     Ok(msg)
 }
 
-/// Checks a header; returns (kind, epoch, payload length, crc).
-fn header(h: &[u8], max: usize) -> Result<(u8, u64, usize, u32), FrameError> {
+/// A checked frame header.
+struct Header {
+    version: u8,
+    kind: u8,
+    versions: u16,
+    epoch: u64,
+    len: usize,
+    crc: u32,
+}
+
+/// Checks a header.
+fn header(h: &[u8], max: usize) -> Result<Header, FrameError> {
     let mut b = h;
     let magic = b.get_u32_le();
     if magic != MAGIC {
         return Err(FrameError::BadMagic(magic));
     }
     let version = b.get_u8();
-    if version != VERSION {
+    if !(MIN_VERSION..=MAX_VERSION).contains(&version) {
         return Err(FrameError::BadVersion(version));
     }
-    let kind = b.get_u8();
-    let _reserved = b.get_u16_le();
-    let epoch = b.get_u64_le();
-    let len = b.get_u32_le() as usize;
-    let crc = b.get_u32_le();
-    if len > max {
-        return Err(FrameError::TooLarge { len, max });
+    let h = Header {
+        version,
+        kind: b.get_u8(),
+        versions: b.get_u16_le(),
+        epoch: b.get_u64_le(),
+        len: b.get_u32_le() as usize,
+        crc: b.get_u32_le(),
+    };
+    if h.len > max {
+        return Err(FrameError::TooLarge { len: h.len, max });
     }
-    Ok((kind, epoch, len, crc))
+    Ok(h)
+}
+
+/// The version a session speaks: the highest in both ranges, or why there is none.
+pub fn negotiate(mine: (u8, u8), theirs: (u8, u8)) -> Result<u8, String> {
+    let (lo, hi) = (mine.0.max(theirs.0), mine.1.min(theirs.1));
+    if lo <= hi {
+        Ok(hi)
+    } else {
+        Err(format!(
+            "no common replication protocol version: this broker speaks {}..={}, the peer {}..={}",
+            mine.0, mine.1, theirs.0, theirs.1
+        ))
+    }
 }
 
 /// Decodes one frame from the front of `buf` (consuming it); `Ok(None)` when more bytes are
@@ -360,18 +447,22 @@ pub fn decode(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameErro
     if buf.len() < HEADER_LEN {
         return Ok(None);
     }
-    let (kind, epoch, len, crc) = header(&buf[..HEADER_LEN], max + 64)?;
-    if buf.len() < HEADER_LEN + len {
+    let h = header(&buf[..HEADER_LEN], max + 64)?;
+    if buf.len() < HEADER_LEN + h.len {
         return Ok(None);
     }
-    let got = checksum(&buf[..20], &buf[HEADER_LEN..HEADER_LEN + len]);
-    if got != crc {
+    let got = checksum(&buf[..20], &buf[HEADER_LEN..HEADER_LEN + h.len]);
+    if got != h.crc {
         return Err(FrameError::BadCrc);
     }
-    let mut f = buf.split_to(HEADER_LEN + len);
+    let mut f = buf.split_to(HEADER_LEN + h.len);
     f.advance(HEADER_LEN);
-    let msg = parse(kind, &f.freeze())?;
-    Ok(Some(Frame { epoch, msg }))
+    let msg = parse(h.kind, h.version, h.versions, &f.freeze())?;
+    Ok(Some(Frame {
+        version: h.version,
+        epoch: h.epoch,
+        msg,
+    }))
 }
 
 /// Reads one frame from a stream, buffering in `buf`.
@@ -393,14 +484,15 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     }
 }
 
-/// Encodes and writes one frame.
+/// Encodes (in protocol `version`) and writes one frame.
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,
+    version: u8,
     epoch: u64,
     msg: &Msg,
 ) -> Result<(), FrameError> {
     let mut out = BytesMut::new();
-    encode(epoch, msg, &mut out);
+    encode(version, epoch, msg, &mut out);
     w.write_all(&out).await?;
     Ok(())
 }
@@ -422,15 +514,23 @@ mod tests {
 
     fn msg() -> impl Strategy<Value = Msg> {
         prop_oneof![
-            (".{0,20}", any::<u64>(), any::<u64>(), hist()).prop_map(|(n, id, end, h)| {
-                Msg::Hello {
+            (
+                ".{0,20}",
+                any::<u64>(),
+                any::<u64>(),
+                hist(),
+                1u8..,
+                any::<u8>()
+            )
+                .prop_map(|(n, id, end, h, lo, hi)| Msg::Hello {
                     broker_name: n,
                     broker_id: id,
                     log_end: end,
                     history: h,
-                }
-            }),
-            (any::<u64>(), hist()).prop_map(|(d, h)| Msg::HelloReply {
+                    versions: (lo, hi),
+                }),
+            (1u8.., any::<u64>(), hist()).prop_map(|(v, d, h)| Msg::HelloReply {
+                version: v,
                 durable: d,
                 history: h
             }),
@@ -441,7 +541,10 @@ mod tests {
                     bytes: Bytes::from(b),
                 }
             }),
-            any::<u64>().prop_map(|durable| Msg::Ack { durable }),
+            (any::<u64>(), any::<u64>()).prop_map(|(durable, r)| Msg::Ack {
+                durable,
+                received: Some(r)
+            }),
             any::<u64>().prop_map(|durable| Msg::Heartbeat { durable }),
             ".{0,40}".prop_map(|reason| Msg::Reject { reason }),
         ]
@@ -463,7 +566,7 @@ mod tests {
             // cleanly or succeed, never panic.
             let mut out = BytesMut::new();
             out.put_u32_le(MAGIC);
-            out.put_u8(VERSION);
+            out.put_u8(MIN_VERSION);
             out.put_u8(kind);
             out.put_u16_le(0);
             out.put_u64_le(7);
@@ -475,9 +578,14 @@ mod tests {
         }
 
         #[test]
-        fn roundtrip_and_split_reads(epoch in any::<u64>(), m in msg(), cut in 0usize..400) {
+        fn roundtrip_and_split_reads(
+            version in MIN_VERSION..=MAX_VERSION,
+            epoch in any::<u64>(),
+            m in msg(),
+            cut in 0usize..400,
+        ) {
             let mut out = BytesMut::new();
-            encode(epoch, &m, &mut out);
+            encode(version, epoch, &m, &mut out);
             let total = out.len();
             let cut = cut.min(total);
             let mut b = BytesMut::from(&out[..cut]);
@@ -486,14 +594,19 @@ mod tests {
                 b.extend_from_slice(&out[cut..]);
             }
             let f = decode(&mut b, 1024).unwrap().unwrap();
-            prop_assert_eq!(f, Frame { epoch, msg: m });
+            // An Ack's received offset exists from version 3 on.
+            let msg = match m {
+                Msg::Ack { durable, .. } if version < 3 => Msg::Ack { durable, received: None },
+                m => m,
+            };
+            prop_assert_eq!(f, Frame { version, epoch, msg });
             prop_assert!(b.is_empty());
         }
 
         #[test]
         fn any_flipped_bit_is_detected(m in msg(), bit in any::<usize>()) {
             let mut out = BytesMut::new();
-            encode(3, &m, &mut out);
+            encode(MIN_VERSION, 3, &m, &mut out);
             let i = bit % (out.len() * 8);
             // A Data frame's records are left to their own CRCs, which the store checks
             // (see `data_records_are_left_to_their_own_crcs`).
@@ -514,6 +627,7 @@ mod tests {
         let records = Bytes::from((0..200u8).collect::<Vec<u8>>());
         let mut a = BytesMut::new();
         encode(
+            MIN_VERSION,
             9,
             &Msg::Data {
                 start: 4096,
@@ -523,7 +637,7 @@ mod tests {
         );
         let mut b = vec![0u8; DATA_PREFIX];
         b.extend_from_slice(&records);
-        data_prefix(9, 4096, records.len(), &mut b);
+        data_prefix(MIN_VERSION, 9, 4096, records.len(), &mut b);
         assert_eq!(&a[..], &b[..]);
         let mut flipped = a.clone();
         flipped[DATA_PREFIX + 17] ^= 4;
@@ -541,6 +655,7 @@ mod tests {
     fn oversized_frames_are_refused_before_reading_them() {
         let mut out = BytesMut::new();
         encode(
+            MIN_VERSION,
             1,
             &Msg::Data {
                 start: 0,
@@ -552,6 +667,46 @@ mod tests {
         assert!(matches!(
             decode(&mut b, 100),
             Err(FrameError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn versions_are_negotiated_and_a_pre_negotiation_peer_means_version_2() {
+        assert_eq!(negotiate((2, 2), (2, 3)), Ok(2));
+        assert_eq!(negotiate((2, 3), (2, 3)), Ok(3));
+        assert_eq!(negotiate((2, 3), (3, 4)), Ok(3));
+        let e = negotiate((2, 2), (3, 3)).unwrap_err();
+        assert!(e.contains("no common replication protocol version"), "{e}");
+        // A Hello whose versions field is zero (a build before negotiation) speaks 2 only.
+        let mut out = BytesMut::new();
+        let hello = Msg::Hello {
+            broker_name: "b".into(),
+            broker_id: 1,
+            log_end: 0,
+            history: vec![],
+            versions: (2, 3),
+        };
+        encode(MIN_VERSION, 1, &hello, &mut out);
+        out[6..8].copy_from_slice(&[0, 0]);
+        let crc = checksum(&out[..20], &out[HEADER_LEN..]);
+        out[20..24].copy_from_slice(&crc.to_le_bytes());
+        let f = decode(&mut out, 1024).unwrap().unwrap();
+        assert!(
+            matches!(
+                f.msg,
+                Msg::Hello {
+                    versions: (2, 2),
+                    ..
+                }
+            ),
+            "{f:?}"
+        );
+        // A frame of a version this build does not speak is refused.
+        let mut out = BytesMut::new();
+        encode(MAX_VERSION + 1, 1, &Msg::Follow { from: 0 }, &mut out);
+        assert!(matches!(
+            decode(&mut out, 1024),
+            Err(FrameError::BadVersion(v)) if v == MAX_VERSION + 1
         ));
     }
 }

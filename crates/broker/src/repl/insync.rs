@@ -41,6 +41,8 @@ struct Slave {
     /// The slave holds everything the master had durable at this instant (replication lag
     /// in time is measured from here).
     reached: Instant,
+    /// The replication protocol version of its session.
+    version: u8,
 }
 
 /// Per-slave state for status output.
@@ -54,6 +56,8 @@ pub struct SlaveInfo {
     pub in_sync: bool,
     /// The slave holds everything the master had durable at this instant.
     pub reached: Instant,
+    /// The replication protocol version of its session.
+    pub version: u8,
 }
 
 /// In-sync tracking.
@@ -138,7 +142,14 @@ impl Tracker {
 
     /// Registers a slave (configured id `identity`) that will stream from `from`; it starts
     /// out of sync.
-    pub fn register(&self, name: String, identity: u64, from: u64, durable: u64) -> u64 {
+    pub fn register(
+        &self,
+        name: String,
+        identity: u64,
+        from: u64,
+        durable: u64,
+        version: u8,
+    ) -> u64 {
         let mut g = self.slaves.lock();
         g.0 += 1;
         let id = g.0;
@@ -151,6 +162,7 @@ impl Tracker {
                 in_sync: false,
                 mark: (durable, Instant::now()),
                 reached: Instant::now(),
+                version,
             },
         );
         id
@@ -325,6 +337,7 @@ impl Tracker {
                 acked: s.acked,
                 in_sync: s.in_sync,
                 reached: s.reached,
+                version: s.version,
             })
             .collect()
     }
@@ -338,7 +351,7 @@ mod tests {
     async fn ack_rule_join_leave_and_timeout() {
         let t = Tracker::new(2, 1000, Duration::from_millis(50));
         assert!(t.check_available().is_err(), "no slave: HA not available");
-        let id = t.register("s".into(), 1, 0, 500);
+        let id = t.register("s".into(), 1, 0, 500, 2);
         assert!(
             t.check_available().is_err(),
             "a connected slave starts out of sync"
@@ -381,12 +394,12 @@ mod tests {
     #[test]
     fn join_needs_the_high_watermark() {
         let t = Tracker::new(2, 1 << 20, Duration::from_secs(5));
-        let a = t.register("a".into(), 1, 0, 0);
+        let a = t.register("a".into(), 1, 0, 0, 2);
         t.ack(a, 0, 0);
         assert_eq!(t.insync_ids(), [1].into());
         // `a` acked up to 900: sends up to 900 may have been acked.
         t.ack(a, 900, 900);
-        let b = t.register("b".into(), 2, 0, 100);
+        let b = t.register("b".into(), 2, 0, 100, 2);
         t.ack(b, 100, 900);
         assert_eq!(t.insync_ids(), [1].into(), "b reached its mark (100) only");
         t.ack(b, 900, 1000);
@@ -403,7 +416,7 @@ mod tests {
     #[tokio::test]
     async fn acks_ahead_of_the_master_durable_offset() {
         let t = Tracker::new(2, 1 << 20, Duration::from_secs(5));
-        let a = t.register("a".into(), 1, 0, 0);
+        let a = t.register("a".into(), 1, 0, 0, 2);
         t.ack(a, 0, 0);
         t.ack(a, 800, 500);
         assert_eq!(t.insync_ids(), [1].into());
@@ -412,7 +425,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(t.high_watermark(500), 500);
-        let b = t.register("b".into(), 2, 0, 500);
+        let b = t.register("b".into(), 2, 0, 500, 2);
         t.ack(b, 500, 500);
         assert_eq!(
             t.insync_ids(),
@@ -424,7 +437,7 @@ mod tests {
     #[tokio::test]
     async fn term_end_fails_waiters() {
         let t = std::sync::Arc::new(Tracker::new(2, 1000, Duration::from_secs(5)));
-        let id = t.register("s".into(), 1, 0, 0);
+        let id = t.register("s".into(), 1, 0, 0, 2);
         t.ack(id, 0, 0);
         let t2 = t.clone();
         let w = tokio::spawn(async move { t2.wait_replicated(100, Duration::from_secs(5)).await });

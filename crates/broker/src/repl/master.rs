@@ -42,6 +42,7 @@ pub async fn serve(repl: Arc<Replication>, listener: TcpListener, token: Cancell
             let mut sock = sock;
             let _ = frame::write_frame(
                 &mut sock,
+                frame::MIN_VERSION,
                 repl.store.current_epoch(),
                 &Msg::Reject {
                     reason: "too many slaves".into(),
@@ -86,13 +87,20 @@ async fn session(
         broker_name,
         broker_id,
         log_end,
+        versions,
         ..
     } = hello.msg
     else {
         return Err(ReplError::Protocol("expected Hello".into()));
     };
     let epoch = repl.store.current_epoch();
-    let refuse = if authenticated.is_some_and(|id| id != broker_id) {
+    let version = repl
+        .cfg
+        .protocol_versions()
+        .and_then(|mine| frame::negotiate(mine, versions));
+    let refuse = if let Err(why) = &version {
+        Some(why.clone())
+    } else if authenticated.is_some_and(|id| id != broker_id) {
         Some(format!(
             "Hello from broker id {broker_id}, authenticated as {authenticated:?}"
         ))
@@ -114,6 +122,7 @@ async fn session(
     if let Some(reason) = refuse {
         let _ = frame::write_frame(
             &mut sock,
+            frame::MIN_VERSION,
             epoch,
             &Msg::Reject {
                 reason: reason.clone(),
@@ -122,13 +131,16 @@ async fn session(
         .await;
         return Err(ReplError::Protocol(reason));
     }
+    let version = version.unwrap_or(frame::MIN_VERSION);
     // The end the slave may keep of this epoch: what is WRITTEN here (see `stream`), so a
     // slave that reconnects holding bytes not yet durable here does not cut them needlessly.
     let durable = repl.store.written_offset();
     frame::write_frame(
         &mut sock,
+        frame::MIN_VERSION,
         epoch,
         &Msg::HelloReply {
+            version,
             durable,
             history: repl.store.epoch_history(),
         },
@@ -138,23 +150,31 @@ async fn session(
         .await
         .map_err(|_| ReplError::Timeout("follow"))??;
     let from = match follow.msg {
-        Msg::Follow { from } if follow.epoch == epoch && from <= durable => from,
+        Msg::Follow { from }
+            if follow.epoch == epoch && follow.version == version && from <= durable =>
+        {
+            from
+        }
         other => {
             return Err(ReplError::Protocol(format!(
-                "bad Follow (epoch {} vs {epoch}): {other:?}",
-                follow.epoch
+                "bad Follow (epoch {} vs {epoch}, version {} vs {version}): {other:?}",
+                follow.epoch, follow.version
             )));
         }
     };
     let name = format!("{broker_name}/{broker_id}@{peer}");
-    tracing::info!(slave = %name, from, slave_log_end = log_end, durable, epoch, "slave following");
-    let id = repl
-        .tracker
-        .register(name.clone(), broker_id, from, repl.store.durable_offset());
+    tracing::info!(slave = %name, from, slave_log_end = log_end, durable, epoch, version, "slave following");
+    let id = repl.tracker.register(
+        name.clone(),
+        broker_id,
+        from,
+        repl.store.durable_offset(),
+        version,
+    );
     let (rd, wr) = tokio::io::split(sock);
     let stop = token.child_token();
-    let sender = tokio::spawn(stream(repl.clone(), wr, from, epoch, stop.clone()));
-    let r = acks(repl, rd, rbuf, id, from, epoch, &stop).await;
+    let sender = tokio::spawn(stream(repl.clone(), wr, from, epoch, version, stop.clone()));
+    let r = acks(repl, rd, rbuf, id, from, (epoch, version), &stop).await;
     stop.cancel();
     repl.tracker.remove(id);
     repl.refresh_limit();
@@ -187,6 +207,7 @@ async fn stream(
     mut wr: WriteHalf<ReplStream>,
     mut pos: u64,
     epoch: u64,
+    version: u8,
     stop: CancellationToken,
 ) -> Result<(), ReplError> {
     let max = repl.cfg.frame_limit();
@@ -207,7 +228,7 @@ async fn stream(
                 .store
                 .read_written_into(pos, max, &mut out, frame::DATA_PREFIX)?;
             if n > 0 {
-                frame::data_prefix(epoch, pos, n, &mut out);
+                frame::data_prefix(version, epoch, pos, n, &mut out);
                 tokio::select! {
                     r = wr.write_all(&out[..frame::DATA_PREFIX + n]) => r?,
                     () = stop.cancelled() => return Ok(()),
@@ -220,7 +241,7 @@ async fn stream(
                 () = tokio::time::sleep(heartbeat) => {
                     small.clear();
                     let durable = repl.store.durable_offset();
-                    frame::encode(epoch, &Msg::Heartbeat { durable }, &mut small);
+                    frame::encode(version, epoch, &Msg::Heartbeat { durable }, &mut small);
                     wr.write_all(&small).await?;
                 }
                 () = stop.cancelled() => return Ok(()),
@@ -232,15 +253,15 @@ async fn stream(
     r
 }
 
-/// Takes the slave's acks: each must be for this epoch, never beyond this master's log end,
-/// never backwards.
+/// Takes the slave's acks: each must be for this epoch and the session's version, never
+/// beyond this master's log end, never backwards.
 async fn acks(
     repl: &Arc<Replication>,
     mut rd: ReadHalf<ReplStream>,
     mut rbuf: BytesMut,
     id: u64,
     from: u64,
-    epoch: u64,
+    (epoch, version): (u64, u8),
     stop: &CancellationToken,
 ) -> Result<(), ReplError> {
     let max = repl.cfg.frame_limit();
@@ -258,8 +279,14 @@ async fn acks(
             Err(FrameError::Closed) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
+        if f.version != version && !matches!(f.msg, Msg::Reject { .. }) {
+            return Err(ReplError::Protocol(format!(
+                "frame of version {} in a session of version {version}",
+                f.version
+            )));
+        }
         match f.msg {
-            Msg::Ack { durable } => {
+            Msg::Ack { durable, received } => {
                 // Slaves get written bytes before they are durable here, so an ack may run
                 // ahead of this master's durable offset, never beyond what it wrote.
                 let end = repl.store.written_offset();
@@ -277,6 +304,15 @@ async fn acks(
                 if durable < last {
                     return Err(ReplError::Protocol(format!(
                         "ack went backwards from {last} to {durable}"
+                    )));
+                }
+                // Version 3: what the slave holds, durable or not, lies between its durable
+                // offset and what this master streamed.
+                if let Some(r) = received
+                    && (r < durable || r > end)
+                {
+                    return Err(ReplError::Protocol(format!(
+                        "ack says {r} received, outside {durable}..={end}"
                     )));
                 }
                 last = durable;

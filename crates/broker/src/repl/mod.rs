@@ -118,6 +118,7 @@ impl Replication {
         store: Store,
         store_dir: &std::path::Path,
     ) -> Result<Self, BrokerError> {
+        cfg.protocol_versions().map_err(BrokerError::BadRequest)?;
         // With a controller every broker starts as an idle slave and waits to be told.
         let role = if cfg.controlled() {
             Role::Slave

@@ -111,14 +111,17 @@ async fn session(
         .seen_epoch
         .load(Ordering::Acquire)
         .max(store.current_epoch());
+    let mine = repl.cfg.protocol_versions().map_err(ReplError::Protocol)?;
     frame::write_frame(
         &mut sock,
+        frame::MIN_VERSION,
         known,
         &Msg::Hello {
             broker_name: repl.broker_name.clone(),
             broker_id: repl.identity,
             log_end: my_end,
             history: my_hist.clone(),
+            versions: mine,
         },
     )
     .await?;
@@ -127,8 +130,12 @@ async fn session(
         .await
         .map_err(|_| ReplError::Timeout("hello reply"))??;
     let epoch = reply.epoch;
-    let (m_durable, m_hist) = match reply.msg {
-        Msg::HelloReply { durable, history } => (durable, history),
+    let (version, m_durable, m_hist) = match reply.msg {
+        Msg::HelloReply {
+            version,
+            durable,
+            history,
+        } => (version, durable, history),
         Msg::Reject { reason } => return Err(ReplError::Protocol(format!("master: {reason}"))),
         other => {
             return Err(ReplError::Protocol(format!(
@@ -136,6 +143,12 @@ async fn session(
             )));
         }
     };
+    if !(mine.0..=mine.1).contains(&version) {
+        return Err(ReplError::Protocol(format!(
+            "master chose replication protocol version {version}, this broker speaks {}..={}",
+            mine.0, mine.1
+        )));
+    }
     if epoch < known || last_epoch(&m_hist) > epoch {
         return Err(ReplError::Protocol(format!(
             "master epoch {epoch} is behind the epoch {known} this slave knows: not following a stale master"
@@ -176,17 +189,20 @@ async fn session(
             .map_err(|e| ReplError::Protocol(format!("truncate task: {e}")))??;
     }
     repl.seen_epoch.fetch_max(epoch, Ordering::AcqRel);
-    frame::write_frame(&mut sock, epoch, &Msg::Follow { from: cut }).await?;
+    frame::write_frame(&mut sock, version, epoch, &Msg::Follow { from: cut }).await?;
     // First ack right away: a slave that is already caught up joins the in-sync set at once.
+    let durable = store.durable_offset().min(cut);
     frame::write_frame(
         &mut sock,
+        version,
         epoch,
         &Msg::Ack {
-            durable: store.durable_offset().min(cut),
+            durable,
+            received: Some(cut.max(durable)),
         },
     )
     .await?;
-    tracing::info!(%master, from = cut, epoch, master_durable = m_durable, "following master");
+    tracing::info!(%master, from = cut, epoch, version, master_durable = m_durable, "following master");
 
     let (mut rd, mut wr) = tokio::io::split(sock);
     let (tx, mut rx) = mpsc::channel::<Frame>(repl.cfg.slave_queue_frames.max(1));
@@ -202,14 +218,14 @@ async fn session(
                         r.map_err(|_| ReplError::Timeout("master silent"))??
                     }
                 };
-                if f.epoch != epoch {
-                    return Err(ReplError::Protocol(format!(
-                        "frame of epoch {} in a session of epoch {epoch}",
-                        f.epoch
-                    )));
-                }
                 if let Msg::Reject { reason } = &f.msg {
                     return Err(ReplError::Protocol(format!("master: {reason}")));
+                }
+                if f.epoch != epoch || f.version != version {
+                    return Err(ReplError::Protocol(format!(
+                        "frame of epoch {} version {} in a session of epoch {epoch} version {version}",
+                        f.epoch, f.version
+                    )));
                 }
                 if tx.send(f).await.is_err() {
                     return Ok(());
@@ -278,7 +294,17 @@ async fn session(
                 store.append_raw_async(start, bytes).await?;
             }
             let durable = store.durable_offset();
-            frame::write_frame(&mut wr, epoch, &Msg::Ack { durable }).await?;
+            let received = store.log_end_offset().max(durable);
+            frame::write_frame(
+                &mut wr,
+                version,
+                epoch,
+                &Msg::Ack {
+                    durable,
+                    received: Some(received),
+                },
+            )
+            .await?;
             // Ends (and logs) a repair once the log is whole again.
             let _ = repl.repairing();
         }
