@@ -339,6 +339,7 @@ async fn ensure_topic(load: &Load, ty: sofamq_proto::v2::MessageType) -> anyhow:
     let target = crate::topic::Target {
         access_point: load.access_point.clone(),
         broker_addr: None,
+        groups: Vec::new(),
     };
     for (broker, addr) in crate::topic::masters(&target).await? {
         let r = crate::auth::admin_client(crate::topic::channel(&addr).await?)

@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 /// `sofamq topic` subcommands.
 #[derive(clap::Subcommand, Debug)]
 pub enum TopicCmd {
-    /// Create (or update) a topic on every master.
+    /// Create (or update) a topic on every master (or those of `--groups`).
     Create {
         /// Topic name.
         name: String,
@@ -59,8 +59,12 @@ pub struct Target {
     #[arg(long, default_value = "127.0.0.1:9876", env = "SOFAMQ_ACCESS_POINT")]
     pub access_point: String,
     /// Talk to this broker's gRPC address directly instead.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "groups")]
     pub broker_addr: Option<String>,
+    /// Only these broker groups (comma separated), e.g. a group just added to the
+    /// cluster; each must have a master registered with the NameServer.
+    #[arg(long, value_delimiter = ',')]
+    pub groups: Vec<String>,
 }
 
 pub(crate) async fn channel(addr: &str) -> anyhow::Result<Channel> {
@@ -86,6 +90,7 @@ pub(crate) async fn masters(t: &Target) -> anyhow::Result<Vec<(String, String)>>
         .groups;
     let out: Vec<_> = groups
         .iter()
+        .filter(|g| t.groups.is_empty() || t.groups.contains(&g.broker_name))
         .filter_map(|g| {
             g.members
                 .iter()
@@ -93,6 +98,16 @@ pub(crate) async fn masters(t: &Target) -> anyhow::Result<Vec<(String, String)>>
                 .map(|m| (g.broker_name.clone(), m.grpc_endpoint.clone()))
         })
         .collect();
+    if let Some(missing) = t
+        .groups
+        .iter()
+        .find(|g| !out.iter().any(|(name, _)| name == *g))
+    {
+        bail!(
+            "broker group {missing:?} has no master registered with {}",
+            t.access_point
+        );
+    }
     if out.is_empty() {
         bail!("no master broker is registered with {}", t.access_point);
     }
