@@ -1,6 +1,7 @@
 //! The broker-side client: finds the controller leader and follows redirections.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Mutex;
@@ -21,6 +22,10 @@ pub struct ControllerClient {
     connector: Arc<dyn Connector>,
     max_frame_bytes: usize,
     state: Mutex<Option<Channel>>,
+    /// Where the next call without a known leader starts walking `addrs`: a call that
+    /// failed leaves it past the addresses it tried, so an address that swallows packets
+    /// (it times out rather than refusing) cannot take every call's whole deadline.
+    next: AtomicUsize,
 }
 
 impl std::fmt::Debug for ControllerClient {
@@ -56,6 +61,7 @@ impl ControllerClient {
             connector,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             state: Mutex::new(None),
+            next: AtomicUsize::new(0),
         }
     }
 
@@ -97,10 +103,15 @@ impl ControllerClient {
         let deadline = Instant::now() + self.timeout;
         let limits = FrameLimits::new(self.max_frame_bytes, self.timeout);
         let mut chan = self.state.lock().await;
-        let mut next_idx = 0usize;
+        let mut next_idx = self.next.load(Ordering::Relaxed);
         let mut last_err = ControllerError::Unavailable("no controller answered".into());
         let max_attempts = self.addrs.len() * 3 + 3;
         for attempt in 0..max_attempts {
+            // Out of time before picking an address: the next call starts at that address.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
             let mut ch = match chan.take() {
                 Some(c) => c,
                 None => {
@@ -109,10 +120,6 @@ impl ControllerClient {
                     Channel::new(addr, self.connector.clone(), limits)
                 }
             };
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
             let outcome = match tokio::time::timeout(left, ch.call(&req)).await {
                 Err(_) => Outcome::Retry(ControllerError::Transport(format!(
                     "{} timed out",
@@ -134,6 +141,8 @@ impl ControllerClient {
             match outcome {
                 Outcome::Done(r) => {
                     *chan = Some(ch);
+                    self.next
+                        .store(next_idx % self.addrs.len(), Ordering::Relaxed);
                     return r;
                 }
                 Outcome::Redirect(Some(addr)) if addr != ch.addr() => {
@@ -152,6 +161,8 @@ impl ControllerClient {
                 }
             }
         }
+        self.next
+            .store(next_idx % self.addrs.len(), Ordering::Relaxed);
         Err(last_err)
     }
 
@@ -161,5 +172,46 @@ impl ControllerClient {
             let until = (Instant::now() + Duration::from_millis(100)).min(deadline);
             tokio::time::sleep_until(until).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::{AsyncStream, BoxFuture};
+
+    /// Records every address dialled; `hole` never answers (a host whose packets are
+    /// dropped), any other address refuses at once.
+    #[derive(Default)]
+    struct Recording(std::sync::Mutex<Vec<String>>);
+
+    impl Connector for Recording {
+        fn connect<'a>(
+            &'a self,
+            addr: &'a str,
+        ) -> BoxFuture<'a, std::io::Result<Box<dyn AsyncStream>>> {
+            self.0.lock().unwrap().push(addr.to_string());
+            Box::pin(async move {
+                if addr == "hole" {
+                    std::future::pending::<()>().await;
+                }
+                Err(std::io::ErrorKind::ConnectionRefused.into())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_black_holed_first_address_does_not_take_every_call() {
+        let rec = Arc::new(Recording::default());
+        let c = ControllerClient::with_connector(
+            vec!["hole".into(), "other".into()],
+            Duration::from_millis(200),
+            rec.clone(),
+        );
+        assert!(c.status().await.is_err(), "nothing answers");
+        assert!(c.status().await.is_err(), "nothing answers");
+        let dialled = rec.0.lock().unwrap().clone();
+        // The first call spent its whole deadline on `hole`; the second starts past it.
+        assert_eq!(dialled[..2], ["hole".to_string(), "other".to_string()]);
     }
 }
