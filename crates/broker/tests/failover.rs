@@ -148,8 +148,13 @@ struct Load {
 
 impl Load {
     async fn start(namesrv: &str, tasks: usize) -> Load {
+        Self::start_attempts(namesrv, tasks, 16).await
+    }
+
+    /// [`Load::start`] with `attempts` per send (the backoff caps at 800 ms).
+    async fn start_attempts(namesrv: &str, tasks: usize, attempts: u32) -> Load {
         let cfg = ProducerConfig::new([namesrv.to_string()])
-            .with_max_attempts(16)
+            .with_max_attempts(attempts)
             .with_request_timeout(Duration::from_secs(3))
             .with_route_refresh_interval(Duration::from_millis(300))
             .with_broker_isolation(Duration::from_millis(300))
@@ -203,6 +208,24 @@ impl Load {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The longest stretch without an OK between `from` and `to` (edges included).
+    fn longest_pause(&self, from: Instant, to: Instant) -> Duration {
+        let a = self.acked.lock().unwrap();
+        let mut times: Vec<Instant> = a
+            .iter()
+            .map(|x| x.0)
+            .filter(|x| *x > from && *x < to)
+            .collect();
+        times.sort();
+        let mut prev = from;
+        let mut worst = Duration::ZERO;
+        for t in times.into_iter().chain([to]) {
+            worst = worst.max(t - prev);
+            prev = t;
+        }
+        worst
     }
 
     /// Last OK at or before `t`, first OK after it.
@@ -448,5 +471,106 @@ async fn controller_leader_and_master_killed_together_lose_nothing() {
     s.ctl.restart(leader).unwrap();
     s.wait_healthy().await;
     let (acked, _) = load.stop().await;
+    check_logs(&mut s.brokers, &acked);
+}
+
+/// A rolling upgrade of a whole controlled cluster under load, one process at a time: the
+/// three controller voters, then the slaves, then the master (its stop is the group's one
+/// failover; it comes back as a slave). The new processes run `SOFAMQ_NEXT_BIN` (a
+/// `--features next-proto` build of sofamq-cli) when it is set, and otherwise this build
+/// offering the next versions (`--protocol-max 2`, `--replication-protocol-max 3`). Nothing
+/// acked is lost, no send fails after its retries, the master changes exactly once, and the
+/// slave sessions end on replication version 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_upgrade_fails_over_once_and_loses_nothing() {
+    use sofamq_proto::admin::ReplicationStatusRequest;
+    use sofamq_proto::admin::broker_admin_client::BrokerAdminClient;
+    let next = std::env::var_os("SOFAMQ_NEXT_BIN").map(std::path::PathBuf::from);
+    let (ctl_next, broker_next): (&[&str], &[&str]) = if next.is_some() {
+        (&[], &[])
+    } else {
+        (
+            &["--protocol-max", "2"],
+            &["--replication-protocol-max", "3"],
+        )
+    };
+    let mut s = Setup::start_with(3, &PATIENT);
+    let g = s.wait_healthy().await;
+    let first_master = g.master.unwrap();
+    // With these patient timings one failover takes about 8 s: 30 attempts ride it out.
+    let load = Load::start_attempts(&s.cluster.namesrv.addr, 4, 30).await;
+    load.wait_progress(30, Duration::from_secs(30)).await;
+    // The controller voters, one at a time: each is back before the next goes.
+    for id in 1..=3 {
+        s.ctl.stop(id);
+        let c = s.ctl.nodes.iter_mut().find(|c| c.id == id).unwrap();
+        c.bin = next.clone();
+        c.extra = ctl_next.iter().map(|x| x.to_string()).collect();
+        s.ctl.restart(id).unwrap();
+        s.ctl.leader(Duration::from_secs(20)).await.unwrap();
+        load.wait_progress(20, Duration::from_secs(30)).await;
+    }
+    // The slaves, then the master: each back in sync before the next goes.
+    let mut order: Vec<u64> = (0..BROKERS).filter(|b| *b != first_master).collect();
+    order.push(first_master);
+    let mut master_window = None;
+    for b in order {
+        let broker = &mut s.brokers[b as usize];
+        let began = Instant::now();
+        broker.stop();
+        broker.bin = next.clone();
+        let mut flags = broker_flags();
+        flags.extend_from_slice(broker_next);
+        let addrs = s.ctl.addrs();
+        s.brokers[b as usize]
+            .start_controlled(GROUP, &addrs, b, &flags)
+            .unwrap();
+        s.wait_healthy().await;
+        load.wait_progress(20, Duration::from_secs(30)).await;
+        if b == first_master {
+            master_window = Some((began, Instant::now()));
+        }
+    }
+    let g2 = s.wait_healthy().await;
+    assert_ne!(
+        g2.master,
+        Some(first_master),
+        "the master's restart fails over"
+    );
+    assert_eq!(
+        g2.master_epoch,
+        g.master_epoch + 1,
+        "exactly one failover: {g:?} -> {g2:?}"
+    );
+    let (from, to) = master_window.unwrap();
+    let pause = load.longest_pause(from, to);
+    let master = &s.brokers[g2.master.unwrap() as usize].grpc;
+    let mut admin = BrokerAdminClient::connect(format!("http://{master}"))
+        .await
+        .unwrap();
+    let st = admin
+        .replication_status(ReplicationStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let versions: Vec<u32> = st.slaves.iter().map(|x| x.protocol_version).collect();
+    assert_eq!(
+        versions,
+        [3, 3],
+        "slave sessions after the upgrade: {:?}",
+        st.slaves
+    );
+    let (acked, failed) = load.stop().await;
+    assert_eq!(failed, 0, "sends failed during the upgrade");
+    eprintln!(
+        "rolling upgrade ({}): {} acked, 0 failed, one failover; longest pause without an ack while the master restarted: {} ms",
+        if next.is_some() {
+            "SOFAMQ_NEXT_BIN"
+        } else {
+            "flags"
+        },
+        acked.len(),
+        pause.as_millis()
+    );
     check_logs(&mut s.brokers, &acked);
 }

@@ -18,6 +18,10 @@ pub struct ControllerNode {
     /// The running process (None while stopped).
     pub node: Option<Node>,
     restarts: usize,
+    /// The `sofamq` binary of its next start (None: [`crate::sofamq_bin`]).
+    pub bin: Option<PathBuf>,
+    /// Flags of its next start, after the group's.
+    pub extra: Vec<String>,
 }
 
 /// A controller group.
@@ -40,6 +44,8 @@ impl Controllers {
                 data: log_dir.join(format!("controller-{id}")),
                 node: None,
                 restarts: 0,
+                bin: None,
+                extra: Vec::new(),
             });
         }
         let peers = nodes
@@ -93,9 +99,11 @@ impl Controllers {
             c.data.display().to_string(),
         ];
         args.extend(extra);
+        args.extend(c.extra.iter().cloned());
         c.restarts += 1;
         let name = format!("controller-{id}-{}", c.restarts);
-        c.node = Some(Node::spawn_retrying(
+        c.node = Some(Node::spawn_retrying_bin(
+            c.bin.as_deref(),
             &name,
             &args,
             &log_dir,
@@ -111,6 +119,15 @@ impl Controllers {
             && let Some(mut n) = c.node.take()
         {
             n.kill9();
+        }
+    }
+
+    /// SIGTERM voter `id` and wait for it to exit.
+    pub fn stop(&mut self, id: u64) {
+        if let Ok(c) = self.get(id)
+            && let Some(mut n) = c.node.take()
+        {
+            n.terminate(Duration::from_secs(10));
         }
     }
 

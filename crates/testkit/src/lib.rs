@@ -74,7 +74,18 @@ impl Node {
         wait: Duration,
         env: &[(String, String)],
     ) -> anyhow::Result<Node> {
-        let bin = sofamq_bin();
+        Self::spawn_bin(&sofamq_bin(), name, args, log_dir, wait, env)
+    }
+
+    /// [`Node::spawn_env`] of another `sofamq` binary (another build, in an upgrade test).
+    pub fn spawn_bin(
+        bin: &Path,
+        name: &str,
+        args: &[String],
+        log_dir: &Path,
+        wait: Duration,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Node> {
         anyhow::ensure!(
             bin.exists(),
             "{} missing: run `cargo build --bin sofamq`",
@@ -82,7 +93,7 @@ impl Node {
         );
         let log = log_dir.join(format!("{name}.log"));
         let log_file = std::fs::File::create(&log)?;
-        let mut child = Command::new(&bin)
+        let mut child = Command::new(bin)
             .args(args)
             .env(
                 "RUST_LOG",
@@ -138,6 +149,29 @@ impl Node {
         pause: Duration,
     ) -> anyhow::Result<Node> {
         Self::spawn_retrying_env(name, args, log_dir, attempts, pause, &[])
+    }
+
+    /// [`Node::spawn_retrying`] of `bin` (None: [`sofamq_bin`]).
+    pub fn spawn_retrying_bin(
+        bin: Option<&Path>,
+        name: &str,
+        args: &[String],
+        log_dir: &Path,
+        attempts: usize,
+        pause: Duration,
+    ) -> anyhow::Result<Node> {
+        let bin = bin.map_or_else(sofamq_bin, Path::to_path_buf);
+        let mut last = None;
+        for _ in 0..attempts.max(1) {
+            match Node::spawn_bin(&bin, name, args, log_dir, Duration::from_secs(30), &[]) {
+                Ok(n) => return Ok(n),
+                Err(e) => {
+                    last = Some(e);
+                    std::thread::sleep(pause);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("spawn failed")))
     }
 
     /// [`Node::spawn_retrying`] with more environment variables for the process.

@@ -30,6 +30,9 @@ pub struct ReplBroker {
     log_dir: PathBuf,
     namesrv: String,
     restarts: usize,
+    /// The `sofamq` binary of the next start (None: [`crate::sofamq_bin`]); an upgrade
+    /// test sets another build here.
+    pub bin: Option<PathBuf>,
 }
 
 impl ReplBroker {
@@ -45,6 +48,7 @@ impl ReplBroker {
             log_dir: log_dir.to_path_buf(),
             namesrv: namesrv.to_string(),
             restarts: 0,
+            bin: None,
         })
     }
 
@@ -120,7 +124,8 @@ impl ReplBroker {
         self.restarts += 1;
         let log_name = format!("{}-{}", self.name, self.restarts);
         // The port may be briefly unavailable right after a kill; retry a few times.
-        self.node = Some(Node::spawn_retrying(
+        self.node = Some(Node::spawn_retrying_bin(
+            self.bin.as_deref(),
             &log_name,
             &args,
             &self.log_dir,
