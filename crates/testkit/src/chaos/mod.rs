@@ -7,9 +7,12 @@
 //! * [`history`]: what was observed. [`checker`]: lost / unexpected / aborted / duplicated /
 //!   out-of-order / divergence, and the table.
 //! * [`scenarios`]: the fault schedules and the run driver.
+//! * [`external`]: the workload and checker against a cluster that already runs elsewhere
+//!   (`sofamq chaos --against`, used by `scripts/multihost.sh`).
 
 pub mod checker;
 pub mod cluster;
+pub mod external;
 pub mod history;
 pub mod scenarios;
 pub mod workload;
