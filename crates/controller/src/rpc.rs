@@ -41,12 +41,18 @@ pub const DEFAULT_MAX_VERSION: u8 = if cfg!(feature = "next-proto") { 2 } else {
 
 /// The version a connection speaks: the highest in both ranges, or why there is none.
 pub fn negotiate(mine: (u8, u8), theirs: (u8, u8)) -> Result<u8, String> {
+    negotiate_versions("controller", mine, theirs)
+}
+
+/// The highest version in both (lowest, highest) ranges of a `protocol`, or why there is
+/// none (shared with the brokers' replication protocol).
+pub fn negotiate_versions(protocol: &str, mine: (u8, u8), theirs: (u8, u8)) -> Result<u8, String> {
     let (lo, hi) = (mine.0.max(theirs.0), mine.1.min(theirs.1));
     if lo <= hi {
         Ok(hi)
     } else {
         Err(format!(
-            "no common controller protocol version: this side speaks {}..={}, the peer {}..={}",
+            "no common {protocol} protocol version: this side speaks {}..={}, the peer {}..={}",
             mine.0, mine.1, theirs.0, theirs.1
         ))
     }

@@ -44,6 +44,25 @@ pub fn set_sofamq_bin(path: &Path) {
     let _ = BIN_OVERRIDE.set(path.to_path_buf());
 }
 
+/// Calls `spawn` up to `attempts` times, `pause` apart, until it succeeds.
+fn retry(
+    attempts: usize,
+    pause: Duration,
+    mut spawn: impl FnMut() -> anyhow::Result<Node>,
+) -> anyhow::Result<Node> {
+    let mut last = None;
+    for _ in 0..attempts.max(1) {
+        match spawn() {
+            Ok(n) => return Ok(n),
+            Err(e) => {
+                last = Some(e);
+                std::thread::sleep(pause);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("spawn failed")))
+}
+
 /// One `sofamq` process this harness started.
 pub struct Node {
     /// Name used in logs.
@@ -161,17 +180,9 @@ impl Node {
         pause: Duration,
     ) -> anyhow::Result<Node> {
         let bin = bin.map_or_else(sofamq_bin, Path::to_path_buf);
-        let mut last = None;
-        for _ in 0..attempts.max(1) {
-            match Node::spawn_bin(&bin, name, args, log_dir, Duration::from_secs(30), &[]) {
-                Ok(n) => return Ok(n),
-                Err(e) => {
-                    last = Some(e);
-                    std::thread::sleep(pause);
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("spawn failed")))
+        retry(attempts, pause, || {
+            Node::spawn_bin(&bin, name, args, log_dir, Duration::from_secs(30), &[])
+        })
     }
 
     /// [`Node::spawn_retrying`] with more environment variables for the process.
@@ -183,17 +194,9 @@ impl Node {
         pause: Duration,
         env: &[(String, String)],
     ) -> anyhow::Result<Node> {
-        let mut last = None;
-        for _ in 0..attempts.max(1) {
-            match Node::spawn_env(name, args, log_dir, Duration::from_secs(30), env) {
-                Ok(n) => return Ok(n),
-                Err(e) => {
-                    last = Some(e);
-                    std::thread::sleep(pause);
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("spawn failed")))
+        retry(attempts, pause, || {
+            Node::spawn_env(name, args, log_dir, Duration::from_secs(30), env)
+        })
     }
 
     /// The process id.

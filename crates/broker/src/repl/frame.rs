@@ -430,15 +430,7 @@ fn header(h: &[u8], max: usize) -> Result<Header, FrameError> {
 
 /// The version a session speaks: the highest in both ranges, or why there is none.
 pub fn negotiate(mine: (u8, u8), theirs: (u8, u8)) -> Result<u8, String> {
-    let (lo, hi) = (mine.0.max(theirs.0), mine.1.min(theirs.1));
-    if lo <= hi {
-        Ok(hi)
-    } else {
-        Err(format!(
-            "no common replication protocol version: this broker speaks {}..={}, the peer {}..={}",
-            mine.0, mine.1, theirs.0, theirs.1
-        ))
-    }
+    sofamq_controller::rpc::negotiate_versions("replication", mine, theirs)
 }
 
 /// Decodes one frame from the front of `buf` (consuming it); `Ok(None)` when more bytes are
