@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 mod bench;
+mod bench_namesrv;
 mod chaos;
 mod consume;
 mod controller;
@@ -109,6 +110,9 @@ enum BenchCmd {
     E2e(bench::E2eBenchArgs),
     /// Timer (DELAY) lateness: steady-rate timers, received by a consumer group.
     Timers(bench::TimersBenchArgs),
+    /// Control plane at scale: simulated broker groups and route-querying clients against a
+    /// namesrv and a controller started as child processes (docs/scale.md).
+    Namesrv(bench_namesrv::NamesrvBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -146,6 +150,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(BenchCmd::Consume(a)) => bench::bench_consume(a).await,
             Command::Bench(BenchCmd::E2e(a)) => bench::bench_e2e(a).await,
             Command::Bench(BenchCmd::Timers(a)) => bench::bench_timers(a).await,
+            Command::Bench(BenchCmd::Namesrv(a)) => bench_namesrv::run(a).await,
             Command::Admin(c) => admin::run(c).await,
             Command::Chaos(a) => chaos::run(a).await,
             Command::Bench(BenchCmd::Store(_)) => unreachable!("handled above"),
