@@ -228,7 +228,9 @@ impl Shared {
 }
 
 /// One poll of every controller node at once; the answer of the node that says it leads,
-/// in the highest term (a cut-off old leader may still believe it leads).
+/// in the highest term (a cut-off old leader may still believe it leads). None when no node
+/// leads: a follower's view may lag (a node cut off from the leader keeps an old state while
+/// its term grows), so it is never taken.
 async fn poll_controllers(addrs: &[String], timeout: Duration) -> Option<ControllerStatus> {
     let calls = addrs.iter().map(|a| {
         let c = ControllerClient::new(vec![a.clone()], timeout);
@@ -243,7 +245,6 @@ async fn poll_controllers(addrs: &[String], timeout: Duration) -> Option<Control
         .iter()
         .filter(|s| s.leader == Some(s.node))
         .max_by_key(|s| s.term)
-        .or_else(|| answers.iter().max_by_key(|s| s.term))
         .cloned()
 }
 
@@ -283,6 +284,10 @@ fn spawn_watcher(
         });
         // Per group: (master, epoch, in-sync) last seen, and the last master it had.
         let mut last: BTreeMap<String, (Option<u64>, u64, Vec<u64>)> = BTreeMap::new();
+        // Per group: the newest (master epoch, in-sync epoch) seen; both only grow, so a
+        // view below it is an old one (a leader of a higher term that has not applied the
+        // log yet) and is skipped.
+        let mut newest: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         let mut last_master: BTreeMap<String, u64> = BTreeMap::new();
         let mut tick = tokio::time::interval(poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -294,7 +299,9 @@ fn spawn_watcher(
                 if let Some(p) = &state {
                     let _ = write_atomic(
                         p,
-                        &format!("t_ms {t}\nhealthy 0\nerror no controller answered\n"),
+                        &format!(
+                            "t_ms {t}\nhealthy 0\nerror no controller node answered as the leader\n"
+                        ),
                     );
                 }
                 continue;
@@ -312,6 +319,12 @@ fn spawn_watcher(
             let mut text = String::new();
             let mut healthy = s.groups.len() >= want;
             for gs in &s.groups {
+                let version = (gs.master_epoch, gs.insync_epoch);
+                if newest.get(&gs.group).is_some_and(|v| version < *v) {
+                    healthy = false;
+                    continue;
+                }
+                newest.insert(gs.group.clone(), version);
                 let insync: Vec<u64> = gs.insync.iter().copied().collect();
                 let now = (gs.master, gs.master_epoch, insync.clone());
                 if last.get(&gs.group) != Some(&now) {
