@@ -329,7 +329,7 @@ impl Producer {
         for message in messages {
             firsts.push(match self.prepare(message) {
                 Err(e) => First::Rejected(e),
-                Ok(p) => match self.submit(&p, None).await {
+                Ok(p) => match self.submit(&p, None, None).await {
                     Ok((broker, other, rx)) => First::Queued(p, broker, other, rx),
                     Err(attempt) => First::NotQueued(p, attempt),
                 },
@@ -479,11 +479,13 @@ impl Producer {
         })
     }
 
-    /// Picks a broker and queues one attempt of `p` on it.
+    /// Picks a broker and queues one attempt of `p` on it: the master of group `pinned`
+    /// when set (an earlier attempt there may have stored it), else by [`selector::select`].
     async fn submit(
         &self,
         p: &Prepared,
         previous: Option<&BrokerHandle>,
+        pinned: Option<&str>,
     ) -> Result<(Arc<BrokerHandle>, bool, oneshot::Receiver<EntryResult>), Attempt> {
         let failed = |broker, result, other_broker| Attempt {
             broker,
@@ -494,12 +496,18 @@ impl Producer {
             Ok(r) => r,
             Err(e) => return Err(failed(None, e, false)),
         };
-        let Some(broker) = selector::select(&route, p.group_hash, previous, Instant::now()) else {
-            return Err(failed(
-                None,
-                AttemptError::NoRoute("empty route".into()),
-                false,
-            ));
+        let broker = match pinned {
+            Some(group) => route.brokers.iter().find(|b| b.name == group).cloned(),
+            None => selector::select(&route, p.group_hash, previous, Instant::now()),
+        };
+        let Some(broker) = broker else {
+            let why = match pinned {
+                Some(g) => {
+                    format!("broker group {g}, which may hold this message, is not in the route")
+                }
+                None => "empty route".into(),
+            };
+            return Err(failed(None, AttemptError::NoRoute(why), false));
         };
         let other_broker = route.brokers.len() > 1;
         match broker.submit(p.wire.clone()).await {
@@ -508,8 +516,13 @@ impl Producer {
         }
     }
 
-    async fn attempt(&self, p: &Prepared, previous: Option<&BrokerHandle>) -> Attempt {
-        match self.submit(p, previous).await {
+    async fn attempt(
+        &self,
+        p: &Prepared,
+        previous: Option<&BrokerHandle>,
+        pinned: Option<&str>,
+    ) -> Attempt {
+        match self.submit(p, previous, pinned).await {
             Ok((broker, other_broker, rx)) => Attempt {
                 broker: Some(broker),
                 result: wait(rx).await,
@@ -521,6 +534,13 @@ impl Producer {
 
     /// The retry loop. `first` is the outcome of attempt 1 when it was made
     /// by the caller (batch sends).
+    ///
+    /// Once an attempt may have stored the message (no answer, or a code given after the
+    /// append), every later attempt goes to that same broker group, whichever broker is
+    /// its master by then: only that group's idempotence window can answer a retry with the
+    /// stored copy, so a copy in another group would be a duplicate. Attempts refused
+    /// before the append (a refused connection, HA_NOT_AVAILABLE, a throttle) move on to
+    /// another group, as the selector prefers.
     async fn deliver(
         &self,
         p: Prepared,
@@ -530,6 +550,7 @@ impl Producer {
         // A half message is not retried: it might be stored twice.
         let max_attempts = if p.wire.alone { 1 } else { cfg.max_attempts };
         let mut previous: Option<Arc<BrokerHandle>> = None;
+        let mut pinned: Option<String> = None;
         let mut attempt_no = 0u32;
         let mut maybe_stored = false;
         let mut routes_changed = self.inner.routes.generation();
@@ -538,14 +559,24 @@ impl Producer {
             routes_changed.borrow_and_update();
             let attempt = match first.take() {
                 Some(a) => a,
-                None => self.attempt(&p, previous.as_deref()).await,
+                None => {
+                    self.attempt(&p, previous.as_deref(), pinned.as_deref())
+                        .await
+                }
             };
             let err = match attempt.result {
                 Ok(entry) => return Ok(receipt(p, &entry, attempt.broker.as_deref())),
                 Err(e) => e,
             };
             let verdict = retry::classify(&err, attempt.other_broker);
-            maybe_stored |= retry::may_have_stored(&err);
+            if retry::may_have_stored(&err) {
+                maybe_stored = true;
+                if pinned.is_none()
+                    && let Some(b) = &attempt.broker
+                {
+                    pinned = Some(b.name.clone());
+                }
+            }
             let now = Instant::now();
             if verdict.retry
                 && let Some(b) = &attempt.broker

@@ -105,7 +105,8 @@ pub(crate) fn classify(err: &AttemptError, other_broker: bool) -> Verdict {
 /// shutdown mean it was not stored.
 pub(crate) fn may_have_stored(err: &AttemptError) -> bool {
     match err {
-        AttemptError::Transport(_) | AttemptError::Timeout => true,
+        AttemptError::Transport(m) => !never_sent(m),
+        AttemptError::Timeout => true,
         AttemptError::NoRoute(_) | AttemptError::Closed => false,
         AttemptError::Status { code, .. } => matches!(
             Code::try_from(*code),
@@ -118,6 +119,19 @@ pub(crate) fn may_have_stored(err: &AttemptError) -> bool {
                 | Err(_)
         ),
     }
+}
+
+/// A transport failure before the request left: the connection could not be made (the
+/// broker's port refused it, the name did not resolve), so nothing was sent.
+fn never_sent(message: &str) -> bool {
+    [
+        "tcp connect error",
+        "error trying to connect",
+        "dns error",
+        "Connection refused",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
 }
 
 /// Delay before attempt `failed_attempt + 1` (`failed_attempt` >= 1):
@@ -167,6 +181,9 @@ mod tests {
         }
         assert!(may_have_stored(&AttemptError::Timeout));
         assert!(may_have_stored(&AttemptError::Transport("reset".into())));
+        assert!(!may_have_stored(&AttemptError::Transport(
+            "Unavailable: tcp connect error".into()
+        )));
         assert!(!may_have_stored(&AttemptError::NoRoute("none".into())));
     }
 

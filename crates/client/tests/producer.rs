@@ -229,7 +229,8 @@ async fn linger_gathers_messages_into_one_request() {
 async fn retryable_error_on_one_broker_retries_on_another_with_same_id() {
     let a = Fake::start("broker-a").await;
     let b = Fake::start("broker-b").await;
-    a.state.set_code(|_| Code::MasterPersistenceTimeout as i32);
+    // Refused before the append (no in-sync slave): nothing stored, any group may retry.
+    a.state.set_code(|_| Code::HaNotAvailable as i32);
     a.state.set_route(vec![a.route_entry(), b.route_entry()]);
     let (cfg, alerts) = alert_counter(config(&[&a.addr]));
     let producer = Producer::start(cfg).await.unwrap();
@@ -252,6 +253,62 @@ async fn retryable_error_on_one_broker_retries_on_another_with_same_id() {
         assert_eq!(r.broker, "broker-b");
     }
     assert_eq!(a.state.received_ids().len(), 1);
+    producer.shutdown().await;
+}
+
+/// A send whose outcome is unknown (here SLAVE_PERSISTENCE_TIMEOUT: stored on the master,
+/// not yet on the slave) is retried on the same broker group only, where the idempotence
+/// window answers with the stored copy; a copy in another group would be a duplicate.
+#[tokio::test]
+async fn an_ambiguous_outcome_is_retried_on_the_same_group_only() {
+    let a = Fake::start("broker-a").await;
+    let b = Fake::start("broker-b").await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    a.state.set_code(move |_| {
+        if c.fetch_add(1, Ordering::SeqCst) == 0 {
+            Code::SlavePersistenceTimeout as i32
+        } else {
+            Code::Ok as i32
+        }
+    });
+    a.state.set_route(vec![a.route_entry(), b.route_entry()]);
+    let producer = Producer::start(config(&[&a.addr]).with_max_attempts(3))
+        .await
+        .unwrap();
+    // Round-robin starts at broker-a (brokers are sorted by name).
+    let receipt = producer.send(Message::new("TopicP", "x")).await.unwrap();
+    assert_eq!(receipt.broker, "broker-a", "the retry stays on broker-a");
+    let ids = a.state.received_ids();
+    assert_eq!(
+        ids.len(),
+        2,
+        "two attempts on broker-a, with one id: {ids:?}"
+    );
+    assert_eq!(ids[0], ids[1]);
+    assert!(b.state.received_ids().is_empty(), "broker-b never got it");
+
+    producer.shutdown().await;
+
+    // Still unknown after every attempt: the error says it may be stored, and no other
+    // group ever saw it. (A fresh producer: the first one avoids broker-a for a while.)
+    a.state.set_code(|_| Code::SlavePersistenceTimeout as i32);
+    let producer = Producer::start(config(&[&a.addr]).with_max_attempts(3))
+        .await
+        .unwrap();
+    let before = b.state.received_ids().len();
+    let err = producer
+        .send(Message::new("TopicP", "y"))
+        .await
+        .expect_err("every attempt on broker-a is unknown");
+    assert!(err.maybe_stored, "{err}");
+    assert_eq!(err.attempts, 3);
+    assert_eq!(err.broker.as_deref(), Some("broker-a"));
+    let on_b = b.state.received_ids();
+    assert!(
+        !on_b[before..].contains(&err.message_id),
+        "the unknown send reached broker-b"
+    );
     producer.shutdown().await;
 }
 
