@@ -390,3 +390,64 @@ async fn proxy_holds_a_send_while_the_group_has_no_master() {
     );
     assert!(took >= Duration::from_millis(300), "{took:?}");
 }
+
+/// A client's retry of a send (the same message id) goes through the proxy to the broker
+/// group of its first attempt, whose idempotence window answers it with the stored copy:
+/// one copy in the cluster, not one in each group the round robin would pick. New ids
+/// still spread over both groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_send_goes_to_the_group_of_its_first_attempt() {
+    let mut c = two_groups("pin");
+    let ns = c.namesrv.addr.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while route(&ns, "pin", false, Duration::from_secs(5)).await.len() < 4 {
+        assert!(Instant::now() < deadline, "both groups never in the route");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut cl = client(&ns).await;
+    let mut send = async |id: &str, queue: i32| {
+        let r = cl
+            .send_message(v2::SendMessageRequest {
+                messages: vec![raw_message("pin", id, queue)],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status.as_ref().map(|s| s.code),
+            Some(v2::Code::Ok as i32),
+            "{r:?}"
+        );
+    };
+    for attempt in 0..4 {
+        for id in ["retried-1", "retried-2", "retried-3"] {
+            send(id, attempt).await;
+        }
+    }
+    for i in 0..6 {
+        send(&format!("new-{i}"), 0).await;
+    }
+    for b in &mut c.brokers {
+        b.terminate(Duration::from_secs(10));
+    }
+    let mut copies: std::collections::HashMap<String, Vec<&str>> = Default::default();
+    for name in ["broker-a", "broker-b"] {
+        let store = c.dir.path().join(name).join("store");
+        for m in sofamq_testkit::logs::messages(&store).unwrap() {
+            if m.0 == "pin" {
+                copies.entry(m.1).or_default().push(name);
+            }
+        }
+    }
+    for id in ["retried-1", "retried-2", "retried-3"] {
+        assert_eq!(copies[id].len(), 1, "{id} stored in {:?}", copies[id]);
+    }
+    let groups: std::collections::BTreeSet<&str> = (0..6)
+        .map(|i| {
+            let c = &copies[&format!("new-{i}")];
+            assert_eq!(c.len(), 1);
+            c[0]
+        })
+        .collect();
+    assert_eq!(groups.len(), 2, "new ids spread over both groups");
+}

@@ -82,6 +82,19 @@ async fn group_for_topic(
     }
 }
 
+/// The write queues of `topic` on broker `group`, from any live member's registration
+/// (its master may be failing over: the send is then held for it).
+fn queues_of(p: &Proxy, topic: &str, group: &str) -> Option<u32> {
+    p.registry()
+        .groups(None, Instant::now())
+        .into_iter()
+        .find(|g| g.broker_name == group)?
+        .topics
+        .into_iter()
+        .find(|t| t.name == topic && t.perm & PERM_WRITE != 0 && t.queue_count > 0)
+        .map(|t| t.queue_count)
+}
+
 /// A send answer meaning "not acked, may be stored" (replication or persistence not
 /// confirmed).
 fn maybe_stored(status: Option<&Status>) -> bool {
@@ -120,11 +133,27 @@ pub async fn send_message(
         .and_then(|s| s.message_group.clone());
     let deadline = p.hold_deadline(&md);
     let timeout = p.forward_timeout(&md);
-    let (group, queues) =
-        match group_for_topic(p, &topic, PERM_WRITE, key.as_deref(), deadline).await {
+    let ids: Vec<String> = req
+        .messages
+        .iter()
+        .filter_map(|m| m.system_properties.as_ref())
+        .map(|s| s.message_id.clone())
+        .filter(|id| !id.is_empty())
+        .collect();
+    // A retry of a send goes where the first attempt went (it may be stored there).
+    let pinned = p
+        .pins()
+        .group(ids.iter().map(String::as_str), Instant::now())
+        .and_then(|g| queues_of(p, &topic, &g).map(|q| (g, q)));
+    let (group, queues) = match pinned {
+        Some(g) => g,
+        None => match group_for_topic(p, &topic, PERM_WRITE, key.as_deref(), deadline).await {
             Ok(g) => g,
             Err(s) => return fail(s),
-        };
+        },
+    };
+    p.pins()
+        .remember(ids.iter().map(String::as_str), &group, Instant::now());
     // The client chose a queue of the route it was given; keep it inside this group's.
     for m in &mut req.messages {
         if let Some(sp) = m.system_properties.as_mut()

@@ -19,6 +19,7 @@
 
 pub mod forward;
 pub mod handles;
+pub mod pins;
 pub mod telemetry;
 
 use std::collections::HashMap;
@@ -67,6 +68,11 @@ pub struct ProxyOptions {
     pub broker_tls_ca_path: Option<std::path::PathBuf>,
     /// Name the brokers' certificates carry, when not the host dialled.
     pub broker_tls_server_name: Option<String>,
+    /// Message ids whose broker group is remembered, so a client's retry of a send goes
+    /// to the group of its first attempt (0: none, retries go round-robin).
+    pub send_pins: usize,
+    /// How long a send's group is remembered for its retries.
+    pub send_pin_ms: u64,
 }
 
 impl Default for ProxyOptions {
@@ -80,6 +86,8 @@ impl Default for ProxyOptions {
             connect_timeout_ms: 1_000,
             telemetry_check_ms: 200,
             recent_topic_ms: 60_000,
+            send_pins: 200_000,
+            send_pin_ms: 120_000,
             broker_tls: false,
             broker_tls_ca_path: None,
             broker_tls_server_name: None,
@@ -125,6 +133,8 @@ pub struct Proxy {
     channels: parking_lot::Mutex<HashMap<String, Channel>>,
     /// When each topic was last found in a route (bounded; see `recent_topic_ms`).
     seen: parking_lot::Mutex<HashMap<String, Instant>>,
+    /// The broker group of each recent send, by message id (retries go there too).
+    pins: pins::SendPins,
     next: AtomicUsize,
     /// Counters for `/metrics`.
     pub counters: Counters,
@@ -171,15 +181,22 @@ impl Proxy {
         } else {
             None
         };
+        let pins = pins::SendPins::new(opts.send_pins, Duration::from_millis(opts.send_pin_ms));
         Ok(Self {
             registry,
             opts,
             tls,
             channels: parking_lot::Mutex::new(HashMap::new()),
             seen: parking_lot::Mutex::new(HashMap::new()),
+            pins,
             next: AtomicUsize::new(0),
             counters: Counters::default(),
         })
+    }
+
+    /// The broker group of each recent send, by message id.
+    pub fn pins(&self) -> &pins::SendPins {
+        &self.pins
     }
 
     /// The settings.
