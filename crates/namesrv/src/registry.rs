@@ -63,6 +63,17 @@ pub struct MasterRoute {
     pub topic: TopicRoute,
 }
 
+/// A broker group serving a topic, as found by [`Registry::topic_groups`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicGroup {
+    /// Broker group name.
+    pub broker_name: String,
+    /// The topic's queue count there.
+    pub queue_count: u32,
+    /// Whether a live master is registered now.
+    pub master: bool,
+}
+
 /// Why a registration was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
@@ -311,6 +322,42 @@ impl Registry {
         routes
     }
 
+    /// The broker groups with a live member (master or slave) that reports `topic` with
+    /// permission `perm` and at least one queue, sorted by name, one entry per group name:
+    /// its queue count (the master's when it has one) and whether a live master is
+    /// registered. A group whose master is failing over is here with `master: false`.
+    pub fn topic_groups(&self, topic: &str, perm: u32, now: Instant) -> Vec<TopicGroup> {
+        let members = self.lock();
+        let mut out: Vec<TopicGroup> = Vec::new();
+        for (k, m) in members.iter() {
+            if !m.is_live(now) {
+                continue;
+            }
+            let Some(t) = m.topics.get(topic) else {
+                continue;
+            };
+            if t.perm & perm == 0 || t.queue_count == 0 {
+                continue;
+            }
+            let master = k.broker_id == MASTER_ID;
+            match out.iter_mut().find(|g| g.broker_name == k.broker_name) {
+                Some(g) => {
+                    if master {
+                        g.queue_count = t.queue_count;
+                    }
+                    g.master |= master;
+                }
+                None => out.push(TopicGroup {
+                    broker_name: k.broker_name.clone(),
+                    queue_count: t.queue_count,
+                    master,
+                }),
+            }
+        }
+        out.sort_by(|a, b| a.broker_name.cmp(&b.broker_name));
+        out
+    }
+
     /// The client endpoint of the live master (broker id 0) of broker group `broker_name`
     /// (of any cluster), if one is registered.
     pub fn master_of(&self, broker_name: &str, now: Instant) -> Option<String> {
@@ -451,6 +498,25 @@ mod tests {
         assert_eq!(r.master_routes("t", t0).len(), 1);
         assert_eq!(r.expire(later).len(), 1);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn topic_groups_list_groups_failing_over_too() {
+        use sofamq_proto::namesrv::{PERM_READ, PERM_WRITE};
+        let r = Registry::new(RegistryLimits::from(&NamesrvConfig::default()));
+        let now = Instant::now();
+        r.register(&req("b", 0, 1), now).unwrap();
+        r.register(&req("b", 1, 1), now).unwrap();
+        r.register(&req("a", 1, 1), now).unwrap();
+        let mut ro = req("c", 0, 1);
+        ro.topics[0].perm = PERM_READ;
+        r.register(&ro, now).unwrap();
+        let g = r.topic_groups("t", PERM_WRITE, now);
+        let names: Vec<_> = g.iter().map(|g| (g.broker_name.as_str(), g.master)).collect();
+        // One entry per group, sorted; "a" has only its slave; "c" does not take writes.
+        assert_eq!(names, [("a", false), ("b", true)]);
+        assert_eq!(r.topic_groups("t", PERM_READ, now).len(), 3);
+        assert!(r.topic_groups("other", PERM_WRITE, now).is_empty());
     }
 
     #[test]

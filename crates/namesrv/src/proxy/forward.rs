@@ -36,14 +36,12 @@ fn transport(e: &tonic::Status) -> Status {
     )
 }
 
-/// The broker group that serves `topic` with permission `perm` (round robin; by the hash of
-/// `key` when there is one, so a message group stays on one broker group), waiting up to
-/// `deadline` for one to have a live master. `Err` when no group serves the topic at all.
+/// A broker group that serves `topic` with permission `perm` and has a live master
+/// (round robin), waiting up to `deadline` for one. `Err` when no group serves the topic.
 async fn group_for_topic(
     p: &Proxy,
     topic: &str,
     perm: u32,
-    key: Option<&str>,
     deadline: Instant,
 ) -> Result<(String, u32), Status> {
     let retry = Duration::from_millis(p.options().retry_ms);
@@ -54,31 +52,74 @@ async fn group_for_topic(
             .filter(|r| r.topic.perm & perm != 0 && r.topic.queue_count > 0)
             .collect();
         if !routes.is_empty() {
-            let i = match key {
-                Some(k) => (fnv(k.as_bytes()) % routes.len() as u64) as usize,
-                None => p.pick(routes.len()),
-            };
-            let r = &routes[i];
+            let r = &routes[p.pick(routes.len())];
             return Ok((r.broker_name.clone(), r.topic.queue_count));
         }
-        let known = p
-            .registry()
-            .groups(None, Instant::now())
-            .iter()
-            .any(|g| g.topics.iter().any(|t| t.name == topic));
-        if !known && !p.seen_recently(topic) {
-            return Err(status(
-                Code::TopicNotFound,
-                format!("topic '{topic}' not found"),
-            ));
+        no_group_yet(p, topic, deadline, retry).await?;
+    }
+}
+
+/// No group can take `topic` now: `TopicNotFound` when none knows it (nor did one
+/// recently), `HaNotAvailable` when `deadline` is too near, else a pause of `retry`.
+async fn no_group_yet(
+    p: &Proxy,
+    topic: &str,
+    deadline: Instant,
+    retry: Duration,
+) -> Result<(), Status> {
+    let known = p
+        .registry()
+        .groups(None, Instant::now())
+        .iter()
+        .any(|g| g.topics.iter().any(|t| t.name == topic));
+    if !known && !p.seen_recently(topic) {
+        return Err(status(
+            Code::TopicNotFound,
+            format!("topic '{topic}' not found"),
+        ));
+    }
+    if Instant::now() + retry > deadline {
+        return Err(status(
+            Code::HaNotAvailable,
+            format!("proxy: no broker group serving '{topic}' has a master now"),
+        ));
+    }
+    tokio::time::sleep(retry).await;
+    Ok(())
+}
+
+/// The broker group for a send and the topic's queue count there. With a `key` (the
+/// message group of a FIFO send, else the first message id) the group is the one of
+/// highest rendezvous score for it among the groups that may take a send
+/// ([`Proxy::sendable`]): every name server picks the same group for the same id, so a
+/// client's retry through another name server meets the first attempt's idempotence
+/// window, and adding or removing a group moves only the keys it takes or held. Without a
+/// key: round robin over the groups with a master. Waits up to `deadline` for a group.
+async fn group_for_send(
+    p: &Proxy,
+    topic: &str,
+    key: Option<&str>,
+    deadline: Instant,
+) -> Result<(String, u32), Status> {
+    let retry = Duration::from_millis(p.options().retry_ms);
+    loop {
+        let now = Instant::now();
+        let groups = p.sendable(p.registry().topic_groups(topic, PERM_WRITE, now), now);
+        let chosen = match key {
+            Some(k) => groups
+                .iter()
+                .max_by_key(|g| rendezvous(k, &g.broker_name)),
+            None => {
+                let live: Vec<_> = groups.iter().filter(|g| g.master).collect();
+                (!live.is_empty()).then(|| live[p.pick(live.len())])
+            }
+        };
+        if let Some(g) = chosen {
+            // Keeps the topic known to `seen_recently` while its groups fail over.
+            p.mark_seen(topic);
+            return Ok((g.broker_name.clone(), g.queue_count));
         }
-        if Instant::now() + retry > deadline {
-            return Err(status(
-                Code::HaNotAvailable,
-                format!("proxy: no broker group serving '{topic}' has a master now"),
-            ));
-        }
-        tokio::time::sleep(retry).await;
+        no_group_yet(p, topic, deadline, retry).await?;
     }
 }
 
@@ -86,13 +127,20 @@ async fn group_for_topic(
 /// (its master may be failing over: the send is then held for it).
 fn queues_of(p: &Proxy, topic: &str, group: &str) -> Option<u32> {
     p.registry()
-        .groups(None, Instant::now())
+        .topic_groups(topic, PERM_WRITE, Instant::now())
         .into_iter()
-        .find(|g| g.broker_name == group)?
-        .topics
-        .into_iter()
-        .find(|t| t.name == topic && t.perm & PERM_WRITE != 0 && t.queue_count > 0)
-        .map(|t| t.queue_count)
+        .find(|g| g.broker_name == group)
+        .map(|g| g.queue_count)
+}
+
+/// A score of `group` for `key`: the group of highest score takes the key.
+fn rendezvous(key: &str, group: &str) -> u64 {
+    let h = fnv(group.as_bytes(), fnv(key.as_bytes(), FNV_OFFSET) ^ 0xff);
+    // A finalizer (splitmix64's), so that near-identical names still spread.
+    let mut z = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// A send answer meaning "not acked, may be stored" (replication or persistence not
@@ -104,8 +152,10 @@ fn maybe_stored(status: Option<&Status>) -> bool {
     })
 }
 
-fn fnv(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv(b: &[u8], seed: u64) -> u64 {
+    b.iter().fold(seed, |h, x| {
         (h ^ u64::from(*x)).wrapping_mul(0x0100_0000_01b3)
     })
 }
@@ -145,9 +195,10 @@ pub async fn send_message(
         .pins()
         .group(ids.iter().map(String::as_str), Instant::now())
         .and_then(|g| queues_of(p, &topic, &g).map(|q| (g, q)));
+    let key = key.or_else(|| ids.first().cloned());
     let (group, queues) = match pinned {
         Some(g) => g,
-        None => match group_for_topic(p, &topic, PERM_WRITE, key.as_deref(), deadline).await {
+        None => match group_for_send(p, &topic, key.as_deref(), deadline).await {
             Ok(g) => g,
             Err(s) => return fail(s),
         },
@@ -552,7 +603,7 @@ pub async fn query_assignment(
         assignments: Vec::new(),
     };
     let deadline = p.hold_deadline(&md);
-    let group = match group_for_topic(p, &topic, PERM_READ, None, deadline).await {
+    let group = match group_for_topic(p, &topic, PERM_READ, deadline).await {
         Ok((g, _)) => g,
         Err(s) => return fail(s),
     };
@@ -668,5 +719,46 @@ pub async fn pull_message(
         Err(e) => one(no_answer_status(&e)),
         Ok(Err(s)) => one(s),
         Ok(Ok(s)) => Box::pin(s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pick<'a>(key: &str, groups: &[&'a str]) -> &'a str {
+        groups
+            .iter()
+            .copied()
+            .max_by_key(|g| rendezvous(key, g))
+            .unwrap()
+    }
+
+    #[test]
+    fn rendezvous_spreads_and_moves_only_what_it_must() {
+        let three = ["broker-a", "broker-b", "broker-c"];
+        let keys: Vec<String> = (0..3000).map(|i| format!("id-{i}")).collect();
+        let mut counts = std::collections::HashMap::new();
+        for k in &keys {
+            *counts.entry(pick(k, &three)).or_insert(0) += 1;
+        }
+        for g in three {
+            let n = counts[g];
+            assert!((800..1200).contains(&n), "{g}: {n} of 3000");
+        }
+        // The order the groups are listed in does not matter.
+        let reversed = ["broker-c", "broker-b", "broker-a"];
+        assert!(keys.iter().all(|k| pick(k, &three) == pick(k, &reversed)));
+        // Without broker-c, only its keys move; with a fourth group, keys move only to it.
+        let two = ["broker-a", "broker-b"];
+        let four = ["broker-a", "broker-b", "broker-c", "broker-d"];
+        for k in &keys {
+            let before = pick(k, &three);
+            if before != "broker-c" {
+                assert_eq!(pick(k, &two), before, "{k}");
+            }
+            let after = pick(k, &four);
+            assert!(after == before || after == "broker-d", "{k}");
+        }
     }
 }

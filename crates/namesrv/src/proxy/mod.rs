@@ -33,7 +33,7 @@ use sofamq_proto::v2::messaging_service_client::MessagingServiceClient;
 use tonic::metadata::{KeyAndValueRef, MetadataMap};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::registry::{MasterRoute, Registry};
+use crate::registry::{MasterRoute, Registry, TopicGroup};
 
 /// Header a client sets to get the brokers' own endpoints in routes even in proxy mode.
 pub const DIRECT_ROUTE_HEADER: &str = "x-sofamq-route";
@@ -73,6 +73,10 @@ pub struct ProxyOptions {
     pub send_pins: usize,
     /// How long a send's group is remembered for its retries.
     pub send_pin_ms: u64,
+    /// A broker group that had a master within this long keeps its share of sends while
+    /// it fails over (they are held for its new master), so that every name server sends
+    /// a message id to the same group; past it, its sends go to the other groups.
+    pub failover_wait_ms: u64,
 }
 
 impl Default for ProxyOptions {
@@ -88,6 +92,7 @@ impl Default for ProxyOptions {
             recent_topic_ms: 60_000,
             send_pins: 200_000,
             send_pin_ms: 120_000,
+            failover_wait_ms: 10_000,
             broker_tls: false,
             broker_tls_ca_path: None,
             broker_tls_server_name: None,
@@ -107,6 +112,9 @@ impl ProxyOptions {
             if v == 0 {
                 return Err((name, "must be > 0"));
             }
+        }
+        if self.failover_wait_ms > 600_000 {
+            return Err(("proxy.failover_wait_ms", "must be <= 600000"));
         }
         if self.hold_ms > 600_000 {
             return Err(("proxy.hold_ms", "must be <= 600000"));
@@ -135,6 +143,8 @@ pub struct Proxy {
     seen: parking_lot::Mutex<HashMap<String, Instant>>,
     /// The broker group of each recent send, by message id (retries go there too).
     pins: pins::SendPins,
+    /// When each broker group was last seen with a live master (bounded like `seen`).
+    mastered: parking_lot::Mutex<HashMap<String, Instant>>,
     next: AtomicUsize,
     /// Counters for `/metrics`.
     pub counters: Counters,
@@ -189,6 +199,7 @@ impl Proxy {
             channels: parking_lot::Mutex::new(HashMap::new()),
             seen: parking_lot::Mutex::new(HashMap::new()),
             pins,
+            mastered: parking_lot::Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
             counters: Counters::default(),
         })
@@ -245,19 +256,24 @@ impl Proxy {
     pub fn topic_routes(&self, topic: &str) -> Vec<MasterRoute> {
         let routes = self.registry.master_routes(topic, Instant::now());
         if !routes.is_empty() {
-            let now = Instant::now();
-            let mut seen = self.seen.lock();
-            // Every proxied request passes here: no allocation for a topic already known.
-            if let Some(t) = seen.get_mut(topic) {
-                *t = now;
-            } else {
-                if seen.len() >= MAX_SEEN_TOPICS {
-                    seen.clear();
-                }
-                seen.insert(topic.to_string(), now);
-            }
+            self.mark_seen(topic);
         }
         routes
+    }
+
+    /// Notes that `topic` was found in a route now (see [`Proxy::seen_recently`]).
+    pub fn mark_seen(&self, topic: &str) {
+        let now = Instant::now();
+        let mut seen = self.seen.lock();
+        // Every proxied request passes here: no allocation for a topic already known.
+        if let Some(t) = seen.get_mut(topic) {
+            *t = now;
+        } else {
+            if seen.len() >= MAX_SEEN_TOPICS {
+                seen.clear();
+            }
+            seen.insert(topic.to_string(), now);
+        }
     }
 
     /// Whether `topic` was in a route within `recent_topic_ms`.
@@ -266,6 +282,31 @@ impl Proxy {
             .lock()
             .get(topic)
             .is_some_and(|t| t.elapsed() <= Duration::from_millis(self.opts.recent_topic_ms))
+    }
+
+    /// The groups of `groups` that may take a send now: those with a master, and those
+    /// that had one within `failover_wait_ms` (failing over: the send is held for them).
+    pub fn sendable(&self, mut groups: Vec<TopicGroup>, now: Instant) -> Vec<TopicGroup> {
+        let wait = Duration::from_millis(self.opts.failover_wait_ms);
+        let mut seen = self.mastered.lock();
+        if seen.len() >= MAX_SEEN_TOPICS {
+            seen.clear();
+        }
+        groups.retain(|g| {
+            if g.master {
+                match seen.get_mut(&g.broker_name) {
+                    Some(t) => *t = now,
+                    None => {
+                        seen.insert(g.broker_name.clone(), now);
+                    }
+                }
+                true
+            } else {
+                seen.get(&g.broker_name)
+                    .is_some_and(|t| now.saturating_duration_since(*t) <= wait)
+            }
+        });
+        groups
     }
 
     /// A round-robin pick among `n`.
@@ -415,6 +456,53 @@ mod tests {
         assert_eq!(client_timeout(&md), Some(Duration::from_secs(3)));
         md.insert("grpc-timeout", "x".parse().unwrap());
         assert_eq!(client_timeout(&md), None);
+    }
+
+    fn group(name: &str, master: bool) -> TopicGroup {
+        TopicGroup {
+            broker_name: name.into(),
+            queue_count: 4,
+            master,
+        }
+    }
+
+    #[test]
+    fn a_group_failing_over_keeps_its_sends_for_a_while() {
+        let p = Proxy::new(
+            Arc::new(Registry::new(crate::registry::RegistryLimits::from(
+                &crate::NamesrvConfig::default(),
+            ))),
+            ProxyOptions {
+                failover_wait_ms: 1_000,
+                ..ProxyOptions::default()
+            },
+        )
+        .unwrap();
+        let names = |g: Vec<TopicGroup>| -> Vec<String> {
+            g.into_iter().map(|g| g.broker_name).collect()
+        };
+        let t0 = Instant::now();
+        // Never seen with a master: not a candidate.
+        assert_eq!(
+            names(p.sendable(vec![group("a", true), group("b", false)], t0)),
+            ["a"]
+        );
+        assert_eq!(
+            names(p.sendable(vec![group("a", true), group("b", true)], t0)),
+            ["a", "b"]
+        );
+        // b loses its master: it keeps its sends within the wait...
+        let t1 = t0 + Duration::from_millis(900);
+        assert_eq!(
+            names(p.sendable(vec![group("a", true), group("b", false)], t1)),
+            ["a", "b"]
+        );
+        // ...and past it they go to the others.
+        let t2 = t0 + Duration::from_millis(1_100);
+        assert_eq!(
+            names(p.sendable(vec![group("a", true), group("b", false)], t2)),
+            ["a"]
+        );
     }
 
     #[test]
