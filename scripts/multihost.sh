@@ -395,8 +395,8 @@ PY_ACCESS=$NS_NAME:9876
 # The driver stops when its standard input closes: a FIFO whose writing end this script
 # holds (fd 7) until the load phase ends.
 mkfifo "$WORK/official.in"
-GRPC_DNS_RESOLVER=native ip netns exec "$CLIENT_NS" "$PY" "$ROOT/scripts/multihost/official_producer.py" "$PY_ACCESS" \
-  multihost-official "$PY_PRODUCERS" "$PY_RATE" "$MH_TIMEOUT" \
+GRPC_DNS_RESOLVER=native ip netns exec "$CLIENT_NS" "$PY" "$ROOT/scripts/compat/python_failover_producer.py" "$PY_ACCESS" \
+  multihost-official "$PY_PRODUCERS" "$MH_TIMEOUT" "$PY_RATE" \
   <"$WORK/official.in" >"$WORK/official.jsonl" 2>"$WORK/official.err" &
 PY_PID=$!; AUX_PIDS+=("$PY_PID")
 exec 7>"$WORK/official.in"

@@ -6,7 +6,9 @@ access point and the topic to prefetch are set), and prints one JSON line per se
   {"producer":P,"seq":S,"ok":true,"message_id":"..","start_ms":..,"end_ms":..}
   {"producer":P,"seq":S,"ok":false,"error":"..","start_ms":..,"end_ms":..}
 
-Usage: python_failover_producer.py ACCESS_POINT TOPIC PRODUCERS DURATION_S
+Usage: python_failover_producer.py ACCESS_POINT TOPIC PRODUCERS DURATION_S [RATE]
+ACCESS_POINT may be the client's list, "host:port;host:port". With RATE, each producer
+sends at most RATE messages per second (scripts/multihost.sh keeps its load gentle so).
 Body of a message is b"p<P>-s<S>". Producers stop at DURATION_S or when standard input
 closes, whichever comes first; exits by itself at most 30 s after DURATION_S.
 """
@@ -20,7 +22,7 @@ from failover_driver import emit, error_text, now_ms, stop, watch_stop
 from rocketmq import ClientConfiguration, Credentials, Message, Producer
 
 
-def run_producer(p: int, access_point: str, topic: str, until: float) -> None:
+def run_producer(p: int, access_point: str, topic: str, until: float, rate: float) -> None:
     config = ClientConfiguration(access_point, Credentials())
     producer = Producer(config, (topic,))
     try:
@@ -30,8 +32,15 @@ def run_producer(p: int, access_point: str, topic: str, until: float) -> None:
         return
     emit({"producer": p, "event": "started", "at_ms": now_ms()})
     seq = 0
+    next_at = time.monotonic()
     try:
         while time.monotonic() < until and not stop.is_set():
+            if rate > 0:
+                pause = next_at - time.monotonic()
+                if pause > 0:
+                    stop.wait(pause)
+                    continue
+                next_at = max(next_at + 1.0 / rate, time.monotonic() - 1.0)
             msg = Message()
             msg.topic = topic
             msg.body = f"p{p}-s{seq}".encode()
@@ -56,10 +65,11 @@ def run_producer(p: int, access_point: str, topic: str, until: float) -> None:
 def main() -> int:
     access_point, topic = sys.argv[1], sys.argv[2]
     producers, duration = int(sys.argv[3]), float(sys.argv[4])
+    rate = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
     until = time.monotonic() + duration
 
     watch_stop("python_failover_producer", duration)
-    threads = [threading.Thread(target=run_producer, args=(p, access_point, topic, until))
+    threads = [threading.Thread(target=run_producer, args=(p, access_point, topic, until, rate))
                for p in range(producers)]
     for t in threads:
         t.start()

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 use super::checker::{self, Report};
 use super::history::{History, PROP_PRODUCER, PROP_SEQ, ReadRecord, SendOutcome, SendRecord};
-use super::workload::classify;
+use super::workload::{classify, read_record};
 
 /// What to run against the existing cluster.
 #[derive(Debug, Clone)]
@@ -482,16 +482,7 @@ async fn spawn_consumer(
                     });
                     continue;
                 }
-                lock(&shared.reads).push(ReadRecord {
-                    producer: m.properties.get(PROP_PRODUCER).and_then(|v| v.parse().ok()),
-                    seq: m.properties.get(PROP_SEQ).and_then(|v| v.parse().ok()),
-                    msg_id: m.message_id.clone(),
-                    queue: g * 1000 + m.queue_id,
-                    offset: m.queue_offset,
-                    audit,
-                    recv_ms: now,
-                    store_ms: m.store_timestamp_ms,
-                });
+                lock(&shared.reads).push(read_record(m, g * 1000 + m.queue_id, audit, now));
             }
             shared
                 .delivered

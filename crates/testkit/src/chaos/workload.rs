@@ -131,6 +131,21 @@ pub struct Workload {
     consumers: Vec<JoinHandle<()>>,
 }
 
+/// What a consumer read of `m`, at `queue` (the queue id, or a number that also names the
+/// broker group), at `now` (epoch ms).
+pub(crate) fn read_record(m: &ReceivedMessage, queue: i32, audit: bool, now: i64) -> ReadRecord {
+    ReadRecord {
+        producer: m.properties.get(PROP_PRODUCER).and_then(|v| v.parse().ok()),
+        seq: m.properties.get(PROP_SEQ).and_then(|v| v.parse().ok()),
+        msg_id: m.message_id.clone(),
+        queue,
+        offset: m.queue_offset,
+        audit,
+        recv_ms: now,
+        store_ms: m.store_timestamp_ms,
+    }
+}
+
 /// Failed (definitely not stored) when the SDK says no attempt may have stored it: every
 /// attempt was refused before the append (HA_NOT_AVAILABLE, validation...) or never sent.
 /// Anything else (a timeout, a lost connection, a persistence timeout) may be stored.
@@ -339,16 +354,7 @@ impl Workload {
                     let now = epoch_ms(std::time::SystemTime::now());
                     let mut reads = lock(&shared.reads);
                     for m in &msgs {
-                        reads.push(ReadRecord {
-                            producer: m.properties.get(PROP_PRODUCER).and_then(|v| v.parse().ok()),
-                            seq: m.properties.get(PROP_SEQ).and_then(|v| v.parse().ok()),
-                            msg_id: m.message_id.clone(),
-                            queue: m.queue_id,
-                            offset: m.queue_offset,
-                            audit,
-                            recv_ms: now,
-                            store_ms: m.store_timestamp_ms,
-                        });
+                        reads.push(read_record(m, m.queue_id, audit, now));
                     }
                 }
                 shared
