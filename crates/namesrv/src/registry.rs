@@ -512,7 +512,10 @@ mod tests {
         ro.topics[0].perm = PERM_READ;
         r.register(&ro, now).unwrap();
         let g = r.topic_groups("t", PERM_WRITE, now);
-        let names: Vec<_> = g.iter().map(|g| (g.broker_name.as_str(), g.master)).collect();
+        let names: Vec<_> = g
+            .iter()
+            .map(|g| (g.broker_name.as_str(), g.master))
+            .collect();
         // One entry per group, sorted; "a" has only its slave; "c" does not take writes.
         assert_eq!(names, [("a", false), ("b", true)]);
         assert_eq!(r.topic_groups("t", PERM_READ, now).len(), 3);

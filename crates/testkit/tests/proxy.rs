@@ -424,7 +424,10 @@ async fn a_retried_send_goes_to_the_group_of_its_first_attempt_through_any_name_
     let deadline = Instant::now() + Duration::from_secs(20);
     for ns in &servers {
         while route(ns, "pin", false, Duration::from_secs(5)).await.len() < 4 {
-            assert!(Instant::now() < deadline, "both groups never in {ns}'s route");
+            assert!(
+                Instant::now() < deadline,
+                "both groups never in {ns}'s route"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

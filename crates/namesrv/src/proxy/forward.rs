@@ -106,9 +106,7 @@ async fn group_for_send(
         let now = Instant::now();
         let groups = p.sendable(p.registry().topic_groups(topic, PERM_WRITE, now), now);
         let chosen = match key {
-            Some(k) => groups
-                .iter()
-                .max_by_key(|g| rendezvous(k, &g.broker_name)),
+            Some(k) => groups.iter().max_by_key(|g| rendezvous(k, &g.broker_name)),
             None => {
                 let live: Vec<_> = groups.iter().filter(|g| g.master).collect();
                 (!live.is_empty()).then(|| live[p.pick(live.len())])

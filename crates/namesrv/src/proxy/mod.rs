@@ -478,9 +478,8 @@ mod tests {
             },
         )
         .unwrap();
-        let names = |g: Vec<TopicGroup>| -> Vec<String> {
-            g.into_iter().map(|g| g.broker_name).collect()
-        };
+        let names =
+            |g: Vec<TopicGroup>| -> Vec<String> { g.into_iter().map(|g| g.broker_name).collect() };
         let t0 = Instant::now();
         // Never seen with a master: not a candidate.
         assert_eq!(
