@@ -21,6 +21,12 @@
 #   kill       every process of a host killed (kill -9), then restarted
 #   namesrv    the name server + controller node that leads the Raft group killed, then restarted
 #   partition  iptables DROP between one group's master host and its slave host, then healed
+#   restore    deploy/README.md's backup and restore: a slave stopped, its data directory
+#              copied (tar), started; later stopped again, its data replaced by that older
+#              copy, started: it must cut or fetch what differs and rejoin the in-sync set
+#   replace    deploy/README.md's "replacing a dead host": every process of a host killed,
+#              its disks emptied (brokers and controller, with the catching-up marker), and
+#              the host started again: its brokers fetch whole logs, its node rejoins Raft
 #   rolling    every host restarted in turn (SIGTERM, wait, start; NEXT_BIN=path restarts each
 #              host with that binary instead: a mixed-version rolling upgrade)
 # Then the load stops, an audit group drains every queue, and the checker prints the SDK's
@@ -32,7 +38,7 @@
 # The exit status is non-zero when anything was lost, unexpected or duplicated, or a step failed.
 #
 # Options and environment:
-#   --fault NAME    run only this fault (repeatable; default: all five in the order above)
+#   --fault NAME    run only this fault (repeatable; default: all seven in the order above)
 #   --groups K / K  broker groups (default 3, at most 9)
 #   --keep          keep the namespaces and the work directory (logs, data) for debugging;
 #                   processes are still stopped. Remove them later with --cleanup.
@@ -61,7 +67,7 @@ BR=$PFX-br0
 CLIENT_NS=$PFX-client
 CLIENT_IP=192.0.2.100
 H=3                           # server hosts
-ALL_FAULTS=(cutoff kill namesrv partition rolling)
+ALL_FAULTS=(cutoff kill namesrv partition restore replace rolling)
 
 K=${K:-3}
 FAULTS=()
@@ -305,12 +311,33 @@ start_host() {
   ( set -a; . "$WORK/h$h/etc/namesrv.env"; set +a
     eval "exec ip netns exec $ns $cmd" ) >>"$WORK/h$h/namesrv.log" 2>&1 7>&- &
   pid=$!; HOST_PIDS[$h]+=" $pid"
-  for inst in ${INSTANCES[$h]}; do
-    cmd=$(exec_line sofamq-broker@.service "$h" "$bin" "$inst")
-    ( eval "exec ip netns exec $ns $cmd" ) >>"$WORK/h$h/$inst.log" 2>&1 7>&- &
-    pid=$!; HOST_PIDS[$h]+=" $pid"
-  done
+  for inst in ${INSTANCES[$h]}; do start_broker "$h" "$inst" "$bin"; done
   log "host $h started ($(basename "$bin")): PIDs${HOST_PIDS[$h]}"
+}
+
+# start_broker H INSTANCE [BINARY]: one broker as its unit would start it.
+declare -A INST_PID=()
+start_broker() {
+  local h=$1 inst=$2 bin=${3:-$BIN} cmd
+  cmd=$(exec_line sofamq-broker@.service "$h" "$bin" "$inst")
+  ( eval "exec ip netns exec $(host_ns "$h") $cmd" ) >>"$WORK/h$h/$inst.log" 2>&1 7>&- &
+  INST_PID[$inst]=$!; HOST_PIDS[$h]+=" $!"
+}
+
+# stop_broker H INSTANCE: SIGTERM to one broker (bounded wait, then -9).
+stop_broker() {
+  local h=$1 pid=${INST_PID[$2]}
+  stop_pids TERM "$pid"
+  HOST_PIDS[$h]=$(sed "s/\b$pid\b//" <<<"${HOST_PIDS[$h]}")
+}
+
+# wait_broker_ready H INSTANCE N: its log holds N ready lines (bounded).
+wait_broker_ready() {
+  local f=$WORK/h$1/$2.log deadline=$(( $(date +%s) + 90 ))
+  until [ "$(grep -c "broker ${2%-*} ready on" "$f")" -ge "$3" ]; do
+    [ "$(date +%s)" -lt "$deadline" ] || { log "$2: not ready after 90 s"; tail -5 "$f" >&2; return 1; }
+    sleep 0.3
+  done
 }
 
 # wait_ready H: every process of the host printed its ready line (bounded).
@@ -542,6 +569,42 @@ fault_partition() {
   wait_healthy "partition h$mh/h$sh" "$t1"
   # Master changes from the cut until every group is healthy again (the heal included).
   report_changes "partition h$mh/h$sh (cut at +0 ms, healed at +$(( t1 - t0 )) ms)" "$t0"
+}
+
+fault_restore() {
+  local g=${GROUP_NAMES[1]:-${GROUP_NAMES[0]}} m s sh inst data n t0 t1
+  m=$(master_of "$g"); case "$m" in 0|1) ;; *) m=0 ;; esac
+  s=$(( 1 - m )); sh=${HOST_OF[$g/$s]}; inst=$g-$s; data=$WORK/h$sh/data
+  n=$(grep -c "broker $g ready on" "$WORK/h$sh/$inst.log")
+  log "restore: backup of $inst (slave of $g, host $sh): stop, tar, start"
+  t0=$(now_ms); stop_broker "$sh" "$inst"
+  tar -C "$data" -cf "$WORK/backup-$inst.tar" "$inst" || { log "restore: tar failed"; FAILED=1; }
+  start_broker "$sh" "$inst"; wait_broker_ready "$sh" "$inst" $(( n + 1 )) || FAILED=1
+  wait_healthy "restore h$sh: backup of $inst taken" "$t0" || true
+  sleep_until "$t0" "$FAULT_HOLD"          # the group takes sends the copy does not hold
+  log "restore: $inst stopped, its data replaced by the copy, started"
+  t1=$(now_ms); stop_broker "$sh" "$inst"
+  rm -rf "${data:?}/$inst" && tar -C "$data" -xf "$WORK/backup-$inst.tar" || { log "restore: untar failed"; FAILED=1; }
+  start_broker "$sh" "$inst"; wait_broker_ready "$sh" "$inst" $(( n + 2 )) || FAILED=1
+  wait_healthy "restore h$sh: $inst restored" "$t1" || true
+  report_changes "restore h$sh ($inst)" "$t0"
+}
+
+fault_replace() {
+  local h=3 t0 t1 affected
+  mapfile -t affected < <(masters_on "$h")
+  log "replace: host $h killed (kill -9), its disks emptied; its masters: ${affected[*]:-none}"
+  t0=$(now_ms); stop_host "$h" KILL
+  measure_failovers "replace h$h" "$t0" "${affected[@]}"
+  # A new machine: empty data directories, the controller's with the catching-up marker.
+  rm -rf "${WORK:?}/h$h/data"; mkdir -p "$WORK/h$h/data/controller"
+  echo "replaced host: empty log" > "$WORK/h$h/data/controller/catching-up"
+  sleep_until "$t0" "$FAULT_HOLD"
+  t1=$(now_ms)
+  boot_host "$h"; wait_ready "$h" || FAILED=1
+  wait_healthy "replace h$h" "$t1"
+  grep -h "voting again" "$WORK/h$h/namesrv.log" >/dev/null \
+    || log "replace: host $h's controller node did not log that it votes again (yet)"
 }
 
 fault_rolling() {
