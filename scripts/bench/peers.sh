@@ -13,6 +13,7 @@
 #   BENCH_NATS_REPLICAS="1 3" JetStream: 1 = one server, 3 = a 3-node cluster
 #   BENCH_RABBIT_NODES="1 3"  RabbitMQ: nodes in the cluster (the quorum queue spans all)
 #   BENCH_SOFAMQ_BATCH=32     extra SofaMQ run with send_batch of this size (0 = skip)
+#   BENCH_FSYNC_COUNT=3000    appends of the raw fdatasync loop run before SofaMQ each round
 #   BENCH_ROUNDS=1            rounds of every run; the table shows per-config medians
 #   BENCH_SKIP_INSTALL=1      do not run apt-get
 #   BENCH_OUT=DIR             results (default target/bench-peers/<timestamp>)
@@ -30,6 +31,7 @@ SYSTEMS="${BENCH_SYSTEMS:-sofamq nats rabbitmq}"
 NATS_REPLICAS="${BENCH_NATS_REPLICAS:-1 3}"
 RABBIT_NODES="${BENCH_RABBIT_NODES:-1 3}"
 SOFAMQ_BATCH="${BENCH_SOFAMQ_BATCH:-32}"
+FSYNC_COUNT="${BENCH_FSYNC_COUNT:-3000}"
 ROUNDS="${BENCH_ROUNDS:-1}"
 ROUND=1
 OUT="${BENCH_OUT:-$ROOT/target/bench-peers/$(date -u +%Y%m%dT%H%M%SZ)}"
@@ -218,6 +220,18 @@ run_sofamq() {
     [[ -n "$base" ]] || { log "no free port block for sofamq"; return 1; }
     dir="$WORK/sofamq"
     mkdir -p "$dir"
+    # The disk's floor under a 1-in-flight send: raw SIZE-byte append + fdatasync, one at
+    # a time, in the directory that will hold the broker's data (same disk, same round).
+    log "raw fdatasync loop: $FSYNC_COUNT appends of $SIZE B in $dir"
+    "$SOFAMQ" bench fsync --dir "$dir" --size "$SIZE" --count "$FSYNC_COUNT" \
+        --json "$dir/fsync.json" >&2
+    python3 - "$dir/fsync.json" "$ROUND" <<'EOF' | tee -a "$RESULTS" >&2
+import json, sys
+f, rnd = sys.argv[1:]
+d = json.load(open(f))
+print(json.dumps({"round": int(rnd), "system": "raw-fsync", "size": d["size"],
+                  "iterations": d["iterations"], "p50_ms": d["p50_ms"], "p99_ms": d["p99_ms"]}))
+EOF
     local pid
     start "$dir/server.log" "$SOFAMQ" standalone --data-dir "$dir/data" --port-base "$base" --topic bench:8
     pid=$STARTED
@@ -235,17 +249,25 @@ run_sofamq() {
     for r in "${runs[@]}"; do
         inf="${r%%:*}"; batch="${r##*:}"
         log "sofamq: $inf in flight, batch $batch"
+        # The batch run is also compared with a raw loop writing its bytes twice (the
+        # master's copy and the slave's) beside the broker's data.
+        local raw=()
+        ((batch > 1)) && raw=(--raw-dir "$dir")
         "$SOFAMQ" bench produce --access-point "127.0.0.1:$base" --topic bench --size "$SIZE" \
             --inflight "$inf" --batch "$batch" --seconds "$SECONDS_PER_RUN" \
-            --json "$dir/out-$inf-$batch.json" >&2
+            --json "$dir/out-$inf-$batch.json" "${raw[@]}" >&2
         python3 - "$dir/out-$inf-$batch.json" "$replicas" "$inf" "$batch" "$SIZE" "$ROUND" <<'EOF' | tee -a "$RESULTS" >&2
 import json, sys
 f, replicas, inf, batch, size, rnd = sys.argv[1:]
 d = json.load(open(f))
-print(json.dumps({"round": int(rnd), "system": "sofamq", "replicas": int(replicas), "inflight": int(inf),
-                  "batch": int(batch), "size": int(size),
-                  "msgs_per_sec": round(d["msgs_per_sec"]), "p50_ms": d["latency_ms"]["p50"],
-                  "p99_ms": d["latency_ms"]["p99"], "failed": d.get("failed", 0)}))
+row = {"round": int(rnd), "system": "sofamq", "replicas": int(replicas), "inflight": int(inf),
+       "batch": int(batch), "size": int(size),
+       "msgs_per_sec": round(d["msgs_per_sec"]), "p50_ms": d["latency_ms"]["p50"],
+       "p99_ms": d["latency_ms"]["p99"], "failed": d.get("failed", 0)}
+if "raw_two_copy" in d:
+    row["raw2_msgs_per_sec"] = round(d["raw_two_copy"]["msgs_per_sec"])
+    row["raw2_ratio"] = d["raw_two_copy"]["ratio"]
+print(json.dumps(row))
 EOF
     done
     stop_all
@@ -390,6 +412,8 @@ LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 import json, sys
 from statistics import median
 raw = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+fsyncs = [r for r in raw if r["system"] == "raw-fsync"]
+raw = [r for r in raw if r["system"] != "raw-fsync"]
 groups = {}
 for r in raw:
     groups.setdefault((r["system"], r["replicas"], r["inflight"], r.get("batch", 1)), []).append(r)
@@ -412,6 +436,35 @@ for r in rows:
         r["msgs_per_sec"], r["lo"], r["hi"], r["p50_ms"], r["p99_ms"],
         ratio(s["msgs_per_sec"], r["msgs_per_sec"]) if s else "",
         ratio(s["p99_ms"], r["p99_ms"]) if s else ""))
+
+# The ratios DESIGN.md section 11 sets targets on, each from this run's own figures.
+def per_round(pick):
+    return {r["round"]: r for r in raw if pick(r)}
+def fmt_rounds(vals, f):
+    return ", ".join(f(v) for _, v in sorted(vals.items()))
+print()
+if fsyncs:
+    fs = {r["round"]: r["p50_ms"] for r in fsyncs}
+    fp50 = median(fs.values())
+    print(f"- Raw {fsyncs[0]['size']} B append + fdatasync p50, same disk, {fsyncs[0]['iterations']} appends a round: "
+          f"{fp50:.3f} ms (per round: {fmt_rounds(fs, lambda v: f'{v:.3f}')}).")
+    if 1 in sofa:
+        s1 = per_round(lambda r: r["system"] == "sofamq" and r["inflight"] == 1 and r.get("batch", 1) == 1)
+        each = {k: s1[k]["p50_ms"] / fs[k] for k in s1 if k in fs and fs[k] > 0}
+        print(f"- SofaMQ p50 at 1 in flight / raw fdatasync p50: {sofa[1]['p50_ms']:.3f} / {fp50:.3f} ms = "
+              f"**{sofa[1]['p50_ms'] / fp50:.2f}x** (per round: {fmt_rounds(each, lambda v: f'{v:.2f}x')}; target <= 2x).")
+s64 = per_round(lambda r: r["system"] == "sofamq" and r["inflight"] == 64 and r.get("batch", 1) == 1)
+for system, reps, label in (("rabbitmq", 3, "RabbitMQ 3 nodes"), ("nats", 3, "NATS R3")):
+    peer = per_round(lambda r: r["system"] == system and r["replicas"] == reps and r["inflight"] == 64)
+    each = {k: s64[k]["msgs_per_sec"] / peer[k]["msgs_per_sec"] for k in s64 if k in peer and peer[k]["msgs_per_sec"]}
+    if each:
+        print(f"- SofaMQ/{label} msgs/s at 64 in flight, per round: {fmt_rounds(each, lambda v: f'{v:.2f}')} "
+              f"(lowest **{min(each.values()):.2f}**; target >= 3 in every round).")
+b = per_round(lambda r: r["system"] == "sofamq" and r.get("batch", 1) > 1 and "raw2_ratio" in r)
+if b:
+    print(f"- SofaMQ batches of {next(iter(b.values()))['batch']} / raw two-copy loop, msgs/s per round: "
+          f"{fmt_rounds(b, lambda r: '{:,} / {:,} = {:.0%}'.format(r['msgs_per_sec'], r['raw2_msgs_per_sec'], r['raw2_ratio']))} "
+          f"(median **{median(r['raw2_ratio'] for r in b.values()):.0%}**; target >= 80%).")
 EOF
 } | tee "$OUT/table.md"
 log "results: $RESULTS, table: $OUT/table.md"

@@ -1,5 +1,5 @@
-//! `sofamq bench ...`: the store bench (commit log against a raw write + fdatasync loop)
-//! and the cluster benches: `produce` (confirmed sends), `consume` (receive + ack) and
+//! `sofamq bench ...`: the store bench (commit log against a raw write + fdatasync loop), the
+//! fsync bench (a raw small append + fdatasync loop's latency) and the cluster benches: `produce` (confirmed sends), `consume` (receive + ack) and
 //! `e2e` (send-to-receive latency, the send time travels in the body).
 //!
 //! The cluster benches share one output: a live progress bar (rate, p99), then a table of
@@ -53,6 +53,63 @@ pub fn bench_store(args: StoreBenchArgs) -> anyhow::Result<()> {
         args.size, args.seconds
     );
     print!("{report}");
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct FsyncBenchArgs {
+    /// Directory on the disk to measure (default: the current directory); the scratch file
+    /// goes to `DIR/.sofamq-bench-fsync-<pid>/` and is removed afterwards.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Bytes per append.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Appends, each followed by its own fdatasync.
+    #[arg(long, default_value_t = 3000)]
+    pub count: usize,
+    /// Write the result as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Times `--count` appends of `--size` bytes, each followed by an fdatasync, one at a time:
+/// the disk's floor under a send at 1 in flight (DESIGN.md section 11 compares the p50s).
+pub fn bench_fsync(args: FsyncBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.size > 0 && args.count > 0,
+        "--size and --count must be positive"
+    );
+    let base = match args.dir {
+        Some(d) => d,
+        None => std::env::current_dir()?,
+    };
+    let dir = base.join(format!(".sofamq-bench-fsync-{}", std::process::id()));
+    let t0 = Instant::now();
+    let res = sofamq_store::bench::raw_fsync_latencies(&dir, args.size, args.count);
+    let secs = t0.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    let lat = res?;
+    let ms = |q: f64| sofamq_store::bench::quantile(&lat, q).as_secs_f64() * 1000.0;
+    let v = serde_json::json!({
+        "mode": "fsync", "size": args.size, "iterations": lat.len(),
+        "per_sec": lat.len() as f64 / secs.max(1e-9),
+        "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "max_ms": ms(1.0),
+    });
+    println!(
+        "raw fdatasync: {} B appends, {} iterations: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms, {:.0}/s",
+        args.size,
+        lat.len(),
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        ms(1.0),
+        v["per_sec"].as_f64().unwrap_or(0.0)
+    );
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&v)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
 }
 
@@ -573,6 +630,133 @@ pub struct ProduceBenchArgs {
     pub load: Load,
     #[command(flatten)]
     pub send: Send,
+    /// After the run, write the confirmed messages' bytes twice with a raw loop in this
+    /// directory (put it on the broker's disk) and print the run's msgs/s as a share of the
+    /// raw loop's (see `RawTwoCopy`).
+    #[arg(long)]
+    pub raw_dir: Option<PathBuf>,
+}
+
+/// The raw two-copy loop a replicated produce run is compared with (DESIGN.md section 11:
+/// batched sends at >= 80 % of a raw loop writing the same bytes twice on the same disk).
+///
+/// The client cannot see the broker's fsync batches, so the plan is the client's own: one
+/// batch per send call (`--batch` messages; the last one holds the rest), each message
+/// counted at [`approx_record_len`]. Both copies write every batch, each to its own file in
+/// its own thread, appending and fdatasyncing per batch (`store::bench::raw_copies`). The
+/// broker's group commit may merge several calls into one fsync, which this plan does not.
+#[derive(Debug, Clone, PartialEq)]
+struct RawTwoCopy {
+    /// Messages the run confirmed (and the raw loop wrote, twice).
+    messages: u64,
+    /// Seconds the run measured.
+    run_secs: f64,
+    /// Seconds the raw loop took for both copies.
+    raw_secs: f64,
+    /// Batches (fsyncs) per copy.
+    batches: usize,
+    /// Bytes of a full batch.
+    batch_bytes: u64,
+    /// Bytes counted per message.
+    record_len: usize,
+}
+
+impl RawTwoCopy {
+    fn raw_msgs_per_sec(&self) -> f64 {
+        self.messages as f64 / self.raw_secs.max(1e-9)
+    }
+
+    /// The run's msgs/s over the raw loop's: raw time over run time for the same messages.
+    fn ratio(&self) -> f64 {
+        self.raw_secs / self.run_secs.max(1e-9)
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "raw two-copy: {:.0} msgs/s, ratio {:.1}% ({} batches of {} B per copy, {} B a message)",
+            self.raw_msgs_per_sec(),
+            self.ratio() * 100.0,
+            self.batches,
+            self.batch_bytes,
+            self.record_len
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "msgs_per_sec": self.raw_msgs_per_sec(), "ratio": self.ratio(),
+            "seconds": self.raw_secs, "batches": self.batches, "batch_bytes": self.batch_bytes,
+            "record_len": self.record_len,
+        })
+    }
+}
+
+/// What a message of `size` body bytes on `topic`, sent by the SDK from `born_host`, takes in
+/// the commit log: the record header, topic and the properties the broker adds to every plain
+/// message (message id, the SDK's 42 characters; type; born host). Consume-queue entries are
+/// left out: the broker does not fsync them per batch.
+fn approx_record_len(topic: &str, size: usize, born_host: &str) -> usize {
+    use sofamq_broker::validate::keys;
+    let rec = sofamq_store::NewRecord {
+        topic: topic.to_string(),
+        properties: vec![
+            (keys::MSG_ID.to_string(), "0".repeat(42)),
+            (keys::TYPE.to_string(), "1".to_string()),
+            (keys::BORN_HOST.to_string(), born_host.to_string()),
+        ],
+        body: bytes::Bytes::from(vec![0u8; size]),
+        ..Default::default()
+    };
+    sofamq_store::record::encoded_len(&rec).unwrap_or(sofamq_store::record::HEADER_LEN + size)
+}
+
+/// The host name as the SDK reports it (`HOSTNAME`, else `/etc/hostname`).
+fn born_host() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Byte counts of the raw loop's batches: `messages` in batches of `batch` (the last one
+/// holds the rest), `record_len` bytes each.
+fn raw_plan(messages: u64, batch: usize, record_len: usize) -> Vec<u64> {
+    let batch = batch.max(1) as u64;
+    let mut plan = vec![batch * record_len as u64; (messages / batch) as usize];
+    let rest = messages % batch;
+    if rest > 0 {
+        plan.push(rest * record_len as u64);
+    }
+    plan
+}
+
+/// Runs the raw two-copy loop for a run that confirmed `messages` in `run_secs`.
+fn raw_two_copy(
+    dir: &std::path::Path,
+    load: &Load,
+    send: &Send,
+    messages: u64,
+    run_secs: f64,
+) -> anyhow::Result<RawTwoCopy> {
+    let record_len = approx_record_len(&load.topic, load.size, &born_host());
+    let plan = raw_plan(messages, send.batch, record_len);
+    let scratch = dir.join(format!(".sofamq-bench-raw-{}", std::process::id()));
+    let res = sofamq_store::bench::raw_copies(&scratch, &plan, 2);
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(RawTwoCopy {
+        messages,
+        run_secs,
+        raw_secs: res.context("raw two-copy loop")?,
+        batches: plan.len(),
+        batch_bytes: plan.iter().copied().max().unwrap_or(0),
+        record_len,
+    })
 }
 
 /// Runs the produce bench: confirmed sends, latency per call.
@@ -590,18 +774,33 @@ pub async fn bench_produce(args: ProduceBenchArgs) -> anyhow::Result<()> {
         p.shutdown().await;
     }
     let hist = live.hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let messages = live.done.load(Ordering::Relaxed);
+    let mut extra = serde_json::Map::new();
+    let raw = match &args.raw_dir {
+        Some(dir) => Some(raw_two_copy(
+            dir, &args.load, &args.send, messages, seconds,
+        )?),
+        None => None,
+    };
+    if let Some(r) = &raw {
+        extra.insert("raw_two_copy".into(), r.json());
+    }
     let report = Report {
         mode: "produce",
         latency_of: "send call until receipt",
         size: args.load.size,
-        messages: live.done.load(Ordering::Relaxed),
+        messages,
         failed: live.failed.load(Ordering::Relaxed),
         seconds,
         hist,
         params: args.send.params(),
-        extra: Default::default(),
+        extra,
     };
-    report.finish(args.load.json.as_ref())
+    report.finish(args.load.json.as_ref())?;
+    if let Some(r) = &raw {
+        println!("{}", r.line());
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------------ consume
@@ -1244,6 +1443,42 @@ mod tests {
         other[8] ^= 1; // another run
         assert_eq!(e2e_sent_at(&other), None);
         assert_eq!(e2e_body(4, &pad).len(), E2E_HEADER);
+    }
+
+    #[test]
+    fn raw_plan_covers_every_message_once() {
+        assert_eq!(raw_plan(100, 32, 10), vec![320, 320, 320, 40]);
+        assert_eq!(raw_plan(64, 32, 10), vec![320, 320]);
+        assert_eq!(raw_plan(3, 1, 7), vec![7, 7, 7]);
+        assert_eq!(raw_plan(5, 0, 7), vec![7; 5]);
+        assert!(raw_plan(0, 32, 10).is_empty());
+    }
+
+    #[test]
+    fn record_len_counts_header_topic_properties_and_body() {
+        let a = approx_record_len("bench", 1024, "h");
+        assert!(a > 1024 + sofamq_store::record::HEADER_LEN + 42, "{a}");
+        assert_eq!(approx_record_len("bench", 1024, "hh"), a + 1);
+        assert_eq!(approx_record_len("bench", 1000, "h"), a - 24);
+    }
+
+    #[test]
+    fn raw_two_copy_ratio_and_line() {
+        let r = RawTwoCopy {
+            messages: 100_000,
+            run_secs: 1.0,
+            raw_secs: 0.8,
+            batches: 3125,
+            batch_bytes: 36_000,
+            record_len: 1125,
+        };
+        assert!((r.raw_msgs_per_sec() - 125_000.0).abs() < 1e-6);
+        assert!((r.ratio() - 0.8).abs() < 1e-12);
+        assert_eq!(
+            r.line(),
+            "raw two-copy: 125000 msgs/s, ratio 80.0% (3125 batches of 36000 B per copy, 1125 B a message)"
+        );
+        assert_eq!(r.json()["batches"], 3125);
     }
 
     #[test]

@@ -102,6 +102,8 @@ enum Command {
 enum BenchCmd {
     /// Commit-log append throughput (sync flush) against a raw write + fdatasync loop.
     Store(bench::StoreBenchArgs),
+    /// Latency of a raw small append + fdatasync loop: the disk's floor under one send.
+    Fsync(bench::FsyncBenchArgs),
     /// Send throughput and latency through a running cluster.
     Produce(bench::ProduceBenchArgs),
     /// Receive + ack throughput of a consumer group through a running cluster.
@@ -130,8 +132,10 @@ fn main() -> anyhow::Result<()> {
         ))
         .init();
     auth::init(&cli.auth)?;
-    if let Command::Bench(BenchCmd::Store(args)) = cli.command {
-        return bench::bench_store(args);
+    match cli.command {
+        Command::Bench(BenchCmd::Store(args)) => return bench::bench_store(args),
+        Command::Bench(BenchCmd::Fsync(args)) => return bench::bench_fsync(args),
+        _ => {}
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -153,7 +157,9 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(BenchCmd::Namesrv(a)) => bench_namesrv::run(a).await,
             Command::Admin(c) => admin::run(c).await,
             Command::Chaos(a) => chaos::run(a).await,
-            Command::Bench(BenchCmd::Store(_)) => unreachable!("handled above"),
+            Command::Bench(BenchCmd::Store(_) | BenchCmd::Fsync(_)) => {
+                unreachable!("handled above")
+            }
         }
     })
 }

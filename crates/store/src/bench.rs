@@ -5,11 +5,16 @@
 //! loop then writes exactly those batch sizes to a plain file on the same disk
 //! (`write_all_at` + `sync_data` per batch). The ratio is raw time / store time for the same
 //! bytes and batches, i.e. the share of the disk's group-commit capacity the store achieves.
+//!
+//! Two more raw loops serve the cluster benches, whose ratios need the disk's own figures
+//! from the same run: [`raw_fsync_latencies`] (one small append + fdatasync at a time: the
+//! floor under a 1-in-flight send) and [`raw_copies`] (given batches written as N copies
+//! at once, one file and thread per copy: a master and its slave on one disk).
 
 use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -187,4 +192,123 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, StoreError> {
         });
     }
     Ok(report)
+}
+
+/// Appends `size` bytes and fdatasyncs, `iterations` times, to a fresh file in `dir` (removed
+/// afterwards); returns each append + fdatasync's time, sorted.
+pub fn raw_fsync_latencies(
+    dir: &Path,
+    size: usize,
+    iterations: usize,
+) -> Result<Vec<Duration>, StoreError> {
+    fs::create_dir_all(dir)?;
+    let path = dir.join(format!("raw-fsync-{}", std::process::id()));
+    let res = (|| {
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        let buf = vec![0x5au8; size];
+        let mut pos = 0u64;
+        let mut lat = Vec::with_capacity(iterations);
+        for _ in 0..iterations {
+            let t = Instant::now();
+            f.write_all_at(&buf, pos)?;
+            f.sync_data()?;
+            lat.push(t.elapsed());
+            pos += size as u64;
+        }
+        lat.sort_unstable();
+        Ok(lat)
+    })();
+    let _ = fs::remove_file(&path);
+    res
+}
+
+/// The `q` quantile (0..=1, nearest rank) of `sorted`; zero when it is empty.
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Writes `batches` (byte counts) as `copies` copies at once: one thread and one fresh file
+/// in `dir` per copy, each appending every batch and fdatasyncing it before the next, the
+/// copies unsynchronised with each other (as a master and its slave each run their own
+/// group commit). Returns the seconds until the last copy is durable; the files are removed.
+pub fn raw_copies(dir: &Path, batches: &[u64], copies: usize) -> Result<f64, StoreError> {
+    fs::create_dir_all(dir)?;
+    let max = batches.iter().copied().max().unwrap_or(0) as usize;
+    let buf = vec![0x5au8; max];
+    let paths: Vec<PathBuf> = (0..copies.max(1))
+        .map(|i| dir.join(format!("raw-copy{i}-{}", std::process::id())))
+        .collect();
+    let started = Instant::now();
+    let res = std::thread::scope(|s| {
+        let threads: Vec<_> = paths
+            .iter()
+            .map(|path| {
+                let buf = &buf;
+                s.spawn(move || -> std::io::Result<()> {
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(path)?;
+                    let mut pos = 0u64;
+                    for &n in batches {
+                        f.write_all_at(&buf[..n as usize], pos)?;
+                        f.sync_data()?;
+                        pos += n;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        threads.into_iter().try_for_each(|t| {
+            t.join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("raw copy thread panicked")))
+        })
+    });
+    let secs = started.elapsed().as_secs_f64();
+    for p in &paths {
+        let _ = fs::remove_file(p);
+    }
+    res?;
+    Ok(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantile_is_nearest_rank() {
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|&x| Duration::from_millis(x))
+                .collect::<Vec<_>>()
+        };
+        let v = ms(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(quantile(&v, 0.5), Duration::from_millis(5));
+        assert_eq!(quantile(&v, 0.99), Duration::from_millis(10));
+        assert_eq!(quantile(&v, 0.0), Duration::from_millis(1));
+        assert_eq!(quantile(&v, 1.0), Duration::from_millis(10));
+        assert_eq!(quantile(&ms(&[7]), 0.5), Duration::from_millis(7));
+        assert_eq!(quantile(&[], 0.5), Duration::ZERO);
+    }
+
+    #[test]
+    fn raw_loops_write_and_clean_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let lat = raw_fsync_latencies(dir.path(), 1024, 5).unwrap();
+        assert_eq!(lat.len(), 5);
+        assert!(lat.windows(2).all(|w| w[0] <= w[1]));
+        let secs = raw_copies(dir.path(), &[4096, 100, 0, 2048], 2).unwrap();
+        assert!(secs > 0.0);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 }
