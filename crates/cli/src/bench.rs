@@ -635,16 +635,48 @@ pub struct ProduceBenchArgs {
     /// raw loop's (see `RawTwoCopy`).
     #[arg(long)]
     pub raw_dir: Option<PathBuf>,
+    /// With `--raw-dir`: the master's HTTP address (`host:port`, serving `/metrics`). The
+    /// raw loop then writes in the broker's own mean fdatasync batch over the run (synced
+    /// bytes / fdatasyncs), instead of one batch per send call.
+    #[arg(long, requires = "raw_dir")]
+    pub raw_metrics: Option<String>,
+}
+
+/// The master's commit-log fdatasync counters: (fdatasyncs, bytes they made durable).
+async fn fsync_counters(http: &str) -> anyhow::Result<(f64, f64)> {
+    let (code, body) =
+        sofamq_testkit::http::get(http, "/metrics", Duration::from_secs(5)).await?;
+    anyhow::ensure!(code == 200, "GET {http}/metrics: status {code}");
+    Ok((
+        metric_sum(&body, "sofamq_store_fsync_seconds_count"),
+        metric_sum(&body, "sofamq_store_synced_bytes_total"),
+    ))
+}
+
+/// The sum of a Prometheus text metric's samples over every label set.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = match rest.strip_prefix('{') {
+                Some(r) => r.split_once('}')?.1,
+                None => rest.strip_prefix(' ')?,
+            };
+            value.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .sum()
 }
 
 /// The raw two-copy loop a replicated produce run is compared with (DESIGN.md section 11:
 /// batched sends at >= 80 % of a raw loop writing the same bytes twice on the same disk).
 ///
-/// The client cannot see the broker's fsync batches, so the plan is the client's own: one
-/// batch per send call (`--batch` messages; the last one holds the rest), each message
-/// counted at [`approx_record_len`]. Both copies write every batch, each to its own file in
-/// its own thread, appending and fdatasyncing per batch (`store::bench::raw_copies`). The
-/// broker's group commit may merge several calls into one fsync, which this plan does not.
+/// With `--raw-metrics`, the batches are the broker's own: its mean fdatasync batch over the
+/// run, read from the master's `/metrics`. Without, the plan is the client's: one batch per
+/// send call (`--batch` messages; the last one holds the rest); the broker's group commit
+/// merges many calls into one fsync, so that raw loop fsyncs far more often and flatters the
+/// ratio. Each message counts [`approx_record_len`] bytes. Both copies write every batch,
+/// each to its own file in its own thread, appending and fdatasyncing per batch
+/// (`store::bench::raw_copies`).
 #[derive(Debug, Clone, PartialEq)]
 struct RawTwoCopy {
     /// Messages the run confirmed (and the raw loop wrote, twice).
@@ -736,16 +768,33 @@ fn raw_plan(messages: u64, batch: usize, record_len: usize) -> Vec<u64> {
     plan
 }
 
-/// Runs the raw two-copy loop for a run that confirmed `messages` in `run_secs`.
+/// Byte counts of batches of `batch_bytes` (at least one record) covering `messages`
+/// records of `record_len` bytes; the last batch holds the rest.
+fn raw_plan_bytes(messages: u64, batch_bytes: u64, record_len: usize) -> Vec<u64> {
+    let total = messages * record_len as u64;
+    let batch = batch_bytes.max(record_len as u64).max(1);
+    let mut plan = vec![batch; (total / batch) as usize];
+    if !total.is_multiple_of(batch) {
+        plan.push(total % batch);
+    }
+    plan
+}
+
+/// Runs the raw two-copy loop for a run that confirmed `messages` in `run_secs`; with
+/// `broker_batch`, in batches of that many bytes (the broker's mean fdatasync batch).
 fn raw_two_copy(
     dir: &std::path::Path,
     load: &Load,
     send: &Send,
     messages: u64,
     run_secs: f64,
+    broker_batch: Option<u64>,
 ) -> anyhow::Result<RawTwoCopy> {
     let record_len = approx_record_len(&load.topic, load.size, &born_host());
-    let plan = raw_plan(messages, send.batch, record_len);
+    let plan = match broker_batch {
+        Some(b) => raw_plan_bytes(messages, b, record_len),
+        None => raw_plan(messages, send.batch, record_len),
+    };
     let scratch = dir.join(format!(".sofamq-bench-raw-{}", std::process::id()));
     let res = sofamq_store::bench::raw_copies(&scratch, &plan, 2);
     let _ = std::fs::remove_dir_all(&scratch);
@@ -765,6 +814,10 @@ pub async fn bench_produce(args: ProduceBenchArgs) -> anyhow::Result<()> {
     install_client_metrics();
     ensure_topic(&args.load, args.send.topic_type()).await?;
     let live = Live::new(args.send.count);
+    let before = match &args.raw_metrics {
+        Some(http) => Some(fsync_counters(http).await?),
+        None => None,
+    };
     let (producers, tasks) = start_senders(&args.load, &args.send, &live, plain_body).await?;
     let seconds = drive(&args.send, &live, &tasks).await;
     for t in tasks {
@@ -773,12 +826,26 @@ pub async fn bench_produce(args: ProduceBenchArgs) -> anyhow::Result<()> {
     for p in producers {
         p.shutdown().await;
     }
+    // The broker's mean fdatasync batch over the run (warm-up included).
+    let broker_batch = match (&args.raw_metrics, before) {
+        (Some(http), Some((f0, b0))) => {
+            let (f1, b1) = fsync_counters(http).await?;
+            anyhow::ensure!(f1 > f0, "the broker at {http} made no fdatasync during the run");
+            Some(((b1 - b0) / (f1 - f0)).round() as u64)
+        }
+        _ => None,
+    };
     let hist = live.hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let messages = live.done.load(Ordering::Relaxed);
     let mut extra = serde_json::Map::new();
     let raw = match &args.raw_dir {
         Some(dir) => Some(raw_two_copy(
-            dir, &args.load, &args.send, messages, seconds,
+            dir,
+            &args.load,
+            &args.send,
+            messages,
+            seconds,
+            broker_batch,
         )?),
         None => None,
     };
@@ -1460,6 +1527,22 @@ mod tests {
         assert!(a > 1024 + sofamq_store::record::HEADER_LEN + 42, "{a}");
         assert_eq!(approx_record_len("bench", 1024, "hh"), a + 1);
         assert_eq!(approx_record_len("bench", 1000, "h"), a - 24);
+    }
+
+    #[test]
+    fn broker_batches_and_metric_sums() {
+        assert_eq!(raw_plan_bytes(10, 4_000, 1_000), vec![4_000, 4_000, 2_000]);
+        // A batch never holds less than one record.
+        assert_eq!(raw_plan_bytes(2, 10, 1_000), vec![1_000, 1_000]);
+        assert!(raw_plan_bytes(0, 4_000, 1_000).is_empty());
+        let text = "# HELP x\n\
+            sofamq_store_fsync_seconds_count{broker=\"a\"} 12\n\
+            sofamq_store_fsync_seconds_count{broker=\"b\"} 3\n\
+            sofamq_store_fsync_seconds_sum 0.5\n\
+            sofamq_store_synced_bytes_total 4096\n";
+        assert_eq!(metric_sum(text, "sofamq_store_fsync_seconds_count"), 15.0);
+        assert_eq!(metric_sum(text, "sofamq_store_synced_bytes_total"), 4096.0);
+        assert_eq!(metric_sum(text, "sofamq_store_fsync_seconds"), 0.0);
     }
 
     #[test]
