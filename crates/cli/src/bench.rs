@@ -644,8 +644,7 @@ pub struct ProduceBenchArgs {
 
 /// The master's commit-log fdatasync counters: (fdatasyncs, bytes they made durable).
 async fn fsync_counters(http: &str) -> anyhow::Result<(f64, f64)> {
-    let (code, body) =
-        sofamq_testkit::http::get(http, "/metrics", Duration::from_secs(5)).await?;
+    let (code, body) = sofamq_testkit::http::get(http, "/metrics", Duration::from_secs(5)).await?;
     anyhow::ensure!(code == 200, "GET {http}/metrics: status {code}");
     Ok((
         metric_sum(&body, "sofamq_store_fsync_seconds_count"),
@@ -830,7 +829,10 @@ pub async fn bench_produce(args: ProduceBenchArgs) -> anyhow::Result<()> {
     let broker_batch = match (&args.raw_metrics, before) {
         (Some(http), Some((f0, b0))) => {
             let (f1, b1) = fsync_counters(http).await?;
-            anyhow::ensure!(f1 > f0, "the broker at {http} made no fdatasync during the run");
+            anyhow::ensure!(
+                f1 > f0,
+                "the broker at {http} made no fdatasync during the run"
+            );
             Some(((b1 - b0) / (f1 - f0)).round() as u64)
         }
         _ => None,

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# The latency budget of one send at 1 in flight, by subtraction, measured in one session
+# on this machine's disk (docs/benchmarks.md, "Latency budget at 1 in flight").
+#
+#   bash scripts/bench/latency.sh
+#
+# Each round runs, in this order, every step below and records its p50 (1 KiB bodies):
+#   fsync    `sofamq bench fsync`: a raw 1 KiB append + fdatasync loop (the floor)
+#   store    `sofamq bench store --concurrency 1`: the store alone, one appender
+#   nosync   `sofamq standalone --no-slave --flush async` + `bench produce --inflight 1`:
+#            client, HTTP/2, broker, store write, no fdatasync
+#   master   `standalone --no-slave`: the same with the master's fdatasync
+#   repl     `standalone` (master and slave): the same with the slave's copy and ack
+# The table shows the median of the rounds for each step and what each step adds to the
+# one before it, and the ratio of repl's p50 to the raw fdatasync p50.
+#
+# Environment (all optional):
+#   ROUNDS=3        rounds (steps alternate within each round, so drift hits all alike)
+#   SECONDS_RUN=8   measured seconds of each produce run (after a 1 s warm-up)
+#   PORT_BASE=19876 first port of the standalone cluster (8 ports from there)
+#   SOFAMQ_BIN      the binary (default target/release/sofamq, built if missing)
+#   OUT=DIR         results (default target/bench-latency/<timestamp>)
+#
+# Every process it starts is stopped here by its PID; everything listens on 127.0.0.1.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+ROUNDS="${ROUNDS:-3}"
+SECS="${SECONDS_RUN:-8}"
+PORT_BASE="${PORT_BASE:-19876}"
+BIN="${SOFAMQ_BIN:-$ROOT/target/release/sofamq}"
+OUT="${OUT:-$ROOT/target/bench-latency/$(date -u +%Y%m%dT%H%M%SZ)}"
+if [ ! -x "$BIN" ]; then
+    (cd "$ROOT" && cargo build --release -p sofamq-cli)
+fi
+mkdir -p "$OUT"
+WORK="$(mktemp -d "$ROOT/target/.bench-latency.XXXXXX")"
+SPID=""
+log() { echo "[latency] $*" >&2; }
+
+stop_standalone() {
+    [ -n "$SPID" ] || return 0
+    kill -TERM "$SPID" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$SPID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$SPID" 2>/dev/null || true
+    wait "$SPID" 2>/dev/null || true
+    SPID=""
+}
+trap 'stop_standalone; rm -rf "$WORK"' EXIT
+
+p50_of() { python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); print(v["p50_ms"] if "p50_ms" in v else v["latency_ms"]["p50"])' "$1"; }
+
+# run_cluster STEP ROUND ARGS...: a standalone cluster with ARGS, one producer at 1 in flight.
+run_cluster() {
+    local step=$1 round=$2; shift 2
+    local data=$WORK/data-$step-$round logf=$WORK/standalone-$step-$round.log
+    "$BIN" standalone --data-dir "$data" --port-base "$PORT_BASE" --topic lat:1 "$@" >"$logf" 2>&1 &
+    SPID=$!
+    for _ in $(seq 1 300); do
+        grep -q "standalone ready" "$logf" && break
+        kill -0 "$SPID" 2>/dev/null || { cat "$logf" >&2; log "standalone exited"; exit 1; }
+        sleep 0.1
+    done
+    grep -q "standalone ready" "$logf" || { cat "$logf" >&2; log "standalone not ready in 30 s"; exit 1; }
+    "$BIN" bench produce --access-point "127.0.0.1:$PORT_BASE" --topic lat --inflight 1 \
+        --seconds "$SECS" --json "$OUT/$step-$round.json" >"$OUT/$step-$round.txt" 2>&1
+    stop_standalone
+    rm -rf "$data"
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+    log "round $round/$ROUNDS"
+    "$BIN" bench fsync --dir "$WORK" --size 1024 --count 3000 --json "$OUT/fsync-$round.json" >"$OUT/fsync-$round.txt"
+    "$BIN" bench store --dir "$WORK" --concurrency 1 --seconds "$SECS" >"$OUT/store-$round.txt"
+    # One appender: records/s is 1 / latency.
+    awk '$1 == "1" { printf "{\"p50_ms\": %.6f}\n", 1000 / $2 }' "$OUT/store-$round.txt" >"$OUT/store-$round.json"
+    run_cluster nosync "$round" --no-slave --flush async
+    run_cluster master "$round" --no-slave
+    run_cluster repl "$round"
+done
+
+python3 - "$OUT" "$ROUNDS" <<'EOF'
+import json, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+def p50(step, r):
+    v = json.load(open(f"{out}/{step}-{r}.json"))
+    return v["p50_ms"] if "p50_ms" in v else v["latency_ms"]["p50"]
+steps = [
+    ("fsync", "raw 1 KiB append + fdatasync"),
+    ("store", "store append, 1 appender (mean)"),
+    ("nosync", "send, master only, no fdatasync"),
+    ("master", "send, master only, fdatasync"),
+    ("repl", "send, master + slave"),
+]
+med = {}
+print(f"{'step':<8} {'what':<34} {'p50 ms by round':<26} {'median':>8}")
+for s, what in steps:
+    vals = [p50(s, r) for r in range(1, rounds + 1)]
+    med[s] = statistics.median(vals)
+    print(f"{s:<8} {what:<34} {' '.join(f'{v:.3f}' for v in vals):<26} {med[s]:>8.3f}")
+print()
+print("budget (differences of medians):")
+print(f"  store overhead over the raw loop (threads, encoding): {med['store'] - med['fsync']:+.3f} ms")
+print(f"  client + HTTP/2 + broker, no fdatasync:               {med['nosync']:.3f} ms")
+print(f"  the master's fdatasync, as the send sees it:          {med['master'] - med['nosync']:+.3f} ms")
+print(f"  the slave (stream, its write + fdatasync, ack):       {med['repl'] - med['master']:+.3f} ms")
+print(f"repl p50 / raw fdatasync p50 = {med['repl'] / med['fsync']:.2f}x   (issue 20 asks <= 2x)")
+EOF
+log "results in $OUT"
