@@ -251,8 +251,10 @@ EOF
         log "sofamq: $inf in flight, batch $batch"
         # The batch run is also compared with a raw loop writing its bytes twice (the
         # master's copy and the slave's) beside the broker's data.
-        local raw=()
-        ((batch > 1)) && raw=(--raw-dir "$dir")
+        # Its batches are the broker's own mean fdatasync batch (the master's /metrics).
+        local raw=() m_http
+        m_http="$(sed -n 's/.*http namesrv [^ ]* \(brokers\|master\) \([^ ;)]*\).*/\2/p' <<<"$ready")"
+        ((batch > 1)) && raw=(--raw-dir "$dir" --raw-metrics "$m_http")
         "$SOFAMQ" bench produce --access-point "127.0.0.1:$base" --topic bench --size "$SIZE" \
             --inflight "$inf" --batch "$batch" --seconds "$SECONDS_PER_RUN" \
             --json "$dir/out-$inf-$batch.json" "${raw[@]}" >&2
