@@ -1,6 +1,7 @@
 //! `sofamq bench ...`: the store bench (commit log against a raw write + fdatasync loop), the
-//! fsync bench (a raw small append + fdatasync loop's latency) and the cluster benches: `produce` (confirmed sends), `consume` (receive + ack) and
-//! `e2e` (send-to-receive latency, the send time travels in the body).
+//! fsync bench (a raw small append + fdatasync loop's latency) and the cluster benches:
+//! `produce` (confirmed sends), `consume` (receive + ack) and `e2e` (send-to-receive
+//! latency, the send time travels in the body).
 //!
 //! The cluster benches share one output: a live progress bar (rate, p99), then a table of
 //! msgs/s, MiB/s and latency p50/p90/p99/p99.9/max from an HDR histogram, the SDK's retry
