@@ -575,7 +575,7 @@ fault_restore() {
   local g=${GROUP_NAMES[1]:-${GROUP_NAMES[0]}} m s sh inst data n t0 t1
   m=$(master_of "$g"); case "$m" in 0|1) ;; *) m=0 ;; esac
   s=$(( 1 - m )); sh=${HOST_OF[$g/$s]}; inst=$g-$s; data=$WORK/h$sh/data
-  n=$(grep -c "broker $g ready on" "$WORK/h$sh/$inst.log")
+  n=$(grep -c "broker $g ready on" "$WORK/h$sh/$inst.log" || true)
   log "restore: backup of $inst (slave of $g, host $sh): stop, tar, start"
   t0=$(now_ms); stop_broker "$sh" "$inst"
   tar -C "$data" -cf "$WORK/backup-$inst.tar" "$inst" || { log "restore: tar failed"; FAILED=1; }
