@@ -160,6 +160,12 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
             },
             ..Default::default()
         },
+        // One broker group, in this process: no retry can reach another group, so sends
+        // need not wait for the registry to fill after a start.
+        proxy: sofamq_namesrv::proxy::ProxyOptions {
+            start_wait_ms: 0,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let ns_task = tokio::spawn(sofamq_namesrv::run(ns_listener, ns_cfg, shutdown.wait()));

@@ -72,6 +72,11 @@ pub struct TopicGroup {
     pub queue_count: u32,
     /// Whether a live master is registered now.
     pub master: bool,
+    /// Without a master: since when, as far as this registry knows. That is when its last
+    /// master's registration ended (unregistered, or silent past its expiry), or, for a
+    /// group that never had a master here (this name server started during its failover),
+    /// when a member of it first registered. With a master: the time of the query.
+    pub masterless_since: Instant,
 }
 
 /// Why a registration was refused.
@@ -133,6 +138,27 @@ impl From<&NamesrvConfig> for RegistryLimits {
 pub struct Registry {
     limits: RegistryLimits,
     members: Mutex<BTreeMap<BrokerKey, Member>>,
+    /// Per broker group name: since when it has had no master, as far as this registry
+    /// knows (see [`TopicGroup::masterless_since`]).
+    history: Mutex<HashMap<String, GroupHistory>>,
+}
+
+/// What the registry remembers of a group's masters beyond its live members.
+#[derive(Debug, Clone, Copy)]
+struct GroupHistory {
+    /// When a member of the group first registered here.
+    first_seen: Instant,
+    /// Until when its last master was registered: its last heartbeat plus its expiry, or
+    /// the moment it unregistered.
+    master_until: Option<Instant>,
+}
+
+impl GroupHistory {
+    /// Since when the group has had no master (or since it was first seen, if never).
+    fn masterless_since(&self) -> Instant {
+        self.master_until
+            .map_or(self.first_seen, |m| m.max(self.first_seen))
+    }
 }
 
 impl Registry {
@@ -141,6 +167,7 @@ impl Registry {
         Self {
             limits,
             members: Mutex::new(BTreeMap::new()),
+            history: Mutex::new(HashMap::new()),
         }
     }
 
@@ -249,6 +276,7 @@ impl Registry {
         if !members.contains_key(&key) && members.len() >= self.limits.max_brokers {
             return Err(RegistryError::Full(self.limits.max_brokers));
         }
+        self.note(&key, Some(now + expiry), now);
         members.insert(
             key,
             Member {
@@ -265,7 +293,37 @@ impl Registry {
 
     /// Removes a member. Returns `true` when it was registered.
     pub fn unregister(&self, key: &BrokerKey) -> bool {
-        self.lock().remove(key).is_some()
+        let removed = self.lock().remove(key).is_some();
+        if removed {
+            let now = Instant::now();
+            self.note(key, Some(now), now);
+        }
+        removed
+    }
+
+    /// Records that `key` is registered (a master: until `master_until`).
+    fn note(&self, key: &BrokerKey, master_until: Option<Instant>, now: Instant) {
+        let mut h = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        if !h.contains_key(&key.broker_name) && h.len() >= self.limits.max_brokers.max(1) * 2 {
+            // Bounded: past it the history starts over (groups then count as new).
+            h.clear();
+        }
+        let e = h.entry(key.broker_name.clone()).or_insert(GroupHistory {
+            first_seen: now,
+            master_until: None,
+        });
+        if key.broker_id == MASTER_ID {
+            e.master_until = master_until;
+        }
+    }
+
+    /// Since when `broker_name` has had no master here (`now` for an unknown group).
+    fn masterless_since(&self, broker_name: &str, now: Instant) -> Instant {
+        self.history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(broker_name)
+            .map_or(now, GroupHistory::masterless_since)
     }
 
     /// Drops every member silent past its expiry; returns their keys.
@@ -351,8 +409,13 @@ impl Registry {
                     broker_name: k.broker_name.clone(),
                     queue_count: t.queue_count,
                     master,
+                    masterless_since: now,
                 }),
             }
+        }
+        drop(members);
+        for g in out.iter_mut().filter(|g| !g.master) {
+            g.masterless_since = self.masterless_since(&g.broker_name, now);
         }
         out.sort_by(|a, b| a.broker_name.cmp(&b.broker_name));
         out
@@ -518,8 +581,38 @@ mod tests {
             .collect();
         // One entry per group, sorted; "a" has only its slave; "c" does not take writes.
         assert_eq!(names, [("a", false), ("b", true)]);
+        // "a" never had a master here: masterless since its slave first registered.
+        assert_eq!(g[0].masterless_since, now);
         assert_eq!(r.topic_groups("t", PERM_READ, now).len(), 3);
         assert!(r.topic_groups("other", PERM_WRITE, now).is_empty());
+    }
+
+    #[test]
+    fn a_group_is_masterless_from_when_its_master_left() {
+        use sofamq_proto::namesrv::PERM_WRITE;
+        let r = Registry::new(RegistryLimits::from(&NamesrvConfig::default()));
+        let t0 = Instant::now();
+        let mut master = req("a", 0, 1);
+        master.heartbeat_timeout_ms = 2_000;
+        r.register(&master, t0).unwrap();
+        r.register(&req("a", 1, 1), t0).unwrap();
+        assert!(r.topic_groups("t", PERM_WRITE, t0)[0].master);
+        // Silent: live until its expiry, then masterless from the end of that expiry.
+        let t1 = t0 + Duration::from_secs(5);
+        r.register(&req("a", 1, 1), t1).unwrap();
+        let g = &r.topic_groups("t", PERM_WRITE, t1)[0];
+        assert!(!g.master);
+        assert_eq!(g.masterless_since, t0 + Duration::from_secs(2));
+        // A clean stop: masterless from the unregistration.
+        r.register(&master, t1).unwrap();
+        let before = Instant::now();
+        assert!(r.unregister(&BrokerKey {
+            cluster: "c".into(),
+            broker_name: "a".into(),
+            broker_id: 0,
+        }));
+        let g = &r.topic_groups("t", PERM_WRITE, Instant::now())[0];
+        assert!(!g.master && g.masterless_since >= before && g.masterless_since < t1);
     }
 
     #[test]

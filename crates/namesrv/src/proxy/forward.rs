@@ -94,7 +94,9 @@ async fn no_group_yet(
 /// ([`Proxy::sendable`]): every name server picks the same group for the same id, so a
 /// client's retry through another name server meets the first attempt's idempotence
 /// window, and adding or removing a group moves only the keys it takes or held. Without a
-/// key: round robin over the groups with a master. Waits up to `deadline` for a group.
+/// key: round robin over the groups with a master. Waits up to `deadline` for a group, and
+/// for `start_wait_ms` after the name server started (its registry may lack a group), but
+/// never past `deadline`.
 async fn group_for_send(
     p: &Proxy,
     topic: &str,
@@ -102,6 +104,12 @@ async fn group_for_send(
     deadline: Instant,
 ) -> Result<(String, u32), Status> {
     let retry = Duration::from_millis(p.options().retry_ms);
+    // Just started: wait for the registry to fill (not past the client's deadline; then
+    // choose from what it holds).
+    let warm = p.warm_at().min(deadline);
+    if Instant::now() < warm {
+        tokio::time::sleep_until(warm.into()).await;
+    }
     loop {
         let now = Instant::now();
         let groups = p.sendable(p.registry().topic_groups(topic, PERM_WRITE, now), now);
@@ -723,6 +731,62 @@ pub async fn pull_message(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::{Registry, RegistryLimits};
+    use sofamq_proto::namesrv::{PERM_READ_WRITE, RegisterBrokerRequest, TopicRoute};
+    use std::sync::Arc;
+
+    fn proxy(start_wait_ms: u64) -> Proxy {
+        let reg = Registry::new(RegistryLimits::from(&crate::NamesrvConfig::default()));
+        reg.register(
+            &RegisterBrokerRequest {
+                cluster: "c".into(),
+                broker_name: "broker-a".into(),
+                broker_id: 0,
+                grpc_endpoint: "127.0.0.1:1".into(),
+                epoch: 1,
+                topics: vec![TopicRoute {
+                    name: "t".into(),
+                    queue_count: 2,
+                    perm: PERM_READ_WRITE,
+                    message_type: 1,
+                }],
+                ..Default::default()
+            },
+            Instant::now(),
+        )
+        .unwrap();
+        let opts = super::super::ProxyOptions {
+            start_wait_ms,
+            ..Default::default()
+        };
+        Proxy::new(Arc::new(reg), opts).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_just_started_proxy_waits_before_choosing_but_not_past_the_deadline() {
+        let p = proxy(400);
+        let t0 = Instant::now();
+        // A short deadline: chosen at the deadline, from what the registry holds.
+        let g = group_for_send(&p, "t", Some("id-1"), t0 + Duration::from_millis(100)).await;
+        let took = t0.elapsed();
+        assert_eq!(g.unwrap().0, "broker-a");
+        assert!(
+            took >= Duration::from_millis(90) && took < Duration::from_millis(350),
+            "{took:?}"
+        );
+        // A long one: chosen once the start wait is over.
+        let g = group_for_send(&p, "t", Some("id-2"), t0 + Duration::from_secs(10)).await;
+        let took = t0.elapsed();
+        assert_eq!(g.unwrap().0, "broker-a");
+        assert!(took >= Duration::from_millis(390), "{took:?}");
+        // Without a start wait: at once.
+        let p = proxy(0);
+        let t1 = Instant::now();
+        group_for_send(&p, "t", Some("id-3"), t1 + Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(t1.elapsed() < Duration::from_millis(100));
+    }
 
     fn pick<'a>(key: &str, groups: &[&'a str]) -> &'a str {
         groups

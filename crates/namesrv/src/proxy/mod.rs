@@ -77,6 +77,11 @@ pub struct ProxyOptions {
     /// it fails over (they are held for its new master), so that every name server sends
     /// a message id to the same group; past it, its sends go to the other groups.
     pub failover_wait_ms: u64,
+    /// For this long after the name server starts, sends wait before a group is chosen
+    /// (never past the hold deadline): until every broker's heartbeat (every second by
+    /// default) has reached it, its registry may lack a group, and a retry could be sent
+    /// to another group than its first attempt's.
+    pub start_wait_ms: u64,
 }
 
 impl Default for ProxyOptions {
@@ -93,6 +98,7 @@ impl Default for ProxyOptions {
             send_pins: 200_000,
             send_pin_ms: 120_000,
             failover_wait_ms: 10_000,
+            start_wait_ms: 3_000,
             broker_tls: false,
             broker_tls_ca_path: None,
             broker_tls_server_name: None,
@@ -112,6 +118,9 @@ impl ProxyOptions {
             if v == 0 {
                 return Err((name, "must be > 0"));
             }
+        }
+        if self.start_wait_ms > 600_000 {
+            return Err(("proxy.start_wait_ms", "must be <= 600000"));
         }
         if self.failover_wait_ms > 600_000 {
             return Err(("proxy.failover_wait_ms", "must be <= 600000"));
@@ -143,8 +152,8 @@ pub struct Proxy {
     seen: parking_lot::Mutex<HashMap<String, Instant>>,
     /// The broker group of each recent send, by message id (retries go there too).
     pins: pins::SendPins,
-    /// When each broker group was last seen with a live master (bounded like `seen`).
-    mastered: parking_lot::Mutex<HashMap<String, Instant>>,
+    /// When this proxy was made (see `start_wait_ms`).
+    started: Instant,
     next: AtomicUsize,
     /// Counters for `/metrics`.
     pub counters: Counters,
@@ -199,7 +208,7 @@ impl Proxy {
             channels: parking_lot::Mutex::new(HashMap::new()),
             seen: parking_lot::Mutex::new(HashMap::new()),
             pins,
-            mastered: parking_lot::Mutex::new(HashMap::new()),
+            started: Instant::now(),
             next: AtomicUsize::new(0),
             counters: Counters::default(),
         })
@@ -285,28 +294,18 @@ impl Proxy {
     }
 
     /// The groups of `groups` that may take a send now: those with a master, and those
-    /// that had one within `failover_wait_ms` (failing over: the send is held for them).
+    /// without one for at most `failover_wait_ms` (failing over: the send is held for
+    /// them). The registry dates that from the end of the last master's registration, or,
+    /// on a name server that never saw one, from the group's first registration here.
     pub fn sendable(&self, mut groups: Vec<TopicGroup>, now: Instant) -> Vec<TopicGroup> {
         let wait = Duration::from_millis(self.opts.failover_wait_ms);
-        let mut seen = self.mastered.lock();
-        if seen.len() >= MAX_SEEN_TOPICS {
-            seen.clear();
-        }
-        groups.retain(|g| {
-            if g.master {
-                match seen.get_mut(&g.broker_name) {
-                    Some(t) => *t = now,
-                    None => {
-                        seen.insert(g.broker_name.clone(), now);
-                    }
-                }
-                true
-            } else {
-                seen.get(&g.broker_name)
-                    .is_some_and(|t| now.saturating_duration_since(*t) <= wait)
-            }
-        });
+        groups.retain(|g| g.master || now.saturating_duration_since(g.masterless_since) <= wait);
         groups
+    }
+
+    /// Until when sends wait for the registry to fill after the start (`start_wait_ms`).
+    pub fn warm_at(&self) -> Instant {
+        self.started + Duration::from_millis(self.opts.start_wait_ms)
     }
 
     /// A round-robin pick among `n`.
@@ -458,11 +457,12 @@ mod tests {
         assert_eq!(client_timeout(&md), None);
     }
 
-    fn group(name: &str, master: bool) -> TopicGroup {
+    fn group(name: &str, masterless_since: Option<Instant>) -> TopicGroup {
         TopicGroup {
             broker_name: name.into(),
             queue_count: 4,
-            master,
+            master: masterless_since.is_none(),
+            masterless_since: masterless_since.unwrap_or_else(Instant::now),
         }
     }
 
@@ -481,25 +481,17 @@ mod tests {
         let names =
             |g: Vec<TopicGroup>| -> Vec<String> { g.into_iter().map(|g| g.broker_name).collect() };
         let t0 = Instant::now();
-        // Never seen with a master: not a candidate.
-        assert_eq!(
-            names(p.sendable(vec![group("a", true), group("b", false)], t0)),
-            ["a"]
-        );
-        assert_eq!(
-            names(p.sendable(vec![group("a", true), group("b", true)], t0)),
-            ["a", "b"]
-        );
-        // b loses its master: it keeps its sends within the wait...
+        let b_lost = Some(t0);
+        // b lost its master at t0: it keeps its sends within the wait...
         let t1 = t0 + Duration::from_millis(900);
         assert_eq!(
-            names(p.sendable(vec![group("a", true), group("b", false)], t1)),
+            names(p.sendable(vec![group("a", None), group("b", b_lost)], t1)),
             ["a", "b"]
         );
         // ...and past it they go to the others.
         let t2 = t0 + Duration::from_millis(1_100);
         assert_eq!(
-            names(p.sendable(vec![group("a", true), group("b", false)], t2)),
+            names(p.sendable(vec![group("a", None), group("b", b_lost)], t2)),
             ["a"]
         );
     }
