@@ -742,20 +742,6 @@ fn approx_record_len(topic: &str, size: usize, born_host: &str) -> usize {
     sofamq_store::record::encoded_len(&rec).unwrap_or(sofamq_store::record::HEADER_LEN + size)
 }
 
-/// The host name as the SDK reports it (`HOSTNAME`, else `/etc/hostname`).
-fn born_host() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|s| s.trim().to_string())
-        })
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
-}
-
 /// Byte counts of the raw loop's batches: `messages` in batches of `batch` (the last one
 /// holds the rest), `record_len` bytes each.
 fn raw_plan(messages: u64, batch: usize, record_len: usize) -> Vec<u64> {
@@ -790,7 +776,7 @@ fn raw_two_copy(
     run_secs: f64,
     broker_batch: Option<u64>,
 ) -> anyhow::Result<RawTwoCopy> {
-    let record_len = approx_record_len(&load.topic, load.size, &born_host());
+    let record_len = approx_record_len(&load.topic, load.size, &sofamq_client::host_name());
     let plan = match broker_batch {
         Some(b) => raw_plan_bytes(messages, b, record_len),
         None => raw_plan(messages, send.batch, record_len),

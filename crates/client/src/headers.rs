@@ -136,7 +136,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 /// A best-effort name of this host (for `born_host` and the client id).
-pub(crate) fn host_name() -> String {
+pub fn host_name() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())

@@ -59,7 +59,7 @@ pub use auth::{Credentials, TlsOptions};
 pub use config::{AlertCallback, ProducerConfig};
 pub use consumer::{ConsumeError, ConsumerConfig, ReceivedMessage, SimpleConsumer};
 pub use error::{BatchSendError, ClientError, FailureKind, RequestError, SendError, SendFailure};
-pub use headers::{CLIENT_VERSION, format_date_time};
+pub use headers::{CLIENT_VERSION, format_date_time, host_name};
 pub use id::MessageIdGenerator;
 pub use message::{Message, MessageBuilder, SendReceipt};
 pub use producer::{METRIC_SEND_FAILURES, METRIC_SEND_RETRIES, Producer};

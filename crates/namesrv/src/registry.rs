@@ -523,7 +523,7 @@ pub(crate) fn log_registration(req: &RegisterBrokerRequest, is_new: bool) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn limits() -> RegistryLimits {
@@ -533,7 +533,8 @@ mod tests {
         })
     }
 
-    fn req(name: &str, id: i64, epoch: u64) -> RegisterBrokerRequest {
+    /// A registration of `name`/`id` at `epoch` serving topic "t" (2 queues, read-write).
+    pub(crate) fn req(name: &str, id: i64, epoch: u64) -> RegisterBrokerRequest {
         RegisterBrokerRequest {
             cluster: "c".into(),
             broker_name: name.into(),

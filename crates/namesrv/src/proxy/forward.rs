@@ -732,26 +732,12 @@ pub async fn pull_message(
 mod tests {
     use super::*;
     use crate::registry::{Registry, RegistryLimits};
-    use sofamq_proto::namesrv::{PERM_READ_WRITE, RegisterBrokerRequest, TopicRoute};
     use std::sync::Arc;
 
     fn proxy(start_wait_ms: u64) -> Proxy {
         let reg = Registry::new(RegistryLimits::from(&crate::NamesrvConfig::default()));
         reg.register(
-            &RegisterBrokerRequest {
-                cluster: "c".into(),
-                broker_name: "broker-a".into(),
-                broker_id: 0,
-                grpc_endpoint: "127.0.0.1:1".into(),
-                epoch: 1,
-                topics: vec![TopicRoute {
-                    name: "t".into(),
-                    queue_count: 2,
-                    perm: PERM_READ_WRITE,
-                    message_type: 1,
-                }],
-                ..Default::default()
-            },
+            &crate::registry::tests::req("broker-a", 0, 1),
             Instant::now(),
         )
         .unwrap();
