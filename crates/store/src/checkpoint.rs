@@ -4,11 +4,10 @@
 //! over `checkpoint`, and the directory is fsynced. The content carries its own CRC32C, so a
 //! damaged file is detected and ignored (recovery then scans the whole log).
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 
-use crate::segment::sync_dir;
+use crate::io::Fs;
 
 const MAGIC: u32 = 0x5351_434B; // "SQCK"
 const VERSION: u32 = 1;
@@ -58,9 +57,9 @@ impl Checkpoint {
 }
 
 /// Loads the checkpoint. `Ok(None)` when missing or damaged (a warning is logged for damage).
-pub(crate) fn load(dir: &Path) -> io::Result<Option<Checkpoint>> {
-    let _ = fs::remove_file(dir.join(TMP));
-    match fs::read(dir.join(FILE)) {
+pub(crate) fn load(fs: &dyn Fs, dir: &Path) -> io::Result<Option<Checkpoint>> {
+    let _ = fs.remove_file(&dir.join(TMP));
+    match fs.read(&dir.join(FILE)) {
         Ok(b) => {
             let c = Checkpoint::decode(&b);
             if c.is_none() {
@@ -74,38 +73,33 @@ pub(crate) fn load(dir: &Path) -> io::Result<Option<Checkpoint>> {
 }
 
 /// Atomically replaces the checkpoint.
-pub(crate) fn store(dir: &Path, c: &Checkpoint) -> io::Result<()> {
+pub(crate) fn store(fs: &dyn Fs, dir: &Path, c: &Checkpoint) -> io::Result<()> {
     let tmp = dir.join(TMP);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)?;
-    f.write_all(&c.encode())?;
-    f.sync_data()?;
-    drop(f);
-    fs::rename(&tmp, dir.join(FILE))?;
-    sync_dir(dir)
+    fs.write_synced(&tmp, &c.encode())?;
+    fs.rename(&tmp, &dir.join(FILE))?;
+    fs.sync_dir(dir)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::StdFs;
+    use std::fs;
 
     #[test]
     fn round_trip_and_damage() {
         let d = tempfile::tempdir().unwrap();
-        assert_eq!(load(d.path()).unwrap(), None);
+        assert_eq!(load(&StdFs, d.path()).unwrap(), None);
         let c = Checkpoint {
             durable: 10,
             cq_flushed: 5,
             queue_count: 2,
         };
-        store(d.path(), &c).unwrap();
-        assert_eq!(load(d.path()).unwrap(), Some(c));
+        store(&StdFs, d.path(), &c).unwrap();
+        assert_eq!(load(&StdFs, d.path()).unwrap(), Some(c));
         let mut b = fs::read(d.path().join(FILE)).unwrap();
         b[9] ^= 1;
         fs::write(d.path().join(FILE), &b).unwrap();
-        assert_eq!(load(d.path()).unwrap(), None);
+        assert_eq!(load(&StdFs, d.path()).unwrap(), None);
     }
 }

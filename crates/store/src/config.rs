@@ -1,6 +1,7 @@
 //! Store configuration.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// When appends are made durable.
@@ -15,6 +16,18 @@ pub enum FlushMode {
         /// Time between background fsyncs.
         interval: Duration,
     },
+}
+
+/// Who runs the store's background work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// The store's own threads: the group-commit writer (and, in sync mode, its sync thread),
+    /// the consume-queue flusher and the scrub. The default.
+    Threads,
+    /// No threads: the caller runs the writer with [`crate::Store::step`] and the flusher with
+    /// [`crate::Store::flush_queues`]; no scrub. Every file operation then happens on the
+    /// caller's thread, in the order it calls, which is what a deterministic simulator needs.
+    Caller,
 }
 
 /// Configuration of a [`crate::Store`].
@@ -46,6 +59,10 @@ pub struct StoreConfig {
     pub scrub_bytes_per_sec: u64,
     /// Rest between two scrub passes over the whole log. Default 10 min.
     pub scrub_pause: Duration,
+    /// The file system the store uses. Default the real one ([`crate::io::StdFs`]).
+    pub fs: Arc<dyn crate::io::Fs>,
+    /// Who runs the writer, flusher and scrub. Default [`Driver::Threads`].
+    pub driver: Driver,
 }
 
 impl StoreConfig {
@@ -62,6 +79,8 @@ impl StoreConfig {
             max_disk_bytes: None,
             scrub_bytes_per_sec: 8 * 1024 * 1024,
             scrub_pause: Duration::from_secs(600),
+            fs: crate::io::StdFs::shared(),
+            driver: Driver::Threads,
         }
     }
 

@@ -9,13 +9,11 @@
 //! does not grow with the log. Files live at `consumequeue/<escaped topic>/<queue id>`.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::segment::sync_dir;
+use crate::io::{FileIo, Fs, OpenMode};
 
 /// Size of one consume-queue entry on disk.
 pub const CQ_ENTRY_LEN: usize = 20;
@@ -104,7 +102,8 @@ struct Tail {
 pub(crate) struct ConsumeQueue {
     pub topic: String,
     pub queue_id: u32,
-    file: Arc<File>,
+    fs: Arc<dyn Fs>,
+    file: Arc<dyn FileIo>,
     tail: Mutex<Tail>,
 }
 
@@ -223,8 +222,8 @@ impl ConsumeQueue {
         self.file.sync_data()?;
         if sync_dirs {
             let topic_dir = root.join(escape_topic(&self.topic));
-            sync_dir(&topic_dir)?;
-            sync_dir(root)?;
+            self.fs.sync_dir(&topic_dir)?;
+            self.fs.sync_dir(root)?;
         }
         Ok(true)
     }
@@ -248,13 +247,15 @@ impl ConsumeQueue {
 /// All consume queues of a store.
 #[derive(Debug)]
 pub(crate) struct ConsumeQueues {
+    fs: Arc<dyn Fs>,
     root: PathBuf,
     map: RwLock<HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>>,
 }
 
 impl ConsumeQueues {
-    pub fn new(root: PathBuf) -> ConsumeQueues {
+    pub fn new(fs: Arc<dyn Fs>, root: PathBuf) -> ConsumeQueues {
         ConsumeQueues {
+            fs,
             root,
             map: RwLock::new(HashMap::new()),
         }
@@ -271,16 +272,13 @@ impl ConsumeQueues {
 
     /// Opens the queue's file, creating it if needed. `file_len_out` receives the file's
     /// length in bytes.
-    fn open_file(&self, topic: &str, queue_id: u32) -> io::Result<(File, u64)> {
+    fn open_file(&self, topic: &str, queue_id: u32) -> io::Result<(Arc<dyn FileIo>, u64)> {
         let dir = self.root.join(escape_topic(topic));
-        fs::create_dir_all(&dir)?;
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(dir.join(queue_id.to_string()))?;
-        let len = f.metadata()?.len();
+        self.fs.create_dir_all(&dir)?;
+        let f = self
+            .fs
+            .open(&dir.join(queue_id.to_string()), OpenMode::Create)?;
+        let len = f.len()?;
         Ok((f, len))
     }
 
@@ -299,7 +297,8 @@ impl ConsumeQueues {
                 Arc::new(ConsumeQueue {
                     topic: topic.to_owned(),
                     queue_id,
-                    file: Arc::new(file),
+                    fs: self.fs.clone(),
+                    file,
                     tail: Mutex::new(Tail {
                         flushed: len / CQ_ENTRY_LEN as u64,
                         buf: Vec::new(),
@@ -319,26 +318,24 @@ impl ConsumeQueues {
     /// Loads every queue file found on disk. A partial trailing entry is cut. Returns the
     /// number of files that did not look like queue files (names it could not parse).
     pub fn load_all(&self) -> io::Result<usize> {
-        fs::create_dir_all(&self.root)?;
+        self.fs.create_dir_all(&self.root)?;
         let mut strange = 0;
-        for t in fs::read_dir(&self.root)? {
-            let t = t?;
-            let Some(topic) = t.file_name().to_str().and_then(unescape_topic) else {
+        for t in self.fs.list(&self.root)? {
+            let Some(topic) = t.name.to_str().and_then(unescape_topic) else {
                 strange += 1;
                 continue;
             };
-            if !t.file_type()?.is_dir() {
+            if !t.is_dir {
                 strange += 1;
                 continue;
             }
-            for q in fs::read_dir(t.path())? {
-                let q = q?;
-                let Some(id) = q.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            for q in self.fs.list(&self.root.join(&t.name))? {
+                let Some(id) = q.name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
                     strange += 1;
                     continue;
                 };
                 let cq = self.get_or_create(&topic, id)?;
-                let (file, len) = (cq.file.clone(), cq.file.metadata()?.len());
+                let (file, len) = (cq.file.clone(), cq.file.len()?);
                 if len % CQ_ENTRY_LEN as u64 != 0 {
                     file.set_len(len - len % CQ_ENTRY_LEN as u64)?;
                 }
@@ -351,12 +348,12 @@ impl ConsumeQueues {
     pub fn wipe(&self) -> io::Result<()> {
         let mut m = self.map.write().unwrap_or_else(|p| p.into_inner());
         m.clear();
-        if self.root.exists() {
-            fs::remove_dir_all(&self.root)?;
+        if self.fs.exists(&self.root) {
+            self.fs.remove_dir_all(&self.root)?;
         }
-        fs::create_dir_all(&self.root)?;
+        self.fs.create_dir_all(&self.root)?;
         if let Some(parent) = self.root.parent() {
-            sync_dir(parent)?;
+            self.fs.sync_dir(parent)?;
         }
         Ok(())
     }
@@ -382,7 +379,7 @@ mod tests {
     #[test]
     fn push_flush_read_truncate() {
         let d = tempfile::tempdir().unwrap();
-        let qs = ConsumeQueues::new(d.path().join("cq"));
+        let qs = ConsumeQueues::new(crate::io::StdFs::shared(), d.path().join("cq"));
         let q = qs.get_or_create("t", 1).unwrap();
         for i in 0..10u64 {
             q.push(&CqEntry {

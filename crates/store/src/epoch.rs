@@ -4,12 +4,11 @@
 //! written, only the last entry can be torn; a bad entry before the last one is corruption.
 //! Trimming (on truncate) rewrites the file atomically (temp file + rename + directory fsync).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::segment::sync_dir;
+use crate::io::{FileIo, Fs, OpenMode};
 
 const ENTRY: usize = 20;
 const FILE: &str = "epochs";
@@ -53,8 +52,9 @@ fn decode(b: &[u8]) -> Option<EpochEntry> {
 /// The epoch history and its file.
 #[derive(Debug)]
 pub(crate) struct EpochHistory {
+    fs: Arc<dyn Fs>,
     dir: PathBuf,
-    file: File,
+    file: Arc<dyn FileIo>,
     entries: Vec<EpochEntry>,
     /// The file holds bytes past `entries` that are not a torn tail (a corrupt entry and
     /// whatever follows it): the next trim rewrites the file whatever it keeps.
@@ -65,16 +65,11 @@ impl EpochHistory {
     /// Opens the history. A torn last entry is cut (durably); a bad entry before the last one is
     /// reported as the second value (the caller fences) and the history is kept up to it; the
     /// next [`EpochHistory::trim_after`] rewrites the file without the bad bytes.
-    pub fn open(dir: &Path) -> io::Result<(EpochHistory, Option<String>)> {
-        let _ = fs::remove_file(dir.join(TMP));
+    pub fn open(fs: Arc<dyn Fs>, dir: &Path) -> io::Result<(EpochHistory, Option<String>)> {
+        let _ = fs.remove_file(&dir.join(TMP));
         let path = dir.join(FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)?;
-        let bytes = fs::read(&path)?;
+        let file = fs.open(&path, OpenMode::Create)?;
+        let bytes = fs.read(&path)?;
         let mut entries = Vec::new();
         let mut problem = None;
         let whole = bytes.len() / ENTRY;
@@ -107,6 +102,7 @@ impl EpochHistory {
         }
         Ok((
             EpochHistory {
+                fs,
                 dir: dir.to_path_buf(),
                 file,
                 entries,
@@ -148,18 +144,12 @@ impl EpochHistory {
             return Ok(());
         }
         let tmp = self.dir.join(TMP);
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        for e in &self.entries[..keep] {
-            f.write_all(&encode(e))?;
-        }
+        let f = self.fs.open(&tmp, OpenMode::Truncate)?;
+        let bytes: Vec<u8> = self.entries[..keep].iter().flat_map(encode).collect();
+        f.write_all_at(&bytes, 0)?;
         f.sync_data()?;
-        fs::rename(&tmp, self.dir.join(FILE))?;
-        sync_dir(&self.dir)?;
+        self.fs.rename(&tmp, &self.dir.join(FILE))?;
+        self.fs.sync_dir(&self.dir)?;
         self.file = f;
         self.entries.truncate(keep);
         self.damaged = false;
@@ -170,11 +160,16 @@ impl EpochHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+
+    fn open(dir: &Path) -> io::Result<(EpochHistory, Option<String>)> {
+        EpochHistory::open(crate::io::StdFs::shared(), dir)
+    }
 
     #[test]
     fn append_trim_reopen_and_torn_tail() {
         let d = tempfile::tempdir().unwrap();
-        let (mut h, p) = EpochHistory::open(d.path()).unwrap();
+        let (mut h, p) = open(d.path()).unwrap();
         assert!(p.is_none());
         assert_eq!(h.current(), 0);
         for (e, s) in [(1, 0), (2, 100), (5, 300)] {
@@ -197,7 +192,7 @@ mod tests {
         let mut b = fs::read(&path).unwrap();
         b.extend_from_slice(&[1, 2, 3, 4, 5]);
         fs::write(&path, &b).unwrap();
-        let (h, p) = EpochHistory::open(d.path()).unwrap();
+        let (h, p) = open(d.path()).unwrap();
         assert!(p.is_none());
         let epochs: Vec<u64> = h.entries().iter().map(|e| e.epoch).collect();
         assert_eq!(epochs, vec![1, 2, 3]);
@@ -207,7 +202,7 @@ mod tests {
         let mut b = fs::read(&path).unwrap();
         b[3] ^= 0xff;
         fs::write(&path, &b).unwrap();
-        let (h, p) = EpochHistory::open(d.path()).unwrap();
+        let (h, p) = open(d.path()).unwrap();
         assert!(p.is_some());
         assert!(h.entries().is_empty());
     }

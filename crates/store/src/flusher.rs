@@ -29,7 +29,7 @@ pub(crate) fn flush_once(sh: &Shared) -> io::Result<()> {
     };
     if next != *ck {
         // Replaced atomically: a failed write leaves the previous checkpoint, which is valid.
-        checkpoint::store(&sh.cfg.dir, &next).map_err(write_error)?;
+        checkpoint::store(&*sh.cfg.fs, &sh.cfg.dir, &next).map_err(write_error)?;
         *ck = next;
     }
     Ok(())

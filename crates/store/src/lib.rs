@@ -34,6 +34,7 @@ mod cq;
 mod epoch;
 mod error;
 mod flusher;
+pub mod io;
 mod log;
 pub mod mutant;
 pub mod record;
@@ -47,7 +48,7 @@ pub mod testutil;
 mod truncate;
 mod writer;
 
-pub use config::{FlushMode, StoreConfig};
+pub use config::{Driver, FlushMode, StoreConfig};
 pub use cq::{CQ_ENTRY_LEN, CqEntry};
 pub use epoch::EpochEntry;
 pub use error::StoreError;

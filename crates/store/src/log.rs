@@ -1,7 +1,5 @@
 //! State shared between the store handle, the writer and the flusher, and the log read paths.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -216,9 +214,11 @@ impl Shared {
             return;
         }
         let marker = self.cfg.dir.join(crate::recovery::REBUILD_MARKER);
-        let written = std::fs::write(&marker, reason.as_bytes())
-            .and_then(|()| std::fs::File::open(&marker)?.sync_all())
-            .and_then(|()| crate::segment::sync_dir(&self.cfg.dir));
+        let written = self
+            .cfg
+            .fs
+            .write_synced(&marker, reason.as_bytes())
+            .and_then(|()| self.cfg.fs.sync_dir(&self.cfg.dir));
         match written {
             Ok(()) => tracing::error!(
                 reason = %reason,
@@ -433,15 +433,11 @@ impl Scan {
         };
         let len = (seg_end - self.next).min(256 * 1024) as usize;
         let mut v = vec![0u8; len];
-        read_at(&seg.file, &mut v, self.next - seg.start)?;
+        seg.file.read_exact_at(&mut v, self.next - seg.start)?;
         self.buf = Bytes::from(v);
         self.buf_start = self.next;
         Ok(())
     }
-}
-
-fn read_at(f: &File, buf: &mut [u8], pos: u64) -> std::io::Result<()> {
-    f.read_exact_at(buf, pos)
 }
 
 impl Iterator for Scan {

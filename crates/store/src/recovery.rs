@@ -29,8 +29,9 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::config::StoreConfig;
 use crate::cq::{ConsumeQueues, CqEntry};
 use crate::epoch::EpochHistory;
+use crate::io::Fs;
 use crate::record::{self, MAX_RECORD_HARD};
-use crate::segment::{Segment, SegmentReader, Step, list_segments, sync_dir};
+use crate::segment::{Segment, SegmentReader, Step, list_segments};
 
 /// A file in the store's directory asking the next open to rebuild every consume queue
 /// from the log (written when a queue was found not to match it).
@@ -44,21 +45,21 @@ pub fn queue_rebuild_pending(dir: &std::path::Path) -> bool {
 
 /// Moves `consumequeue/` to `damaged/consumequeue-<ms>/` for the operator; recovery then
 /// rebuilds every queue from the log.
-fn set_queues_aside(dir: &std::path::Path) -> Result<(), StoreError> {
+fn set_queues_aside(fs: &dyn Fs, dir: &std::path::Path) -> Result<(), StoreError> {
     let from = dir.join("consumequeue");
-    if !from.exists() {
+    if !fs.exists(&from) {
         return Ok(());
     }
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     let damaged = dir.join("damaged");
-    std::fs::create_dir_all(&damaged)?;
+    fs.create_dir_all(&damaged)?;
     let to = damaged.join(format!("consumequeue-{ms}"));
-    std::fs::rename(&from, &to)?;
-    std::fs::create_dir_all(&from)?;
-    sync_dir(&damaged)?;
-    sync_dir(dir)?;
+    fs.rename(&from, &to)?;
+    fs.create_dir_all(&from)?;
+    fs.sync_dir(&damaged)?;
+    fs.sync_dir(dir)?;
     tracing::warn!(kept = %to.display(), "damaged consume queues moved aside");
     Ok(())
 }
@@ -99,7 +100,7 @@ fn scan(
     let mut end = segs.get(from_seg).map_or(0, |s| s.start);
     let mut top_epoch: Option<(u64, u64)> = None;
     for (i, seg) in segs.iter().enumerate().skip(from_seg) {
-        let mut r = SegmentReader::new(&seg.file, lens[i], 0);
+        let mut r = SegmentReader::new(&*seg.file, lens[i], 0);
         loop {
             let off = seg.start + r.pos();
             let bytes = match r.next(MAX_RECORD_HARD)? {
@@ -209,7 +210,6 @@ fn verify_queue_tails(
                 return false;
             };
             let mut buf = vec![0u8; e.size as usize];
-            use std::os::unix::fs::FileExt;
             if seg
                 .file
                 .read_exact_at(&mut buf, e.log_offset - seg.start)
@@ -250,19 +250,20 @@ fn trim_queues(cqs: &ConsumeQueues, limit: u64) -> Result<(), StoreError> {
 
 /// Runs recovery for the store rooted at `cfg.dir` (directories already exist).
 pub(crate) fn recover(cfg: &StoreConfig) -> Result<Recovered, StoreError> {
+    let fs = &*cfg.fs;
     let log_dir = cfg.dir.join("commitlog");
-    let ck = checkpoint::load(&cfg.dir)?;
-    let (mut epochs, epoch_problem) = EpochHistory::open(&cfg.dir)?;
+    let ck = checkpoint::load(fs, &cfg.dir)?;
+    let (mut epochs, epoch_problem) = EpochHistory::open(cfg.fs.clone(), &cfg.dir)?;
     let mut epoch_unreadable = epoch_problem.is_some();
     let mut fenced: Option<String> = epoch_problem;
 
     let mut segs = Vec::new();
-    for start in list_segments(&log_dir)? {
-        segs.push(Arc::new(Segment::open(&log_dir, start, false)?));
+    for start in list_segments(fs, &log_dir)? {
+        segs.push(Arc::new(Segment::open(fs, &log_dir, start, false)?));
     }
     if segs.is_empty() {
-        segs.push(Arc::new(Segment::open(&log_dir, 0, true)?));
-        sync_dir(&log_dir)?;
+        segs.push(Arc::new(Segment::open(fs, &log_dir, 0, true)?));
+        fs.sync_dir(&log_dir)?;
     }
     let mut lens = Vec::with_capacity(segs.len());
     for s in &segs {
@@ -303,11 +304,11 @@ pub(crate) fn recover(cfg: &StoreConfig) -> Result<Recovered, StoreError> {
     }
 
     let marker = cfg.dir.join(REBUILD_MARKER);
-    let marked = marker.exists();
+    let marked = fs.exists(&marker);
     if marked {
-        set_queues_aside(&cfg.dir)?;
+        set_queues_aside(fs, &cfg.dir)?;
     }
-    let cqs = ConsumeQueues::new(cfg.dir.join("consumequeue"));
+    let cqs = ConsumeQueues::new(cfg.fs.clone(), cfg.dir.join("consumequeue"));
     let strange = cqs.load_all()?;
     let cq_from = ck
         .map_or(log_start, |c| c.cq_flushed.min(c.durable))
@@ -323,7 +324,10 @@ pub(crate) fn recover(cfg: &StoreConfig) -> Result<Recovered, StoreError> {
         _ => None,
     };
     if marked && rebuild.is_none() {
-        let why = std::fs::read_to_string(&marker).unwrap_or_default();
+        let why = fs
+            .read(&marker)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         rebuild = Some(format!("a consume queue was found damaged: {why}"));
     }
     let used = &segs[..usable];
@@ -425,8 +429,8 @@ pub(crate) fn recover(cfg: &StoreConfig) -> Result<Recovered, StoreError> {
     }
     if marked {
         // The queues were rebuilt and flushed above.
-        std::fs::remove_file(&marker)?;
-        sync_dir(&cfg.dir)?;
+        fs.remove_file(&marker)?;
+        fs.sync_dir(&cfg.dir)?;
     }
     if let Some(r) = &fenced {
         tracing::error!(reason = %r, "commit log opened fenced");

@@ -4,10 +4,11 @@
 //! contiguous: a segment starts exactly where the previous one ends, and its file length is the
 //! number of bytes it holds. A record never spans two segments.
 
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::io::{FileIo, Fs, OpenMode};
 
 use crate::record::{self, DecodeError, HEADER_LEN};
 
@@ -16,7 +17,7 @@ use crate::record::{self, DecodeError, HEADER_LEN};
 pub(crate) struct Segment {
     /// Global offset of the first byte.
     pub start: u64,
-    pub file: File,
+    pub file: Arc<dyn FileIo>,
     pub path: PathBuf,
 }
 
@@ -27,30 +28,30 @@ pub(crate) fn segment_name(start: u64) -> String {
 
 impl Segment {
     /// Opens (and with `create`, creates) the segment starting at `start` in `dir`.
-    pub fn open(dir: &Path, start: u64, create: bool) -> io::Result<Segment> {
+    pub fn open(fs: &dyn Fs, dir: &Path, start: u64, create: bool) -> io::Result<Segment> {
         let path = dir.join(segment_name(start));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(&path)?;
+        let mode = if create {
+            OpenMode::Create
+        } else {
+            OpenMode::Write
+        };
+        let file = fs.open(&path, mode)?;
         Ok(Segment { start, file, path })
     }
 
     /// Current file length.
     pub fn len(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
+        self.file.len()
     }
 }
 
 /// Lists the segment start offsets in `dir`, sorted. Ignores other files.
-pub(crate) fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
+pub(crate) fn list_segments(fs: &dyn Fs, dir: &Path) -> io::Result<Vec<u64>> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
+    for e in fs.list(dir)? {
+        let Some(name) = e.name.to_str() else {
+            continue;
+        };
         if name.len() == 20
             && name.bytes().all(|b| b.is_ascii_digit())
             && let Ok(v) = name.parse::<u64>()
@@ -60,11 +61,6 @@ pub(crate) fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     }
     out.sort_unstable();
     Ok(out)
-}
-
-/// fsyncs a directory so that entries created, renamed or removed in it are durable.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// Outcome of reading the next record.
@@ -79,7 +75,7 @@ pub(crate) enum Step<'a> {
 
 /// Reads whole records from one segment file sequentially, in large chunks.
 pub(crate) struct SegmentReader<'f> {
-    file: &'f File,
+    file: &'f dyn FileIo,
     file_len: u64,
     /// File position of `buf[0]`.
     buf_pos: u64,
@@ -90,7 +86,7 @@ pub(crate) struct SegmentReader<'f> {
 }
 
 impl<'f> SegmentReader<'f> {
-    pub fn new(file: &'f File, file_len: u64, pos: u64) -> SegmentReader<'f> {
+    pub fn new(file: &'f dyn FileIo, file_len: u64, pos: u64) -> SegmentReader<'f> {
         SegmentReader {
             file,
             file_len,

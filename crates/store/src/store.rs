@@ -1,6 +1,5 @@
 //! The public [`Store`] handle.
 
-use std::fs;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
@@ -15,7 +14,6 @@ use crate::epoch::EpochEntry;
 use crate::log::{Scan, Shared, lock};
 use crate::record::{self, Appended, MAX_RECORD_HARD, NewRecord, Record};
 use crate::recovery;
-use crate::segment::sync_dir;
 use crate::writer::{Cmd, RawMeta, Writer};
 use crate::{StoreError, flusher, scrub};
 
@@ -122,10 +120,10 @@ impl Store {
             cfg.dir.join("commitlog"),
             cfg.dir.join("consumequeue"),
         ] {
-            if !d.exists() {
-                fs::create_dir_all(&d)?;
+            if !cfg.fs.exists(&d) {
+                cfg.fs.create_dir_all(&d)?;
                 if let Some(p) = d.parent() {
-                    sync_dir(p)?;
+                    cfg.fs.sync_dir(p)?;
                 }
             }
         }

@@ -13,8 +13,9 @@ use std::sync::atomic::Ordering;
 
 use crate::StoreError;
 use crate::checkpoint::{self, Checkpoint};
+use crate::io::OpenMode;
 use crate::log::lock;
-use crate::segment::{Segment, sync_dir};
+use crate::segment::Segment;
 use crate::writer::Writer;
 
 impl Writer {
@@ -57,7 +58,7 @@ impl Writer {
             queue_count: ck.queue_count,
         };
         if lowered != *ck {
-            checkpoint::store(&sh.cfg.dir, &lowered)?;
+            checkpoint::store(&*sh.cfg.fs, &sh.cfg.dir, &lowered)?;
             *ck = lowered;
         }
 
@@ -67,16 +68,16 @@ impl Writer {
             let mut removed = false;
             while segs.len() > 1 && segs.last().is_some_and(|s| s.start > offset) {
                 if let Some(s) = segs.pop() {
-                    std::fs::remove_file(&s.path)?;
+                    sh.cfg.fs.remove_file(&s.path)?;
                     removed = true;
                 }
             }
             // A cut below the first segment (a log that lost its front) starts afresh there.
             if segs.len() == 1 && segs[0].start > offset {
                 let old = segs.pop();
-                let fresh = Arc::new(Segment::open(&sh.log_dir, offset, true)?);
+                let fresh = Arc::new(Segment::open(&*sh.cfg.fs, &sh.log_dir, offset, true)?);
                 if let Some(s) = old {
-                    std::fs::remove_file(&s.path)?;
+                    sh.cfg.fs.remove_file(&s.path)?;
                 }
                 segs.push(fresh);
                 removed = true;
@@ -87,7 +88,7 @@ impl Writer {
                 self.seg = last.clone();
             }
             if removed {
-                sync_dir(&sh.log_dir)?;
+                sh.cfg.fs.sync_dir(&sh.log_dir)?;
             }
         }
 
@@ -146,7 +147,8 @@ impl Writer {
             .clone();
         let mut old_end = at;
         let kept_in = self.sh.cfg.dir.join("damaged").join(at.to_string());
-        std::fs::create_dir_all(&kept_in)?;
+        let fs = &*self.sh.cfg.fs;
+        fs.create_dir_all(&kept_in)?;
         for s in &segs {
             let len = s.len()?;
             let end = s.start + len;
@@ -157,13 +159,12 @@ impl Writer {
             let name = s.path.file_name().unwrap_or_default();
             if s.start >= at {
                 let to = kept_in.join(name);
-                if !to.exists() {
-                    std::fs::hard_link(&s.path, to)?;
+                if !fs.exists(&to) {
+                    fs.hard_link(&s.path, &to)?;
                 }
             } else {
-                use std::os::unix::fs::FileExt;
                 let to = kept_in.join(format!("{}.from-{at}", name.to_string_lossy()));
-                let f = std::fs::File::create(to)?;
+                let f = fs.open(&to, OpenMode::Truncate)?;
                 let mut buf = vec![0u8; 1 << 20];
                 let mut pos = at - s.start;
                 while pos < len {
@@ -175,9 +176,9 @@ impl Writer {
                 f.sync_all()?;
             }
         }
-        sync_dir(&kept_in)?;
+        fs.sync_dir(&kept_in)?;
         if let Some(parent) = kept_in.parent() {
-            sync_dir(parent)?;
+            fs.sync_dir(parent)?;
         }
         if let Err(e) = self.truncate_io(at) {
             self.sh

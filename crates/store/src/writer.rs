@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
@@ -33,7 +32,7 @@ use crate::epoch::EpochEntry;
 use crate::error::{is_no_space, write_error};
 use crate::log::{Shared, lock};
 use crate::record::{self, Appended, NewRecord, Stamp};
-use crate::segment::{Segment, sync_dir};
+use crate::segment::Segment;
 use crate::syncer::{self, Batch, SyncMsg};
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -428,8 +427,11 @@ impl Writer {
     fn roll(&mut self) -> io::Result<()> {
         self.write_buf()?;
         self.sync()?;
-        let seg = Arc::new(Segment::open(&self.sh.log_dir, self.end, true).map_err(write_error)?);
-        sync_dir(&self.sh.log_dir)?;
+        let seg = Arc::new(
+            Segment::open(&*self.sh.cfg.fs, &self.sh.log_dir, self.end, true)
+                .map_err(write_error)?,
+        );
+        self.sh.cfg.fs.sync_dir(&self.sh.log_dir)?;
         tracing::debug!(start = self.end, "rolled to a new segment");
         self.sh
             .segments
