@@ -1,14 +1,14 @@
 //! The public [`Store`] handle.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::DamageCut;
-use crate::config::StoreConfig;
+use crate::config::{Driver, StoreConfig};
 use crate::cq::CqEntry;
 use crate::epoch::EpochEntry;
 use crate::log::{Scan, Shared, lock};
@@ -68,6 +68,10 @@ pub enum Fault {
 
 struct Inner {
     sh: Arc<Shared>,
+    /// The writer, with [`Driver::Caller`] (run by [`Store::step`]).
+    stepped: Option<Mutex<Writer>>,
+    /// Woken when a command is queued (with [`Driver::Caller`], for [`Store::drive`]).
+    wake: tokio::sync::Notify,
     writer: Option<JoinHandle<()>>,
     flusher: Option<JoinHandle<()>>,
     scrub: Option<JoinHandle<()>>,
@@ -147,6 +151,18 @@ impl Store {
             flusher::flush_once(&sh)?;
         }
         let writer = Writer::new(sh.clone(), last);
+        if sh.cfg.driver == Driver::Caller {
+            return Ok(Store {
+                inner: Arc::new(Inner {
+                    sh,
+                    stepped: Some(Mutex::new(writer)),
+                    wake: tokio::sync::Notify::new(),
+                    writer: None,
+                    flusher: None,
+                    scrub: None,
+                }),
+            });
+        }
         let w = std::thread::Builder::new()
             .name("sofamq-store-writer".into())
             .spawn(move || writer.run())?;
@@ -161,11 +177,66 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 sh,
+                stepped: None,
+                wake: tokio::sync::Notify::new(),
                 writer: Some(w),
                 flusher: Some(f),
                 scrub: Some(scrub),
             }),
         })
+    }
+
+    /// With [`Driver::Caller`]: runs the writer over every command queued so far (appends,
+    /// replicated appends, truncations, epochs), writes and fdatasyncs their batch on this
+    /// thread and completes their waiters. Returns how many commands it ran. Without it (the
+    /// store's own threads run the writer) it does nothing and returns 0.
+    pub fn step(&self) -> usize {
+        let Some(w) = &self.inner.stepped else {
+            return 0;
+        };
+        let mut w = lock(w);
+        let mut cmds = std::mem::take(&mut lock(&self.sh().inbox).cmds);
+        let n = cmds.len();
+        w.step(&mut cmds, false);
+        n
+    }
+
+    /// With [`Driver::Caller`]: the store's background work as one task on the caller's
+    /// runtime. Runs [`Store::step`] whenever a command is queued and flushes the consume
+    /// queues every `cq_flush_interval` (on the runtime's clock, so a simulator's time drives
+    /// it). A failed flush fences the store, as the flusher thread does (a full disk is retried
+    /// next interval). Returns when every other handle to the store is dropped, or at once
+    /// with the store's own threads.
+    pub async fn drive(&self) {
+        if self.inner.stepped.is_none() {
+            return;
+        }
+        let interval = self.sh().cfg.cq_flush_interval;
+        let mut next_flush = tokio::time::Instant::now() + interval;
+        while Arc::strong_count(&self.inner) > 1 {
+            let wait = next_flush.saturating_duration_since(tokio::time::Instant::now());
+            let _ = tokio::time::timeout(wait, self.inner.wake.notified()).await;
+            self.step();
+            if tokio::time::Instant::now() >= next_flush {
+                next_flush = tokio::time::Instant::now() + interval;
+                if !self.sh().is_fenced()
+                    && let Err(e) = flusher::flush_once(self.sh())
+                    && !crate::error::is_no_space(&e)
+                {
+                    self.sh()
+                        .fence(format!("consume queue / checkpoint flush failed: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Appends without waiting: the receiver answers once the writer ran (with
+    /// [`Driver::Caller`], after a [`Store::step`]) as [`Store::append`] would.
+    pub fn submit_append(
+        &self,
+        recs: Vec<NewRecord>,
+    ) -> Result<oneshot::Receiver<Result<Vec<Appended>, StoreError>>, StoreError> {
+        self.submit(recs)
     }
 
     fn sh(&self) -> &Shared {
@@ -180,6 +251,9 @@ impl Store {
         };
         if notify {
             self.sh().inbox_cv.notify_one();
+        }
+        if self.inner.stepped.is_some() {
+            self.inner.wake.notify_one();
         }
     }
 
@@ -236,6 +310,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let rx = self.submit(recs)?;
+        self.step();
         rx.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
@@ -374,6 +449,7 @@ impl Store {
     pub fn truncate(&self, offset: u64) -> Result<(), StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.send(Cmd::Truncate { offset, tx });
+        self.step();
         rx.recv().map_err(|_| StoreError::Closed)?
     }
 
@@ -391,6 +467,7 @@ impl Store {
     pub fn cut_damage(&self) -> Result<Option<DamageCut>, StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.send(Cmd::CutDamage { tx });
+        self.step();
         rx.recv().map_err(|_| StoreError::Closed)?
     }
 
@@ -409,6 +486,7 @@ impl Store {
     pub fn begin_epoch(&self, epoch: u64) -> Result<(), StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.send(Cmd::BeginEpoch { epoch, tx });
+        self.step();
         rx.recv().map_err(|_| StoreError::Closed)?
     }
 
@@ -468,6 +546,7 @@ impl Store {
             return Ok(self.durable_offset());
         }
         let rx = self.submit_raw(start_offset, Bytes::copy_from_slice(bytes))?;
+        self.step();
         rx.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::StoreError;
-use crate::config::FlushMode;
+use crate::config::{Driver, FlushMode};
 use crate::cq::{ConsumeQueue, CqEntry};
 use crate::epoch::EpochEntry;
 use crate::error::{is_no_space, write_error};
@@ -227,7 +227,7 @@ impl Writer {
             syncer: None,
             sh,
         };
-        if matches!(w.sh.cfg.flush, FlushMode::Sync) {
+        if matches!(w.sh.cfg.flush, FlushMode::Sync) && w.sh.cfg.driver == Driver::Threads {
             let (tx, rx) = mpsc::channel();
             let sh = w.sh.clone();
             match std::thread::Builder::new()
@@ -324,15 +324,7 @@ impl Writer {
                 std::mem::swap(&mut g.cmds, &mut local);
                 shutdown = g.shutdown;
             }
-            for cmd in local.drain(..) {
-                self.handle(cmd);
-            }
-            self.commit();
-            if let FlushMode::Async { interval } = self.sh.cfg.flush
-                && (shutdown || self.last_sync.elapsed() >= interval)
-            {
-                self.background_sync();
-            }
+            self.step(&mut local, shutdown);
             if shutdown && lock(&self.sh.inbox).cmds.is_empty() {
                 self.barrier();
                 if let Some(stage) = self.syncer.take() {
@@ -341,6 +333,21 @@ impl Writer {
                 }
                 return;
             }
+        }
+    }
+
+    /// One round of the writer: handles `cmds` (draining it), commits the batch they made and,
+    /// in async-flush mode, fsyncs when the interval is up (or at `shutdown`). The thread runs
+    /// it in a loop; with [`Driver::Caller`] the store's owner runs it ([`crate::Store::step`]).
+    pub(crate) fn step(&mut self, cmds: &mut Vec<Cmd>, shutdown: bool) {
+        for cmd in cmds.drain(..) {
+            self.handle(cmd);
+        }
+        self.commit();
+        if let FlushMode::Async { interval } = self.sh.cfg.flush
+            && (shutdown || self.last_sync.elapsed() >= interval)
+        {
+            self.background_sync();
         }
     }
 
