@@ -23,12 +23,14 @@
 pub mod broker;
 pub mod check;
 pub mod controller;
+pub mod disk;
 pub mod faults;
 pub mod log;
 pub mod net;
 pub mod producer;
 pub mod rules;
 pub mod shared;
+pub mod storesim;
 
 use std::collections::BTreeSet;
 use std::rc::Rc;

@@ -309,10 +309,13 @@ impl ConsumeQueues {
         Ok(q.clone())
     }
 
-    /// Every queue.
+    /// Every queue, ordered by (topic, queue id): flushes and recovery touch the files in the
+    /// same order every time, which a seeded simulation needs to replay exactly.
     pub fn all(&self) -> Vec<Arc<ConsumeQueue>> {
         let m = self.map.read().unwrap_or_else(|p| p.into_inner());
-        m.values().flat_map(|q| q.values().cloned()).collect()
+        let mut v: Vec<_> = m.values().flat_map(|q| q.values().cloned()).collect();
+        v.sort_unstable_by(|a, b| (&a.topic, a.queue_id).cmp(&(&b.topic, b.queue_id)));
+        v
     }
 
     /// Loads every queue file found on disk. A partial trailing entry is cut. Returns the
