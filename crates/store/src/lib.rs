@@ -6,7 +6,12 @@
 //! * A **group-commit writer** thread: every pending append goes into one write per batch
 //!   (see `writer.rs`); in sync-flush mode a second thread issues the fdatasync that covers
 //!   every batch written so far and completes their waiters (`syncer.rs`), so encoding the
-//!   next batch overlaps the flush of the previous one.
+//!   next batch overlaps the flush of the previous one. A batch is committed in one place
+//!   (`syncer::complete`: fdatasync, publish, dispatch, answer), by the sync thread or, when
+//!   nothing else is pending, by the writer itself. With [`Driver::Caller`] there are no
+//!   threads: the owner runs the writer ([`Store::step`], [`Store::drive`]).
+//! * Every file operation goes through [`io::Fs`] ([`io::StdFs`] by default), so a simulator
+//!   can put a disk that loses unsynced writes in its place.
 //! * **Consume queues** per (topic, queue id): fixed-size entries pointing into the log,
 //!   dispatched after the log is durable and rebuilt from it after a crash.
 //! * **Recovery** from a checkpoint: a torn tail is cut, corruption in the middle fences the log

@@ -40,6 +40,10 @@ pub(crate) enum SyncMsg {
 /// The thread body; returns when the writer drops its sender.
 pub(crate) fn run(sh: &Shared, rx: &mpsc::Receiver<SyncMsg>) {
     let mut group: Vec<Batch> = Vec::new();
+    let finish = |group: &mut Vec<Batch>| {
+        let n = complete(sh, group, true);
+        sh.sync_pending.fetch_sub(n as u64, Ordering::AcqRel);
+    };
     while let Ok(first) = rx.recv() {
         let mut msgs = vec![first];
         msgs.extend(rx.try_iter());
@@ -47,14 +51,14 @@ pub(crate) fn run(sh: &Shared, rx: &mpsc::Receiver<SyncMsg>) {
             match m {
                 SyncMsg::Batch(b) => group.push(b),
                 SyncMsg::Barrier(tx) => {
-                    complete(sh, &mut group);
+                    finish(&mut group);
                     let _ = tx.send(());
                 }
             }
         }
-        complete(sh, &mut group);
+        finish(&mut group);
     }
-    complete(sh, &mut group);
+    finish(&mut group);
 }
 
 fn sync_all(sh: &Shared, group: &[Batch]) -> std::io::Result<()> {
@@ -73,33 +77,45 @@ fn sync_all(sh: &Shared, group: &[Batch]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn complete(sh: &Shared, group: &mut Vec<Batch>) {
+/// Completes `group` (written batches, oldest first): with `sync`, one fdatasync per segment
+/// they touched, then the durable offset is published; then their consume-queue entries are
+/// dispatched and their waiters answered. The one commit path: the sync thread runs it on the
+/// batches handed to it, the writer on its own batch when nothing else is pending. A failed
+/// fdatasync fences the log and fails every waiter. Returns how many batches it finished.
+pub(crate) fn complete(sh: &Shared, group: &mut Vec<Batch>, sync: bool) -> usize {
+    let n = group.len();
     let Some(upto) = group.last().map(|b| b.upto) else {
-        return;
+        return 0;
     };
     if sh.is_fenced() {
-        fail(sh, group, || sh.fenced_error());
-        return;
+        fail(group, || sh.fenced_error());
+        return n;
     }
-    let t0 = std::time::Instant::now();
-    if let Err(e) = sync_all(sh, group).or_else(|e| {
-        if crate::mutant::active("fsync-error-ok") {
-            tracing::error!(error = %e, "fdatasync failed; taken as done (mutant)");
-            Ok(())
-        } else {
-            Err(e)
-        }
-    }) {
-        sh.fence(format!("fdatasync failed: {e}"));
-        fail(sh, group, || StoreError::io_copy(&e));
-        return;
-    }
-    let before = sh.durable.fetch_max(upto, Ordering::AcqRel);
     let c = &sh.counters;
-    c.fsync_done(t0.elapsed(), upto.saturating_sub(before));
-    if sh.cfg.record_batch_sizes {
-        lock(&sh.batch_sizes).push(upto.saturating_sub(before));
-    }
+    let durable = if sync {
+        let t0 = std::time::Instant::now();
+        if let Err(e) = sync_all(sh, group).or_else(|e| {
+            if crate::mutant::active("fsync-error-ok") {
+                tracing::error!(error = %e, "fdatasync failed; taken as done (mutant)");
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }) {
+            sh.fence(format!("fdatasync failed: {e}"));
+            fail(group, || StoreError::io_copy(&e));
+            return n;
+        }
+        let before = sh.durable.fetch_max(upto, Ordering::AcqRel);
+        c.fsync_done(t0.elapsed(), upto.saturating_sub(before));
+        if sh.cfg.record_batch_sizes {
+            lock(&sh.batch_sizes).push(upto.saturating_sub(before));
+        }
+        upto
+    } else {
+        // Async flush: written, not yet durable; a replica is told what is durable.
+        sh.durable.load(Ordering::Acquire)
+    };
     let mut records = 0;
     for b in group.iter_mut() {
         for (cq, e) in b.dispatch.drain(..) {
@@ -108,21 +124,20 @@ fn complete(sh: &Shared, group: &mut Vec<Batch>) {
         records += b.records;
     }
     sh.dispatched.fetch_max(upto, Ordering::AcqRel);
-    c.batches.fetch_add(group.len() as u64, Ordering::Relaxed);
+    c.batches.fetch_add(n as u64, Ordering::Relaxed);
     c.records.fetch_add(records, Ordering::Relaxed);
     for b in group.drain(..) {
         for w in b.waiters {
-            w.succeed(upto);
+            w.succeed(durable);
         }
-        sh.sync_pending.fetch_sub(1, Ordering::AcqRel);
     }
+    n
 }
 
-fn fail(sh: &Shared, group: &mut Vec<Batch>, err: impl Fn() -> StoreError) {
+fn fail(group: &mut Vec<Batch>, err: impl Fn() -> StoreError) {
     for b in group.drain(..) {
         for w in b.waiters {
             w.fail(err());
         }
-        sh.sync_pending.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -5,7 +5,9 @@
 //! back to back into one reused buffer, writes the buffer with one `write_all_at` per segment
 //! and covers it with one `fdatasync`, then dispatches consume-queue entries and completes every
 //! waiter of the batch. While it is in `fdatasync`, new appends pile up in the inbox and form
-//! the next batch: that is the group commit.
+//! the next batch: that is the group commit. The fdatasync, dispatch and answers are
+//! `syncer::complete`, run by the sync thread for batches handed to it and by the writer for
+//! a batch it commits itself (nothing else pending): one commit path.
 //!
 //! Any write or fsync error fences the log: the waiters of the failed batch get the error and
 //! every later append gets [`StoreError::Fenced`]. An fsync is never retried (after a failed
@@ -181,6 +183,8 @@ pub(crate) struct Writer {
     last_sync: Instant,
     /// Present in sync-flush mode: the thread that fdatasyncs and completes batches.
     syncer: Option<SyncStage>,
+    /// Reused for the one-batch group the writer commits itself.
+    inline_group: Vec<Batch>,
 }
 
 /// The topic of a raw record (validated UTF-8 by `record::decode_replicated`).
@@ -225,6 +229,7 @@ impl Writer {
             batch_records: 0,
             last_sync: Instant::now(),
             syncer: None,
+            inline_group: Vec::with_capacity(1),
             sh,
         };
         if matches!(w.sh.cfg.flush, FlushMode::Sync) && w.sh.cfg.driver == Driver::Threads {
@@ -718,56 +723,18 @@ impl Writer {
         true
     }
 
-    /// Writes and (in sync mode) fsyncs the pending batch, dispatches its consume-queue
-    /// entries and completes its waiters.
+    /// Writes the pending batch and commits it: hands it to the sync thread when there is
+    /// other work to overlap with its fdatasync (more commands waiting, or batches already
+    /// being synced, which must complete in order); otherwise commits it on this thread and
+    /// saves the thread hop a lone appender would wait on. Either way the commit is
+    /// [`syncer::complete`]: fdatasync (in sync mode), dispatch, answer the waiters.
     pub(crate) fn commit(&mut self) {
         if self.buf.is_empty() && self.waiters.is_empty() {
             return;
         }
-        // Hand the batch to the sync thread when there is other work to overlap
-        // with its fdatasync: more commands waiting, or batches already being
-        // synced (which must complete in order). Otherwise fsync inline and save
-        // the thread hop, which is what a lone appender waits on.
-        if self.syncer.is_some() {
-            let busy = self.sh.sync_pending.load(Ordering::Acquire) > 0
-                || !lock(&self.sh.inbox).cmds.is_empty();
-            if busy {
-                self.commit_to_syncer();
-                return;
-            }
-        }
-        let sync = matches!(self.sh.cfg.flush, FlushMode::Sync);
-        let res = self
-            .write_buf()
-            .and_then(|()| if sync { self.sync() } else { Ok(()) });
-        if let Err(e) = res {
-            self.fail_batch(&e);
-            return;
-        }
-        for (qi, e) in self.dispatch.drain(..) {
-            self.queues[qi].cq.push(&e);
-        }
-        self.sh.dispatched.fetch_max(self.written, Ordering::AcqRel);
-        let c = &self.sh.counters;
-        c.batches.fetch_add(1, Ordering::Relaxed);
-        c.records.fetch_add(self.batch_records, Ordering::Relaxed);
-        self.batch_records = 0;
-        let durable = self.sh.durable.load(Ordering::Acquire);
-        for w in self.waiters.drain(..) {
-            match w {
-                Waiter::Append(tx, out) => {
-                    let _ = tx.send(Ok(out));
-                }
-                Waiter::Raw(tx) => {
-                    let _ = tx.send(Ok(durable));
-                }
-            }
-        }
-    }
-
-    /// Sync mode: writes the pending batch and hands it to the sync thread, which fsyncs it,
-    /// dispatches its consume-queue entries and completes its waiters.
-    fn commit_to_syncer(&mut self) {
+        let busy = self.syncer.is_some()
+            && (self.sh.sync_pending.load(Ordering::Acquire) > 0
+                || !lock(&self.sh.inbox).cmds.is_empty());
         if let Err(e) = self.write_buf() {
             self.fail_batch(&e);
             return;
@@ -784,6 +751,23 @@ impl Writer {
             dispatch,
             records: std::mem::take(&mut self.batch_records),
         };
+        if busy {
+            self.hand_to_syncer(batch);
+            return;
+        }
+        let sync = matches!(self.sh.cfg.flush, FlushMode::Sync);
+        let mut group = std::mem::take(&mut self.inline_group);
+        group.push(batch);
+        syncer::complete(&self.sh, &mut group, sync);
+        self.inline_group = group;
+        if sync && !self.sh.is_fenced() {
+            self.synced = self.written;
+        }
+    }
+
+    /// Sync mode: hands a written batch to the sync thread, which fsyncs it, dispatches its
+    /// consume-queue entries and completes its waiters.
+    fn hand_to_syncer(&mut self, batch: Batch) {
         self.sh.sync_pending.fetch_add(1, Ordering::AcqRel);
         let sent = self
             .syncer
