@@ -241,6 +241,62 @@ mod tests {
         assert!(v.retry && v.refresh_route);
     }
 
+    /// The verdicts and the "may have stored" answer for every status number, as the
+    /// client's hand-kept match gave them before the shared code table replaced it
+    /// (written from that match, so the table must reproduce it exactly).
+    #[test]
+    fn every_code_keeps_its_verdict() {
+        let fail = (false, false, false);
+        let retry = (true, false, false);
+        let refresh = (true, true, false);
+        let throttle = (true, false, true);
+        // (code, verdict without another master, verdict with one, may have stored)
+        let special = [
+            (Code::TooManyRequests, throttle, throttle, false),
+            (Code::MasterPersistenceTimeout, retry, retry, true),
+            (Code::SlavePersistenceTimeout, retry, retry, true),
+            (Code::InternalError, retry, retry, true),
+            (Code::InternalServerError, retry, retry, true),
+            (Code::ProxyTimeout, retry, retry, true),
+            (Code::RequestTimeout, retry, retry, true),
+            (Code::HaNotAvailable, refresh, refresh, false),
+            (Code::TopicNotFound, fail, refresh, false),
+        ];
+        let triple = |v: Verdict| (v.retry, v.refresh_route, v.throttled);
+        let mut known = 0;
+        for n in 0..100_000 {
+            let err = AttemptError::Status {
+                code: n,
+                message: String::new(),
+            };
+            let (alone, other, stored) = match Code::try_from(n) {
+                // A number the protocol does not define: final, and it may be stored.
+                Err(_) => (fail, fail, true),
+                Ok(code) => {
+                    known += 1;
+                    special
+                        .iter()
+                        .find(|s| s.0 == code)
+                        .map_or((fail, fail, false), |s| (s.1, s.2, s.3))
+                }
+            };
+            assert_eq!(triple(classify(&err, false)), alone, "{n}");
+            assert_eq!(triple(classify(&err, true)), other, "{n}");
+            assert_eq!(may_have_stored(&err), stored, "{n}");
+        }
+        assert!(known > 50, "{known} codes");
+        for other_broker in [false, true] {
+            for e in [
+                AttemptError::Transport("x".into()),
+                AttemptError::Timeout,
+                AttemptError::NoRoute("x".into()),
+            ] {
+                assert_eq!(triple(classify(&e, other_broker)), refresh, "{e:?}");
+            }
+            assert_eq!(triple(classify(&AttemptError::Closed, other_broker)), fail);
+        }
+    }
+
     #[test]
     fn backoff_grows_exponentially_to_the_cap() {
         let cfg = ProducerConfig::default();
