@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sofamq_proto::v2::Code;
+use sofamq_proto::codes::{self, RetryClass};
 
 use crate::config::ProducerConfig;
 use crate::error::FailureKind;
@@ -67,9 +67,10 @@ const FAIL: Verdict = Verdict {
     throttled: false,
 };
 
-/// Classifies a failed attempt. `other_broker` tells whether the topic's route
-/// has a master other than the one that failed (TOPIC_NOT_FOUND is then taken
-/// as a stale route rather than a missing topic).
+/// Classifies a failed attempt. A status code's class comes from the shared code table
+/// ([`sofamq_proto::codes`]); `other_broker` tells whether the topic's route has a master
+/// other than the one that failed (a [`RetryClass::NotHere`] code, TOPIC_NOT_FOUND, is then
+/// taken as a stale route rather than a missing topic).
 pub(crate) fn classify(err: &AttemptError, other_broker: bool) -> Verdict {
     let retry = |refresh_route, throttled| Verdict {
         retry: true,
@@ -81,43 +82,28 @@ pub(crate) fn classify(err: &AttemptError, other_broker: bool) -> Verdict {
             retry(true, false)
         }
         AttemptError::Closed => FAIL,
-        AttemptError::Status { code, .. } => match Code::try_from(*code) {
-            Ok(Code::TooManyRequests) => retry(false, true),
-            Ok(
-                Code::MasterPersistenceTimeout
-                | Code::SlavePersistenceTimeout
-                | Code::InternalError
-                | Code::InternalServerError
-                | Code::ProxyTimeout
-                | Code::RequestTimeout,
-            ) => retry(false, false),
-            // No in-sync slave: maybe a failover is under way.
-            Ok(Code::HaNotAvailable) => retry(true, false),
-            Ok(Code::TopicNotFound) if other_broker => retry(true, false),
-            _ => FAIL,
+        AttemptError::Status { code, .. } => match codes::info(*code).retry {
+            RetryClass::Final => FAIL,
+            RetryClass::Retry => retry(false, false),
+            RetryClass::RefreshRoute => retry(true, false),
+            RetryClass::Throttled => retry(false, true),
+            RetryClass::NotHere if other_broker => retry(true, false),
+            RetryClass::NotHere => FAIL,
         },
     }
 }
 
 /// Whether a failed attempt may have stored the message: no answer (transport failure,
-/// timeout), or a code the broker gives after the append. Refusals before the append
-/// (HA_NOT_AVAILABLE, TOO_MANY_REQUESTS, validation and permission codes), no route and
-/// shutdown mean it was not stored.
+/// timeout), or a code the shared table marks "may be stored" (given after the append, or
+/// not defined by the protocol). Refusals before the append (HA_NOT_AVAILABLE,
+/// TOO_MANY_REQUESTS, validation and permission codes), no route and shutdown mean it was
+/// not stored.
 pub(crate) fn may_have_stored(err: &AttemptError) -> bool {
     match err {
         AttemptError::Transport(m) => !never_sent(m),
         AttemptError::Timeout => true,
         AttemptError::NoRoute(_) | AttemptError::Closed => false,
-        AttemptError::Status { code, .. } => matches!(
-            Code::try_from(*code),
-            Ok(Code::MasterPersistenceTimeout
-                | Code::SlavePersistenceTimeout
-                | Code::InternalError
-                | Code::InternalServerError
-                | Code::ProxyTimeout
-                | Code::RequestTimeout)
-                | Err(_)
-        ),
+        AttemptError::Status { code, .. } => codes::info(*code).may_be_stored,
     }
 }
 
@@ -153,6 +139,7 @@ pub(crate) fn backoff(cfg: &ProducerConfig, failed_attempt: u32, throttled: bool
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sofamq_proto::v2::Code;
 
     fn status(code: Code) -> AttemptError {
         AttemptError::Status {
