@@ -25,16 +25,6 @@ impl AdminService {
     }
 }
 
-/// Wire message type of a topic type.
-pub fn wire_type(t: TopicType) -> MessageType {
-    match t {
-        TopicType::Normal => MessageType::Normal,
-        TopicType::Fifo => MessageType::Fifo,
-        TopicType::Delay => MessageType::Delay,
-        TopicType::Transaction => MessageType::Transaction,
-    }
-}
-
 fn topic_type(t: i32) -> Result<TopicType, BrokerError> {
     match MessageType::try_from(t).unwrap_or(MessageType::Unspecified) {
         MessageType::Unspecified | MessageType::Normal => Ok(TopicType::Normal),
@@ -52,7 +42,7 @@ fn spec(cfg: &TopicConfig) -> TopicSpec {
     TopicSpec {
         name: cfg.name.clone(),
         queue_count: cfg.queue_count,
-        message_type: wire_type(cfg.topic_type) as i32,
+        message_type: MessageType::from(cfg.topic_type) as i32,
         perm: cfg.perm,
     }
 }

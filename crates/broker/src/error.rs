@@ -1,6 +1,11 @@
-//! Every way a broker request can fail, and the one table that maps each onto
-//! the RocketMQ 5 wire status code the client sees.
+//! Every way a broker request can fail, and the one match that maps each onto
+//! the RocketMQ 5 wire status code the client sees. What each code means to the
+//! client (retry class, "may be stored") is the shared table in
+//! [`sofamq_proto::codes`]: a failure is given a code whose row says what is true of
+//! it (a refusal before the append a code that is not "may be stored", a failure
+//! after the append one that is), which the tests below check.
 
+use sofamq_proto::codes::{self, CodeInfo};
 use sofamq_proto::v2::{Code, Status};
 use sofamq_store::StoreError;
 
@@ -95,7 +100,9 @@ pub enum BrokerError {
     /// The broker is not the master of its group (or is fenced).
     #[error("not available: {0}")]
     NotAvailable(String),
-    /// The commit log is at its disk budget: nothing was stored.
+    /// The commit log is at its disk budget (nothing was stored), or a write found the
+    /// disk full (part of the batch may be stored: `StoreError::NoSpace`). Its code,
+    /// INTERNAL_SERVER_ERROR, is one of "may be stored".
     #[error("storage full: {0}")]
     StorageFull(String),
     /// Anything else.
@@ -141,6 +148,11 @@ impl BrokerError {
         }
     }
 
+    /// What the code means to the client: its row in the shared code table.
+    pub fn info(&self) -> CodeInfo {
+        codes::info_of(self.code())
+    }
+
     /// The wire status for this failure.
     pub fn status(&self) -> Status {
         Status {
@@ -174,6 +186,129 @@ pub fn ok_status() -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The position of `e`'s variant: the match is exhaustive, so a new variant does not
+    /// compile until it is listed here and in [`every_variant`].
+    fn variant_index(e: &BrokerError) -> usize {
+        match e {
+            BrokerError::BadRequest(_) => 0,
+            BrokerError::MessageCorrupted(_) => 1,
+            BrokerError::IllegalTopic(_) => 2,
+            BrokerError::IllegalGroup(_) => 3,
+            BrokerError::IllegalTag(_) => 4,
+            BrokerError::IllegalKey(_) => 5,
+            BrokerError::IllegalMessageGroup(_) => 6,
+            BrokerError::IllegalPropertyKey(_) => 7,
+            BrokerError::IllegalMessageId(_) => 8,
+            BrokerError::IllegalDeliveryTime(_) => 9,
+            BrokerError::PropertiesTooLarge(_) => 10,
+            BrokerError::BodyTooLarge(_) => 11,
+            BrokerError::BodyEmpty => 12,
+            BrokerError::PayloadTooLarge(_) => 13,
+            BrokerError::MessageTypeMismatch(_) => 14,
+            BrokerError::TopicNotFound(_) => 15,
+            BrokerError::Unauthorized(_) => 16,
+            BrokerError::Forbidden(_) => 17,
+            BrokerError::InvalidReceiptHandle(_) => 18,
+            BrokerError::IllegalFilter(_) => 19,
+            BrokerError::IllegalInvisibleTime(_) => 20,
+            BrokerError::OffsetNotFound(_) => 21,
+            BrokerError::PreconditionFailed(_) => 22,
+            BrokerError::InvalidTransactionId(_) => 23,
+            BrokerError::NotImplemented(_) => 24,
+            BrokerError::TooManyRequests(_) => 25,
+            BrokerError::MasterPersistence(_) => 26,
+            BrokerError::SlavePersistence(_) => 27,
+            BrokerError::NotAvailable(_) => 28,
+            BrokerError::StorageFull(_) => 29,
+            BrokerError::Internal(_) => 30,
+        }
+    }
+
+    /// One error of every variant.
+    fn every_variant() -> Vec<BrokerError> {
+        let m = String::new;
+        let all = vec![
+            BrokerError::BadRequest(m()),
+            BrokerError::MessageCorrupted(m()),
+            BrokerError::IllegalTopic(m()),
+            BrokerError::IllegalGroup(m()),
+            BrokerError::IllegalTag(m()),
+            BrokerError::IllegalKey(m()),
+            BrokerError::IllegalMessageGroup(m()),
+            BrokerError::IllegalPropertyKey(m()),
+            BrokerError::IllegalMessageId(m()),
+            BrokerError::IllegalDeliveryTime(m()),
+            BrokerError::PropertiesTooLarge(m()),
+            BrokerError::BodyTooLarge(m()),
+            BrokerError::BodyEmpty,
+            BrokerError::PayloadTooLarge(m()),
+            BrokerError::MessageTypeMismatch(m()),
+            BrokerError::TopicNotFound(m()),
+            BrokerError::Unauthorized(m()),
+            BrokerError::Forbidden(m()),
+            BrokerError::InvalidReceiptHandle(m()),
+            BrokerError::IllegalFilter(m()),
+            BrokerError::IllegalInvisibleTime(m()),
+            BrokerError::OffsetNotFound(m()),
+            BrokerError::PreconditionFailed(m()),
+            BrokerError::InvalidTransactionId(m()),
+            BrokerError::NotImplemented(m()),
+            BrokerError::TooManyRequests(m()),
+            BrokerError::MasterPersistence(m()),
+            BrokerError::SlavePersistence(m()),
+            BrokerError::NotAvailable(m()),
+            BrokerError::StorageFull(m()),
+            BrokerError::Internal(m()),
+        ];
+        let mut seen: Vec<usize> = all.iter().map(variant_index).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(
+            seen,
+            (0..all.len()).collect::<Vec<_>>(),
+            "every variant once"
+        );
+        all
+    }
+
+    #[test]
+    fn every_variant_has_a_row_in_the_code_table() {
+        for e in every_variant() {
+            let row = codes::CODES
+                .iter()
+                .find(|(c, _)| *c == e.code())
+                .unwrap_or_else(|| panic!("{e:?}: code {:?} has no row", e.code()));
+            assert_eq!(row.1, e.info(), "{e:?}");
+        }
+    }
+
+    /// The code of every failure says what is true of it: only the failures the send path
+    /// can give after the append (not durable here, not acked by the slaves, a full disk
+    /// mid-batch, an internal failure) are "may be stored"; every other one is a refusal
+    /// before anything is stored, retried only when another attempt can help.
+    #[test]
+    fn every_variant_has_the_retry_class_and_stored_answer_it_needs() {
+        use sofamq_proto::codes::RetryClass;
+        for e in every_variant() {
+            let after_append = matches!(
+                e,
+                BrokerError::MasterPersistence(_)
+                    | BrokerError::SlavePersistence(_)
+                    | BrokerError::StorageFull(_)
+                    | BrokerError::Internal(_)
+            );
+            let class = match e {
+                _ if after_append => RetryClass::Retry,
+                BrokerError::NotAvailable(_) => RetryClass::RefreshRoute,
+                BrokerError::TooManyRequests(_) => RetryClass::Throttled,
+                BrokerError::TopicNotFound(_) => RetryClass::NotHere,
+                _ => RetryClass::Final,
+            };
+            assert_eq!(e.info().may_be_stored, after_append, "{e:?}");
+            assert_eq!(e.info().retry, class, "{e:?}");
+        }
+    }
 
     #[test]
     fn codes_match_upstream_numbers() {

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use sofamq_proto::namesrv::name_server_admin_client::NameServerAdminClient;
 use sofamq_proto::namesrv::{RegisterBrokerRequest, TopicRoute, UnregisterBrokerRequest};
+use sofamq_proto::v2::MessageType;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-use crate::admin::wire_type;
 use crate::broker::Broker;
 
 /// Registration state shared with whoever waits for "registered at least once".
@@ -64,7 +64,7 @@ impl Registrar {
                     name: t.name,
                     queue_count: t.queue_count,
                     perm: t.perm,
-                    message_type: wire_type(t.topic_type) as i32,
+                    message_type: MessageType::from(t.topic_type) as i32,
                 })
                 .collect(),
             heartbeat_timeout_ms: 0,

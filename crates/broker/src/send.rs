@@ -478,7 +478,12 @@ impl Broker {
     }
 
     fn metrics_rejected(&self, e: &BrokerError) {
-        tracing::debug!(code = e.code() as i32, error = %e, "message rejected");
+        tracing::debug!(
+            code = e.code() as i32,
+            retry = ?e.info().retry,
+            error = %e,
+            "message rejected"
+        );
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
+use sofamq_proto::v2::MessageType;
 use sofamq_store::Store;
 
 use crate::error::BrokerError;
@@ -52,6 +53,19 @@ impl TopicType {
             Self::Fifo => "FIFO",
             Self::Delay => "DELAY",
             Self::Transaction => "TRANSACTION",
+        }
+    }
+}
+
+impl From<TopicType> for MessageType {
+    /// The wire message type a topic of type `t` takes (the one mapping of the two enums;
+    /// the reverse, with its policy for UNSPECIFIED, is the admin service's).
+    fn from(t: TopicType) -> Self {
+        match t {
+            TopicType::Normal => MessageType::Normal,
+            TopicType::Fifo => MessageType::Fifo,
+            TopicType::Delay => MessageType::Delay,
+            TopicType::Transaction => MessageType::Transaction,
         }
     }
 }
@@ -167,4 +181,22 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_topic_type_takes_the_message_type_of_its_name() {
+        for (t, m) in [
+            (TopicType::Normal, MessageType::Normal),
+            (TopicType::Fifo, MessageType::Fifo),
+            (TopicType::Delay, MessageType::Delay),
+            (TopicType::Transaction, MessageType::Transaction),
+        ] {
+            assert_eq!(MessageType::from(t), m);
+            assert_eq!(MessageType::from(t).as_str_name(), t.as_str());
+        }
+    }
 }

@@ -5,7 +5,7 @@ use sofamq_proto::v2::{Message, MessageType};
 
 use crate::config::Limits;
 use crate::error::BrokerError;
-use crate::topics::{SYSTEM_PREFIX, TopicConfig, TopicType, now_ms};
+use crate::topics::{SYSTEM_PREFIX, TopicConfig, now_ms};
 
 /// Property keys the broker itself writes into stored records.
 pub mod keys {
@@ -357,12 +357,7 @@ pub fn check_message(
                 .saturating_add(i64::from(d.nanos / 1_000_000)),
         ),
     };
-    let expected = match topic.topic_type {
-        TopicType::Normal => MessageType::Normal,
-        TopicType::Fifo => MessageType::Fifo,
-        TopicType::Delay => MessageType::Delay,
-        TopicType::Transaction => MessageType::Transaction,
-    };
+    let expected = MessageType::from(topic.topic_type);
     if message_type != expected {
         return Err(BrokerError::MessageTypeMismatch(format!(
             "topic '{}' is {} but the message is {}",

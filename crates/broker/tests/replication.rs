@@ -600,7 +600,7 @@ async fn master_drops_acks_for_other_epochs_or_beyond_its_end() {
             .unwrap();
         let epoch = reply.epoch;
         let Msg::HelloReply {
-            durable, version, ..
+            written, version, ..
         } = reply.msg
         else {
             panic!("{reply:?}")
@@ -611,9 +611,9 @@ async fn master_drops_acks_for_other_epochs_or_beyond_its_end() {
             .unwrap();
         let (v, e, ack) = match bad {
             Bad::Epoch => (version, epoch + 1, (0, Some(0))),
-            Bad::BeyondEnd => (version, epoch, (durable + 1_000_000, None)),
+            Bad::BeyondEnd => (version, epoch, (written + 1_000_000, None)),
             Bad::OtherVersion => (MIN_VERSION, epoch, (0, None)),
-            Bad::ReceivedBeyondEnd => (version, epoch, (0, Some(durable + 1_000_000))),
+            Bad::ReceivedBeyondEnd => (version, epoch, (0, Some(written + 1_000_000))),
         };
         let ack = Msg::Ack {
             durable: ack.0,

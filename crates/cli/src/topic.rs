@@ -133,12 +133,7 @@ pub async fn run(cmd: TopicCmd) -> anyhow::Result<()> {
         } => {
             let ty = TopicType::parse(&topic_type)
                 .with_context(|| format!("unknown topic type {topic_type:?}"))?;
-            let mt = match ty {
-                TopicType::Normal => MessageType::Normal,
-                TopicType::Fifo => MessageType::Fifo,
-                TopicType::Delay => MessageType::Delay,
-                TopicType::Transaction => MessageType::Transaction,
-            };
+            let mt = MessageType::from(ty);
             for (broker, addr) in masters(&target).await? {
                 let mut c = crate::auth::admin_client(channel(&addr).await?);
                 let r = c

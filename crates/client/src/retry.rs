@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sofamq_proto::v2::Code;
+use sofamq_proto::codes::{self, RetryClass};
 
 use crate::config::ProducerConfig;
 use crate::error::FailureKind;
@@ -67,9 +67,10 @@ const FAIL: Verdict = Verdict {
     throttled: false,
 };
 
-/// Classifies a failed attempt. `other_broker` tells whether the topic's route
-/// has a master other than the one that failed (TOPIC_NOT_FOUND is then taken
-/// as a stale route rather than a missing topic).
+/// Classifies a failed attempt. A status code's class comes from the shared code table
+/// ([`sofamq_proto::codes`]); `other_broker` tells whether the topic's route has a master
+/// other than the one that failed (a [`RetryClass::NotHere`] code, TOPIC_NOT_FOUND, is then
+/// taken as a stale route rather than a missing topic).
 pub(crate) fn classify(err: &AttemptError, other_broker: bool) -> Verdict {
     let retry = |refresh_route, throttled| Verdict {
         retry: true,
@@ -81,43 +82,28 @@ pub(crate) fn classify(err: &AttemptError, other_broker: bool) -> Verdict {
             retry(true, false)
         }
         AttemptError::Closed => FAIL,
-        AttemptError::Status { code, .. } => match Code::try_from(*code) {
-            Ok(Code::TooManyRequests) => retry(false, true),
-            Ok(
-                Code::MasterPersistenceTimeout
-                | Code::SlavePersistenceTimeout
-                | Code::InternalError
-                | Code::InternalServerError
-                | Code::ProxyTimeout
-                | Code::RequestTimeout,
-            ) => retry(false, false),
-            // No in-sync slave: maybe a failover is under way.
-            Ok(Code::HaNotAvailable) => retry(true, false),
-            Ok(Code::TopicNotFound) if other_broker => retry(true, false),
-            _ => FAIL,
+        AttemptError::Status { code, .. } => match codes::info(*code).retry {
+            RetryClass::Final => FAIL,
+            RetryClass::Retry => retry(false, false),
+            RetryClass::RefreshRoute => retry(true, false),
+            RetryClass::Throttled => retry(false, true),
+            RetryClass::NotHere if other_broker => retry(true, false),
+            RetryClass::NotHere => FAIL,
         },
     }
 }
 
 /// Whether a failed attempt may have stored the message: no answer (transport failure,
-/// timeout), or a code the broker gives after the append. Refusals before the append
-/// (HA_NOT_AVAILABLE, TOO_MANY_REQUESTS, validation and permission codes), no route and
-/// shutdown mean it was not stored.
+/// timeout), or a code the shared table marks "may be stored" (given after the append, or
+/// not defined by the protocol). Refusals before the append (HA_NOT_AVAILABLE,
+/// TOO_MANY_REQUESTS, validation and permission codes), no route and shutdown mean it was
+/// not stored.
 pub(crate) fn may_have_stored(err: &AttemptError) -> bool {
     match err {
         AttemptError::Transport(m) => !never_sent(m),
         AttemptError::Timeout => true,
         AttemptError::NoRoute(_) | AttemptError::Closed => false,
-        AttemptError::Status { code, .. } => matches!(
-            Code::try_from(*code),
-            Ok(Code::MasterPersistenceTimeout
-                | Code::SlavePersistenceTimeout
-                | Code::InternalError
-                | Code::InternalServerError
-                | Code::ProxyTimeout
-                | Code::RequestTimeout)
-                | Err(_)
-        ),
+        AttemptError::Status { code, .. } => codes::info(*code).may_be_stored,
     }
 }
 
@@ -153,6 +139,7 @@ pub(crate) fn backoff(cfg: &ProducerConfig, failed_attempt: u32, throttled: bool
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sofamq_proto::v2::Code;
 
     fn status(code: Code) -> AttemptError {
         AttemptError::Status {
@@ -239,6 +226,62 @@ mod tests {
         assert!(!classify(&status(Code::TopicNotFound), false).retry);
         let v = classify(&status(Code::TopicNotFound), true);
         assert!(v.retry && v.refresh_route);
+    }
+
+    /// The verdicts and the "may have stored" answer for every status number, as the
+    /// client's hand-kept match gave them before the shared code table replaced it
+    /// (written from that match, so the table must reproduce it exactly).
+    #[test]
+    fn every_code_keeps_its_verdict() {
+        let fail = (false, false, false);
+        let retry = (true, false, false);
+        let refresh = (true, true, false);
+        let throttle = (true, false, true);
+        // (code, verdict without another master, verdict with one, may have stored)
+        let special = [
+            (Code::TooManyRequests, throttle, throttle, false),
+            (Code::MasterPersistenceTimeout, retry, retry, true),
+            (Code::SlavePersistenceTimeout, retry, retry, true),
+            (Code::InternalError, retry, retry, true),
+            (Code::InternalServerError, retry, retry, true),
+            (Code::ProxyTimeout, retry, retry, true),
+            (Code::RequestTimeout, retry, retry, true),
+            (Code::HaNotAvailable, refresh, refresh, false),
+            (Code::TopicNotFound, fail, refresh, false),
+        ];
+        let triple = |v: Verdict| (v.retry, v.refresh_route, v.throttled);
+        let mut known = 0;
+        for n in 0..100_000 {
+            let err = AttemptError::Status {
+                code: n,
+                message: String::new(),
+            };
+            let (alone, other, stored) = match Code::try_from(n) {
+                // A number the protocol does not define: final, and it may be stored.
+                Err(_) => (fail, fail, true),
+                Ok(code) => {
+                    known += 1;
+                    special
+                        .iter()
+                        .find(|s| s.0 == code)
+                        .map_or((fail, fail, false), |s| (s.1, s.2, s.3))
+                }
+            };
+            assert_eq!(triple(classify(&err, false)), alone, "{n}");
+            assert_eq!(triple(classify(&err, true)), other, "{n}");
+            assert_eq!(may_have_stored(&err), stored, "{n}");
+        }
+        assert!(known > 50, "{known} codes");
+        for other_broker in [false, true] {
+            for e in [
+                AttemptError::Transport("x".into()),
+                AttemptError::Timeout,
+                AttemptError::NoRoute("x".into()),
+            ] {
+                assert_eq!(triple(classify(&e, other_broker)), refresh, "{e:?}");
+            }
+            assert_eq!(triple(classify(&AttemptError::Closed, other_broker)), fail);
+        }
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //!   subset served by SofaMQ brokers, wire compatible with the official clients.
 //! * [`namesrv`]: SofaMQ's internal name server service (`sofamq.namesrv.v1`).
 //! * [`admin`]: SofaMQ's broker administration service (`sofamq.admin.v1`).
+//! * [`codes`]: what each `v2::Code` means to a client (retry class, "may be
+//!   stored"), the one table broker and SDK share.
 //!
 //! Well-known types (`Timestamp`, `Duration`) come from [`prost_types`], which
 //! is re-exported for convenience.
@@ -11,6 +13,8 @@
 pub use prost;
 pub use prost_types;
 pub use tonic;
+
+pub mod codes;
 
 // Generated code refers across packages with `super::` paths, so the modules
 // mirror the proto package hierarchy; the short aliases below are the public API.

@@ -39,12 +39,7 @@ pub fn to_wire(rec: &Record, topic_type: TopicType, store_host: &str, d: &Delive
     let message_type = rec
         .property(keys::TYPE)
         .and_then(|v| v.parse::<i32>().ok())
-        .unwrap_or(match topic_type {
-            TopicType::Normal => MessageType::Normal as i32,
-            TopicType::Fifo => MessageType::Fifo as i32,
-            TopicType::Delay => MessageType::Delay as i32,
-            TopicType::Transaction => MessageType::Transaction as i32,
-        });
+        .unwrap_or(MessageType::from(topic_type) as i32);
     let body_encoding = rec
         .property(keys::ENCODING)
         .and_then(|v| v.parse::<i32>().ok())

@@ -8,7 +8,7 @@
 //!   for Data only over header bytes 0..20 and `start`, see below)
 //! payload (kind):
 //!   Hello      name_len u16, name, broker_id u64, log_end u64, history
-//!   HelloReply durable u64, history               history = count u32, (epoch u64, start u64)*
+//!   HelloReply written u64, history               history = count u32, (epoch u64, start u64)*
 //!   Follow     from u64
 //!   Data       start u64, raw commit-log bytes (whole records, as stored)
 //!   Ack        durable u64                     (version 3: durable u64, received u64)
@@ -130,8 +130,9 @@ pub enum Msg {
         /// The version the session speaks from now on.
         version: u8,
         /// Master's written log end (bytes may be streamed before they are durable on the
-        /// master, so this may be ahead of its durable offset).
-        durable: u64,
+        /// master, so this may be ahead of its durable offset). The field was named
+        /// `durable` before; its place in the frame, and so the wire format, is unchanged.
+        written: u64,
         /// Master's epoch history.
         history: Vec<EpochEntry>,
     },
@@ -220,9 +221,9 @@ pub fn encode(version: u8, epoch: u64, msg: &Msg, out: &mut BytesMut) {
             put_history(out, history);
         }
         Msg::HelloReply {
-            durable, history, ..
+            written, history, ..
         } => {
-            out.put_u64_le(*durable);
+            out.put_u64_le(*written);
             put_history(out, history);
         }
         Msg::Follow { from } => out.put_u64_le(*from),
@@ -367,7 +368,7 @@ fn parse(kind: u8, version: u8, versions: u16, payload: &Bytes) -> Result<Msg, F
                 .ok()
                 .filter(|v| *v != 0)
                 .unwrap_or(MIN_VERSION),
-            durable: r.u64()?,
+            written: r.u64()?,
             history: r.history()?,
         },
         3 => Msg::Follow { from: r.u64()? },
@@ -521,9 +522,9 @@ mod tests {
                     history: h,
                     versions: (lo, hi),
                 }),
-            (1u8.., any::<u64>(), hist()).prop_map(|(v, d, h)| Msg::HelloReply {
+            (1u8.., any::<u64>(), hist()).prop_map(|(v, w, h)| Msg::HelloReply {
                 version: v,
-                durable: d,
+                written: w,
                 history: h
             }),
             any::<u64>().prop_map(|from| Msg::Follow { from }),
@@ -614,6 +615,31 @@ mod tests {
     /// what `encode` does; a flipped record bit passes the frame check (the slave's store
     /// rejects it by the record's own CRC: `sofamq-store` test
     /// `raw_append_refuses_every_flipped_bit`), a flipped `start` bit does not.
+    /// The HelloReply's layout, byte for byte: the master's written log end is the first
+    /// payload field (named `durable` by earlier builds, which read it from the same place),
+    /// then the history. Brokers of two releases read each other's HelloReply only while
+    /// this stays.
+    #[test]
+    fn hello_reply_layout_is_fixed() {
+        let mut out = BytesMut::new();
+        let msg = Msg::HelloReply {
+            version: 3,
+            written: 0x0102_0304_0506_0708,
+            history: vec![EpochEntry {
+                epoch: 5,
+                start_offset: 100,
+            }],
+        };
+        encode(MIN_VERSION, 7, &msg, &mut out);
+        assert_eq!(out[5], 2, "kind");
+        assert_eq!(u16::from_le_bytes([out[6], out[7]]), 3, "chosen version");
+        let mut want = vec![8, 7, 6, 5, 4, 3, 2, 1];
+        want.extend_from_slice(&1u32.to_le_bytes());
+        want.extend_from_slice(&5u64.to_le_bytes());
+        want.extend_from_slice(&100u64.to_le_bytes());
+        assert_eq!(&out[HEADER_LEN..], &want[..]);
+    }
+
     #[test]
     fn data_records_are_left_to_their_own_crcs() {
         let records = Bytes::from((0..200u8).collect::<Vec<u8>>());

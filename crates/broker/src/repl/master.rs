@@ -134,14 +134,14 @@ async fn session(
     let version = version.unwrap_or(frame::MIN_VERSION);
     // The end the slave may keep of this epoch: what is WRITTEN here (see `stream`), so a
     // slave that reconnects holding bytes not yet durable here does not cut them needlessly.
-    let durable = repl.store.written_offset();
+    let written = repl.store.written_offset();
     frame::write_frame(
         &mut sock,
         frame::MIN_VERSION,
         epoch,
         &Msg::HelloReply {
             version,
-            durable,
+            written,
             history: repl.store.epoch_history(),
         },
     )
@@ -151,7 +151,7 @@ async fn session(
         .map_err(|_| ReplError::Timeout("follow"))??;
     let from = match follow.msg {
         Msg::Follow { from }
-            if follow.epoch == epoch && follow.version == version && from <= durable =>
+            if follow.epoch == epoch && follow.version == version && from <= written =>
         {
             from
         }
@@ -163,7 +163,7 @@ async fn session(
         }
     };
     let name = format!("{broker_name}/{broker_id}@{peer}");
-    tracing::info!(slave = %name, from, slave_log_end = log_end, durable, epoch, version, "slave following");
+    tracing::info!(slave = %name, from, slave_log_end = log_end, written, epoch, version, "slave following");
     let id = repl.tracker.register(
         name.clone(),
         broker_id,

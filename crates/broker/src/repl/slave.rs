@@ -130,12 +130,12 @@ async fn session(
         .await
         .map_err(|_| ReplError::Timeout("hello reply"))??;
     let epoch = reply.epoch;
-    let (version, m_durable, m_hist) = match reply.msg {
+    let (version, m_written, m_hist) = match reply.msg {
         Msg::HelloReply {
             version,
-            durable,
+            written,
             history,
-        } => (version, durable, history),
+        } => (version, written, history),
         Msg::Reject { reason } => return Err(ReplError::Protocol(format!("master: {reason}"))),
         other => {
             return Err(ReplError::Protocol(format!(
@@ -175,7 +175,7 @@ async fn session(
     } else {
         (my_hist, my_end)
     };
-    let cut = divergence(&my_hist, my_end, &m_hist, m_durable);
+    let cut = divergence(&my_hist, my_end, &m_hist, m_written);
     if cut < my_end {
         tracing::warn!(
             from = cut,
@@ -202,7 +202,7 @@ async fn session(
         },
     )
     .await?;
-    tracing::info!(%master, from = cut, epoch, version, master_durable = m_durable, "following master");
+    tracing::info!(%master, from = cut, epoch, version, master_written = m_written, "following master");
 
     let (mut rd, mut wr) = tokio::io::split(sock);
     let (tx, mut rx) = mpsc::channel::<Frame>(repl.cfg.slave_queue_frames.max(1));
