@@ -63,11 +63,17 @@ pub(crate) struct Faults {
     pub fail_next_sync: AtomicBool,
     /// The next segment fdatasync fails with ENOSPC.
     pub no_space_next_sync: AtomicBool,
+    /// The next segment fdatasync first sleeps this many milliseconds (0: none).
+    pub slow_next_sync_ms: AtomicU64,
 }
 
 impl Faults {
-    /// The injected fsync failure, if one is armed.
+    /// The injected fsync failure, if one is armed; first sleeps an armed delay.
     pub fn take_sync_failure(&self) -> Option<std::io::Error> {
+        let ms = self.slow_next_sync_ms.swap(0, Ordering::AcqRel);
+        if ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         if self.fail_next_sync.swap(false, Ordering::AcqRel) {
             return Some(std::io::Error::other("injected fsync failure"));
         }

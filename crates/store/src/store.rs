@@ -64,6 +64,8 @@ pub enum Fault {
     /// The next segment fdatasync fails with ENOSPC (what a thin-provisioned or network
     /// volume answers when its write-back finds no room).
     NextSyncNoSpace,
+    /// The next segment fdatasync takes this many milliseconds longer (a stalled disk).
+    SlowNextSync(u64),
 }
 
 struct Inner {
@@ -681,6 +683,7 @@ impl Store {
             Fault::NextSync => f.fail_next_sync.store(true, Ordering::Release),
             Fault::NextWriteNoSpace => f.no_space_next_write.store(true, Ordering::Release),
             Fault::NextSyncNoSpace => f.no_space_next_sync.store(true, Ordering::Release),
+            Fault::SlowNextSync(ms) => f.slow_next_sync_ms.store(ms, Ordering::Release),
         }
     }
 }
