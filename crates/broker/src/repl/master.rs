@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use sofamq_controller::network::{Acceptor, AsyncStream};
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -16,7 +16,11 @@ use super::{ReplError, Replication};
 
 /// Accepts slaves until `token` is cancelled. Sessions are refused while this broker is a
 /// slave (a slave binds the port so that it can serve it once promoted).
-pub async fn serve(repl: Arc<Replication>, listener: TcpListener, token: CancellationToken) {
+pub async fn serve(
+    repl: Arc<Replication>,
+    mut listener: Box<dyn Acceptor>,
+    token: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(repl.cfg.max_slaves.max(1)));
     let security = match Security::from_config(&repl.cfg) {
         Ok(s) => Arc::new(s),
@@ -26,7 +30,7 @@ pub async fn serve(repl: Arc<Replication>, listener: TcpListener, token: Cancell
         }
     };
     loop {
-        let (sock, peer) = tokio::select! {
+        let (sock, peer): (Box<dyn AsyncStream>, String) = tokio::select! {
             () = token.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -56,7 +60,7 @@ pub async fn serve(repl: Arc<Replication>, listener: TcpListener, token: Cancell
         let security = security.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match session(&repl, &security, sock, peer.to_string(), token).await {
+            match session(&repl, &security, sock, peer.clone(), token).await {
                 Ok(()) => tracing::info!(%peer, "replication session ended"),
                 Err(e) => tracing::warn!(%peer, error = %e, "replication session ended"),
             }
@@ -67,11 +71,10 @@ pub async fn serve(repl: Arc<Replication>, listener: TcpListener, token: Cancell
 async fn session(
     repl: &Arc<Replication>,
     security: &Security,
-    sock: TcpStream,
+    sock: Box<dyn AsyncStream>,
     peer: String,
     token: CancellationToken,
 ) -> Result<(), ReplError> {
-    sock.set_nodelay(true)?;
     let max = repl.cfg.frame_limit();
     let hs = repl.cfg.handshake_timeout();
     // TLS and the secret's challenge come before any frame is read.

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
+use sofamq_controller::network::{Acceptor, Connector, TcpConnector};
 use sofamq_store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
@@ -97,6 +98,8 @@ pub struct Replication {
     master_refused: Mutex<Option<String>>,
     /// A damaged range being fetched again from the master (see [`Replication::repairing`]).
     repair: Mutex<Option<Repair>>,
+    /// How a slave opens its stream to the master: TCP, or a simulator's network.
+    connector: Mutex<Arc<dyn Connector>>,
 }
 
 /// A damaged log cut at `at` that held bytes up to `old_end`: until the log is durable
@@ -150,6 +153,7 @@ impl Replication {
             token: Mutex::new(None),
             master_refused: Mutex::new(None),
             repair: Mutex::new(None),
+            connector: Mutex::new(Arc::new(TcpConnector)),
             segment_dir: store_dir.join("commitlog"),
             cfg,
             store,
@@ -319,8 +323,18 @@ impl Replication {
     /// Starts the background parts: the replication listener (if any), the follower (as a
     /// slave) and the periodic in-sync check. Stops when `token` is cancelled.
     pub fn start(self: &Arc<Self>, listener: Option<TcpListener>, token: CancellationToken) {
+        self.start_with(listener.map(|l| Box::new(l) as Box<dyn Acceptor>), token);
+    }
+
+    /// [`Replication::start`] with any [`Acceptor`] for the replication port (TCP, or a
+    /// simulator's network; pair it with [`Replication::use_connector`]).
+    pub fn start_with(
+        self: &Arc<Self>,
+        acceptor: Option<Box<dyn Acceptor>>,
+        token: CancellationToken,
+    ) {
         *self.token.lock() = Some(token.clone());
-        if let Some(l) = listener {
+        if let Some(l) = acceptor {
             tokio::spawn(master::serve(self.clone(), l, token.clone()));
         }
         if self.role() == Role::Slave
@@ -343,6 +357,16 @@ impl Replication {
                 }
             }
         });
+    }
+
+    /// Makes a slave reach its master through `connector` (default: TCP). Takes effect at the
+    /// next connect.
+    pub fn use_connector(&self, connector: Arc<dyn Connector>) {
+        *self.connector.lock() = connector;
+    }
+
+    pub(crate) fn connector(&self) -> Arc<dyn Connector> {
+        self.connector.lock().clone()
     }
 
     fn spawn_follower(self: &Arc<Self>, addr: String, parent: &CancellationToken) {
@@ -504,5 +528,132 @@ impl Replication {
     /// The configured broker id.
     pub fn identity(&self) -> u64 {
         self.identity
+    }
+}
+
+#[cfg(test)]
+mod stream_seam_tests {
+    //! Replication needs only a byte stream: here the master accepts, and the slave connects,
+    //! through in-memory pipes (what a simulator's network gives), and a send is acked only
+    //! once the slave has it.
+
+    use std::io;
+    use std::sync::atomic::AtomicUsize;
+
+    use sofamq_controller::network::{AsyncStream, BoxFuture};
+    use sofamq_store::{NewRecord, StoreConfig};
+    use tokio::io::DuplexStream;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::repl::config::ReplicationConfig;
+
+    struct PipeAcceptor(mpsc::Receiver<DuplexStream>);
+
+    impl Acceptor for PipeAcceptor {
+        fn accept(&mut self) -> BoxFuture<'_, io::Result<(Box<dyn AsyncStream>, String)>> {
+            Box::pin(async move {
+                let s = self
+                    .0
+                    .recv()
+                    .await
+                    .ok_or_else(|| io::Error::other("closed"))?;
+                Ok((Box::new(s) as Box<dyn AsyncStream>, "pipe".to_owned()))
+            })
+        }
+    }
+
+    struct PipeConnector {
+        to_master: mpsc::Sender<DuplexStream>,
+        connects: AtomicUsize,
+    }
+
+    impl Connector for PipeConnector {
+        fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, io::Result<Box<dyn AsyncStream>>> {
+            Box::pin(async move {
+                assert_eq!(addr, "master.pipe:1");
+                self.connects.fetch_add(1, Ordering::Relaxed);
+                let (mine, theirs) = tokio::io::duplex(256 * 1024);
+                self.to_master
+                    .send(theirs)
+                    .await
+                    .map_err(|_| io::Error::from(io::ErrorKind::ConnectionRefused))?;
+                Ok(Box::new(mine) as Box<dyn AsyncStream>)
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replication_runs_over_any_byte_stream_not_only_tcp() {
+        let d = tempfile::tempdir().unwrap();
+        let open = |name: &str| Store::open(StoreConfig::new(d.path().join(name))).unwrap();
+        let (ms, ss) = (open("m"), open("s"));
+        let master = Arc::new(
+            Replication::open(
+                ReplicationConfig {
+                    role: Some(Role::Master),
+                    // Any address: with a listen address a master counts its slaves.
+                    listen: Some("127.0.0.1:1".parse().unwrap()),
+                    min_insync_replicas: 2,
+                    ..Default::default()
+                },
+                "g",
+                0,
+                ms.clone(),
+                &d.path().join("m"),
+            )
+            .unwrap(),
+        );
+        let slave = Arc::new(
+            Replication::open(
+                ReplicationConfig {
+                    role: Some(Role::Slave),
+                    master_addr: Some("master.pipe:1".into()),
+                    reconnect_backoff_ms: 20,
+                    ..Default::default()
+                },
+                "g",
+                1,
+                ss.clone(),
+                &d.path().join("s"),
+            )
+            .unwrap(),
+        );
+        let (tx, rx) = mpsc::channel(4);
+        let connector = Arc::new(PipeConnector {
+            to_master: tx,
+            connects: AtomicUsize::new(0),
+        });
+        slave.use_connector(connector.clone());
+        let token = CancellationToken::new();
+        master.start_with(Some(Box::new(PipeAcceptor(rx))), token.clone());
+        slave.start(None, token.clone());
+
+        let done = ms
+            .append(vec![NewRecord {
+                topic: "t".into(),
+                body: "over a pipe".into(),
+                ..Default::default()
+            }])
+            .await
+            .unwrap();
+        let end = done[0].log_offset + u64::from(done[0].size);
+        tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            loop {
+                if master.wait_replicated(end).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the slave acked through the pipe");
+        assert!(ss.log_end_offset() >= end);
+        assert_eq!(
+            &ss.read_at(done[0].log_offset).unwrap().body[..],
+            b"over a pipe"
+        );
+        assert!(connector.connects.load(Ordering::Relaxed) >= 1);
+        token.cancel();
     }
 }

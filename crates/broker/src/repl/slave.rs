@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -82,7 +81,8 @@ async fn session(
 ) -> Result<(), ReplError> {
     let hs = repl.cfg.handshake_timeout();
     let max = repl.cfg.frame_limit();
-    let sock = match tokio::time::timeout(hs, TcpStream::connect(master)).await {
+    let connector = repl.connector();
+    let sock = match tokio::time::timeout(hs, connector.connect(master)).await {
         Err(_) => return Err(ReplError::Timeout("connect")),
         Ok(Err(e)) => {
             repl.note_connect(master, e.kind() == std::io::ErrorKind::ConnectionRefused);
@@ -93,7 +93,6 @@ async fn session(
             s
         }
     };
-    sock.set_nodelay(true)?;
     // TLS and the answer to the master's challenge come before any frame.
     let mut sock = tokio::time::timeout(
         hs,
