@@ -28,6 +28,7 @@ pub mod faults;
 pub mod log;
 pub mod net;
 pub mod producer;
+pub mod replsim;
 pub mod rules;
 pub mod shared;
 pub mod storesim;

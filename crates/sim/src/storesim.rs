@@ -84,10 +84,12 @@ impl Ledger {
         self.trace.borrow_mut().push(format!("{t:>5} {line}"));
     }
     /// Traces `e` unless it repeats the previous error.
-    fn error(&self, e: String) {
-        if *self.last_error.borrow() != e {
-            self.log(&e);
-            *self.last_error.borrow_mut() = e;
+    /// Traces `e` unless it repeats the previous error (numbers aside).
+    fn error(&self, e: &str) {
+        let shape: String = e.chars().filter(|c| !c.is_ascii_digit()).collect();
+        if *self.last_error.borrow() != shape {
+            self.log(e);
+            *self.last_error.borrow_mut() = shape;
         }
     }
 
@@ -247,7 +249,7 @@ async fn append_loop(store: Store, l: Rc<Ledger>, mut rng: StdRng, who: u32) {
             }
             Err(e) => {
                 l.append_errors.set(l.append_errors.get() + 1);
-                l.error(format!("appender {who}: append failed: {e}"));
+                l.error(&format!("appender {who}: append failed: {e}"));
             }
         }
         // Often none (the two appenders then share a batch), up to 12 ms.
@@ -267,7 +269,7 @@ async fn host(l: Rc<Ledger>, cfg: StoreConfig, seed: u64) -> turmoil::Result {
             Ok(s) => break s,
             // EIO during recovery: an operator (or systemd) would start it again.
             Err(e) => {
-                l.error(format!("open failed: {e}"));
+                l.error(&format!("open failed: {e}"));
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

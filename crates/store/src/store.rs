@@ -232,6 +232,27 @@ impl Store {
         }
     }
 
+    /// Which [`Driver`] runs this store.
+    pub fn driver(&self) -> Driver {
+        self.sh().cfg.driver
+    }
+
+    /// Runs blocking work on this store (a truncation, an epoch, a scan) from async code: on
+    /// tokio's blocking pool with the store's own threads; inline with [`Driver::Caller`],
+    /// whose owner (a simulator) runs everything on one thread in an order it decides.
+    pub async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if self.driver() == Driver::Caller {
+            return Ok(f());
+        }
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(format!("blocking task: {e}"))))
+    }
+
     /// Appends without waiting: the receiver answers once the writer ran (with
     /// [`Driver::Caller`], after a [`Store::step`]) as [`Store::append`] would.
     pub fn submit_append(

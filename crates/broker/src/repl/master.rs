@@ -31,6 +31,7 @@ pub async fn serve(
     };
     loop {
         let (sock, peer): (Box<dyn AsyncStream>, String) = tokio::select! {
+            biased;
             () = token.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -233,6 +234,7 @@ async fn stream(
             if n > 0 {
                 frame::data_prefix(version, epoch, pos, n, &mut out);
                 tokio::select! {
+                    biased;
                     r = wr.write_all(&out[..frame::DATA_PREFIX + n]) => r?,
                     () = stop.cancelled() => return Ok(()),
                 }
@@ -240,6 +242,7 @@ async fn stream(
                 continue;
             }
             tokio::select! {
+                biased;
                 () = &mut appended => {}
                 () = tokio::time::sleep(heartbeat) => {
                     small.clear();
@@ -272,6 +275,7 @@ async fn acks(
     let mut last = from;
     loop {
         let f = tokio::select! {
+            biased;
             () = stop.cancelled() => return Ok(()),
             r = tokio::time::timeout(idle, frame::read_frame(&mut rd, &mut rbuf, max)) => {
                 r.map_err(|_| ReplError::Timeout("ack"))?

@@ -348,6 +348,7 @@ impl Replication {
             let period = me.cfg.heartbeat();
             loop {
                 tokio::select! {
+                    biased;
                     () = token.cancelled() => break,
                     () = tokio::time::sleep(period) => {}
                 }
@@ -411,14 +412,14 @@ impl Replication {
             _ => (self.store.current_epoch().max(seen) + 1).max(epoch.unwrap_or(0)),
         };
         let me = self.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), BrokerError> {
-            me.store.begin_epoch(new)?;
-            me.dedup
-                .rebuild(&me.store, &me.segment_dir, me.cfg.dedup_scan_bytes);
-            Ok(())
-        })
-        .await
-        .map_err(|e| BrokerError::Internal(format!("promote task: {e}")))??;
+        self.store
+            .blocking(move || -> Result<(), BrokerError> {
+                me.store.begin_epoch(new)?;
+                me.dedup
+                    .rebuild(&me.store, &me.segment_dir, me.cfg.dedup_scan_bytes);
+                Ok(())
+            })
+            .await??;
         self.seen_epoch.fetch_max(new, Ordering::AcqRel);
         self.become_master_limits();
         self.role.lock().role = Role::Master;

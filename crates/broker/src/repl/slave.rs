@@ -30,6 +30,7 @@ pub async fn follow(repl: Arc<Replication>, master: String, token: CancellationT
     loop {
         let began = std::time::Instant::now();
         let r = tokio::select! {
+            biased;
             () = token.cancelled() => return,
             r = session(&repl, &security, &master, &token) => r,
         };
@@ -48,6 +49,7 @@ pub async fn follow(repl: Arc<Replication>, master: String, token: CancellationT
             {
                 tracing::debug!(%master, "master not promoted yet");
                 tokio::select! {
+                    biased;
                     () = token.cancelled() => return,
                     () = tokio::time::sleep(base) => {}
                 }
@@ -66,6 +68,7 @@ pub async fn follow(repl: Arc<Replication>, master: String, token: CancellationT
             }
         }
         tokio::select! {
+            biased;
             () = token.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
         }
@@ -157,9 +160,7 @@ async fn session(
     // where the damage begins (the bytes are kept aside) and fetch the rest again from it.
     let (my_hist, my_end) = if store.damaged_from().is_some() {
         let s = store.clone();
-        let done = tokio::task::spawn_blocking(move || s.cut_damage())
-            .await
-            .map_err(|e| ReplError::Protocol(format!("cut task: {e}")))??;
+        let done = store.blocking(move || s.cut_damage()).await??;
         if let Some(c) = done {
             tracing::warn!(
                 %master,
@@ -183,9 +184,7 @@ async fn session(
             "truncating the tail the master does not have"
         );
         let s = store.clone();
-        tokio::task::spawn_blocking(move || s.truncate(cut))
-            .await
-            .map_err(|e| ReplError::Protocol(format!("truncate task: {e}")))??;
+        store.blocking(move || s.truncate(cut)).await??;
     }
     repl.seen_epoch.fetch_max(epoch, Ordering::AcqRel);
     frame::write_frame(&mut sock, version, epoch, &Msg::Follow { from: cut }).await?;
@@ -212,6 +211,7 @@ async fn session(
         let r: Result<(), ReplError> = async {
             loop {
                 let f = tokio::select! {
+                    biased;
                     () = reader_stop.cancelled() => return Ok(()),
                     r = tokio::time::timeout(idle, frame::read_frame(&mut rd, &mut rbuf, max)) => {
                         r.map_err(|_| ReplError::Timeout("master silent"))??
@@ -241,6 +241,7 @@ async fn session(
     let r: Result<(), ReplError> = async {
         loop {
             let first = tokio::select! {
+                biased;
                 () = stop.cancelled() => return Ok(()),
                 f = rx.recv() => match f { Some(f) => f, None => return Ok(()) },
             };
