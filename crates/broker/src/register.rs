@@ -29,7 +29,7 @@ impl Registrar {
             .iter()
             .filter_map(|a| {
                 let tls = broker.config().namesrv_tls.as_ref();
-                let ch = sofamq_namesrv::tls::endpoint(a, tls)
+                let ch = sofamq_server::tls::endpoint(a, tls)
                     .inspect_err(|e| tracing::error!(namesrv = %a, error = %e, "cannot register"))
                     .ok()?
                     .connect_timeout(Duration::from_secs(2))

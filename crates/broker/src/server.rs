@@ -72,7 +72,7 @@ pub async fn serve_with(
     // TLS files (client port, replication, namesrv) are checked before anything starts.
     broker.config().check_tls()?;
     let builder =
-        sofamq_namesrv::tls::apply(tonic::transport::Server::builder(), &broker.config().tls)
+        sofamq_server::tls::apply(tonic::transport::Server::builder(), &broker.config().tls)
             .map_err(|e| BrokerError::Internal(format!("client port {e}")))?;
     let bound = listener
         .local_addr()
@@ -124,7 +124,7 @@ pub async fn serve_with(
         tokio::spawn(crate::control::run(broker.clone(), addrs, token.clone()));
     }
     if let Some(l) = http {
-        sofamq_namesrv::http::spawn(
+        sofamq_server::http::spawn(
             l,
             std::sync::Arc::new(crate::metrics::Observed(broker.clone())),
             token.clone(),
@@ -165,8 +165,8 @@ pub async fn serve_with(
         .add_service(messaging)
         .add_service(admin)
         .serve_with_incoming_shutdown(
-            sofamq_namesrv::metrics::counted(
-                sofamq_namesrv::net::incoming_limited(listener, limits.max_connections_per_ip),
+            sofamq_server::metrics::counted(
+                sofamq_server::net::incoming_limited(listener, limits.max_connections_per_ip),
                 broker.metrics().connections(),
             ),
             token.clone().cancelled_owned(),

@@ -15,9 +15,9 @@ use sofamq_client::{
     ConsumeResult, ConsumerConfig, Message, Producer, ProducerConfig, PushConfig, PushConsumer,
     ReceivedMessage, SimpleConsumer, TlsOptions,
 };
-use sofamq_namesrv::tls::{ClientTls, TlsConfig};
 use sofamq_proto::v2::messaging_service_client::MessagingServiceClient;
 use sofamq_proto::v2::{self as v2, Code, SendMessageRequest};
+use sofamq_server::tls::{ClientTls, TlsConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 

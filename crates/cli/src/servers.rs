@@ -142,7 +142,7 @@ pub async fn namesrv(args: NamesrvArgs) -> anyhow::Result<()> {
         cfg.http_listen = Some(h);
     }
     if let (Some(c), Some(k)) = (&args.tls_cert, &args.tls_key) {
-        cfg.tls = sofamq_namesrv::tls::TlsConfig::new(c, k);
+        cfg.tls = sofamq_server::tls::TlsConfig::new(c, k);
     }
     cfg.tls.validate()?;
     let http = match cfg.http_listen {
@@ -231,7 +231,7 @@ pub fn broker_config(args: &BrokerArgs) -> anyhow::Result<BrokerConfig> {
         cfg.http_listen = Some(h);
     }
     if let (Some(c), Some(k)) = (&args.tls_cert, &args.tls_key) {
-        cfg.tls = sofamq_namesrv::tls::TlsConfig::new(c, k);
+        cfg.tls = sofamq_server::tls::TlsConfig::new(c, k);
     }
     if r.role == Some(Role::Slave) && cfg.broker_id == 0 {
         cfg.broker_id = 1;

@@ -46,7 +46,7 @@ pub async fn run_with_http(
 ) -> Result<(), NamesrvError> {
     config.validate()?;
     // TLS files are checked before anything starts.
-    let builder = crate::tls::apply(tonic::transport::Server::builder(), &config.tls)?;
+    let builder = sofamq_server::tls::apply(tonic::transport::Server::builder(), &config.tls)?;
     let addr = listener.local_addr().map_err(NamesrvError::LocalAddr)?;
     let registry = Arc::new(Registry::new(RegistryLimits::from(&config)));
     let token = CancellationToken::new();
@@ -85,12 +85,12 @@ pub async fn run_with_http(
         .max_decoding_message_size(config.max_grpc_decode_bytes)
         .max_encoding_message_size(config.max_grpc_decode_bytes);
 
-    let conns = Arc::new(crate::metrics::Connections::default());
+    let conns = Arc::new(sofamq_server::metrics::Connections::default());
     if let Some(l) = http {
         let o = Arc::new(NamesrvObservable {
             registry: Arc::clone(&registry),
             conns: Arc::clone(&conns),
-            labels: crate::metrics::labels(&[("addr", &addr.to_string())]),
+            labels: sofamq_server::metrics::labels(&[("addr", &addr.to_string())]),
             proxy: proxy.clone(),
         });
         let console = config
@@ -98,7 +98,7 @@ pub async fn run_with_http(
             .enabled
             .then(|| crate::console::router(Arc::clone(&registry), config.console.clone()));
         info!(%addr, http = ?l.local_addr().ok(), console = config.console.enabled, "name server HTTP endpoint (/metrics, /health, /console/)");
-        crate::http::spawn_with(l, o, console, token.clone());
+        sofamq_server::http::spawn_with(l, o, console, token.clone());
     }
 
     info!(%addr, tls = config.tls.enabled(), proxy = config.proxy.enabled, "name server listening");
@@ -108,8 +108,8 @@ pub async fn run_with_http(
         .add_service(messaging)
         .add_service(admin)
         .serve_with_incoming_shutdown(
-            crate::metrics::counted(
-                crate::net::incoming_limited(listener, config.max_connections_per_ip),
+            sofamq_server::metrics::counted(
+                sofamq_server::net::incoming_limited(listener, config.max_connections_per_ip),
                 conns,
             ),
             token.clone().cancelled_owned(),
@@ -154,14 +154,14 @@ async fn expiry_loop(registry: Arc<Registry>, config: NamesrvConfig, token: Canc
 /// What the name server's `/metrics` and `/health` show.
 struct NamesrvObservable {
     registry: Arc<Registry>,
-    conns: Arc<crate::metrics::Connections>,
+    conns: Arc<sofamq_server::metrics::Connections>,
     labels: String,
     proxy: Option<Arc<Proxy>>,
 }
 
-impl crate::http::Observable for NamesrvObservable {
+impl sofamq_server::http::Observable for NamesrvObservable {
     fn metrics(&self) -> String {
-        let mut t = crate::metrics::Text::new();
+        let mut t = sofamq_server::metrics::Text::new();
         let l = &self.labels;
         t.single(
             "sofamq_namesrv_up",
