@@ -36,9 +36,9 @@ async fn start_ns() -> (String, watch::Sender<bool>) {
     tokio::spawn(sofamq_namesrv::run(
         l,
         sofamq_namesrv::NamesrvConfig::default(),
-        async move {
+        sofamq_server::Shutdown::on(async move {
             let _ = rx.wait_for(|s| *s).await;
-        },
+        }),
     ));
     (addr, tx)
 }
@@ -64,16 +64,15 @@ async fn start_broker(data: &Path, ns: &str, tweak: fn(&mut BrokerConfig)) -> No
         broker.create_topic(t, 4, ty).await.unwrap();
     }
     let (stop, mut rx) = watch::channel(false);
-    let (reg_tx, mut reg_rx) = watch::channel(false);
+    let mut reg_rx = broker.registered();
     let b = broker.clone();
     let task = tokio::spawn(async move {
         let _ = sofamq_broker::server::serve(
-            b,
             l,
-            async move {
+            b,
+            sofamq_server::Shutdown::on(async move {
                 let _ = rx.wait_for(|s| *s).await;
-            },
-            Some(reg_tx),
+            }),
         )
         .await;
     });

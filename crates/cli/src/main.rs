@@ -11,7 +11,6 @@ mod controller;
 mod ops;
 mod produce;
 mod servers;
-mod shutdown;
 mod standalone;
 mod table;
 mod timefmt;

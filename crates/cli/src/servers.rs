@@ -9,9 +9,8 @@ use sofamq_broker::BrokerConfig;
 use sofamq_broker::repl::Role;
 use sofamq_namesrv::NamesrvConfig;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
-use crate::shutdown::Shutdown;
+use sofamq_server::Shutdown;
 
 /// Options of `sofamq namesrv`.
 #[derive(clap::Args, Debug)]
@@ -163,11 +162,13 @@ pub async fn namesrv(args: NamesrvArgs) -> anyhow::Result<()> {
     let bound = listener.local_addr()?;
     let shutdown = Shutdown::from_signals();
     let controller = crate::controller::start_embedded(&args.controller, &shutdown).await?;
-    let task = tokio::spawn(sofamq_namesrv::run_with_http(
-        listener,
-        http,
+    let task = tokio::spawn(sofamq_namesrv::run(
+        sofamq_namesrv::Listeners {
+            grpc: listener,
+            http,
+        },
         cfg,
-        shutdown.wait(),
+        shutdown.clone(),
     ));
     println!("namesrv ready on {bound} (http {http_bound})");
     task.await.context("namesrv task")??;
@@ -282,15 +283,14 @@ pub async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
         }
     }
     let shutdown = Shutdown::from_signals();
-    let (reg_tx, mut reg_rx) = watch::channel(false);
+    let mut reg_rx = broker.registered();
     let observed = broker.clone();
-    let mut task = tokio::spawn(sofamq_broker::server::serve_with(
-        broker,
-        listener,
-        repl_listener,
-        shutdown.wait(),
-        Some(reg_tx),
-    ));
+    let listeners = sofamq_broker::Listeners {
+        grpc: listener,
+        replication: repl_listener,
+        http: None,
+    };
+    let mut task = tokio::spawn(sofamq_broker::serve(listeners, broker, shutdown.clone()));
     // Ready once a NameServer knows us, so clients can route to this broker.
     tokio::select! {
         r = reg_rx.wait_for(|r| *r) => { r.context("broker stopped before registering")?; }

@@ -12,9 +12,8 @@ use sofamq_broker::topics::TopicType;
 use sofamq_broker::{BrokerConfig, FlushMode};
 use sofamq_namesrv::NamesrvConfig;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
-use crate::shutdown::Shutdown;
+use sofamq_server::Shutdown;
 
 /// Port layout relative to `--port-base`.
 pub mod ports {
@@ -168,7 +167,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         },
         ..Default::default()
     };
-    let ns_task = tokio::spawn(sofamq_namesrv::run(ns_listener, ns_cfg, shutdown.wait()));
+    let ns_task = tokio::spawn(sofamq_namesrv::run(ns_listener, ns_cfg, shutdown.clone()));
 
     let b_addr = addr(args.port_base, ports::BROKER_A_MASTER)?;
     let b_listener = bind(b_addr, "broker-a").await?;
@@ -206,13 +205,15 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         Some(bind(m_repl, "broker-a master replication").await?)
     };
     let broker = sofamq_broker::server::open(b_cfg).await?;
-    let (reg_tx, mut reg_rx) = watch::channel(false);
-    let b_task = tokio::spawn(sofamq_broker::server::serve_with(
+    let mut reg_rx = broker.registered();
+    let b_task = tokio::spawn(sofamq_broker::serve(
+        sofamq_broker::Listeners {
+            grpc: b_listener,
+            replication: m_repl_listener,
+            http: None,
+        },
         broker.clone(),
-        b_listener,
-        m_repl_listener,
-        shutdown.wait(),
-        Some(reg_tx),
+        shutdown.clone(),
     ));
     let mut members = vec![broker.clone()];
 
@@ -240,12 +241,14 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         }
         let slave = sofamq_broker::server::open(s_cfg).await?;
         members.push(slave.clone());
-        Some(tokio::spawn(sofamq_broker::server::serve_with(
+        Some(tokio::spawn(sofamq_broker::serve(
+            sofamq_broker::Listeners {
+                grpc: s_listener,
+                replication: Some(s_repl_listener),
+                http: None,
+            },
             slave,
-            s_listener,
-            Some(s_repl_listener),
-            shutdown.wait(),
-            None,
+            shutdown.clone(),
         )))
     };
     // Ready needs a master (the controller's choice under failover) with its slave in sync.
@@ -324,23 +327,17 @@ async fn start_controller(
     shutdown: &Shutdown,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
     let listener = bind(addr, "controller").await?;
-    let token = sofamq_controller::CancellationToken::new();
     let cfg = sofamq_controller::ControllerConfig::new(
         1,
         [(1, addr.to_string())].into_iter().collect(),
         data_dir,
     );
-    let ctl = sofamq_controller::Controller::start(cfg, token.clone())
+    let ctl = sofamq_controller::Controller::start(cfg, shutdown.clone())
         .await
         .context("starting the controller")?;
-    let stop = shutdown.wait();
-    let t = token.clone();
-    tokio::spawn(async move {
-        stop.await;
-        t.cancel();
-    });
+    let shutdown = shutdown.clone();
     Ok(tokio::spawn(async move {
-        sofamq_controller::serve(listener, ctl.clone(), token).await?;
+        sofamq_controller::serve(listener, ctl.clone(), shutdown).await?;
         ctl.stopped().await;
         Ok(())
     }))

@@ -26,4 +26,4 @@ pub mod server;
 
 pub use config::NamesrvConfig;
 pub use error::NamesrvError;
-pub use server::{run, run_with_http};
+pub use server::{Listeners, run};
