@@ -12,6 +12,7 @@ mod ops;
 mod produce;
 mod servers;
 mod standalone;
+mod startup;
 mod table;
 mod timefmt;
 mod topic;

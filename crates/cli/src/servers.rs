@@ -8,9 +8,8 @@ use anyhow::Context;
 use sofamq_broker::BrokerConfig;
 use sofamq_broker::repl::Role;
 use sofamq_namesrv::NamesrvConfig;
-use tokio::net::TcpListener;
-
 use sofamq_server::Shutdown;
+use tokio::net::TcpListener;
 
 /// Options of `sofamq namesrv`.
 #[derive(clap::Args, Debug)]
@@ -86,7 +85,7 @@ pub struct BrokerArgs {
     #[arg(long)]
     pub reconnect_backoff_ms: Option<u64>,
     /// Flush mode: sync (fsync before ack) or async.
-    #[arg(long, value_parser = crate::standalone::parse_flush)]
+    #[arg(long, value_parser = crate::startup::parse_flush)]
     pub flush: Option<sofamq_broker::FlushMode>,
     /// HTTP address for `/metrics` and `/health` (port 0 picks a free port).
     #[arg(long, env = "SOFAMQ_BROKER_HTTP_LISTEN")]
@@ -246,7 +245,7 @@ pub async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
     let topics: Vec<_> = args
         .topics
         .iter()
-        .map(|t| crate::standalone::parse_topic(t))
+        .map(|t| crate::startup::parse_topic(t))
         .collect::<anyhow::Result<_>>()?;
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -266,7 +265,7 @@ pub async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
     if broker.config().replication.controlled() {
         // Roles come later from the controller: create the topics once this broker is master.
         if !topics.is_empty() {
-            tokio::spawn(create_when_master(broker.clone(), topics));
+            tokio::spawn(crate::startup::create_when_master(broker.clone(), topics));
         }
     } else {
         if broker.repl().role() == Role::Slave {
@@ -304,32 +303,4 @@ pub async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
     println!("broker {name} ready on {bound} ({role}, replication {repl_bound}, http {http})");
     task.await.context("broker task")??;
     Ok(())
-}
-
-/// Creates `topics` each time this broker becomes master (idempotent: an existing topic
-/// with the same settings is left alone).
-pub async fn create_when_master(
-    broker: sofamq_broker::Broker,
-    topics: Vec<(String, u32, sofamq_broker::topics::TopicType)>,
-) {
-    let mut role = broker.repl().role_watch();
-    loop {
-        if *role.borrow_and_update() == Role::Master {
-            for (t, q, ty) in &topics {
-                // The lease may lag the role by one heartbeat: retry briefly.
-                for _ in 0..50 {
-                    match broker.create_topic(t, *q, *ty).await {
-                        Ok(_) => break,
-                        Err(e) => {
-                            tracing::debug!(topic = %t, error = %e, "topic not created yet");
-                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        }
-                    }
-                }
-            }
-        }
-        if role.changed().await.is_err() {
-            return;
-        }
-    }
 }

@@ -8,12 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sofamq_broker::repl::Role;
-use sofamq_broker::topics::TopicType;
 use sofamq_broker::{BrokerConfig, FlushMode};
 use sofamq_namesrv::NamesrvConfig;
-use tokio::net::TcpListener;
-
 use sofamq_server::Shutdown;
+use tokio::net::TcpListener;
 
 /// Port layout relative to `--port-base`.
 pub mod ports {
@@ -52,7 +50,7 @@ pub struct StandaloneArgs {
     #[arg(long = "topic")]
     pub topics: Vec<String>,
     /// Flush mode of the brokers: sync (fsync before ack) or async.
-    #[arg(long, default_value = "sync", value_parser = parse_flush)]
+    #[arg(long, default_value = "sync", value_parser = crate::startup::parse_flush)]
     pub flush: FlushMode,
     /// Run broker-a's master alone (no slave; acks after the master's fsync only).
     #[arg(long)]
@@ -88,35 +86,6 @@ impl StandaloneArgs {
     }
 }
 
-pub(crate) fn parse_flush(s: &str) -> Result<FlushMode, String> {
-    match s {
-        "sync" => Ok(FlushMode::Sync),
-        "async" => Ok(FlushMode::Async),
-        _ => Err(format!("flush mode must be sync or async, not {s:?}")),
-    }
-}
-
-/// Parses `NAME[:QUEUES[:TYPE]]`.
-pub fn parse_topic(spec: &str) -> anyhow::Result<(String, u32, TopicType)> {
-    let mut parts = spec.split(':');
-    let name = parts.next().unwrap_or_default().to_string();
-    let queues = match parts.next() {
-        Some(q) => q
-            .parse()
-            .with_context(|| format!("queue count in {spec:?}"))?,
-        None => 0,
-    };
-    let ty = match parts.next() {
-        Some(t) => TopicType::parse(t).with_context(|| format!("topic type in {spec:?}"))?,
-        None => TopicType::Normal,
-    };
-    anyhow::ensure!(
-        parts.next().is_none(),
-        "topic spec {spec:?} has too many ':' parts"
-    );
-    Ok((name, queues, ty))
-}
-
 fn addr(base: u16, offset: u16) -> anyhow::Result<SocketAddr> {
     let port = base
         .checked_add(offset)
@@ -138,7 +107,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     let topics: Vec<_> = args
         .topics
         .iter()
-        .map(|t| parse_topic(t))
+        .map(|t| crate::startup::parse_topic(t))
         .collect::<anyhow::Result<_>>()?;
 
     let ns_addr = addr(args.port_base, ports::NAMESRV)?;
@@ -263,7 +232,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     }
     if failover {
         for m in &members {
-            tokio::spawn(crate::servers::create_when_master(
+            tokio::spawn(crate::startup::create_when_master(
                 m.clone(),
                 topics.clone(),
             ));
@@ -406,23 +375,4 @@ async fn wait_routable<'a>(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topic_specs() {
-        assert_eq!(
-            parse_topic("t").unwrap(),
-            ("t".into(), 0, TopicType::Normal)
-        );
-        assert_eq!(
-            parse_topic("t:4:fifo").unwrap(),
-            ("t".into(), 4, TopicType::Fifo)
-        );
-        assert!(parse_topic("t:x").is_err());
-        assert!(parse_topic("t:1:NOPE").is_err());
-    }
 }
