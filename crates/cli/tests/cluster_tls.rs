@@ -2,6 +2,9 @@
 //! secret on the replication port, and the ACL's clock-skew (replay) bound. Certificates
 //! are generated with rcgen in a temporary directory; everything runs in-process on
 //! 127.0.0.1 port 0.
+//!
+//! A broker with an in-process name server: it lives in `sofamq-cli`, the crate that
+//! depends on both, so that `sofamq-broker` does not depend on `sofamq-namesrv`.
 
 use std::collections::HashSet;
 use std::path::PathBuf;

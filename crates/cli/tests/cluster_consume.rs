@@ -1,5 +1,8 @@
 //! Consumer groups end to end: in-process namesrv + broker on 127.0.0.1:0,
 //! the SDK's Producer and SimpleConsumer.
+//!
+//! A broker with an in-process name server: it lives in `sofamq-cli`, the crate that
+//! depends on both, so that `sofamq-broker` does not depend on `sofamq-namesrv`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

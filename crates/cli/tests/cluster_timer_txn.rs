@@ -1,6 +1,9 @@
 //! Timer (DELAY) and transactional messages end to end: in-process namesrv + broker on
 //! 127.0.0.1:0, raw RocketMQ v2 requests for the sends (so every system property is under
 //! the test's control) and the SDK's SimpleConsumer to receive.
+//!
+//! A broker with an in-process name server: it lives in `sofamq-cli`, the crate that
+//! depends on both, so that `sofamq-broker` does not depend on `sofamq-namesrv`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

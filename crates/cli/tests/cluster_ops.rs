@@ -1,6 +1,9 @@
 //! Operator surface end to end, in process: `/metrics` (parsed with a strict Prometheus
 //! text-format parser), `/health` (200, then 503 once the log is fenced) and the admin
 //! message lookup by id and by key.
+//!
+//! A broker with an in-process name server: it lives in `sofamq-cli`, the crate that
+//! depends on both, so that `sofamq-broker` does not depend on `sofamq-namesrv`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
