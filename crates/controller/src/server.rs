@@ -36,10 +36,12 @@ pub async fn run(
     config: ControllerConfig,
     shutdown: Shutdown,
 ) -> Result<(), RunError> {
-    let controller = Controller::start(config, shutdown.clone()).await?;
-    let served = serve(listener, controller.clone(), shutdown.clone()).await;
-    // A failed server stops the node too.
-    shutdown.trigger();
+    // The node and its server stop together, on `shutdown` or when serving fails, without
+    // tripping `shutdown` for the other servers in the process.
+    let own = shutdown.child();
+    let controller = Controller::start(config, own.clone()).await?;
+    let served = serve(listener, controller.clone(), own.clone()).await;
+    own.trigger();
     controller.stopped().await;
     Ok(served?)
 }
