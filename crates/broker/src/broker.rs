@@ -29,6 +29,8 @@ struct Inner {
     repl: Arc<crate::repl::Replication>,
     cursor: QueueCursor,
     topics_changed: Notify,
+    /// True once a NameServer accepted this broker's registration.
+    registered: tokio::sync::watch::Sender<bool>,
     metrics: crate::metrics::Metrics,
     acl: crate::acl::Acl,
     send_bytes: std::sync::Arc<tokio::sync::Semaphore>,
@@ -114,6 +116,7 @@ impl Broker {
                 repl,
                 cursor: QueueCursor::default(),
                 topics_changed: Notify::new(),
+                registered: tokio::sync::watch::Sender::new(false),
                 metrics: crate::metrics::Metrics::default(),
                 acl,
                 send_bytes,
@@ -181,6 +184,16 @@ impl Broker {
 
     pub(crate) fn cursor(&self) -> &QueueCursor {
         &self.inner.cursor
+    }
+
+    /// Turns true once a NameServer accepted this broker's registration (the serving
+    /// broker registers with every configured NameServer; see [`crate::server::serve`]).
+    pub fn registered(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.registered.subscribe()
+    }
+
+    pub(crate) fn set_registered(&self) {
+        self.inner.registered.send_replace(true);
     }
 
     /// Wakes whoever waits for topic changes (the namesrv registration loop).

@@ -70,10 +70,10 @@ pub struct BrokerConfig {
     /// Access control (off by default).
     pub acl: crate::acl::AclConfig,
     /// TLS on the client gRPC port (`[tls] cert_path, key_path`); off when unset.
-    pub tls: sofamq_namesrv::tls::TlsConfig,
+    pub tls: sofamq_server::tls::TlsConfig,
     /// TLS towards the NameServers (`[namesrv_tls] ca_path, server_name`), for
     /// NameServers that serve TLS; unset: plain connections.
-    pub namesrv_tls: Option<sofamq_namesrv::tls::ClientTls>,
+    pub namesrv_tls: Option<sofamq_server::tls::ClientTls>,
 }
 
 /// Bounds on everything a client can send.
@@ -166,7 +166,7 @@ impl Default for BrokerConfig {
             replication: crate::repl::ReplicationConfig::default(),
             http_listen: None,
             acl: crate::acl::AclConfig::default(),
-            tls: sofamq_namesrv::tls::TlsConfig::default(),
+            tls: sofamq_server::tls::TlsConfig::default(),
             namesrv_tls: None,
         }
     }
@@ -188,7 +188,7 @@ impl BrokerConfig {
         crate::repl::secure::Security::from_config(&self.replication)
             .map_err(|e| BrokerError::Internal(format!("replication port {e}")))?;
         if let Some(t) = &self.namesrv_tls {
-            sofamq_namesrv::tls::endpoint("localhost:9876", Some(t))
+            sofamq_server::tls::endpoint("localhost:9876", Some(t))
                 .map_err(|e| BrokerError::Internal(format!("namesrv_tls: {e}")))?;
         }
         Ok(())

@@ -36,4 +36,4 @@ pub mod validate;
 pub use broker::Broker;
 pub use config::{BrokerConfig, FlushMode, Limits};
 pub use error::BrokerError;
-pub use server::run;
+pub use server::{Listeners, run, serve};

@@ -29,7 +29,7 @@ impl Registrar {
             .iter()
             .filter_map(|a| {
                 let tls = broker.config().namesrv_tls.as_ref();
-                let ch = sofamq_namesrv::tls::endpoint(a, tls)
+                let ch = sofamq_server::tls::endpoint(a, tls)
                     .inspect_err(|e| tracing::error!(namesrv = %a, error = %e, "cannot register"))
                     .ok()?
                     .connect_timeout(Duration::from_secs(2))
@@ -85,8 +85,8 @@ impl Registrar {
     }
 
     /// Runs until `stop` turns true: registers every interval and on topic
-    /// changes; `registered` turns true after the first accepted registration.
-    pub async fn run(self, mut stop: watch::Receiver<bool>, registered: watch::Sender<bool>) {
+    /// changes; [`Broker::registered`] turns true after the first accepted registration.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let interval = self.broker.config().heartbeat_interval();
         let mut role = self.broker.repl().role_watch();
         let mut last_id = self.broker.repl().broker_id();
@@ -97,7 +97,7 @@ impl Registrar {
             tokio::pin!(changed);
             changed.as_mut().enable();
             if self.register_all().await > 0 {
-                let _ = registered.send(true);
+                self.broker.set_registered();
             }
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}

@@ -1,15 +1,15 @@
-//! Serving a broker: `run(listener, config, shutdown)` opens the log, serves
-//! the client and admin gRPC services on the listener and keeps the broker
-//! registered with its NameServers until `shutdown` resolves.
+//! Serving a broker: `run(listeners, config, shutdown)` opens the log, serves
+//! the client and admin gRPC services on the listeners and keeps the broker
+//! registered with its NameServers until `shutdown` trips; `serve(listeners,
+//! broker, shutdown)` is the same for a broker the caller opened.
 
-use std::future::Future;
 use std::time::Duration;
 
 use sofamq_proto::admin::broker_admin_server::BrokerAdminServer;
 use sofamq_proto::v2::messaging_service_server::MessagingServiceServer;
+use sofamq_server::Shutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminService;
 use crate::broker::Broker;
@@ -18,19 +18,44 @@ use crate::error::BrokerError;
 use crate::register::Registrar;
 use crate::service::BrokerService;
 
+/// The sockets a broker serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Client and admin gRPC.
+    pub grpc: TcpListener,
+    /// Replication (the master side; a slave's, used once it is promoted). When `None`,
+    /// `replication.listen` is bound if set.
+    pub replication: Option<TcpListener>,
+    /// `/metrics` and `/health`. When `None`, `http_listen` is bound if set.
+    pub http: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(grpc: TcpListener) -> Self {
+        Self {
+            grpc,
+            replication: None,
+            http: None,
+        }
+    }
+}
+
 /// Opens the broker described by `config` (recovering its log) and serves it on
-/// `listener` until `shutdown` resolves.
+/// `listeners` until `shutdown` trips.
 pub async fn run(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     config: BrokerConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: Shutdown,
 ) -> Result<(), BrokerError> {
-    let repl = match config.replication.listen {
-        Some(a) => Some(bind_replication(a).await?),
-        None => None,
-    };
+    let mut listeners = listeners.into();
+    // A taken replication port is reported before the log is recovered.
+    if listeners.replication.is_none()
+        && let Some(a) = config.replication.listen
+    {
+        listeners.replication = Some(bind_replication(a).await?);
+    }
     let broker = open(config).await?;
-    serve_with(broker, listener, repl, shutdown, None).await
+    serve(listeners, broker, shutdown).await
 }
 
 /// Binds the replication port (`replication.listen`).
@@ -49,46 +74,46 @@ pub async fn open(config: BrokerConfig) -> Result<Broker, BrokerError> {
         .map_err(|e| BrokerError::Internal(format!("open task failed: {e}")))?
 }
 
-/// Serves an opened broker without a replication port. `registered`, when given, turns
-/// true once at least one NameServer accepted the broker's registration.
+/// [`run`] for a broker already opened (by [`open`]): the caller keeps a handle to
+/// create topics, watch its role or wait for [`Broker::registered`]. Serves client gRPC,
+/// replication (master side, and the follower when a slave), the HTTP endpoint, the
+/// timer, transaction and controller loops and the NameServer registration until
+/// `shutdown` trips.
 pub async fn serve(
+    listeners: impl Into<Listeners>,
     broker: Broker,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    registered: Option<watch::Sender<bool>>,
+    shutdown: Shutdown,
 ) -> Result<(), BrokerError> {
-    serve_with(broker, listener, None, shutdown, registered).await
-}
-
-/// Serves an opened broker: client gRPC on `listener`, replication (master side, and the
-/// follower when a slave) on `repl_listener`.
-pub async fn serve_with(
-    broker: Broker,
-    listener: TcpListener,
-    repl_listener: Option<TcpListener>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    registered: Option<watch::Sender<bool>>,
-) -> Result<(), BrokerError> {
+    let Listeners {
+        grpc: listener,
+        replication: repl_listener,
+        http,
+    } = listeners.into();
     // TLS files (client port, replication, namesrv) are checked before anything starts.
     broker.config().check_tls()?;
     let builder =
-        sofamq_namesrv::tls::apply(tonic::transport::Server::builder(), &broker.config().tls)
+        sofamq_server::tls::apply(tonic::transport::Server::builder(), &broker.config().tls)
             .map_err(|e| BrokerError::Internal(format!("client port {e}")))?;
     let bound = listener
         .local_addr()
         .map_err(|e| BrokerError::Internal(format!("listener address: {e}")))?;
     let endpoint = broker.advertised(bound);
-    let http = match broker.config().http_listen {
-        Some(a) => {
-            let l = TcpListener::bind(a)
+    let http = match (http, broker.config().http_listen) {
+        (Some(l), _) => Some(l),
+        (None, Some(a)) => Some(
+            TcpListener::bind(a)
                 .await
-                .map_err(|e| BrokerError::Internal(format!("binding HTTP port {a}: {e}")))?;
-            if let Ok(a) = l.local_addr() {
-                broker.metrics().set_http_addr(a);
-            }
-            Some(l)
-        }
-        None => None,
+                .map_err(|e| BrokerError::Internal(format!("binding HTTP port {a}: {e}")))?,
+        ),
+        (None, None) => None,
+    };
+    if let Some(a) = http.as_ref().and_then(|l| l.local_addr().ok()) {
+        broker.metrics().set_http_addr(a);
+    }
+    let repl_listener = match (repl_listener, broker.config().replication.listen) {
+        (Some(l), _) => Some(l),
+        (None, Some(a)) => Some(bind_replication(a).await?),
+        (None, None) => None,
     };
     let limits = broker.config().limits.clone();
     let repl_endpoint = match &repl_listener {
@@ -107,12 +132,12 @@ pub async fn serve_with(
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let registered = registered.unwrap_or_else(|| watch::channel(false).0);
     let registrar = Registrar::new(broker.clone(), endpoint.clone(), repl_endpoint.clone());
-    let reg_task = tokio::spawn(registrar.run(stop_rx, registered));
+    let reg_task = tokio::spawn(registrar.run(stop_rx));
 
-    // One token ends the server, open Telemetry streams, replication and the registrar.
-    let token = CancellationToken::new();
+    // One token ends the server, open Telemetry streams, replication and the registrar:
+    // it trips with `shutdown`, or alone when the gRPC transport fails.
+    let token = shutdown.child().token().clone();
     broker.repl().start(repl_listener, token.clone());
     tokio::spawn(crate::timer::run(broker.clone(), token.clone()));
     tokio::spawn(crate::txn::run(broker.clone(), token.clone()));
@@ -124,17 +149,12 @@ pub async fn serve_with(
         tokio::spawn(crate::control::run(broker.clone(), addrs, token.clone()));
     }
     if let Some(l) = http {
-        sofamq_namesrv::http::spawn(
+        sofamq_server::http::spawn(
             l,
             std::sync::Arc::new(crate::metrics::Observed(broker.clone())),
             token.clone(),
         );
     }
-    let signal = token.clone();
-    let waiter = tokio::spawn(async move {
-        shutdown.await;
-        signal.cancel();
-    });
 
     let messaging = MessagingServiceServer::new(BrokerService::new(broker.clone(), token.clone()))
         .max_decoding_message_size(limits.max_grpc_message_bytes)
@@ -165,8 +185,8 @@ pub async fn serve_with(
         .add_service(messaging)
         .add_service(admin)
         .serve_with_incoming_shutdown(
-            sofamq_namesrv::metrics::counted(
-                sofamq_namesrv::net::incoming_limited(listener, limits.max_connections_per_ip),
+            sofamq_server::metrics::counted(
+                sofamq_server::net::incoming_limited(listener, limits.max_connections_per_ip),
                 broker.metrics().connections(),
             ),
             token.clone().cancelled_owned(),
@@ -181,7 +201,6 @@ pub async fn serve_with(
         }
     };
     token.cancel();
-    waiter.abort();
     let _ = stop_tx.send(true);
     let _ = reg_task.await;
     result.map_err(|e| BrokerError::Internal(format!("gRPC server: {e}")))

@@ -37,7 +37,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send +
 pub struct BrokerService {
     broker: Broker,
     namesrvs: Vec<MessagingServiceClient<Channel>>,
-    session: sofamq_namesrv::session::SessionOptions,
+    session: sofamq_server::session::SessionOptions,
     shutdown: CancellationToken,
 }
 
@@ -49,12 +49,12 @@ impl BrokerService {
             .namesrv
             .iter()
             .filter_map(|a| {
-                sofamq_namesrv::tls::endpoint(a, broker.config().namesrv_tls.as_ref())
+                sofamq_server::tls::endpoint(a, broker.config().namesrv_tls.as_ref())
                     .ok()
                     .map(|e| MessagingServiceClient::new(e.connect_lazy()))
             })
             .collect();
-        let session = sofamq_namesrv::session::SessionOptions {
+        let session = sofamq_server::session::SessionOptions {
             max_body_size: i32::try_from(broker.config().limits.max_body_bytes).unwrap_or(i32::MAX),
             consumer_max_attempts: i32::try_from(broker.config().consume.max_attempts)
                 .unwrap_or(i32::MAX)
@@ -342,7 +342,7 @@ impl MessagingService for BrokerService {
     ) -> RpcResult<Self::TelemetryStream> {
         acl_check!(self, request);
         let mut stream =
-            sofamq_namesrv::session::telemetry_stream(request.into_inner(), self.session.clone())
+            sofamq_server::session::telemetry_stream(request.into_inner(), self.session.clone())
                 .with_shutdown(self.shutdown.clone());
         // Producers' streams are where transaction check-backs go.
         let txns = self.broker.txns_arc();
@@ -352,7 +352,7 @@ impl MessagingService for BrokerService {
             stream = stream
                 .with_responder(std::sync::Arc::new(move |client: &Settings| {
                     reg.producers.settings(id, client);
-                    sofamq_namesrv::session::server_settings(client, &opts)
+                    sofamq_server::session::server_settings(client, &opts)
                 }))
                 .with_server_commands(rx)
                 .with_guard(Box::new(registration));

@@ -63,12 +63,11 @@ async fn start(acl: bool, tweak: impl FnOnce(&mut BrokerConfig)) -> Harness {
     }
     let (stop, mut rx) = tokio::sync::watch::channel(false);
     tokio::spawn(sofamq_broker::server::serve(
-        broker.clone(),
         listener,
-        async move {
+        broker.clone(),
+        sofamq_server::Shutdown::on(async move {
             let _ = rx.wait_for(|s| *s).await;
-        },
-        None,
+        }),
     ));
     let ch = Channel::from_shared(format!("http://{addr}"))
         .unwrap()

@@ -43,12 +43,11 @@ async fn start(limits: impl FnOnce(&mut BrokerConfig)) -> Harness {
         .unwrap();
     let (stop, mut rx) = tokio::sync::watch::channel(false);
     tokio::spawn(sofamq_broker::server::serve(
-        broker.clone(),
         listener,
-        async move {
+        broker.clone(),
+        sofamq_server::Shutdown::on(async move {
             let _ = rx.wait_for(|s| *s).await;
-        },
-        None,
+        }),
     ));
     let ch = Channel::from_shared(format!("http://{addr}"))
         .unwrap()

@@ -20,9 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use sofamq_controller::{
-    AlterInSync, BrokerAddrs, CancellationToken, ControllerClient, ControllerStatus, Heartbeat,
-};
+use sofamq_controller::{AlterInSync, BrokerAddrs, ControllerClient, ControllerStatus, Heartbeat};
 use sofamq_proto::namesrv::name_server_admin_client::NameServerAdminClient;
 use sofamq_proto::namesrv::{
     ListBrokersRequest, PERM_READ_WRITE, RegisterBrokerRequest, TopicRoute,
@@ -30,6 +28,7 @@ use sofamq_proto::namesrv::{
 use sofamq_proto::prost::Message as _;
 use sofamq_proto::v2::messaging_service_client::MessagingServiceClient;
 use sofamq_proto::v2::{Code, Endpoints, QueryRouteRequest, Resource};
+use sofamq_server::Shutdown;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
@@ -567,13 +566,13 @@ async fn register_loop(
     stats: Arc<Stats>,
     first: tokio::time::Instant,
     period: Duration,
-    stop: CancellationToken,
+    stop: Shutdown,
 ) {
     let mut tick = tokio::time::interval_at(first, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.wait() => return,
             _ = tick.tick() => {}
         }
         let mut req = m.request.clone();
@@ -604,7 +603,7 @@ async fn controller_loop(
     stats: Arc<Stats>,
     first: tokio::time::Instant,
     period: Duration,
-    stop: CancellationToken,
+    stop: Shutdown,
 ) {
     let mut tick = tokio::time::interval_at(first, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -614,7 +613,7 @@ async fn controller_loop(
     let mut insync_asked_epoch = 0u64;
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.wait() => return,
             _ = tick.tick() => {}
         }
         let epoch = m.epoch.load(Ordering::Relaxed);
@@ -798,7 +797,7 @@ async fn connect(addr: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
 /// Runs the bench; the children are killed (by PID) however it ends, Ctrl-C included.
 pub async fn run(args: NamesrvBenchArgs) -> anyhow::Result<()> {
     args.check()?;
-    let stop = crate::shutdown::Shutdown::from_signals();
+    let stop = Shutdown::from_signals();
     let tmp = TempDir::new(args.tmp_dir.as_deref())?;
     let mut children: Vec<ChildProc> = Vec::new();
     let result = tokio::select! {
@@ -926,8 +925,8 @@ async fn bench(
 
     // ---- warm-up: every member registers and heartbeats; wait for every group's master.
     let stats = Arc::new(Stats::new());
-    let stop = CancellationToken::new();
-    let _stop_on_exit = stop.clone().drop_guard();
+    let stop = Shutdown::new();
+    let _stop_on_exit = stop.token().clone().drop_guard();
     let reg_channels = connect(&namesrv_addr, args.register_conns).await?;
     let ctl_clients: Vec<Arc<ControllerClient>> = (0..args.controller_conns.min(n_members))
         .map(|_| {
@@ -1174,7 +1173,7 @@ async fn bench(
     }
 
     // ---- stop the members, check the children lived through it, report.
-    stop.cancel();
+    stop.trigger();
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         while member_tasks.join_next().await.is_some() {}
     })

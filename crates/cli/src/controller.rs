@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use sofamq_controller::{CancellationToken, Controller, ControllerConfig, parse_peers};
+use sofamq_controller::{Controller, ControllerConfig, parse_peers};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::shutdown::Shutdown;
+use sofamq_server::Shutdown;
 
 /// Options of `sofamq controller`.
 #[derive(clap::Args, Debug)]
@@ -70,8 +70,8 @@ impl Running {
     }
 }
 
-/// Binds, starts and serves a controller node until `token` fires.
-pub async fn start(o: ControllerOpts, token: CancellationToken) -> anyhow::Result<Running> {
+/// Binds, starts and serves a controller node until `shutdown` trips.
+pub async fn start(o: ControllerOpts, shutdown: Shutdown) -> anyhow::Result<Running> {
     let listener = TcpListener::bind(&o.listen)
         .await
         .with_context(|| format!("binding controller {}", o.listen))?;
@@ -100,11 +100,11 @@ pub async fn start(o: ControllerOpts, token: CancellationToken) -> anyhow::Resul
     }
     cfg.refused_timeout_ms = o.refused_timeout_ms;
     cfg.protocol_max = o.protocol_max;
-    let controller = Controller::start(cfg, token.clone()).await?;
+    let controller = Controller::start(cfg, shutdown.clone()).await?;
     let server = tokio::spawn(sofamq_controller::serve(
         listener,
         controller.clone(),
-        token,
+        shutdown,
     ));
     Ok(Running {
         bound,
@@ -113,22 +113,9 @@ pub async fn start(o: ControllerOpts, token: CancellationToken) -> anyhow::Resul
     })
 }
 
-/// A token that fires with `shutdown`.
-pub fn token_for(shutdown: &Shutdown) -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    let wait = shutdown.wait();
-    tokio::spawn(async move {
-        wait.await;
-        t.cancel();
-    });
-    token
-}
-
 /// Runs a controller node until Ctrl-C / SIGTERM.
 pub async fn run(a: ControllerArgs) -> anyhow::Result<()> {
     let shutdown = Shutdown::from_signals();
-    let token = token_for(&shutdown);
     let opts = ControllerOpts {
         id: a.id,
         listen: a.listen,
@@ -139,7 +126,7 @@ pub async fn run(a: ControllerArgs) -> anyhow::Result<()> {
         refused_timeout_ms: a.refused_timeout_ms,
         protocol_max: a.protocol_max,
     };
-    let running = start(opts, token).await?;
+    let running = start(opts, shutdown).await?;
     println!("controller ready on {}", running.bound);
     running.wait().await
 }
@@ -191,7 +178,7 @@ pub async fn start_embedded(
         refused_timeout_ms: None,
         protocol_max: a.controller_protocol_max,
     };
-    let running = start(opts, token_for(shutdown)).await?;
+    let running = start(opts, shutdown.clone()).await?;
     println!("controller ready on {}", running.bound);
     Ok(Some(running))
 }

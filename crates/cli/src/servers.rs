@@ -8,10 +8,8 @@ use anyhow::Context;
 use sofamq_broker::BrokerConfig;
 use sofamq_broker::repl::Role;
 use sofamq_namesrv::NamesrvConfig;
+use sofamq_server::Shutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-
-use crate::shutdown::Shutdown;
 
 /// Options of `sofamq namesrv`.
 #[derive(clap::Args, Debug)]
@@ -87,7 +85,7 @@ pub struct BrokerArgs {
     #[arg(long)]
     pub reconnect_backoff_ms: Option<u64>,
     /// Flush mode: sync (fsync before ack) or async.
-    #[arg(long, value_parser = crate::standalone::parse_flush)]
+    #[arg(long, value_parser = crate::startup::parse_flush)]
     pub flush: Option<sofamq_broker::FlushMode>,
     /// HTTP address for `/metrics` and `/health` (port 0 picks a free port).
     #[arg(long, env = "SOFAMQ_BROKER_HTTP_LISTEN")]
@@ -142,7 +140,7 @@ pub async fn namesrv(args: NamesrvArgs) -> anyhow::Result<()> {
         cfg.http_listen = Some(h);
     }
     if let (Some(c), Some(k)) = (&args.tls_cert, &args.tls_key) {
-        cfg.tls = sofamq_namesrv::tls::TlsConfig::new(c, k);
+        cfg.tls = sofamq_server::tls::TlsConfig::new(c, k);
     }
     cfg.tls.validate()?;
     let http = match cfg.http_listen {
@@ -163,11 +161,13 @@ pub async fn namesrv(args: NamesrvArgs) -> anyhow::Result<()> {
     let bound = listener.local_addr()?;
     let shutdown = Shutdown::from_signals();
     let controller = crate::controller::start_embedded(&args.controller, &shutdown).await?;
-    let task = tokio::spawn(sofamq_namesrv::run_with_http(
-        listener,
-        http,
+    let task = tokio::spawn(sofamq_namesrv::run(
+        sofamq_namesrv::Listeners {
+            grpc: listener,
+            http,
+        },
         cfg,
-        shutdown.wait(),
+        shutdown.clone(),
     ));
     println!("namesrv ready on {bound} (http {http_bound})");
     task.await.context("namesrv task")??;
@@ -231,7 +231,7 @@ pub fn broker_config(args: &BrokerArgs) -> anyhow::Result<BrokerConfig> {
         cfg.http_listen = Some(h);
     }
     if let (Some(c), Some(k)) = (&args.tls_cert, &args.tls_key) {
-        cfg.tls = sofamq_namesrv::tls::TlsConfig::new(c, k);
+        cfg.tls = sofamq_server::tls::TlsConfig::new(c, k);
     }
     if r.role == Some(Role::Slave) && cfg.broker_id == 0 {
         cfg.broker_id = 1;
@@ -245,7 +245,7 @@ pub async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
     let topics: Vec<_> = args
         .topics
         .iter()
-        .map(|t| crate::standalone::parse_topic(t))
+        .map(|t| crate::startup::parse_topic(t))
         .collect::<anyhow::Result<_>>()?;
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -265,7 +265,7 @@ pub async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
     if broker.config().replication.controlled() {
         // Roles come later from the controller: create the topics once this broker is master.
         if !topics.is_empty() {
-            tokio::spawn(create_when_master(broker.clone(), topics));
+            tokio::spawn(crate::startup::create_when_master(broker.clone(), topics));
         }
     } else {
         if broker.repl().role() == Role::Slave {
@@ -282,15 +282,14 @@ pub async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
         }
     }
     let shutdown = Shutdown::from_signals();
-    let (reg_tx, mut reg_rx) = watch::channel(false);
+    let mut reg_rx = broker.registered();
     let observed = broker.clone();
-    let mut task = tokio::spawn(sofamq_broker::server::serve_with(
-        broker,
-        listener,
-        repl_listener,
-        shutdown.wait(),
-        Some(reg_tx),
-    ));
+    let listeners = sofamq_broker::Listeners {
+        grpc: listener,
+        replication: repl_listener,
+        http: None,
+    };
+    let mut task = tokio::spawn(sofamq_broker::serve(listeners, broker, shutdown.clone()));
     // Ready once a NameServer knows us, so clients can route to this broker.
     tokio::select! {
         r = reg_rx.wait_for(|r| *r) => { r.context("broker stopped before registering")?; }
@@ -304,32 +303,4 @@ pub async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
     println!("broker {name} ready on {bound} ({role}, replication {repl_bound}, http {http})");
     task.await.context("broker task")??;
     Ok(())
-}
-
-/// Creates `topics` each time this broker becomes master (idempotent: an existing topic
-/// with the same settings is left alone).
-pub async fn create_when_master(
-    broker: sofamq_broker::Broker,
-    topics: Vec<(String, u32, sofamq_broker::topics::TopicType)>,
-) {
-    let mut role = broker.repl().role_watch();
-    loop {
-        if *role.borrow_and_update() == Role::Master {
-            for (t, q, ty) in &topics {
-                // The lease may lag the role by one heartbeat: retry briefly.
-                for _ in 0..50 {
-                    match broker.create_topic(t, *q, *ty).await {
-                        Ok(_) => break,
-                        Err(e) => {
-                            tracing::debug!(topic = %t, error = %e, "topic not created yet");
-                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        }
-                    }
-                }
-            }
-        }
-        if role.changed().await.is_err() {
-            return;
-        }
-    }
 }

@@ -8,13 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sofamq_broker::repl::Role;
-use sofamq_broker::topics::TopicType;
 use sofamq_broker::{BrokerConfig, FlushMode};
 use sofamq_namesrv::NamesrvConfig;
+use sofamq_server::Shutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-
-use crate::shutdown::Shutdown;
 
 /// Port layout relative to `--port-base`.
 pub mod ports {
@@ -53,7 +50,7 @@ pub struct StandaloneArgs {
     #[arg(long = "topic")]
     pub topics: Vec<String>,
     /// Flush mode of the brokers: sync (fsync before ack) or async.
-    #[arg(long, default_value = "sync", value_parser = parse_flush)]
+    #[arg(long, default_value = "sync", value_parser = crate::startup::parse_flush)]
     pub flush: FlushMode,
     /// Run broker-a's master alone (no slave; acks after the master's fsync only).
     #[arg(long)]
@@ -89,35 +86,6 @@ impl StandaloneArgs {
     }
 }
 
-pub(crate) fn parse_flush(s: &str) -> Result<FlushMode, String> {
-    match s {
-        "sync" => Ok(FlushMode::Sync),
-        "async" => Ok(FlushMode::Async),
-        _ => Err(format!("flush mode must be sync or async, not {s:?}")),
-    }
-}
-
-/// Parses `NAME[:QUEUES[:TYPE]]`.
-pub fn parse_topic(spec: &str) -> anyhow::Result<(String, u32, TopicType)> {
-    let mut parts = spec.split(':');
-    let name = parts.next().unwrap_or_default().to_string();
-    let queues = match parts.next() {
-        Some(q) => q
-            .parse()
-            .with_context(|| format!("queue count in {spec:?}"))?,
-        None => 0,
-    };
-    let ty = match parts.next() {
-        Some(t) => TopicType::parse(t).with_context(|| format!("topic type in {spec:?}"))?,
-        None => TopicType::Normal,
-    };
-    anyhow::ensure!(
-        parts.next().is_none(),
-        "topic spec {spec:?} has too many ':' parts"
-    );
-    Ok((name, queues, ty))
-}
-
 fn addr(base: u16, offset: u16) -> anyhow::Result<SocketAddr> {
     let port = base
         .checked_add(offset)
@@ -139,7 +107,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     let topics: Vec<_> = args
         .topics
         .iter()
-        .map(|t| parse_topic(t))
+        .map(|t| crate::startup::parse_topic(t))
         .collect::<anyhow::Result<_>>()?;
 
     let ns_addr = addr(args.port_base, ports::NAMESRV)?;
@@ -168,7 +136,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         },
         ..Default::default()
     };
-    let ns_task = tokio::spawn(sofamq_namesrv::run(ns_listener, ns_cfg, shutdown.wait()));
+    let ns_task = tokio::spawn(sofamq_namesrv::run(ns_listener, ns_cfg, shutdown.clone()));
 
     let b_addr = addr(args.port_base, ports::BROKER_A_MASTER)?;
     let b_listener = bind(b_addr, "broker-a").await?;
@@ -206,13 +174,15 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         Some(bind(m_repl, "broker-a master replication").await?)
     };
     let broker = sofamq_broker::server::open(b_cfg).await?;
-    let (reg_tx, mut reg_rx) = watch::channel(false);
-    let b_task = tokio::spawn(sofamq_broker::server::serve_with(
+    let mut reg_rx = broker.registered();
+    let b_task = tokio::spawn(sofamq_broker::serve(
+        sofamq_broker::Listeners {
+            grpc: b_listener,
+            replication: m_repl_listener,
+            http: None,
+        },
         broker.clone(),
-        b_listener,
-        m_repl_listener,
-        shutdown.wait(),
-        Some(reg_tx),
+        shutdown.clone(),
     ));
     let mut members = vec![broker.clone()];
 
@@ -240,12 +210,14 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         }
         let slave = sofamq_broker::server::open(s_cfg).await?;
         members.push(slave.clone());
-        Some(tokio::spawn(sofamq_broker::server::serve_with(
+        Some(tokio::spawn(sofamq_broker::serve(
+            sofamq_broker::Listeners {
+                grpc: s_listener,
+                replication: Some(s_repl_listener),
+                http: None,
+            },
             slave,
-            s_listener,
-            Some(s_repl_listener),
-            shutdown.wait(),
-            None,
+            shutdown.clone(),
         )))
     };
     // Ready needs a master (the controller's choice under failover) with its slave in sync.
@@ -260,7 +232,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     }
     if failover {
         for m in &members {
-            tokio::spawn(crate::servers::create_when_master(
+            tokio::spawn(crate::startup::create_when_master(
                 m.clone(),
                 topics.clone(),
             ));
@@ -324,23 +296,17 @@ async fn start_controller(
     shutdown: &Shutdown,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
     let listener = bind(addr, "controller").await?;
-    let token = sofamq_controller::CancellationToken::new();
     let cfg = sofamq_controller::ControllerConfig::new(
         1,
         [(1, addr.to_string())].into_iter().collect(),
         data_dir,
     );
-    let ctl = sofamq_controller::Controller::start(cfg, token.clone())
+    let ctl = sofamq_controller::Controller::start(cfg, shutdown.clone())
         .await
         .context("starting the controller")?;
-    let stop = shutdown.wait();
-    let t = token.clone();
-    tokio::spawn(async move {
-        stop.await;
-        t.cancel();
-    });
+    let shutdown = shutdown.clone();
     Ok(tokio::spawn(async move {
-        sofamq_controller::serve(listener, ctl.clone(), token).await?;
+        sofamq_controller::serve(listener, ctl.clone(), shutdown).await?;
         ctl.stopped().await;
         Ok(())
     }))
@@ -409,23 +375,4 @@ async fn wait_routable<'a>(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topic_specs() {
-        assert_eq!(
-            parse_topic("t").unwrap(),
-            ("t".into(), 0, TopicType::Normal)
-        );
-        assert_eq!(
-            parse_topic("t:4:fifo").unwrap(),
-            ("t".into(), 4, TopicType::Fifo)
-        );
-        assert!(parse_topic("t:x").is_err());
-        assert!(parse_topic("t:1:NOPE").is_err());
-    }
 }

@@ -2,7 +2,8 @@
 //! are in sync. The state changes only through Raft (openraft 0.9); brokers heartbeat the
 //! leader and act on the view it returns.
 //!
-//! * [`Controller::start`] runs a node; [`serve`] answers its RPCs on a listener.
+//! * [`run`] starts a node and answers its RPCs on a listener until its
+//!   [`sofamq_server::Shutdown`] trips; [`Controller::start`] and [`serve`] are its two steps.
 //! * [`ControllerClient`] is what brokers and admin tools use.
 //! * [`logic`] holds the election rules as pure functions.
 
@@ -25,8 +26,5 @@ pub use command::{Command, CommandReply};
 pub use config::{ConfigError, ControllerConfig, parse_peers};
 pub use network::{Acceptor, AsyncStream, Connector, TcpConnector};
 pub use node::{Controller, StartError};
-pub use server::{serve, serve_with};
+pub use server::{RunError, run, serve, serve_with};
 pub use types::*;
-
-/// The shutdown token type [`Controller::start`] and [`serve`] take.
-pub use tokio_util::sync::CancellationToken;

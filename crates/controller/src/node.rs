@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
 use parking_lot::{Mutex, RwLock};
+use sofamq_server::Shutdown;
 use tokio_util::sync::CancellationToken;
 
 use crate::command::{Command, CommandReply};
@@ -103,7 +104,7 @@ impl Controller {
     /// when this is the lowest id (idempotent) and runs the election loop until `shutdown`.
     pub async fn start(
         config: ControllerConfig,
-        shutdown: CancellationToken,
+        shutdown: Shutdown,
     ) -> Result<Controller, StartError> {
         Self::start_with(config, Arc::new(TcpConnector), shutdown).await
     }
@@ -112,9 +113,10 @@ impl Controller {
     pub async fn start_with(
         config: ControllerConfig,
         connector: Arc<dyn Connector>,
-        shutdown: CancellationToken,
+        shutdown: Shutdown,
     ) -> Result<Controller, StartError> {
         config.validate()?;
+        let shutdown = shutdown.token().clone();
         let log = LogStore::open(&config.data_dir)?;
         let log_handle = log.clone();
         let sm = StateMachine::open(&config.data_dir)

@@ -1,36 +1,70 @@
-//! Serving a [`Controller`] over any [`Acceptor`] (mini-redis shape: `serve(listener, ..)`).
+//! Serving a controller node, in the shape every SofaMQ server has: `run(listener,
+//! config, shutdown)`. [`serve`] is the same for a node the caller started (it prints its
+//! ready line or keeps the handle), [`serve_with`] for connections from any [`Acceptor`].
 
 use std::io;
 use std::time::Duration;
 
+use sofamq_server::Shutdown;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ControllerConfig;
 use crate::network::{Acceptor, AsyncStream};
-use crate::node::Controller;
+use crate::node::{Controller, StartError};
 use crate::rpc::{FrameError, MIN_VERSION, Request, Response, negotiate, read_frame, write_frame};
 use crate::types::ControllerError;
 
 /// How long a connection may sit idle between requests.
 const IDLE: Duration = Duration::from_secs(120);
 
-/// Serves `controller` on a bound tokio listener until `shutdown` fires.
+/// Why [`run`] ended with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The node could not start (configuration, data directory, Raft).
+    #[error("starting the controller: {0}")]
+    Start(#[from] StartError),
+    /// Serving the listener failed.
+    #[error("serving the controller: {0}")]
+    Serve(#[from] io::Error),
+}
+
+/// Starts the node `config` describes and serves it on `listener` until `shutdown`
+/// trips; returns once the server and the node have stopped.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: ControllerConfig,
+    shutdown: Shutdown,
+) -> Result<(), RunError> {
+    // The node and its server stop together, on `shutdown` or when serving fails, without
+    // tripping `shutdown` for the other servers in the process.
+    let own = shutdown.child();
+    let controller = Controller::start(config, own.clone()).await?;
+    let served = serve(listener, controller.clone(), own.clone()).await;
+    own.trigger();
+    controller.stopped().await;
+    Ok(served?)
+}
+
+/// Serves `controller` (started by [`Controller::start`]) on a bound tokio listener until
+/// `shutdown` trips.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     controller: Controller,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 ) -> io::Result<()> {
     serve_with(listener, controller, shutdown).await
 }
 
 /// Serves `controller` on connections from any acceptor (a simulator's listener, say).
-/// Returns after `shutdown` fires, once every connection task has ended; the acceptor is
+/// Returns after `shutdown` trips, once every connection task has ended; the acceptor is
 /// dropped (the port freed) before it returns.
 pub async fn serve_with<A: Acceptor>(
     mut acceptor: A,
     controller: Controller,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 ) -> io::Result<()> {
+    let shutdown: CancellationToken = shutdown.token().clone();
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {

@@ -11,8 +11,9 @@ use sofamq_controller::network::{CallError, Channel, TcpConnector};
 use sofamq_controller::rpc::{FrameLimits, Request, Response};
 use sofamq_controller::{
     AlterInSync, BrokerAddrs, Controller, ControllerClient, ControllerConfig, ControllerError,
-    GroupState, Heartbeat, serve,
+    GroupState, Heartbeat, RunError, serve,
 };
+use sofamq_server::Shutdown;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +22,7 @@ const MASTER_TIMEOUT_MS: u64 = 1500;
 
 struct Node {
     ctl: Controller,
-    token: CancellationToken,
+    token: Shutdown,
     server: JoinHandle<std::io::Result<()>>,
 }
 
@@ -50,7 +51,7 @@ async fn start(id: u64, peers: &BTreeMap<u64, String>, dir: &Path) -> Node {
 
 async fn start_cfg(cfg: ControllerConfig) -> Node {
     let (id, peers) = (cfg.node_id, cfg.peers.clone());
-    let token = CancellationToken::new();
+    let token = Shutdown::new();
     let mut listener = None;
     for _ in 0..50 {
         match tokio::net::TcpListener::bind(&peers[&id]).await {
@@ -68,7 +69,7 @@ async fn start_cfg(cfg: ControllerConfig) -> Node {
 }
 
 async fn stop(node: Node) {
-    node.token.cancel();
+    node.token.trigger();
     node.server.await.unwrap().unwrap();
     node.ctl.stopped().await;
 }
@@ -856,4 +857,41 @@ async fn mixed_protocol_versions_form_one_group() {
     ));
     assert_eq!(ch.version(), Some(1));
     server.await.unwrap();
+}
+
+/// `run(listener, config, shutdown)` starts the node and answers on the listener until the
+/// shutdown trips, then returns with the port closed; a node that cannot start is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_until_shutdown_and_reports_a_node_that_cannot_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let peers: BTreeMap<u64, String> = [(1, addr.clone())].into();
+    let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(sofamq_controller::run(
+        listener,
+        config(1, &peers, dir.path()),
+        shutdown.clone(),
+    ));
+    let client = ControllerClient::new(vec![addr.clone()], Duration::from_secs(1));
+    wait_for_async(|| client.status()).await;
+    assert!(!task.is_finished());
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("run returns after the shutdown")
+        .unwrap()
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(&addr).await.is_err(),
+        "the port is closed once run returned"
+    );
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut bad = config(1, &peers, dir.path());
+    bad.lease_ms = bad.master_timeout_ms;
+    let e = sofamq_controller::run(listener, bad, Shutdown::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RunError::Start(_)), "{e}");
 }

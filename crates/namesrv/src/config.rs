@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::NamesrvError;
-use crate::session::SessionOptions;
+use sofamq_server::session::SessionOptions;
 
 /// Configuration of one name server process.
 ///
@@ -49,7 +49,7 @@ pub struct NamesrvConfig {
     /// Address of the HTTP endpoint (`/metrics`, `/health`); none: not served.
     pub http_listen: Option<SocketAddr>,
     /// TLS on the client gRPC port (`[tls] cert_path, key_path`); off when unset.
-    pub tls: crate::tls::TlsConfig,
+    pub tls: sofamq_server::tls::TlsConfig,
     /// Proxy mode (`[proxy]`): routes name this server, client RPCs are forwarded to the
     /// current masters. On by default.
     pub proxy: crate::proxy::ProxyOptions,
@@ -75,7 +75,7 @@ impl Default for NamesrvConfig {
             shutdown_grace_ms: 5_000,
             session: SessionOptions::default(),
             http_listen: None,
-            tls: crate::tls::TlsConfig::default(),
+            tls: sofamq_server::tls::TlsConfig::default(),
             proxy: crate::proxy::ProxyOptions::default(),
             console: crate::console::ConsoleConfig::default(),
         }

@@ -30,7 +30,7 @@ pub enum NamesrvError {
     Proxy(String),
     /// The TLS certificate or key is unusable.
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] sofamq_server::tls::TlsError),
     /// The gRPC server failed.
     #[error("gRPC server on {addr} failed: {source}")]
     Transport {

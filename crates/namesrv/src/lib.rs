@@ -10,26 +10,20 @@
 //! Several name servers run side by side without sharing state; brokers
 //! register with all of them.
 //!
-//! [`session`] and [`endpoints`] are public so the broker and the client can
-//! reuse the Telemetry settings logic and the address conversions.
+//! The plumbing it shares with the other servers (TLS, accept limits, the HTTP
+//! endpoint, metrics writers, client sessions) is in `sofamq-server`.
 
 pub mod admin;
 pub mod config;
 pub mod console;
 pub mod endpoints;
 pub mod error;
-pub mod http;
 pub mod messaging;
-pub mod metrics;
-pub mod net;
 pub mod proxy;
 pub mod registry;
 pub mod route;
 pub mod server;
-pub mod session;
-pub mod status;
-pub mod tls;
 
 pub use config::NamesrvConfig;
 pub use error::NamesrvError;
-pub use server::{run, run_with_http};
+pub use server::{Listeners, run};

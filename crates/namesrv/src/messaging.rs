@@ -29,8 +29,8 @@ use crate::endpoints::to_endpoints;
 use crate::proxy::{DIRECT_ROUTE_HEADER, Proxy, forward};
 use crate::registry::Registry;
 use crate::route::query_route;
-use crate::session::{SessionOptions, telemetry_stream};
-use crate::status::{ok, status};
+use sofamq_server::session::{SessionOptions, telemetry_stream};
+use sofamq_server::status::{ok, status};
 
 /// Message of the status returned by RPCs a name server does not serve.
 pub const NOT_A_BROKER: &str =

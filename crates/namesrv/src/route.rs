@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 
 use crate::endpoints::to_endpoints;
 use crate::registry::{MASTER_ID, Registry};
-use crate::status;
+use sofamq_server::status;
 
 /// Maps RocketMQ permission bits onto the wire `Permission`.
 pub fn permission(perm: u32) -> Permission {

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use sofamq_proto::namesrv::name_server_admin_server::NameServerAdminServer;
 use sofamq_proto::v2::messaging_service_server::MessagingServiceServer;
+use sofamq_server::Shutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -17,45 +18,51 @@ use crate::messaging::NamesrvMessaging;
 use crate::proxy::Proxy;
 use crate::registry::{Registry, RegistryLimits};
 
-/// Serves the name server on `listener` until `shutdown` completes.
+/// The sockets a name server serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Client and broker gRPC (`MessagingService` and `NameServerAdmin`).
+    pub grpc: TcpListener,
+    /// `/metrics`, `/health` and the console; when `None`, [`run`] binds
+    /// `config.http_listen` if that is set.
+    pub http: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(grpc: TcpListener) -> Self {
+        Self { grpc, http: None }
+    }
+}
+
+/// Serves the name server on `listeners` until `shutdown` trips.
 ///
 /// On shutdown, open Telemetry streams are closed, connections are given
 /// `shutdown_grace_ms` to finish, and the function returns.
 pub async fn run(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     config: NamesrvConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: Shutdown,
 ) -> Result<(), NamesrvError> {
-    let http = match config.http_listen {
-        Some(addr) => Some(
+    let Listeners {
+        grpc: listener,
+        http,
+    } = listeners.into();
+    let http = match (http, config.http_listen) {
+        (Some(l), _) => Some(l),
+        (None, Some(addr)) => Some(
             TcpListener::bind(addr)
                 .await
                 .map_err(|source| NamesrvError::HttpBind { addr, source })?,
         ),
-        None => None,
+        (None, None) => None,
     };
-    run_with_http(listener, http, config, shutdown).await
-}
-
-/// [`run`] with the HTTP (`/metrics`, `/health`) listener already bound (or none).
-pub async fn run_with_http(
-    listener: TcpListener,
-    http: Option<TcpListener>,
-    config: NamesrvConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), NamesrvError> {
     config.validate()?;
     // TLS files are checked before anything starts.
-    let builder = crate::tls::apply(tonic::transport::Server::builder(), &config.tls)?;
+    let builder = sofamq_server::tls::apply(tonic::transport::Server::builder(), &config.tls)?;
     let addr = listener.local_addr().map_err(NamesrvError::LocalAddr)?;
     let registry = Arc::new(Registry::new(RegistryLimits::from(&config)));
-    let token = CancellationToken::new();
-
-    let signal = token.clone();
-    let waiter = tokio::spawn(async move {
-        shutdown.await;
-        signal.cancel();
-    });
+    // Stops this server's tasks with `shutdown`, or alone when the transport fails.
+    let token = shutdown.child().token().clone();
 
     let scanner = tokio::spawn(expiry_loop(
         Arc::clone(&registry),
@@ -85,12 +92,12 @@ pub async fn run_with_http(
         .max_decoding_message_size(config.max_grpc_decode_bytes)
         .max_encoding_message_size(config.max_grpc_decode_bytes);
 
-    let conns = Arc::new(crate::metrics::Connections::default());
+    let conns = Arc::new(sofamq_server::metrics::Connections::default());
     if let Some(l) = http {
         let o = Arc::new(NamesrvObservable {
             registry: Arc::clone(&registry),
             conns: Arc::clone(&conns),
-            labels: crate::metrics::labels(&[("addr", &addr.to_string())]),
+            labels: sofamq_server::metrics::labels(&[("addr", &addr.to_string())]),
             proxy: proxy.clone(),
         });
         let console = config
@@ -98,7 +105,7 @@ pub async fn run_with_http(
             .enabled
             .then(|| crate::console::router(Arc::clone(&registry), config.console.clone()));
         info!(%addr, http = ?l.local_addr().ok(), console = config.console.enabled, "name server HTTP endpoint (/metrics, /health, /console/)");
-        crate::http::spawn_with(l, o, console, token.clone());
+        sofamq_server::http::spawn_with(l, o, console, token.clone());
     }
 
     info!(%addr, tls = config.tls.enabled(), proxy = config.proxy.enabled, "name server listening");
@@ -108,8 +115,8 @@ pub async fn run_with_http(
         .add_service(messaging)
         .add_service(admin)
         .serve_with_incoming_shutdown(
-            crate::metrics::counted(
-                crate::net::incoming_limited(listener, config.max_connections_per_ip),
+            sofamq_server::metrics::counted(
+                sofamq_server::net::incoming_limited(listener, config.max_connections_per_ip),
                 conns,
             ),
             token.clone().cancelled_owned(),
@@ -125,7 +132,6 @@ pub async fn run_with_http(
         }
     };
     token.cancel();
-    waiter.abort();
     if let Err(e) = scanner.await {
         warn!(error = %e, "expiry task ended abnormally");
     }
@@ -154,14 +160,14 @@ async fn expiry_loop(registry: Arc<Registry>, config: NamesrvConfig, token: Canc
 /// What the name server's `/metrics` and `/health` show.
 struct NamesrvObservable {
     registry: Arc<Registry>,
-    conns: Arc<crate::metrics::Connections>,
+    conns: Arc<sofamq_server::metrics::Connections>,
     labels: String,
     proxy: Option<Arc<Proxy>>,
 }
 
-impl crate::http::Observable for NamesrvObservable {
+impl sofamq_server::http::Observable for NamesrvObservable {
     fn metrics(&self) -> String {
-        let mut t = crate::metrics::Text::new();
+        let mut t = sofamq_server::metrics::Text::new();
         let l = &self.labels;
         t.single(
             "sofamq_namesrv_up",

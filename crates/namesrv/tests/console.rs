@@ -23,13 +23,15 @@ async fn page_has_security_headers_and_api_fails_closed_without_brokers() {
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let h = http.local_addr().unwrap().to_string();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(sofamq_namesrv::run_with_http(
-        grpc,
-        Some(http),
-        sofamq_namesrv::NamesrvConfig::default(),
-        async move {
-            let _ = rx.await;
+    let task = tokio::spawn(sofamq_namesrv::run(
+        sofamq_namesrv::Listeners {
+            grpc,
+            http: Some(http),
         },
+        sofamq_namesrv::NamesrvConfig::default(),
+        sofamq_server::Shutdown::on(async move {
+            let _ = rx.await;
+        }),
     ));
     let page = get(&h, "GET /console/ HTTP/1.0\r\n\r\n").await;
     assert!(
@@ -69,13 +71,15 @@ async fn console_can_be_turned_off() {
     let mut cfg = sofamq_namesrv::NamesrvConfig::default();
     cfg.console.enabled = false;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(sofamq_namesrv::run_with_http(
-        grpc,
-        Some(http),
-        cfg,
-        async move {
-            let _ = rx.await;
+    let task = tokio::spawn(sofamq_namesrv::run(
+        sofamq_namesrv::Listeners {
+            grpc,
+            http: Some(http),
         },
+        cfg,
+        sofamq_server::Shutdown::on(async move {
+            let _ = rx.await;
+        }),
     ));
     let r = get(&h, "GET /console/ HTTP/1.0\r\n\r\n").await;
     assert!(r.contains(" 404 "), "{r}");
@@ -83,4 +87,33 @@ async fn console_can_be_turned_off() {
     assert!(m.contains(" 200 "), "{m}");
     let _ = tx.send(());
     let _ = task.await;
+}
+
+/// With no HTTP listener given, `run` binds `http_listen` from the configuration (as
+/// `sofamq standalone` relies on), and stops serving it with the shutdown.
+#[tokio::test]
+async fn run_binds_the_configured_http_address_when_given_no_listener() {
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let h = free.local_addr().unwrap();
+    drop(free);
+    let cfg = sofamq_namesrv::NamesrvConfig {
+        http_listen: Some(h),
+        ..Default::default()
+    };
+    let shutdown = sofamq_server::Shutdown::new();
+    let task = tokio::spawn(sofamq_namesrv::run(grpc, cfg, shutdown.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(h).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "{h} never bound");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = get(&h.to_string(), "GET /health HTTP/1.0\r\n\r\n").await;
+    assert!(r.contains(" 200 "), "{r}");
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }

@@ -35,9 +35,13 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(run(listener, config, async move {
-            let _ = stopped.await;
-        }));
+        let handle = tokio::spawn(run(
+            listener,
+            config,
+            sofamq_server::Shutdown::on(async move {
+                let _ = stopped.await;
+            }),
+        ));
         Self {
             addr,
             stop: Some(stop),
@@ -588,7 +592,7 @@ async fn config_parses_from_toml_with_defaults() {
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     assert!(matches!(
-        run(listener, bad, async {}).await,
+        run(listener, bad, sofamq_server::Shutdown::on(async {})).await,
         Err(NamesrvError::Config {
             key: "scan_interval_ms",
             ..

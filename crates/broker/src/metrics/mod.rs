@@ -15,8 +15,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use sofamq_namesrv::metrics::{Connections, LatencyHistogram};
 use sofamq_proto::v2::{Code, Message, SendMessageResponse};
+use sofamq_server::metrics::{Connections, LatencyHistogram};
 use sofamq_store::NewRecord;
 
 pub use render::Observed;

@@ -3,9 +3,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use sofamq_namesrv::http::Observable;
-use sofamq_namesrv::metrics::{Text, labels};
 use sofamq_proto::v2::Code;
+use sofamq_server::http::Observable;
+use sofamq_server::metrics::{Text, labels};
 
 use crate::broker::Broker;
 use crate::consume::dlq::DLQ_PREFIX;

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
-use sofamq_namesrv::tls::{self, TlsError};
+use sofamq_server::tls::{self, TlsError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 

@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use sofamq_namesrv::metrics::LatencyHistogram;
+use sofamq_server::metrics::LatencyHistogram;
 use sofamq_store::{NewRecord, Record, Store};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;

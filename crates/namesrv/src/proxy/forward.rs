@@ -22,7 +22,7 @@ use tonic::metadata::MetadataMap;
 use super::handles;
 use super::{NoAnswer, Proxy, Verdict, forward_request, not_master, unreachable};
 use crate::messaging::BoxStream;
-use crate::status::{ok, status};
+use sofamq_server::status::{ok, status};
 
 fn no_answer_status(e: &NoAnswer) -> Status {
     status(e.code, e.message.clone())

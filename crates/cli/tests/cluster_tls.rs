@@ -2,6 +2,9 @@
 //! secret on the replication port, and the ACL's clock-skew (replay) bound. Certificates
 //! are generated with rcgen in a temporary directory; everything runs in-process on
 //! 127.0.0.1 port 0.
+//!
+//! A broker with an in-process name server: it lives in `sofamq-cli`, the crate that
+//! depends on both, so that `sofamq-broker` does not depend on `sofamq-namesrv`.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -15,9 +18,10 @@ use sofamq_client::{
     ConsumeResult, ConsumerConfig, Message, Producer, ProducerConfig, PushConfig, PushConsumer,
     ReceivedMessage, SimpleConsumer, TlsOptions,
 };
-use sofamq_namesrv::tls::{ClientTls, TlsConfig};
 use sofamq_proto::v2::messaging_service_client::MessagingServiceClient;
 use sofamq_proto::v2::{self as v2, Code, SendMessageRequest};
+use sofamq_server::Shutdown;
+use sofamq_server::tls::{ClientTls, TlsConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -55,14 +59,14 @@ fn certs() -> Certs {
     }
 }
 
-fn stopper() -> (
-    watch::Sender<bool>,
-    impl Future<Output = ()> + Send + 'static,
-) {
+fn stopper() -> (watch::Sender<bool>, Shutdown) {
     let (tx, mut rx) = watch::channel(false);
-    (tx, async move {
-        let _ = rx.wait_for(|s| *s).await;
-    })
+    (
+        tx,
+        Shutdown::on(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }),
+    )
 }
 
 async fn start_ns(tls: TlsConfig) -> (String, watch::Sender<bool>) {
@@ -127,10 +131,15 @@ async fn start_broker(repl: bool, tweak: impl FnOnce(&mut BrokerConfig)) -> Node
             .unwrap();
     }
     let (stop, stopped) = stopper();
-    let (reg_tx, mut reg_rx) = watch::channel(false);
+    let mut reg_rx = broker.registered();
     let b = broker.clone();
+    let listeners = sofamq_broker::Listeners {
+        grpc: l,
+        replication: rl,
+        http: None,
+    };
     tokio::spawn(async move {
-        if let Err(e) = sofamq_broker::server::serve_with(b, l, rl, stopped, Some(reg_tx)).await {
+        if let Err(e) = sofamq_broker::server::serve(listeners, b, stopped).await {
             panic!("broker: {e}");
         }
     });
@@ -471,7 +480,7 @@ async fn bad_tls_files_stop_the_servers_at_start_with_the_file_named() {
         tls: TlsConfig::new(&missing, &missing),
         ..Default::default()
     };
-    let e = sofamq_namesrv::run(l, cfg, std::future::pending())
+    let e = sofamq_namesrv::run(l, cfg, Shutdown::new())
         .await
         .unwrap_err();
     assert!(e.to_string().contains("nope.pem"), "{e}");
@@ -493,7 +502,7 @@ async fn bad_tls_files_stop_the_servers_at_start_with_the_file_named() {
     assert!(!data.path().join("b").exists(), "no log created");
     // ... and by serve for a broker opened another way.
     let broker = Broker::open(cfg).unwrap();
-    let e = sofamq_broker::server::serve(broker, l, std::future::pending(), None)
+    let e = sofamq_broker::server::serve(l, broker, Shutdown::new())
         .await
         .unwrap_err();
     assert!(e.to_string().contains("nope.pem"), "{e}");

@@ -1,5 +1,8 @@
 //! Consumer groups end to end: in-process namesrv + broker on 127.0.0.1:0,
 //! the SDK's Producer and SimpleConsumer.
+//!
+//! A broker with an in-process name server: it lives in `sofamq-cli`, the crate that
+//! depends on both, so that `sofamq-broker` does not depend on `sofamq-namesrv`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -36,9 +39,9 @@ async fn start_ns() -> (String, watch::Sender<bool>) {
     tokio::spawn(sofamq_namesrv::run(
         l,
         sofamq_namesrv::NamesrvConfig::default(),
-        async move {
+        sofamq_server::Shutdown::on(async move {
             let _ = rx.wait_for(|s| *s).await;
-        },
+        }),
     ));
     (addr, tx)
 }
@@ -64,16 +67,15 @@ async fn start_broker(data: &Path, ns: &str, tweak: fn(&mut BrokerConfig)) -> No
         broker.create_topic(t, 4, ty).await.unwrap();
     }
     let (stop, mut rx) = watch::channel(false);
-    let (reg_tx, mut reg_rx) = watch::channel(false);
+    let mut reg_rx = broker.registered();
     let b = broker.clone();
     let task = tokio::spawn(async move {
         let _ = sofamq_broker::server::serve(
-            b,
             l,
-            async move {
+            b,
+            sofamq_server::Shutdown::on(async move {
                 let _ = rx.wait_for(|s| *s).await;
-            },
-            Some(reg_tx),
+            }),
         )
         .await;
     });

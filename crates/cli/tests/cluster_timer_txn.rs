@@ -1,6 +1,9 @@
 //! Timer (DELAY) and transactional messages end to end: in-process namesrv + broker on
 //! 127.0.0.1:0, raw RocketMQ v2 requests for the sends (so every system property is under
 //! the test's control) and the SDK's SimpleConsumer to receive.
+//!
+//! A broker with an in-process name server: it lives in `sofamq-cli`, the crate that
+//! depends on both, so that `sofamq-broker` does not depend on `sofamq-namesrv`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -41,9 +44,9 @@ async fn start_ns() -> (String, watch::Sender<bool>) {
     tokio::spawn(sofamq_namesrv::run(
         l,
         sofamq_namesrv::NamesrvConfig::default(),
-        async move {
+        sofamq_server::Shutdown::on(async move {
             let _ = rx.wait_for(|s| *s).await;
-        },
+        }),
     ));
     (addr, tx)
 }
@@ -71,16 +74,15 @@ async fn start_broker(data: &Path, ns: &str, tweak: fn(&mut BrokerConfig)) -> No
         broker.create_topic(t, 2, ty).await.unwrap();
     }
     let (stop, mut rx) = watch::channel(false);
-    let (reg_tx, mut reg_rx) = watch::channel(false);
+    let mut reg_rx = broker.registered();
     let b = broker.clone();
     let task = tokio::spawn(async move {
         let _ = sofamq_broker::server::serve(
-            b,
             l,
-            async move {
+            b,
+            sofamq_server::Shutdown::on(async move {
                 let _ = rx.wait_for(|s| *s).await;
-            },
-            Some(reg_tx),
+            }),
         )
         .await;
     });

@@ -1,6 +1,9 @@
 //! Operator surface end to end, in process: `/metrics` (parsed with a strict Prometheus
 //! text-format parser), `/health` (200, then 503 once the log is fenced) and the admin
 //! message lookup by id and by key.
+//!
+//! A broker with an in-process name server: it lives in `sofamq-cli`, the crate that
+//! depends on both, so that `sofamq-broker` does not depend on `sofamq-namesrv`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -283,13 +286,15 @@ async fn start() -> Cluster {
     let ns = l.local_addr().unwrap().to_string();
     let h = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ns_http = h.local_addr().unwrap();
-    tokio::spawn(sofamq_namesrv::run_with_http(
-        l,
-        Some(h),
-        sofamq_namesrv::NamesrvConfig::default(),
-        async move {
-            let _ = ns_rx.wait_for(|s| *s).await;
+    tokio::spawn(sofamq_namesrv::run(
+        sofamq_namesrv::Listeners {
+            grpc: l,
+            http: Some(h),
         },
+        sofamq_namesrv::NamesrvConfig::default(),
+        sofamq_server::Shutdown::on(async move {
+            let _ = ns_rx.wait_for(|s| *s).await;
+        }),
     ));
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -309,14 +314,13 @@ async fn start() -> Cluster {
         .await
         .unwrap();
     let (stop, mut rx) = watch::channel(false);
-    let (reg_tx, mut reg_rx) = watch::channel(false);
+    let mut reg_rx = broker.registered();
     tokio::spawn(sofamq_broker::server::serve(
-        broker.clone(),
         l,
-        async move {
+        broker.clone(),
+        sofamq_server::Shutdown::on(async move {
             let _ = rx.wait_for(|s| *s).await;
-        },
-        Some(reg_tx),
+        }),
     ));
     tokio::time::timeout(Duration::from_secs(10), reg_rx.wait_for(|r| *r))
         .await
@@ -554,4 +558,60 @@ async fn admin_get_message_finds_by_id_and_by_key() {
         let resp = admin.get_message(req).await.unwrap().into_inner();
         assert_ne!(resp.status.unwrap().code, 20000);
     }
+}
+
+/// `serve` uses the HTTP socket it is given (not `http_listen`) and binds the configured
+/// replication port it is not given one for; the shutdown ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_uses_given_listeners_and_binds_the_configured_rest() {
+    let free = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let given_http = http.local_addr().unwrap();
+    let (configured_http, configured_repl) = (free(), free());
+    let mut cfg = BrokerConfig {
+        data_dir: dir.path().join("b"),
+        listen: grpc.local_addr().unwrap(),
+        namesrv: vec![],
+        http_listen: Some(configured_http),
+        ..Default::default()
+    };
+    cfg.replication.listen = Some(configured_repl);
+    cfg.limits.shutdown_grace_ms = 200;
+    let broker = sofamq_broker::server::open(cfg).await.unwrap();
+    let shutdown = sofamq_server::Shutdown::new();
+    let task = tokio::spawn(sofamq_broker::serve(
+        sofamq_broker::Listeners {
+            grpc,
+            replication: None,
+            http: Some(http),
+        },
+        broker.clone(),
+        shutdown.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(configured_repl).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replication port {configured_repl} never bound"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(broker.metrics().http_addr(), Some(given_http));
+    let (code, _) = get(given_http, "/health").await;
+    assert_eq!(code, 200);
+    assert!(
+        TcpStream::connect(configured_http).await.is_err(),
+        "http_listen is not bound when a listener is given"
+    );
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }
