@@ -15,7 +15,8 @@
 # Instrumentation is switched on (`--instr-atstart=no`, then `callgrind_control -i on`) only once the slave is in sync and
 # switched off before the load generator stops, so start-up and shutdown are left out;
 # the figure is the master's Ir over that interval / the records its store appended in it
-# (`sofamq_store_records_total` on its /metrics, read before and after). The slave is not
+# (`sofamq_store_records_total` on its /metrics, read before and after), with the
+# SendMessage requests it answered (`sofamq_send_latency_seconds_count`). The slave is not
 # counted unless CALLGRIND_SLAVE=1 (then it runs under callgrind too and its Ir per
 # message is printed on its own line).
 #
@@ -98,6 +99,9 @@ wait_line() {
 records() { # the master's records appended so far
     curl -sf "http://$M_HTTP/metrics" | awk '/^sofamq_store_records_total[{ ]/ { printf "%d\n", $NF }'
 }
+requests() { # SendMessage requests the master answered so far
+    curl -sf "http://$M_HTTP/metrics" | awk '/^sofamq_send_latency_seconds_count[{ ]/ { printf "%d\n", $NF }'
+}
 
 VG=(valgrind --tool=callgrind --fair-sched=yes --instr-atstart=no --dump-instr=no)
 
@@ -123,13 +127,15 @@ fi
 SPID=$!
 PIDS+=("$SPID")
 wait_line "$OUT/slave.log" "broker broker-a ready" 300 "$SPID"
-for i in $(seq 1 600); do
+# Under valgrind (and on a busy machine) the slave may take a while to catch up: 5 minutes.
+for i in $(seq 1 3000); do
     curl -sf "http://$M_HTTP/health" | grep -q '"in_sync_slaves":1' && break
     sleep 0.1
 done
 curl -sf "http://$M_HTTP/health" | grep -q '"in_sync_slaves":1' || { log "the slave never got in sync"; exit 1; }
 
 before="$(records)"
+req_before="$(requests)"
 callgrind_control -i on "$MPID" >/dev/null 2>&1
 [ "${CALLGRIND_SLAVE:-0}" = 1 ] && callgrind_control -i on "$SPID" >/dev/null 2>&1
 log "$MODE: $COUNT messages of 1024 B, $INFLIGHT in flight, batch $BATCH"
@@ -139,6 +145,7 @@ callgrind_control -i off "$MPID" >/dev/null 2>&1
 [ "${CALLGRIND_SLAVE:-0}" = 1 ] && callgrind_control -i off "$SPID" >/dev/null 2>&1
 after="$(records)"
 stored=$((after - before))
+reqs=$(($(requests) - req_before))
 
 for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[$i]}"; done
 PIDS=()
@@ -154,6 +161,9 @@ failed="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("f
 {
     echo "binary: $BIN"
     echo "mode: $MODE (--inflight $INFLIGHT --batch $BATCH --count $COUNT --size 1024); failed sends: $failed"
+    # The SDK coalesces concurrent sends into one request, so requests vary run to run
+    # (more with batch 1): Ir per message moves with messages per request.
+    echo "requests: $reqs SendMessage requests, $(python3 -c "import sys; print(f'{int(sys.argv[1]) / max(1, int(sys.argv[2])):.1f}')" "$stored" "$reqs") messages per request"
     echo "master: $(per_msg "$OUT/callgrind.out.master")"
     if [ "${CALLGRIND_SLAVE:-0}" = 1 ]; then
         echo "slave:  $(per_msg "$OUT/callgrind.out.slave")"
