@@ -133,15 +133,14 @@ impl Broker {
         let dedup = self.repl().dedup();
         let n = req.messages.len();
         let mut entries: Vec<SendResultEntry> = Vec::with_capacity(n);
-        let mut records = Vec::with_capacity(n);
-        let mut slots = Vec::with_capacity(n);
-        // The window key of every accepted message, by slot (taken when completed).
-        let mut keys: Vec<Option<Key>> = Vec::with_capacity(n);
+        // Accepted messages, each the first of its id in this request: slot, record, window key.
+        let mut accepted: Vec<(usize, NewRecord, Key)> = Vec::with_capacity(n);
         // Timer and half messages, by slot: they get a recall handle / transaction id.
         let mut special: Vec<Option<Special>> = Vec::new();
         let mut dups: Vec<(usize, Dup)> = Vec::new();
         // Only a request of several messages can repeat an id within itself: key hash →
-        // first slot with that key (the full key is compared on a hit).
+        // index in `accepted` of the first message with that key (the full key is compared
+        // on a hit).
         let mut in_request: HashKeyed<usize> = HashKeyed::default();
         if n > 1 {
             in_request.reserve(n);
@@ -164,28 +163,19 @@ impl Broker {
                     if n > 1 {
                         match in_request.entry(key.hash()) {
                             std::collections::hash_map::Entry::Occupied(o) => {
-                                let first = *o.get();
-                                if keys[first].as_ref() == Some(&key) {
-                                    keys.push(None);
-                                    dups.push((i, Dup::SameRequest(first)));
+                                let (first, _, first_key) = &accepted[*o.get()];
+                                if *first_key == key {
+                                    dups.push((i, Dup::SameRequest(*first)));
                                     continue;
                                 }
                                 // A hash collision with another id: not a repeat.
                             }
                             std::collections::hash_map::Entry::Vacant(v) => {
-                                v.insert(i);
+                                v.insert(accepted.len());
                             }
                         }
                     }
-                    match dedup.lookup(&key) {
-                        Lookup::Stored(r) => dups.push((i, Dup::Stored(r))),
-                        Lookup::InFlight(rx) => dups.push((i, Dup::InFlight(rx))),
-                        Lookup::Claimed => {
-                            records.push(record);
-                            slots.push(i);
-                        }
-                    }
-                    keys.push(Some(key));
+                    accepted.push((i, record, key));
                 }
                 Err((message_id, e)) => {
                     self.metrics_rejected(&e);
@@ -194,11 +184,26 @@ impl Broker {
                         message_id,
                         ..Default::default()
                     });
-                    keys.push(None);
                 }
             }
         }
         drop(in_request);
+
+        // The window is asked about the whole request under one lock.
+        let looked = dedup.lookup_all(accepted.iter().map(|(_, _, key)| key));
+        let mut records = Vec::with_capacity(accepted.len());
+        // The claimed ids, by slot: completed or aborted below.
+        let mut claimed: Vec<(usize, Key)> = Vec::with_capacity(accepted.len());
+        for ((slot, record, key), lookup) in accepted.into_iter().zip(looked) {
+            match lookup {
+                Lookup::Stored(r) => dups.push((slot, Dup::Stored(r))),
+                Lookup::InFlight(rx) => dups.push((slot, Dup::InFlight(rx))),
+                Lookup::Claimed => {
+                    records.push(record);
+                    claimed.push((slot, key));
+                }
+            }
+        }
 
         // Stored on this master's disk; acked only once the in-sync slaves cover `need`.
         let mut stored: Vec<usize> = Vec::with_capacity(entries.len());
@@ -211,31 +216,29 @@ impl Broker {
                     // No wake-up for the slave streams here: the store's writer wakes them
                     // as soon as the bytes are written (before this fsync completed).
                     self.metrics().commit_in(tally);
-                    let mut done = Vec::with_capacity(slots.len());
-                    for ((slot, a), queue_id) in slots.iter().zip(appended).zip(queue_ids) {
+                    let mut done = Vec::with_capacity(claimed.len());
+                    for (((slot, key), a), queue_id) in
+                        claimed.into_iter().zip(appended).zip(queue_ids)
+                    {
                         let end = a.log_offset + u64::from(a.size);
-                        if let Some(key) = keys[*slot].take() {
-                            done.push((
-                                key,
-                                Receipt {
-                                    queue_id,
-                                    queue_offset: a.queue_offset,
-                                    end,
-                                },
-                            ));
-                        }
-                        entries[*slot].offset = a.queue_offset as i64;
+                        done.push((
+                            key,
+                            Receipt {
+                                queue_id,
+                                queue_offset: a.queue_offset,
+                                end,
+                            },
+                        ));
+                        entries[slot].offset = a.queue_offset as i64;
                         need = need.max(end);
-                        stored.push(*slot);
+                        stored.push(slot);
                     }
                     dedup.complete_all(done);
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "send not persisted");
-                    for slot in &slots {
-                        if let Some(key) = &keys[*slot] {
-                            dedup.abort(key);
-                        }
+                    dedup.abort_all(claimed.iter().map(|(_, key)| key));
+                    for (slot, _) in &claimed {
                         entries[*slot].status = Some(err.status());
                     }
                 }

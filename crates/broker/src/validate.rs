@@ -128,8 +128,16 @@ const DELAY_LEVELS_S: [i64; 18] = [
 ];
 
 /// Takes a delay property out of `msg.user_properties` and returns the delivery time it
-/// means (epoch ms). Several of them, or an unparsable one, are refused.
-fn take_delay_property(msg: &mut Message, now: i64) -> Result<Option<i64>, BrokerError> {
+/// means (epoch ms). Several of them, or an unparsable one, are refused. The clock (`now`)
+/// is read only when a relative delay is found: most messages have no user property at all,
+/// and this runs for every message.
+fn take_delay_property(
+    msg: &mut Message,
+    now: impl FnOnce() -> i64,
+) -> Result<Option<i64>, BrokerError> {
+    if msg.user_properties.is_empty() {
+        return Ok(None);
+    }
     let found: Vec<&str> = DELAY_PROPERTIES
         .iter()
         .copied()
@@ -151,9 +159,9 @@ fn take_delay_property(msg: &mut Message, now: i64) -> Result<Option<i64>, Broke
     })?;
     let at = match key {
         "__STARTDELIVERTIME" | "TIMER_DELIVER_MS" => n,
-        "TIMER_DELAY_SEC" if n >= 0 => now.saturating_add(n.saturating_mul(1000)),
-        "TIMER_DELAY_MS" if n >= 0 => now.saturating_add(n),
-        "DELAY" if (1..=18).contains(&n) => now + DELAY_LEVELS_S[(n - 1) as usize] * 1000,
+        "TIMER_DELAY_SEC" if n >= 0 => now().saturating_add(n.saturating_mul(1000)),
+        "TIMER_DELAY_MS" if n >= 0 => now().saturating_add(n),
+        "DELAY" if (1..=18).contains(&n) => now() + DELAY_LEVELS_S[(n - 1) as usize] * 1000,
         _ => {
             return Err(BrokerError::IllegalDeliveryTime(format!(
                 "{key}={n} is out of range"
@@ -270,7 +278,7 @@ pub fn check_message(
     }
     // The RocketMQ property forms of a delay (older and non-gRPC clients) become the
     // delivery time; they are taken out of the user properties.
-    let prop_delay = take_delay_property(msg, now_ms())?;
+    let prop_delay = take_delay_property(msg, now_ms)?;
     let Some(sys) = msg.system_properties.as_ref() else {
         return Err(BrokerError::BadRequest("system_properties missing".into()));
     };
@@ -415,7 +423,8 @@ pub fn check_message(
         properties.push((keys::TXN_CHECK_MS.to_string(), ms.to_string()));
     }
     let start = properties.len();
-    properties.extend(std::mem::take(&mut msg.user_properties));
+    // Drained, not `mem::take`n: taking would build an empty map with a fresh RandomState.
+    properties.extend(msg.user_properties.drain());
     properties[start..].sort();
 
     Ok(Checked {
@@ -452,4 +461,54 @@ fn truncate(mut s: String, max: usize) -> String {
     }
     s.truncate(end);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn with_props(props: &[(&str, &str)]) -> Message {
+        Message {
+            user_properties: props
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// The clock is read only for a relative delay; the property found is taken out.
+    #[test]
+    fn delay_properties_read_the_clock_only_when_relative() {
+        let reads = Cell::new(0);
+        let now = || {
+            reads.set(reads.get() + 1);
+            1_000
+        };
+        assert_eq!(
+            take_delay_property(&mut with_props(&[]), now).unwrap(),
+            None
+        );
+        let mut plain = with_props(&[("color", "red")]);
+        assert_eq!(take_delay_property(&mut plain, now).unwrap(), None);
+        assert_eq!(plain.user_properties.len(), 1);
+        let mut abs = with_props(&[("TIMER_DELIVER_MS", "5000"), ("color", "red")]);
+        assert_eq!(take_delay_property(&mut abs, now).unwrap(), Some(5_000));
+        assert!(!abs.user_properties.contains_key("TIMER_DELIVER_MS"));
+        assert_eq!(reads.get(), 0, "no relative delay: no clock read");
+        let mut rel = with_props(&[("TIMER_DELAY_SEC", "3")]);
+        assert_eq!(take_delay_property(&mut rel, now).unwrap(), Some(4_000));
+        assert!(rel.user_properties.is_empty());
+        let mut lvl = with_props(&[("DELAY", "2")]);
+        assert_eq!(take_delay_property(&mut lvl, now).unwrap(), Some(6_000));
+        assert_eq!(reads.get(), 2);
+        let mut two = with_props(&[("DELAY", "2"), ("TIMER_DELAY_MS", "1")]);
+        assert!(take_delay_property(&mut two, now).is_err());
+        assert_eq!(
+            two.user_properties.len(),
+            2,
+            "a refused message is left as it was"
+        );
+    }
 }

@@ -9,20 +9,33 @@
 //! timestamps say, bounded by the count cap and the scanned bytes: answering an old id with
 //! its stored receipt is never wrong, forgetting a recent one would be.
 //!
-//! Cost per message matters here (every send passes through it), so a key is hashed once,
-//! with the process's randomly keyed SipHash ([`RandomState`]: message ids come from the
-//! network, so an unkeyed hash would let a client aim collisions at the window), and both maps
-//! are keyed by that 64-bit hash with an identity hasher. Each entry keeps the full
-//! `topic NUL message id` text and every hit compares it, so a hash collision can never hand
+//! Cost per message matters here (every send passes through it). A key is built without an
+//! allocation (`topic NUL message id` kept inline, [`INLINE`] bytes, which every id the SDKs
+//! make fits) and hashed once with foldhash keyed by this process's random 64-bit seeds (drawn
+//! from the OS-seeded generator). Message ids come from the network, so an unkeyed hash would
+//! let a client aim collisions at the window; foldhash is not a cryptographic PRF as SipHash
+//! is (it is "minimally DoS-resistant": collisions cannot be precomputed without the seed,
+//! which nothing the broker answers reveals), and it costs a few multiplies per 16 bytes
+//! where SipHash cost a few hundred instructions per key. What a flood could still do is
+//! bounded: ids with equal 64-bit hashes share one slot (the window keeps one of them), the
+//! window holds at most `cap` ids and the in-flight map at most the requests the send
+//! budget admits, so a successful collision attack costs probe time in a bounded table, never
+//! a wrong receipt. Both maps are keyed by that 64-bit hash with an identity hasher. Each
+//! entry keeps the full text and every hit compares it, so a hash collision can never hand
 //! out another message's receipt: a colliding id is simply not remembered (it is stored like a
-//! new message), which only weakens deduplication for that id, never correctness. A waiter on
-//! an in-flight send costs a oneshot channel only when there is a duplicate.
+//! new message), which only weakens deduplication for that id, never correctness. A request's
+//! ids are looked up under one lock ([`Dedup::lookup_all`]) and completed under one
+//! ([`Dedup::complete_all`]). A waiter on an in-flight send costs a oneshot channel only when
+//! there is a duplicate.
 
-use std::collections::hash_map::{Entry as MapEntry, RandomState};
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::collections::hash_map::Entry as MapEntry;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
+use foldhash::SharedSeed;
+use foldhash::fast::FoldHasher;
 use parking_lot::Mutex;
 use sofamq_store::{Record, Store};
 use tokio::sync::oneshot;
@@ -54,11 +67,62 @@ pub enum Lookup {
     Claimed,
 }
 
+/// Bytes of key text kept inline: `topic NUL id` of every id the SDKs make (34 hex digits
+/// for RocketMQ's, 32 for ours) under a topic name of up to 35 bytes.
+const INLINE: usize = 70;
+
+/// The text of a window key, `topic NUL message id`: inline when it fits (no allocation),
+/// on the heap otherwise (a long topic name or a long custom id).
+#[derive(Clone)]
+enum Text {
+    Inline { len: u8, buf: [u8; INLINE] },
+    Heap(Box<[u8]>),
+}
+
+impl Text {
+    fn new(topic: &[u8], id: &[u8]) -> Self {
+        let n = topic.len() + 1 + id.len();
+        if n <= INLINE {
+            let mut buf = [0u8; INLINE];
+            buf[..topic.len()].copy_from_slice(topic);
+            buf[topic.len() + 1..n].copy_from_slice(id);
+            Text::Inline { len: n as u8, buf }
+        } else {
+            let mut v = Vec::with_capacity(n);
+            v.extend_from_slice(topic);
+            v.push(0);
+            v.extend_from_slice(id);
+            Text::Heap(v.into_boxed_slice())
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Text::Inline { len, buf } => &buf[..usize::from(*len)],
+            Text::Heap(b) => b,
+        }
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Text {}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
 /// The window key of a message: `topic NUL message id` and its keyed hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Key {
     hash: u64,
-    text: Box<str>,
+    text: Text,
 }
 
 impl Key {
@@ -100,12 +164,12 @@ struct Entry {
 }
 
 struct Stored {
-    text: Box<str>,
+    text: Text,
     receipt: Receipt,
 }
 
 struct InFlight {
-    text: Box<str>,
+    text: Text,
     waiters: Vec<oneshot::Sender<Option<Receipt>>>,
 }
 
@@ -120,7 +184,9 @@ struct State {
 pub struct Dedup {
     cap: usize,
     ttl: Duration,
-    hasher: RandomState,
+    /// The process's random hash keys (from the OS-seeded generator, not ASLR or the clock).
+    seed: SharedSeed,
+    per_hasher: u64,
     st: Mutex<State>,
 }
 
@@ -130,23 +196,25 @@ impl Dedup {
         Self {
             cap: cap.max(1),
             ttl,
-            hasher: RandomState::new(),
+            seed: SharedSeed::from_u64(rand::random()),
+            per_hasher: rand::random(),
             st: Mutex::new(State::default()),
         }
     }
 
     /// The window key of a message.
     pub fn key(&self, topic: &str, message_id: &str) -> Key {
-        let mut text = String::with_capacity(topic.len() + message_id.len() + 1);
-        text.push_str(topic);
-        text.push('\u{0}');
-        text.push_str(message_id);
-        let mut h = self.hasher.build_hasher();
-        h.write(text.as_bytes());
+        let text = Text::new(topic.as_bytes(), message_id.as_bytes());
         Key {
-            hash: h.finish(),
-            text: text.into_boxed_str(),
+            hash: self.hash(text.as_bytes()),
+            text,
         }
+    }
+
+    fn hash(&self, bytes: &[u8]) -> u64 {
+        let mut h = FoldHasher::with_seed(self.per_hasher, &self.seed);
+        h.write(bytes);
+        h.finish()
     }
 
     /// Remembers `receipt` for `key`, then evicts by count and age.
@@ -197,6 +265,23 @@ impl Dedup {
     /// Looks a key up, claiming it when new.
     pub fn lookup(&self, key: &Key) -> Lookup {
         let mut st = self.st.lock();
+        Self::lookup_in(&mut st, key)
+    }
+
+    /// Looks every key up under one lock, claiming the new ones: one answer per key, in
+    /// order, each as [`Dedup::lookup`] would give it had the keys been looked up one by
+    /// one.
+    pub fn lookup_all<'a>(&self, keys: impl IntoIterator<Item = &'a Key>) -> Vec<Lookup> {
+        let keys = keys.into_iter();
+        let mut out = Vec::with_capacity(keys.size_hint().0);
+        let mut st = self.st.lock();
+        for key in keys {
+            out.push(Self::lookup_in(&mut st, key));
+        }
+        out
+    }
+
+    fn lookup_in(st: &mut State, key: &Key) -> Lookup {
         if let Some(s) = st.map.get(&key.hash)
             && s.text == key.text
         {
@@ -255,14 +340,23 @@ impl Dedup {
 
     /// A claimed send failed before it was stored.
     pub fn abort(&self, key: &Key) {
-        let removed = {
+        self.abort_all(std::iter::once(key));
+    }
+
+    /// Claimed sends failed before they were stored: one lock for all of them.
+    pub fn abort_all<'a>(&self, keys: impl IntoIterator<Item = &'a Key>) {
+        let mut removed = Vec::new();
+        {
             let mut st = self.st.lock();
-            match st.pending.entry(key.hash) {
-                MapEntry::Occupied(o) if o.get().text == key.text => Some(o.remove()),
-                _ => None,
+            for key in keys {
+                if let MapEntry::Occupied(o) = st.pending.entry(key.hash)
+                    && o.get().text == key.text
+                {
+                    removed.push(o.remove());
+                }
             }
-        };
-        if let Some(p) = removed {
+        }
+        for p in removed {
             for tx in p.waiters {
                 let _ = tx.send(None);
             }
@@ -369,9 +463,10 @@ mod tests {
 
     /// A key of `text` forced onto `hash`, to exercise collisions.
     fn forced(text: &str, hash: u64) -> Key {
+        let (topic, id) = text.split_once('\0').expect("topic NUL id");
         Key {
             hash,
-            text: text.into(),
+            text: Text::new(topic.as_bytes(), id.as_bytes()),
         }
     }
 
@@ -482,6 +577,65 @@ mod tests {
         assert!(matches!(d.lookup(&a), Lookup::Claimed));
         assert!(matches!(d.lookup(&b), Lookup::Stored(x) if x == r(2)));
         assert_eq!(d.len(), 1);
+    }
+
+    #[test]
+    fn long_keys_go_to_the_heap_and_compare_alike() {
+        let d = Dedup::new(10, Duration::from_secs(60));
+        // "t" NUL id: exactly INLINE bytes, then one more.
+        let fits = "x".repeat(INLINE - 2);
+        let long = "x".repeat(INLINE - 1);
+        assert!(matches!(d.key("t", &fits).text, Text::Inline { .. }));
+        assert!(matches!(d.key("t", &long).text, Text::Heap(_)));
+        assert_eq!(d.key("t", &long), d.key("t", &long));
+        assert_eq!(d.key("t", &long).hash(), d.key("t", &long).hash());
+        assert_ne!(d.key("t", &fits), d.key("t", &long));
+        // The topic/id boundary is part of the key: "ab" NUL "c" is not "a" NUL "bc".
+        assert_ne!(d.key("ab", "c"), d.key("a", "bc"));
+        let max = "y".repeat(128);
+        for (i, id) in [&fits, &long, &max].into_iter().enumerate() {
+            assert!(matches!(d.lookup(&d.key("t", id)), Lookup::Claimed));
+            d.complete(d.key("t", id), r(i as u64));
+        }
+        for (i, id) in [&fits, &long, &max].into_iter().enumerate() {
+            assert!(matches!(d.lookup(&d.key("t", id)), Lookup::Stored(x) if x == r(i as u64)));
+        }
+        assert!(matches!(d.lookup(&d.key("u", &max)), Lookup::Claimed));
+    }
+
+    #[tokio::test]
+    async fn lookup_all_answers_as_one_by_one() {
+        let d = Dedup::new(10, Duration::from_secs(60));
+        d.complete(k(&d, "c"), r(3));
+        let (a, b, c) = (k(&d, "a"), k(&d, "b"), k(&d, "c"));
+        let got = d.lookup_all([&a, &b, &a, &c]);
+        assert_eq!(got.len(), 4);
+        assert!(matches!(got[0], Lookup::Claimed));
+        assert!(matches!(got[1], Lookup::Claimed));
+        assert!(matches!(got[3], Lookup::Stored(x) if x == r(3)));
+        let mut got = got.into_iter();
+        let Some(Lookup::InFlight(rx)) = got.nth(2) else {
+            panic!("the second a waits for the first")
+        };
+        // abort_all frees both claims and answers the waiter.
+        d.abort_all([&a, &b]);
+        assert_eq!(Dedup::wait(rx, Duration::from_secs(1)).await, None);
+        assert!(matches!(d.lookup(&a), Lookup::Claimed));
+        assert!(matches!(d.lookup(&b), Lookup::Claimed));
+        assert!(d.lookup_all(std::iter::empty()).is_empty());
+    }
+
+    #[test]
+    fn each_window_has_its_own_hash_keys() {
+        let (d, e) = (
+            Dedup::new(10, Duration::from_secs(60)),
+            Dedup::new(10, Duration::from_secs(60)),
+        );
+        // Equal hashes for all of them under two random keys: about 2^-512.
+        assert!(
+            (0..8).any(|i| d.key("t", &format!("m{i}")).hash()
+                != e.key("t", &format!("m{i}")).hash())
+        );
     }
 
     #[test]
