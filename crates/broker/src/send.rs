@@ -526,6 +526,14 @@ mod tests {
             assert!(q < n);
             assert_eq!(q, group_queue("order-42", n));
         }
+        // A message group keeps its queue across broker versions (FIFO order).
+        assert_eq!(group_queue("order-42", 8), 4);
+        assert_eq!(
+            group_queue("order-42", 7),
+            (0x7d1d_eb86_a056_62d4_u64 % 7) as u32
+        );
+        assert_eq!(group_queue("group-1", 16), 6);
+        assert_eq!(group_queue("订单-7", 8), 0);
     }
 
     #[test]

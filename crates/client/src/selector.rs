@@ -127,5 +127,10 @@ mod tests {
     fn group_hash_is_stable() {
         assert_eq!(group_hash(""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(group_hash("a"), 0xaf63_dc4c_8601_ec8c);
+        // FIFO order across client versions: a group keeps its queue.
+        assert_eq!(group_hash("g"), 0xaf63_da4c_8601_e926);
+        assert_eq!(group_hash("order-42"), 0x7d1d_eb86_a056_62d4);
+        assert_eq!(group_hash("group-1"), 0x0119_e777_07fa_d646);
+        assert_eq!(group_hash("订单-7"), 0x00ae_8c3f_7617_a280);
     }
 }

@@ -556,6 +556,11 @@ mod tests {
     fn tag_hash_is_stable() {
         assert_eq!(tag_hash(""), 0);
         assert_eq!(tag_hash("a"), 0xaf63_dc4c_8601_ec8c);
+        // Consume-queue entries on disk hold these values: not one bit may change.
+        assert_eq!(tag_hash("TagA"), 0x03aa_2efb_08df_e196);
+        assert_eq!(tag_hash("TagB"), 0x03aa_2dfb_08df_dfe3);
+        assert_eq!(tag_hash("tag-0"), 0x5bbe_9b29_a38e_effe);
+        assert_eq!(tag_hash("订单"), 0xb5c5_7670_b5ef_7bc0);
     }
 
     mod prop {

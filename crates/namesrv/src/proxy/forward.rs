@@ -783,6 +783,14 @@ mod tests {
     }
 
     #[test]
+    fn rendezvous_scores_are_pinned() {
+        // A key keeps its broker group across proxy versions (retries and FIFO groups).
+        assert_eq!(rendezvous("order-42", "broker-a"), 0x6543_4d46_6719_3e0e);
+        assert_eq!(rendezvous("order-42", "broker-b"), 0x5e01_9001_d4fe_2847);
+        assert_eq!(rendezvous("k", "broker-a"), 0x9b0c_1603_1528_8a59);
+    }
+
+    #[test]
     fn rendezvous_spreads_and_moves_only_what_it_must() {
         let three = ["broker-a", "broker-b", "broker-c"];
         let keys: Vec<String> = (0..3000).map(|i| format!("id-{i}")).collect();

@@ -165,3 +165,16 @@ pub fn digest(parts: &[&[u8]]) -> u64 {
     }
     h
 }
+
+#[cfg(test)]
+mod tests {
+    use super::digest;
+
+    #[test]
+    fn digest_is_pinned() {
+        // FNV-1a 64 of each part followed by a 0xff byte.
+        assert_eq!(digest(&[]), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(digest(&[b""]), 0xaf64_724c_8602_eb6e);
+        assert_eq!(digest(&[b"a", b"bc"]), 0xa0a3_542c_19b9_00ab);
+    }
+}
