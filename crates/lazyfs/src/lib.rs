@@ -63,6 +63,7 @@
 mod fs;
 mod state;
 
+use std::hash::Hasher;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -425,11 +426,11 @@ fn probe() -> Option<String> {
     why
 }
 
-/// FNV-1a, to give each file its own random stream from one seed.
+/// FNV-1a 64, to give each file its own random stream from one seed.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    let mut h = fnv::FnvHasher::default();
+    h.write(bytes);
+    h.finish()
 }
 
 fn apply_fate(
