@@ -3,6 +3,7 @@
 //! in request order. Acked only once the in-sync slaves hold it too (see [`crate::repl`]);
 //! a message id already stored gets its original receipt and stores nothing new.
 
+use std::hash::Hasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -45,14 +46,12 @@ impl QueueCursor {
     }
 }
 
-/// Stable FNV-1a hash so one message group always maps to the same queue.
+/// Stable FNV-1a 64 hash so one message group always maps to the same queue.
 fn group_queue(group: &str, queue_count: u32) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in group.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    (h % u64::from(queue_count.max(1))) as u32
+    // `write` the bytes: `str::hash` would append a 0xff byte and move every group.
+    let mut h = fnv::FnvHasher::default();
+    h.write(group.as_bytes());
+    (h.finish() % u64::from(queue_count.max(1))) as u32
 }
 
 impl Broker {
@@ -529,6 +528,14 @@ mod tests {
             assert!(q < n);
             assert_eq!(q, group_queue("order-42", n));
         }
+        // A message group keeps its queue across broker versions (FIFO order).
+        assert_eq!(group_queue("order-42", 8), 4);
+        assert_eq!(
+            group_queue("order-42", 7),
+            (0x7d1d_eb86_a056_62d4_u64 % 7) as u32
+        );
+        assert_eq!(group_queue("group-1", 16), 6);
+        assert_eq!(group_queue("订单-7", 8), 0);
     }
 
     #[test]

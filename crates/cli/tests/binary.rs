@@ -1,7 +1,7 @@
 //! The `sofamq` binary as the process-level tests find it. Having an integration test in
 //! this package makes `cargo test` (and `cargo nextest run`) build the binary before any
-//! test runs, so the testkit's real-process tests work on a clean target with no prior
-//! `cargo build`.
+//! test runs; `sofamq_testkit::sofamq_bin` builds it itself when a narrower run
+//! (`cargo test -p sofamq-testkit`) did not. Either way it must be the same file.
 
 use std::process::Command;
 

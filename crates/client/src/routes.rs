@@ -7,7 +7,6 @@
 //! QueryRoute, not one per failed message.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -49,29 +48,7 @@ impl TopicRoute {
 /// FNV-1a for the route map: every send looks its topic up, and SipHash
 /// costs more than the rest of the lookup. Topic names come from the
 /// application, not from the network, so hash flooding is not a concern.
-#[derive(Debug, Clone, Copy)]
-struct TopicHasher(u64);
-
-impl Default for TopicHasher {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for TopicHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type TopicMap<V> = HashMap<String, V, BuildHasherDefault<TopicHasher>>;
+type TopicMap<V> = fnv::FnvHashMap<String, V>;
 
 /// Serializes the refreshes of one topic; holds the last failed fetch.
 type RefreshLock = tokio::sync::Mutex<Option<(Instant, AttemptError)>>;

@@ -7,6 +7,7 @@
 //!   stable hash of the group over the name-sorted masters, so that a group's
 //!   messages stay on one broker, in order (a failover keeps the broker name).
 
+use std::hash::Hasher;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -43,12 +44,10 @@ pub(crate) fn select(
 /// Stable 64-bit FNV-1a hash of a message group (the same in every process
 /// and every build).
 pub(crate) fn group_hash(group: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in group.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    // `write` the bytes: `str::hash` would append a 0xff byte and move every group.
+    let mut h = fnv::FnvHasher::default();
+    h.write(group.as_bytes());
+    h.finish()
 }
 
 #[cfg(test)]
@@ -127,5 +126,10 @@ mod tests {
     fn group_hash_is_stable() {
         assert_eq!(group_hash(""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(group_hash("a"), 0xaf63_dc4c_8601_ec8c);
+        // FIFO order across client versions: a group keeps its queue.
+        assert_eq!(group_hash("g"), 0xaf63_da4c_8601_e926);
+        assert_eq!(group_hash("order-42"), 0x7d1d_eb86_a056_62d4);
+        assert_eq!(group_hash("group-1"), 0x0119_e777_07fa_d646);
+        assert_eq!(group_hash("订单-7"), 0x00ae_8c3f_7617_a280);
     }
 }

@@ -17,7 +17,6 @@
 //! cut, its queue offsets are returned, its waiters get [`StoreError::NoSpace`], and the next
 //! batch tries again.
 
-use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
@@ -115,37 +114,10 @@ struct SyncStage {
     thread: JoinHandle<()>,
 }
 
-/// FNV-1a for the writer's queue index: looked up for every record (twice per record on a
-/// slave), keyed by topic names from the topic table and small queue ids, so a cheap hash
-/// beats SipHash's DoS resistance here.
-#[derive(Default)]
-pub(crate) struct Fnv(u64);
-
-impl std::hash::Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.write(&n.to_le_bytes());
-    }
-}
-
-/// A map hashed with [`Fnv`].
-pub(crate) type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+/// A map hashed with FNV-1a, for the writer's queue index: looked up for every record (twice
+/// per record on a slave), keyed by topic names from the topic table and small queue ids, so a
+/// cheap hash beats SipHash's DoS resistance here.
+pub(crate) type FnvMap<K, V> = fnv::FnvHashMap<K, V>;
 
 pub(crate) struct WriterQueue {
     pub next: u64,

@@ -2,6 +2,7 @@
 //! 127.0.0.1 (port 0, the bound address read back from the process) in a
 //! temporary directory, and stops or kills exactly the processes it started.
 
+mod binary;
 pub mod chaos;
 pub mod controller;
 pub mod disk;
@@ -19,8 +20,27 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-/// The `sofamq` binary under test: `$SOFAMQ_BIN`, else `target/<profile>/sofamq`
-/// next to the running test executable (`cargo build --bin sofamq` first).
+/// The `sofamq` binary under test, built first if need be, so that every process-level
+/// test works on a clean target with no prior `cargo build`:
+///
+/// 1. the path given to [`set_sofamq_bin`] (`sofamq chaos` runs itself), as is;
+/// 2. else `$SOFAMQ_BIN`, as is: never built nor checked (pin another build with it);
+/// 3. else `<target-dir>/<profile>/sofamq` next to the running test executable
+///    (`target/debug/deps/test-hash` -> `target/debug/sofamq`; also `target/release`,
+///    custom profiles and `<target-dir>/<triple>/<profile>`). The first call in a process
+///    builds it, when it is missing or older than a source (any file under `crates/` but
+///    in `target` directories, the workspace `Cargo.toml`, `Cargo.lock`,
+///    `.cargo/config.toml`), with `$CARGO build -p sofamq-cli --bin sofamq --profile
+///    <profile> --target-dir <target-dir>` (default features) from the workspace root.
+///    A file lock (`<profile-dir>/.sofamq-bin.lock`) makes concurrent test processes
+///    (`cargo nextest run` starts one per test) wait for a single build and then find the
+///    binary fresh; after a build the binary's mtime is raised to the build's start, so a
+///    build cargo finds nothing to do for is not repeated. With `cargo test --workspace`
+///    cargo has built it already, and nothing runs. A `sofamq` newer than the sources is
+///    used as it is, whatever features it was built with.
+///
+/// Panics (it is test harness) if the build fails. Outside a source tree (the workspace
+/// root this crate was compiled in is gone) the path is returned unbuilt.
 pub fn sofamq_bin() -> PathBuf {
     if let Some(p) = BIN_OVERRIDE.get() {
         return p.clone();
@@ -28,6 +48,26 @@ pub fn sofamq_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("SOFAMQ_BIN") {
         return PathBuf::from(p);
     }
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    match BUILT.get_or_init(|| {
+        let bin = default_bin();
+        let root = repo_root();
+        if !root.join("Cargo.lock").exists() {
+            return Ok(bin);
+        }
+        let cargo = std::env::var_os("CARGO")
+            .unwrap_or_else(|| option_env!("CARGO").unwrap_or("cargo").into());
+        binary::ensure_built(&bin, &root, || Command::new(&cargo))
+            .map(|_| bin)
+            .map_err(|e| format!("{e:#}"))
+    }) {
+        Ok(bin) => bin.clone(),
+        Err(e) => panic!("the sofamq binary for the process-level tests: {e}"),
+    }
+}
+
+/// `target/<profile>/sofamq` next to the running test executable.
+fn default_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/debug/deps/test-hash -> target/debug/sofamq
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();

@@ -2,7 +2,10 @@
 //! handle it carries, or the topic's route), then goes to that group's current master
 //! through [`Proxy::hold`].
 
+use std::hash::Hasher;
 use std::time::{Duration, Instant};
+
+use fnv::FnvHasher;
 
 use sofamq_proto::namesrv::{PERM_READ, PERM_WRITE};
 use sofamq_proto::v2::{
@@ -141,7 +144,15 @@ fn queues_of(p: &Proxy, topic: &str, group: &str) -> Option<u32> {
 
 /// A score of `group` for `key`: the group of highest score takes the key.
 fn rendezvous(key: &str, group: &str) -> u64 {
-    let h = fnv(group.as_bytes(), fnv(key.as_bytes(), FNV_OFFSET) ^ 0xff);
+    // FNV-1a 64 of the key; its hash, with the low byte flipped, seeds the FNV-1a 64 of the
+    // group. The flip is an xor without FNV's multiply, so this is not the hash of
+    // `key ++ 0xff ++ group` and needs the seeded hasher (`with_key`): scores must not change,
+    // or keys would move to other broker groups on upgrade (pinned by a test).
+    let mut k = FnvHasher::default();
+    k.write(key.as_bytes());
+    let mut g = FnvHasher::with_key(k.finish() ^ 0xff);
+    g.write(group.as_bytes());
+    let h = g.finish();
     // A finalizer (splitmix64's), so that near-identical names still spread.
     let mut z = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -155,14 +166,6 @@ fn maybe_stored(status: Option<&Status>) -> bool {
     status.is_some_and(|s| {
         s.code == Code::SlavePersistenceTimeout as i32
             || s.code == Code::MasterPersistenceTimeout as i32
-    })
-}
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
-fn fnv(b: &[u8], seed: u64) -> u64 {
-    b.iter().fold(seed, |h, x| {
-        (h ^ u64::from(*x)).wrapping_mul(0x0100_0000_01b3)
     })
 }
 
@@ -780,6 +783,14 @@ mod tests {
             .copied()
             .max_by_key(|g| rendezvous(key, g))
             .unwrap()
+    }
+
+    #[test]
+    fn rendezvous_scores_are_pinned() {
+        // A key keeps its broker group across proxy versions (retries and FIFO groups).
+        assert_eq!(rendezvous("order-42", "broker-a"), 0x6543_4d46_6719_3e0e);
+        assert_eq!(rendezvous("order-42", "broker-b"), 0x5e01_9001_d4fe_2847);
+        assert_eq!(rendezvous("k", "broker-a"), 0x9b0c_1603_1528_8a59);
     }
 
     #[test]

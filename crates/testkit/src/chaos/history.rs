@@ -1,6 +1,8 @@
 //! What a chaos run observed: every send attempt's outcome, every delivery, and digests of the
 //! master's and slave's logs read offline after the run. Plain data; [`super::checker`] judges it.
 
+use std::hash::Hasher;
+
 use serde::{Deserialize, Serialize};
 
 /// User property carrying the producer id.
@@ -155,13 +157,25 @@ pub struct History {
 }
 
 /// A 64-bit FNV-1a digest (stable across runs and processes).
+/// Each part is followed by a 0xff byte, so `["a", "bc"]` and `["ab", "c"]` differ.
 pub fn digest(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = fnv::FnvHasher::default();
     for p in parts {
-        for b in p.iter().chain(&[0xffu8]) {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+        h.write(p);
+        h.write(&[0xff]);
     }
-    h
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::digest;
+
+    #[test]
+    fn digest_is_pinned() {
+        // FNV-1a 64 of each part followed by a 0xff byte.
+        assert_eq!(digest(&[]), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(digest(&[b""]), 0xaf64_724c_8602_eb6e);
+        assert_eq!(digest(&[b"a", b"bc"]), 0xa0a3_542c_19b9_00ab);
+    }
 }
