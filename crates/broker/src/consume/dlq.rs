@@ -15,8 +15,9 @@ use super::receive::resource_name;
 use super::records::Op;
 use super::state::{GroupTopic, Inflight};
 use crate::broker::Broker;
+use crate::clock::now_ms;
 use crate::error::BrokerError;
-use crate::topics::{TopicType, now_ms};
+use crate::topics::TopicType;
 
 /// Prefix of dead-letter topics.
 pub const DLQ_PREFIX: &str = "%DLQ%";

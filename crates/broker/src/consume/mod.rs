@@ -45,8 +45,9 @@ pub use config::ConsumeConfig;
 use records::{CONSUMER_LOG, ConsumerRecord, Op};
 use state::GroupTopic;
 
+use crate::clock::now_ms;
 use crate::error::BrokerError;
-use crate::topics::{FLAG_META, now_ms};
+use crate::meta::FLAG_META;
 
 type AppendFuture = Pin<Box<dyn Future<Output = Result<Vec<Appended>, StoreError>> + Send>>;
 

@@ -24,8 +24,9 @@ use super::state::{GroupTopic, Inflight};
 use super::wire::{self, Delivery};
 use super::{Consumers, dlq, group_key};
 use crate::broker::Broker;
+use crate::clock::now_ms;
 use crate::error::{BrokerError, ok_status};
-use crate::topics::{PERM_READ, TopicConfig, TopicType, now_ms};
+use crate::topics::{PERM_READ, TopicConfig, TopicType};
 use crate::validate::{self, keys};
 
 /// What one pass over a (group, topic) produced.
