@@ -11,8 +11,8 @@ use sofamq_store::{NewRecord, Record};
 
 use super::Consumers;
 use super::receipt;
-use super::receive::resource_name;
 use super::records::Op;
+use super::request::resource_name;
 use super::state::{GroupTopic, Inflight};
 use crate::broker::Broker;
 use crate::clock::now_ms;
