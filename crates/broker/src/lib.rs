@@ -15,6 +15,7 @@
 pub mod acl;
 pub mod admin;
 pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod consume;
 pub mod control;

@@ -7,8 +7,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sofamq_store::{NewRecord, Store};
 
+use crate::clock::now_ms;
 use crate::error::BrokerError;
-use crate::topics::{FLAG_META, now_ms};
+
+/// Record flag marking broker metadata (not a client message).
+pub const FLAG_META: u32 = 1 << 31;
 
 /// Replays every record of the reserved `topic` (queue 0) in log order,
 /// handing each decoded op to `apply`. `what` names the records in errors.

@@ -17,8 +17,10 @@ use crate::meta;
 pub const TOPIC_LOG: &str = "%SYS%TOPICS";
 /// Prefix of every topic the broker keeps for itself.
 pub const SYSTEM_PREFIX: &str = "%SYS%";
-/// Record flag marking broker metadata (not a client message).
-pub const FLAG_META: u32 = 1 << 31;
+// Kept here for the modules that still name them through `topics`; their
+// homes are `meta` (the flag of metadata records) and `clock`.
+pub use crate::clock::now_ms;
+pub use crate::meta::FLAG_META;
 
 /// What kind of messages a topic takes; mirrors `apache.rocketmq.v2.MessageType`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,14 +175,6 @@ impl Topics {
     async fn write(&self, op: &TopicOp) -> Result<(), BrokerError> {
         meta::append(&self.store, TOPIC_LOG, op).await
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

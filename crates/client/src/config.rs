@@ -61,7 +61,7 @@ pub struct ProducerConfig {
     /// [`TransactionChecker`](crate::TransactionChecker)). Without one, such
     /// checks are logged and ignored, and the broker applies its default
     /// outcome after its last check.
-    pub transaction_checker: Option<crate::transaction::TransactionChecker>,
+    pub transaction_checker: Option<crate::resolution::TransactionChecker>,
 }
 
 impl Default for ProducerConfig {
@@ -218,7 +218,10 @@ impl ProducerConfig {
     /// transaction left open; its answer is sent as EndTransaction.
     pub fn with_transaction_checker<F>(mut self, checker: F) -> Self
     where
-        F: Fn(&crate::ReceivedMessage) -> crate::TransactionResolution + Send + Sync + 'static,
+        F: Fn(&crate::received::ReceivedMessage) -> crate::resolution::TransactionResolution
+            + Send
+            + Sync
+            + 'static,
     {
         self.transaction_checker = Some(Arc::new(checker));
         self
@@ -230,7 +233,7 @@ impl ProducerConfig {
             return Err(ClientError::Config("no access point".into()));
         }
         for ap in &self.access_points {
-            crate::routes::parse_host_port(ap)
+            crate::address::parse_host_port(ap)
                 .ok_or_else(|| ClientError::Config(format!("bad access point {ap:?}")))?;
         }
         let positive = [
@@ -259,6 +262,22 @@ impl ProducerConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Delay before attempt `failed_attempt + 1` (`failed_attempt` >= 1):
+    /// `initial * multiplier^(failed_attempt - 1)`, times the throttle factor
+    /// after TOO_MANY_REQUESTS, capped at the configured max (the throttled
+    /// delay may reach `max * throttle factor`).
+    pub(crate) fn backoff(&self, failed_attempt: u32, throttled: bool) -> Duration {
+        let exp = failed_attempt.saturating_sub(1).min(64) as i32;
+        let initial = self.retry_backoff_initial.as_nanos() as f64;
+        let max = self.retry_backoff_max.as_nanos() as f64;
+        let mut nanos = (initial * self.retry_backoff_multiplier.powi(exp)).min(max);
+        if throttled {
+            nanos *= self.throttle_backoff_factor;
+        }
+        // Saturating float-to-int conversion; bounded by max * factor anyway.
+        Duration::from_nanos(nanos.round() as u64)
     }
 }
 
@@ -304,5 +323,22 @@ mod tests {
                 .validate()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_to_the_cap() {
+        let cfg = ProducerConfig::default();
+        assert_eq!(cfg.backoff(1, false), Duration::from_millis(10));
+        assert_eq!(cfg.backoff(2, false), Duration::from_millis(20));
+        assert_eq!(cfg.backoff(3, false), Duration::from_millis(40));
+        assert_eq!(cfg.backoff(30, false), Duration::from_secs(1));
+        assert_eq!(cfg.backoff(u32::MAX, false), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn throttled_backoff_is_longer() {
+        let cfg = ProducerConfig::default();
+        assert_eq!(cfg.backoff(1, true), Duration::from_millis(40));
+        assert!(cfg.backoff(3, true) > cfg.backoff(3, false));
     }
 }

@@ -70,24 +70,6 @@ pub struct RequestError {
     pub endpoint: Option<String>,
 }
 
-impl RequestError {
-    pub(crate) fn from_attempt(
-        op: &'static str,
-        err: &crate::retry::AttemptError,
-        attempts: u32,
-        endpoint: Option<&str>,
-    ) -> Self {
-        Self {
-            op,
-            kind: err.kind(),
-            code: err.code(),
-            message: err.message(),
-            attempts,
-            endpoint: endpoint.map(str::to_string),
-        }
-    }
-}
-
 /// Why a send failed: the category of the last failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailureKind {

@@ -36,6 +36,7 @@
 //!   [`TransactionChecker`] about transactions left open, over the Telemetry
 //!   stream the producer keeps with every broker it uses.
 
+mod address;
 mod auth;
 mod config;
 mod connection;
@@ -46,6 +47,8 @@ mod id;
 mod message;
 mod producer;
 mod push;
+mod received;
+mod resolution;
 mod retry;
 mod routes;
 mod rpc;
@@ -57,13 +60,15 @@ mod wire;
 
 pub use auth::{Credentials, TlsOptions};
 pub use config::{AlertCallback, ProducerConfig};
-pub use consumer::{ConsumeError, ConsumerConfig, ReceivedMessage, SimpleConsumer};
+pub use consumer::{ConsumeError, ConsumerConfig, SimpleConsumer};
 pub use error::{BatchSendError, ClientError, FailureKind, RequestError, SendError, SendFailure};
 pub use headers::{CLIENT_VERSION, format_date_time, host_name};
 pub use id::MessageIdGenerator;
 pub use message::{Message, MessageBuilder, SendReceipt};
 pub use producer::{METRIC_SEND_FAILURES, METRIC_SEND_RETRIES, Producer};
 pub use push::{ConsumeResult, Listener, PushConfig, PushConsumer, nack_backoff};
+pub use received::ReceivedMessage;
+pub use resolution::{TransactionChecker, TransactionResolution};
 /// Protocol status codes (`Code::Ok` = 20000, ...), re-exported.
 pub use sofamq_proto::v2::Code;
-pub use transaction::{Transaction, TransactionChecker, TransactionResolution};
+pub use transaction::Transaction;

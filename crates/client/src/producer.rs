@@ -261,7 +261,7 @@ impl Producer {
             if let Err(e) = self.inner.routes.refresh_after(topic, since).await {
                 tracing::debug!(%topic, error = ?e, "route refresh after failure failed");
             }
-            tokio::time::sleep(retry::backoff(cfg, round, false)).await;
+            tokio::time::sleep(cfg.backoff(round, false)).await;
         }
         let (err, endpoint) = match (refused, last) {
             (Some((e, a)), _) => (e, Some(a)),
@@ -622,7 +622,7 @@ impl Producer {
             }
             // A route that changed since this attempt (a new master) ends the wait early;
             // a throttled broker gets its whole backoff.
-            let wait = retry::backoff(cfg, attempt_no, verdict.throttled);
+            let wait = cfg.backoff(attempt_no, verdict.throttled);
             if verdict.throttled {
                 tokio::time::sleep(wait).await;
             } else if !routes_changed.has_changed().unwrap_or(false) {

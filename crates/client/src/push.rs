@@ -8,8 +8,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::consumer::{ConsumerConfig, ReceivedMessage, SimpleConsumer};
+use crate::consumer::{ConsumerConfig, SimpleConsumer};
 use crate::error::ClientError;
+use crate::received::ReceivedMessage;
 
 /// What the listener decided about one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

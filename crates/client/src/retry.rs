@@ -1,11 +1,9 @@
-//! Which failures are retried, and how long to wait before the next attempt.
-
-use std::time::Duration;
+//! Which failures are retried and what each attempt's failure means; the wait before the next
+//! attempt is `ProducerConfig::backoff` (config.rs).
 
 use sofamq_proto::codes::{self, RetryClass};
 
-use crate::config::ProducerConfig;
-use crate::error::FailureKind;
+use crate::error::{FailureKind, RequestError};
 
 /// Why one attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,20 +118,23 @@ fn never_sent(message: &str) -> bool {
     .any(|m| message.contains(m))
 }
 
-/// Delay before attempt `failed_attempt + 1` (`failed_attempt` >= 1):
-/// `initial * multiplier^(failed_attempt - 1)`, times the throttle factor
-/// after TOO_MANY_REQUESTS, capped at the configured max (the throttled
-/// delay may reach `max * throttle factor`).
-pub(crate) fn backoff(cfg: &ProducerConfig, failed_attempt: u32, throttled: bool) -> Duration {
-    let exp = failed_attempt.saturating_sub(1).min(64) as i32;
-    let initial = cfg.retry_backoff_initial.as_nanos() as f64;
-    let max = cfg.retry_backoff_max.as_nanos() as f64;
-    let mut nanos = (initial * cfg.retry_backoff_multiplier.powi(exp)).min(max);
-    if throttled {
-        nanos *= cfg.throttle_backoff_factor;
+impl RequestError {
+    /// The error an RPC ends with after its last failed attempt `err`.
+    pub(crate) fn from_attempt(
+        op: &'static str,
+        err: &AttemptError,
+        attempts: u32,
+        endpoint: Option<&str>,
+    ) -> Self {
+        Self {
+            op,
+            kind: err.kind(),
+            code: err.code(),
+            message: err.message(),
+            attempts,
+            endpoint: endpoint.map(str::to_string),
+        }
     }
-    // Saturating float-to-int conversion; bounded by max * factor anyway.
-    Duration::from_nanos(nanos.round() as u64)
 }
 
 #[cfg(test)]
@@ -282,22 +283,5 @@ mod tests {
             }
             assert_eq!(triple(classify(&AttemptError::Closed, other_broker)), fail);
         }
-    }
-
-    #[test]
-    fn backoff_grows_exponentially_to_the_cap() {
-        let cfg = ProducerConfig::default();
-        assert_eq!(backoff(&cfg, 1, false), Duration::from_millis(10));
-        assert_eq!(backoff(&cfg, 2, false), Duration::from_millis(20));
-        assert_eq!(backoff(&cfg, 3, false), Duration::from_millis(40));
-        assert_eq!(backoff(&cfg, 30, false), Duration::from_secs(1));
-        assert_eq!(backoff(&cfg, u32::MAX, false), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn throttled_backoff_is_longer() {
-        let cfg = ProducerConfig::default();
-        assert_eq!(backoff(&cfg, 1, true), Duration::from_millis(40));
-        assert!(backoff(&cfg, 3, true) > backoff(&cfg, 3, false));
     }
 }

@@ -132,7 +132,7 @@ impl Rpc {
                 error = ?err,
                 "EndTransaction failed, retrying"
             );
-            tokio::time::sleep(retry::backoff(&self.config, attempt, verdict.throttled)).await;
+            tokio::time::sleep(self.config.backoff(attempt, verdict.throttled)).await;
         }
     }
 }

@@ -26,13 +26,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::address::endpoints_of;
 use crate::connection::Channels;
-use crate::consumer::ReceivedMessage;
 use crate::headers::{CLIENT_VERSION, RequestHeaders};
-use crate::routes::endpoints_of;
+use crate::received::ReceivedMessage;
+use crate::resolution::TransactionChecker;
 use crate::rpc::{EndTarget, Rpc};
 use crate::sender::shutdown_signal;
-use crate::transaction::TransactionChecker;
 
 /// Transaction checks running at once per producer; more are dropped (the
 /// broker asks again after `transaction.check_interval_ms`).

@@ -16,39 +16,9 @@ use std::sync::Arc;
 
 use sofamq_proto::v2::{self, TransactionSource};
 
-use crate::consumer::ReceivedMessage;
 use crate::error::ClientError;
 use crate::message::SendReceipt;
 use crate::rpc::{EndTarget, Rpc};
-
-/// How a transaction ends, as answered by a [`TransactionChecker`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TransactionResolution {
-    /// Make the half message visible to consumers.
-    Commit,
-    /// Discard the half message.
-    Rollback,
-    /// Not known yet: send nothing; the broker asks again later (up to its
-    /// `transaction.max_checks`, then applies its default outcome).
-    Unknown,
-}
-
-impl TransactionResolution {
-    pub(crate) fn to_wire(self) -> Option<v2::TransactionResolution> {
-        match self {
-            TransactionResolution::Commit => Some(v2::TransactionResolution::Commit),
-            TransactionResolution::Rollback => Some(v2::TransactionResolution::Rollback),
-            TransactionResolution::Unknown => None,
-        }
-    }
-}
-
-/// Answers the broker's check of a transaction left open: called with the
-/// half message (topic, message id, body, keys, tag, properties; no receipt
-/// handle). It runs on a blocking thread, so it may query a database; at most
-/// 16 checks run at once per producer, further checks are dropped until one
-/// finishes (the broker asks again).
-pub type TransactionChecker = Arc<dyn Fn(&ReceivedMessage) -> TransactionResolution + Send + Sync>;
 
 /// A stored half message waiting for its commit or rollback.
 ///

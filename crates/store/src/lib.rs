@@ -34,6 +34,7 @@
 
 pub mod bench;
 mod checkpoint;
+mod cmd;
 mod config;
 mod cq;
 mod epoch;
@@ -53,6 +54,7 @@ pub mod testutil;
 mod truncate;
 mod writer;
 
+pub use cmd::DamageCut;
 pub use config::{Driver, FlushMode, StoreConfig};
 pub use cq::{CQ_ENTRY_LEN, CqEntry};
 pub use epoch::EpochEntry;
@@ -61,7 +63,6 @@ pub use log::Scan;
 pub use record::{Appended, NewRecord, Record, tag_hash};
 pub use recovery::queue_rebuild_pending;
 pub use store::{Fault, FsyncStats, Store, StoreStats};
-pub use truncate::DamageCut;
 
 /// Upper bounds (microseconds, inclusive) of the fdatasync latency buckets; one more bucket
 /// counts everything above the last bound.

@@ -8,12 +8,12 @@ use bytes::Bytes;
 
 use crate::StoreError;
 use crate::checkpoint::Checkpoint;
+use crate::cmd::Cmd;
 use crate::config::StoreConfig;
 use crate::cq::ConsumeQueues;
 use crate::epoch::EpochHistory;
 use crate::record::{self, DecodeError, HEADER_LEN, MAX_RECORD_HARD, Record};
 use crate::segment::Segment;
-use crate::writer::Cmd;
 
 /// Writer counters.
 #[derive(Debug, Default)]

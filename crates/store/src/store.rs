@@ -8,13 +8,14 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::DamageCut;
+use crate::cmd::{Cmd, RawMeta};
 use crate::config::{Driver, StoreConfig};
 use crate::cq::CqEntry;
 use crate::epoch::EpochEntry;
 use crate::log::{Scan, Shared, lock};
 use crate::record::{self, Appended, MAX_RECORD_HARD, NewRecord, Record};
 use crate::recovery;
-use crate::writer::{Cmd, RawMeta, Writer};
+use crate::writer::Writer;
 use crate::{StoreError, flusher, scrub};
 
 /// Writer counters, see [`Store::stats`].

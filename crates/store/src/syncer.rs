@@ -15,10 +15,10 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 
 use crate::StoreError;
+use crate::cmd::Waiter;
 use crate::cq::{ConsumeQueue, CqEntry};
 use crate::log::{Shared, lock};
 use crate::segment::Segment;
-use crate::writer::Waiter;
 
 /// Written bytes up to `upto`, waiting for an fdatasync.
 pub(crate) struct Batch {

@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 
 use crate::StoreError;
 use crate::checkpoint::{self, Checkpoint};
+use crate::cmd::DamageCut;
 use crate::io::OpenMode;
 use crate::log::lock;
 use crate::segment::Segment;
@@ -117,17 +118,6 @@ impl Writer {
         tracing::info!(offset, "log truncated");
         Ok(())
     }
-}
-
-/// What [`Writer::cut_damage`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DamageCut {
-    /// The log now ends here (where the damage began).
-    pub at: u64,
-    /// Where the log's files ended before the cut.
-    pub old_end: u64,
-    /// The cut bytes, kept for the operator (`DATA/store/damaged/<at>/`).
-    pub kept_in: std::path::PathBuf,
 }
 
 impl Writer {

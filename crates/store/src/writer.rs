@@ -23,10 +23,8 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use tokio::sync::oneshot;
-
 use crate::StoreError;
+use crate::cmd::{Cmd, RawMeta, Waiter};
 use crate::config::{Driver, FlushMode};
 use crate::cq::{ConsumeQueue, CqEntry};
 use crate::epoch::EpochEntry;
@@ -35,78 +33,6 @@ use crate::log::{Shared, lock};
 use crate::record::{self, Appended, NewRecord, Stamp};
 use crate::segment::Segment;
 use crate::syncer::{self, Batch, SyncMsg};
-
-pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
-
-/// Metadata of one record inside an `append_raw` payload (parsed and CRC-checked by the caller).
-#[derive(Debug)]
-pub(crate) struct RawMeta {
-    /// Where the record starts in the payload.
-    pub at: usize,
-    /// Length of its topic (which follows its header, validated UTF-8).
-    pub topic_len: usize,
-    pub queue_id: u32,
-    pub queue_offset: u64,
-    pub size: u32,
-    pub tag_hash: u64,
-    pub epoch: u64,
-}
-
-/// A command for the writer.
-pub(crate) enum Cmd {
-    Append {
-        recs: Vec<NewRecord>,
-        tx: Reply<Vec<Appended>>,
-    },
-    Raw {
-        start: u64,
-        bytes: Bytes,
-        metas: Vec<RawMeta>,
-        tx: Reply<u64>,
-    },
-    Truncate {
-        offset: u64,
-        tx: mpsc::SyncSender<Result<(), StoreError>>,
-    },
-    BeginEpoch {
-        epoch: u64,
-        tx: mpsc::SyncSender<Result<(), StoreError>>,
-    },
-    CutDamage {
-        tx: mpsc::SyncSender<Result<Option<crate::truncate::DamageCut>, StoreError>>,
-    },
-}
-
-pub(crate) enum Waiter {
-    Append(Reply<Vec<Appended>>, Vec<Appended>),
-    Raw(Reply<u64>),
-}
-
-impl Waiter {
-    /// Completes the waiter: its records are durable; `durable` is the durable log offset.
-    pub(crate) fn succeed(self, durable: u64) {
-        match self {
-            Waiter::Append(tx, out) => {
-                let _ = tx.send(Ok(out));
-            }
-            Waiter::Raw(tx) => {
-                let _ = tx.send(Ok(durable));
-            }
-        }
-    }
-
-    /// Fails the waiter with `e`.
-    pub(crate) fn fail(self, e: StoreError) {
-        match self {
-            Waiter::Append(tx, _) => {
-                let _ = tx.send(Err(e));
-            }
-            Waiter::Raw(tx) => {
-                let _ = tx.send(Err(e));
-            }
-        }
-    }
-}
 
 /// The sync stage of sync-flush mode (see [`crate::syncer`]).
 struct SyncStage {

@@ -11,12 +11,13 @@ use sofamq_store::{NewRecord, Record};
 
 use super::Consumers;
 use super::receipt;
-use super::receive::resource_name;
 use super::records::Op;
+use super::request::resource_name;
 use super::state::{GroupTopic, Inflight};
 use crate::broker::Broker;
+use crate::clock::now_ms;
 use crate::error::BrokerError;
-use crate::topics::{TopicType, now_ms};
+use crate::topics::TopicType;
 
 /// Prefix of dead-letter topics.
 pub const DLQ_PREFIX: &str = "%DLQ%";

@@ -6,6 +6,7 @@
 //! * [`state`]: one group's state on one topic (scan cursor + in-flight set).
 //! * [`receipt`]: tamper-evident receipt handles.
 //! * [`filter`]: tag filter expressions.
+//! * [`request`]: request fields as the handlers read them (names, durations).
 //! * [`receive`]: ReceiveMessage (long polling), Ack, ChangeInvisibleDuration.
 //! * [`dlq`]: dead-letter topic `%DLQ%<group>`, forward and resend.
 //! * [`offsets`]: PullMessage, UpdateOffset, GetOffset, QueryOffset.
@@ -25,6 +26,7 @@ pub mod online;
 pub mod receipt;
 pub mod receive;
 pub mod records;
+pub mod request;
 pub mod state;
 pub mod wire;
 
@@ -45,8 +47,9 @@ pub use config::ConsumeConfig;
 use records::{CONSUMER_LOG, ConsumerRecord, Op};
 use state::GroupTopic;
 
+use crate::clock::now_ms;
 use crate::error::BrokerError;
-use crate::topics::{FLAG_META, now_ms};
+use crate::meta::FLAG_META;
 
 type AppendFuture = Pin<Box<dyn Future<Output = Result<Vec<Appended>, StoreError>> + Send>>;
 

@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::Consumers;
 use super::filter::TagFilter;
-use super::receive::{duration_ms, resource_name};
 use super::records::Op;
+use super::request::{duration_ms, resource_name};
 use super::wire::{self, Delivery};
 use crate::broker::Broker;
 use crate::error::BrokerError;

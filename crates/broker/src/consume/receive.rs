@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use sofamq_proto::v2::{
     AckMessageRequest, AckMessageResponse, AckMessageResultEntry, ChangeInvisibleDurationRequest,
-    Code, Message, ReceiveMessageRequest, Resource, Status,
+    Code, Message, ReceiveMessageRequest, Status,
 };
 use sofamq_store::{NewRecord, Record};
 use tokio_util::sync::CancellationToken;
@@ -20,12 +20,14 @@ use tokio_util::sync::CancellationToken;
 use super::filter::TagFilter;
 use super::receipt::{self, Receipt};
 use super::records::Op;
+use super::request::{duration_ms, resource_name};
 use super::state::{GroupTopic, Inflight};
 use super::wire::{self, Delivery};
 use super::{Consumers, dlq, group_key};
 use crate::broker::Broker;
+use crate::clock::now_ms;
 use crate::error::{BrokerError, ok_status};
-use crate::topics::{PERM_READ, TopicConfig, TopicType, now_ms};
+use crate::topics::{PERM_READ, TopicConfig, TopicType};
 use crate::validate::{self, keys};
 
 /// What one pass over a (group, topic) produced.
@@ -46,18 +48,6 @@ pub(crate) struct PickSpec<'a> {
     pub invisible_ms: u64,
     pub dlq_ready: bool,
     pub only_queue: Option<u32>,
-}
-
-pub(crate) fn duration_ms(d: Option<&prost_types::Duration>) -> Option<u64> {
-    d.map(|d| {
-        let s = u64::try_from(d.seconds).unwrap_or(0);
-        let n = u64::try_from(d.nanos).unwrap_or(0);
-        s.saturating_mul(1000).saturating_add(n / 1_000_000)
-    })
-}
-
-pub(crate) fn resource_name(r: Option<&Resource>) -> &str {
-    r.map(|r| r.name.as_str()).unwrap_or_default()
 }
 
 impl Broker {

@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use sofamq_store::{Store, StoreConfig};
 
 use super::history::{LogDigest, digest};
+use super::rng::Rng;
 use crate::disk::LoopDisk;
 use crate::proxy::Proxy;
 use crate::repl::free_port;
@@ -910,7 +911,7 @@ impl ChaosCluster {
         if ends.is_empty() {
             return Ok(None);
         }
-        let mut rng = super::scenarios::Rng::new(seed);
+        let mut rng = Rng::new(seed);
         let k = rng.below(ends.len() as u64) as usize;
         match rng.below(3) {
             // Cut short at a record boundary: a clean, shorter log.
@@ -1010,7 +1011,7 @@ pub fn tear_tail(store_dir: &Path, seed: u64) -> anyhow::Result<usize> {
     let segs = segment_files(store_dir)?;
     let last = segs.last().context("no segment")?;
     let bytes = std::fs::read(last)?;
-    let mut rng = super::scenarios::Rng::new(seed);
+    let mut rng = Rng::new(seed);
     // A prefix of a real-looking record (a copy of the segment's tail) cut at a random point,
     // then random garbage.
     let copy_len = (bytes.len().min(512) as u64 * (1 + rng.below(90)) / 100) as usize;
@@ -1097,7 +1098,7 @@ pub fn flip_sealed_byte(store_dir: &Path, seed: u64) -> anyhow::Result<Option<u6
         return Ok(None);
     }
     let sealed = segs.len().saturating_sub(1).max(1);
-    let mut rng = super::scenarios::Rng::new(seed);
+    let mut rng = Rng::new(seed);
     let (start, path) = &segs[rng.below(sealed as u64) as usize];
     let len = std::fs::metadata(path)?.len();
     let end = (start + len).min(durable);
@@ -1141,7 +1142,7 @@ pub fn damage_file(
     seed: u64,
 ) -> anyhow::Result<Option<String>> {
     use std::os::unix::fs::FileExt;
-    let mut rng = super::scenarios::Rng::new(seed);
+    let mut rng = Rng::new(seed);
     match kind {
         FileDamage::ZeroBlock => {
             let Some((at, start, path, durable)) = durable_spot(store_dir, seed)? else {
@@ -1254,7 +1255,7 @@ fn durable_spot(store_dir: &Path, seed: u64) -> anyhow::Result<Option<(u64, u64,
     if durable < lo + 64 {
         return Ok(None);
     }
-    let mut rng = super::scenarios::Rng::new(seed);
+    let mut rng = Rng::new(seed);
     let at = lo + rng.below(durable - lo);
     let Some((start, path)) = segs.iter().rev().find(|(s, _)| *s <= at) else {
         return Ok(None);
@@ -1281,7 +1282,7 @@ pub fn lose_segment(store_dir: &Path, kind: u64, seed: u64) -> anyhow::Result<Se
     let (durable, _) = checkpoint_offsets(store_dir)?;
     let segs = segments_by_start(store_dir)?;
     anyhow::ensure!(!segs.is_empty(), "no segment");
-    let mut rng = super::scenarios::Rng::new(seed);
+    let mut rng = Rng::new(seed);
     let sealed = segs.len() - 1;
     let kind = match kind % 4 {
         0 | 1 if sealed == 0 => kind % 4 + 2,

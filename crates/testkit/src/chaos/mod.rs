@@ -6,6 +6,7 @@
 //!   audit drain.
 //! * [`history`]: what was observed. [`checker`]: lost / unexpected / aborted / duplicated /
 //!   out-of-order / divergence, and the table.
+//! * [`rng`]: the seeded random numbers that make a run replayable.
 //! * [`scenarios`]: the fault schedules and the run driver.
 //! * [`external`]: the workload and checker against a cluster that already runs elsewhere
 //!   (`sofamq chaos --against`, used by `scripts/multihost.sh`).
@@ -14,6 +15,7 @@ pub mod checker;
 pub mod cluster;
 pub mod external;
 pub mod history;
+pub mod rng;
 pub mod scenarios;
 pub mod workload;
 

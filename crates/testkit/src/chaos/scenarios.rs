@@ -9,39 +9,11 @@ use anyhow::Context;
 use super::checker::{Report, check};
 use super::cluster::{ChaosCluster, ClusterOptions, Failover, has_controller};
 use super::history::History;
+pub use super::rng::Rng;
 use super::workload::{Workload, WorkloadConfig};
 use crate::disk::LoopDisk;
 use crate::official;
 use crate::proxy::LinkMode;
-
-/// A small deterministic RNG (xorshift64*), so a seed replays the same fault timing.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// Seeded (any seed, 0 included).
-    pub fn new(seed: u64) -> Self {
-        Rng((seed ^ 0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    /// Next value.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in `0..n` (0 when n is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next_u64() % n }
-    }
-
-    /// A duration uniform in `lo_ms..=hi_ms`.
-    pub fn ms(&mut self, lo_ms: u64, hi_ms: u64) -> Duration {
-        Duration::from_millis(lo_ms + self.below(hi_ms.saturating_sub(lo_ms) + 1))
-    }
-}
 
 /// Every scenario: name and what it does.
 pub const SCENARIOS: &[(&str, &str)] = &[

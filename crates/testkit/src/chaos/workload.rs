@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use super::history::{
     PROP_PRODUCER, PROP_SEQ, ReadRecord, SendKind, SendOutcome, SendRecord, TxnIntent,
 };
-use super::scenarios::Rng;
+use super::rng::Rng;
 
 /// Workload shape.
 #[derive(Debug, Clone)]
