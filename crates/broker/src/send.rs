@@ -36,6 +36,15 @@ enum Dup {
     SameRequest(usize),
 }
 
+/// A store append that outlived the send's persist timeout.
+type PendingAppend = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<Vec<sofamq_store::Appended>, sofamq_store::StoreError>,
+            > + Send,
+    >,
+>;
+
 /// Round-robin cursor for queue selection of non-FIFO messages.
 #[derive(Default)]
 pub struct QueueCursor(AtomicU64);
@@ -234,11 +243,39 @@ impl Broker {
                     }
                     dedup.complete_all(done);
                 }
-                Err(err) => {
+                Err((err, still_running)) => {
                     tracing::warn!(error = %err, "send not persisted");
-                    dedup.abort_all(claimed.iter().map(|(_, key)| key));
                     for (slot, _) in &claimed {
                         entries[*slot].status = Some(err.status());
+                    }
+                    match still_running {
+                        // The append is still queued or being synced and may yet be stored:
+                        // its ids stay claimed until it ends, so a retry waits for it and
+                        // gets its receipt instead of storing a second copy.
+                        Some(append) => {
+                            let repl = self.repl().clone();
+                            tokio::spawn(async move {
+                                let dedup = repl.dedup();
+                                match append.await {
+                                    Ok(appended) => dedup.complete_all(
+                                        claimed.into_iter().zip(appended).zip(queue_ids).map(
+                                            |(((_, key), a), queue_id)| {
+                                                let end = a.log_offset + u64::from(a.size);
+                                                let queue_offset = a.queue_offset;
+                                                let r = Receipt {
+                                                    queue_id,
+                                                    queue_offset,
+                                                    end,
+                                                };
+                                                (key, r)
+                                            },
+                                        ),
+                                    ),
+                                    Err(_) => dedup.abort_all(claimed.iter().map(|(_, key)| key)),
+                                }
+                            });
+                        }
+                        None => dedup.abort_all(claimed.iter().map(|(_, key)| key)),
                     }
                 }
             }
@@ -465,17 +502,24 @@ impl Broker {
         }
     }
 
+    /// Appends within `limits.persist_timeout_ms`. A failure comes with the append itself
+    /// when it timed out (it is still in the store's queue or fsync and may yet be stored).
     async fn append(
         &self,
         records: Vec<NewRecord>,
-    ) -> Result<Vec<sofamq_store::Appended>, BrokerError> {
+    ) -> Result<Vec<sofamq_store::Appended>, (BrokerError, Option<PendingAppend>)> {
         let timeout = Duration::from_millis(self.config().limits.persist_timeout_ms);
-        match tokio::time::timeout(timeout, self.store().append(records)).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(BrokerError::MasterPersistence(format!(
-                "not durable within {} ms",
-                timeout.as_millis()
-            ))),
+        let store = self.store().clone();
+        let mut append: PendingAppend = Box::pin(async move { store.append(records).await });
+        match tokio::time::timeout(timeout, &mut append).await {
+            Ok(r) => r.map_err(|e| (e.into(), None)),
+            Err(_) => Err((
+                BrokerError::MasterPersistence(format!(
+                    "not durable within {} ms",
+                    timeout.as_millis()
+                )),
+                Some(append),
+            )),
         }
     }
 
