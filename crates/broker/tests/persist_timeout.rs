@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use sofamq_broker::BrokerConfig;
 use sofamq_broker::topics::TopicType;
-use sofamq_proto::v2::{Code, Message, MessageType, Resource, SendMessageRequest, SystemProperties};
+use sofamq_proto::v2::{
+    Code, Message, MessageType, Resource, SendMessageRequest, SystemProperties,
+};
 
 fn request(id: &str) -> SendMessageRequest {
     SendMessageRequest {
@@ -59,7 +61,10 @@ async fn a_retry_after_a_persist_timeout_gets_the_late_append_not_a_second_copy(
     // The client's retry, while the first append is still in its fdatasync.
     let retry = broker.send(request(id)).await;
     assert_eq!(code(&retry), Code::Ok as i32, "{retry:?}");
-    assert_eq!(retry.entries[0].offset, 0, "the first append's queue offset");
+    assert_eq!(
+        retry.entries[0].offset, 0,
+        "the first append's queue offset"
+    );
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let copies = broker
