@@ -25,6 +25,7 @@ pub mod check;
 pub mod controller;
 pub mod disk;
 pub mod faults;
+pub mod journal;
 pub mod log;
 pub mod net;
 pub mod producer;

@@ -41,6 +41,7 @@ use sofamq_store::{Driver, NewRecord, Store, StoreConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::disk::{DiskFaults, SimDisk};
+use crate::journal::Journal;
 
 const MASTER: &str = "m";
 const SLAVE: &str = "s";
@@ -82,39 +83,15 @@ impl Connector for TurmoilConnector {
 
 #[derive(Default)]
 struct Ledger {
+    j: Journal,
     submitted: RefCell<HashSet<u64>>,
     /// id -> log offset.
     acked: RefCell<BTreeMap<u64, u64>>,
     /// Each host's log as recovered at its latest start: (offset, id).
     recovered: RefCell<HashMap<&'static str, Vec<(u64, u64)>>>,
-    violations: RefCell<Vec<String>>,
-    trace: RefCell<Vec<String>>,
     next_id: Cell<u64>,
     /// Set at the power cut: the restarted hosts only record their logs.
     cut: Cell<bool>,
-    now: Cell<u64>,
-    last_error: RefCell<String>,
-}
-
-impl Ledger {
-    fn log(&self, line: &str) {
-        let t = turmoil::sim_elapsed().map_or(self.now.get(), |d| {
-            u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-        });
-        self.trace.borrow_mut().push(format!("{t:>5} {line}"));
-    }
-    /// Traces `e` unless it repeats the previous error (numbers aside).
-    fn error(&self, e: &str) {
-        let shape: String = e.chars().filter(|c| !c.is_ascii_digit()).collect();
-        if *self.last_error.borrow() != shape {
-            self.log(e);
-            *self.last_error.borrow_mut() = shape;
-        }
-    }
-    fn violate(&self, v: String) {
-        self.log(&format!("VIOLATION {v}"));
-        self.violations.borrow_mut().push(v);
-    }
 }
 
 /// The result of one seed.
@@ -179,10 +156,10 @@ async fn produce(
                             acked.insert(*id, a.log_offset);
                         }
                     }
-                    Err(e) => l.error(&format!("not acked: {e}")),
+                    Err(e) => l.j.error(&format!("not acked: {e}")),
                 }
             }
-            Err(e) => l.error(&format!("append failed: {e}")),
+            Err(e) => l.j.error(&format!("append failed: {e}")),
         }
         let pause = rng.random_range(0..8u64).saturating_sub(2);
         if pause > 0 {
@@ -197,22 +174,22 @@ fn record_log(store: &Store, l: &Ledger, who: &'static str) {
         match r {
             Ok(r) if r.topic == "t" => match id_of(&r.body) {
                 Some(id) => log.push((r.log_offset, id)),
-                None => l.violate(format!(
+                None => l.j.violate(format!(
                     "{who}: record at {} has an unknown body",
                     r.log_offset
                 )),
             },
             Ok(_) => {}
             Err(e) => {
-                l.violate(format!("{who}: scan of the recovered log failed: {e}"));
+                l.j.violate(format!("{who}: scan of the recovered log failed: {e}"));
                 break;
             }
         }
     }
     if let Some(why) = store.fenced() {
-        l.violate(format!("{who}: store opened fenced: {why}"));
+        l.j.violate(format!("{who}: store opened fenced: {why}"));
     }
-    l.log(&format!(
+    l.j.log(&format!(
         "{who} opened: log_end {} records {}",
         store.log_end_offset(),
         log.len()
@@ -233,7 +210,7 @@ async fn host(l: Rc<Ledger>, who: &'static str, seed: u64, knobs: ReplKnobs) -> 
         match Store::open(cfg.clone()) {
             Ok(s) => break s,
             Err(e) => {
-                l.error(&format!("{who}: open failed: {e}"));
+                l.j.error(&format!("{who}: open failed: {e}"));
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -259,7 +236,7 @@ async fn host(l: Rc<Ledger>, who: &'static str, seed: u64, knobs: ReplKnobs) -> 
     let repl = match Replication::open(rcfg, "g", u64::from(!master), store.clone(), &cfg.dir) {
         Ok(r) => Arc::new(r),
         Err(e) => {
-            l.violate(format!("{who}: replication did not open: {e}"));
+            l.j.violate(format!("{who}: replication did not open: {e}"));
             return idle().await;
         }
     };
@@ -294,17 +271,17 @@ fn check(l: &Ledger) {
     let s_at: HashMap<u64, u64> = s.iter().copied().collect();
     for (id, off) in l.acked.borrow().iter() {
         if m_at.get(off) != Some(id) {
-            l.violate(format!("acked id {id} at {off} is not on the master"));
+            l.j.violate(format!("acked id {id} at {off} is not on the master"));
         }
         if s_at.get(off) != Some(id) {
-            l.violate(format!("acked id {id} at {off} is not on the slave"));
+            l.j.violate(format!("acked id {id} at {off} is not on the slave"));
         }
     }
     for (off, id) in m {
         if let Some(other) = s_at.get(off)
             && other != id
         {
-            l.violate(format!(
+            l.j.violate(format!(
                 "the logs disagree at {off}: master has id {id}, slave id {other}"
             ));
         }
@@ -314,10 +291,10 @@ fn check(l: &Ledger) {
         let mut seen = HashSet::new();
         for (off, id) in log {
             if !submitted.contains(id) {
-                l.violate(format!("{who}: id {id} at {off} was never sent"));
+                l.j.violate(format!("{who}: id {id} at {off} was never sent"));
             }
             if !seen.insert(id) {
-                l.violate(format!("{who}: id {id} is in the log twice"));
+                l.j.violate(format!("{who}: id {id} is in the log twice"));
             }
         }
     }
@@ -337,7 +314,7 @@ pub fn run_repl_seed(seed: u64, knobs: ReplKnobs) -> ReplOutcome {
     b.fs().block_size(block).sync_probability(flush);
     let mut sim = b.build();
     let l = Rc::new(Ledger::default());
-    l.log(&format!(
+    l.j.log(&format!(
         "seed {seed}: block {block} os-flush {flush} ack-before-slave {}",
         knobs.ack_before_slave
     ));
@@ -367,26 +344,26 @@ pub fn run_repl_seed(seed: u64, knobs: ReplKnobs) -> ReplOutcome {
         if t >= END {
             break;
         }
-        l.now.set(t);
+        l.j.set_now(t);
         while plan.last().is_some_and(|&(at, _)| at <= t) {
             let Some((_, what)) = plan.pop() else { break };
             match what {
                 0 | 1 => {
                     let h = if what == 0 { SLAVE } else { MASTER };
-                    l.log(&format!("CRASH and restart {h}"));
+                    l.j.log(&format!("CRASH and restart {h}"));
                     sim.crash(h);
                     sim.bounce(h);
                 }
                 2 => {
-                    l.log("PARTITION m | s");
+                    l.j.log("PARTITION m | s");
                     sim.partition(MASTER, SLAVE);
                 }
                 3 => {
-                    l.log("HEAL m | s");
+                    l.j.log("HEAL m | s");
                     sim.repair(MASTER, SLAVE);
                 }
                 _ => {
-                    l.log("POWER CUT of both");
+                    l.j.log("POWER CUT of both");
                     l.cut.set(true);
                     l.recovered.borrow_mut().clear();
                     sim.repair(MASTER, SLAVE);
@@ -398,16 +375,15 @@ pub fn run_repl_seed(seed: u64, knobs: ReplKnobs) -> ReplOutcome {
             }
         }
         if let Err(e) = sim.step() {
-            l.violate(format!("simulation error: {e}"));
+            l.j.violate(format!("simulation error: {e}"));
             break;
         }
     }
     if l.recovered.borrow().len() < 2 || !l.cut.get() {
-        l.violate("a host never reopened after the power cut".into());
+        l.j.violate("a host never reopened after the power cut".into());
     }
     check(&l);
-    let violations = l.violations.borrow().clone();
-    let trace = l.trace.borrow().clone();
+    let (violations, trace) = l.j.take();
     ReplOutcome {
         seed,
         violations,

@@ -30,6 +30,7 @@ use rand::{Rng, SeedableRng};
 use sofamq_store::{Driver, NewRecord, Store, StoreConfig};
 
 use crate::disk::{DiskFaults, SimDisk};
+use crate::journal::Journal;
 
 const HOST: &str = "store";
 /// Appenders stop (ms).
@@ -60,43 +61,15 @@ struct Acked {
 
 #[derive(Default)]
 struct Ledger {
+    j: Journal,
     /// Every record ever handed to `append`: id -> (topic, queue).
     submitted: RefCell<HashMap<u64, (&'static str, u32)>>,
     acked: RefCell<BTreeMap<u64, Acked>>,
-    violations: RefCell<Vec<String>>,
-    trace: RefCell<Vec<String>>,
     next_id: Cell<u64>,
     opens: Cell<u64>,
     append_errors: Cell<u64>,
-    /// Simulated time (ms) as the harness last saw it, for its own trace lines.
-    now: Cell<u64>,
-    /// The last error traced (a run of the same error is traced once).
-    last_error: RefCell<String>,
     /// Whether the last start verified an open store (false: it never opened).
     verified_last: Cell<bool>,
-}
-
-impl Ledger {
-    fn log(&self, line: &str) {
-        let t = turmoil::sim_elapsed().map_or(self.now.get(), |d| {
-            u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-        });
-        self.trace.borrow_mut().push(format!("{t:>5} {line}"));
-    }
-    /// Traces `e` unless it repeats the previous error.
-    /// Traces `e` unless it repeats the previous error (numbers aside).
-    fn error(&self, e: &str) {
-        let shape: String = e.chars().filter(|c| !c.is_ascii_digit()).collect();
-        if *self.last_error.borrow() != shape {
-            self.log(e);
-            *self.last_error.borrow_mut() = shape;
-        }
-    }
-
-    fn violate(&self, v: String) {
-        self.log(&format!("VIOLATION {v}"));
-        self.violations.borrow_mut().push(v);
-    }
 }
 
 /// The result of one seed.
@@ -131,7 +104,7 @@ fn id_of(body: &[u8]) -> Option<u64> {
 /// Checks the freshly recovered store against the ledger.
 fn verify(store: &Store, l: &Ledger) {
     if let Some(why) = store.fenced() {
-        l.violate(format!("store opened fenced: {why}"));
+        l.j.violate(format!("store opened fenced: {why}"));
         return;
     }
     for (id, a) in l.acked.borrow().iter() {
@@ -142,7 +115,7 @@ fn verify(store: &Store, l: &Ledger) {
                     || r.queue_id != a.queue
                     || r.queue_offset != a.queue_offset
                 {
-                    l.violate(format!(
+                    l.j.violate(format!(
                         "acked id {id} at {} changed: found id {:?} {}/{} qo {}",
                         a.log_offset,
                         id_of(&r.body),
@@ -152,11 +125,13 @@ fn verify(store: &Store, l: &Ledger) {
                     ));
                 }
             }
-            Err(e) => l.violate(format!("acked id {id} at {} lost: {e}", a.log_offset)),
+            Err(e) => {
+                l.j.violate(format!("acked id {id} at {} lost: {e}", a.log_offset))
+            }
         }
         match store.read_queue(a.topic, a.queue, a.queue_offset, 1, 1 << 20) {
             Ok(v) if v.first().is_some_and(|r| r.log_offset == a.log_offset) => {}
-            other => l.violate(format!(
+            other => l.j.violate(format!(
                 "acked id {id}: queue {}/{} offset {} does not lead to it: {:?}",
                 a.topic,
                 a.queue,
@@ -173,35 +148,35 @@ fn verify(store: &Store, l: &Ledger) {
         let r = match r {
             Ok(r) => r,
             Err(e) => {
-                l.violate(format!("scan of the recovered log failed: {e}"));
+                l.j.violate(format!("scan of the recovered log failed: {e}"));
                 break;
             }
         };
         records += 1;
         let Some(id) = id_of(&r.body) else {
-            l.violate(format!("record at {} has a body nobody sent", r.log_offset));
+            l.j.violate(format!("record at {} has a body nobody sent", r.log_offset));
             continue;
         };
         match submitted.get(&id) {
             Some((t, q)) if *t == r.topic && *q == r.queue_id => {}
-            _ => l.violate(format!(
+            _ => l.j.violate(format!(
                 "record at {} (id {id}) was never submitted to {}/{}",
                 r.log_offset, r.topic, r.queue_id
             )),
         }
         if !seen.insert(id) {
-            l.violate(format!("id {id} is in the log twice"));
+            l.j.violate(format!("id {id} is in the log twice"));
         }
         let want = next_qo.entry((r.topic.clone(), r.queue_id)).or_default();
         if r.queue_offset != *want {
-            l.violate(format!(
+            l.j.violate(format!(
                 "record at {} has queue offset {}, expected {want}",
                 r.log_offset, r.queue_offset
             ));
         }
         *want = r.queue_offset + 1;
     }
-    l.log(&format!(
+    l.j.log(&format!(
         "open {}: log_end {} records {records} acked {}",
         l.opens.get(),
         store.log_end_offset(),
@@ -249,7 +224,7 @@ async fn append_loop(store: Store, l: Rc<Ledger>, mut rng: StdRng, who: u32) {
             }
             Err(e) => {
                 l.append_errors.set(l.append_errors.get() + 1);
-                l.error(&format!("appender {who}: append failed: {e}"));
+                l.j.error(&format!("appender {who}: append failed: {e}"));
             }
         }
         // Often none (the two appenders then share a batch), up to 12 ms.
@@ -269,7 +244,7 @@ async fn host(l: Rc<Ledger>, cfg: StoreConfig, seed: u64) -> turmoil::Result {
             Ok(s) => break s,
             // EIO during recovery: an operator (or systemd) would start it again.
             Err(e) => {
-                l.error(&format!("open failed: {e}"));
+                l.j.error(&format!("open failed: {e}"));
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -296,7 +271,7 @@ async fn host(l: Rc<Ledger>, cfg: StoreConfig, seed: u64) -> turmoil::Result {
     let _ = a.await;
     let _ = b.await;
     if let Some(why) = store.fenced() {
-        l.log(&format!("store fenced: {why}"));
+        l.j.log(&format!("store fenced: {why}"));
     }
     drop(store);
     let _ = driver.await;
@@ -330,7 +305,7 @@ pub fn run_store_seed(seed: u64, knobs: StoreKnobs) -> StoreOutcome {
     }
     let mut sim = b.build();
     let l = Rc::new(Ledger::default());
-    l.log(&format!(
+    l.j.log(&format!(
         "seed {seed}: block {block} os-flush {flush} eio-every {} small-disk {small_disk} lie {}",
         faults.eio_every_nth_sync, faults.lie_on_sync
     ));
@@ -358,27 +333,26 @@ pub fn run_store_seed(seed: u64, knobs: StoreKnobs) -> StoreOutcome {
         if t >= END {
             break;
         }
-        l.now.set(t);
+        l.j.set_now(t);
         if crashes.last().is_some_and(|&c| c <= t) {
             crashes.pop();
-            l.log("CRASH and restart");
+            l.j.log("CRASH and restart");
             sim.crash(HOST);
             sim.bounce(HOST);
         }
         if let Err(e) = sim.step() {
-            l.violate(format!("simulation error: {e}"));
+            l.j.violate(format!("simulation error: {e}"));
             break;
         }
     }
     let expected_opens = 1 + crashes_planned(&l);
     if l.opens.get() < expected_opens {
-        l.violate(format!(
+        l.j.violate(format!(
             "the store was opened {} times, {expected_opens} expected",
             l.opens.get()
         ));
     }
-    let violations = l.violations.borrow().clone();
-    let trace = l.trace.borrow().clone();
+    let (violations, trace) = l.j.take();
     StoreOutcome {
         seed,
         violations,
@@ -391,9 +365,5 @@ pub fn run_store_seed(seed: u64, knobs: StoreKnobs) -> StoreOutcome {
 }
 
 fn crashes_planned(l: &Ledger) -> u64 {
-    l.trace
-        .borrow()
-        .iter()
-        .filter(|t| t.ends_with("CRASH and restart"))
-        .count() as u64
+    l.j.count_lines_ending("CRASH and restart") as u64
 }

@@ -2,17 +2,11 @@
 
 use std::time::Instant;
 
+use sofamq_sim::journal::env_u64;
 use sofamq_sim::replsim::{ReplKnobs, run_repl_seed};
 
 /// Default number of seeds (`REPL_SIM_SEEDS=N` for more, `REPL_SIM_FIRST_SEED` to shift).
 const DEFAULT_SEEDS: u64 = 30;
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
 
 /// `REPL_SIM_SEED=N` replays one seed and prints its whole trace.
 #[test]
@@ -40,8 +34,8 @@ fn replay_one_repl_seed() {
 
 #[test]
 fn acked_records_are_on_master_and_slave_after_faults_and_a_power_cut() {
-    let first = env("REPL_SIM_FIRST_SEED", 0);
-    let n = env("REPL_SIM_SEEDS", DEFAULT_SEEDS);
+    let first = env_u64("REPL_SIM_FIRST_SEED", 0);
+    let n = env_u64("REPL_SIM_SEEDS", DEFAULT_SEEDS);
     let t0 = Instant::now();
     let mut acks = 0usize;
     let mut failed = Vec::new();

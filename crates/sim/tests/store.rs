@@ -2,17 +2,11 @@
 
 use std::time::Instant;
 
+use sofamq_sim::journal::env_u64;
 use sofamq_sim::storesim::{StoreKnobs, run_store_seed};
 
 /// Default number of seeds (`STORE_SIM_SEEDS=N` for more, `STORE_SIM_FIRST_SEED` to shift).
 const DEFAULT_SEEDS: u64 = 40;
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
 
 /// `STORE_SIM_SEED=N` replays one seed and prints its whole trace.
 #[test]
@@ -35,8 +29,8 @@ fn replay_one_store_seed() {
 
 #[test]
 fn the_real_store_keeps_every_acked_record_through_seeded_crashes() {
-    let first = env("STORE_SIM_FIRST_SEED", 0);
-    let n = env("STORE_SIM_SEEDS", DEFAULT_SEEDS);
+    let first = env_u64("STORE_SIM_FIRST_SEED", 0);
+    let n = env_u64("STORE_SIM_SEEDS", DEFAULT_SEEDS);
     let t0 = Instant::now();
     let (mut acks, mut opens, mut errors, mut eio_seeds, mut unopened) = (0u64, 0, 0, 0, 0);
     let mut failed = Vec::new();

@@ -1,0 +1,93 @@
+//! The time-stamped trace and the violations of one seed, shared by the store and
+//! replication simulations (the harness and the hosts write to it).
+
+use std::cell::{Cell, RefCell};
+
+/// One seed's trace and violations.
+#[derive(Default)]
+pub struct Journal {
+    trace: RefCell<Vec<String>>,
+    violations: RefCell<Vec<String>>,
+    /// Simulated time (ms) as the harness last saw it, for lines written outside a host.
+    now: Cell<u64>,
+    /// The shape (digits dropped) of the last error traced: a run of one error is traced once.
+    last_error: RefCell<String>,
+}
+
+impl Journal {
+    /// Sets the time the harness is at (used when no host is running).
+    pub fn set_now(&self, ms: u64) {
+        self.now.set(ms);
+    }
+
+    /// Adds a line stamped with the simulated time.
+    pub fn log(&self, line: &str) {
+        let t = turmoil::sim_elapsed().map_or(self.now.get(), |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+        });
+        self.trace.borrow_mut().push(format!("{t:>5} {line}"));
+    }
+
+    /// Traces `e` unless it repeats the previous error (numbers aside).
+    pub fn error(&self, e: &str) {
+        let shape: String = e.chars().filter(|c| !c.is_ascii_digit()).collect();
+        if *self.last_error.borrow() != shape {
+            self.log(e);
+            *self.last_error.borrow_mut() = shape;
+        }
+    }
+
+    /// Records a failed check (and traces it).
+    pub fn violate(&self, v: String) {
+        self.log(&format!("VIOLATION {v}"));
+        self.violations.borrow_mut().push(v);
+    }
+
+    /// How many lines end with `suffix`.
+    pub fn count_lines_ending(&self, suffix: &str) -> usize {
+        self.trace
+            .borrow()
+            .iter()
+            .filter(|t| t.ends_with(suffix))
+            .count()
+    }
+
+    /// The violations and the trace, at the end of the seed.
+    pub fn take(&self) -> (Vec<String>, Vec<String>) {
+        (self.violations.take(), self.trace.take())
+    }
+}
+
+/// A `u64` from the environment variable `name`, else `default` (seed counts of the tests).
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_errors_are_traced_once_and_violations_kept() {
+        let j = Journal::default();
+        j.set_now(7);
+        j.error("append failed at 10");
+        j.error("append failed at 11");
+        j.error("open failed");
+        j.violate("lost 3".into());
+        let (v, t) = j.take();
+        assert_eq!(v, ["lost 3"]);
+        assert_eq!(
+            t,
+            [
+                "    7 append failed at 10",
+                "    7 open failed",
+                "    7 VIOLATION lost 3"
+            ]
+        );
+        assert_eq!(j.count_lines_ending("x"), 0);
+    }
+}
