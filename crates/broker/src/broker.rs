@@ -43,6 +43,7 @@ impl Broker {
     #[allow(clippy::type_complexity)]
     fn open_state(
         config: &BrokerConfig,
+        tune: &dyn Fn(&mut StoreConfig),
     ) -> Result<(Store, Topics, Consumers, crate::acl::Acl), BrokerError> {
         let mut sc = StoreConfig::new(config.data_dir.join("store"));
         sc.segment_size = config.segment_bytes;
@@ -57,6 +58,7 @@ impl Broker {
         };
         sc.max_record_size =
             config.limits.max_body_bytes + config.limits.max_properties_bytes + 64 * 1024;
+        tune(&mut sc);
         let store = Store::open(sc)?;
         if let Some(reason) = store.fenced() {
             tracing::error!(%reason, "commit log is fenced: this broker will refuse writes");
@@ -70,7 +72,17 @@ impl Broker {
     /// Opens (and recovers) the log under `config.data_dir` and replays the
     /// topic table. Blocking: call it from `spawn_blocking` in async code.
     pub fn open(config: BrokerConfig) -> Result<Self, BrokerError> {
-        let (store, topics, consumers, acl) = match Self::open_state(&config) {
+        Self::open_with(config, &|_| {})
+    }
+
+    /// [`Broker::open`] with the store's configuration adjusted by `tune` after it is derived
+    /// from `config`: how the simulator puts the broker's log on a simulated disk
+    /// (`StoreConfig::fs`) and drives its writer from its own runtime (`StoreConfig::driver`).
+    pub fn open_with(
+        config: BrokerConfig,
+        tune: &dyn Fn(&mut StoreConfig),
+    ) -> Result<Self, BrokerError> {
+        let (store, topics, consumers, acl) = match Self::open_state(&config, tune) {
             // A consume queue that points at the wrong records (damaged on disk, or a write
             // lost under it) is derived data: the store marked it when the replay read it,
             // and opening again moves the queues aside and rebuilds them from the log.
@@ -79,7 +91,7 @@ impl Broker {
                     error = %e,
                     "a consume queue does not match the commit log: rebuilding every consume queue from the log"
                 );
-                Self::open_state(&config)?
+                Self::open_state(&config, tune)?
             }
             r => r?,
         };

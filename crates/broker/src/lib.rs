@@ -24,6 +24,7 @@ pub mod handles;
 pub mod lookup;
 pub mod meta;
 pub mod metrics;
+pub mod mutant;
 pub mod register;
 pub mod repl;
 pub mod send;
