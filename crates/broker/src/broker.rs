@@ -106,10 +106,10 @@ impl Broker {
             &config.broker_name,
             config.broker_id,
             store.clone(),
-            &config.data_dir.join("store"),
         )?);
         let timers = Arc::new(crate::timer::Timers::open(
             config.timer.clone(),
+            store.fs(),
             &config.data_dir.join("timer"),
         )?);
         let txns = Arc::new(crate::txn::Txns::open(

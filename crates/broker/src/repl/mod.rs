@@ -21,7 +21,6 @@ pub mod master;
 pub mod secure;
 pub mod slave;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -80,7 +79,6 @@ pub struct Replication {
     /// neither accepted nor acked after it; `None` while it holds no lease.
     lease_until: Mutex<Option<std::time::Instant>>,
     pub(crate) store: Store,
-    segment_dir: PathBuf,
     role: Mutex<RoleState>,
     role_tx: watch::Sender<Role>,
     pub(crate) tracker: Tracker,
@@ -119,7 +117,6 @@ impl Replication {
         broker_name: &str,
         broker_id: u64,
         store: Store,
-        store_dir: &std::path::Path,
     ) -> Result<Self, BrokerError> {
         cfg.protocol_versions().map_err(BrokerError::BadRequest)?;
         // With a controller every broker starts as an idle slave and waits to be told.
@@ -154,7 +151,6 @@ impl Replication {
             master_refused: Mutex::new(None),
             repair: Mutex::new(None),
             connector: Mutex::new(Arc::new(TcpConnector)),
-            segment_dir: store_dir.join("commitlog"),
             cfg,
             store,
         };
@@ -166,8 +162,7 @@ impl Replication {
                 tracing::info!(epoch, "master began a new epoch");
             }
             repl.become_master_limits();
-            repl.dedup
-                .rebuild(&repl.store, &repl.segment_dir, repl.cfg.dedup_scan_bytes);
+            repl.dedup.rebuild(&repl.store, repl.cfg.dedup_scan_bytes);
         } else if repl.cfg.controlled() {
             tracing::info!("waiting for the controller to assign a role");
         } else if repl.cfg.master_addr.is_none() {
@@ -415,8 +410,7 @@ impl Replication {
         self.store
             .blocking(move || -> Result<(), BrokerError> {
                 me.store.begin_epoch(new)?;
-                me.dedup
-                    .rebuild(&me.store, &me.segment_dir, me.cfg.dedup_scan_bytes);
+                me.dedup.rebuild(&me.store, me.cfg.dedup_scan_bytes);
                 Ok(())
             })
             .await??;
@@ -601,7 +595,6 @@ mod stream_seam_tests {
                 "g",
                 0,
                 ms.clone(),
-                &d.path().join("m"),
             )
             .unwrap(),
         );
@@ -616,7 +609,6 @@ mod stream_seam_tests {
                 "g",
                 1,
                 ss.clone(),
-                &d.path().join("s"),
             )
             .unwrap(),
         );
