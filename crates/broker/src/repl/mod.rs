@@ -77,7 +77,7 @@ pub struct Replication {
     pub(crate) identity: u64,
     /// With a controller: until when this broker may act as master (its lease). Sends are
     /// neither accepted nor acked after it; `None` while it holds no lease.
-    lease_until: Mutex<Option<std::time::Instant>>,
+    lease_until: Mutex<Option<crate::clock::Instant>>,
     pub(crate) store: Store,
     role: Mutex<RoleState>,
     role_tx: watch::Sender<Role>,
@@ -106,7 +106,7 @@ pub struct Replication {
 pub(crate) struct Repair {
     pub at: u64,
     pub old_end: u64,
-    pub began: std::time::Instant,
+    pub began: crate::clock::Instant,
 }
 
 impl Replication {
@@ -210,7 +210,7 @@ impl Replication {
         *self.repair.lock() = Some(Repair {
             at,
             old_end,
-            began: std::time::Instant::now(),
+            began: crate::clock::Instant::now(),
         });
     }
 
@@ -474,7 +474,7 @@ impl Replication {
             return Ok(());
         }
         match *self.lease_until.lock() {
-            Some(t) if std::time::Instant::now() < t => Ok(()),
+            Some(t) if crate::clock::Instant::now() < t => Ok(()),
             _ => Err(BrokerError::NotAvailable(
                 "no valid master lease from the controller; not acking".into(),
             )),
@@ -482,7 +482,7 @@ impl Replication {
     }
 
     /// Extends (or sets) the master lease to `until`.
-    pub(crate) fn renew_lease(&self, until: std::time::Instant) {
+    pub(crate) fn renew_lease(&self, until: crate::clock::Instant) {
         let mut g = self.lease_until.lock();
         if g.is_none_or(|t| t < until) {
             *g = Some(until);
@@ -499,7 +499,7 @@ impl Replication {
         self.lease_until
             .lock()
             .map(|t| {
-                t.saturating_duration_since(std::time::Instant::now())
+                t.saturating_duration_since(crate::clock::Instant::now())
                     .as_millis() as u64
             })
             .unwrap_or(0)

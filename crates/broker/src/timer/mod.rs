@@ -680,7 +680,7 @@ pub async fn run(broker: Broker, token: CancellationToken) {
     let mut role = broker.repl().role_watch();
     let poll = Duration::from_millis(timers.cfg.poll_interval_ms.max(1));
     let cp_every = Duration::from_millis(timers.cfg.checkpoint_interval_ms.max(1));
-    let mut last_cp = tokio::time::Instant::now();
+    let mut last_cp = crate::clock::Instant::now();
     loop {
         let master = *role.borrow() == Role::Master && broker.writable().is_ok();
         timers.set_firing(master);
@@ -731,7 +731,7 @@ pub async fn run(broker: Broker, token: CancellationToken) {
                 Err(e) => tracing::warn!(error = %e, "timer checkpoint task"),
                 Ok(Ok(())) => {}
             }
-            last_cp = tokio::time::Instant::now();
+            last_cp = crate::clock::Instant::now();
         }
         let mut wait = poll;
         if master && let Some(d) = timers.next_due() {

@@ -621,7 +621,7 @@ impl Broker {
 pub async fn run(broker: Broker, token: CancellationToken) {
     let txns: Arc<Txns> = broker.txns_arc();
     let tick = Duration::from_millis(txns.cfg.tick_ms.max(10));
-    let mut last_cp = tokio::time::Instant::now();
+    let mut last_cp = crate::clock::Instant::now();
     loop {
         let t = txns.clone();
         let store = broker.store().clone();
@@ -638,7 +638,7 @@ pub async fn run(broker: Broker, token: CancellationToken) {
             if let Ok(Err(e)) = tokio::task::spawn_blocking(move || t.checkpoint()).await {
                 tracing::warn!(error = %e, "transaction checkpoint");
             }
-            last_cp = tokio::time::Instant::now();
+            last_cp = crate::clock::Instant::now();
         }
         tokio::select! {
             () = token.cancelled() => break,
