@@ -95,6 +95,17 @@ impl Broker {
                 limits.max_batch_bytes
             )));
         }
+        if req.messages.len() > 1
+            && req.messages.iter().any(|m| {
+                m.system_properties
+                    .as_ref()
+                    .is_some_and(|s| s.message_type == MessageType::Transaction as i32)
+            })
+        {
+            return whole_failure(&BrokerError::MessageTypeMismatch(
+                "a TRANSACTION message must be sent alone, one per request".into(),
+            ));
+        }
         // Bounded memory: the request's bytes stay counted until it is durable
         // (and replicated); beyond the budget the client is told to back off
         // instead of piling up behind a slow disk or slave.
@@ -119,24 +130,11 @@ impl Broker {
                 )));
             }
         };
-        if let Err(e) = self.writable() {
-            return whole_failure(&e);
-        }
-        if req.messages.len() > 1
-            && req.messages.iter().any(|m| {
-                m.system_properties
-                    .as_ref()
-                    .is_some_and(|s| s.message_type == MessageType::Transaction as i32)
-            })
-        {
-            return whole_failure(&BrokerError::MessageTypeMismatch(
-                "a TRANSACTION message must be sent alone, one per request".into(),
-            ));
-        }
-
-        if let Err(e) = self.repl().check_available() {
-            return whole_failure(&e);
-        }
+        // One check on replication: master, log not fenced, lease held, enough in sync.
+        let admitted = match self.repl().admit() {
+            Ok(a) => a,
+            Err(e) => return whole_failure(&e),
+        };
 
         let dedup = self.repl().dedup();
         let n = req.messages.len();
@@ -315,7 +313,7 @@ impl Broker {
             }
         }
         if !stored.is_empty() {
-            let status = match self.repl().wait_replicated(need).await {
+            let status = match self.repl().wait_replicated(admitted, need).await {
                 Ok(()) => {
                     // A slave's ack may have arrived before this master's fsync (it streams
                     // written bytes), when the readable limit could not cover `need` yet.

@@ -539,7 +539,7 @@ impl Broker {
                 e: dropped,
             })?);
         }
-        self.writable()?;
+        let admitted = self.repl().writable()?;
         let appended = self.store().append(records).await?;
         let now = now_ms().max(0) as u64;
         for (d, _) in &due {
@@ -553,7 +553,7 @@ impl Broker {
             .fetch_add(n_dropped as u64, Ordering::Relaxed);
         if let Some(end) = appended.last().map(|a| a.log_offset + u64::from(a.size)) {
             // Consumers see the messages once the slaves hold them.
-            let _ = self.repl().wait_replicated(end).await;
+            let _ = self.repl().wait_replicated(admitted, end).await;
             self.repl().refresh_limit();
         }
         self.consumers().wake();
@@ -578,8 +578,7 @@ impl Broker {
                 h.topic
             )));
         }
-        self.writable()?;
-        self.repl().check_available()?;
+        let admitted = self.repl().admit()?;
         let rec = self
             .store()
             .read_queue(TIMER_TOPIC, Q_TIMERS, h.queue_offset, 1, usize::MAX)?
@@ -652,7 +651,7 @@ impl Broker {
                 .last()
                 .map(|a| a.log_offset + u64::from(a.size))
                 .unwrap_or(0);
-            self.repl().wait_replicated(end).await
+            self.repl().wait_replicated(admitted, end).await
         }
         .await;
         match result {

@@ -453,8 +453,7 @@ impl Broker {
         end: End,
         by: By,
     ) -> Result<(), BrokerError> {
-        self.writable()?;
-        self.repl().check_available()?;
+        let admitted = self.repl().admit()?;
         let rec = self
             .read_half(q)?
             .filter(|r| r.property(keys::MSG_ID) == Some(message_id))
@@ -527,7 +526,7 @@ impl Broker {
                 .last()
                 .map(|a| a.log_offset + u64::from(a.size))
                 .unwrap_or(0);
-            self.repl().wait_replicated(last).await
+            self.repl().wait_replicated(admitted, last).await
         }
         .await;
         match result {
