@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use crate::config::{BrokerConfig, FlushMode};
 use crate::consume::Consumers;
 use crate::error::BrokerError;
-use crate::send::QueueCursor;
+use crate::send::queue::QueueCursor;
 use crate::topics::{PERM_READ, PERM_WRITE, TopicConfig, TopicType, Topics};
 use crate::validate;
 
