@@ -3,8 +3,8 @@
 
 use sofamq_proto::v2::{Message, MessageType, SystemProperties};
 
-use crate::config::Limits;
 use crate::error::BrokerError;
+use crate::limits::Limits;
 use crate::topics::{SYSTEM_PREFIX, TopicConfig, now_ms};
 
 /// Property keys the broker itself writes into stored records.

@@ -8,8 +8,8 @@ use sofamq_proto::v2::{Message, MessageType, SendMessageRequest};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::broker::Broker;
-use crate::config::Limits;
 use crate::error::BrokerError;
+use crate::limits::Limits;
 use crate::repl::Admission;
 
 /// A request admitted: its bytes reserved in the budget (until this is dropped, after the
