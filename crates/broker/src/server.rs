@@ -139,8 +139,8 @@ pub async fn serve(
     // it trips with `shutdown`, or alone when the gRPC transport fails.
     let token = shutdown.child().token().clone();
     broker.repl().start(repl_listener, token.clone());
-    tokio::spawn(crate::timer::run(broker.clone(), token.clone()));
-    tokio::spawn(crate::txn::run(broker.clone(), token.clone()));
+    tokio::spawn(crate::timer::service::run(broker.clone(), token.clone()));
+    tokio::spawn(crate::txn::service::run(broker.clone(), token.clone()));
     if broker.config().replication.controlled() {
         let addrs = sofamq_controller::BrokerAddrs {
             grpc: endpoint.clone(),

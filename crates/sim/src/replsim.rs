@@ -141,25 +141,30 @@ async fn produce(
                 ..Default::default()
             })
             .collect();
-        match store.append(recs).await {
-            Ok(done) => {
-                let end = done.last().map_or(0, |a| a.log_offset + u64::from(a.size));
-                let replicated = if knobs.ack_before_slave {
-                    Ok(())
-                } else {
-                    repl.wait_replicated(end).await
-                };
-                match replicated {
-                    Ok(()) => {
-                        let mut acked = l.acked.borrow_mut();
-                        for (id, a) in ids.iter().zip(&done) {
-                            acked.insert(*id, a.log_offset);
-                        }
-                    }
-                    Err(e) => l.j.error(&format!("not acked: {e}")),
-                }
-            }
+        // The term the batch is sent in: this host's role never changes, so only a fenced
+        // log (which would refuse the append too) makes it unwritable.
+        match repl.writable() {
             Err(e) => l.j.error(&format!("append failed: {e}")),
+            Ok(admitted) => match store.append(recs).await {
+                Ok(done) => {
+                    let end = done.last().map_or(0, |a| a.log_offset + u64::from(a.size));
+                    let replicated = if knobs.ack_before_slave {
+                        Ok(())
+                    } else {
+                        repl.wait_replicated(admitted, end).await
+                    };
+                    match replicated {
+                        Ok(()) => {
+                            let mut acked = l.acked.borrow_mut();
+                            for (id, a) in ids.iter().zip(&done) {
+                                acked.insert(*id, a.log_offset);
+                            }
+                        }
+                        Err(e) => l.j.error(&format!("not acked: {e}")),
+                    }
+                }
+                Err(e) => l.j.error(&format!("append failed: {e}")),
+            },
         }
         let pause = rng.random_range(0..8u64).saturating_sub(2);
         if pause > 0 {

@@ -281,7 +281,11 @@ impl Tracker {
 
     /// Fails fast when fewer than `min_insync - 1` slaves are in sync.
     pub fn check_available(&self) -> Result<(), BrokerError> {
-        let s = self.snapshot();
+        self.check_available_at(&self.snapshot())
+    }
+
+    /// [`Tracker::check_available`] on a snapshot the caller already read.
+    pub fn check_available_at(&self, s: &Snapshot) -> Result<(), BrokerError> {
         if s.in_sync + 1 < self.min_insync {
             return Err(BrokerError::NotAvailable(format!(
                 "{} of {} required replicas in sync; not accepting writes",
@@ -294,12 +298,17 @@ impl Tracker {
 
     /// Waits until every in-sync slave acked `offset` (the caller holds the master's own
     /// fsync). Fails with SLAVE_PERSISTENCE_TIMEOUT when the in-sync set shrinks below the
-    /// minimum, the term ends, or `timeout` passes: the record is in this log already, so
-    /// the answer means "may be stored" (HA_NOT_AVAILABLE is kept for refusals before the
-    /// append, which mean "not stored").
-    pub async fn wait_replicated(&self, offset: u64, timeout: Duration) -> Result<(), BrokerError> {
+    /// minimum, `term` (the term the write was admitted in, [`Snapshot::term`]) is over, or
+    /// `timeout` passes: the record is in this log already, so the answer means "may be
+    /// stored" (HA_NOT_AVAILABLE is kept for refusals before the append, which mean "not
+    /// stored").
+    pub async fn wait_replicated(
+        &self,
+        term: u64,
+        offset: u64,
+        timeout: Duration,
+    ) -> Result<(), BrokerError> {
         let mut rx = self.tx.subscribe();
-        let term = rx.borrow().term;
         let min = self.min_insync;
         let done = |s: &Snapshot| s.term != term || s.in_sync + 1 < min || s.replicated >= offset;
         let r = tokio::time::timeout(timeout, rx.wait_for(done)).await;
@@ -368,16 +377,16 @@ mod tests {
         t.ack(id, 600, 600);
         assert!(t.check_available().is_ok(), "holds everything: in sync");
         // A waiter for 650 is released by the ack covering it, not before.
-        let w = t.wait_replicated(650, Duration::from_millis(20)).await;
+        let w = t.wait_replicated(0, 650, Duration::from_millis(20)).await;
         assert!(matches!(w, Err(BrokerError::SlavePersistence(_))), "{w:?}");
         t.ack(id, 650, 650);
-        t.wait_replicated(650, Duration::from_millis(20))
+        t.wait_replicated(0, 650, Duration::from_millis(20))
             .await
             .unwrap();
         // Too far behind in bytes: leaves the set; waiters fail fast.
         t.ack(id, 600, 5000);
         assert!(t.check_available().is_err());
-        let w = t.wait_replicated(700, Duration::from_secs(5)).await;
+        let w = t.wait_replicated(0, 700, Duration::from_secs(5)).await;
         assert!(matches!(w, Err(BrokerError::SlavePersistence(_))), "{w:?}");
         // Catches up: rejoins.
         t.ack(id, 5000, 5000);
@@ -423,7 +432,7 @@ mod tests {
         t.ack(a, 800, 500);
         assert_eq!(t.insync_ids(), [1].into());
         assert_eq!(t.snapshot().replicated, 800);
-        t.wait_replicated(800, Duration::from_millis(20))
+        t.wait_replicated(0, 800, Duration::from_millis(20))
             .await
             .unwrap();
         assert_eq!(t.high_watermark(500), 500);
@@ -442,7 +451,8 @@ mod tests {
         let id = t.register("s".into(), 1, 0, 0, 2);
         t.ack(id, 0, 0);
         let t2 = t.clone();
-        let w = tokio::spawn(async move { t2.wait_replicated(100, Duration::from_secs(5)).await });
+        let w =
+            tokio::spawn(async move { t2.wait_replicated(0, 100, Duration::from_secs(5)).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
         t.reset_term();
         assert!(matches!(
@@ -451,11 +461,27 @@ mod tests {
         ));
     }
 
+    /// A write admitted in a term that ended before it waited is not acked, even though the
+    /// tracker has a term again (the broker may be master once more) and needs no ack.
+    #[tokio::test]
+    async fn a_term_that_ended_before_the_wait_fails_it() {
+        let t = Tracker::new(1, 1000, Duration::from_secs(5));
+        let admitted_in = t.snapshot().term;
+        t.reset_term();
+        let w = t
+            .wait_replicated(admitted_in, 100, Duration::from_secs(5))
+            .await;
+        assert!(matches!(w, Err(BrokerError::SlavePersistence(_))), "{w:?}");
+        t.wait_replicated(t.snapshot().term, 100, Duration::from_millis(10))
+            .await
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn min_one_without_slaves_needs_no_ack() {
         let t = Tracker::new(1, 1000, Duration::from_secs(5));
         t.check_available().unwrap();
-        t.wait_replicated(1 << 40, Duration::from_millis(10))
+        t.wait_replicated(0, 1 << 40, Duration::from_millis(10))
             .await
             .unwrap();
     }
