@@ -39,6 +39,14 @@ struct Inner {
 }
 
 impl Broker {
+    /// Whether opening marked the consume queues for a rebuild (on the file system `tune`
+    /// gives the store).
+    fn queue_rebuild_pending(config: &BrokerConfig, tune: &dyn Fn(&mut StoreConfig)) -> bool {
+        let mut sc = StoreConfig::new(config.data_dir.join("store"));
+        tune(&mut sc);
+        sofamq_store::queue_rebuild_pending(sc.fs.as_ref(), &sc.dir)
+    }
+
     /// Opens the store and replays the topic table, consumer state and ACL from it.
     #[allow(clippy::type_complexity)]
     fn open_state(
@@ -86,7 +94,7 @@ impl Broker {
             // A consume queue that points at the wrong records (damaged on disk, or a write
             // lost under it) is derived data: the store marked it when the replay read it,
             // and opening again moves the queues aside and rebuilds them from the log.
-            Err(e) if sofamq_store::queue_rebuild_pending(&config.data_dir.join("store")) => {
+            Err(e) if Self::queue_rebuild_pending(&config, tune) => {
                 tracing::error!(
                     error = %e,
                     "a consume queue does not match the commit log: rebuilding every consume queue from the log"
@@ -106,10 +114,10 @@ impl Broker {
             &config.broker_name,
             config.broker_id,
             store.clone(),
-            &config.data_dir.join("store"),
         )?);
         let timers = Arc::new(crate::timer::Timers::open(
             config.timer.clone(),
+            store.fs(),
             &config.data_dir.join("timer"),
         )?);
         let txns = Arc::new(crate::txn::Txns::open(

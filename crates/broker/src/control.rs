@@ -10,7 +10,9 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Instant;
 
 use sofamq_controller::{AlterInSync, BrokerAddrs, ControllerClient, GroupState, Heartbeat};
 use tokio_util::sync::CancellationToken;

@@ -1,8 +1,7 @@
 //! `sofamq admin ...`: replication switchover and status on one broker.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use sofamq_proto::admin::{DemoteRequest, PromoteRequest, ReplicationStatusRequest};
-use sofamq_proto::v2::Code;
 use tonic::transport::Channel;
 
 /// `sofamq admin` subcommands.
@@ -61,13 +60,7 @@ async fn client(addr: &str) -> anyhow::Result<crate::auth::AdminClient> {
     Ok(crate::auth::admin_client(ch))
 }
 
-pub(crate) fn check(status: Option<sofamq_proto::v2::Status>) -> anyhow::Result<()> {
-    let s = status.unwrap_or_default();
-    if s.code != Code::Ok as i32 {
-        bail!("{} ({})", s.message, s.code);
-    }
-    Ok(())
-}
+use crate::target::check;
 
 /// Runs an admin command.
 pub async fn run(cmd: AdminCmd) -> anyhow::Result<()> {

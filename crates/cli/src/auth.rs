@@ -179,7 +179,7 @@ pub async fn acl(mut c: AdminClient, cmd: AclCmd) -> anyhow::Result<()> {
                 .await
                 .context("PutAclUser")?
                 .into_inner();
-            crate::admin::check(r.status)?;
+            crate::target::check(r.status)?;
             println!("user {user} stored");
         }
         AclCmd::User(UserCmd::Delete { user, .. }) => {
@@ -190,7 +190,7 @@ pub async fn acl(mut c: AdminClient, cmd: AclCmd) -> anyhow::Result<()> {
                 .await
                 .context("DeleteAclUser")?
                 .into_inner();
-            crate::admin::check(r.status)?;
+            crate::target::check(r.status)?;
             if r.existed {
                 println!("user {user} deleted");
             } else {
@@ -203,7 +203,7 @@ pub async fn acl(mut c: AdminClient, cmd: AclCmd) -> anyhow::Result<()> {
                 .await
                 .context("ListAclUsers")?
                 .into_inner();
-            crate::admin::check(r.status)?;
+            crate::target::check(r.status)?;
             let users: Vec<_> = r.users.iter().map(user_json).collect();
             println!("{}", serde_json::to_string_pretty(&users)?);
         }
@@ -217,7 +217,7 @@ pub async fn acl(mut c: AdminClient, cmd: AclCmd) -> anyhow::Result<()> {
                 .await
                 .context("UpdateAclRules")?
                 .into_inner();
-            crate::admin::check(r.status)?;
+            crate::target::check(r.status)?;
             println!("{}", user_json(&r.user.unwrap_or_default()));
         }
         AclCmd::Rule(RuleCmd::Remove { user, rules, .. }) => {
@@ -230,7 +230,7 @@ pub async fn acl(mut c: AdminClient, cmd: AclCmd) -> anyhow::Result<()> {
                 .await
                 .context("UpdateAclRules")?
                 .into_inner();
-            crate::admin::check(r.status)?;
+            crate::target::check(r.status)?;
             println!("{}", user_json(&r.user.unwrap_or_default()));
         }
     }

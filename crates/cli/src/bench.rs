@@ -394,13 +394,13 @@ async fn ensure_topic(load: &Load, ty: sofamq_proto::v2::MessageType) -> anyhow:
     let Some(queues) = load.queues else {
         return Ok(());
     };
-    let target = crate::topic::Target {
+    let target = crate::target::Target {
         access_point: load.access_point.clone(),
         broker_addr: None,
         groups: Vec::new(),
     };
-    for (broker, addr) in crate::topic::masters(&target).await? {
-        let r = crate::auth::admin_client(crate::topic::channel(&addr).await?)
+    for (broker, addr) in crate::target::masters(&target).await? {
+        let r = crate::auth::admin_client(crate::target::channel(&addr).await?)
             .create_topic(sofamq_proto::admin::CreateTopicRequest {
                 topic: Some(sofamq_proto::admin::TopicSpec {
                     name: load.topic.clone(),
@@ -412,7 +412,7 @@ async fn ensure_topic(load: &Load, ty: sofamq_proto::v2::MessageType) -> anyhow:
             .await
             .context("CreateTopic")?
             .into_inner();
-        crate::admin::check(r.status).with_context(|| format!("creating topic on {broker}"))?;
+        crate::target::check(r.status).with_context(|| format!("creating topic on {broker}"))?;
     }
     // Let the brokers re-register so the route includes the topic.
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -10,7 +10,7 @@ use sofamq_proto::admin::{
 };
 use sofamq_proto::v2::Code;
 
-use crate::topic::{Target, channel, masters};
+use crate::target::{Target, channel, masters};
 
 /// Options of `sofamq consume`.
 #[derive(clap::Args, Debug)]

@@ -14,6 +14,7 @@ mod servers;
 mod standalone;
 mod startup;
 mod table;
+mod target;
 mod timefmt;
 mod topic;
 

@@ -10,8 +10,8 @@ use sofamq_proto::namesrv::ListBrokersRequest;
 use sofamq_proto::namesrv::name_server_admin_client::NameServerAdminClient;
 use sofamq_proto::v2::MessageType;
 
-use crate::admin::check;
-use crate::topic::{Target, channel, masters};
+use crate::target::check;
+use crate::target::{Target, channel, masters};
 
 /// Options of `sofamq admin cluster`.
 #[derive(clap::Args, Debug)]

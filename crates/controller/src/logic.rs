@@ -5,7 +5,9 @@
 //! current instant; it proposes the returned [`Command`] through Raft.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::command::Command;
 use crate::types::{GroupState, Heartbeat};

@@ -1,7 +1,9 @@
 //! Election rules (pure functions).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use sofamq_controller::logic::{BrokerSeen, Clock, decide};
 use sofamq_controller::{BrokerAddrs, Command, GroupState, Heartbeat};

@@ -20,7 +20,6 @@ use sofamq_proto::v2::{
     pull_message_response, receive_message_response,
 };
 use tokio::sync::Semaphore;
-use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
@@ -36,8 +35,7 @@ use sofamq_server::status::{ok, status};
 pub const NOT_A_BROKER: &str =
     "this endpoint is a name server; send this request to a broker endpoint from QueryRoute";
 
-/// Boxed response stream.
-pub type BoxStream<T> = std::pin::Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub use crate::proxy::forward::BoxStream;
 
 /// `MessagingService` as served by a name server.
 #[derive(Debug, Clone)]

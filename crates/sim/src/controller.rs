@@ -9,7 +9,9 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use sofamq_controller::logic::{self, BrokerSeen, Clock};
 use sofamq_controller::sm::SmData;
@@ -69,7 +71,7 @@ impl Ctl {
     }
 
     fn heartbeat(&mut self, hb: &Heartbeat) -> Resp {
-        let now = instant();
+        let now = Instant::from_std(instant());
         match self.seen.get_mut(&hb.broker_id) {
             Some(s) => {
                 if s.incarnation != hb.incarnation {
@@ -116,7 +118,7 @@ impl Ctl {
         let Some(g) = self.group().cloned() else {
             return;
         };
-        let now = instant();
+        let now = Instant::from_std(instant());
         let since = match self.epoch_seen {
             Some((e, t)) if e == g.master_epoch => t,
             _ => {
@@ -221,7 +223,7 @@ pub async fn run(sh: World) -> turmoil::Result {
         sh: sh.clone(),
         sm,
         seen: BTreeMap::new(),
-        leader_since: instant(),
+        leader_since: Instant::from_std(instant()),
         epoch_seen: None,
     }));
     let ticker = ctl.clone();

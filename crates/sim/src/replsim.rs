@@ -210,7 +210,7 @@ async fn host(l: Rc<Ledger>, who: &'static str, seed: u64, knobs: ReplKnobs) -> 
         reconnect_backoff_ms: 50,
         ..Default::default()
     };
-    let repl = match Replication::open(rcfg, "g", u64::from(!master), store.clone(), &cfg.dir) {
+    let repl = match Replication::open(rcfg, "g", u64::from(!master), store.clone()) {
         Ok(r) => Arc::new(r),
         Err(e) => {
             l.j.violate(format!("{who}: replication did not open: {e}"));

@@ -37,10 +37,10 @@ use crate::segment::{Segment, SegmentReader, Step, list_segments};
 /// from the log (written when a queue was found not to match it).
 pub(crate) const REBUILD_MARKER: &str = "rebuild-queues";
 
-/// Whether the store in `dir` is marked to rebuild its consume queues at the next open
+/// Whether the store in `dir` (on `fs`) is marked to rebuild its consume queues at the next open
 /// (a queue was found not to match the log; see `Store::queues_damaged`).
-pub fn queue_rebuild_pending(dir: &std::path::Path) -> bool {
-    dir.join(REBUILD_MARKER).exists()
+pub fn queue_rebuild_pending(fs: &dyn Fs, dir: &std::path::Path) -> bool {
+    fs.exists(&dir.join(REBUILD_MARKER))
 }
 
 /// Moves `consumequeue/` to `damaged/consumequeue-<ms>/` for the operator; recovery then

@@ -684,6 +684,17 @@ impl Store {
         }
     }
 
+    /// The file system the store runs on ([`StoreConfig::fs`]): the broker keeps its own
+    /// files (timer index, transaction checkpoint) on the same one.
+    pub fn fs(&self) -> Arc<dyn crate::io::Fs> {
+        self.sh().cfg.fs.clone()
+    }
+
+    /// Start offset of the log segment holding `offset` (`None` below the first segment).
+    pub fn segment_start_of(&self, offset: u64) -> Option<u64> {
+        self.sh().segment_for(offset).map(|s| s.start)
+    }
+
     /// fdatasync latency histogram and durable bytes per fsync (commit-log segments).
     pub fn fsync_stats(&self) -> FsyncStats {
         let c = &self.sh().counters;

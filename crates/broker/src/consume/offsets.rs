@@ -3,7 +3,9 @@
 //! offset is the same consumed-up-to offset the receive path keeps, and it
 //! goes through the log (a `Reset` op).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Instant;
 
 use sofamq_proto::v2::{
     GetOffsetRequest, Message, MessageQueue, PullMessageRequest, QueryOffsetPolicy,

@@ -3,7 +3,9 @@
 //! online" in `ListGroups` and the console). Not consumer state: nothing depends on it.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Instant;
 
 use parking_lot::Mutex;
 

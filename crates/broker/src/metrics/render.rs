@@ -1,7 +1,7 @@
 //! `/metrics` and `/health` of one broker, rendered at scrape time.
 
+use crate::clock::Instant;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use sofamq_proto::v2::Code;
 use sofamq_server::http::Observable;

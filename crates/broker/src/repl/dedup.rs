@@ -32,7 +32,9 @@ use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::collections::hash_map::Entry as MapEntry;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Instant;
 
 use foldhash::SharedSeed;
 use foldhash::fast::FoldHasher;
@@ -374,10 +376,10 @@ impl Dedup {
     /// Forgets everything (the role changed) and rebuilds from the log tail: every record
     /// from the start of the segment holding `log_end - scan_bytes` (the newest `cap` of
     /// them), each kept `ttl` from now whatever its store timestamp.
-    pub fn rebuild(&self, store: &Store, segment_dir: &std::path::Path, scan_bytes: u64) {
+    pub fn rebuild(&self, store: &Store, scan_bytes: u64) {
         let end = store.log_end_offset();
         let want = end.saturating_sub(scan_bytes);
-        let from = segment_start_at(segment_dir, want).unwrap_or(0);
+        let from = store.segment_start_of(want).unwrap_or(0);
         let now = Instant::now();
         // The broken build of the clock class (scripts/chaos/mutants.sh): ages from the
         // records' store timestamps against this node's wall clock.
@@ -428,21 +430,6 @@ impl Dedup {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// Start offset of the segment holding `offset` (segment files are named by their start).
-fn segment_start_at(dir: &std::path::Path, offset: u64) -> Option<u64> {
-    let mut best = None;
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let name = e.file_name();
-        let Some(start) = name.to_str().and_then(|s| s.parse::<u64>().ok()) else {
-            continue;
-        };
-        if start <= offset && best.is_none_or(|b| start > b) {
-            best = Some(start);
-        }
-    }
-    best
 }
 
 #[cfg(test)]
@@ -663,7 +650,7 @@ mod tests {
         };
         let a = store.append_blocking(vec![rec("m1"), rec("m2")]).unwrap();
         let d = Dedup::new(100, Duration::from_secs(60));
-        d.rebuild(&store, &dir.path().join("commitlog"), 1 << 30);
+        d.rebuild(&store, 1 << 30);
         let Lookup::Stored(got) = d.lookup(&d.key("t", "m2")) else {
             panic!("m2 not found")
         };
@@ -689,7 +676,7 @@ mod tests {
         let d = Dedup::new(100, Duration::from_millis(200));
         // The record's store time is now older than the window, as after a jump forward.
         std::thread::sleep(Duration::from_millis(300));
-        d.rebuild(&store, &dir.path().join("commitlog"), 1 << 30);
+        d.rebuild(&store, 1 << 30);
         assert!(matches!(d.lookup(&d.key("t", "m1")), Lookup::Stored(_)));
         // The window still ages out, from the rebuild on.
         std::thread::sleep(Duration::from_millis(300));

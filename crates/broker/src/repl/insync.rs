@@ -13,7 +13,9 @@
 //! acked or readable before the master holds it durably.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Instant;
 
 use parking_lot::Mutex;
 use tokio::sync::watch;

@@ -21,7 +21,6 @@ pub mod master;
 pub mod secure;
 pub mod slave;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -78,9 +77,8 @@ pub struct Replication {
     pub(crate) identity: u64,
     /// With a controller: until when this broker may act as master (its lease). Sends are
     /// neither accepted nor acked after it; `None` while it holds no lease.
-    lease_until: Mutex<Option<std::time::Instant>>,
+    lease_until: Mutex<Option<crate::clock::Instant>>,
     pub(crate) store: Store,
-    segment_dir: PathBuf,
     role: Mutex<RoleState>,
     role_tx: watch::Sender<Role>,
     pub(crate) tracker: Tracker,
@@ -108,7 +106,7 @@ pub struct Replication {
 pub(crate) struct Repair {
     pub at: u64,
     pub old_end: u64,
-    pub began: std::time::Instant,
+    pub began: crate::clock::Instant,
 }
 
 impl Replication {
@@ -119,7 +117,6 @@ impl Replication {
         broker_name: &str,
         broker_id: u64,
         store: Store,
-        store_dir: &std::path::Path,
     ) -> Result<Self, BrokerError> {
         cfg.protocol_versions().map_err(BrokerError::BadRequest)?;
         // With a controller every broker starts as an idle slave and waits to be told.
@@ -154,7 +151,6 @@ impl Replication {
             master_refused: Mutex::new(None),
             repair: Mutex::new(None),
             connector: Mutex::new(Arc::new(TcpConnector)),
-            segment_dir: store_dir.join("commitlog"),
             cfg,
             store,
         };
@@ -166,8 +162,7 @@ impl Replication {
                 tracing::info!(epoch, "master began a new epoch");
             }
             repl.become_master_limits();
-            repl.dedup
-                .rebuild(&repl.store, &repl.segment_dir, repl.cfg.dedup_scan_bytes);
+            repl.dedup.rebuild(&repl.store, repl.cfg.dedup_scan_bytes);
         } else if repl.cfg.controlled() {
             tracing::info!("waiting for the controller to assign a role");
         } else if repl.cfg.master_addr.is_none() {
@@ -215,7 +210,7 @@ impl Replication {
         *self.repair.lock() = Some(Repair {
             at,
             old_end,
-            began: std::time::Instant::now(),
+            began: crate::clock::Instant::now(),
         });
     }
 
@@ -415,8 +410,7 @@ impl Replication {
         self.store
             .blocking(move || -> Result<(), BrokerError> {
                 me.store.begin_epoch(new)?;
-                me.dedup
-                    .rebuild(&me.store, &me.segment_dir, me.cfg.dedup_scan_bytes);
+                me.dedup.rebuild(&me.store, me.cfg.dedup_scan_bytes);
                 Ok(())
             })
             .await??;
@@ -480,7 +474,7 @@ impl Replication {
             return Ok(());
         }
         match *self.lease_until.lock() {
-            Some(t) if std::time::Instant::now() < t => Ok(()),
+            Some(t) if crate::clock::Instant::now() < t => Ok(()),
             _ => Err(BrokerError::NotAvailable(
                 "no valid master lease from the controller; not acking".into(),
             )),
@@ -488,7 +482,7 @@ impl Replication {
     }
 
     /// Extends (or sets) the master lease to `until`.
-    pub(crate) fn renew_lease(&self, until: std::time::Instant) {
+    pub(crate) fn renew_lease(&self, until: crate::clock::Instant) {
         let mut g = self.lease_until.lock();
         if g.is_none_or(|t| t < until) {
             *g = Some(until);
@@ -505,7 +499,7 @@ impl Replication {
         self.lease_until
             .lock()
             .map(|t| {
-                t.saturating_duration_since(std::time::Instant::now())
+                t.saturating_duration_since(crate::clock::Instant::now())
                     .as_millis() as u64
             })
             .unwrap_or(0)
@@ -601,7 +595,6 @@ mod stream_seam_tests {
                 "g",
                 0,
                 ms.clone(),
-                &d.path().join("m"),
             )
             .unwrap(),
         );
@@ -616,7 +609,6 @@ mod stream_seam_tests {
                 "g",
                 1,
                 ss.clone(),
-                &d.path().join("s"),
             )
             .unwrap(),
         );

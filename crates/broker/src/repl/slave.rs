@@ -28,7 +28,7 @@ pub async fn follow(repl: Arc<Replication>, master: String, token: CancellationT
         }
     };
     loop {
-        let began = std::time::Instant::now();
+        let began = crate::clock::Instant::now();
         let r = tokio::select! {
             biased;
             () = token.cancelled() => return,

@@ -16,10 +16,11 @@
 //! rule) makes the index start over from an empty directory.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sofamq_store::io::{FileIo, Fs, OpenMode};
 
 use serde::{Deserialize, Serialize};
 
@@ -77,7 +78,10 @@ pub struct Index {
     /// Bucket keys that have a `b` file.
     buckets: BTreeSet<u64>,
     /// Files appended to since the last checkpoint.
-    open: HashMap<PathBuf, File>,
+    /// Files appended to since the last checkpoint, with their length.
+    open: HashMap<PathBuf, (Arc<dyn FileIo>, u64)>,
+    /// The file system of the store.
+    fs: Arc<dyn Fs>,
     /// The state as of the last call (what the next checkpoint writes).
     pub cp: Checkpoint,
 }
@@ -91,10 +95,10 @@ fn le(b: &[u8]) -> u64 {
 impl Index {
     /// Opens (creating) the index in `dir`. A checkpoint written with another bucket width,
     /// or unreadable, starts the index over.
-    pub fn open(dir: &Path, bucket_ms: u64) -> io::Result<Index> {
-        fs::create_dir_all(dir)?;
+    pub fn open(fs: Arc<dyn Fs>, dir: &Path, bucket_ms: u64) -> io::Result<Index> {
+        fs.create_dir_all(dir)?;
         let cp_path = dir.join("checkpoint");
-        let cp = match fs::read(&cp_path) {
+        let cp = match fs.read(&cp_path) {
             Ok(b) => match serde_json::from_slice::<Checkpoint>(&b) {
                 Ok(cp) if cp.bucket_ms == bucket_ms => Some(cp),
                 Ok(_) => {
@@ -114,6 +118,7 @@ impl Index {
             bucket_ms,
             buckets: BTreeSet::new(),
             open: HashMap::new(),
+            fs,
             cp: Checkpoint {
                 bucket_ms,
                 ..Checkpoint::default()
@@ -122,9 +127,8 @@ impl Index {
         match cp {
             Some(cp) => {
                 idx.cp = cp;
-                for e in fs::read_dir(dir)? {
-                    let name = e?.file_name();
-                    let name = name.to_string_lossy();
+                for e in idx.fs.list(dir)? {
+                    let name = e.name.to_string_lossy();
                     if let Some(n) = name.strip_prefix('b')
                         && let Ok(b) = n.parse::<u64>()
                     {
@@ -140,10 +144,9 @@ impl Index {
     /// Removes every file and starts over from queue offset 0.
     pub fn wipe(&mut self) -> io::Result<()> {
         self.open.clear();
-        for e in fs::read_dir(&self.dir)? {
-            let p = e?.path();
-            if p.is_file() {
-                fs::remove_file(&p)?;
+        for e in self.fs.list(&self.dir)? {
+            if !e.is_dir {
+                self.fs.remove_file(&self.dir.join(&e.name))?;
             }
         }
         self.buckets.clear();
@@ -174,27 +177,29 @@ impl Index {
         &self.buckets
     }
 
-    fn file(&mut self, name: String) -> io::Result<&mut File> {
+    /// Appends one entry to the file `name`.
+    fn append(&mut self, name: String, entry: &[u8; ENTRY_LEN]) -> io::Result<()> {
         let path = self.dir.join(name);
         if !self.open.contains_key(&path) {
             if self.open.len() >= MAX_OPEN_FILES {
                 self.checkpoint()?;
             }
-            let f = OpenOptions::new()
-                .create(true)
-                .read(true)
-                .append(true)
-                .open(&path)?;
+            let f = self.fs.open(&path, OpenMode::Create)?;
             // A torn entry from a crash would misalign every later one: cut it.
-            let len = f.metadata()?.len();
+            let mut len = f.len()?;
             if len % ENTRY_LEN as u64 != 0 {
-                f.set_len(len - len % ENTRY_LEN as u64)?;
+                len -= len % ENTRY_LEN as u64;
+                f.set_len(len)?;
             }
-            self.open.insert(path.clone(), f);
+            self.open.insert(path.clone(), (f, len));
         }
-        self.open
+        let (f, len) = self
+            .open
             .get_mut(&path)
-            .ok_or_else(|| io::Error::other("index file vanished"))
+            .ok_or_else(|| io::Error::other("index file vanished"))?;
+        f.write_all_at(entry, *len)?;
+        *len += ENTRY_LEN as u64;
+        Ok(())
     }
 
     /// Appends a pending timer.
@@ -203,7 +208,7 @@ impl Index {
         let mut e = [0u8; ENTRY_LEN];
         e[..8].copy_from_slice(&due_ms.to_le_bytes());
         e[8..].copy_from_slice(&queue_offset.to_le_bytes());
-        self.file(format!("b{b}"))?.write_all(&e)?;
+        self.append(format!("b{b}"), &e)?;
         self.buckets.insert(b);
         Ok(b)
     }
@@ -214,17 +219,17 @@ impl Index {
         let mut e = [0u8; ENTRY_LEN];
         e[..8].copy_from_slice(&queue_offset.to_le_bytes());
         e[8..].copy_from_slice(&(kind as u64).to_le_bytes());
-        self.file(format!("d{b}"))?.write_all(&e)
+        self.append(format!("d{b}"), &e)
     }
 
     fn read_entries(&self, name: &str) -> io::Result<Vec<(u64, u64)>> {
         let path = self.dir.join(name);
-        let f = match File::open(&path) {
+        let f = match self.fs.open(&path, OpenMode::Read) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        let len = f.metadata()?.len() as usize;
+        let len = usize::try_from(f.len()?).map_err(io::Error::other)?;
         let len = len - len % ENTRY_LEN;
         let mut buf = vec![0u8; len];
         f.read_exact_at(&mut buf, 0)?;
@@ -259,7 +264,7 @@ impl Index {
         for name in [format!("b{b}"), format!("d{b}")] {
             let p = self.dir.join(&name);
             self.open.remove(&p);
-            match fs::remove_file(&p) {
+            match self.fs.remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
@@ -272,18 +277,14 @@ impl Index {
     /// fsyncs every file appended to since the last checkpoint, then durably replaces the
     /// checkpoint with [`Index::cp`].
     pub fn checkpoint(&mut self) -> io::Result<()> {
-        for (_, f) in self.open.drain() {
+        for (_, (f, _)) in self.open.drain() {
             f.sync_data()?;
         }
         let tmp = self.dir.join("checkpoint.tmp");
         let body = serde_json::to_vec(&self.cp).map_err(io::Error::other)?;
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, self.dir.join("checkpoint"))?;
-        File::open(&self.dir)?.sync_all()
+        self.fs.write_synced(&tmp, &body)?;
+        self.fs.rename(&tmp, &self.dir.join("checkpoint"))?;
+        self.fs.sync_dir(&self.dir)
     }
 
     /// Files kept open (tests).
@@ -296,11 +297,12 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn pending_excludes_done_and_repeats_and_survives_reopen() {
         let d = tempfile::tempdir().unwrap();
-        let mut i = Index::open(d.path(), 1000).unwrap();
+        let mut i = Index::open(sofamq_store::io::StdFs::shared(), d.path(), 1000).unwrap();
         assert_eq!(i.add_timer(5_500, 1).unwrap(), 5);
         i.add_timer(5_700, 2).unwrap();
         i.add_timer(5_500, 1).unwrap(); // indexed again after a restart
@@ -312,7 +314,7 @@ mod tests {
         i.cp.counts.insert("t".into(), 2);
         i.checkpoint().unwrap();
         assert_eq!(i.open_files(), 0);
-        let j = Index::open(d.path(), 1000).unwrap();
+        let j = Index::open(sofamq_store::io::StdFs::shared(), d.path(), 1000).unwrap();
         assert_eq!(j.cp.next_timer, 4);
         assert_eq!(j.buckets().iter().copied().collect::<Vec<_>>(), vec![5, 9]);
         assert_eq!(j.pending_of(9).unwrap(), vec![(9_100, 3)]);
@@ -321,17 +323,17 @@ mod tests {
     #[test]
     fn other_bucket_width_or_torn_entry() {
         let d = tempfile::tempdir().unwrap();
-        let mut i = Index::open(d.path(), 1000).unwrap();
+        let mut i = Index::open(sofamq_store::io::StdFs::shared(), d.path(), 1000).unwrap();
         i.add_timer(1_500, 7).unwrap();
         i.checkpoint().unwrap();
         // A torn half entry at the end is cut before the next append.
-        fs::OpenOptions::new()
+        std::fs::OpenOptions::new()
             .append(true)
             .open(d.path().join("b1"))
             .unwrap()
             .write_all(&[1, 2, 3])
             .unwrap();
-        let mut i = Index::open(d.path(), 1000).unwrap();
+        let mut i = Index::open(sofamq_store::io::StdFs::shared(), d.path(), 1000).unwrap();
         i.add_timer(1_600, 8).unwrap();
         assert_eq!(i.pending_of(1).unwrap(), vec![(1_500, 7), (1_600, 8)]);
         i.remove_bucket(1).unwrap();
@@ -340,7 +342,7 @@ mod tests {
         i.cp.next_timer = 10;
         i.checkpoint().unwrap();
         // Another width: everything is indexed again from the log.
-        let j = Index::open(d.path(), 60_000).unwrap();
+        let j = Index::open(sofamq_store::io::StdFs::shared(), d.path(), 60_000).unwrap();
         assert_eq!(j.cp.next_timer, 0);
         assert!(j.buckets().is_empty());
     }

@@ -129,14 +129,18 @@ fn timer_of(r: &Record) -> Option<(u64, &str)> {
 }
 
 impl Timers {
-    /// Opens the index under `dir` (blocking).
-    pub fn open(cfg: TimerConfig, dir: &std::path::Path) -> Result<Timers, BrokerError> {
+    /// Opens the index under `dir` on the file system `fs` (the store's; blocking).
+    pub fn open(
+        cfg: TimerConfig,
+        fs: std::sync::Arc<dyn sofamq_store::io::Fs>,
+        dir: &std::path::Path,
+    ) -> Result<Timers, BrokerError> {
         if cfg.bucket_ms == 0 || cfg.max_fire_batch == 0 || cfg.max_loaded == 0 {
             return Err(BrokerError::Internal(
                 "timer: bucket_ms, max_fire_batch and max_loaded must be > 0".into(),
             ));
         }
-        let index = Index::open(dir, cfg.bucket_ms)
+        let index = Index::open(fs, dir, cfg.bucket_ms)
             .map_err(|e| BrokerError::Internal(format!("timer index {}: {e}", dir.display())))?;
         Ok(Timers {
             cfg,
@@ -676,7 +680,7 @@ pub async fn run(broker: Broker, token: CancellationToken) {
     let mut role = broker.repl().role_watch();
     let poll = Duration::from_millis(timers.cfg.poll_interval_ms.max(1));
     let cp_every = Duration::from_millis(timers.cfg.checkpoint_interval_ms.max(1));
-    let mut last_cp = tokio::time::Instant::now();
+    let mut last_cp = crate::clock::Instant::now();
     loop {
         let master = *role.borrow() == Role::Master && broker.writable().is_ok();
         timers.set_firing(master);
@@ -727,7 +731,7 @@ pub async fn run(broker: Broker, token: CancellationToken) {
                 Err(e) => tracing::warn!(error = %e, "timer checkpoint task"),
                 Ok(Ok(())) => {}
             }
-            last_cp = tokio::time::Instant::now();
+            last_cp = crate::clock::Instant::now();
         }
         let mut wait = poll;
         if master && let Some(d) = timers.next_due() {

@@ -161,6 +161,8 @@ pub struct Txns {
     cfg: TxnConfig,
     state: Mutex<State>,
     cp_path: PathBuf,
+    /// The file system of the store (the checkpoint lives beside it).
+    fs: Arc<dyn sofamq_store::io::Fs>,
     wake: Notify,
     /// Live producers' Telemetry streams.
     pub producers: producers::Producers,
@@ -185,10 +187,12 @@ impl Txns {
     /// Loads the open set: from the checkpoint in `dir`, reading the half and op queues
     /// past it (blocking).
     pub fn open(cfg: TxnConfig, dir: &Path, store: &Store) -> Result<Txns, BrokerError> {
-        std::fs::create_dir_all(dir)
+        let fs = store.fs();
+        fs.create_dir_all(dir)
             .map_err(|e| BrokerError::Internal(format!("{}: {e}", dir.display())))?;
         let cp_path = dir.join("txn.checkpoint");
-        let cp: Checkpoint = std::fs::read(&cp_path)
+        let cp: Checkpoint = fs
+            .read(&cp_path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
@@ -208,6 +212,7 @@ impl Txns {
             cfg,
             state: Mutex::new(state),
             cp_path,
+            fs,
             wake: Notify::new(),
             producers: producers::Producers::default(),
             counters: TxnCounters::default(),
@@ -367,13 +372,8 @@ impl Txns {
         let io = |e: std::io::Error| BrokerError::Internal(format!("transaction checkpoint: {e}"));
         let tmp = self.cp_path.with_extension("tmp");
         let body = serde_json::to_vec(&cp).map_err(|e| BrokerError::Internal(e.to_string()))?;
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&body).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &self.cp_path).map_err(io)?;
+        self.fs.write_synced(&tmp, &body).map_err(io)?;
+        self.fs.rename(&tmp, &self.cp_path).map_err(io)?;
         Ok(())
     }
 
@@ -621,7 +621,7 @@ impl Broker {
 pub async fn run(broker: Broker, token: CancellationToken) {
     let txns: Arc<Txns> = broker.txns_arc();
     let tick = Duration::from_millis(txns.cfg.tick_ms.max(10));
-    let mut last_cp = tokio::time::Instant::now();
+    let mut last_cp = crate::clock::Instant::now();
     loop {
         let t = txns.clone();
         let store = broker.store().clone();
@@ -638,7 +638,7 @@ pub async fn run(broker: Broker, token: CancellationToken) {
             if let Ok(Err(e)) = tokio::task::spawn_blocking(move || t.checkpoint()).await {
                 tracing::warn!(error = %e, "transaction checkpoint");
             }
-            last_cp = tokio::time::Instant::now();
+            last_cp = crate::clock::Instant::now();
         }
         tokio::select! {
             () = token.cancelled() => break,

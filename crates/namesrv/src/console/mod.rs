@@ -25,37 +25,9 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
 
+pub use crate::config::ConsoleConfig;
 use crate::registry::Registry;
-
-/// `[console]` in the name server's config.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ConsoleConfig {
-    /// Serve `/console/` on `http_listen` (on by default).
-    pub enabled: bool,
-    /// Controller addresses: the cluster page shows their view beside each broker's.
-    pub controllers: Vec<String>,
-    /// Deadline of each broker call the console makes.
-    pub rpc_timeout_ms: u64,
-    /// Most logged-in sessions kept (the oldest is dropped past it).
-    pub max_sessions: usize,
-    /// A session ends this long after login.
-    pub session_ttl_secs: u64,
-}
-
-impl Default for ConsoleConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            controllers: Vec::new(),
-            rpc_timeout_ms: 5_000,
-            max_sessions: 1_024,
-            session_ttl_secs: 8 * 3600,
-        }
-    }
-}
 
 /// Shared state of the console's handlers.
 pub(crate) struct Console {

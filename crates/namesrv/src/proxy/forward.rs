@@ -24,8 +24,11 @@ use tonic::metadata::MetadataMap;
 
 use super::handles;
 use super::{NoAnswer, Proxy, Verdict, forward_request, not_master, unreachable};
-use crate::messaging::BoxStream;
 use sofamq_server::status::{ok, status};
+
+/// Boxed response stream.
+pub type BoxStream<T> =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send + 'static>>;
 
 fn no_answer_status(e: &NoAnswer) -> Status {
     status(e.code, e.message.clone())

@@ -27,12 +27,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use sofamq_proto::v2::Code;
 use sofamq_proto::v2::messaging_service_client::MessagingServiceClient;
 use tonic::metadata::{KeyAndValueRef, MetadataMap};
 use tonic::transport::{Channel, Endpoint};
 
+pub use crate::config::ProxyOptions;
 use crate::registry::{MasterRoute, Registry, TopicGroup};
 
 /// Header a client sets to get the brokers' own endpoints in routes even in proxy mode.
@@ -40,97 +40,6 @@ pub const DIRECT_ROUTE_HEADER: &str = "x-sofamq-route";
 
 /// Topics remembered for `recent_topic_ms` at most (past this the memory starts over).
 const MAX_SEEN_TOPICS: usize = 100_000;
-
-/// Proxy settings (`[proxy]` in the name server's TOML).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ProxyOptions {
-    /// Serve client RPCs and answer routes with this endpoint.
-    pub enabled: bool,
-    /// Longest a request is held while its broker group has no reachable master.
-    pub hold_ms: u64,
-    /// Pause between two tries while holding.
-    pub retry_ms: u64,
-    /// Kept free of the client's deadline when holding, so the client hears our answer.
-    pub deadline_margin_ms: u64,
-    /// Deadline of a forwarded call when the client sent none.
-    pub forward_timeout_ms: u64,
-    /// Connect timeout towards a broker.
-    pub connect_timeout_ms: u64,
-    /// How often a relayed Telemetry stream checks that it follows every current master.
-    pub telemetry_check_ms: u64,
-    /// A topic seen in a route within this long is held for, not refused, while no live
-    /// member reports it (a failover can leave it out of the registry for a moment).
-    pub recent_topic_ms: u64,
-    /// Connect to brokers with TLS (their client port serves TLS).
-    pub broker_tls: bool,
-    /// CA (PEM) to trust for the brokers' certificates; unset: the system's roots.
-    pub broker_tls_ca_path: Option<std::path::PathBuf>,
-    /// Name the brokers' certificates carry, when not the host dialled.
-    pub broker_tls_server_name: Option<String>,
-    /// Message ids whose broker group is remembered, so a client's retry of a send goes
-    /// to the group of its first attempt (0: none, retries go round-robin).
-    pub send_pins: usize,
-    /// How long a send's group is remembered for its retries.
-    pub send_pin_ms: u64,
-    /// A broker group that had a master within this long keeps its share of sends while
-    /// it fails over (they are held for its new master), so that every name server sends
-    /// a message id to the same group; past it, its sends go to the other groups.
-    pub failover_wait_ms: u64,
-    /// For this long after the name server starts, sends wait before a group is chosen
-    /// (never past the hold deadline): until every broker's heartbeat (every second by
-    /// default) has reached it, its registry may lack a group, and a retry could be sent
-    /// to another group than its first attempt's.
-    pub start_wait_ms: u64,
-}
-
-impl Default for ProxyOptions {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            hold_ms: 5_000,
-            retry_ms: 50,
-            deadline_margin_ms: 300,
-            forward_timeout_ms: 60_000,
-            connect_timeout_ms: 1_000,
-            telemetry_check_ms: 200,
-            recent_topic_ms: 60_000,
-            send_pins: 200_000,
-            send_pin_ms: 120_000,
-            failover_wait_ms: 10_000,
-            start_wait_ms: 3_000,
-            broker_tls: false,
-            broker_tls_ca_path: None,
-            broker_tls_server_name: None,
-        }
-    }
-}
-
-impl ProxyOptions {
-    /// Checks that the waits are usable: (key, reason) of the first bad one.
-    pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
-        for (name, v) in [
-            ("proxy.retry_ms", self.retry_ms),
-            ("proxy.forward_timeout_ms", self.forward_timeout_ms),
-            ("proxy.connect_timeout_ms", self.connect_timeout_ms),
-            ("proxy.telemetry_check_ms", self.telemetry_check_ms),
-        ] {
-            if v == 0 {
-                return Err((name, "must be > 0"));
-            }
-        }
-        if self.start_wait_ms > 600_000 {
-            return Err(("proxy.start_wait_ms", "must be <= 600000"));
-        }
-        if self.failover_wait_ms > 600_000 {
-            return Err(("proxy.failover_wait_ms", "must be <= 600000"));
-        }
-        if self.hold_ms > 600_000 {
-            return Err(("proxy.hold_ms", "must be <= 600000"));
-        }
-        Ok(())
-    }
-}
 
 /// Why a forwarded call got no answer from a broker.
 #[derive(Debug, Clone)]
