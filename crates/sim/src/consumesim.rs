@@ -43,6 +43,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -793,15 +794,12 @@ pub fn run_consume_seed(seed: u64, knobs: ConsumeKnobs) -> ConsumeOutcome {
         "seed {seed}: block {block} os-flush {flush} deliver-above-replicated {}",
         knobs.deliver_above_replicated
     ));
-    let hosts: Vec<BrokerHost> = [M, S]
-        .iter()
-        .map(|who| BrokerHost {
-            data_dir: BrokerHost::data_dir(seed, who),
-            base: base_config(),
-        })
-        .collect();
-    for (who, bh) in [M, S].into_iter().zip(hosts.iter().cloned()) {
+    for who in [M, S] {
         let l = l.clone();
+        let bh = BrokerHost {
+            data_dir: PathBuf::from("/data"),
+            base: base_config(),
+        };
         sim.host(who, move || broker_host(l.clone(), who, bh.clone()));
     }
     let mut plan: Vec<(u64, Ev)> = Vec::new();
@@ -902,9 +900,6 @@ pub fn run_consume_seed(seed: u64, knobs: ConsumeKnobs) -> ConsumeOutcome {
     }
     mutant::set(&[]);
     drop(sim);
-    for h in &hosts {
-        h.remove_dir();
-    }
     let across = check(&l);
     let (violations, trace) = l.j.take();
     let dead = l

@@ -2,16 +2,13 @@
 //! disk ([`SimDisk`]), its store's writer a task on the host's runtime (`Driver::Caller` +
 //! `Store::drive`), its replication over turmoil's TCP (the `Acceptor`/`Connector` seam).
 //!
-//! What stays outside the simulation: the broker's timer index and transaction checkpoint
-//! (`<data_dir>/timer`, `<data_dir>/txn`) use `std::fs` directly, so `data_dir` must be a real,
-//! writable directory ([`BrokerHost::data_dir`] makes one per seed and host; the store's files
-//! live under the same path on the simulated disk). Neither runs in a simulation unless its
-//! loop is started, which nothing here does.
+//! Every file of the broker (log, consume queues, checkpoint, epoch history, timer index,
+//! transaction checkpoint) is on the host's simulated disk, so a crash keeps only what was
+//! synced. The timer and transaction loops are not started (nothing here serves them).
 
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sofamq_broker::repl::{ReplicationConfig, Role};
@@ -52,30 +49,13 @@ impl Connector for TurmoilConnector {
 /// How one broker of a simulated group starts.
 #[derive(Debug, Clone)]
 pub struct BrokerHost {
-    /// Real directory for the parts of the broker outside the store (see the module docs);
-    /// also the store's path on the simulated disk.
+    /// The broker's directory on the host's simulated disk.
     pub data_dir: PathBuf,
     /// The broker's configuration (roles are set per start by [`BrokerHost::config`]).
     pub base: BrokerConfig,
 }
 
-static DIRS: AtomicU64 = AtomicU64::new(0);
-
 impl BrokerHost {
-    /// A fresh real directory for `host` of `seed` (removed by [`BrokerHost::remove_dir`]).
-    pub fn data_dir(seed: u64, host: &str) -> PathBuf {
-        let n = DIRS.fetch_add(1, Ordering::Relaxed);
-        std::env::temp_dir().join(format!(
-            "sofamq-sim-{}-{seed}-{host}-{n}",
-            std::process::id()
-        ))
-    }
-
-    /// Removes the real directory (end of a seed).
-    pub fn remove_dir(&self) {
-        let _ = std::fs::remove_dir_all(&self.data_dir);
-    }
-
     /// The configuration for a start as `role`; a slave follows `master` (a host name), a
     /// broker that should only be read (after the final power cut) gets neither.
     pub fn config(&self, role: Role, master: Option<&str>) -> BrokerConfig {
