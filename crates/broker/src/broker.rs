@@ -280,14 +280,18 @@ impl Broker {
         let e = self.inner.repl.promote(epoch).await?;
         let me = self.clone();
         // Topics, ACL and consumer state reached this broker through replication while
-        // it was a slave; rebuild both from the log before serving as master.
-        tokio::task::spawn_blocking(move || {
-            me.inner.topics.reload()?;
-            me.inner.acl.reload()?;
-            me.inner.consumers.reload()
-        })
-        .await
-        .map_err(|e| BrokerError::Internal(format!("state reload: {e}")))??;
+        // it was a slave; rebuild both from the log before serving as master. On the store's
+        // blocking pool, or inline when the store's owner drives it (a simulator, whose
+        // simulated disk only its own thread may touch).
+        self.inner
+            .store
+            .blocking(move || {
+                me.inner.topics.reload()?;
+                me.inner.acl.reload()?;
+                me.inner.consumers.reload()
+            })
+            .await
+            .map_err(|e| BrokerError::Internal(format!("state reload: {e}")))??;
         self.inner.topics_changed.notify_waiters();
         Ok(e)
     }

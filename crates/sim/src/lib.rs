@@ -22,9 +22,11 @@
 
 pub mod broker;
 pub mod check;
+pub mod consumesim;
 pub mod controller;
 pub mod disk;
 pub mod faults;
+pub mod host;
 pub mod journal;
 pub mod log;
 pub mod net;

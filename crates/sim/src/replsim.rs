@@ -27,7 +27,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -36,11 +35,11 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sofamq_broker::repl::{Replication, ReplicationConfig, Role};
-use sofamq_controller::network::{Acceptor, AsyncStream, BoxFuture, Connector};
 use sofamq_store::{Driver, NewRecord, Store, StoreConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::disk::{DiskFaults, SimDisk};
+use crate::host::{TurmoilAcceptor, TurmoilConnector};
 use crate::journal::Journal;
 
 const MASTER: &str = "m";
@@ -57,28 +56,6 @@ pub struct ReplKnobs {
     /// Broken variant: the send path acks once the master's append is durable, without
     /// waiting for the slave (`wait_replicated` skipped).
     pub ack_before_slave: bool,
-}
-
-struct TurmoilAcceptor(turmoil::net::TcpListener);
-
-impl Acceptor for TurmoilAcceptor {
-    fn accept(&mut self) -> BoxFuture<'_, io::Result<(Box<dyn AsyncStream>, String)>> {
-        Box::pin(async move {
-            let (s, peer) = self.0.accept().await?;
-            Ok((Box::new(s) as Box<dyn AsyncStream>, peer.to_string()))
-        })
-    }
-}
-
-struct TurmoilConnector;
-
-impl Connector for TurmoilConnector {
-    fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, io::Result<Box<dyn AsyncStream>>> {
-        Box::pin(async move {
-            let s = turmoil::net::TcpStream::connect(addr).await?;
-            Ok(Box::new(s) as Box<dyn AsyncStream>)
-        })
-    }
 }
 
 #[derive(Default)]
