@@ -11,10 +11,10 @@
 //! [`now_ms`] is the wall clock (the store's, which a simulator drives per thread): it
 //! stamps records and drives timers and invisibility, never safety.
 //!
-//! [`random`] is the broker's randomness that is not a secret on the wire (incarnations,
-//! hash seeds, the receipt-handle key): the OS-seeded thread RNG, or a per-thread seeded
-//! one a simulator installs with [`seed_thread_rng`]. Replication's handshake nonces do not
-//! use it.
+//! [`random`] is the broker's randomness a simulator must replay (the controller-follow
+//! incarnation, the dedup window's hash seeds, the receipt-handle key): the OS-seeded thread
+//! RNG, or a per-thread seeded one that only a simulator installs ([`seed_thread_rng`]).
+//! Replication's handshake nonces never use it.
 
 use std::cell::RefCell;
 use std::marker::PhantomData;
