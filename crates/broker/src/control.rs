@@ -28,7 +28,7 @@ pub async fn run(broker: Broker, addrs: BrokerAddrs, token: CancellationToken) {
     let client = ControllerClient::new(cfg.controller.clone(), cfg.controller_timeout());
     let me = repl.identity();
     let group = broker.config().broker_name.clone();
-    let incarnation: u64 = rand::random();
+    let incarnation: u64 = crate::clock::random();
     let prefer_master = cfg.start_role(me) == Role::Master;
     let beat = cfg.controller_heartbeat();
     let check = beat.min(Duration::from_millis(100));
@@ -111,6 +111,7 @@ pub async fn run(broker: Broker, addrs: BrokerAddrs, token: CancellationToken) {
             }
         }
         tokio::select! {
+            biased;
             () = token.cancelled() => break,
             () = tokio::time::sleep(check) => {}
         }

@@ -194,6 +194,7 @@ pub async fn serve(
     tokio::pin!(serve);
     let grace = Duration::from_millis(limits.shutdown_grace_ms);
     let result = tokio::select! {
+        biased;
         r = &mut serve => r,
         () = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
             tracing::warn!("connections still open after the shutdown grace; stopping anyway");

@@ -139,6 +139,7 @@ impl Broker {
             }
             let wait = (deadline - now).min(poll);
             tokio::select! {
+                biased;
                 () = &mut notified => {}
                 () = tokio::time::sleep(wait) => {}
                 () = shutdown.cancelled() => {}

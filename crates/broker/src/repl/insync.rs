@@ -1,5 +1,6 @@
 //! The master's view of its slaves: each one's acked offset and whether it is in sync, and
-//! the replicated offset senders wait on (a `watch`, so waiting costs nothing while idle).
+//! the replicated offset senders wait on (a `watch` for subscribers; senders wait on a
+//! `Notify`, so waiting costs nothing while idle).
 //!
 //! In-sync rule: a slave joins once it reaches an offset the master had durable at some
 //! earlier moment (its "mark"); it leaves when it falls more than `max_lag_bytes` behind or
@@ -11,14 +12,19 @@
 //! master's durable offset (marks, lag, the high watermark `min(replicated, durable)`), and
 //! a sender waits only after its own fsync, so such an ack never lets anything count as
 //! acked or readable before the master holds it durably.
+//!
+//! Deterministic under a simulator: slaves are kept in a `BTreeMap`, and senders wait on a
+//! `Notify`, which wakes its waiters in the order they began waiting; a `watch` receiver
+//! picks one of eight notify shards with tokio's runtime RNG (unseeded without
+//! `--cfg tokio_unstable`), so the order its waiters wake in would change from run to run.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::clock::Instant;
 
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::error::BrokerError;
 
@@ -67,12 +73,14 @@ pub struct Tracker {
     min_insync: usize,
     max_lag_bytes: u64,
     max_lag: Duration,
-    slaves: Mutex<(u64, HashMap<u64, Slave>)>,
+    slaves: Mutex<(u64, BTreeMap<u64, Slave>)>,
     /// Slaves (by identity) the controller's committed in-sync set names: they must ack too,
     /// even when this master dropped them locally, until the controller commits the shrink
     /// ("while a change is pending, the larger set counts").
     required: Mutex<BTreeSet<u64>>,
     tx: watch::Sender<Snapshot>,
+    /// Notified after every change of the snapshot (what [`Tracker::wait_replicated`] waits on).
+    changed: Notify,
 }
 
 impl Tracker {
@@ -82,7 +90,7 @@ impl Tracker {
             min_insync: min_insync.max(1),
             max_lag_bytes,
             max_lag,
-            slaves: Mutex::new((0, HashMap::new())),
+            slaves: Mutex::new((0, BTreeMap::new())),
             required: Mutex::new(BTreeSet::new()),
             tx: watch::channel(Snapshot {
                 replicated: u64::MAX,
@@ -90,6 +98,7 @@ impl Tracker {
                 term: 0,
             })
             .0,
+            changed: Notify::new(),
         }
     }
 
@@ -108,7 +117,7 @@ impl Tracker {
         self.tx.subscribe()
     }
 
-    fn publish(&self, slaves: &HashMap<u64, Slave>, term_bump: bool) {
+    fn publish(&self, slaves: &BTreeMap<u64, Slave>, term_bump: bool) {
         let required = self.required.lock();
         let mut replicated = u64::MAX;
         let mut counted = BTreeSet::new();
@@ -129,7 +138,7 @@ impl Tracker {
             }
         }
         let in_sync = counted.len();
-        self.tx.send_if_modified(|s| {
+        let changed = self.tx.send_if_modified(|s| {
             let term = s.term + u64::from(term_bump);
             let new = Snapshot {
                 replicated,
@@ -140,6 +149,9 @@ impl Tracker {
             *s = new;
             changed
         });
+        if changed {
+            self.changed.notify_waiters();
+        }
     }
 
     /// Registers a slave (configured id `identity`) that will stream from `from`; it starts
@@ -308,13 +320,23 @@ impl Tracker {
         offset: u64,
         timeout: Duration,
     ) -> Result<(), BrokerError> {
-        let mut rx = self.tx.subscribe();
         let min = self.min_insync;
         let done = |s: &Snapshot| s.term != term || s.in_sync + 1 < min || s.replicated >= offset;
-        let r = tokio::time::timeout(timeout, rx.wait_for(done)).await;
-        let s = match r {
-            Ok(Ok(s)) => *s,
-            Ok(Err(_)) => return Err(BrokerError::Internal("replication tracker gone".into())),
+        let wait = async {
+            loop {
+                // Registered before the check, so a change between the two is not missed.
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let s = *self.tx.borrow();
+                if done(&s) {
+                    return s;
+                }
+                changed.await;
+            }
+        };
+        let s = match tokio::time::timeout(timeout, wait).await {
+            Ok(s) => s,
             Err(_) => {
                 return Err(BrokerError::SlavePersistence(format!(
                     "no ack from the in-sync slaves for offset {offset} within {} ms",

@@ -255,6 +255,7 @@ pub async fn run(broker: Broker, token: CancellationToken) {
             wait = wait.min(Duration::from_millis(d.saturating_sub(now)));
         }
         tokio::select! {
+            biased;
             () = token.cancelled() => break,
             _ = role.changed() => {}
             () = timers.wake.notified() => {}

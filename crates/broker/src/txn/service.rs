@@ -245,6 +245,7 @@ pub async fn run(broker: Broker, token: CancellationToken) {
             last_cp = crate::clock::Instant::now();
         }
         tokio::select! {
+            biased;
             () = token.cancelled() => break,
             () = txns.wake.notified() => {}
             () = tokio::time::sleep(tick) => {}
