@@ -196,6 +196,14 @@ pub struct ConsumeOutcome {
     pub stale_refused: u64,
     /// Messages found in the dead-letter queue.
     pub dead_letters: usize,
+    /// Receive calls, and those that failed (not master, persist timeout...).
+    pub receives: (u64, u64),
+    /// Nacks (`change_invisible` to a short duration) answered OK.
+    pub nacks: u64,
+    /// Deliveries of a record above the queue's readable end when the consumer got it: a
+    /// direct probe of the replicated-offset cap, kept out of `violations` so the broken
+    /// variant is judged by the end-to-end checks alone. Zero for the correct broker.
+    pub above_readable: u64,
     /// Time-stamped events.
     pub trace: Vec<String>,
 }
@@ -916,6 +924,9 @@ pub fn run_consume_seed(seed: u64, knobs: ConsumeKnobs) -> ConsumeOutcome {
         redelivered_across_failover: across,
         stale_refused: l.stale_refused.get(),
         dead_letters: dead,
+        receives: (l.receives.get(), l.receive_errors.get()),
+        nacks: l.nacks.get(),
+        above_readable: l.above_readable.get(),
         trace,
     }
 }

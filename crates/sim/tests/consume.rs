@@ -7,11 +7,12 @@ use sofamq_sim::consumesim::{ConsumeKnobs, ConsumeOutcome, run_consume_seed};
 use sofamq_sim::journal::env_u64;
 
 /// Default number of seeds (`CONSUME_SIM_SEEDS=N` for more, `CONSUME_SIM_FIRST_SEED` to shift).
-const DEFAULT_SEEDS: u64 = 20;
+const DEFAULT_SEEDS: u64 = 16;
 /// Seeds the broken variant runs (`CONSUME_SIM_MUTANT_SEEDS=N`).
-const MUTANT_SEEDS: u64 = 20;
-/// Of those, how many must catch it at least.
-const MUTANT_MIN_CAUGHT: u64 = 4;
+const MUTANT_SEEDS: u64 = 16;
+/// Of those, how many must catch it at least. Measured on seeds 0..16: 6, 8 and 9 in three
+/// runs (a seed does not replay exactly yet, so the count varies between runs).
+const MUTANT_MIN_CAUGHT: u64 = 3;
 
 fn replay_hint(seed: u64, o: &ConsumeOutcome) -> String {
     format!(
@@ -42,13 +43,16 @@ fn replay_one_consume_seed() {
     );
     eprintln!("{}", o.trace.join("\n"));
     eprintln!(
-        "acked sends {}, deliveries {}, acks {}, redelivered across the failover {}, stale handles refused {}, dead letters {}",
+        "acked sends {}, deliveries {}, acks {}, redelivered across the failover {}, stale handles refused {}, dead letters {}, nacks {}, receives {:?}, above readable {}",
         o.acked_sends,
         o.deliveries,
         o.acks,
         o.redelivered_across_failover,
         o.stale_refused,
-        o.dead_letters
+        o.dead_letters,
+        o.nacks,
+        o.receives,
+        o.above_readable
     );
     assert!(o.violations.is_empty(), "{:#?}", o.violations);
 }
@@ -59,6 +63,7 @@ fn consumers_keep_their_guarantees_through_faults_a_failover_and_a_power_cut() {
     let n = env_u64("CONSUME_SIM_SEEDS", DEFAULT_SEEDS);
     let t0 = Instant::now();
     let (mut sends, mut deliveries, mut acks, mut across, mut stale, mut dead) = (0, 0, 0, 0, 0, 0);
+    let (mut receives, mut receive_errors, mut nacks) = (0, 0, 0);
     let mut failed = Vec::new();
     for seed in first..first + n {
         let o = run_consume_seed(seed, ConsumeKnobs::default());
@@ -71,10 +76,19 @@ fn consumers_keep_their_guarantees_through_faults_a_failover_and_a_power_cut() {
         if !o.violations.is_empty() {
             failed.push(replay_hint(seed, &o));
         }
+        if o.above_readable > 0 {
+            failed.push(format!(
+                "seed {seed}: {} deliveries above the readable offset",
+                o.above_readable
+            ));
+        }
+        receives += o.receives.0;
+        receive_errors += o.receives.1;
+        nacks += o.nacks;
     }
     let secs = t0.elapsed().as_secs_f64();
     eprintln!(
-        "consume sim: {n} seeds in {secs:.1} s ({:.1} seeds/min): {sends} acked sends, {deliveries} deliveries, {acks} acks, {across} redelivered after an ack across the failover, {stale} stale handles refused, {dead} dead letters",
+        "consume sim: {n} seeds in {secs:.1} s ({:.1} seeds/min): {sends} acked sends, {deliveries} deliveries, {acks} acks, {across} redelivered after an ack across the failover, {stale} stale handles refused, {dead} dead letters, {nacks} nacks, {receives} receives ({receive_errors} failed)",
         n as f64 * 60.0 / secs
     );
     assert!(failed.is_empty(), "{}", failed.join("\n"));
@@ -86,6 +100,7 @@ fn consumers_keep_their_guarantees_through_faults_a_failover_and_a_power_cut() {
     assert!(acks as u64 > n * 50, "only {acks} acks over {n} seeds");
     assert!(stale > 0, "no stale handle was ever tried");
     assert!(dead as u64 >= n, "only {dead} dead letters over {n} seeds");
+    assert!(nacks >= n, "only {nacks} nacks over {n} seeds");
 }
 
 /// The broken variant: receive reads up to the master's durable offset, above what the
