@@ -782,6 +782,10 @@ fn check(l: &Ledger) -> usize {
 
 /// Runs one seed of the consumer simulation.
 pub fn run_consume_seed(seed: u64, knobs: ConsumeKnobs) -> ConsumeOutcome {
+    // The hosts' wall clock (invisibility, receipt times) is simulated time, and the broker's
+    // randomness (receipt-handle key, hash seeds, incarnation) comes from the seed.
+    let _wall = sofamq_store::clock::drive_wall_clock(crate::journal::sim_wall_ms);
+    let _rng = sofamq_broker::clock::seed_thread_rng(seed);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut b = turmoil::Builder::new();
     b.rng_seed(seed)

@@ -132,3 +132,22 @@ fn delivering_above_the_replicated_offset_is_caught() {
         caught.len()
     );
 }
+
+/// A seed runs the same way twice in one process: the same trace and the same counts.
+#[test]
+fn a_consume_seed_replays_in_one_process() {
+    for seed in [2, 9] {
+        let a = run_consume_seed(seed, ConsumeKnobs::default());
+        let b = run_consume_seed(seed, ConsumeKnobs::default());
+        assert!(
+            a.acked_sends > 0 && a.deliveries > 0,
+            "seed {seed} did nothing"
+        );
+        assert_eq!(
+            (a.acked_sends, a.deliveries, a.acks),
+            (b.acked_sends, b.deliveries, b.acks),
+            "seed {seed}: the counts did not replay"
+        );
+        assert_eq!(a.trace, b.trace, "seed {seed}: the trace did not replay");
+    }
+}
