@@ -292,13 +292,18 @@ impl Broker {
         let me = self.clone();
         // Topics, ACL and consumer state reached this broker through replication while
         // it was a slave; rebuild both from the log before serving as master.
-        tokio::task::spawn_blocking(move || {
-            me.inner.topics.reload()?;
-            me.inner.acl.reload()?;
-            me.inner.consumers.reload()
-        })
-        .await
-        .map_err(|e| BrokerError::Internal(format!("state reload: {e}")))??;
+        // On the store's blocking path: a thread of tokio's pool, or inline when the
+        // store's owner drives it (`Driver::Caller`, the simulator, whose simulated disk
+        // is reachable only from the simulation's thread).
+        self.inner
+            .store
+            .blocking(move || {
+                me.inner.topics.reload()?;
+                me.inner.acl.reload()?;
+                me.inner.consumers.reload()
+            })
+            .await
+            .map_err(|e| BrokerError::Internal(format!("state reload: {e}")))??;
         self.inner.topics_changed.notify_waiters();
         Ok(e)
     }
