@@ -1,5 +1,9 @@
 //! Deterministic simulation (turmoil, with its file-system shim) of a SofaMQ broker group's
-//! failover: one controller, two or three brokers and a producer, under crashes, partitions, held
+//! failover. [`groupsim`] runs the real brokers (send path, store, replication, dedup,
+//! controller-follow loop) with the controller's real rules ([`standin`]) under seeded
+//! crashes, power loss, partitions and pauses; [`storesim`] and [`replsim`] the real store and
+//! replication alone. The rest of this crate is the older model of a broker group:
+//! one controller, two or three brokers and a producer, under crashes, partitions, held
 //! links and process pauses drawn from a seed; then safety checks (see [`check`]).
 //!
 //! The brokers run the broker's real pure rules ([`rules`]: `decide` and `divergence`); the
@@ -25,6 +29,7 @@ pub mod check;
 pub mod controller;
 pub mod disk;
 pub mod faults;
+pub mod groupsim;
 pub mod journal;
 pub mod log;
 pub mod net;
@@ -32,6 +37,7 @@ pub mod producer;
 pub mod replsim;
 pub mod rules;
 pub mod shared;
+pub mod standin;
 pub mod storesim;
 
 use std::collections::BTreeSet;
