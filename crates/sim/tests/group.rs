@@ -7,7 +7,7 @@ use sofamq_sim::journal::env_u64;
 
 /// Default number of seeds CI runs (`GROUP_SIM_SEEDS=N` for more, `GROUP_SIM_FIRST_SEED`
 /// to shift).
-const DEFAULT_SEEDS: u64 = 32;
+const DEFAULT_SEEDS: u64 = 24;
 
 /// Each broken variant must be caught on at least this many of the CI seeds.
 const MIN_CATCHES: usize = 3;
