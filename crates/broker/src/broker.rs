@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use crate::config::{BrokerConfig, FlushMode};
 use crate::consume::Consumers;
 use crate::error::BrokerError;
-use crate::send::QueueCursor;
+use crate::send::queue::QueueCursor;
 use crate::topics::{PERM_READ, PERM_WRITE, TopicConfig, TopicType, Topics};
 use crate::validate;
 
@@ -221,21 +221,10 @@ impl Broker {
         &self.inner.topics_changed
     }
 
-    /// Whether this broker may take writes now, and why not.
+    /// Whether this broker may take writes now, and why not (see
+    /// [`crate::repl::Replication::writable`]).
     pub fn writable(&self) -> Result<(), BrokerError> {
-        if self.inner.repl.role() != crate::repl::Role::Master {
-            return Err(BrokerError::NotAvailable(format!(
-                "not master: {} id {} is a slave; send to the master",
-                self.inner.config.broker_name,
-                self.inner.repl.broker_id()
-            )));
-        }
-        if let Some(reason) = self.inner.store.fenced() {
-            return Err(BrokerError::NotAvailable(format!(
-                "commit log fenced: {reason}"
-            )));
-        }
-        self.inner.repl.check_lease()
+        self.inner.repl.writable().map(drop)
     }
 
     /// Creates or updates a topic (durably, through the log).
@@ -291,10 +280,9 @@ impl Broker {
         let e = self.inner.repl.promote(epoch).await?;
         let me = self.clone();
         // Topics, ACL and consumer state reached this broker through replication while
-        // it was a slave; rebuild both from the log before serving as master.
-        // On the store's blocking path: a thread of tokio's pool, or inline when the
-        // store's owner drives it (`Driver::Caller`, the simulator, whose simulated disk
-        // is reachable only from the simulation's thread).
+        // it was a slave; rebuild both from the log before serving as master. On the store's
+        // blocking pool, or inline when the store's owner drives it (a simulator, whose
+        // simulated disk only its own thread may touch).
         self.inner
             .store
             .blocking(move || {

@@ -41,7 +41,7 @@ pub async fn run_with(
     let cfg = repl.config().clone();
     let me = repl.identity();
     let group = broker.config().broker_name.clone();
-    let incarnation: u64 = rand::random();
+    let incarnation: u64 = crate::clock::random();
     let prefer_master = cfg.start_role(me) == Role::Master;
     let beat = cfg.controller_heartbeat();
     let check = beat.min(Duration::from_millis(100));
@@ -124,6 +124,7 @@ pub async fn run_with(
             }
         }
         tokio::select! {
+            biased;
             () = token.cancelled() => break,
             () = tokio::time::sleep(check) => {}
         }

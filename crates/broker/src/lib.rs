@@ -21,6 +21,7 @@ pub mod consume;
 pub mod control;
 pub mod error;
 pub mod handles;
+pub mod limits;
 pub mod lookup;
 pub mod meta;
 pub mod metrics;

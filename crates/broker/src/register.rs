@@ -100,10 +100,11 @@ impl Registrar {
                 self.broker.set_registered();
             }
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = &mut changed => {}
-                _ = role.changed() => {}
+                biased;
                 _ = stop.changed() => break,
+                _ = role.changed() => {}
+                _ = &mut changed => {}
+                _ = tokio::time::sleep(interval) => {}
             }
             let id = self.broker.repl().broker_id();
             if id != last_id {

@@ -139,8 +139,8 @@ pub async fn serve(
     // it trips with `shutdown`, or alone when the gRPC transport fails.
     let token = shutdown.child().token().clone();
     broker.repl().start(repl_listener, token.clone());
-    tokio::spawn(crate::timer::run(broker.clone(), token.clone()));
-    tokio::spawn(crate::txn::run(broker.clone(), token.clone()));
+    tokio::spawn(crate::timer::service::run(broker.clone(), token.clone()));
+    tokio::spawn(crate::txn::service::run(broker.clone(), token.clone()));
     if broker.config().replication.controlled() {
         let addrs = sofamq_controller::BrokerAddrs {
             grpc: endpoint.clone(),
@@ -194,6 +194,7 @@ pub async fn serve(
     tokio::pin!(serve);
     let grace = Duration::from_millis(limits.shutdown_grace_ms);
     let result = tokio::select! {
+        biased;
         r = &mut serve => r,
         () = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
             tracing::warn!("connections still open after the shutdown grace; stopping anyway");

@@ -1,10 +1,10 @@
 //! Message validation: everything is checked before anything is stored, and
 //! each rule fails with its own wire code and a message naming the problem.
 
-use sofamq_proto::v2::{Message, MessageType};
+use sofamq_proto::v2::{Message, MessageType, SystemProperties};
 
-use crate::config::Limits;
 use crate::error::BrokerError;
+use crate::limits::Limits;
 use crate::topics::{SYSTEM_PREFIX, TopicConfig, now_ms};
 
 /// Property keys the broker itself writes into stored records.
@@ -174,12 +174,37 @@ fn take_delay_property(
 
 /// Validates `msg` against `topic` and `limits`. On success the strings the record needs
 /// (message id, tag, group, host, trace context, user properties) are moved out of `msg`
-/// instead of copied; on failure `msg` is left untouched.
+/// instead of copied; on failure `msg` is left untouched. The rules run in a fixed order,
+/// so a message that breaks several always gets the same code.
 pub fn check_message(
     msg: &mut Message,
     topic: &TopicConfig,
     limits: &Limits,
 ) -> Result<Checked, BrokerError> {
+    check_body(msg, topic, limits)?;
+    let sys = msg
+        .system_properties
+        .as_ref()
+        .ok_or_else(|| BrokerError::BadRequest("system_properties missing".into()))?;
+    check_identity(sys, limits)?;
+    let declared = check_supported(sys)?;
+    // The RocketMQ property forms of a delay (older and non-gRPC clients) become the
+    // delivery time; they are taken out of the user properties.
+    let prop_delay = take_delay_property(msg, now_ms)?;
+    let Some(sys) = msg.system_properties.as_ref() else {
+        return Err(BrokerError::BadRequest("system_properties missing".into()));
+    };
+    check_user_properties(msg, limits)?;
+    let deliver_at_ms = delivery_time(sys, prop_delay)?;
+    let has_group = sys.message_group.is_some();
+    let message_type = message_type(declared, has_group, deliver_at_ms)?;
+    let txn_check_ms = txn_check_ms(sys, message_type)?;
+    check_topic_type(topic, message_type, has_group, deliver_at_ms)?;
+    take_checked(msg, message_type, deliver_at_ms, txn_check_ms)
+}
+
+/// The topic takes writes; the body is not empty and within `max_body_bytes`.
+fn check_body(msg: &Message, topic: &TopicConfig, limits: &Limits) -> Result<(), BrokerError> {
     if !topic.writable() {
         return Err(BrokerError::Forbidden(format!(
             "topic '{}' is not writable",
@@ -196,11 +221,11 @@ pub fn check_message(
             limits.max_body_bytes
         )));
     }
-    let sys = msg
-        .system_properties
-        .as_ref()
-        .ok_or_else(|| BrokerError::BadRequest("system_properties missing".into()))?;
+    Ok(())
+}
 
+/// The message id, tag, keys and message group are well formed and within their limits.
+fn check_identity(sys: &SystemProperties, limits: &Limits) -> Result<(), BrokerError> {
     let message_id = &sys.message_id;
     if message_id.is_empty()
         || message_id.len() > 128
@@ -210,27 +235,9 @@ pub fn check_message(
             "message_id {message_id:?} must be 1..=128 printable ASCII characters"
         )));
     }
-
     if let Some(t) = &sys.tag {
-        if has_control_or_blank(t) {
-            return Err(BrokerError::IllegalTag(
-                "tag is blank or contains control characters".into(),
-            ));
-        }
-        if t.contains('|') {
-            return Err(BrokerError::IllegalTag(format!(
-                "tag {t:?} contains '|', which is reserved for filter expressions"
-            )));
-        }
-        if t.len() > limits.max_tag_bytes {
-            return Err(BrokerError::IllegalTag(format!(
-                "tag is {} bytes, the limit is {}",
-                t.len(),
-                limits.max_tag_bytes
-            )));
-        }
+        check_tag(t, limits)?;
     }
-
     if sys.keys.len() > limits.max_key_count {
         return Err(BrokerError::IllegalKey(format!(
             "{} keys, the limit is {}",
@@ -246,19 +253,41 @@ pub fn check_message(
             )));
         }
     }
+    if let Some(g) = &sys.message_group
+        && (has_control_or_blank(g) || g.len() > limits.max_name_bytes)
+    {
+        return Err(BrokerError::IllegalMessageGroup(format!(
+            "message group {g:?} is blank, has control characters or exceeds {} bytes",
+            limits.max_name_bytes
+        )));
+    }
+    Ok(())
+}
 
-    let message_group = match &sys.message_group {
-        None => None,
-        Some(g) if has_control_or_blank(g) || g.len() > limits.max_name_bytes => {
-            return Err(BrokerError::IllegalMessageGroup(format!(
-                "message group {g:?} is blank, has control characters or exceeds {} bytes",
-                limits.max_name_bytes
-            )));
-        }
-        Some(_) => Some(()),
-    };
+fn check_tag(t: &str, limits: &Limits) -> Result<(), BrokerError> {
+    if has_control_or_blank(t) {
+        return Err(BrokerError::IllegalTag(
+            "tag is blank or contains control characters".into(),
+        ));
+    }
+    if t.contains('|') {
+        return Err(BrokerError::IllegalTag(format!(
+            "tag {t:?} contains '|', which is reserved for filter expressions"
+        )));
+    }
+    if t.len() > limits.max_tag_bytes {
+        return Err(BrokerError::IllegalTag(format!(
+            "tag is {} bytes, the limit is {}",
+            t.len(),
+            limits.max_tag_bytes
+        )));
+    }
+    Ok(())
+}
 
-    // What the broker does not implement is refused, never stored and ignored.
+/// What the broker does not implement is refused, never stored and ignored. Returns the
+/// declared message type.
+fn check_supported(sys: &SystemProperties) -> Result<MessageType, BrokerError> {
     if let Some(p) = sys.priority {
         return Err(BrokerError::NotImplemented(format!(
             "message priority ({p}) is not supported by this broker"
@@ -276,13 +305,12 @@ pub fn check_message(
             declared.as_str_name()
         )));
     }
-    // The RocketMQ property forms of a delay (older and non-gRPC clients) become the
-    // delivery time; they are taken out of the user properties.
-    let prop_delay = take_delay_property(msg, now_ms)?;
-    let Some(sys) = msg.system_properties.as_ref() else {
-        return Err(BrokerError::BadRequest("system_properties missing".into()));
-    };
+    Ok(declared)
+}
 
+/// At most `max_property_count` user properties, none with an empty, control or reserved
+/// key, at most `max_properties_bytes` in all.
+fn check_user_properties(msg: &Message, limits: &Limits) -> Result<(), BrokerError> {
     if msg.user_properties.len() > limits.max_property_count {
         return Err(BrokerError::PropertiesTooLarge(format!(
             "{} properties, the limit is {}",
@@ -310,7 +338,15 @@ pub fn check_message(
             limits.max_properties_bytes
         )));
     }
+    Ok(())
+}
 
+/// The delivery time (epoch ms): `delivery_timestamp` or a delay property, not both, and
+/// not negative.
+fn delivery_time(
+    sys: &SystemProperties,
+    prop_delay: Option<i64>,
+) -> Result<Option<i64>, BrokerError> {
     let deliver_at_ms = sys
         .delivery_timestamp
         .as_ref()
@@ -328,8 +364,18 @@ pub fn check_message(
             "delivery timestamp {ms} ms is negative"
         )));
     }
+    Ok(deliver_at_ms)
+}
 
-    let inferred = if message_group.is_some() {
+/// The message's type: the declared one, else inferred (FIFO with a group, DELAY with a
+/// delivery time, NORMAL otherwise); a delivery time turns NORMAL into DELAY and is
+/// refused on a TRANSACTION message.
+fn message_type(
+    declared: MessageType,
+    has_group: bool,
+    deliver_at_ms: Option<i64>,
+) -> Result<MessageType, BrokerError> {
+    let inferred = if has_group {
         MessageType::Fifo
     } else if deliver_at_ms.is_some() {
         MessageType::Delay
@@ -347,24 +393,40 @@ pub fn check_message(
             "a TRANSACTION message cannot have a delivery time".into(),
         ));
     }
-    let txn_check_ms = match &sys.orphaned_transaction_recovery_duration {
-        None => None,
+    Ok(message_type)
+}
+
+/// The first check-back delay (ms) a TRANSACTION message asks for, if any.
+fn txn_check_ms(
+    sys: &SystemProperties,
+    message_type: MessageType,
+) -> Result<Option<i64>, BrokerError> {
+    match &sys.orphaned_transaction_recovery_duration {
+        None => Ok(None),
         Some(_) if message_type != MessageType::Transaction => {
-            return Err(BrokerError::MessageTypeMismatch(
+            Err(BrokerError::MessageTypeMismatch(
                 "orphaned_transaction_recovery_duration is for TRANSACTION messages only".into(),
-            ));
+            ))
         }
-        Some(d) if d.seconds < 0 || d.nanos < 0 => {
-            return Err(BrokerError::BadRequest(
-                "orphaned_transaction_recovery_duration is negative".into(),
-            ));
-        }
-        Some(d) => Some(
+        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(BrokerError::BadRequest(
+            "orphaned_transaction_recovery_duration is negative".into(),
+        )),
+        Some(d) => Ok(Some(
             d.seconds
                 .saturating_mul(1000)
                 .saturating_add(i64::from(d.nanos / 1_000_000)),
-        ),
-    };
+        )),
+    }
+}
+
+/// The message's type is its topic's; a FIFO message has a group, a DELAY message a
+/// delivery time.
+fn check_topic_type(
+    topic: &TopicConfig,
+    message_type: MessageType,
+    has_group: bool,
+    deliver_at_ms: Option<i64>,
+) -> Result<(), BrokerError> {
     let expected = MessageType::from(topic.topic_type);
     if message_type != expected {
         return Err(BrokerError::MessageTypeMismatch(format!(
@@ -374,7 +436,7 @@ pub fn check_message(
             message_type.as_str_name()
         )));
     }
-    if message_type == MessageType::Fifo && message_group.is_none() {
+    if message_type == MessageType::Fifo && !has_group {
         return Err(BrokerError::MessageTypeMismatch(
             "a FIFO message needs a message_group".into(),
         ));
@@ -384,13 +446,23 @@ pub fn check_message(
             "a DELAY message needs a delivery_timestamp".into(),
         ));
     }
+    Ok(())
+}
 
+/// Moves what the record needs out of the validated `msg`: the system properties become
+/// record properties ([`keys`]), followed by the user properties, sorted.
+fn take_checked(
+    msg: &mut Message,
+    message_type: MessageType,
+    deliver_at_ms: Option<i64>,
+    txn_check_ms: Option<i64>,
+) -> Result<Checked, BrokerError> {
     let Some(sys) = msg.system_properties.as_mut() else {
         return Err(BrokerError::BadRequest("system_properties missing".into()));
     };
     let message_id = std::mem::take(&mut sys.message_id);
     let tag = sys.tag.take().unwrap_or_default();
-    // Validated above: present exactly when `message_group` was `Some`.
+    // Validated above: present exactly when it passed `check_identity`.
     let message_group = sys.message_group.take();
     let mut properties = Vec::with_capacity(msg.user_properties.len() + 6);
     properties.push((keys::MSG_ID.to_string(), message_id.clone()));
@@ -426,7 +498,6 @@ pub fn check_message(
     // Drained, not `mem::take`n: taking would build an empty map with a fresh RandomState.
     properties.extend(msg.user_properties.drain());
     properties[start..].sort();
-
     Ok(Checked {
         message_type,
         message_group,

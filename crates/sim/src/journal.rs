@@ -67,6 +67,16 @@ impl Journal {
     }
 }
 
+/// The wall clock the hosts see (`sofamq_store::clock::drive_wall_clock` installs it): a
+/// fixed epoch plus the current host's simulated time, so a seed stamps the same record
+/// timestamps every run.
+pub fn sim_wall_ms() -> i64 {
+    /// 2026-01-01T00:00:00Z.
+    const EPOCH_MS: i64 = 1_767_225_600_000;
+    let ms = turmoil::sim_elapsed().map_or(0, |d| d.as_millis());
+    EPOCH_MS.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
 /// A `u64` from the environment variable `name`, else `default` (seed counts of the tests).
 pub fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)

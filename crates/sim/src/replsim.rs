@@ -20,14 +20,29 @@
 //! * the two logs agree wherever both hold a record (a slave cut what its master lost);
 //! * nothing in either log was never sent.
 //!
-//! Unlike the store simulation, a seed does not yet replay exactly: turmoil seeds tokio's
-//! runtime RNG only under `--cfg tokio_unstable`, and the in-sync tracker and the slave's
-//! reconnect back-off read the real clock (`std::time::Instant`). The trace of a failing
-//! seed is still printed by `REPL_SIM_SEED=N`; it usually, not always, fails the same way.
+//! A seed replays exactly, in one process and across processes: same trace, same recovered
+//! logs, same acks. What makes it so, on every path this runs:
+//! * time: every decision (in-sync lag, ack timeout, reconnect back-off) reads
+//!   `sofamq_broker::clock::Instant`, tokio's, which is the host runtime's simulated clock;
+//!   the wall clock (`sofamq_store::clock::now_ms`: record timestamps) is driven by the
+//!   simulated time through a per-thread override ([`run_repl_seed`] installs it, turmoil
+//!   runs every host on the calling thread);
+//! * randomness: the broker's own draws (`sofamq_broker::clock::random`: the dedup window's
+//!   hash seeds) come from a per-thread RNG seeded from the seed; turmoil's from its seed;
+//! * order: no `HashMap`/`HashSet` iteration decides anything (the in-sync tracker keeps its
+//!   slaves in a `BTreeMap`, the store touches queue files in sorted order);
+//! * tokio's runtime RNG, which turmoil seeds only under `--cfg tokio_unstable` and which a
+//!   current-thread runtime draws from in an unbiased `select!` and in `watch::Receiver`'s
+//!   `changed`/`wait_for` (it picks one of 8 notify shards, and a send wakes the shards in
+//!   index order, so the wake order of waiters would follow the RNG): every `select!` on
+//!   these paths is `biased;`, and `wait_replicated` waits on a `Notify` (FIFO), not the
+//!   watch.
+//!
+//! `REPL_SIM_SEED=N` prints a seed's trace; the `repl` test checks the replay in one process
+//! and in child processes of the test binary.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -36,12 +51,12 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sofamq_broker::repl::{Replication, ReplicationConfig, Role};
-use sofamq_controller::network::{Acceptor, AsyncStream, BoxFuture, Connector};
 use sofamq_store::{Driver, NewRecord, Store, StoreConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::disk::{DiskFaults, SimDisk};
-use crate::journal::Journal;
+use crate::host::{TurmoilAcceptor, TurmoilConnector};
+use crate::journal::{Journal, sim_wall_ms};
 
 const MASTER: &str = "m";
 const SLAVE: &str = "s";
@@ -59,36 +74,14 @@ pub struct ReplKnobs {
     pub ack_before_slave: bool,
 }
 
-struct TurmoilAcceptor(turmoil::net::TcpListener);
-
-impl Acceptor for TurmoilAcceptor {
-    fn accept(&mut self) -> BoxFuture<'_, io::Result<(Box<dyn AsyncStream>, String)>> {
-        Box::pin(async move {
-            let (s, peer) = self.0.accept().await?;
-            Ok((Box::new(s) as Box<dyn AsyncStream>, peer.to_string()))
-        })
-    }
-}
-
-struct TurmoilConnector;
-
-impl Connector for TurmoilConnector {
-    fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, io::Result<Box<dyn AsyncStream>>> {
-        Box::pin(async move {
-            let s = turmoil::net::TcpStream::connect(addr).await?;
-            Ok(Box::new(s) as Box<dyn AsyncStream>)
-        })
-    }
-}
-
 #[derive(Default)]
 struct Ledger {
     j: Journal,
-    submitted: RefCell<HashSet<u64>>,
+    submitted: RefCell<BTreeSet<u64>>,
     /// id -> log offset.
     acked: RefCell<BTreeMap<u64, u64>>,
     /// Each host's log as recovered at its latest start: (offset, id).
-    recovered: RefCell<HashMap<&'static str, Vec<(u64, u64)>>>,
+    recovered: RefCell<BTreeMap<&'static str, Vec<(u64, u64)>>>,
     next_id: Cell<u64>,
     /// Set at the power cut: the restarted hosts only record their logs.
     cut: Cell<bool>,
@@ -105,6 +98,8 @@ pub struct ReplOutcome {
     pub acks: usize,
     /// Time-stamped events.
     pub trace: Vec<String>,
+    /// Each host's log as recovered after the power cut: host -> (offset, id) in log order.
+    pub logs: BTreeMap<&'static str, Vec<(u64, u64)>>,
 }
 
 fn id_of(body: &[u8]) -> Option<u64> {
@@ -141,25 +136,30 @@ async fn produce(
                 ..Default::default()
             })
             .collect();
-        match store.append(recs).await {
-            Ok(done) => {
-                let end = done.last().map_or(0, |a| a.log_offset + u64::from(a.size));
-                let replicated = if knobs.ack_before_slave {
-                    Ok(())
-                } else {
-                    repl.wait_replicated(end).await
-                };
-                match replicated {
-                    Ok(()) => {
-                        let mut acked = l.acked.borrow_mut();
-                        for (id, a) in ids.iter().zip(&done) {
-                            acked.insert(*id, a.log_offset);
-                        }
-                    }
-                    Err(e) => l.j.error(&format!("not acked: {e}")),
-                }
-            }
+        // The term the batch is sent in: this host's role never changes, so only a fenced
+        // log (which would refuse the append too) makes it unwritable.
+        match repl.writable() {
             Err(e) => l.j.error(&format!("append failed: {e}")),
+            Ok(admitted) => match store.append(recs).await {
+                Ok(done) => {
+                    let end = done.last().map_or(0, |a| a.log_offset + u64::from(a.size));
+                    let replicated = if knobs.ack_before_slave {
+                        Ok(())
+                    } else {
+                        repl.wait_replicated(admitted, end).await
+                    };
+                    match replicated {
+                        Ok(()) => {
+                            let mut acked = l.acked.borrow_mut();
+                            for (id, a) in ids.iter().zip(&done) {
+                                acked.insert(*id, a.log_offset);
+                            }
+                        }
+                        Err(e) => l.j.error(&format!("not acked: {e}")),
+                    }
+                }
+                Err(e) => l.j.error(&format!("append failed: {e}")),
+            },
         }
         let pause = rng.random_range(0..8u64).saturating_sub(2);
         if pause > 0 {
@@ -170,10 +170,15 @@ async fn produce(
 
 fn record_log(store: &Store, l: &Ledger, who: &'static str) {
     let mut log = Vec::new();
+    // The newest store timestamp: the wall clock is simulated too, so it replays.
+    let mut stamped = 0;
     for r in store.scan(0) {
         match r {
             Ok(r) if r.topic == "t" => match id_of(&r.body) {
-                Some(id) => log.push((r.log_offset, id)),
+                Some(id) => {
+                    log.push((r.log_offset, id));
+                    stamped = stamped.max(r.store_ts_ms);
+                }
                 None => l.j.violate(format!(
                     "{who}: record at {} has an unknown body",
                     r.log_offset
@@ -190,7 +195,7 @@ fn record_log(store: &Store, l: &Ledger, who: &'static str) {
         l.j.violate(format!("{who}: store opened fenced: {why}"));
     }
     l.j.log(&format!(
-        "{who} opened: log_end {} records {}",
+        "{who} opened: log_end {} records {} last stamped {stamped}",
         store.log_end_offset(),
         log.len()
     ));
@@ -288,7 +293,7 @@ fn check(l: &Ledger) {
     }
     let submitted = l.submitted.borrow();
     for (who, log) in [(MASTER, m), (SLAVE, s)] {
-        let mut seen = HashSet::new();
+        let mut seen = BTreeSet::new();
         for (off, id) in log {
             if !submitted.contains(id) {
                 l.j.violate(format!("{who}: id {id} at {off} was never sent"));
@@ -302,6 +307,9 @@ fn check(l: &Ledger) {
 
 /// Runs one seed of the replication simulation.
 pub fn run_repl_seed(seed: u64, knobs: ReplKnobs) -> ReplOutcome {
+    // Both undone when the seed ends (the guards drop).
+    let _wall = sofamq_store::clock::drive_wall_clock(sim_wall_ms);
+    let _rng = sofamq_broker::clock::seed_thread_rng(seed);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut b = turmoil::Builder::new();
     b.rng_seed(seed)
@@ -389,5 +397,6 @@ pub fn run_repl_seed(seed: u64, knobs: ReplKnobs) -> ReplOutcome {
         violations,
         acks: l.acked.borrow().len(),
         trace,
+        logs: l.recovered.take(),
     }
 }

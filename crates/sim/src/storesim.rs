@@ -30,7 +30,7 @@ use rand::{Rng, SeedableRng};
 use sofamq_store::{Driver, NewRecord, Store, StoreConfig};
 
 use crate::disk::{DiskFaults, SimDisk};
-use crate::journal::Journal;
+use crate::journal::{Journal, sim_wall_ms};
 
 const HOST: &str = "store";
 /// Appenders stop (ms).
@@ -283,6 +283,8 @@ async fn host(l: Rc<Ledger>, cfg: StoreConfig, seed: u64) -> turmoil::Result {
 
 /// Runs one seed of the store simulation.
 pub fn run_store_seed(seed: u64, knobs: StoreKnobs) -> StoreOutcome {
+    // Record timestamps from the simulated time (undone when the guard drops).
+    let _wall = sofamq_store::clock::drive_wall_clock(sim_wall_ms);
     let mut rng = StdRng::seed_from_u64(seed);
     let block = if rng.random_bool(0.5) { 4 } else { 512 };
     let flush = if rng.random_bool(0.5) { 0.0 } else { 0.2 };

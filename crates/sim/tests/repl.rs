@@ -1,9 +1,10 @@
 //! The real master and slave on simulated disks and network (see `sofamq_sim::replsim`).
 
+use std::process::Command;
 use std::time::Instant;
 
 use sofamq_sim::journal::env_u64;
-use sofamq_sim::replsim::{ReplKnobs, run_repl_seed};
+use sofamq_sim::replsim::{ReplKnobs, ReplOutcome, run_repl_seed};
 
 /// Default number of seeds (`REPL_SIM_SEEDS=N` for more, `REPL_SIM_FIRST_SEED` to shift).
 const DEFAULT_SEEDS: u64 = 30;
@@ -80,4 +81,111 @@ fn acking_before_the_slave_is_caught() {
         caught > 0,
         "no seed caught a master that acks before its slave"
     );
+}
+
+/// A seed replays exactly in one process: the same trace, recovered logs and acks (each run
+/// builds new maps, runtimes and RNGs: per-instance hash keys and tokio's runtime seeds
+/// differ between the two).
+#[test]
+fn a_seed_replays_exactly() {
+    for seed in [1, 4, 7] {
+        let a = run_repl_seed(seed, ReplKnobs::default());
+        let b = run_repl_seed(seed, ReplKnobs::default());
+        assert_eq!(a.trace, b.trace, "seed {seed}: the trace did not replay");
+        assert_eq!(
+            a.logs, b.logs,
+            "seed {seed}: the recovered logs did not replay"
+        );
+        assert_eq!(a.acks, b.acks, "seed {seed}");
+        assert!(a.acks > 0, "seed {seed} acked nothing");
+        assert_eq!(a.logs.len(), 2, "seed {seed}: {:?}", a.logs.keys());
+    }
+}
+
+/// Set in a child process of this test binary: the seed it runs and prints.
+const CHILD_SEED: &str = "REPL_SIM_CHILD_SEED";
+const BEGIN: &str = "--- repl sim outcome ---";
+const END: &str = "--- end of repl sim outcome ---";
+
+/// Everything a replay must reproduce, as text.
+fn render(o: &ReplOutcome) -> String {
+    let mut out = o.trace.join("\n");
+    for (host, log) in &o.logs {
+        out.push_str(&format!("\nlog {host}: {log:?}"));
+    }
+    out.push_str(&format!("\nacks {} violations {:?}", o.acks, o.violations));
+    out
+}
+
+/// The child half of [`a_seed_replays_exactly_in_other_processes`]: does nothing unless
+/// `REPL_SIM_CHILD_SEED` is set, then prints that seed's outcome between markers.
+#[test]
+fn child_prints_one_seed() {
+    let Some(seed) = std::env::var(CHILD_SEED).ok().and_then(|s| s.parse().ok()) else {
+        return;
+    };
+    println!(
+        "{BEGIN}\n{}\n{END}",
+        render(&run_repl_seed(seed, ReplKnobs::default()))
+    );
+}
+
+/// Runs `seed` in a new process of this test binary and returns its rendered outcome.
+fn run_in_child(seed: u64) -> String {
+    let exe = std::env::current_exe().expect("test binary path");
+    let out = Command::new(exe)
+        .args([
+            "--exact",
+            "child_prints_one_seed",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_SEED, seed.to_string())
+        .output()
+        .expect("run the test binary again");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, rest) = stdout
+        .split_once(&format!("{BEGIN}\n"))
+        .expect("no outcome in the child's output");
+    let (outcome, _) = rest
+        .split_once(&format!("\n{END}"))
+        .expect("outcome not terminated");
+    outcome.to_string()
+}
+
+/// A seed replays exactly in other processes (other hash keys, other tokio runtime seeds,
+/// other addresses): each child's trace, recovered logs and acks equal this process's.
+/// `REPL_SIM_PROCESSES=N` runs N children (default 2), `REPL_SIM_REPLAY_SEED` picks the seed.
+#[test]
+fn a_seed_replays_exactly_in_other_processes() {
+    let seed = env_u64("REPL_SIM_REPLAY_SEED", 5);
+    let n = env_u64("REPL_SIM_PROCESSES", 2);
+    let here = render(&run_repl_seed(seed, ReplKnobs::default()));
+    assert!(here.lines().count() > 5, "{here}");
+    let mut differed = Vec::new();
+    for i in 0..n {
+        let there = run_in_child(seed);
+        if there != here {
+            let at = here
+                .lines()
+                .zip(there.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            differed.push(format!(
+                "process {i}: first difference at line {at}: {:?} vs {:?}",
+                here.lines().nth(at),
+                there.lines().nth(at)
+            ));
+        }
+    }
+    eprintln!(
+        "repl sim seed {seed}: {} of {n} processes replayed this one's outcome exactly",
+        n - differed.len() as u64
+    );
+    assert!(differed.is_empty(), "{}", differed.join("\n"));
 }

@@ -34,6 +34,7 @@
 
 pub mod bench;
 mod checkpoint;
+pub mod clock;
 mod cmd;
 mod config;
 mod cq;

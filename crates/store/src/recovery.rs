@@ -50,9 +50,7 @@ fn set_queues_aside(fs: &dyn Fs, dir: &std::path::Path) -> Result<(), StoreError
     if !fs.exists(&from) {
         return Ok(());
     }
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
+    let ms = crate::clock::now_ms();
     let damaged = dir.join("damaged");
     fs.create_dir_all(&damaged)?;
     let to = damaged.join(format!("consumequeue-{ms}"));

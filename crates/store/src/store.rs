@@ -413,10 +413,29 @@ impl Store {
         queue_offset: u64,
         max_count: usize,
     ) -> Result<Vec<CqEntry>, StoreError> {
+        self.read_queue_entries_below(
+            topic,
+            queue_id,
+            queue_offset,
+            max_count,
+            self.readable_offset(),
+        )
+    }
+
+    /// [`Store::read_queue_entries`] with the records ending at or below `readable` instead
+    /// of [`Store::readable_offset`]: how the simulator's broken variant of the broker reads
+    /// above the replicated offset (`sofamq_broker::mutant`). Nothing else should call it.
+    pub fn read_queue_entries_below(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+        max_count: usize,
+        readable: u64,
+    ) -> Result<Vec<CqEntry>, StoreError> {
         let Some(cq) = self.sh().cqs.get(topic, queue_id) else {
             return Ok(Vec::new());
         };
-        let readable = self.readable_offset();
         let mut v = cq.entries(queue_offset, max_count)?;
         let keep = v.partition_point(|e| e.end() <= readable);
         v.truncate(keep);

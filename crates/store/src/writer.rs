@@ -21,9 +21,10 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use crate::StoreError;
+use crate::clock::now_ms;
 use crate::cmd::{Cmd, RawMeta, Waiter};
 use crate::config::{Driver, FlushMode};
 use crate::cq::{ConsumeQueue, CqEntry};
@@ -95,12 +96,6 @@ fn raw_topic<'a>(bytes: &'a [u8], m: &RawMeta) -> Result<&'a str, StoreError> {
             offset: m.at as u64,
             reason: "raw record topic out of place".into(),
         })
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Writer {

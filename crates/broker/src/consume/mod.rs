@@ -232,7 +232,7 @@ impl Consumers {
         if let Some(s) = *self.secret.read() {
             return Ok(s);
         }
-        let s: [u8; 32] = rand::random();
+        let s: [u8; 32] = crate::clock::random();
         let rec = meta_record(records::encode_secret(&s));
         self.store.append(vec![rec]).await?;
         *self.secret.write() = Some(s);

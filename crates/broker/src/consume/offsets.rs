@@ -107,6 +107,7 @@ impl Broker {
                 return Ok((out, next as i64));
             }
             tokio::select! {
+                biased;
                 () = &mut notified => {}
                 () = tokio::time::sleep((deadline - now).min(poll)) => {}
                 () = shutdown.cancelled() => {}

@@ -16,7 +16,7 @@ use sofamq_proto::v2::{
     AckMessageRequest, AckMessageResponse, AckMessageResultEntry, ChangeInvisibleDurationRequest,
     Code, Message, ReceiveMessageRequest, Status,
 };
-use sofamq_store::{NewRecord, Record};
+use sofamq_store::{CqEntry, NewRecord, Record, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use super::filter::TagFilter;
@@ -29,6 +29,7 @@ use super::{Consumers, dlq, group_key};
 use crate::broker::Broker;
 use crate::clock::now_ms;
 use crate::error::{BrokerError, ok_status};
+use crate::mutant::{self, Mutant};
 use crate::topics::{PERM_READ, TopicConfig, TopicType};
 use crate::validate::{self, keys};
 
@@ -138,6 +139,7 @@ impl Broker {
             }
             let wait = (deadline - now).min(poll);
             tokio::select! {
+                biased;
                 () = &mut notified => {}
                 () = tokio::time::sleep(wait) => {}
                 () = shutdown.cancelled() => {}
@@ -400,8 +402,7 @@ fn read_one(
     offset: u64,
 ) -> Result<Option<Record>, BrokerError> {
     let store = b.store();
-    let Some(e) = store
-        .read_queue_entries(topic, queue, offset, 1)
+    let Some(e) = queue_entries(store, topic, queue, offset, 1)
         .map_err(|e| BrokerError::Internal(format!("consume queue read: {e}")))?
         .into_iter()
         .next()
@@ -412,6 +413,23 @@ fn read_one(
         .read_at(e.log_offset)
         .map_err(|e| BrokerError::Internal(format!("log read: {e}")))?;
     Ok(Some(r))
+}
+
+/// The consume-queue entries a receive may deliver: only records below the store's readable
+/// offset (durable here and, on a replicated master, acked by the in-sync slaves), so a
+/// consumer never sees a record a failover could lose. The simulator's broken variant
+/// [`Mutant::DeliverAboveReplicated`] reads up to the local durable offset instead.
+fn queue_entries(
+    store: &Store,
+    topic: &str,
+    queue: u32,
+    from: u64,
+    max: usize,
+) -> Result<Vec<CqEntry>, StoreError> {
+    if mutant::active(Mutant::DeliverAboveReplicated) {
+        return store.read_queue_entries_below(topic, queue, from, max, store.durable_offset());
+    }
+    store.read_queue_entries(topic, queue, from, max)
 }
 
 fn record_key(rec: &Record) -> u64 {
@@ -513,10 +531,14 @@ pub(crate) fn pick(
             .saturating_sub(gen_needed.len())
             .min(room);
         if want > 0 {
-            let entries = b
-                .store()
-                .read_queue_entries(&topic.name, q, qs.scan, cfg.max_scan_per_queue.max(1))
-                .map_err(|e| BrokerError::Internal(format!("consume queue read: {e}")))?;
+            let entries = queue_entries(
+                b.store(),
+                &topic.name,
+                q,
+                qs.scan,
+                cfg.max_scan_per_queue.max(1),
+            )
+            .map_err(|e| BrokerError::Internal(format!("consume queue read: {e}")))?;
             let mut taken = 0usize;
             for (i, e) in entries.iter().enumerate() {
                 let off = qs.scan + i as u64;

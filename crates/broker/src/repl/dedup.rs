@@ -198,8 +198,8 @@ impl Dedup {
         Self {
             cap: cap.max(1),
             ttl,
-            seed: SharedSeed::from_u64(rand::random()),
-            per_hasher: rand::random(),
+            seed: SharedSeed::from_u64(crate::clock::random()),
+            per_hasher: crate::clock::random(),
             st: Mutex::new(State::default()),
         }
     }

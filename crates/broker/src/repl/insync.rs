@@ -1,5 +1,6 @@
 //! The master's view of its slaves: each one's acked offset and whether it is in sync, and
-//! the replicated offset senders wait on (a `watch`, so waiting costs nothing while idle).
+//! the replicated offset senders wait on (a `watch` for subscribers; senders wait on a
+//! `Notify`, so waiting costs nothing while idle).
 //!
 //! In-sync rule: a slave joins once it reaches an offset the master had durable at some
 //! earlier moment (its "mark"); it leaves when it falls more than `max_lag_bytes` behind or
@@ -11,14 +12,19 @@
 //! master's durable offset (marks, lag, the high watermark `min(replicated, durable)`), and
 //! a sender waits only after its own fsync, so such an ack never lets anything count as
 //! acked or readable before the master holds it durably.
+//!
+//! Deterministic under a simulator: slaves are kept in a `BTreeMap`, and senders wait on a
+//! `Notify`, which wakes its waiters in the order they began waiting; a `watch` receiver
+//! picks one of eight notify shards with tokio's runtime RNG (unseeded without
+//! `--cfg tokio_unstable`), so the order its waiters wake in would change from run to run.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::clock::Instant;
 
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::error::BrokerError;
 
@@ -67,12 +73,14 @@ pub struct Tracker {
     min_insync: usize,
     max_lag_bytes: u64,
     max_lag: Duration,
-    slaves: Mutex<(u64, HashMap<u64, Slave>)>,
+    slaves: Mutex<(u64, BTreeMap<u64, Slave>)>,
     /// Slaves (by identity) the controller's committed in-sync set names: they must ack too,
     /// even when this master dropped them locally, until the controller commits the shrink
     /// ("while a change is pending, the larger set counts").
     required: Mutex<BTreeSet<u64>>,
     tx: watch::Sender<Snapshot>,
+    /// Notified after every change of the snapshot (what [`Tracker::wait_replicated`] waits on).
+    changed: Notify,
 }
 
 impl Tracker {
@@ -82,7 +90,7 @@ impl Tracker {
             min_insync: min_insync.max(1),
             max_lag_bytes,
             max_lag,
-            slaves: Mutex::new((0, HashMap::new())),
+            slaves: Mutex::new((0, BTreeMap::new())),
             required: Mutex::new(BTreeSet::new()),
             tx: watch::channel(Snapshot {
                 replicated: u64::MAX,
@@ -90,6 +98,7 @@ impl Tracker {
                 term: 0,
             })
             .0,
+            changed: Notify::new(),
         }
     }
 
@@ -108,7 +117,7 @@ impl Tracker {
         self.tx.subscribe()
     }
 
-    fn publish(&self, slaves: &HashMap<u64, Slave>, term_bump: bool) {
+    fn publish(&self, slaves: &BTreeMap<u64, Slave>, term_bump: bool) {
         let required = self.required.lock();
         let mut replicated = u64::MAX;
         let mut counted = BTreeSet::new();
@@ -129,7 +138,7 @@ impl Tracker {
             }
         }
         let in_sync = counted.len();
-        self.tx.send_if_modified(|s| {
+        let changed = self.tx.send_if_modified(|s| {
             let term = s.term + u64::from(term_bump);
             let new = Snapshot {
                 replicated,
@@ -140,6 +149,9 @@ impl Tracker {
             *s = new;
             changed
         });
+        if changed {
+            self.changed.notify_waiters();
+        }
     }
 
     /// Registers a slave (configured id `identity`) that will stream from `from`; it starts
@@ -281,7 +293,11 @@ impl Tracker {
 
     /// Fails fast when fewer than `min_insync - 1` slaves are in sync.
     pub fn check_available(&self) -> Result<(), BrokerError> {
-        let s = self.snapshot();
+        self.check_available_at(&self.snapshot())
+    }
+
+    /// [`Tracker::check_available`] on a snapshot the caller already read.
+    pub fn check_available_at(&self, s: &Snapshot) -> Result<(), BrokerError> {
         if s.in_sync + 1 < self.min_insync {
             return Err(BrokerError::NotAvailable(format!(
                 "{} of {} required replicas in sync; not accepting writes",
@@ -294,18 +310,33 @@ impl Tracker {
 
     /// Waits until every in-sync slave acked `offset` (the caller holds the master's own
     /// fsync). Fails with SLAVE_PERSISTENCE_TIMEOUT when the in-sync set shrinks below the
-    /// minimum, the term ends, or `timeout` passes: the record is in this log already, so
-    /// the answer means "may be stored" (HA_NOT_AVAILABLE is kept for refusals before the
-    /// append, which mean "not stored").
-    pub async fn wait_replicated(&self, offset: u64, timeout: Duration) -> Result<(), BrokerError> {
-        let mut rx = self.tx.subscribe();
-        let term = rx.borrow().term;
+    /// minimum, `term` (the term the write was admitted in, [`Snapshot::term`]) is over, or
+    /// `timeout` passes: the record is in this log already, so the answer means "may be
+    /// stored" (HA_NOT_AVAILABLE is kept for refusals before the append, which mean "not
+    /// stored").
+    pub async fn wait_replicated(
+        &self,
+        term: u64,
+        offset: u64,
+        timeout: Duration,
+    ) -> Result<(), BrokerError> {
         let min = self.min_insync;
         let done = |s: &Snapshot| s.term != term || s.in_sync + 1 < min || s.replicated >= offset;
-        let r = tokio::time::timeout(timeout, rx.wait_for(done)).await;
-        let s = match r {
-            Ok(Ok(s)) => *s,
-            Ok(Err(_)) => return Err(BrokerError::Internal("replication tracker gone".into())),
+        let wait = async {
+            loop {
+                // Registered before the check, so a change between the two is not missed.
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let s = *self.tx.borrow();
+                if done(&s) {
+                    return s;
+                }
+                changed.await;
+            }
+        };
+        let s = match tokio::time::timeout(timeout, wait).await {
+            Ok(s) => s,
             Err(_) => {
                 return Err(BrokerError::SlavePersistence(format!(
                     "no ack from the in-sync slaves for offset {offset} within {} ms",
@@ -368,16 +399,16 @@ mod tests {
         t.ack(id, 600, 600);
         assert!(t.check_available().is_ok(), "holds everything: in sync");
         // A waiter for 650 is released by the ack covering it, not before.
-        let w = t.wait_replicated(650, Duration::from_millis(20)).await;
+        let w = t.wait_replicated(0, 650, Duration::from_millis(20)).await;
         assert!(matches!(w, Err(BrokerError::SlavePersistence(_))), "{w:?}");
         t.ack(id, 650, 650);
-        t.wait_replicated(650, Duration::from_millis(20))
+        t.wait_replicated(0, 650, Duration::from_millis(20))
             .await
             .unwrap();
         // Too far behind in bytes: leaves the set; waiters fail fast.
         t.ack(id, 600, 5000);
         assert!(t.check_available().is_err());
-        let w = t.wait_replicated(700, Duration::from_secs(5)).await;
+        let w = t.wait_replicated(0, 700, Duration::from_secs(5)).await;
         assert!(matches!(w, Err(BrokerError::SlavePersistence(_))), "{w:?}");
         // Catches up: rejoins.
         t.ack(id, 5000, 5000);
@@ -423,7 +454,7 @@ mod tests {
         t.ack(a, 800, 500);
         assert_eq!(t.insync_ids(), [1].into());
         assert_eq!(t.snapshot().replicated, 800);
-        t.wait_replicated(800, Duration::from_millis(20))
+        t.wait_replicated(0, 800, Duration::from_millis(20))
             .await
             .unwrap();
         assert_eq!(t.high_watermark(500), 500);
@@ -442,7 +473,8 @@ mod tests {
         let id = t.register("s".into(), 1, 0, 0, 2);
         t.ack(id, 0, 0);
         let t2 = t.clone();
-        let w = tokio::spawn(async move { t2.wait_replicated(100, Duration::from_secs(5)).await });
+        let w =
+            tokio::spawn(async move { t2.wait_replicated(0, 100, Duration::from_secs(5)).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
         t.reset_term();
         assert!(matches!(
@@ -451,11 +483,27 @@ mod tests {
         ));
     }
 
+    /// A write admitted in a term that ended before it waited is not acked, even though the
+    /// tracker has a term again (the broker may be master once more) and needs no ack.
+    #[tokio::test]
+    async fn a_term_that_ended_before_the_wait_fails_it() {
+        let t = Tracker::new(1, 1000, Duration::from_secs(5));
+        let admitted_in = t.snapshot().term;
+        t.reset_term();
+        let w = t
+            .wait_replicated(admitted_in, 100, Duration::from_secs(5))
+            .await;
+        assert!(matches!(w, Err(BrokerError::SlavePersistence(_))), "{w:?}");
+        t.wait_replicated(t.snapshot().term, 100, Duration::from_millis(10))
+            .await
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn min_one_without_slaves_needs_no_ack() {
         let t = Tracker::new(1, 1000, Duration::from_secs(5));
         t.check_available().unwrap();
-        t.wait_replicated(1 << 40, Duration::from_millis(10))
+        t.wait_replicated(0, 1 << 40, Duration::from_millis(10))
             .await
             .unwrap();
     }

@@ -193,7 +193,7 @@ async fn session(
 ///
 /// Why sending not-yet-durable bytes is safe. A client is acked only when this master's own
 /// fsync covers its record AND the required slaves acked (their fsync) covering it
-/// (`send.rs`: `append` resolves after the local fsync, then `wait_replicated`); nothing
+/// (`send/append.rs` resolves after the local fsync, then `send/replicate.rs` waits); nothing
 /// here changes that. What changes: a slave may durably hold bytes this master loses in a
 /// machine crash before its fsync. Those bytes were never acked to anyone, and:
 /// * a master that restarts begins a new epoch at its recovered end (manual mode on every

@@ -38,6 +38,13 @@ use crate::error::BrokerError;
 use dedup::Dedup;
 use insync::Tracker;
 
+/// A write that passed [`Replication::writable`] or [`Replication::admit`]: the master term
+/// it was admitted in. [`Replication::wait_replicated`] fails once that term ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    term: u64,
+}
+
 /// Why a broker that is not master refuses a replication session.
 pub(crate) const REJECT_NOT_MASTER: &str = "not master";
 
@@ -448,21 +455,67 @@ impl Replication {
         Ok(())
     }
 
-    /// Fails fast (HA_NOT_AVAILABLE) when too few replicas are in sync for a write, or when
-    /// a controlled master's lease ran out.
-    pub fn check_available(&self) -> Result<(), BrokerError> {
-        self.check_lease()?;
-        self.tracker.check_available()
+    /// Whether this broker may take writes now, and why not: it is master, its log is not
+    /// fenced and, under a controller, it holds a valid lease (HA_NOT_AVAILABLE otherwise).
+    /// Returns the master term the write is admitted in (see [`Admission`]).
+    pub fn writable(&self) -> Result<Admission, BrokerError> {
+        self.writable_at(self.tracker.snapshot().term)
     }
 
-    /// Waits until the in-sync slaves cover `offset` (within the configured ack timeout);
-    /// then, under a controller, checks the lease again: a master that lost it acks nothing.
-    pub async fn wait_replicated(&self, offset: u64) -> Result<(), BrokerError> {
+    /// The one admission check of a write that is acked after replication (a send, a
+    /// transaction's end, a recall): [`Replication::writable`], and enough replicas in
+    /// sync (`min_insync_replicas`) to ack it. Fails fast with HA_NOT_AVAILABLE, before
+    /// anything is stored.
+    pub fn admit(&self) -> Result<Admission, BrokerError> {
+        // One read of the tracker gives the term and the in-sync count.
+        let snap = self.tracker.snapshot();
+        let admitted = self.writable_at(snap.term)?;
+        self.tracker.check_available_at(&snap)?;
+        Ok(admitted)
+    }
+
+    /// [`Replication::writable`] with the term read before the role: a demotion sets the
+    /// role and then ends the term, so a term read first either sees the role still master
+    /// and ends before the write is acked (its wait fails), or sees the new role here.
+    fn writable_at(&self, term: u64) -> Result<Admission, BrokerError> {
+        if self.role() != Role::Master {
+            return Err(BrokerError::NotAvailable(format!(
+                "not master: {} id {} is a slave; send to the master",
+                self.broker_name,
+                self.broker_id()
+            )));
+        }
+        if let Some(reason) = self.store.fenced() {
+            return Err(BrokerError::NotAvailable(format!(
+                "commit log fenced: {reason}"
+            )));
+        }
+        self.check_lease()?;
+        Ok(Admission { term })
+    }
+
+    /// Waits until the in-sync slaves cover `offset` (within the configured ack timeout),
+    /// failing once the term the write was admitted in ended (this broker stepped down or
+    /// was demoted meanwhile, even if it is master again); then checks the lease once more
+    /// ([`Replication::lease_outlived_the_wait`]).
+    pub async fn wait_replicated(
+        &self,
+        admitted: Admission,
+        offset: u64,
+    ) -> Result<(), BrokerError> {
         self.tracker
-            .wait_replicated(offset, self.cfg.ack_timeout())
+            .wait_replicated(admitted.term, offset, self.cfg.ack_timeout())
             .await?;
-        // The record is stored (and replicated) by now: a lapsed lease means "not acked,
-        // may be stored", never HA_NOT_AVAILABLE ("not stored").
+        self.lease_outlived_the_wait(offset)
+    }
+
+    /// The one re-check after admission. The lease was valid when the write was admitted,
+    /// but the append's fsync and the slaves' acks take time, and a lease that ran out
+    /// meanwhile means the controller may already have elected another master, one that
+    /// need not hold this record: acking it then could lose an acked message. The record
+    /// is in this log by now, so the answer is "not acked, may be stored"
+    /// (SLAVE_PERSISTENCE_TIMEOUT), never HA_NOT_AVAILABLE ("not stored").
+    fn lease_outlived_the_wait(&self, offset: u64) -> Result<(), BrokerError> {
         self.check_lease().map_err(|e| {
             BrokerError::SlavePersistence(format!("stored up to offset {offset}, but {e}"))
         })
@@ -633,7 +686,8 @@ mod stream_seam_tests {
         let end = done[0].log_offset + u64::from(done[0].size);
         tokio::time::timeout(std::time::Duration::from_secs(20), async {
             loop {
-                if master.wait_replicated(end).await.is_ok() {
+                let admitted = master.writable().unwrap();
+                if master.wait_replicated(admitted, end).await.is_ok() {
                     break;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -648,5 +702,34 @@ mod stream_seam_tests {
         );
         assert!(connector.connects.load(Ordering::Relaxed) >= 1);
         token.cancel();
+    }
+}
+
+#[cfg(test)]
+mod admission_tests {
+    use sofamq_store::StoreConfig;
+
+    use super::*;
+
+    /// A write admitted before a demotion is never acked by the same broker promoted again:
+    /// its wait is tied to the term it was admitted in, not to whatever term is current.
+    #[tokio::test]
+    async fn a_write_admitted_before_a_demotion_is_not_acked_after_it() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig::new(d.path().join("m"))).unwrap();
+        let cfg = ReplicationConfig {
+            role: Some(Role::Master),
+            min_insync_replicas: 1,
+            ..Default::default()
+        };
+        let repl = Arc::new(Replication::open(cfg, "g", 0, store).unwrap());
+        let before = repl.admit().unwrap();
+        repl.demote("127.0.0.1:1".into()).await.unwrap();
+        assert!(matches!(repl.admit(), Err(BrokerError::NotAvailable(_))));
+        repl.promote(None).await.unwrap();
+        let w = repl.wait_replicated(before, 0).await;
+        assert!(matches!(w, Err(BrokerError::SlavePersistence(_))), "{w:?}");
+        let now = repl.admit().unwrap();
+        repl.wait_replicated(now, 0).await.unwrap();
     }
 }

@@ -1,0 +1,50 @@
+//! The send path, one stage per file, in the order a request passes them:
+//!
+//! 1. [`admit`]: request-wide rules, the in-flight byte budget, and the one check on
+//!    replication (master, log not fenced, lease, enough replicas in sync); a refusal
+//!    answers the request whole and stores nothing.
+//! 2. [`prepare`]: each message validated ([`crate::validate`]), given its queue
+//!    ([`queue`]) and turned into a record; a refused message gets its own status.
+//! 3. [`dedup`]: ids repeated within the request, and the window asked about the rest
+//!    under one lock: a stored id is answered with its receipt, a new one is claimed.
+//! 4. [`append`]: the claimed records appended in one group-commit batch, within the
+//!    persist timeout; their ids completed (or released) in the window.
+//! 5. [`dedup`] again: copies sent earlier or concurrently get their original's receipt.
+//! 6. [`replicate`]: wait until the in-sync slaves cover everything answered as stored.
+//! 7. [`reply`]: recall handles and transaction ids, and the request's overall status.
+//!
+//! The request state travels between the stages in one [`batch::Batch`]. Acked only once
+//! the in-sync slaves hold it too (see [`crate::repl`]); a message id already stored gets
+//! its original receipt and stores nothing new.
+
+mod admit;
+mod append;
+mod batch;
+mod dedup;
+mod prepare;
+pub mod queue;
+mod replicate;
+mod reply;
+
+use sofamq_proto::v2::{SendMessageRequest, SendMessageResponse};
+
+use crate::broker::Broker;
+
+impl Broker {
+    /// Handles one SendMessage request (one or many messages).
+    pub async fn send(&self, req: SendMessageRequest) -> SendMessageResponse {
+        // Held until the answer: the request's bytes count against the budget until then.
+        let admitted = match admit::admit(self, &req) {
+            Ok(a) => a,
+            Err(e) => return reply::whole_failure(&e),
+        };
+        let mut batch = prepare::prepare_all(self, req.messages);
+        let claimed = dedup::claim(self.repl().dedup(), &mut batch);
+        if !claimed.records.is_empty() {
+            append::append(self, claimed, &mut batch).await;
+        }
+        dedup::receipts_of_copies(self, &mut batch).await;
+        replicate::wait(self, admitted.admission, &mut batch).await;
+        reply::answer(self, batch)
+    }
+}

@@ -1,0 +1,921 @@
+//! Consumers on the real broker: the real `Broker` (send, receive, ack, change-invisible,
+//! consumer state on `%SYS%CONSUMER`, dead letters, replication, promotion) on two turmoil
+//! hosts (see [`crate::host`]), under seeded faults, a failover and a final power cut.
+//!
+//! Host `m` starts as master, host `s` as its slave (`min_insync_replicas` 2, no controller).
+//! The clients run on whichever host is master, calling the broker's request handlers
+//! directly: two producers (`Broker::send`, message ids, an id retried with the same id until
+//! answered OK; a send counts as acked on OK) and three consumers of group `g` on topic `t`
+//! (`Broker::receive`; each message is then acked, left to expire, nacked with
+//! `change_invisible`, or extended and then acked with the new handle, after the old one was
+//! tried and refused). Every eighth id is a "poison" message nobody acks: it must end in
+//! `%DLQ%g` after `max_attempts` deliveries. Client state (held receipt handles, ids whose
+//! send was not answered) lives outside the hosts, so it outlives a crash, and a client on
+//! the new master acks handles the old one issued.
+//!
+//! Faults from the seed: the slave crashed and restarted, the link cut for a while, the
+//! master crashed and restarted (it loses its unsynced tail). Then the failover: on half the
+//! seeds the link is cut first, the master loses power, the slave is promoted as a controller
+//! would order it (`Broker::promote(Some(epoch))`), the clients continue on it, and the old
+//! master comes back as its slave (cutting what the new master lacks). Producers stop, the
+//! consumers drain (ack everything but poison) until every acked send was delivered and every
+//! acked poison message is in the dead-letter queue, then both machines lose power and
+//! reopen read-only.
+//!
+//! Checks (what the broker guarantees, from `consume/` and ARCHITECTURE's Consumption):
+//! * acked-then-lost consumption: every delivered message is in the surviving log (the final
+//!   master's) at its queue and queue offset with the same body: a receive reads only below
+//!   the readable offset (durable here and acked by the in-sync slaves), so a failover never
+//!   loses what a consumer saw;
+//! * no redelivery after an ack answered OK with the current handle, while the log that holds
+//!   the ack stays the group's log (the master's crash-restarts included: the ack's state
+//!   record is durable before the answer). Across a failover this is NOT promised: consumer
+//!   state records are acked after the master's own fsync, not the slaves' (at-least-once),
+//!   so an ack the new master never received is delivered again; such redeliveries are
+//!   counted ([`ConsumeOutcome::redelivered_across_failover`]), not failed;
+//! * at-least-once: every acked send was delivered to the group (after the faults heal);
+//! * delivery attempts: at most `max_attempts`, and rising from one delivery of a message to
+//!   the next while the log stays the same; acked poison messages are in `%DLQ%g`;
+//! * a handle made stale by `change_invisible` is refused by `ack`;
+//! * after the power cut, every ack answered OK since the failover is in the new master's
+//!   replayed consumer state (the message is finished, not in flight);
+//! * both logs agree wherever both hold a record of `t`, and no acked id is stored twice.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sofamq_broker::mutant::{self, Mutant};
+use sofamq_broker::repl::Role;
+use sofamq_broker::topics::TopicType;
+use sofamq_broker::{Broker, BrokerConfig};
+use sofamq_proto::v2::{
+    AckMessageEntry, AckMessageRequest, ChangeInvisibleDurationRequest, Code, Message,
+    MessageQueue, MessageType, ReceiveMessageRequest, Resource, SendMessageRequest,
+    SystemProperties,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::host::{self, BrokerHost};
+use crate::journal::Journal;
+
+const M: &str = "m";
+const S: &str = "s";
+const TOPIC: &str = "t";
+const GROUP: &str = "g";
+const DLQ: &str = "%DLQ%g";
+const QUEUES: u32 = 4;
+const MAX_ATTEMPTS: u32 = 3;
+/// Faults before the failover happen in this window (ms).
+const FAULTS: (u64, u64) = (300, 2_500);
+/// The master loses power in this window (ms).
+const FAILOVER: (u64, u64) = (2_800, 3_500);
+/// Producers stop (ms); the consumers then drain.
+const STOP_PRODUCING: u64 = 5_000;
+/// The drain ends by this time at the latest (ms); the power cut follows.
+const DRAIN_CAP: u64 = 15_000;
+
+/// What a seed changes besides timing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConsumeKnobs {
+    /// The broken variant [`Mutant::DeliverAboveReplicated`].
+    pub deliver_above_replicated: bool,
+}
+
+/// What a consumer does with a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Ack,
+    /// Change the invisibility to this many ms; the message comes back.
+    Nack(u64),
+    /// Change the invisibility, try the old handle (must be refused), ack the new one.
+    ExtendThenAck,
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    id: u64,
+    queue: u32,
+    qoff: u64,
+    handle: String,
+    action: Action,
+    due: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Delivery {
+    id: u64,
+    queue: u32,
+    qoff: u64,
+    attempt: u32,
+    at: u64,
+    tenure: u32,
+}
+
+/// An ack answered OK.
+#[derive(Debug, Clone)]
+struct Acked {
+    id: u64,
+    queue: u32,
+    qoff: u64,
+    at: u64,
+    tenure: u32,
+}
+
+#[derive(Default)]
+struct Recovered {
+    /// (queue, queue offset) -> id, topic `t`.
+    t: BTreeMap<(u32, u64), u64>,
+    /// Ids in the dead-letter queue.
+    dlq: Vec<u64>,
+    /// The consumer state of (g, t): per queue (scan, in-flight offsets).
+    state: BTreeMap<u32, (u64, BTreeSet<u64>)>,
+}
+
+#[derive(Default)]
+struct Ledger {
+    j: Journal,
+    seed: u64,
+    /// The host that is master (clients run there).
+    master: Cell<&'static str>,
+    /// Bumped by the failover: the group's log changed hands.
+    tenure: Cell<u32>,
+    /// Highest epoch a master began (the controller's view, for the promotion).
+    max_epoch: Cell<u64>,
+    /// Set by the harness: the slave must promote itself now.
+    promote: Cell<bool>,
+    /// Starts of client sets (keeps their RNG streams distinct).
+    client_starts: Cell<u64>,
+    next_id: Cell<u64>,
+    /// Ids sent without an OK yet (retried with the same id).
+    unanswered: RefCell<BTreeSet<u64>>,
+    /// Acked id -> queue offset from the receipt.
+    acked: RefCell<BTreeMap<u64, u64>>,
+    deliveries: RefCell<Vec<Delivery>>,
+    /// Every ack answered OK.
+    acks: RefCell<Vec<Acked>>,
+    held: RefCell<VecDeque<Held>>,
+    stop_producing: Cell<bool>,
+    drained: Cell<Option<u64>>,
+    cut: Cell<bool>,
+    recovered: RefCell<HashMap<&'static str, Recovered>>,
+    receives: Cell<u64>,
+    receive_errors: Cell<u64>,
+    stale_refused: Cell<u64>,
+    nacks: Cell<u64>,
+    /// Deliveries of records above the readable offset when they were delivered.
+    above_readable: Cell<u64>,
+}
+
+impl Ledger {
+    fn now(&self) -> u64 {
+        turmoil::sim_elapsed().map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// The result of one seed.
+#[derive(Debug)]
+pub struct ConsumeOutcome {
+    /// The seed.
+    pub seed: u64,
+    /// Check failures (empty: every check passed).
+    pub violations: Vec<String>,
+    /// Sends answered OK.
+    pub acked_sends: usize,
+    /// Deliveries to the group.
+    pub deliveries: usize,
+    /// Acks answered OK.
+    pub acks: usize,
+    /// Messages delivered again after an ack answered OK before the failover (allowed).
+    pub redelivered_across_failover: usize,
+    /// Stale handles refused after `change_invisible` (each one a check that passed).
+    pub stale_refused: u64,
+    /// Messages found in the dead-letter queue.
+    pub dead_letters: usize,
+    /// Time-stamped events.
+    pub trace: Vec<String>,
+}
+
+fn res(name: &str) -> Option<Resource> {
+    Some(Resource {
+        resource_namespace: String::new(),
+        name: name.into(),
+    })
+}
+
+fn msg_id(id: u64) -> String {
+    format!("ID{id:016X}")
+}
+
+fn id_of(body: &[u8]) -> Option<u64> {
+    std::str::from_utf8(body)
+        .ok()?
+        .strip_prefix("id=")?
+        .parse()
+        .ok()
+}
+
+fn poison(id: u64) -> bool {
+    id.is_multiple_of(8)
+}
+
+fn dur(ms: u64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+fn base_config() -> BrokerConfig {
+    let mut c = BrokerConfig {
+        broker_name: "broker-a".into(),
+        segment_bytes: 64 * 1024,
+        ..BrokerConfig::default()
+    };
+    c.replication.min_insync_replicas = 2;
+    c.replication.ack_timeout_ms = 1_000;
+    c.replication.handshake_timeout_ms = 1_000;
+    c.replication.reconnect_backoff_ms = 50;
+    c.consume.max_attempts = MAX_ATTEMPTS;
+    c.limits.persist_timeout_ms = 1_000;
+    c
+}
+
+async fn produce(b: Broker, l: Rc<Ledger>, mut rng: StdRng) {
+    while !l.stop_producing.get() {
+        let retry: Vec<u64> = if rng.random_bool(0.5) {
+            l.unanswered.borrow().iter().take(3).copied().collect()
+        } else {
+            Vec::new()
+        };
+        let ids = if retry.is_empty() {
+            (0..rng.random_range(1..=3))
+                .map(|_| {
+                    let id = l.next_id.get();
+                    l.next_id.set(id + 1);
+                    l.unanswered.borrow_mut().insert(id);
+                    id
+                })
+                .collect()
+        } else {
+            retry
+        };
+        let req = SendMessageRequest {
+            messages: ids
+                .iter()
+                .map(|&id| Message {
+                    topic: res(TOPIC),
+                    system_properties: Some(SystemProperties {
+                        message_id: msg_id(id),
+                        message_type: MessageType::Normal as i32,
+                        ..Default::default()
+                    }),
+                    body: format!("id={id}").into_bytes().into(),
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let r = b.send(req).await;
+        for (id, e) in ids.iter().zip(&r.entries) {
+            let code = e.status.as_ref().map_or(-1, |s| s.code);
+            if code == Code::Ok as i32 {
+                l.unanswered.borrow_mut().remove(id);
+                l.acked
+                    .borrow_mut()
+                    .entry(*id)
+                    .or_insert(u64::try_from(e.offset).unwrap_or(u64::MAX));
+            } else if let Some(s) = &e.status {
+                l.j.error(&format!("send {id}: {} {}", s.code, s.message));
+            }
+        }
+        if r.entries.len() != ids.len()
+            && let Some(s) = &r.status
+        {
+            l.j.error(&format!("send: {} {}", s.code, s.message));
+        }
+        let pause = rng.random_range(0..10u64).saturating_sub(3);
+        tokio::time::sleep(Duration::from_millis(pause.max(1))).await;
+    }
+}
+
+async fn ack(b: &Broker, l: &Ledger, h: &Held, handle: &str) -> bool {
+    let id = h.id;
+    let r = b
+        .ack(AckMessageRequest {
+            group: res(GROUP),
+            topic: res(TOPIC),
+            entries: vec![AckMessageEntry {
+                message_id: msg_id(id),
+                receipt_handle: handle.to_string(),
+                lite_topic: None,
+            }],
+        })
+        .await;
+    let ok = r
+        .entries
+        .first()
+        .and_then(|e| e.status.as_ref())
+        .is_some_and(|s| s.code == Code::Ok as i32);
+    if ok {
+        l.acks.borrow_mut().push(Acked {
+            id,
+            queue: h.queue,
+            qoff: h.qoff,
+            at: l.now(),
+            tenure: l.tenure.get(),
+        });
+    } else if let Some(s) = r
+        .entries
+        .first()
+        .and_then(|e| e.status.as_ref())
+        .or(r.status.as_ref())
+    {
+        l.j.error(&format!("ack {id}: {} {}", s.code, s.message));
+    }
+    ok
+}
+
+async fn change(b: &Broker, id: u64, handle: &str, ms: u64) -> Result<String, String> {
+    b.change_invisible(&ChangeInvisibleDurationRequest {
+        group: res(GROUP),
+        topic: res(TOPIC),
+        receipt_handle: handle.to_string(),
+        invisible_duration: Some(dur(ms)),
+        message_id: msg_id(id),
+        lite_topic: None,
+        suspend: None,
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
+async fn act(b: &Broker, l: &Ledger, h: Held) {
+    match h.action {
+        Action::Ack => {
+            ack(b, l, &h, &h.handle).await;
+        }
+        Action::Nack(ms) => match change(b, h.id, &h.handle, ms).await {
+            Ok(_) => l.nacks.set(l.nacks.get() + 1),
+            Err(e) => l.j.error(&format!("nack {}: {e}", h.id)),
+        },
+        Action::ExtendThenAck => match change(b, h.id, &h.handle, 2_000).await {
+            Ok(new) => {
+                if ack(b, l, &h, &h.handle).await {
+                    l.j.violate(format!(
+                        "id {}: ack with the handle change_invisible replaced answered OK",
+                        h.id
+                    ));
+                } else {
+                    l.stale_refused.set(l.stale_refused.get() + 1);
+                }
+                ack(b, l, &h, &new).await;
+            }
+            Err(e) => l.j.error(&format!("extend {}: {e}", h.id)),
+        },
+    }
+}
+
+async fn consume(b: Broker, l: Rc<Ledger>, mut rng: StdRng) {
+    let token = CancellationToken::new();
+    loop {
+        let now = l.now();
+        // Handles due for their action, this consumer's or any consumer's before a crash.
+        let due: Vec<Held> = {
+            let mut held = l.held.borrow_mut();
+            let mut due = Vec::new();
+            let mut keep = VecDeque::new();
+            while let Some(h) = held.pop_front() {
+                if h.due <= now && due.len() < 8 {
+                    due.push(h);
+                } else {
+                    keep.push_back(h);
+                }
+            }
+            *held = keep;
+            due
+        };
+        for h in due {
+            act(&b, &l, h).await;
+        }
+        let draining = l.stop_producing.get();
+        let invisible = rng.random_range(100..400u64);
+        let req = ReceiveMessageRequest {
+            group: res(GROUP),
+            message_queue: Some(MessageQueue {
+                topic: res(TOPIC),
+                id: -1,
+                ..Default::default()
+            }),
+            batch_size: rng.random_range(1..=8),
+            invisible_duration: Some(dur(invisible)),
+            ..Default::default()
+        };
+        l.receives.set(l.receives.get() + 1);
+        match b.receive(&req, &token).await {
+            Ok(msgs) => {
+                let now = l.now();
+                for m in msgs {
+                    let Some(sp) = m.system_properties.as_ref() else {
+                        l.j.violate("a delivery without system properties".into());
+                        continue;
+                    };
+                    let Some(id) = id_of(&m.body) else {
+                        l.j.violate(format!("a delivery with an unknown body {:?}", m.body));
+                        continue;
+                    };
+                    if sp.message_id != msg_id(id) {
+                        l.j.violate(format!("id {id} delivered as message id {}", sp.message_id));
+                    }
+                    let d = Delivery {
+                        id,
+                        queue: u32::try_from(sp.queue_id).unwrap_or(u32::MAX),
+                        qoff: sp
+                            .queue_offset
+                            .and_then(|o| u64::try_from(o).ok())
+                            .unwrap_or(u64::MAX),
+                        attempt: sp
+                            .delivery_attempt
+                            .and_then(|a| u32::try_from(a).ok())
+                            .unwrap_or(0),
+                        at: now,
+                        tenure: l.tenure.get(),
+                    };
+                    if d.qoff >= b.store().queue_offsets(TOPIC, d.queue).1 {
+                        // Only the broken variant gets here (the trace shows it was exercised).
+                        l.above_readable.set(l.above_readable.get() + 1);
+                        l.j.error(&format!(
+                            "id {id} delivered above the readable offset (queue {} offset {})",
+                            d.queue, d.qoff
+                        ));
+                    }
+                    l.deliveries.borrow_mut().push(d.clone());
+                    let Some(handle) = sp.receipt_handle.clone() else {
+                        l.j.violate(format!("id {id} delivered without a receipt handle"));
+                        continue;
+                    };
+                    let action = if poison(id) {
+                        Some(Action::Nack(rng.random_range(0..50)))
+                    } else if draining {
+                        Some(Action::Ack)
+                    } else {
+                        match rng.random_range(0..20) {
+                            0..12 => Some(Action::Ack),
+                            12..15 => None, // expires
+                            15..18 => Some(Action::Nack(rng.random_range(0..100))),
+                            _ => Some(Action::ExtendThenAck),
+                        }
+                    };
+                    if let Some(action) = action {
+                        l.held.borrow_mut().push_back(Held {
+                            id,
+                            queue: d.queue,
+                            qoff: d.qoff,
+                            handle,
+                            action,
+                            due: now + rng.random_range(0..60),
+                        });
+                    }
+                }
+            }
+            Err(e) => {
+                l.receive_errors.set(l.receive_errors.get() + 1);
+                l.j.error(&format!("receive: {e}"));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(2..15))).await;
+    }
+}
+
+/// Sets `drained` once every acked send was delivered and every acked poison id is in the
+/// dead-letter queue of this (master) broker.
+async fn watch_drain(b: Broker, l: Rc<Ledger>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if !l.stop_producing.get() || l.drained.get().is_some() {
+            continue;
+        }
+        let delivered: BTreeSet<u64> = l.deliveries.borrow().iter().map(|d| d.id).collect();
+        let acked = l.acked.borrow();
+        if !acked.keys().all(|id| delivered.contains(id)) {
+            continue;
+        }
+        let dead: BTreeSet<u64> = match b.store().read_queue(DLQ, 0, 0, 100_000, 64 << 20) {
+            Ok(v) => v.iter().filter_map(|r| id_of(&r.body)).collect(),
+            Err(_) => continue,
+        };
+        if acked
+            .keys()
+            .filter(|id| poison(**id))
+            .all(|id| dead.contains(id))
+        {
+            l.j.log("drained: every acked send delivered, every acked poison id dead-lettered");
+            l.drained.set(Some(l.now()));
+        }
+    }
+}
+
+fn start_clients(b: &Broker, l: &Rc<Ledger>) {
+    let n = l.client_starts.get();
+    l.client_starts.set(n + 1);
+    let mut rng = StdRng::seed_from_u64(l.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n);
+    for _ in 0..2 {
+        let r = StdRng::seed_from_u64(rng.random());
+        tokio::task::spawn_local(produce(b.clone(), l.clone(), r));
+    }
+    for _ in 0..3 {
+        let r = StdRng::seed_from_u64(rng.random());
+        tokio::task::spawn_local(consume(b.clone(), l.clone(), r));
+    }
+    tokio::task::spawn_local(watch_drain(b.clone(), l.clone()));
+}
+
+async fn serve_as_master(b: &Broker, l: &Rc<Ledger>, who: &str) {
+    l.max_epoch
+        .set(l.max_epoch.get().max(b.store().current_epoch()));
+    if let Err(e) = b.create_topic(TOPIC, QUEUES, TopicType::Normal).await {
+        l.j.error(&format!("{who}: create topic: {e}"));
+    }
+    start_clients(b, l);
+}
+
+fn record(b: &Broker, l: &Ledger, who: &'static str) {
+    let mut rec = Recovered::default();
+    for r in b.store().scan(0) {
+        match r {
+            Ok(r) if r.topic == TOPIC => match id_of(&r.body) {
+                Some(id) => {
+                    rec.t.insert((r.queue_id, r.queue_offset), id);
+                }
+                None => l.j.violate(format!(
+                    "{who}: record at {} has an unknown body",
+                    r.log_offset
+                )),
+            },
+            Ok(r) if r.topic == DLQ => rec.dlq.extend(id_of(&r.body)),
+            Ok(_) => {}
+            Err(e) => {
+                l.j.violate(format!("{who}: scan of the recovered log failed: {e}"));
+                break;
+            }
+        }
+    }
+    if let Some(why) = b.store().fenced() {
+        l.j.violate(format!("{who}: log opened fenced: {why}"));
+    }
+    for (g, t, st) in b.consumers().snapshot() {
+        if g == GROUP && t == TOPIC {
+            for (q, qs) in st.queues {
+                rec.state
+                    .insert(q, (qs.scan, qs.inflight.keys().copied().collect()));
+            }
+        }
+    }
+    l.j.log(&format!(
+        "{who} reopened after the power cut: log_end {} records of t {}",
+        b.store().log_end_offset(),
+        rec.t.len()
+    ));
+    l.recovered.borrow_mut().insert(who, rec);
+}
+
+async fn broker_host(l: Rc<Ledger>, who: &'static str, bh: BrokerHost) -> turmoil::Result {
+    let other = if who == M { S } else { M };
+    let cut = l.cut.get();
+    let role = if !cut && l.master.get() == who {
+        Role::Master
+    } else {
+        Role::Slave
+    };
+    let master = (!cut && role == Role::Slave).then_some(other);
+    let b = loop {
+        match host::open(bh.config(role, master)) {
+            Ok(b) => break b,
+            Err(e) => {
+                l.j.error(&format!("{who}: open failed: {e}"));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    if cut {
+        record(&b, &l, who);
+        return idle().await;
+    }
+    l.j.log(&format!(
+        "{who} opened as {}: log_end {} epoch {}",
+        role.as_str(),
+        b.store().log_end_offset(),
+        b.store().current_epoch()
+    ));
+    let token = CancellationToken::new();
+    host::start_replication(&b, &token).await?;
+    if role == Role::Master {
+        serve_as_master(&b, &l, who).await;
+    } else {
+        loop {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if l.promote.get() && l.master.get() == who {
+                l.promote.set(false);
+                let epoch = l.max_epoch.get() + 1;
+                match b.promote(Some(epoch)).await {
+                    Ok(e) => {
+                        l.j.log(&format!(
+                            "{who} promoted: epoch {e}, log_end {}",
+                            b.store().log_end_offset()
+                        ));
+                        serve_as_master(&b, &l, who).await;
+                    }
+                    Err(e) => l.j.violate(format!("{who}: promotion failed: {e}")),
+                }
+                break;
+            }
+        }
+    }
+    idle().await
+}
+
+async fn idle() -> turmoil::Result {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    CrashSlave,
+    CrashMaster,
+    Cut,
+    Heal,
+    PowerLossMaster,
+    Promote,
+    RestartOld,
+}
+
+fn check(l: &Ledger) -> usize {
+    let rec = l.recovered.borrow();
+    let fin = l.master.get();
+    let other = if fin == M { S } else { M };
+    let (Some(fm), Some(fs)) = (rec.get(fin), rec.get(other)) else {
+        l.j.violate("a host never reopened after the power cut".into());
+        return 0;
+    };
+    let deliveries = l.deliveries.borrow();
+    // Acked-then-lost consumption.
+    let mut lost = 0;
+    for d in deliveries.iter() {
+        if fm.t.get(&(d.queue, d.qoff)) != Some(&d.id) {
+            lost += 1;
+            if lost <= 5 {
+                l.j.violate(format!(
+                    "id {} was delivered (queue {} offset {}, attempt {}, at {} ms) but the surviving log has {:?} there",
+                    d.id,
+                    d.queue,
+                    d.qoff,
+                    d.attempt,
+                    d.at,
+                    fm.t.get(&(d.queue, d.qoff))
+                ));
+            }
+        }
+    }
+    if lost > 5 {
+        l.j.violate(format!(
+            "{lost} deliveries in all are not in the surviving log"
+        ));
+    }
+    // The two logs agree.
+    for (k, id) in &fs.t {
+        if let Some(o) = fm.t.get(k)
+            && o != id
+        {
+            l.j.violate(format!(
+                "the logs disagree at queue {} offset {}: {fin} has id {o}, {other} id {id}",
+                k.0, k.1
+            ));
+        }
+    }
+    // Acked sends: on the surviving log once, delivered.
+    let mut copies: HashMap<u64, usize> = HashMap::new();
+    for id in fm.t.values() {
+        *copies.entry(*id).or_default() += 1;
+    }
+    let delivered: BTreeSet<u64> = deliveries.iter().map(|d| d.id).collect();
+    for id in l.acked.borrow().keys() {
+        match copies.get(id) {
+            None => {
+                l.j.violate(format!("acked id {id} is not in the surviving log"))
+            }
+            Some(&n) if n > 1 => l.j.violate(format!("acked id {id} is stored {n} times")),
+            _ => {}
+        }
+        if !delivered.contains(id) {
+            l.j.violate(format!("acked id {id} was never delivered to the group"));
+        }
+        if poison(*id) && !fm.dlq.contains(id) {
+            l.j.violate(format!(
+                "acked poison id {id} is not in the dead-letter queue"
+            ));
+        }
+    }
+    // Attempts, per message (queue, queue offset).
+    let mut by_msg: HashMap<(u32, u64), Vec<&Delivery>> = HashMap::new();
+    for d in deliveries.iter() {
+        if d.attempt == 0 || d.attempt > MAX_ATTEMPTS {
+            l.j.violate(format!(
+                "id {} delivered with attempt {} (max {MAX_ATTEMPTS})",
+                d.id, d.attempt
+            ));
+        }
+        let v = by_msg.entry((d.queue, d.qoff)).or_default();
+        if let Some(p) = v.last()
+            && p.tenure == d.tenure
+            && d.attempt <= p.attempt
+        {
+            l.j.violate(format!(
+                "id {} delivered with attempt {} after attempt {} (at {} ms)",
+                d.id, d.attempt, p.attempt, d.at
+            ));
+        }
+        v.push(d);
+    }
+    // No redelivery after an ack on the same log; count those across the failover.
+    let mut across = 0;
+    for a in l.acks.borrow().iter() {
+        let msg = (a.queue, a.qoff);
+        if let Some(d) = by_msg.get(&msg).into_iter().flatten().find(|d| d.at > a.at) {
+            if d.tenure == a.tenure {
+                l.j.violate(format!(
+                    "id {} acked OK at {} ms was delivered again at {} ms (attempt {})",
+                    a.id, a.at, d.at, d.attempt
+                ));
+            } else {
+                across += 1;
+            }
+        }
+        // Acks on the final log are in its replayed state.
+        if a.tenure == l.tenure.get() {
+            let finished = fm
+                .state
+                .get(&a.queue)
+                .is_some_and(|(scan, inflight)| a.qoff < *scan && !inflight.contains(&a.qoff));
+            if !finished {
+                l.j.violate(format!(
+                    "id {} acked OK at {} ms is not finished in the consumer state replayed after the power cut",
+                    a.id, a.at
+                ));
+            }
+        }
+    }
+    across
+}
+
+/// Runs one seed of the consumer simulation.
+pub fn run_consume_seed(seed: u64, knobs: ConsumeKnobs) -> ConsumeOutcome {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut b = turmoil::Builder::new();
+    b.rng_seed(seed)
+        .simulation_duration(Duration::from_millis(DRAIN_CAP + 5_000))
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(rng.random_range(2..20)));
+    let block = if rng.random_bool(0.5) { 4 } else { 512 };
+    let flush = if rng.random_bool(0.5) { 0.0 } else { 0.2 };
+    b.fs().block_size(block).sync_probability(flush);
+    let mut sim = b.build();
+    let l = Rc::new(Ledger {
+        seed,
+        ..Ledger::default()
+    });
+    l.master.set(M);
+    l.j.log(&format!(
+        "seed {seed}: block {block} os-flush {flush} deliver-above-replicated {}",
+        knobs.deliver_above_replicated
+    ));
+    for who in [M, S] {
+        let l = l.clone();
+        let bh = BrokerHost {
+            data_dir: PathBuf::from("/data"),
+            base: base_config(),
+        };
+        sim.host(who, move || broker_host(l.clone(), who, bh.clone()));
+    }
+    let mut plan: Vec<(u64, Ev)> = Vec::new();
+    for _ in 0..rng.random_range(1..4) {
+        let at = rng.random_range(FAULTS.0..FAULTS.1);
+        match rng.random_range(0..3) {
+            0 => plan.push((at, Ev::CrashSlave)),
+            1 => plan.push((at, Ev::CrashMaster)),
+            _ => {
+                plan.push((at, Ev::Cut));
+                plan.push((at + rng.random_range(100..1_500), Ev::Heal));
+            }
+        }
+    }
+    let f = rng.random_range(FAILOVER.0..FAILOVER.1);
+    if rng.random_bool(0.5) {
+        plan.push((f - rng.random_range(50..400), Ev::Cut));
+    }
+    plan.push((f, Ev::PowerLossMaster));
+    let p = f + rng.random_range(100..500);
+    plan.push((p, Ev::Promote));
+    plan.push((p + rng.random_range(200..800), Ev::RestartOld));
+    plan.sort_unstable();
+    plan.reverse();
+    mutant::set(if knobs.deliver_above_replicated {
+        &[Mutant::DeliverAboveReplicated]
+    } else {
+        &[]
+    });
+    let mut cut_at = None;
+    loop {
+        let t = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
+        l.j.set_now(t);
+        if cut_at.is_some_and(|c| t >= c + 500) {
+            break;
+        }
+        while plan.last().is_some_and(|&(at, _)| at <= t) {
+            let Some((_, ev)) = plan.pop() else { break };
+            let master = l.master.get();
+            let slave = if master == M { S } else { M };
+            match ev {
+                Ev::CrashSlave => {
+                    l.j.log(&format!("CRASH and restart {slave} (slave)"));
+                    sim.crash(slave);
+                    sim.bounce(slave);
+                }
+                Ev::CrashMaster => {
+                    l.j.log(&format!("CRASH and restart {master} (master)"));
+                    sim.crash(master);
+                    sim.bounce(master);
+                }
+                Ev::Cut => {
+                    l.j.log("PARTITION m | s");
+                    sim.partition(M, S);
+                }
+                Ev::Heal => {
+                    l.j.log("HEAL m | s");
+                    sim.repair(M, S);
+                }
+                Ev::PowerLossMaster => {
+                    l.j.log(&format!("POWER LOSS of the master {master}"));
+                    sim.crash(master);
+                }
+                Ev::Promote => {
+                    l.j.log(&format!("PROMOTE {slave}"));
+                    sim.repair(M, S);
+                    l.master.set(slave);
+                    l.tenure.set(l.tenure.get() + 1);
+                    l.promote.set(true);
+                }
+                Ev::RestartOld => {
+                    l.j.log(&format!("RESTART {slave} (old master, now a slave)"));
+                    sim.bounce(slave);
+                }
+            }
+        }
+        if t >= STOP_PRODUCING && !l.stop_producing.get() {
+            l.j.log("producers stop; consumers drain");
+            l.stop_producing.set(true);
+        }
+        if cut_at.is_none()
+            && plan.is_empty()
+            && (t >= DRAIN_CAP || l.drained.get().is_some_and(|d| t >= d + 50))
+        {
+            l.j.log("POWER CUT of both");
+            cut_at = Some(t);
+            l.cut.set(true);
+            sim.repair(M, S);
+            for h in [M, S] {
+                sim.crash(h);
+                sim.bounce(h);
+            }
+        }
+        if let Err(e) = sim.step() {
+            l.j.violate(format!("simulation error: {e}"));
+            break;
+        }
+    }
+    mutant::set(&[]);
+    drop(sim);
+    let across = check(&l);
+    let (violations, trace) = l.j.take();
+    let dead = l
+        .recovered
+        .borrow()
+        .get(l.master.get())
+        .map_or(0, |r| r.dlq.len());
+    ConsumeOutcome {
+        seed,
+        violations,
+        acked_sends: l.acked.borrow().len(),
+        deliveries: l.deliveries.borrow().len(),
+        acks: l.acks.borrow().len(),
+        redelivered_across_failover: across,
+        stale_refused: l.stale_refused.get(),
+        dead_letters: dead,
+        trace,
+    }
+}
