@@ -34,11 +34,10 @@
 //! Every seed has one failover of the kind each variant breaks: an isolated master that
 //! rejoins, or (three brokers) a master crash while one slave lags out of the in-sync set.
 //!
-//! A seed does not yet replay exactly (as for [`crate::replsim`]): the broker's monotonic
-//! time follows the simulated clock, but other sources (the wall clock stamping records,
-//! random incarnations and hash seeds, tokio's scheduler RNG) are not yet fixed by the seed.
-//! A failing seed's trace is still printed by `GROUP_SIM_SEED=N`; it usually, not always,
-//! fails the same way.
+//! A seed replays exactly: time is the simulated clock (tokio's `Instant` in the broker and
+//! the stand-in), the wall clock and the broker's random draws follow the seed
+//! (`drive_wall_clock`, `seed_thread_rng`), and turmoil orders the hosts. `GROUP_SIM_SEED=N`
+//! prints a seed's whole trace.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -665,6 +664,10 @@ enum Fault {
 
 /// Runs one seed of the group simulation.
 pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
+    // The wall clock and the broker's random draws follow the seed (undone when the guards
+    // drop at the end of the seed).
+    let _wall = sofamq_store::clock::drive_wall_clock(crate::journal::sim_wall_ms);
+    let _rng = sofamq_broker::clock::seed_thread_rng(seed);
     let n = brokers_for(seed);
     let mut rng = StdRng::seed_from_u64(seed);
     let j = Rc::new(Journal::default());
