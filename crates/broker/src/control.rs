@@ -21,11 +21,24 @@ use crate::broker::Broker;
 use crate::repl::Role;
 use crate::repl::decide::{Action, Local, decide};
 
-/// Runs until `token` is cancelled.
+/// Runs until `token` is cancelled, reaching the controllers over TCP.
 pub async fn run(broker: Broker, addrs: BrokerAddrs, token: CancellationToken) {
+    let cfg = broker.repl().config();
+    let client = ControllerClient::new(cfg.controller.clone(), cfg.controller_timeout());
+    run_with(broker, addrs, client, token).await;
+}
+
+/// [`run`] with the controller client given: one built with
+/// [`ControllerClient::with_connector`] reaches the controllers over any transport (the
+/// simulator's network).
+pub async fn run_with(
+    broker: Broker,
+    addrs: BrokerAddrs,
+    client: ControllerClient,
+    token: CancellationToken,
+) {
     let repl = broker.repl().clone();
     let cfg = repl.config().clone();
-    let client = ControllerClient::new(cfg.controller.clone(), cfg.controller_timeout());
     let me = repl.identity();
     let group = broker.config().broker_name.clone();
     let incarnation: u64 = crate::clock::random();

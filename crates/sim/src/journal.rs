@@ -52,6 +52,15 @@ impl Journal {
             .count()
     }
 
+    /// How many lines contain `pat`.
+    pub fn count_containing(&self, pat: &str) -> usize {
+        self.trace
+            .borrow()
+            .iter()
+            .filter(|t| t.contains(pat))
+            .count()
+    }
+
     /// The violations and the trace, at the end of the seed.
     pub fn take(&self) -> (Vec<String>, Vec<String>) {
         (self.violations.take(), self.trace.take())

@@ -15,6 +15,7 @@ use super::epoch::{divergence, last_epoch};
 use super::frame::{self, Frame, Msg};
 use super::secure::Security;
 use super::{ReplError, Replication};
+use crate::mutant::{self, Mutant};
 
 /// Follows `master` until `token` is cancelled.
 pub async fn follow(repl: Arc<Replication>, master: String, token: CancellationToken) {
@@ -175,7 +176,12 @@ async fn session(
     } else {
         (my_hist, my_end)
     };
-    let cut = divergence(&my_hist, my_end, &m_hist, m_written);
+    let mut cut = divergence(&my_hist, my_end, &m_hist, m_written);
+    if mutant::active(Mutant::SkipRejoinTruncation) {
+        // The broken variant: keep the tail the master does not have and follow from this
+        // log's end (a master refuses that until it has written that far).
+        cut = my_end;
+    }
     if cut < my_end {
         tracing::warn!(
             from = cut,

@@ -1,0 +1,941 @@
+//! The real broker group with failover: two or three real brokers (`sofamq_broker::Broker`,
+//! each on its own host's simulated disk with a caller-driven store), their real replication
+//! (master and slave streams over turmoil TCP), each broker's real controller-follow loop
+//! (`sofamq_broker::control::run_with`: heartbeats, lease, promote/follow/step down, in-sync
+//! reports) talking the controller's real wire protocol to a controller host
+//! ([`crate::standin`]: the real election rule and state machine, one node), and a producer
+//! on its own host sending through the real `Broker::send` path.
+//!
+//! The producer speaks a small length-prefixed shim instead of gRPC: each frame is a
+//! prost-encoded `SendMessageRequest`; the broker host decodes it, calls `Broker::send`, and
+//! answers with its store's epoch and the encoded `SendMessageResponse`. Retries resend the
+//! same request (same message ids) to the next broker, as the official clients and our SDK do,
+//! so the broker's dedup is exercised across retries and failovers; a message counts as acked
+//! only on an OK status.
+//!
+//! Faults from the seed, in the fault window: a broker crashed (its unsynced writes lost or
+//! torn) and restarted later, the controller crashed and restarted, power lost on every broker
+//! at once, full partitions (master | slave, broker | controller, producer | broker), one-way
+//! partitions (broker → controller), and a broker's links held (a pause: nothing in or out,
+//! then everything delivered). Then everything heals, the group settles, the producer stops,
+//! every broker is crashed and restarted (only what was durable survives), and the checks run
+//! on the recovered logs:
+//! * every acked message is in the final master's log exactly once, at one offset, with its
+//!   body, and at the same offset in every replica the controller's final view names in sync;
+//! * no message is stored twice in any log (dedup across retries and failover);
+//! * any two replicas agree wherever both hold a record (each rejoining master cut its
+//!   divergent tail);
+//! * no two brokers acked in the same epoch;
+//! * each log's epoch history strictly increases and every record carries the epoch its
+//!   history assigns to its offset.
+//!
+//! Broken variants (per seed, [`GroupKnobs`]): the controller elects an out-of-sync replica;
+//! a rejoining master skips its truncation (`Mutant::SkipRejoinTruncation` in the broker).
+//! Every seed has one failover of the kind each variant breaks: an isolated master that
+//! rejoins, or (three brokers) a master crash while one slave lags out of the in-sync set.
+//!
+//! A seed replays exactly: time is the simulated clock (tokio's `Instant` in the broker and
+//! the stand-in), the wall clock and the broker's random draws follow the seed
+//! (`drive_wall_clock`, `seed_thread_rng`), and turmoil orders the hosts. `GROUP_SIM_SEED=N`
+//! prints a seed's whole trace.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message as _;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sofamq_broker::mutant::{self, Mutant};
+use sofamq_broker::repl::{ReplicationConfig, Role};
+use sofamq_broker::topics::TopicType;
+use sofamq_broker::{Broker, BrokerConfig};
+use sofamq_controller::network::{Acceptor, AsyncStream, BoxFuture, Connector};
+use sofamq_controller::{BrokerAddrs, ControllerClient, GroupState};
+use sofamq_proto::v2::{
+    Code, Message, MessageType, Resource, SendMessageRequest, SendMessageResponse, SystemProperties,
+};
+use sofamq_store::{Driver, EpochEntry};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::disk::{DiskFaults, SimDisk};
+use crate::journal::Journal;
+use crate::standin::{self, CtlShared, CtlTiming};
+
+const CTL: &str = "ctl";
+const PRODUCER: &str = "p";
+const CTL_PORT: u16 = 9876;
+const SEND_PORT: u16 = 8081;
+const REPL_PORT: u16 = 10912;
+const GROUP: &str = "g";
+/// Concurrent senders on the producer host.
+const PRODUCERS: u64 = 3;
+const TOPIC: &str = "t";
+/// Faults start in [FAULTS_FROM, FAULTS_END) (ms).
+const FAULTS_FROM: u64 = 1_500;
+/// Everything is healed here (ms).
+const FAULTS_END: u64 = 9_000;
+/// The producer stops (ms).
+const PRODUCER_STOP: u64 = 12_000;
+/// Every broker is crashed and restarted to read what was durable (ms).
+const FINAL_CRASH: u64 = 14_500;
+/// The checks run (ms).
+const END: u64 = 15_500;
+
+/// Broken variants switched on for a seed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GroupKnobs {
+    /// The controller elects the live broker with the shortest log, in sync or not.
+    pub elect_out_of_sync: bool,
+    /// A master that rejoins as a slave keeps the tail its new master lacks.
+    pub skip_rejoin_truncation: bool,
+}
+
+/// The result of one seed.
+#[derive(Debug)]
+pub struct GroupOutcome {
+    /// The seed.
+    pub seed: u64,
+    /// Brokers in the group.
+    pub brokers: u64,
+    /// Check failures (empty: every check passed).
+    pub violations: Vec<String>,
+    /// Messages acked.
+    pub acks: usize,
+    /// Masters elected (distinct epochs committed by the controller).
+    pub epochs: usize,
+    /// Time-stamped events.
+    pub trace: Vec<String>,
+}
+
+/// Brokers in the group for `seed`: even seeds two, odd seeds three (where the in-sync set
+/// can be a strict subset of the slaves and so decides who may win).
+pub fn brokers_for(seed: u64) -> u64 {
+    if seed.is_multiple_of(2) { 2 } else { 3 }
+}
+
+fn host(id: u64) -> String {
+    format!("b{id}")
+}
+
+struct TurmoilAcceptor(turmoil::net::TcpListener);
+
+impl Acceptor for TurmoilAcceptor {
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(Box<dyn AsyncStream>, String)>> {
+        Box::pin(async move {
+            let (s, peer) = self.0.accept().await?;
+            Ok((Box::new(s) as Box<dyn AsyncStream>, peer.to_string()))
+        })
+    }
+}
+
+struct TurmoilConnector;
+
+impl Connector for TurmoilConnector {
+    fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, io::Result<Box<dyn AsyncStream>>> {
+        Box::pin(async move {
+            let s = turmoil::net::TcpStream::connect(addr).await?;
+            Ok(Box::new(s) as Box<dyn AsyncStream>)
+        })
+    }
+}
+
+/// One record of topic `t` in a recovered log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rec {
+    offset: u64,
+    epoch: u64,
+    id: u64,
+    body_ok: bool,
+}
+
+/// A broker's log as recovered at its latest start.
+#[derive(Debug, Clone, Default)]
+struct Recovered {
+    recs: Vec<Rec>,
+    hist: Vec<EpochEntry>,
+}
+
+/// An OK receipt.
+#[derive(Debug, Clone, Copy)]
+struct Ack {
+    broker: u64,
+    epoch: u64,
+}
+
+struct Ledger {
+    j: Rc<Journal>,
+    ctl: Rc<CtlShared>,
+    brokers: u64,
+    sent: RefCell<BTreeSet<u64>>,
+    acked: RefCell<BTreeMap<u64, Ack>>,
+    /// (epoch, broker) of every ack.
+    ack_epochs: RefCell<BTreeMap<u64, BTreeSet<u64>>>,
+    recovered: RefCell<BTreeMap<u64, Recovered>>,
+    /// Set at the final crash: restarted brokers only record their logs.
+    final_phase: Cell<bool>,
+    stop_producer: Cell<bool>,
+    next_id: Cell<u64>,
+    knobs: GroupKnobs,
+}
+
+fn id_of(msg_id: &str) -> Option<u64> {
+    msg_id.strip_prefix("M")?.parse().ok()
+}
+
+fn body_of(id: u64) -> String {
+    format!("body of message {id}")
+}
+
+fn record_log(broker: &Broker, l: &Ledger, id: u64) {
+    let store = broker.store();
+    let mut rec = Recovered {
+        hist: store.epoch_history(),
+        ..Recovered::default()
+    };
+    for r in store.scan(0) {
+        match r {
+            Ok(r) if r.topic == TOPIC => {
+                let msg_id = r
+                    .properties
+                    .iter()
+                    .find(|(k, _)| k == sofamq_broker::validate::keys::MSG_ID)
+                    .and_then(|(_, v)| id_of(v));
+                match msg_id {
+                    Some(m) => rec.recs.push(Rec {
+                        offset: r.log_offset,
+                        epoch: r.epoch,
+                        id: m,
+                        body_ok: r.body.as_ref() == body_of(m).as_bytes(),
+                    }),
+                    None => l.j.violate(format!(
+                        "b{id}: record at {} has no message id of the producer",
+                        r.log_offset
+                    )),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                l.j.violate(format!("b{id}: scan of the recovered log failed: {e}"));
+                break;
+            }
+        }
+    }
+    if let Some(why) = store.fenced() {
+        l.j.violate(format!("b{id}: store opened fenced: {why}"));
+    }
+    l.j.log(&format!(
+        "b{id} opened: epoch {} log_end {} records {}",
+        store.current_epoch(),
+        store.log_end_offset(),
+        rec.recs.len()
+    ));
+    l.recovered.borrow_mut().insert(id, rec);
+}
+
+fn broker_config(id: u64) -> BrokerConfig {
+    let h = host(id);
+    BrokerConfig {
+        broker_name: GROUP.into(),
+        broker_id: id,
+        data_dir: PathBuf::from("/broker"),
+        segment_bytes: 64 * 1024,
+        scrub_bytes_per_sec: 0,
+        default_queue_count: 2,
+        replication: ReplicationConfig {
+            listen: Some(SocketAddr::from(([0, 0, 0, 0], REPL_PORT))),
+            advertise: Some(format!("{h}:{REPL_PORT}")),
+            min_insync_replicas: 2,
+            ack_timeout_ms: 1_000,
+            max_lag_ms: 1_000,
+            handshake_timeout_ms: 1_000,
+            reconnect_backoff_ms: 50,
+            controller: vec![format!("{CTL}:{CTL_PORT}")],
+            controller_heartbeat_ms: 300,
+            controller_timeout_ms: 500,
+            ..ReplicationConfig::default()
+        },
+        ..BrokerConfig::default()
+    }
+}
+
+async fn broker_host(l: Rc<Ledger>, id: u64) -> turmoil::Result {
+    mutant::set(&if l.knobs.skip_rejoin_truncation {
+        vec![Mutant::SkipRejoinTruncation]
+    } else {
+        vec![]
+    });
+    let cfg = broker_config(id);
+    let disk = SimDisk::shared(DiskFaults::default());
+    let broker = loop {
+        let d = disk.clone();
+        match Broker::open_with(cfg.clone(), &move |sc| {
+            sc.fs = d.clone();
+            sc.driver = Driver::Caller;
+            sc.cq_flush_interval = Duration::from_millis(200);
+        }) {
+            Ok(b) => break b,
+            Err(e) => {
+                l.j.error(&format!("b{id}: open failed: {e}"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    record_log(&broker, &l, id);
+    let driver = broker.store().clone();
+    tokio::spawn(async move { driver.drive().await });
+    if l.final_phase.get() {
+        return idle().await;
+    }
+    let token = CancellationToken::new();
+    let repl = broker.repl().clone();
+    repl.use_connector(Arc::new(TurmoilConnector));
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", REPL_PORT)).await?;
+    repl.start_with(Some(Box::new(TurmoilAcceptor(listener))), token.clone());
+    let client = ControllerClient::with_connector(
+        vec![format!("{CTL}:{CTL_PORT}")],
+        Duration::from_millis(500),
+        Arc::new(TurmoilConnector),
+    );
+    let h = host(id);
+    let addrs = BrokerAddrs {
+        grpc: format!("{h}:{SEND_PORT}"),
+        repl: format!("{h}:{REPL_PORT}"),
+    };
+    tokio::spawn(sofamq_broker::control::run_with(
+        broker.clone(),
+        addrs,
+        client,
+        token.clone(),
+    ));
+    // The topic is created by whoever is master (through the log, so it replicates).
+    let b = broker.clone();
+    tokio::task::spawn_local(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if b.repl().role() == Role::Master && b.topics().get(TOPIC).is_none() {
+                let _ = b.create_topic(TOPIC, 2, TopicType::Normal).await;
+            }
+        }
+    });
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", SEND_PORT)).await?;
+    loop {
+        let (s, _) = listener.accept().await?;
+        tokio::task::spawn_local(serve_sends(s, broker.clone()));
+    }
+}
+
+async fn read_msg(s: &mut turmoil::net::TcpStream) -> io::Result<Vec<u8>> {
+    let len = s.read_u32().await? as usize;
+    if len > 1 << 20 {
+        return Err(io::Error::other("frame too large"));
+    }
+    let mut buf = vec![0; len];
+    s.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_msg(s: &mut turmoil::net::TcpStream, body: &[u8]) -> io::Result<()> {
+    s.write_u32(u32::try_from(body.len()).map_err(io::Error::other)?)
+        .await?;
+    s.write_all(body).await?;
+    s.flush().await
+}
+
+/// The send shim: frames of `SendMessageRequest` in, `epoch (u64) + SendMessageResponse` out.
+async fn serve_sends(mut s: turmoil::net::TcpStream, broker: Broker) {
+    loop {
+        let Ok(buf) = read_msg(&mut s).await else {
+            return;
+        };
+        let Ok(req) = SendMessageRequest::decode(buf.as_slice()) else {
+            return;
+        };
+        let resp = broker.send(req).await;
+        let mut out = broker.store().current_epoch().to_be_bytes().to_vec();
+        resp.encode(&mut out).ok();
+        if write_msg(&mut s, &out).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn request(ids: &[u64]) -> SendMessageRequest {
+    SendMessageRequest {
+        messages: ids
+            .iter()
+            .map(|id| Message {
+                topic: Some(Resource {
+                    name: TOPIC.into(),
+                    resource_namespace: String::new(),
+                }),
+                user_properties: HashMap::new(),
+                system_properties: Some(SystemProperties {
+                    message_id: format!("M{id}"),
+                    message_type: MessageType::Normal as i32,
+                    ..Default::default()
+                }),
+                body: body_of(*id).into_bytes().into(),
+            })
+            .collect(),
+    }
+}
+
+/// One attempt: Ok(Some(epoch, response)) or an error.
+async fn attempt(
+    conn: &mut Option<turmoil::net::TcpStream>,
+    to: &str,
+    req: &[u8],
+) -> io::Result<(u64, SendMessageResponse)> {
+    let s = match conn {
+        Some(s) => s,
+        None => conn.insert(turmoil::net::TcpStream::connect(to).await?),
+    };
+    write_msg(s, req).await?;
+    let buf = read_msg(s).await?;
+    if buf.len() < 8 {
+        return Err(io::Error::other("short reply"));
+    }
+    let epoch = u64::from_be_bytes(buf[..8].try_into().map_err(io::Error::other)?);
+    let resp = SendMessageResponse::decode(&buf[8..]).map_err(io::Error::other)?;
+    Ok((epoch, resp))
+}
+
+/// The producer host: a few concurrent senders, as many clients would be (a master cut off
+/// from its slaves then holds several unreplicated requests, not one).
+async fn producer(l: Rc<Ledger>, seed: u64) -> turmoil::Result {
+    for k in 0..PRODUCERS {
+        let rng = StdRng::seed_from_u64(seed ^ (0x5eed + k));
+        tokio::task::spawn_local(sender(l.clone(), rng, k % l.brokers));
+    }
+    idle().await
+}
+
+async fn sender(l: Rc<Ledger>, mut rng: StdRng, mut target: u64) {
+    let mut conns: Vec<Option<turmoil::net::TcpStream>> = (0..l.brokers).map(|_| None).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while !l.stop_producer.get() {
+        let n = rng.random_range(1..=3);
+        let first = l.next_id.get();
+        l.next_id.set(first + n);
+        let ids: Vec<u64> = (first..first + n).collect();
+        l.sent.borrow_mut().extend(ids.iter().copied());
+        let mut bytes = Vec::new();
+        request(&ids).encode(&mut bytes).ok();
+        let mut pending: BTreeSet<u64> = ids.iter().copied().collect();
+        for _try in 0..8 {
+            if l.stop_producer.get() {
+                break;
+            }
+            let to = format!("{}:{SEND_PORT}", host(target));
+            let r = tokio::time::timeout(
+                Duration::from_millis(2_500),
+                attempt(&mut conns[target as usize], &to, &bytes),
+            )
+            .await;
+            let ok = match r {
+                Ok(Ok((epoch, resp))) => {
+                    let whole = resp.status.as_ref().map_or(-1, |s| s.code);
+                    for (id, e) in ids.iter().zip(&resp.entries) {
+                        if e.status.as_ref().is_some_and(|s| s.code == Code::Ok as i32) {
+                            pending.remove(id);
+                            l.acked.borrow_mut().insert(
+                                *id,
+                                Ack {
+                                    broker: target,
+                                    epoch,
+                                },
+                            );
+                            l.ack_epochs
+                                .borrow_mut()
+                                .entry(epoch)
+                                .or_default()
+                                .insert(target);
+                        }
+                    }
+                    if !pending.is_empty() {
+                        l.j.error(&format!("p: b{target} answered {whole}"));
+                    }
+                    pending.is_empty()
+                }
+                Ok(Err(e)) => {
+                    l.j.error(&format!("p: b{target}: {e}"));
+                    conns[target as usize] = None;
+                    false
+                }
+                Err(_) => {
+                    l.j.error(&format!("p: b{target}: timed out"));
+                    conns[target as usize] = None;
+                    false
+                }
+            };
+            if ok {
+                break;
+            }
+            target = (target + 1) % l.brokers;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(20..120))).await;
+        }
+        let pause = rng.random_range(0..10u64).saturating_sub(4);
+        if pause > 0 {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+    }
+}
+
+async fn idle() -> turmoil::Result {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn epoch_at(h: &[EpochEntry], offset: u64) -> u64 {
+    let i = h.partition_point(|e| e.start_offset <= offset);
+    if i == 0 { 0 } else { h[i - 1].epoch }
+}
+
+fn check(l: &Ledger) {
+    let rec = l.recovered.borrow();
+    let view = l.ctl.view.borrow().clone();
+    let acked = l.acked.borrow();
+    for (e, bs) in l.ack_epochs.borrow().iter() {
+        if bs.len() > 1 {
+            l.j.violate(format!("two brokers acked in epoch {e}: {bs:?}"));
+        }
+    }
+    let Some(g): Option<GroupState> = view else {
+        l.j.violate("no committed view at the end".into());
+        return;
+    };
+    let Some(m) = g.master else {
+        l.j.violate("no master at the end".into());
+        return;
+    };
+    let Some(mlog) = rec.get(&m) else {
+        l.j.violate(format!("final master b{m} never recovered"));
+        return;
+    };
+    // id -> (first offset, copies).
+    let at = |r: &Recovered| -> HashMap<u64, (u64, u64)> {
+        let mut by_id: HashMap<u64, (u64, u64)> = HashMap::new();
+        for x in &r.recs {
+            by_id.entry(x.id).or_insert((x.offset, 0)).1 += 1;
+        }
+        by_id
+    };
+    let m_at = at(mlog);
+    let mut lost = Vec::new();
+    for id in acked.keys() {
+        match m_at.get(id) {
+            Some(&(_, 1)) => {}
+            Some(&(_, n)) => {
+                l.j.violate(format!("acked id {id} is {n} times on master b{m}"))
+            }
+            None => lost.push(*id),
+        }
+    }
+    if !lost.is_empty() {
+        let first: Vec<String> = lost
+            .iter()
+            .take(10)
+            .map(|id| {
+                let a = acked[id];
+                format!("{id} (acked by b{} in epoch {})", a.broker, a.epoch)
+            })
+            .collect();
+        l.j.violate(format!(
+            "{} acked ids missing from the final master b{m}: {}",
+            lost.len(),
+            first.join(", ")
+        ));
+    }
+    for s in g.insync.iter().filter(|s| **s != m) {
+        let Some(slog) = rec.get(s) else {
+            l.j.violate(format!("in-sync b{s} never recovered"));
+            continue;
+        };
+        let s_at = at(slog);
+        let missing: Vec<u64> = acked
+            .keys()
+            .filter(|id| s_at.get(id).map(|p| p.0) != m_at.get(id).map(|p| p.0))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            l.j.violate(format!(
+                "{} acked ids not at the master's offset on in-sync b{s}: {:?}",
+                missing.len(),
+                &missing[..missing.len().min(10)]
+            ));
+        }
+    }
+    let sent = l.sent.borrow();
+    for (id, r) in rec.iter() {
+        let mut seen = HashSet::new();
+        for x in &r.recs {
+            if !seen.insert(x.id) {
+                l.j.violate(format!("b{id}: id {} stored twice", x.id));
+                break;
+            }
+            if !x.body_ok {
+                l.j.violate(format!(
+                    "b{id}: id {} at {} has a wrong body",
+                    x.id, x.offset
+                ));
+            }
+            if !sent.contains(&x.id) {
+                l.j.violate(format!("b{id}: id {} was never sent", x.id));
+            }
+        }
+        for w in r.hist.windows(2) {
+            if w[1].epoch <= w[0].epoch || w[1].start_offset < w[0].start_offset {
+                l.j.violate(format!("b{id}: epoch history not increasing: {:?}", r.hist));
+                break;
+            }
+        }
+        if let Some(x) = r
+            .recs
+            .iter()
+            .find(|x| epoch_at(&r.hist, x.offset) != x.epoch)
+        {
+            l.j.violate(format!(
+                "b{id}: record at {} has epoch {} but the history says {}",
+                x.offset,
+                x.epoch,
+                epoch_at(&r.hist, x.offset)
+            ));
+        }
+    }
+    let all: Vec<(&u64, &Recovered)> = rec.iter().collect();
+    for (i, (a, ra)) in all.iter().enumerate() {
+        let a_at: HashMap<u64, (u64, u64)> = ra
+            .recs
+            .iter()
+            .map(|x| (x.offset, (x.id, x.epoch)))
+            .collect();
+        for (b, rb) in all.iter().skip(i + 1) {
+            if let Some(x) = rb
+                .recs
+                .iter()
+                .find(|x| a_at.get(&x.offset).is_some_and(|r| *r != (x.id, x.epoch)))
+            {
+                l.j.violate(format!(
+                    "b{a} and b{b} disagree at offset {}: (id, epoch) {:?} vs {:?}",
+                    x.offset,
+                    a_at.get(&x.offset),
+                    (x.id, x.epoch)
+                ));
+            }
+        }
+    }
+}
+
+/// Faults a seed draws.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Crash a broker (master or not) and restart it after the duration.
+    CrashBroker(bool),
+    /// Crash the controller and restart it after the duration.
+    CrashController,
+    /// Every broker loses power at once; all restart after the duration.
+    PowerLoss,
+    /// Cut the master from a slave.
+    PartitionBrokers,
+    /// Cut a broker (master or not) from the controller.
+    PartitionController(bool),
+    /// Cut a broker (master or not) from the producer.
+    PartitionProducer(bool),
+    /// A broker's heartbeats no longer reach the controller (the replies would still come).
+    OneWayToController(bool),
+    /// Hold every link of a broker (a pause), then deliver.
+    Hold(bool),
+    /// Cut the master from every other broker and the controller, not from the producer:
+    /// it appends what it can no longer replicate until its lease runs out, and a new
+    /// master is elected; once healed it must cut that tail.
+    IsolateMaster,
+    /// Cut the master from its last slave (which drops out of the in-sync set), then crash
+    /// the master while the cut lasts: only an in-sync replica may replace it.
+    LagThenCrash,
+}
+
+/// Runs one seed of the group simulation.
+pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
+    // The wall clock and the broker's random draws follow the seed (undone when the guards
+    // drop at the end of the seed).
+    let _wall = sofamq_store::clock::drive_wall_clock(crate::journal::sim_wall_ms);
+    let _rng = sofamq_broker::clock::seed_thread_rng(seed);
+    let n = brokers_for(seed);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let j = Rc::new(Journal::default());
+    let ctl = Rc::new(CtlShared {
+        j: j.clone(),
+        view: RefCell::new(None),
+        elect_out_of_sync: knobs.elect_out_of_sync,
+        timing: CtlTiming {
+            lease: 1_000,
+            master_timeout: 2_000,
+            refused_timeout: 1_200,
+        },
+    });
+    let l = Rc::new(Ledger {
+        j: j.clone(),
+        ctl: ctl.clone(),
+        brokers: n,
+        sent: RefCell::default(),
+        acked: RefCell::default(),
+        ack_epochs: RefCell::default(),
+        recovered: RefCell::default(),
+        final_phase: Cell::new(false),
+        stop_producer: Cell::new(false),
+        next_id: Cell::new(0),
+        knobs,
+    });
+    let mut b = turmoil::Builder::new();
+    let latency = rng.random_range(2..30);
+    let block = if rng.random_bool(0.5) { 4 } else { 512 };
+    let flush = if rng.random_bool(0.5) { 0.0 } else { 0.2 };
+    b.rng_seed(seed)
+        .simulation_duration(Duration::from_millis(END + 10_000))
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(latency));
+    b.fs().block_size(block).sync_probability(flush);
+    let mut sim = b.build();
+    j.log(&format!(
+        "seed {seed}: {n} brokers, latency <= {latency} ms, block {block}, os-flush {flush}, {knobs:?}"
+    ));
+    {
+        let c = ctl.clone();
+        sim.host(CTL, move || standin::run(c.clone(), CTL_PORT));
+    }
+    for id in 0..n {
+        let l = l.clone();
+        sim.host(host(id).as_str(), move || broker_host(l.clone(), id));
+    }
+    {
+        let l = l.clone();
+        sim.host(PRODUCER, move || producer(l.clone(), seed));
+    }
+    // The plan: (start, duration, fault).
+    let mut plan: Vec<(u64, u64, Fault)> = (0..rng.random_range(2..=6))
+        .map(|_| {
+            let at = rng.random_range(FAULTS_FROM..FAULTS_END - 1_000);
+            let dur = rng.random_range(200..3_000);
+            let master = rng.random_bool(0.7);
+            let f = match rng.random_range(0..14) {
+                0 | 1 => Fault::CrashBroker(master),
+                2 => Fault::CrashController,
+                3 => Fault::PowerLoss,
+                4 => Fault::PartitionBrokers,
+                5 => Fault::PartitionController(master),
+                6 => Fault::PartitionProducer(master),
+                7 => Fault::OneWayToController(master),
+                8 => Fault::Hold(master),
+                9 | 10 => Fault::IsolateMaster,
+                _ => Fault::LagThenCrash,
+            };
+            (at, dur, f)
+        })
+        .collect();
+    // Every seed has one failover that only the rules make safe: an isolated master
+    // (its tail must be cut when it rejoins) or, with three brokers, a crash while one
+    // slave lags (only an in-sync replica may win).
+    let key = if n == 3 && rng.random_bool(0.5) {
+        Fault::LagThenCrash
+    } else {
+        Fault::IsolateMaster
+    };
+    plan.push((
+        rng.random_range(FAULTS_FROM..FAULTS_END - 3_000),
+        rng.random_range(2_500..4_000),
+        key,
+    ));
+    plan.sort_by_key(|p| p.0);
+    plan.reverse();
+    // Heal actions: (time, what to undo).
+    let mut heals: Vec<(u64, Vec<Heal>)> = Vec::new();
+    let mut down: BTreeSet<String> = BTreeSet::new();
+    let mut final_done = false;
+    loop {
+        let t = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if t >= END {
+            break;
+        }
+        j.set_now(t);
+        while plan.last().is_some_and(|p| p.0 <= t) {
+            let Some((_, dur, f)) = plan.pop() else { break };
+            let view = ctl.view.borrow().clone();
+            let master = view.as_ref().and_then(|g| g.master).unwrap_or(0);
+            let pick = |is_master: bool| if is_master { master } else { (master + 1) % n };
+            let mut undo = Vec::new();
+            match f {
+                Fault::CrashBroker(w) => {
+                    let h = host(pick(w));
+                    if down.insert(h.clone()) {
+                        j.log(&format!("CRASH {h} for {dur} ms"));
+                        sim.crash(h.as_str());
+                        undo.push(Heal::Restart(h));
+                    }
+                }
+                Fault::CrashController => {
+                    if down.insert(CTL.into()) {
+                        j.log(&format!("CRASH controller for {dur} ms"));
+                        sim.crash(CTL);
+                        undo.push(Heal::Restart(CTL.into()));
+                    }
+                }
+                Fault::PowerLoss => {
+                    j.log(&format!("POWER LOSS of every broker for {dur} ms"));
+                    for id in 0..n {
+                        let h = host(id);
+                        if down.insert(h.clone()) {
+                            sim.crash(h.as_str());
+                            undo.push(Heal::Restart(h));
+                        }
+                    }
+                }
+                Fault::PartitionBrokers => {
+                    let (a, b) = (host(master), host((master + 1) % n));
+                    j.log(&format!("PARTITION {a} | {b} for {dur} ms"));
+                    sim.partition(a.as_str(), b.as_str());
+                    undo.push(Heal::Repair(a, b));
+                }
+                Fault::PartitionController(w) => {
+                    let h = host(pick(w));
+                    j.log(&format!("PARTITION {h} | controller for {dur} ms"));
+                    sim.partition(h.as_str(), CTL);
+                    undo.push(Heal::Repair(h, CTL.into()));
+                }
+                Fault::PartitionProducer(w) => {
+                    let h = host(pick(w));
+                    j.log(&format!("PARTITION {h} | producer for {dur} ms"));
+                    sim.partition(h.as_str(), PRODUCER);
+                    undo.push(Heal::Repair(h, PRODUCER.into()));
+                }
+                Fault::OneWayToController(w) => {
+                    let h = host(pick(w));
+                    j.log(&format!(
+                        "PARTITION {h} -> controller (one way) for {dur} ms"
+                    ));
+                    sim.partition_oneway(h.as_str(), CTL);
+                    undo.push(Heal::RepairOneway(h, CTL.into()));
+                }
+                Fault::Hold(w) => {
+                    let h = host(pick(w));
+                    j.log(&format!("HOLD every link of {h} for {dur} ms"));
+                    let others: Vec<String> = (0..n)
+                        .map(host)
+                        .filter(|o| *o != h)
+                        .chain([CTL.to_string(), PRODUCER.to_string()])
+                        .collect();
+                    for o in &others {
+                        sim.hold(h.as_str(), o.as_str());
+                        undo.push(Heal::Release(h.clone(), o.clone()));
+                    }
+                }
+                Fault::IsolateMaster => {
+                    let h = host(master);
+                    j.log(&format!("ISOLATE {h} (all but the producer) for {dur} ms"));
+                    let others: Vec<String> = (0..n)
+                        .map(host)
+                        .filter(|o| *o != h)
+                        .chain([CTL.to_string()])
+                        .collect();
+                    for o in others {
+                        sim.partition(h.as_str(), o.as_str());
+                        undo.push(Heal::Repair(h.clone(), o));
+                    }
+                }
+                Fault::LagThenCrash => {
+                    let (a, b) = (host(master), host((master + n - 1) % n));
+                    let lag = rng.random_range(1_200..2_000);
+                    j.log(&format!(
+                        "PARTITION {a} | {b} for {} ms, crash {a} after {lag} ms",
+                        lag + dur
+                    ));
+                    sim.partition(a.as_str(), b.as_str());
+                    heals.push((t + lag + dur, vec![Heal::Repair(a, b)]));
+                    plan.push((t + lag, dur, Fault::CrashBroker(true)));
+                    plan.sort_by_key(|p| std::cmp::Reverse(p.0));
+                }
+            }
+            if !undo.is_empty() {
+                heals.push((t + dur, undo));
+            }
+        }
+        let due: Vec<Heal> = heals
+            .iter()
+            .filter(|(at, _)| *at <= t || t >= FAULTS_END)
+            .flat_map(|(_, u)| u.clone())
+            .collect();
+        if !due.is_empty() {
+            heals.retain(|(at, _)| *at > t && t < FAULTS_END);
+            for h in due {
+                match h {
+                    Heal::Restart(x) => {
+                        j.log(&format!("RESTART {x}"));
+                        down.remove(&x);
+                        sim.bounce(x.as_str());
+                    }
+                    Heal::Repair(a, b) => {
+                        j.log(&format!("HEAL {a} | {b}"));
+                        sim.repair(a.as_str(), b.as_str());
+                    }
+                    Heal::RepairOneway(a, b) => {
+                        j.log(&format!("HEAL {a} -> {b}"));
+                        sim.repair_oneway(a.as_str(), b.as_str());
+                    }
+                    Heal::Release(a, b) => {
+                        sim.release(a.as_str(), b.as_str());
+                    }
+                }
+            }
+        }
+        if t >= PRODUCER_STOP && !l.stop_producer.get() {
+            l.stop_producer.set(true);
+            j.log("producer stops");
+        }
+        if t >= FINAL_CRASH && !final_done {
+            final_done = true;
+            j.log("final crash and restart of every broker");
+            l.final_phase.set(true);
+            l.recovered.borrow_mut().clear();
+            for id in 0..n {
+                let h = host(id);
+                sim.crash(h.as_str());
+                sim.bounce(h.as_str());
+            }
+        }
+        if let Err(e) = sim.step() {
+            j.violate(format!("simulation error: {e}"));
+            break;
+        }
+    }
+    if l.recovered.borrow().len() as u64 != n {
+        j.violate("a broker never reopened after the final crash".into());
+    }
+    check(&l);
+    drop(sim);
+    let epochs = j.count_containing("controller: commit (election)");
+    let (violations, trace) = j.take();
+    GroupOutcome {
+        seed,
+        brokers: n,
+        violations,
+        acks: l.acked.borrow().len(),
+        epochs,
+        trace,
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Heal {
+    Restart(String),
+    Repair(String, String),
+    RepairOneway(String, String),
+    Release(String, String),
+}

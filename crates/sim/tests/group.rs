@@ -1,0 +1,141 @@
+//! The real broker group with failover (see `sofamq_sim::groupsim`).
+
+use std::time::Instant;
+
+use sofamq_sim::groupsim::{GroupKnobs, GroupOutcome, run_group_seed};
+use sofamq_sim::journal::env_u64;
+
+/// Default number of seeds CI runs (`GROUP_SIM_SEEDS=N` for more, `GROUP_SIM_FIRST_SEED`
+/// to shift).
+const DEFAULT_SEEDS: u64 = 24;
+
+/// Each broken variant must be caught on at least this many of the CI seeds.
+const MIN_CATCHES: usize = 3;
+
+fn knobs_from_env() -> GroupKnobs {
+    GroupKnobs {
+        elect_out_of_sync: std::env::var("GROUP_SIM_BREAK_ELECT").is_ok(),
+        skip_rejoin_truncation: std::env::var("GROUP_SIM_BREAK_TRUNCATE").is_ok(),
+    }
+}
+
+fn replay_hint(o: &GroupOutcome) -> String {
+    format!(
+        "seed {} ({} brokers): {:?}\n  replay: GROUP_SIM_SEED={} cargo test -p sofamq-sim --test group replay_one_group_seed -- --nocapture",
+        o.seed, o.brokers, o.violations, o.seed
+    )
+}
+
+/// `GROUP_SIM_SEED=N` replays one seed and prints its whole trace.
+#[test]
+fn replay_one_group_seed() {
+    let Some(seed) = std::env::var("GROUP_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    else {
+        return;
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let o = run_group_seed(seed, knobs_from_env());
+    eprintln!("{}", o.trace.join("\n"));
+    assert!(o.violations.is_empty(), "{}", replay_hint(&o));
+}
+
+#[test]
+fn acked_messages_survive_failovers_exactly_once() {
+    let first = env_u64("GROUP_SIM_FIRST_SEED", 0);
+    let n = env_u64("GROUP_SIM_SEEDS", DEFAULT_SEEDS);
+    let t0 = Instant::now();
+    let (mut acks, mut epochs) = (0usize, 0usize);
+    let mut failed = Vec::new();
+    for seed in first..first + n {
+        let o = run_group_seed(seed, GroupKnobs::default());
+        acks += o.acks;
+        epochs += o.epochs;
+        if !o.violations.is_empty() {
+            failed.push(replay_hint(&o));
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "group sim: {n} seeds in {secs:.1} s ({:.1} seeds/min), {acks} acks, {epochs} elections",
+        n as f64 * 60.0 / secs
+    );
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    assert!(acks as u64 > n * 100, "only {acks} acks over {n} seeds");
+    assert!(epochs as u64 > n, "only {epochs} elections over {n} seeds");
+}
+
+/// Seeds of `0..DEFAULT_SEEDS` on which the broken variant `knobs` is caught.
+fn caught(knobs: GroupKnobs, seeds: impl Iterator<Item = u64>) -> Vec<u64> {
+    seeds
+        .filter(|&s| !run_group_seed(s, knobs).violations.is_empty())
+        .collect()
+}
+
+/// The controller elects a live broker outside the in-sync set. Only three-broker (odd)
+/// seeds can show it: with two brokers and two in-sync copies required, every acked
+/// message is on both.
+#[test]
+fn electing_an_out_of_sync_replica_is_caught() {
+    let knobs = GroupKnobs {
+        elect_out_of_sync: true,
+        ..GroupKnobs::default()
+    };
+    let c = caught(knobs, (1..DEFAULT_SEEDS).step_by(2));
+    eprintln!("elect-out-of-sync caught on seeds {c:?}");
+    assert!(c.len() >= MIN_CATCHES, "caught only on {c:?}");
+}
+
+/// A master that rejoins as a slave keeps the tail its new master does not have.
+#[test]
+fn skipping_the_rejoin_truncation_is_caught() {
+    let knobs = GroupKnobs {
+        skip_rejoin_truncation: true,
+        ..GroupKnobs::default()
+    };
+    let c = caught(knobs, 0..DEFAULT_SEEDS);
+    eprintln!("skip-rejoin-truncation caught on seeds {c:?}");
+    assert!(c.len() >= MIN_CATCHES, "caught only on {c:?}");
+}
+
+/// How often each broken variant is caught over `GROUP_SIM_SEEDS` seeds (`--ignored`).
+#[test]
+#[ignore = "diagnostic: run with --ignored --nocapture"]
+fn catch_rates() {
+    let n = env_u64("GROUP_SIM_SEEDS", DEFAULT_SEEDS);
+    for (name, knobs) in [
+        (
+            "elect-out-of-sync",
+            GroupKnobs {
+                elect_out_of_sync: true,
+                ..GroupKnobs::default()
+            },
+        ),
+        (
+            "skip-rejoin-truncation",
+            GroupKnobs {
+                skip_rejoin_truncation: true,
+                ..GroupKnobs::default()
+            },
+        ),
+    ] {
+        let c = caught(knobs, 0..n);
+        eprintln!("{name}: caught on {}/{n} seeds: {c:?}", c.len());
+    }
+}
+
+/// A seed replays exactly: the same trace (every fault, election, error and recovered log)
+/// and the same acks, run twice in one process.
+#[test]
+fn a_group_seed_replays_exactly() {
+    for seed in [2, 3] {
+        let a = run_group_seed(seed, GroupKnobs::default());
+        let b = run_group_seed(seed, GroupKnobs::default());
+        assert_eq!(a.acks, b.acks, "seed {seed}");
+        assert_eq!(a.trace, b.trace, "seed {seed}");
+    }
+}
