@@ -782,28 +782,19 @@ fn check(l: &Ledger) -> usize {
 
 /// Runs one seed of the consumer simulation.
 pub fn run_consume_seed(seed: u64, knobs: ConsumeKnobs) -> ConsumeOutcome {
-    // The hosts' wall clock (invisibility, receipt times) is simulated time, and the broker's
-    // randomness (receipt-handle key, hash seeds, incarnation) comes from the seed.
-    let _wall = sofamq_store::clock::drive_wall_clock(crate::journal::sim_wall_ms);
-    let _rng = sofamq_broker::clock::seed_thread_rng(seed);
+    // Invisibility and receipt times follow simulated time; the receipt-handle key, hash
+    // seeds and incarnation follow the seed.
+    let _seeded = crate::journal::seed_guards(seed);
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut b = turmoil::Builder::new();
-    b.rng_seed(seed)
-        .simulation_duration(Duration::from_millis(DRAIN_CAP + 5_000))
-        .tick_duration(Duration::from_millis(1))
-        .min_message_latency(Duration::from_millis(1))
-        .max_message_latency(Duration::from_millis(rng.random_range(2..20)));
-    let block = if rng.random_bool(0.5) { 4 } else { 512 };
-    let flush = if rng.random_bool(0.5) { 0.0 } else { 0.2 };
-    b.fs().block_size(block).sync_probability(flush);
-    let mut sim = b.build();
+    let (mut sim, disk) =
+        crate::journal::two_host_world(seed, &mut rng, Duration::from_millis(DRAIN_CAP + 5_000));
     let l = Rc::new(Ledger {
         seed,
         ..Ledger::default()
     });
     l.master.set(M);
     l.j.log(&format!(
-        "seed {seed}: block {block} os-flush {flush} deliver-above-replicated {}",
+        "seed {seed}: {disk} deliver-above-replicated {}",
         knobs.deliver_above_replicated
     ));
     for who in [M, S] {

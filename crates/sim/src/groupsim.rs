@@ -664,10 +664,7 @@ enum Fault {
 
 /// Runs one seed of the group simulation.
 pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
-    // The wall clock and the broker's random draws follow the seed (undone when the guards
-    // drop at the end of the seed).
-    let _wall = sofamq_store::clock::drive_wall_clock(crate::journal::sim_wall_ms);
-    let _rng = sofamq_broker::clock::seed_thread_rng(seed);
+    let _seeded = crate::journal::seed_guards(seed);
     let n = brokers_for(seed);
     let mut rng = StdRng::seed_from_u64(seed);
     let j = Rc::new(Journal::default());

@@ -85,6 +85,47 @@ pub fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// What a seed of a simulation of the real code holds while it runs: the hosts' wall clock
+/// is simulated time ([`sim_wall_ms`]) and the broker's random draws follow the seed. Both
+/// are undone when it drops.
+pub struct SeedGuards {
+    _wall: sofamq_store::clock::DrivenWallClock,
+    _rng: sofamq_broker::clock::SeededRng,
+}
+
+/// Installs the [`SeedGuards`] of `seed` on this thread.
+#[must_use = "the seed's clock and randomness hold only while the guards live"]
+pub fn seed_guards(seed: u64) -> SeedGuards {
+    SeedGuards {
+        _wall: sofamq_store::clock::drive_wall_clock(sim_wall_ms),
+        _rng: sofamq_broker::clock::seed_thread_rng(seed),
+    }
+}
+
+/// The two-host world of the replication and consumer simulations: 1 ms ticks, message
+/// latency from 1 ms up to 2–20 ms, and a disk whose unsynced writes tear in 4- or 512-byte
+/// blocks and, on half the seeds, are sometimes flushed early (drawn from `rng` in this
+/// order, so a seed's later draws do not move). Also returns the disk's settings as the
+/// trace prints them (`block N os-flush P`).
+pub fn two_host_world<'a>(
+    seed: u64,
+    rng: &mut rand::rngs::StdRng,
+    duration: std::time::Duration,
+) -> (turmoil::Sim<'a>, String) {
+    use rand::Rng;
+    use std::time::Duration;
+    let mut b = turmoil::Builder::new();
+    b.rng_seed(seed)
+        .simulation_duration(duration)
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(rng.random_range(2..20)));
+    let block = if rng.random_bool(0.5) { 4 } else { 512 };
+    let flush = if rng.random_bool(0.5) { 0.0 } else { 0.2 };
+    b.fs().block_size(block).sync_probability(flush);
+    (b.build(), format!("block {block} os-flush {flush}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,7 +56,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::disk::{DiskFaults, SimDisk};
 use crate::host::{TurmoilAcceptor, TurmoilConnector};
-use crate::journal::{Journal, sim_wall_ms};
+use crate::journal::{Journal, seed_guards, two_host_world};
 
 const MASTER: &str = "m";
 const SLAVE: &str = "s";
@@ -307,23 +307,12 @@ fn check(l: &Ledger) {
 
 /// Runs one seed of the replication simulation.
 pub fn run_repl_seed(seed: u64, knobs: ReplKnobs) -> ReplOutcome {
-    // Both undone when the seed ends (the guards drop).
-    let _wall = sofamq_store::clock::drive_wall_clock(sim_wall_ms);
-    let _rng = sofamq_broker::clock::seed_thread_rng(seed);
+    let _seeded = seed_guards(seed);
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut b = turmoil::Builder::new();
-    b.rng_seed(seed)
-        .simulation_duration(Duration::from_millis(END + 10_000))
-        .tick_duration(Duration::from_millis(1))
-        .min_message_latency(Duration::from_millis(1))
-        .max_message_latency(Duration::from_millis(rng.random_range(2..20)));
-    let block = if rng.random_bool(0.5) { 4 } else { 512 };
-    let flush = if rng.random_bool(0.5) { 0.0 } else { 0.2 };
-    b.fs().block_size(block).sync_probability(flush);
-    let mut sim = b.build();
+    let (mut sim, disk) = two_host_world(seed, &mut rng, Duration::from_millis(END + 10_000));
     let l = Rc::new(Ledger::default());
     l.j.log(&format!(
-        "seed {seed}: block {block} os-flush {flush} ack-before-slave {}",
+        "seed {seed}: {disk} ack-before-slave {}",
         knobs.ack_before_slave
     ));
     for who in [MASTER, SLAVE] {
