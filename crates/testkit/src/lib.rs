@@ -446,6 +446,64 @@ impl Cluster {
         Ok(self.brokers.len() - 1)
     }
 
+    /// Waits until the name server's direct route of `topic` (the one the SofaMQ SDK gets)
+    /// names every broker group of `groups`: a broker's topics reach the name server with
+    /// its next heartbeat, which a loaded machine can delay past any fixed sleep.
+    pub async fn wait_route(
+        &self,
+        topic: &str,
+        groups: &[&str],
+        max: Duration,
+    ) -> anyhow::Result<()> {
+        use sofamq_proto::v2;
+        let deadline = std::time::Instant::now() + max;
+        let (host, port) = self
+            .namesrv
+            .addr
+            .rsplit_once(':')
+            .context("namesrv address")?;
+        let endpoints = v2::Endpoints {
+            scheme: v2::AddressScheme::IPv4 as i32,
+            addresses: vec![v2::Address {
+                host: host.into(),
+                port: port.parse()?,
+            }],
+        };
+        let mut seen = Vec::new();
+        loop {
+            if let Ok(mut c) = v2::messaging_service_client::MessagingServiceClient::connect(
+                format!("http://{}", self.namesrv.addr),
+            )
+            .await
+            {
+                let mut req = tonic::Request::new(v2::QueryRouteRequest {
+                    topic: Some(v2::Resource {
+                        name: topic.into(),
+                        ..Default::default()
+                    }),
+                    endpoints: Some(endpoints.clone()),
+                });
+                req.metadata_mut()
+                    .insert("x-sofamq-route", "direct".parse()?);
+                if let Ok(r) = c.query_route(req).await {
+                    seen = r
+                        .into_inner()
+                        .message_queues
+                        .iter()
+                        .filter_map(|q| q.broker.as_ref().map(|b| b.name.clone()))
+                        .collect();
+                    if groups.iter().all(|g| seen.iter().any(|s| s == g)) {
+                        return Ok(());
+                    }
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!("route of {topic} names {seen:?} after {max:?}, not all of {groups:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Runs `sofamq ARGS` to completion and returns its stdout (fails on a
     /// non-zero exit, with stderr in the error).
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {

@@ -47,17 +47,20 @@ fn two_groups() -> Cluster {
     let mut c = Cluster::start_namesrv().unwrap();
     c.add_broker("broker-a", &[]).unwrap();
     c.add_broker("broker-b", &[]).unwrap();
-    let ns = c.namesrv.addr.clone();
-    c.cli(&[
-        "topic",
-        "create",
-        "orders",
-        "--queues",
-        "4",
-        "--access-point",
-        &ns,
-    ])
-    .unwrap();
+    // Each broker directly: through the name server, a broker whose first heartbeat is
+    // still on its way would be left out.
+    for b in &c.brokers {
+        c.cli(&[
+            "topic",
+            "create",
+            "orders",
+            "--queues",
+            "4",
+            "--broker-addr",
+            &b.addr,
+        ])
+        .unwrap();
+    }
     c
 }
 
@@ -73,7 +76,9 @@ async fn producer(c: &Cluster, attempts: u32) -> Producer {
 async fn sends_to_two_groups_are_stored_once_each() {
     let c = two_groups();
     // The namesrv learns the topic with the brokers' next heartbeat.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.wait_route("orders", &["broker-a", "broker-b"], Duration::from_secs(20))
+        .await
+        .unwrap();
     let p = producer(&c, 3).await;
     let mut per_broker: HashMap<String, usize> = HashMap::new();
     for i in 0..200 {
@@ -107,7 +112,9 @@ async fn sends_to_two_groups_are_stored_once_each() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_broker_mid_stream_fails_over_without_errors() {
     let mut c = two_groups();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.wait_route("orders", &["broker-a", "broker-b"], Duration::from_secs(20))
+        .await
+        .unwrap();
     let p = producer(&c, 3).await;
     let mut after_kill: HashMap<String, usize> = HashMap::new();
     for i in 0..600 {
