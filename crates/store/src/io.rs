@@ -120,6 +120,14 @@ pub trait Fs: Send + Sync + Debug {
     /// fsyncs a directory, so entries created, renamed or removed in it are durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 
+    /// How long an fdatasync of the log takes on this disk, for a caller-driven store
+    /// ([`crate::Driver::Caller`], a simulator) to let pass on its runtime's clock between
+    /// writing a batch and completing it. `None` (a real disk): the sync call itself takes
+    /// the time.
+    fn sync_delay(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Creates (or empties) `path`, writes `bytes` and fsyncs the file (not its directory).
     fn write_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         let f = self.open(path, OpenMode::Truncate)?;

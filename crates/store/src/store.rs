@@ -204,11 +204,31 @@ impl Store {
         n
     }
 
+    /// With [`Driver::Caller`]: as [`Store::step`], but the batches it writes wait for their
+    /// fdatasync (their bytes are written and the written offset published, so the replication
+    /// stream may ship them) until [`Store::complete_deferred`]. Returns whether any waits.
+    pub fn step_deferring(&self) -> bool {
+        let Some(w) = &self.inner.stepped else {
+            return false;
+        };
+        let mut w = lock(w);
+        let mut cmds = std::mem::take(&mut lock(&self.sh().inbox).cmds);
+        w.step_deferring(&mut cmds)
+    }
+
+    /// With [`Driver::Caller`]: fdatasyncs and completes what [`Store::step_deferring`] left.
+    pub fn complete_deferred(&self) {
+        if let Some(w) = &self.inner.stepped {
+            lock(w).complete_deferred();
+        }
+    }
+
     /// With [`Driver::Caller`]: the store's background work as one task on the caller's
     /// runtime. Runs [`Store::step`] whenever a command is queued and flushes the consume
     /// queues every `cq_flush_interval` (on the runtime's clock, so a simulator's time drives
     /// it). A failed flush fences the store, as the flusher thread does (a full disk is retried
-    /// next interval). Returns when every other handle to the store is dropped, or at once
+    /// next interval). Over a disk with a sync delay ([`crate::io::Fs::sync_delay`]) each
+    /// step's fdatasync completes only after that delay on the runtime's clock. Returns when every other handle to the store is dropped, or at once
     /// with the store's own threads.
     pub async fn drive(&self) {
         if self.inner.stepped.is_none() {
@@ -219,7 +239,18 @@ impl Store {
         while Arc::strong_count(&self.inner) > 1 {
             let wait = next_flush.saturating_duration_since(tokio::time::Instant::now());
             let _ = tokio::time::timeout(wait, self.inner.wake.notified()).await;
-            self.step();
+            // A slow disk: the fdatasync of what this step wrote takes `delay` of the
+            // runtime's time, while the rest of the host (the replication stream) runs.
+            match self.sh().cfg.fs.sync_delay().filter(|d| !d.is_zero()) {
+                Some(delay) if self.step_deferring() => {
+                    tokio::time::sleep(delay).await;
+                    self.complete_deferred();
+                }
+                Some(_) => {}
+                None => {
+                    self.step();
+                }
+            }
             if tokio::time::Instant::now() >= next_flush {
                 next_flush = tokio::time::Instant::now() + interval;
                 if !self.sh().is_fenced()
@@ -365,10 +396,37 @@ impl Store {
         max_count: usize,
         max_bytes: usize,
     ) -> Result<Vec<Record>, StoreError> {
+        let below = self.readable_offset();
+        self.read_queue_below(topic, queue_id, queue_offset, max_count, max_bytes, below)
+    }
+
+    /// [`Store::read_queue`] over every record durable here, replicated or not: for the
+    /// broker's replay of its own state (its consumer-state records were answered once
+    /// durable here), never for delivery to consumers.
+    pub fn read_queue_durable(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let below = self.durable_offset();
+        self.read_queue_below(topic, queue_id, queue_offset, max_count, max_bytes, below)
+    }
+
+    fn read_queue_below(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+        max_count: usize,
+        max_bytes: usize,
+        readable: u64,
+    ) -> Result<Vec<Record>, StoreError> {
         let Some(cq) = self.sh().cqs.get(topic, queue_id) else {
             return Ok(Vec::new());
         };
-        let readable = self.readable_offset();
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for e in cq.entries(queue_offset, max_count)? {
@@ -423,8 +481,10 @@ impl Store {
     }
 
     /// [`Store::read_queue_entries`] with the records ending at or below `readable` instead
-    /// of [`Store::readable_offset`]: how the simulator's broken variant of the broker reads
-    /// above the replicated offset (`sofamq_broker::mutant`). Nothing else should call it.
+    /// of [`Store::readable_offset`]: with [`Store::durable_offset`], whether an entry is
+    /// still there (not cut), replicated or not; with anything else, only the simulator's
+    /// broken variant of the broker (`sofamq_broker::mutant`), which reads above the
+    /// replicated offset.
     pub fn read_queue_entries_below(
         &self,
         topic: &str,

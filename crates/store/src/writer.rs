@@ -84,6 +84,12 @@ pub(crate) struct Writer {
     syncer: Option<SyncStage>,
     /// Reused for the one-batch group the writer commits itself.
     inline_group: Vec<Batch>,
+    /// With [`Driver::Caller`] over a slow disk: written batches wait here for their
+    /// fdatasync until the driver, having let the disk's latency pass on its runtime's clock,
+    /// completes them ([`Writer::complete_deferred`]). Their bytes are written, so readers of
+    /// the written offset (the replication stream) may already ship them.
+    defer: bool,
+    deferred: Vec<Batch>,
 }
 
 /// The topic of a raw record (validated UTF-8 by `record::decode_replicated`).
@@ -123,6 +129,8 @@ impl Writer {
             last_sync: Instant::now(),
             syncer: None,
             inline_group: Vec::with_capacity(1),
+            defer: false,
+            deferred: Vec::new(),
             sh,
         };
         if matches!(w.sh.cfg.flush, FlushMode::Sync) && w.sh.cfg.driver == Driver::Threads {
@@ -649,6 +657,10 @@ impl Writer {
             return;
         }
         let sync = matches!(self.sh.cfg.flush, FlushMode::Sync);
+        if self.defer && sync {
+            self.deferred.push(batch);
+            return;
+        }
         let mut group = std::mem::take(&mut self.inline_group);
         group.push(batch);
         syncer::complete(&self.sh, &mut group, sync);
@@ -675,8 +687,31 @@ impl Writer {
         }
     }
 
-    /// Waits until the sync thread has completed every batch handed to it (no-op without one).
+    /// Runs [`Writer::step`] with every written batch left waiting for its fdatasync (in
+    /// sync-flush mode); returns whether any waits ([`Writer::complete_deferred`] finishes it).
+    pub(crate) fn step_deferring(&mut self, cmds: &mut Vec<Cmd>) -> bool {
+        self.defer = true;
+        self.step(cmds, false);
+        self.defer = false;
+        !self.deferred.is_empty()
+    }
+
+    /// fdatasyncs the batches [`Writer::step_deferring`] left waiting and completes them.
+    pub(crate) fn complete_deferred(&mut self) {
+        let Some(upto) = self.deferred.last().map(|b| b.upto) else {
+            return;
+        };
+        let mut group = std::mem::take(&mut self.deferred);
+        syncer::complete(&self.sh, &mut group, true);
+        if !self.sh.is_fenced() {
+            self.synced = self.synced.max(upto);
+        }
+    }
+
+    /// Waits until the sync thread has completed every batch handed to it (no-op without one);
+    /// completes the batches waiting for a deferred fdatasync first.
     fn barrier(&mut self) {
+        self.complete_deferred();
         if let Some(stage) = &self.syncer {
             let (tx, rx) = mpsc::sync_channel(1);
             if stage.tx.send(SyncMsg::Barrier(tx)).is_ok() {

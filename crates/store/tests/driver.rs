@@ -70,3 +70,94 @@ async fn drive_runs_the_writer_and_flusher_as_a_task_on_the_callers_runtime() {
     let s = Store::open(cfg(d.path())).unwrap();
     assert_eq!(s.queue_offsets("q", 0), (0, 20));
 }
+
+/// The real file system with a slow fdatasync, as a simulator's disk reports it.
+#[derive(Debug)]
+struct SlowSync(Duration);
+
+impl sofamq_store::io::Fs for SlowSync {
+    fn open(
+        &self,
+        path: &std::path::Path,
+        mode: sofamq_store::io::OpenMode,
+    ) -> std::io::Result<std::sync::Arc<dyn sofamq_store::io::FileIo>> {
+        sofamq_store::io::StdFs.open(path, mode)
+    }
+    fn read(&self, path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+        sofamq_store::io::StdFs.read(path)
+    }
+    fn list(&self, dir: &std::path::Path) -> std::io::Result<Vec<sofamq_store::io::Entry>> {
+        sofamq_store::io::StdFs.list(dir)
+    }
+    fn exists(&self, path: &std::path::Path) -> bool {
+        sofamq_store::io::StdFs.exists(path)
+    }
+    fn create_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        sofamq_store::io::StdFs.create_dir_all(dir)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        sofamq_store::io::StdFs.rename(from, to)
+    }
+    fn remove_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        sofamq_store::io::StdFs.remove_file(path)
+    }
+    fn remove_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        sofamq_store::io::StdFs.remove_dir_all(dir)
+    }
+    fn hard_link(&self, original: &std::path::Path, link: &std::path::Path) -> std::io::Result<()> {
+        sofamq_store::io::StdFs.hard_link(original, link)
+    }
+    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        sofamq_store::io::StdFs.sync_dir(dir)
+    }
+    fn sync_delay(&self) -> Option<Duration> {
+        Some(self.0)
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn over_a_slow_disk_drive_publishes_the_write_and_completes_after_the_sync_delay() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(StoreConfig {
+        fs: std::sync::Arc::new(SlowSync(Duration::from_millis(40))),
+        ..caller(d.path())
+    })
+    .unwrap();
+    let driver = tokio::spawn({
+        let s = s.clone();
+        async move { s.drive().await }
+    });
+    let t0 = tokio::time::Instant::now();
+    let mut rx = s.submit_append(vec![rec("t", 0, "a")]).unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // Written (a replication stream may ship it), not yet durable, not yet answered.
+    assert!(s.written_offset() > 0);
+    assert_eq!(s.durable_offset(), 0);
+    assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+    // Appends queued meanwhile wait for the next step: one fdatasync each round.
+    let second = s.append(vec![rec("t", 0, "b")]);
+    let first = (&mut rx).await.unwrap().unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(40),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(s.durable_offset(), s.written_offset());
+    let second = second.await.unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(80),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(second[0].log_offset > first[0].log_offset);
+    // A truncation (a barrier) completes what waits for its sync first.
+    let mut rx = s.submit_append(vec![rec("t", 0, "c")]).unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+    s.truncate(second[0].log_offset).unwrap();
+    let c = rx.try_recv().unwrap().unwrap();
+    assert!(c[0].log_offset > second[0].log_offset);
+    assert_eq!(s.log_end_offset(), second[0].log_offset);
+    drop(s);
+    driver.await.unwrap();
+}
