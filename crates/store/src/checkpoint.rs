@@ -1,4 +1,6 @@
-//! The checkpoint file: durable log offset and consume-queue flushed offset.
+//! The checkpoint file: durable log offset, consume-queue flushed offset, and the replication
+//! limit on reads (what a master knew its in-sync slaves held), so that a master restarting
+//! does not make readable the tail its slaves never acknowledged.
 //!
 //! Written atomically: the new content goes to `checkpoint.tmp`, which is fdatasync'd, renamed
 //! over `checkpoint`, and the directory is fsynced. The content carries its own CRC32C, so a
@@ -10,13 +12,15 @@ use std::path::Path;
 use crate::io::Fs;
 
 const MAGIC: u32 = 0x5351_434B; // "SQCK"
-const VERSION: u32 = 1;
-const LEN: usize = 40;
+const VERSION: u32 = 2;
+const LEN: usize = 48;
+/// Version 1 (no replication limit) is still read.
+const LEN_V1: usize = 40;
 const FILE: &str = "checkpoint";
 const TMP: &str = "checkpoint.tmp";
 
 /// Checkpoint content.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Checkpoint {
     /// Every log byte below this was covered by a completed fdatasync when it was written.
     pub durable: u64,
@@ -24,6 +28,20 @@ pub(crate) struct Checkpoint {
     pub cq_flushed: u64,
     /// Number of consume queues that existed when it was written.
     pub queue_count: u64,
+    /// The replication limit on reads when it was written (`u64::MAX`: none, as on a slave
+    /// or a single-copy master, or when unknown).
+    pub replicated: u64,
+}
+
+impl Default for Checkpoint {
+    fn default() -> Checkpoint {
+        Checkpoint {
+            durable: 0,
+            cq_flushed: 0,
+            queue_count: 0,
+            replicated: u64::MAX,
+        }
+    }
 }
 
 impl Checkpoint {
@@ -34,24 +52,31 @@ impl Checkpoint {
         b[8..16].copy_from_slice(&self.durable.to_le_bytes());
         b[16..24].copy_from_slice(&self.cq_flushed.to_le_bytes());
         b[24..32].copy_from_slice(&self.queue_count.to_le_bytes());
-        let crc = crc32c::crc32c(&b[..36]);
-        b[36..40].copy_from_slice(&crc.to_le_bytes());
+        b[32..40].copy_from_slice(&self.replicated.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..44]);
+        b[44..48].copy_from_slice(&crc.to_le_bytes());
         b
     }
 
     fn decode(b: &[u8]) -> Option<Checkpoint> {
-        if b.len() != LEN {
-            return None;
-        }
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]));
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
-        if u32_at(0) != MAGIC || u32_at(4) != VERSION || u32_at(36) != crc32c::crc32c(&b[..36]) {
+        let (version, crc_at) = match b.len() {
+            LEN => (VERSION, 44),
+            LEN_V1 => (1, 36),
+            _ => return None,
+        };
+        if u32_at(0) != MAGIC
+            || u32_at(4) != version
+            || u32_at(crc_at) != crc32c::crc32c(&b[..crc_at])
+        {
             return None;
         }
         Some(Checkpoint {
             durable: u64_at(8),
             cq_flushed: u64_at(16),
             queue_count: u64_at(24),
+            replicated: if version == 1 { u64::MAX } else { u64_at(32) },
         })
     }
 }
@@ -94,6 +119,7 @@ mod tests {
             durable: 10,
             cq_flushed: 5,
             queue_count: 2,
+            replicated: 7,
         };
         store(&StdFs, d.path(), &c).unwrap();
         assert_eq!(load(&StdFs, d.path()).unwrap(), Some(c));
@@ -101,5 +127,22 @@ mod tests {
         b[9] ^= 1;
         fs::write(d.path().join(FILE), &b).unwrap();
         assert_eq!(load(&StdFs, d.path()).unwrap(), None);
+    }
+
+    #[test]
+    fn a_version_1_checkpoint_is_read_with_no_replication_limit() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = [0u8; LEN_V1];
+        b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        b[4..8].copy_from_slice(&1u32.to_le_bytes());
+        b[8..16].copy_from_slice(&10u64.to_le_bytes());
+        b[16..24].copy_from_slice(&5u64.to_le_bytes());
+        b[24..32].copy_from_slice(&2u64.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..36]);
+        b[36..40].copy_from_slice(&crc.to_le_bytes());
+        fs::write(d.path().join(FILE), b).unwrap();
+        let c = load(&StdFs, d.path()).unwrap().unwrap();
+        assert_eq!((c.durable, c.cq_flushed, c.queue_count), (10, 5, 2));
+        assert_eq!(c.replicated, u64::MAX);
     }
 }

@@ -26,6 +26,7 @@ pub(crate) fn flush_once(sh: &Shared) -> io::Result<()> {
         durable,
         cq_flushed,
         queue_count: queues.len() as u64,
+        replicated: sh.repl_limit.load(Ordering::Acquire),
     };
     if next != *ck {
         // Replaced atomically: a failed write leaves the previous checkpoint, which is valid.

@@ -163,7 +163,9 @@ impl Shared {
             durable: AtomicU64::new(log_end),
             dispatched: AtomicU64::new(log_end),
             sync_pending: AtomicU64::new(0),
-            repl_limit: AtomicU64::new(u64::MAX),
+            // A master's limit survives its restart: it reads no further than its slaves had
+            // acknowledged, until they acknowledge more (or it becomes a slave).
+            repl_limit: AtomicU64::new(ckpt.replicated),
             fenced_flag: AtomicBool::new(fenced.is_some()),
             fence_reason: Mutex::new(fenced),
             damage: Mutex::new(damage),

@@ -57,6 +57,7 @@ impl Writer {
             durable: ck.durable.min(offset),
             cq_flushed: ck.cq_flushed.min(offset),
             queue_count: ck.queue_count,
+            replicated: ck.replicated,
         };
         if lowered != *ck {
             checkpoint::store(&*sh.cfg.fs, &sh.cfg.dir, &lowered)?;

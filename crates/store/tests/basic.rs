@@ -98,6 +98,35 @@ fn replication_limit_bounds_readers() {
     assert_eq!(s.queue_offsets("t", 0), (0, 5));
 }
 
+/// A master's limit is checkpointed: reopened, it reads no further than its slaves had acked
+/// (the simulator found a restarted master delivering a tail its slave never held), while
+/// its own state replay still reads every durable record.
+#[test]
+fn the_replication_limit_survives_a_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    let s = open(d.path());
+    let offs = fill(&s, "t", 0, 5, "x");
+    s.set_replication_limit(Some(offs[2]));
+    s.flush_queues().unwrap();
+    drop(s);
+    let s = open(d.path());
+    assert_eq!(s.readable_offset(), offs[2]);
+    assert_eq!(s.read_queue("t", 0, 0, 100, usize::MAX).unwrap().len(), 2);
+    assert_eq!(
+        s.read_queue_durable("t", 0, 0, 100, usize::MAX)
+            .unwrap()
+            .len(),
+        5
+    );
+    // Without a limit (a slave, a single copy), the whole durable log is readable again.
+    s.set_replication_limit(None);
+    s.flush_queues().unwrap();
+    drop(s);
+    let s = open(d.path());
+    assert_eq!(s.readable_offset(), s.durable_offset());
+    assert_eq!(s.read_queue("t", 0, 0, 100, usize::MAX).unwrap().len(), 5);
+}
+
 #[test]
 fn invalid_records_are_refused() {
     let d = tempfile::tempdir().unwrap();

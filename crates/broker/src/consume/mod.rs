@@ -123,7 +123,7 @@ impl Consumers {
         loop {
             let batch = self
                 .store
-                .read_queue(CONSUMER_LOG, 0, next, 1024, 8 << 20)
+                .read_queue_durable(CONSUMER_LOG, 0, next, 1024, 8 << 20)
                 .map_err(|e| BrokerError::Internal(format!("consumer log replay: {e}")))?;
             if batch.is_empty() {
                 break;

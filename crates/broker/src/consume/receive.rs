@@ -395,24 +395,34 @@ pub(crate) fn overall<'a>(statuses: impl Iterator<Item = Option<&'a Status>>) ->
     }
 }
 
-fn read_one(
-    b: &Broker,
-    topic: &str,
-    queue: u32,
-    offset: u64,
-) -> Result<Option<Record>, BrokerError> {
+/// An in-flight message read again (for redelivery or the dead-letter queue).
+enum Reread {
+    Record(Record),
+    /// Still in the log but above the readable offset: a master restarted with the
+    /// replication limit it had persisted, and its slaves have not acked this far again.
+    NotYet,
+    /// No longer in the log (cut by a truncation).
+    Gone,
+}
+
+fn read_one(b: &Broker, topic: &str, queue: u32, offset: u64) -> Result<Reread, BrokerError> {
     let store = b.store();
+    let cq = |e: StoreError| BrokerError::Internal(format!("consume queue read: {e}"));
     let Some(e) = queue_entries(store, topic, queue, offset, 1)
-        .map_err(|e| BrokerError::Internal(format!("consume queue read: {e}")))?
+        .map_err(cq)?
         .into_iter()
         .next()
     else {
-        return Ok(None);
+        let there = !store
+            .read_queue_entries_below(topic, queue, offset, 1, store.durable_offset())
+            .map_err(cq)?
+            .is_empty();
+        return Ok(if there { Reread::NotYet } else { Reread::Gone });
     };
     let r = store
         .read_at(e.log_offset)
         .map_err(|e| BrokerError::Internal(format!("log read: {e}")))?;
-    Ok(Some(r))
+    Ok(Reread::Record(r))
 }
 
 /// The consume-queue entries a receive may deliver: only records below the store's readable
@@ -502,8 +512,11 @@ pub(crate) fn pick(
             again.push((off, *e));
         }
         for off in dead {
-            if let Some(rec) = read_one(b, &topic.name, q, off)? {
-                p.dead.push(rec);
+            match read_one(b, &topic.name, q, off)? {
+                Reread::Record(rec) => p.dead.push(rec),
+                // Left in flight: dead-lettered once readable again.
+                Reread::NotYet => continue,
+                Reread::Gone => {}
             }
             ops.push(Op::Done {
                 queue: q,
@@ -513,11 +526,13 @@ pub(crate) fn pick(
         let mut gen_needed = Vec::new();
         for (off, e) in again {
             match read_one(b, &topic.name, q, off)? {
-                Some(rec) => {
+                Reread::Record(rec) => {
                     bytes += rec.body.len();
                     gen_needed.push((rec, e.attempt + 1, e.key));
                 }
-                None => ops.push(Op::Done {
+                // Left in flight: redelivered once readable again.
+                Reread::NotYet => {}
+                Reread::Gone => ops.push(Op::Done {
                     queue: q,
                     offset: off,
                 }),

@@ -238,8 +238,9 @@ impl Timers {
         let end_o = store.queue_offsets(TIMER_TOPIC, Q_OPS).1;
         let cut = |last: Option<(u64, u64)>, q: u32| -> Result<bool, BrokerError> {
             Ok(match last {
+                // Still there (durable, replicated or not): not cut.
                 Some((qo, lo)) => store
-                    .read_queue_entries(TIMER_TOPIC, q, qo, 1)?
+                    .read_queue_entries_below(TIMER_TOPIC, q, qo, 1, store.durable_offset())?
                     .first()
                     .is_none_or(|e| e.log_offset != lo),
                 None => false,

@@ -279,8 +279,9 @@ impl Txns {
         let (_, end_o) = store.queue_offsets(HALF_TOPIC, Q_OPS);
         let cut = |last: Option<(u64, u64)>, q: u32| -> Result<bool, BrokerError> {
             Ok(match last {
+                // Still there (durable, replicated or not): not cut.
                 Some((qo, lo)) => store
-                    .read_queue_entries(HALF_TOPIC, q, qo, 1)?
+                    .read_queue_entries_below(HALF_TOPIC, q, qo, 1, store.durable_offset())?
                     .first()
                     .is_none_or(|e| e.log_offset != lo),
                 None => false,
