@@ -600,7 +600,7 @@ async fn broker_host(l: Rc<Ledger>, who: &'static str, bh: BrokerHost) -> turmoi
     };
     let master = (!cut && role == Role::Slave).then_some(other);
     let b = loop {
-        match host::open(bh.config(role, master)) {
+        match host::open(bh.config(role, master), bh.sync_latency) {
             Ok(b) => break b,
             Err(e) => {
                 l.j.error(&format!("{who}: open failed: {e}"));
@@ -793,15 +793,28 @@ pub fn run_consume_seed(seed: u64, knobs: ConsumeKnobs) -> ConsumeOutcome {
         ..Ledger::default()
     });
     l.master.set(M);
+    // Half the seeds have slow disks (1 to 20 ms per fdatasync): what a broker wrote is
+    // streamed, and may be acked by its slave, before it is durable where it was written.
+    // Drawn apart from the fault plan, which stays what the seed drew without them.
+    let mut disk_rng = StdRng::seed_from_u64(seed ^ 0xd15c);
+    let mut slow = || {
+        if disk_rng.random_bool(0.5) {
+            disk_rng.random_range(1..=20)
+        } else {
+            0
+        }
+    };
+    let sync_ms = [slow(), slow()];
     l.j.log(&format!(
-        "seed {seed}: {disk} deliver-above-replicated {}",
+        "seed {seed}: {disk} fdatasync ms {sync_ms:?} deliver-above-replicated {}",
         knobs.deliver_above_replicated
     ));
-    for who in [M, S] {
+    for (i, who) in [M, S].into_iter().enumerate() {
         let l = l.clone();
         let bh = BrokerHost {
             data_dir: PathBuf::from("/data"),
             base: base_config(),
+            sync_latency: Duration::from_millis(sync_ms[i]),
         };
         sim.host(who, move || broker_host(l.clone(), who, bh.clone()));
     }

@@ -1,12 +1,16 @@
 //! The store's I/O seam ([`sofamq_store::io::Fs`]) over turmoil's simulated file system: each
 //! host has its own disk; a crash keeps only what was synced (an unsynced write may survive
 //! torn, in blocks); a fault plan turns the Nth `fdatasync` into `EIO`; a broken variant
-//! acknowledges `fdatasync` without syncing (a store that acks before its fsync).
+//! acknowledges `fdatasync` without syncing (a store that acks before its fsync). A disk can
+//! be slow: its sync latency ([`SimDisk::set_sync_latency`]) is what a caller-driven store
+//! lets pass on the host's clock between writing a batch and completing it, so the batch is
+//! written (and may be replicated) but not durable for that long.
 
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use sofamq_store::io::{Entry, FileIo, Fs, OpenMode};
 use turmoil::fs::shim::std::fs::{self as sfs, OpenOptions};
@@ -25,6 +29,8 @@ pub struct DiskFaults {
 pub struct SimDisk {
     faults: DiskFaults,
     syncs: Arc<AtomicU64>,
+    /// fdatasync latency in microseconds (0: instant), shared by every clone.
+    latency_us: Arc<AtomicU64>,
 }
 
 impl SimDisk {
@@ -33,7 +39,19 @@ impl SimDisk {
         SimDisk {
             faults,
             syncs: Arc::default(),
+            latency_us: Arc::default(),
         }
+    }
+
+    /// Every later fdatasync of the store's log takes `d` of simulated time (zero: none).
+    pub fn set_sync_latency(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.latency_us.store(us, Ordering::Relaxed);
+    }
+
+    /// The current fdatasync latency.
+    pub fn sync_latency(&self) -> Duration {
+        Duration::from_micros(self.latency_us.load(Ordering::Relaxed))
     }
 
     /// The shared handle a `StoreConfig` takes.
@@ -151,5 +169,8 @@ impl Fs for SimDisk {
             return Ok(());
         }
         sfs::sync_dir(dir)
+    }
+    fn sync_delay(&self) -> Option<Duration> {
+        Some(self.sync_latency()).filter(|d| !d.is_zero())
     }
 }

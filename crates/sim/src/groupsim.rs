@@ -16,8 +16,15 @@
 //! Faults from the seed, in the fault window: a broker crashed (its unsynced writes lost or
 //! torn) and restarted later, the controller crashed and restarted, power lost on every broker
 //! at once, full partitions (master | slave, broker | controller, producer | broker), one-way
-//! partitions (broker → controller), and a broker's links held (a pause: nothing in or out,
-//! then everything delivered). Then everything heals, the group settles, the producer stops,
+//! partitions (broker → controller), a broker's links held (nothing in or out, then
+//! everything delivered), a slow disk (each fdatasync of a broker's log 50 to 600 ms: what it
+//! wrote is streamed to its slaves long before it is durable on it), and a stall (links held
+//! and the disk stuck for the whole stall: the nearest turmoil comes to a paused process, whose
+//! timers would not fire either; here they do). Half the seeds also have a disk whose every
+//! fdatasync takes 1 to 5 ms. Clocks drift: each host's clock runs within 5% of simulated
+//! time, applied where each measures a duration (the stand-in's rules read a drifting clock;
+//! a broker's configured periods and timeouts, and the lease it is granted, are scaled by its
+//! rate, which for a constant rate is the same thing). Then everything heals, the group settles, the producer stops,
 //! every broker is crashed and restarted (only what was durable survives), and the checks run
 //! on the recovered logs:
 //! * every acked message is in the final master's log exactly once, at one offset, with its
@@ -32,7 +39,9 @@
 //! Broken variants (per seed, [`GroupKnobs`]): the controller elects an out-of-sync replica;
 //! a rejoining master skips its truncation (`Mutant::SkipRejoinTruncation` in the broker).
 //! Every seed has one failover of the kind each variant breaks: an isolated master that
-//! rejoins, or (three brokers) a master crash while one slave lags out of the in-sync set.
+//! rejoins, or (three brokers) a master crash while one slave lags out of the in-sync set, or
+//! a master cut from the controller alone (still streaming to its slaves while one of them is
+//! elected).
 //!
 //! A seed replays exactly: time is the simulated clock (tokio's `Instant` in the broker and
 //! the stand-in), the wall clock and the broker's random draws follow the seed
@@ -110,6 +119,9 @@ pub struct GroupOutcome {
     pub acks: usize,
     /// Masters elected (distinct epochs committed by the controller).
     pub epochs: usize,
+    /// Milliseconds in which a slave held durably more of the log than its master had
+    /// synced (the master's fdatasync still running: a slow disk).
+    pub slave_ahead_ms: u64,
     /// Time-stamped events.
     pub trace: Vec<String>,
 }
@@ -183,6 +195,12 @@ struct Ledger {
     stop_producer: Cell<bool>,
     next_id: Cell<u64>,
     knobs: GroupKnobs,
+    /// Each broker's disk (kept across its restarts, so its latency setting is too).
+    disks: Vec<SimDisk>,
+    /// Each broker's clock rate against simulated time (drift).
+    rates: Vec<f64>,
+    /// Each running broker's durable offset and when it was last read (simulated ms).
+    durable: RefCell<BTreeMap<u64, (u64, u64)>>,
 }
 
 fn id_of(msg_id: &str) -> Option<u64> {
@@ -239,8 +257,10 @@ fn record_log(broker: &Broker, l: &Ledger, id: u64) {
     l.recovered.borrow_mut().insert(id, rec);
 }
 
-fn broker_config(id: u64) -> BrokerConfig {
+/// Broker `id`'s configuration, its durations as a clock running at `rate` measures them.
+fn broker_config(id: u64, rate: f64) -> BrokerConfig {
     let h = host(id);
+    let ms = |v: u64| (v as f64 / rate).round() as u64;
     BrokerConfig {
         broker_name: GROUP.into(),
         broker_id: id,
@@ -252,13 +272,13 @@ fn broker_config(id: u64) -> BrokerConfig {
             listen: Some(SocketAddr::from(([0, 0, 0, 0], REPL_PORT))),
             advertise: Some(format!("{h}:{REPL_PORT}")),
             min_insync_replicas: 2,
-            ack_timeout_ms: 1_000,
-            max_lag_ms: 1_000,
-            handshake_timeout_ms: 1_000,
-            reconnect_backoff_ms: 50,
+            ack_timeout_ms: ms(1_000),
+            max_lag_ms: ms(1_000),
+            handshake_timeout_ms: ms(1_000),
+            reconnect_backoff_ms: ms(50),
             controller: vec![format!("{CTL}:{CTL_PORT}")],
-            controller_heartbeat_ms: 300,
-            controller_timeout_ms: 500,
+            controller_heartbeat_ms: ms(300),
+            controller_timeout_ms: ms(500),
             ..ReplicationConfig::default()
         },
         ..BrokerConfig::default()
@@ -271,8 +291,8 @@ async fn broker_host(l: Rc<Ledger>, id: u64) -> turmoil::Result {
     } else {
         vec![]
     });
-    let cfg = broker_config(id);
-    let disk = SimDisk::shared(DiskFaults::default());
+    let cfg = broker_config(id, l.rates[id as usize]);
+    let disk: Arc<dyn sofamq_store::io::Fs> = Arc::new(l.disks[id as usize].clone());
     let broker = loop {
         let d = disk.clone();
         match Broker::open_with(cfg.clone(), &move |sc| {
@@ -290,6 +310,20 @@ async fn broker_host(l: Rc<Ledger>, id: u64) -> turmoil::Result {
     record_log(&broker, &l, id);
     let driver = broker.store().clone();
     tokio::spawn(async move { driver.drive().await });
+    {
+        // Publishes this broker's durable offset every millisecond, for the harness.
+        let (l, store) = (l.clone(), broker.store().clone());
+        tokio::task::spawn_local(async move {
+            loop {
+                let t = u64::try_from(turmoil::sim_elapsed().unwrap_or_default().as_millis())
+                    .unwrap_or(u64::MAX);
+                l.durable
+                    .borrow_mut()
+                    .insert(id, (store.durable_offset(), t));
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+    }
     if l.final_phase.get() {
         return idle().await;
     }
@@ -300,7 +334,7 @@ async fn broker_host(l: Rc<Ledger>, id: u64) -> turmoil::Result {
     repl.start_with(Some(Box::new(TurmoilAcceptor(listener))), token.clone());
     let client = ControllerClient::with_connector(
         vec![format!("{CTL}:{CTL_PORT}")],
-        Duration::from_millis(500),
+        Duration::from_millis(500).div_f64(l.rates[id as usize]),
         Arc::new(TurmoilConnector),
     );
     let h = host(id);
@@ -660,6 +694,12 @@ enum Fault {
     /// Cut the master from its last slave (which drops out of the in-sync set), then crash
     /// the master while the cut lasts: only an in-sync replica may replace it.
     LagThenCrash,
+    /// A broker's fdatasyncs take 50 to 600 ms: its writes are replicated long before they
+    /// are durable on it.
+    SlowDisk(bool),
+    /// A broker stalls (as a process paused by the OS): every link of it held and its disk
+    /// taking the whole stall for one fdatasync; then all of it is delivered at once.
+    Stall(bool),
 }
 
 /// Runs one seed of the group simulation.
@@ -668,6 +708,24 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
     let n = brokers_for(seed);
     let mut rng = StdRng::seed_from_u64(seed);
     let j = Rc::new(Journal::default());
+    // Clock drift: each host's clock runs within 5% of simulated time (the timings leave
+    // the lease a 20% margin under the controller's shortest timeout).
+    let mut drift = || 1.0 + rng.random_range(-0.05..=0.05);
+    let ctl_rate = drift();
+    let rates: Vec<f64> = (0..n).map(|_| drift()).collect();
+    // Half the seeds have a disk whose every fdatasync takes 1 to 5 ms.
+    let disk_ms = if rng.random_bool(0.5) {
+        rng.random_range(1..=5)
+    } else {
+        0
+    };
+    let disks: Vec<SimDisk> = (0..n)
+        .map(|_| {
+            let d = SimDisk::new(DiskFaults::default());
+            d.set_sync_latency(Duration::from_millis(disk_ms));
+            d
+        })
+        .collect();
     let ctl = Rc::new(CtlShared {
         j: j.clone(),
         view: RefCell::new(None),
@@ -677,6 +735,8 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
             master_timeout: 2_000,
             refused_timeout: 1_200,
         },
+        rate: ctl_rate,
+        broker_rates: rates.clone(),
     });
     let l = Rc::new(Ledger {
         j: j.clone(),
@@ -690,6 +750,9 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
         stop_producer: Cell::new(false),
         next_id: Cell::new(0),
         knobs,
+        disks,
+        rates,
+        durable: RefCell::default(),
     });
     let mut b = turmoil::Builder::new();
     let latency = rng.random_range(2..30);
@@ -703,7 +766,9 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
     b.fs().block_size(block).sync_probability(flush);
     let mut sim = b.build();
     j.log(&format!(
-        "seed {seed}: {n} brokers, latency <= {latency} ms, block {block}, os-flush {flush}, {knobs:?}"
+        "seed {seed}: {n} brokers, latency <= {latency} ms, block {block}, os-flush {flush}, \
+         fdatasync {disk_ms} ms, clock rates: controller {ctl_rate:.3}, brokers {:.3?}, {knobs:?}",
+        l.rates
     ));
     {
         let c = ctl.clone();
@@ -723,7 +788,7 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
             let at = rng.random_range(FAULTS_FROM..FAULTS_END - 1_000);
             let dur = rng.random_range(200..3_000);
             let master = rng.random_bool(0.7);
-            let f = match rng.random_range(0..14) {
+            let f = match rng.random_range(0..16) {
                 0 | 1 => Fault::CrashBroker(master),
                 2 => Fault::CrashController,
                 3 => Fault::PowerLoss,
@@ -733,19 +798,23 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
                 7 => Fault::OneWayToController(master),
                 8 => Fault::Hold(master),
                 9 | 10 => Fault::IsolateMaster,
-                _ => Fault::LagThenCrash,
+                11 | 12 => Fault::LagThenCrash,
+                13 | 14 => Fault::SlowDisk(master),
+                _ => Fault::Stall(master),
             };
             (at, dur, f)
         })
         .collect();
     // Every seed has one failover that only the rules make safe: an isolated master
     // (its tail must be cut when it rejoins) or, with three brokers, a crash while one
-    // slave lags (only an in-sync replica may win).
-    let key = if n == 3 && rng.random_bool(0.5) {
-        Fault::LagThenCrash
-    } else {
-        Fault::IsolateMaster
+    // slave lags (only an in-sync replica may win), or a master cut from the controller
+    // alone (its lease must end before a slave is elected: it still reaches the other).
+    let key = match (n, rng.random_range(0..4)) {
+        (3, 0) => Fault::LagThenCrash,
+        (3, 1) => Fault::PartitionController(true),
+        _ => Fault::IsolateMaster,
     };
+
     plan.push((
         rng.random_range(FAULTS_FROM..FAULTS_END - 3_000),
         rng.random_range(2_500..4_000),
@@ -757,12 +826,16 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
     let mut heals: Vec<(u64, Vec<Heal>)> = Vec::new();
     let mut down: BTreeSet<String> = BTreeSet::new();
     let mut final_done = false;
+    let mut slave_ahead_ms = 0;
     loop {
         let t = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
         if t >= END {
             break;
         }
         j.set_now(t);
+        if !final_done && slave_ahead(&l, t) {
+            slave_ahead_ms += 1;
+        }
         while plan.last().is_some_and(|p| p.0 <= t) {
             let Some((_, dur, f)) = plan.pop() else { break };
             let view = ctl.view.borrow().clone();
@@ -847,6 +920,35 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
                         undo.push(Heal::Repair(h.clone(), o));
                     }
                 }
+                Fault::SlowDisk(w) => {
+                    let id = pick(w);
+                    let slow = rng.random_range(50..=600);
+                    j.log(&format!(
+                        "SLOW DISK of {} ({slow} ms per fdatasync) for {dur} ms",
+                        host(id)
+                    ));
+                    let d = &l.disks[id as usize];
+                    let before = d.sync_latency();
+                    d.set_sync_latency(Duration::from_millis(slow));
+                    undo.push(Heal::DiskLatency(id, before));
+                }
+                Fault::Stall(w) => {
+                    let id = pick(w);
+                    let h = host(id);
+                    j.log(&format!("STALL {h} (links held, disk stuck) for {dur} ms"));
+                    let d = &l.disks[id as usize];
+                    undo.push(Heal::DiskLatency(id, d.sync_latency()));
+                    d.set_sync_latency(Duration::from_millis(dur));
+                    let others: Vec<String> = (0..n)
+                        .map(host)
+                        .filter(|o| *o != h)
+                        .chain([CTL.to_string(), PRODUCER.to_string()])
+                        .collect();
+                    for o in &others {
+                        sim.hold(h.as_str(), o.as_str());
+                        undo.push(Heal::Release(h.clone(), o.clone()));
+                    }
+                }
                 Fault::LagThenCrash => {
                     let (a, b) = (host(master), host((master + n - 1) % n));
                     let lag = rng.random_range(1_200..2_000);
@@ -889,6 +991,14 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
                     Heal::Release(a, b) => {
                         sim.release(a.as_str(), b.as_str());
                     }
+                    Heal::DiskLatency(id, d) => {
+                        j.log(&format!(
+                            "DISK of {} back to {} ms",
+                            host(id),
+                            d.as_millis()
+                        ));
+                        l.disks[id as usize].set_sync_latency(d);
+                    }
                 }
             }
         }
@@ -925,8 +1035,30 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
         violations,
         acks: l.acked.borrow().len(),
         epochs,
+        slave_ahead_ms,
         trace,
     }
+}
+
+/// Whether, at `t`, a slave of the controller's current master holds durably more than the
+/// master has synced (both offsets read within the last 2 ms).
+fn slave_ahead(l: &Ledger, t: u64) -> bool {
+    let Some(master) = l.ctl.view.borrow().as_ref().and_then(|g| g.master) else {
+        return false;
+    };
+    let durable = l.durable.borrow();
+    let fresh = |id: &u64| {
+        durable
+            .get(id)
+            .filter(|(_, at)| t.saturating_sub(*at) <= 2)
+            .map(|(d, _)| *d)
+    };
+    let Some(m) = fresh(&master) else {
+        return false;
+    };
+    (0..l.brokers)
+        .filter(|id| *id != master)
+        .any(|id| fresh(&id).is_some_and(|d| d > m))
 }
 
 #[derive(Debug, Clone)]
@@ -935,4 +1067,5 @@ enum Heal {
     Repair(String, String),
     RepairOneway(String, String),
     Release(String, String),
+    DiskLatency(u64, Duration),
 }

@@ -53,6 +53,8 @@ pub struct BrokerHost {
     pub data_dir: PathBuf,
     /// The broker's configuration (roles are set per start by [`BrokerHost::config`]).
     pub base: BrokerConfig,
+    /// How long each fdatasync of its log takes (zero: none).
+    pub sync_latency: Duration,
 }
 
 impl BrokerHost {
@@ -72,11 +74,17 @@ impl BrokerHost {
     }
 }
 
-/// Opens a broker with its store on this host's simulated disk, its writer driven by a task
-/// of this host's runtime. Blocking (the open recovers the log), as `Broker::open` is.
-pub fn open(config: BrokerConfig) -> Result<Broker, sofamq_broker::BrokerError> {
+/// Opens a broker with its store on this host's simulated disk (each fdatasync taking
+/// `sync_latency`), its writer driven by a task of this host's runtime. Blocking (the open
+/// recovers the log), as `Broker::open` is.
+pub fn open(
+    config: BrokerConfig,
+    sync_latency: Duration,
+) -> Result<Broker, sofamq_broker::BrokerError> {
     let b = Broker::open_with(config, &|sc| {
-        sc.fs = SimDisk::shared(DiskFaults::default());
+        let disk = SimDisk::new(DiskFaults::default());
+        disk.set_sync_latency(sync_latency);
+        sc.fs = Arc::new(disk);
         sc.driver = Driver::Caller;
         sc.cq_flush_interval = Duration::from_millis(100);
         sc.scrub_bytes_per_sec = 0;

@@ -8,12 +8,13 @@
 //! * [`groupsim`]: the real broker group with failover: real brokers (send path, store,
 //!   replication, dedup, controller-follow loop) and the controller's real election rule and
 //!   state machine ([`standin`]), producers retrying with the same message ids, through
-//!   broker and controller crashes, power loss, full and one-way partitions and held links;
+//!   broker and controller crashes, power loss, full and one-way partitions, held links,
+//!   slow disks, stalls and clock drift;
 //! * [`consumesim`]: consumers of real brokers through a failover and a power cut.
 //!
 //! [`disk`] puts the store's I/O seam on turmoil's per-host disk; [`host`] runs a real
 //! broker on a turmoil host; [`journal`] keeps a seed's
-//! trace and violations. Each simulation proves, with its own broken variants, that its
+//! trace and violations; [`replay`] reruns a seed in another process to compare outcomes. Each simulation proves, with its own broken variants, that its
 //! checks catch what they are there for.
 
 pub mod consumesim;
@@ -21,6 +22,7 @@ pub mod disk;
 pub mod groupsim;
 pub mod host;
 pub mod journal;
+pub mod replay;
 pub mod replsim;
 pub mod standin;
 pub mod storesim;

@@ -3,8 +3,11 @@
 //! cut of both machines.
 //!
 //! Host `m` runs a store and `Replication` as the master (static roles, no controller), with two
-//! producers that append a batch and count it acked only once `wait_replicated` returns OK,
-//! exactly what the broker's send path does after the append. Host `s` runs the slave, which
+//! producers that are admitted (`Replication::admit`: enough in-sync replicas), append a batch
+//! and count it acked only once `wait_replicated` returns OK, exactly what the broker's send
+//! path does around the append. Half the seeds give the master's or the slave's disk a slow
+//! fdatasync (1 to 40 ms of simulated time, [`SimDisk::set_sync_latency`]): a batch is then
+//! written and streamed long before it is durable where it was written. Host `s` runs the slave, which
 //! dials the master through turmoil's TCP (the replication `Connector`/`Acceptor` seam). Both
 //! stores run with `Driver::Caller`, so their writers are tasks on their host's runtime.
 //!
@@ -85,6 +88,8 @@ struct Ledger {
     next_id: Cell<u64>,
     /// Set at the power cut: the restarted hosts only record their logs.
     cut: Cell<bool>,
+    /// fdatasync latency of the master's and the slave's disk (ms; 0: none).
+    sync_ms: Cell<[u64; 2]>,
 }
 
 /// The result of one seed.
@@ -136,10 +141,15 @@ async fn produce(
                 ..Default::default()
             })
             .collect();
-        // The term the batch is sent in: this host's role never changes, so only a fenced
-        // log (which would refuse the append too) makes it unwritable.
-        match repl.writable() {
-            Err(e) => l.j.error(&format!("append failed: {e}")),
+        // Admission, as the broker's send path does it before the append: a fenced log, or
+        // fewer in-sync replicas than required, refuses the batch (nothing is stored, so a
+        // slave that fell behind can catch up and rejoin); it gives the term the batch is
+        // sent in.
+        match repl.admit() {
+            Err(e) => {
+                l.j.error(&format!("refused: {e}"));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             Ok(admitted) => match store.append(recs).await {
                 Ok(done) => {
                     let end = done.last().map_or(0, |a| a.log_offset + u64::from(a.size));
@@ -207,7 +217,12 @@ async fn host(l: Rc<Ledger>, who: &'static str, seed: u64, knobs: ReplKnobs) -> 
         segment_size: 16 * 1024,
         cq_flush_interval: Duration::from_millis(100),
         scrub_bytes_per_sec: 0,
-        fs: SimDisk::shared(DiskFaults::default()),
+        fs: {
+            let d = SimDisk::new(DiskFaults::default());
+            let ms = l.sync_ms.get()[usize::from(who != MASTER)];
+            d.set_sync_latency(Duration::from_millis(ms));
+            Arc::new(d)
+        },
         driver: Driver::Caller,
         ..StoreConfig::new(PathBuf::from("/data"))
     };
@@ -311,8 +326,19 @@ pub fn run_repl_seed(seed: u64, knobs: ReplKnobs) -> ReplOutcome {
     let mut rng = StdRng::seed_from_u64(seed);
     let (mut sim, disk) = two_host_world(seed, &mut rng, Duration::from_millis(END + 10_000));
     let l = Rc::new(Ledger::default());
+    // Half the seeds have slow disks: a batch is written (and streamed) well before its
+    // fdatasync completes, on the master and on the slave.
+    let mut slow = || {
+        if rng.random_bool(0.5) {
+            rng.random_range(1..=40)
+        } else {
+            0
+        }
+    };
+    l.sync_ms.set([slow(), slow()]);
     l.j.log(&format!(
-        "seed {seed}: {disk} ack-before-slave {}",
+        "seed {seed}: {disk} fdatasync ms (master, slave) {:?} ack-before-slave {}",
+        l.sync_ms.get(),
         knobs.ack_before_slave
     ));
     for who in [MASTER, SLAVE] {

@@ -57,15 +57,30 @@ pub struct CtlShared {
     pub elect_out_of_sync: bool,
     /// Timings.
     pub timing: CtlTiming,
+    /// Clock drift: the rate of the controller's clock against simulated time (1.0: exact).
+    pub rate: f64,
+    /// Clock drift of each broker (by id): a broker whose clock runs at rate `r` measures the
+    /// lease it is granted as lasting `lease / r` of simulated time, so that is what it gets.
+    pub broker_rates: Vec<f64>,
 }
 
-/// Now, on the host's (simulated) clock, which the controller's rules read.
-fn instant() -> Instant {
-    Instant::now()
+/// A clock that runs at `rate` times simulated time from `base` (drift).
+#[derive(Debug, Clone, Copy)]
+struct Drifting {
+    base: Instant,
+    rate: f64,
+}
+
+impl Drifting {
+    /// Now, on this host's drifting clock, which the controller's rules read.
+    fn now(&self) -> Instant {
+        self.base + Instant::now().duration_since(self.base).mul_f64(self.rate)
+    }
 }
 
 struct Ctl {
     sh: Rc<CtlShared>,
+    clock: Drifting,
     sm: SmData,
     seen: BTreeMap<u64, BrokerSeen>,
     leader_since: Instant,
@@ -106,7 +121,7 @@ impl Ctl {
     }
 
     fn heartbeat(&mut self, hb: &Heartbeat) -> Result<HeartbeatReply, ControllerError> {
-        let now = instant();
+        let now = self.clock.now();
         match self.seen.get_mut(&hb.broker_id) {
             Some(s) => s.update(hb, now),
             None => {
@@ -128,16 +143,26 @@ impl Ctl {
         match self.group(&hb.group) {
             Some(g) => Ok(HeartbeatReply {
                 view: g.clone(),
-                lease_ms: self.sh.timing.lease,
+                lease_ms: self.lease_for(hb.broker_id),
             }),
             None => Err(ControllerError::Unavailable("group not yet applied".into())),
         }
     }
 
+    /// The lease as broker `id`'s drifting clock measures it, in simulated time.
+    fn lease_for(&self, id: u64) -> u64 {
+        let rate = usize::try_from(id)
+            .ok()
+            .and_then(|i| self.sh.broker_rates.get(i))
+            .copied()
+            .unwrap_or(1.0);
+        (self.sh.timing.lease as f64 / rate).round() as u64
+    }
+
     fn tick(&mut self) {
         let groups: Vec<GroupState> = self.sm.groups.values().cloned().collect();
         for g in groups {
-            let now = instant();
+            let now = self.clock.now();
             let since = match self.epoch_seen {
                 Some((e, t)) if e == g.master_epoch => t,
                 _ => {
@@ -241,11 +266,16 @@ pub async fn run(sh: Rc<CtlShared>, port: u16) -> turmoil::Result {
         ));
         *sh.view.borrow_mut() = Some(g.clone());
     }
+    let clock = Drifting {
+        base: Instant::now(),
+        rate: sh.rate,
+    };
     let ctl = Rc::new(RefCell::new(Ctl {
         sh,
+        clock,
         sm,
         seen: BTreeMap::new(),
-        leader_since: instant(),
+        leader_since: clock.now(),
         epoch_seen: None,
     }));
     let ticker = ctl.clone();

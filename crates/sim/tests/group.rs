@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use sofamq_sim::groupsim::{GroupKnobs, GroupOutcome, run_group_seed};
 use sofamq_sim::journal::env_u64;
+use sofamq_sim::replay;
 
 /// Default number of seeds CI runs (`GROUP_SIM_SEEDS=N` for more, `GROUP_SIM_FIRST_SEED`
 /// to shift).
@@ -41,6 +42,10 @@ fn replay_one_group_seed() {
         .try_init();
     let o = run_group_seed(seed, knobs_from_env());
     eprintln!("{}", o.trace.join("\n"));
+    eprintln!(
+        "seed {seed}: {} acks, {} elections, {} ms with a slave durable ahead",
+        o.acks, o.epochs, o.slave_ahead_ms
+    );
     assert!(o.violations.is_empty(), "{}", replay_hint(&o));
 }
 
@@ -49,22 +54,27 @@ fn acked_messages_survive_failovers_exactly_once() {
     let first = env_u64("GROUP_SIM_FIRST_SEED", 0);
     let n = env_u64("GROUP_SIM_SEEDS", DEFAULT_SEEDS);
     let t0 = Instant::now();
-    let (mut acks, mut epochs) = (0usize, 0usize);
+    let (mut acks, mut epochs, mut ahead) = (0usize, 0usize, 0u64);
     let mut failed = Vec::new();
     for seed in first..first + n {
         let o = run_group_seed(seed, GroupKnobs::default());
         acks += o.acks;
         epochs += o.epochs;
+        ahead += o.slave_ahead_ms;
         if !o.violations.is_empty() {
             failed.push(replay_hint(&o));
         }
     }
     let secs = t0.elapsed().as_secs_f64();
     eprintln!(
-        "group sim: {n} seeds in {secs:.1} s ({:.1} seeds/min), {acks} acks, {epochs} elections",
+        "group sim: {n} seeds in {secs:.1} s ({:.1} seeds/min), {acks} acks, {epochs} elections, \
+         {ahead} ms with a slave durable ahead of its master",
         n as f64 * 60.0 / secs
     );
     assert!(failed.is_empty(), "{}", failed.join("\n"));
+    // Slow disks: writes replicated and durable on a slave while the master's own fdatasync
+    // still runs (a window a disk that syncs as it writes never opens).
+    assert!(ahead > 0, "no slave was ever durably ahead of its master");
     assert!(acks as u64 > n * 100, "only {acks} acks over {n} seeds");
     assert!(epochs as u64 > n, "only {epochs} elections over {n} seeds");
 }
@@ -138,4 +148,54 @@ fn a_group_seed_replays_exactly() {
         assert_eq!(a.acks, b.acks, "seed {seed}");
         assert_eq!(a.trace, b.trace, "seed {seed}");
     }
+}
+
+/// Set in a child process of this test binary: the seed it runs and prints.
+const CHILD_SEED: &str = "GROUP_SIM_CHILD_SEED";
+
+/// Everything a replay must reproduce, as text: the trace (faults, elections, errors, each
+/// broker's recovered log end and record count), acks, elections and violations.
+fn render(o: &GroupOutcome) -> String {
+    format!(
+        "{}\nacks {} elections {} slave-ahead {} violations {:?}",
+        o.trace.join("\n"),
+        o.acks,
+        o.epochs,
+        o.slave_ahead_ms,
+        o.violations
+    )
+}
+
+/// The child half of [`a_group_seed_replays_exactly_in_other_processes`]: does nothing
+/// unless `GROUP_SIM_CHILD_SEED` is set, then prints that seed's outcome.
+#[test]
+fn child_prints_one_group_seed() {
+    let Some(seed) = std::env::var(CHILD_SEED).ok().and_then(|s| s.parse().ok()) else {
+        return;
+    };
+    replay::print_outcome(&render(&run_group_seed(seed, GroupKnobs::default())));
+}
+
+/// A seed replays exactly in other processes (other hash keys, tokio runtime seeds and
+/// addresses): a two-broker and a three-broker seed, each in two child processes.
+/// `GROUP_SIM_PROCESSES=N` runs N children per seed.
+#[test]
+fn a_group_seed_replays_exactly_in_other_processes() {
+    let n = env_u64("GROUP_SIM_PROCESSES", 2);
+    let mut differed = Vec::new();
+    for seed in [2, 3] {
+        let here = render(&run_group_seed(seed, GroupKnobs::default()));
+        assert!(here.lines().count() > 5, "{here}");
+        for i in 0..n {
+            let there = replay::run_in_child("child_prints_one_group_seed", CHILD_SEED, seed);
+            if let Some(d) = replay::first_difference(&here, &there) {
+                differed.push(format!("seed {seed}, process {i}: {d}"));
+            }
+        }
+    }
+    eprintln!(
+        "group sim: seeds 2 and 3 in {n} processes each, {} differed",
+        differed.len()
+    );
+    assert!(differed.is_empty(), "{}", differed.join("\n"));
 }

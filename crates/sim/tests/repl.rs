@@ -1,9 +1,9 @@
 //! The real master and slave on simulated disks and network (see `sofamq_sim::replsim`).
 
-use std::process::Command;
 use std::time::Instant;
 
 use sofamq_sim::journal::env_u64;
+use sofamq_sim::replay;
 use sofamq_sim::replsim::{ReplKnobs, ReplOutcome, run_repl_seed};
 
 /// Default number of seeds (`REPL_SIM_SEEDS=N` for more, `REPL_SIM_FIRST_SEED` to shift).
@@ -104,8 +104,6 @@ fn a_seed_replays_exactly() {
 
 /// Set in a child process of this test binary: the seed it runs and prints.
 const CHILD_SEED: &str = "REPL_SIM_CHILD_SEED";
-const BEGIN: &str = "--- repl sim outcome ---";
-const END: &str = "--- end of repl sim outcome ---";
 
 /// Everything a replay must reproduce, as text.
 fn render(o: &ReplOutcome) -> String {
@@ -118,44 +116,13 @@ fn render(o: &ReplOutcome) -> String {
 }
 
 /// The child half of [`a_seed_replays_exactly_in_other_processes`]: does nothing unless
-/// `REPL_SIM_CHILD_SEED` is set, then prints that seed's outcome between markers.
+/// `REPL_SIM_CHILD_SEED` is set, then prints that seed's outcome.
 #[test]
 fn child_prints_one_seed() {
     let Some(seed) = std::env::var(CHILD_SEED).ok().and_then(|s| s.parse().ok()) else {
         return;
     };
-    println!(
-        "{BEGIN}\n{}\n{END}",
-        render(&run_repl_seed(seed, ReplKnobs::default()))
-    );
-}
-
-/// Runs `seed` in a new process of this test binary and returns its rendered outcome.
-fn run_in_child(seed: u64) -> String {
-    let exe = std::env::current_exe().expect("test binary path");
-    let out = Command::new(exe)
-        .args([
-            "--exact",
-            "child_prints_one_seed",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_SEED, seed.to_string())
-        .output()
-        .expect("run the test binary again");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "child failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (_, rest) = stdout
-        .split_once(&format!("{BEGIN}\n"))
-        .expect("no outcome in the child's output");
-    let (outcome, _) = rest
-        .split_once(&format!("\n{END}"))
-        .expect("outcome not terminated");
-    outcome.to_string()
+    replay::print_outcome(&render(&run_repl_seed(seed, ReplKnobs::default())));
 }
 
 /// A seed replays exactly in other processes (other hash keys, other tokio runtime seeds,
@@ -169,18 +136,9 @@ fn a_seed_replays_exactly_in_other_processes() {
     assert!(here.lines().count() > 5, "{here}");
     let mut differed = Vec::new();
     for i in 0..n {
-        let there = run_in_child(seed);
-        if there != here {
-            let at = here
-                .lines()
-                .zip(there.lines())
-                .position(|(a, b)| a != b)
-                .unwrap_or(0);
-            differed.push(format!(
-                "process {i}: first difference at line {at}: {:?} vs {:?}",
-                here.lines().nth(at),
-                there.lines().nth(at)
-            ));
+        let there = replay::run_in_child("child_prints_one_seed", CHILD_SEED, seed);
+        if let Some(d) = replay::first_difference(&here, &there) {
+            differed.push(format!("process {i}: {d}"));
         }
     }
     eprintln!(

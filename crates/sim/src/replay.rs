@@ -1,0 +1,56 @@
+//! Replaying a seed in other processes: a test binary runs itself again with one test
+//! selected and a seed in the environment; the child prints the seed's rendered outcome
+//! between markers and the parent compares it with its own. Other processes have other hash
+//! keys, other tokio runtime seeds and other addresses, so an equal outcome shows the seed
+//! does not depend on any of them.
+
+use std::process::Command;
+
+const BEGIN: &str = "--- sim outcome ---";
+const END: &str = "--- end of sim outcome ---";
+
+/// In the child: prints `outcome` between the markers [`run_in_child`] looks for.
+pub fn print_outcome(outcome: &str) {
+    println!("{BEGIN}\n{outcome}\n{END}");
+}
+
+/// Runs the test `child_test` of this test binary in a new process with `env` set to `seed`
+/// and returns the outcome it printed with [`print_outcome`]. Panics if the child fails.
+pub fn run_in_child(child_test: &str, env: &str, seed: u64) -> String {
+    let exe = std::env::current_exe().expect("test binary path");
+    let out = Command::new(exe)
+        .args(["--exact", child_test, "--nocapture", "--test-threads=1"])
+        .env(env, seed.to_string())
+        .output()
+        .expect("run the test binary again");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, rest) = stdout
+        .split_once(&format!("{BEGIN}\n"))
+        .expect("no outcome in the child's output");
+    let (outcome, _) = rest
+        .split_once(&format!("\n{END}"))
+        .expect("outcome not terminated");
+    outcome.to_string()
+}
+
+/// The first line where two rendered outcomes differ, both sides, or `None` if equal.
+pub fn first_difference(here: &str, there: &str) -> Option<String> {
+    if here == there {
+        return None;
+    }
+    let at = here
+        .lines()
+        .zip(there.lines())
+        .position(|(a, b)| a != b)
+        .unwrap_or_else(|| here.lines().count().min(there.lines().count()));
+    Some(format!(
+        "first difference at line {at}: {:?} vs {:?}",
+        here.lines().nth(at),
+        there.lines().nth(at)
+    ))
+}
