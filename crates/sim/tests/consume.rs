@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use sofamq_sim::consumesim::{ConsumeKnobs, ConsumeOutcome, run_consume_seed};
 use sofamq_sim::journal::env_u64;
+use sofamq_sim::replay;
 
 /// Default number of seeds (`CONSUME_SIM_SEEDS=N` for more, `CONSUME_SIM_FIRST_SEED` to shift).
 const DEFAULT_SEEDS: u64 = 16;
@@ -150,4 +151,50 @@ fn a_consume_seed_replays_in_one_process() {
         );
         assert_eq!(a.trace, b.trace, "seed {seed}: the trace did not replay");
     }
+}
+
+/// Set in a child process of this test binary: the seed it runs and prints.
+const CHILD_SEED: &str = "CONSUME_SIM_CHILD_SEED";
+
+/// Everything a replay must reproduce, as text.
+fn render(o: &ConsumeOutcome) -> String {
+    format!(
+        "{}\nsends {} deliveries {} acks {} across {} stale {} dead {} receives {:?} nacks {} \
+         violations {:?}",
+        o.trace.join("\n"),
+        o.acked_sends,
+        o.deliveries,
+        o.acks,
+        o.redelivered_across_failover,
+        o.stale_refused,
+        o.dead_letters,
+        o.receives,
+        o.nacks,
+        o.violations
+    )
+}
+
+/// The child half of [`a_consume_seed_replays_in_other_processes`].
+#[test]
+fn child_prints_one_consume_seed() {
+    let Some(seed) = std::env::var(CHILD_SEED).ok().and_then(|s| s.parse().ok()) else {
+        return;
+    };
+    replay::print_outcome(&render(&run_consume_seed(seed, ConsumeKnobs::default())));
+}
+
+/// A seed replays exactly in other processes: seeds 2 and 9, each in two child processes.
+#[test]
+fn a_consume_seed_replays_in_other_processes() {
+    let mut differed = Vec::new();
+    for seed in [2, 9] {
+        let here = render(&run_consume_seed(seed, ConsumeKnobs::default()));
+        for i in 0..2 {
+            let there = replay::run_in_child("child_prints_one_consume_seed", CHILD_SEED, seed);
+            if let Some(d) = replay::first_difference(&here, &there) {
+                differed.push(format!("seed {seed}, process {i}: {d}"));
+            }
+        }
+    }
+    assert!(differed.is_empty(), "{}", differed.join("\n"));
 }

@@ -3,7 +3,8 @@
 use std::time::Instant;
 
 use sofamq_sim::journal::env_u64;
-use sofamq_sim::storesim::{StoreKnobs, run_store_seed};
+use sofamq_sim::replay;
+use sofamq_sim::storesim::{StoreKnobs, StoreOutcome, run_store_seed};
 
 /// Default number of seeds (`STORE_SIM_SEEDS=N` for more, `STORE_SIM_FIRST_SEED` to shift).
 const DEFAULT_SEEDS: u64 = 40;
@@ -92,4 +93,44 @@ fn acking_before_the_fdatasync_is_caught() {
         caught > 0,
         "no seed caught a store that acks before its fdatasync"
     );
+}
+
+/// Set in a child process of this test binary: the seed it runs and prints.
+const CHILD_SEED: &str = "STORE_SIM_CHILD_SEED";
+
+fn render(o: &StoreOutcome) -> String {
+    format!(
+        "{}\nacks {} opens {} append errors {} final open {} violations {:?}",
+        o.trace.join("\n"),
+        o.acks,
+        o.opens,
+        o.append_errors,
+        o.final_open,
+        o.violations
+    )
+}
+
+/// The child half of [`a_store_seed_replays_in_other_processes`].
+#[test]
+fn child_prints_one_store_seed() {
+    let Some(seed) = std::env::var(CHILD_SEED).ok().and_then(|s| s.parse().ok()) else {
+        return;
+    };
+    replay::print_outcome(&render(&run_store_seed(seed, StoreKnobs::default())));
+}
+
+/// A seed replays exactly in other processes: seeds 3 and 11, each in two child processes.
+#[test]
+fn a_store_seed_replays_in_other_processes() {
+    let mut differed = Vec::new();
+    for seed in [3, 11] {
+        let here = render(&run_store_seed(seed, StoreKnobs::default()));
+        for i in 0..2 {
+            let there = replay::run_in_child("child_prints_one_store_seed", CHILD_SEED, seed);
+            if let Some(d) = replay::first_difference(&here, &there) {
+                differed.push(format!("seed {seed}, process {i}: {d}"));
+            }
+        }
+    }
+    assert!(differed.is_empty(), "{}", differed.join("\n"));
 }
