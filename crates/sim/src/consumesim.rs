@@ -1,9 +1,12 @@
 //! Consumers on the real broker: the real `Broker` (send, receive, ack, change-invisible,
 //! consumer state on `%SYS%CONSUMER`, dead letters, replication, promotion) on two turmoil
-//! hosts (see [`crate::host`]), under seeded faults, a failover and a final power cut.
+//! hosts (see [`crate::host`]), with failover decided by the controller's real rules (the
+//! stand-in of [`crate::standin`] on a third host, reached by each broker's real
+//! controller-follow loop), under seeded faults, a failover and a final power cut.
 //!
-//! Host `m` starts as master, host `s` as its slave (`min_insync_replicas` 2, no controller).
-//! The clients run on whichever host is master, calling the broker's request handlers
+//! Hosts `m` and `s` follow the controller (`min_insync_replicas` 2); it elects one master.
+//! The clients run on whichever host last became master (a new set starts there, the
+//! previous set stops), calling the broker's request handlers
 //! directly: two producers (`Broker::send`, message ids, an id retried with the same id until
 //! answered OK; a send counts as acked on OK) and three consumers of group `g` on topic `t`
 //! (`Broker::receive`; each message is then acked, left to expire, nacked with
@@ -14,10 +17,11 @@
 //! the new master acks handles the old one issued.
 //!
 //! Faults from the seed: the slave crashed and restarted, the link cut for a while, the
-//! master crashed and restarted (it loses its unsynced tail). Then the failover: on half the
-//! seeds the link is cut first, the master loses power, the slave is promoted as a controller
-//! would order it (`Broker::promote(Some(epoch))`), the clients continue on it, and the old
-//! master comes back as its slave (cutting what the new master lacks). Producers stop, the
+//! master crashed and restarted (it loses its unsynced tail; the controller may hand the
+//! group to the slave meanwhile). Then the failover: on half the seeds the link is cut first,
+//! the master loses power, the controller elects the slave if it is in sync (else the group
+//! waits for the old master), the clients continue on the new master, and the old master
+//! comes back 2.5 to 3.5 s later as its slave (cutting what the new master lacks). Producers stop, the
 //! consumers drain (ack everything but poison) until every acked send was delivered and every
 //! acked poison message is in the dead-letter queue, then both machines lose power and
 //! reopen read-only.
@@ -45,6 +49,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -53,6 +58,7 @@ use sofamq_broker::mutant::{self, Mutant};
 use sofamq_broker::repl::Role;
 use sofamq_broker::topics::TopicType;
 use sofamq_broker::{Broker, BrokerConfig};
+use sofamq_controller::{BrokerAddrs, ControllerClient};
 use sofamq_proto::v2::{
     AckMessageEntry, AckMessageRequest, ChangeInvisibleDurationRequest, Code, Message,
     MessageQueue, MessageType, ReceiveMessageRequest, Resource, SendMessageRequest,
@@ -60,11 +66,15 @@ use sofamq_proto::v2::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::host::{self, BrokerHost};
+use crate::host::{self, BrokerHost, REPL_PORT, TurmoilConnector};
 use crate::journal::Journal;
+use crate::standin::{self, CtlShared, CtlTiming};
 
 const M: &str = "m";
 const S: &str = "s";
+/// The controller host (the stand-in running the controller's real rules).
+const CTL: &str = "ctl";
+const CTL_PORT: u16 = 9876;
 const TOPIC: &str = "t";
 const GROUP: &str = "g";
 const DLQ: &str = "%DLQ%g";
@@ -75,7 +85,7 @@ const FAULTS: (u64, u64) = (300, 2_500);
 /// The master loses power in this window (ms).
 const FAILOVER: (u64, u64) = (2_800, 3_500);
 /// Producers stop (ms); the consumers then drain.
-const STOP_PRODUCING: u64 = 5_000;
+const STOP_PRODUCING: u64 = 7_500;
 /// The drain ends by this time at the latest (ms); the power cut follows.
 const DRAIN_CAP: u64 = 15_000;
 
@@ -138,17 +148,13 @@ struct Recovered {
 
 #[derive(Default)]
 struct Ledger {
-    j: Journal,
+    j: Rc<Journal>,
     seed: u64,
-    /// The host that is master (clients run there).
+    /// The host that last became master (clients run there).
     master: Cell<&'static str>,
-    /// Bumped by the failover: the group's log changed hands.
+    /// Bumped when another host becomes master: the group's log changed hands.
     tenure: Cell<u32>,
-    /// Highest epoch a master began (the controller's view, for the promotion).
-    max_epoch: Cell<u64>,
-    /// Set by the harness: the slave must promote itself now.
-    promote: Cell<bool>,
-    /// Starts of client sets (keeps their RNG streams distinct).
+    /// Starts of client sets (keeps their RNG streams distinct); only the latest set runs.
     client_starts: Cell<u64>,
     next_id: Cell<u64>,
     /// Ids sent without an OK yet (retried with the same id).
@@ -253,8 +259,14 @@ fn base_config() -> BrokerConfig {
     c
 }
 
-async fn produce(b: Broker, l: Rc<Ledger>, mut rng: StdRng) {
-    while !l.stop_producing.get() {
+/// Whether the client set started as number `set` is still the current one (a newer set
+/// starts when a broker becomes master; the older one stops).
+fn current(l: &Ledger, set: u64) -> bool {
+    l.client_starts.get() == set + 1
+}
+
+async fn produce(b: Broker, l: Rc<Ledger>, mut rng: StdRng, set: u64) {
+    while !l.stop_producing.get() && current(&l, set) {
         let retry: Vec<u64> = if rng.random_bool(0.5) {
             l.unanswered.borrow().iter().take(3).copied().collect()
         } else {
@@ -387,9 +399,9 @@ async fn act(b: &Broker, l: &Ledger, h: Held) {
     }
 }
 
-async fn consume(b: Broker, l: Rc<Ledger>, mut rng: StdRng) {
+async fn consume(b: Broker, l: Rc<Ledger>, mut rng: StdRng, set: u64) {
     let token = CancellationToken::new();
-    loop {
+    while current(&l, set) {
         let now = l.now();
         // Handles due for their action, this consumer's or any consumer's before a crash.
         let due: Vec<Held> = {
@@ -500,8 +512,8 @@ async fn consume(b: Broker, l: Rc<Ledger>, mut rng: StdRng) {
 
 /// Sets `drained` once every acked send was delivered and every acked poison id is in the
 /// dead-letter queue of this (master) broker.
-async fn watch_drain(b: Broker, l: Rc<Ledger>) {
-    loop {
+async fn watch_drain(b: Broker, l: Rc<Ledger>, set: u64) {
+    while current(&l, set) {
         tokio::time::sleep(Duration::from_millis(50)).await;
         if !l.stop_producing.get() || l.drained.get().is_some() {
             continue;
@@ -532,18 +544,16 @@ fn start_clients(b: &Broker, l: &Rc<Ledger>) {
     let mut rng = StdRng::seed_from_u64(l.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n);
     for _ in 0..2 {
         let r = StdRng::seed_from_u64(rng.random());
-        tokio::task::spawn_local(produce(b.clone(), l.clone(), r));
+        tokio::task::spawn_local(produce(b.clone(), l.clone(), r, n));
     }
     for _ in 0..3 {
         let r = StdRng::seed_from_u64(rng.random());
-        tokio::task::spawn_local(consume(b.clone(), l.clone(), r));
+        tokio::task::spawn_local(consume(b.clone(), l.clone(), r, n));
     }
-    tokio::task::spawn_local(watch_drain(b.clone(), l.clone()));
+    tokio::task::spawn_local(watch_drain(b.clone(), l.clone(), n));
 }
 
 async fn serve_as_master(b: &Broker, l: &Rc<Ledger>, who: &str) {
-    l.max_epoch
-        .set(l.max_epoch.get().max(b.store().current_epoch()));
     if let Err(e) = b.create_topic(TOPIC, QUEUES, TopicType::Normal).await {
         l.j.error(&format!("{who}: create topic: {e}"));
     }
@@ -590,17 +600,29 @@ fn record(b: &Broker, l: &Ledger, who: &'static str) {
     l.recovered.borrow_mut().insert(who, rec);
 }
 
+/// The configuration of a broker that follows the controller (no static role).
+fn controlled(bh: &BrokerHost, who: &str) -> BrokerConfig {
+    let mut c = bh.config(Role::Slave, None);
+    c.broker_id = u64::from(who != M);
+    c.replication.role = None;
+    c.replication.advertise = Some(format!("{who}:{REPL_PORT}"));
+    c.replication.controller = vec![format!("{CTL}:{CTL_PORT}")];
+    c.replication.controller_heartbeat_ms = 300;
+    c.replication.controller_timeout_ms = 500;
+    c.replication.max_lag_ms = 1_000;
+    c
+}
+
 async fn broker_host(l: Rc<Ledger>, who: &'static str, bh: BrokerHost) -> turmoil::Result {
-    let other = if who == M { S } else { M };
     let cut = l.cut.get();
-    let role = if !cut && l.master.get() == who {
-        Role::Master
+    // After the power cut a broker is only read: a slave with no master to follow.
+    let config = if cut {
+        bh.config(Role::Slave, None)
     } else {
-        Role::Slave
+        controlled(&bh, who)
     };
-    let master = (!cut && role == Role::Slave).then_some(other);
     let b = loop {
-        match host::open(bh.config(role, master), bh.sync_latency) {
+        match host::open(config.clone(), bh.sync_latency) {
             Ok(b) => break b,
             Err(e) => {
                 l.j.error(&format!("{who}: open failed: {e}"));
@@ -613,36 +635,47 @@ async fn broker_host(l: Rc<Ledger>, who: &'static str, bh: BrokerHost) -> turmoi
         return idle().await;
     }
     l.j.log(&format!(
-        "{who} opened as {}: log_end {} epoch {}",
-        role.as_str(),
+        "{who} opened: log_end {} epoch {}",
         b.store().log_end_offset(),
         b.store().current_epoch()
     ));
     let token = CancellationToken::new();
     host::start_replication(&b, &token).await?;
-    if role == Role::Master {
-        serve_as_master(&b, &l, who).await;
-    } else {
-        loop {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            if l.promote.get() && l.master.get() == who {
-                l.promote.set(false);
-                let epoch = l.max_epoch.get() + 1;
-                match b.promote(Some(epoch)).await {
-                    Ok(e) => {
-                        l.j.log(&format!(
-                            "{who} promoted: epoch {e}, log_end {}",
-                            b.store().log_end_offset()
-                        ));
-                        serve_as_master(&b, &l, who).await;
-                    }
-                    Err(e) => l.j.violate(format!("{who}: promotion failed: {e}")),
-                }
-                break;
+    let client = ControllerClient::with_connector(
+        vec![format!("{CTL}:{CTL_PORT}")],
+        Duration::from_millis(500),
+        Arc::new(TurmoilConnector),
+    );
+    let addrs = BrokerAddrs {
+        grpc: format!("{who}:8081"),
+        repl: format!("{who}:{REPL_PORT}"),
+    };
+    tokio::spawn(sofamq_broker::control::run_with(
+        b.clone(),
+        addrs,
+        client,
+        token.clone(),
+    ));
+    // The controller decides the roles; the clients follow whichever broker became master
+    // (a new set of clients starts there, the previous set stops).
+    let mut serving = false;
+    loop {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let master = b.repl().role() == Role::Master;
+        if master && !serving {
+            if l.master.get() != who {
+                l.tenure.set(l.tenure.get() + 1);
             }
+            l.master.set(who);
+            l.j.log(&format!(
+                "{who} is master: epoch {}, log_end {}",
+                b.store().current_epoch(),
+                b.store().log_end_offset()
+            ));
+            serve_as_master(&b, &l, who).await;
         }
+        serving = master;
     }
-    idle().await
 }
 
 async fn idle() -> turmoil::Result {
@@ -658,7 +691,6 @@ enum Ev {
     Cut,
     Heal,
     PowerLossMaster,
-    Promote,
     RestartOld,
 }
 
@@ -793,6 +825,21 @@ pub fn run_consume_seed(seed: u64, knobs: ConsumeKnobs) -> ConsumeOutcome {
         ..Ledger::default()
     });
     l.master.set(M);
+    {
+        let ctl = Rc::new(CtlShared {
+            j: l.j.clone(),
+            view: RefCell::new(None),
+            elect_out_of_sync: false,
+            timing: CtlTiming {
+                lease: 1_000,
+                master_timeout: 2_000,
+                refused_timeout: 1_200,
+            },
+            rate: 1.0,
+            broker_rates: vec![1.0, 1.0],
+        });
+        sim.host(CTL, move || standin::run(ctl.clone(), CTL_PORT));
+    }
     // Half the seeds have slow disks (1 to 20 ms per fdatasync): what a broker wrote is
     // streamed, and may be acked by its slave, before it is durable where it was written.
     // Drawn apart from the fault plan, which stays what the seed drew without them.
@@ -836,8 +883,10 @@ pub fn run_consume_seed(seed: u64, knobs: ConsumeKnobs) -> ConsumeOutcome {
     }
     plan.push((f, Ev::PowerLossMaster));
     let p = f + rng.random_range(100..500);
-    plan.push((p, Ev::Promote));
-    plan.push((p + rng.random_range(200..800), Ev::RestartOld));
+    plan.push((p, Ev::Heal));
+    // The controller replaces the master after its timeout (or sooner, once the slave
+    // finds the master's replication port refusing): the old master returns later.
+    plan.push((f + rng.random_range(2_500..3_500), Ev::RestartOld));
     plan.sort_unstable();
     plan.reverse();
     mutant::set(if knobs.deliver_above_replicated {
@@ -846,6 +895,7 @@ pub fn run_consume_seed(seed: u64, knobs: ConsumeKnobs) -> ConsumeOutcome {
         &[]
     });
     let mut cut_at = None;
+    let mut powered_off = None;
     loop {
         let t = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
         l.j.set_now(t);
@@ -878,17 +928,13 @@ pub fn run_consume_seed(seed: u64, knobs: ConsumeKnobs) -> ConsumeOutcome {
                 Ev::PowerLossMaster => {
                     l.j.log(&format!("POWER LOSS of the master {master}"));
                     sim.crash(master);
-                }
-                Ev::Promote => {
-                    l.j.log(&format!("PROMOTE {slave}"));
-                    sim.repair(M, S);
-                    l.master.set(slave);
-                    l.tenure.set(l.tenure.get() + 1);
-                    l.promote.set(true);
+                    powered_off = Some(master);
                 }
                 Ev::RestartOld => {
-                    l.j.log(&format!("RESTART {slave} (old master, now a slave)"));
-                    sim.bounce(slave);
+                    if let Some(h) = powered_off.take() {
+                        l.j.log(&format!("RESTART {h} (the old master)"));
+                        sim.bounce(h);
+                    }
                 }
             }
         }
