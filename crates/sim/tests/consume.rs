@@ -187,10 +187,14 @@ fn a_consume_seed_replays_in_other_processes() {
 /// Diagnostic of an open defect (`--ignored`): in a new process, seed 2 run while another
 /// consumer simulation starts on a second thread has ended with 341 acked sends instead of
 /// 344, in about one process of five; every later run in that process gives 344, and so
-/// does every run alone. The first difference is a retried send at 2,136 ms refused as "1 of
-/// 2 required replicas in sync" where the replaying run had the slave back in sync (master
-/// `s`, an 18 ms fdatasync). The cause is not found: nothing in the paths read is shared
-/// between threads or reads real time. Run it several times: it fails when it reproduces.
+/// does every run alone. Traced with prints: the first difference is the first heartbeat of
+/// broker `m` after its crash-restart at 897 ms, sent at 897 ms in both runs, reaching the
+/// controller at 904 ms in one and 907 ms in the other (a new connection, Hello, then the
+/// heartbeat); everything after follows 3 ms apart, until a retried send at 2,136 ms is
+/// refused for "1 of 2 required replicas in sync" in one run only. So the divergence starts
+/// in the restarted host's fresh runtime or the simulated network, before any broker
+/// decision differs; its cause is not found. It fails when it reproduces: run it several
+/// times.
 #[test]
 #[ignore = "diagnostic of an open nondeterminism; run with --ignored"]
 fn first_run_beside_another_simulation() {
