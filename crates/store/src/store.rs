@@ -228,8 +228,8 @@ impl Store {
     /// queues every `cq_flush_interval` (on the runtime's clock, so a simulator's time drives
     /// it). A failed flush fences the store, as the flusher thread does (a full disk is retried
     /// next interval). Over a disk with a sync delay ([`crate::io::Fs::sync_delay`]) each
-    /// step's fdatasync completes only after that delay on the runtime's clock. Returns when every other handle to the store is dropped, or at once
-    /// with the store's own threads.
+    /// step's fdatasync completes only after that delay on the runtime's clock. Returns when
+    /// every other handle to the store is dropped, or at once with the store's own threads.
     pub async fn drive(&self) {
         if self.inner.stepped.is_none() {
             return;
