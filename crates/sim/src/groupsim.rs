@@ -24,9 +24,9 @@
 //! fdatasync takes 1 to 5 ms. Clocks drift: each host's clock runs within 5% of simulated
 //! time, applied where each measures a duration (the stand-in's rules read a drifting clock;
 //! a broker's configured periods and timeouts, and the lease it is granted, are scaled by its
-//! rate, which for a constant rate is the same thing). Then everything heals, the group settles, the producer stops,
-//! every broker is crashed and restarted (only what was durable survives), and the checks run
-//! on the recovered logs:
+//! rate, which for a constant rate is the same thing). Then everything heals, the group
+//! settles, the producer stops, every broker is crashed and restarted (only what was durable
+//! survives), and the checks run on the recovered logs:
 //! * every acked message is in the final master's log exactly once, at one offset, with its
 //!   body, and at the same offset in every replica the controller's final view names in sync;
 //! * no message is stored twice in any log (dedup across retries and failover);
@@ -808,13 +808,12 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
     // Every seed has one failover that only the rules make safe: an isolated master
     // (its tail must be cut when it rejoins) or, with three brokers, a crash while one
     // slave lags (only an in-sync replica may win), or a master cut from the controller
-    // alone (its lease must end before a slave is elected: it still reaches the other).
+    // alone (it still streams to its slaves while one of them is elected).
     let key = match (n, rng.random_range(0..4)) {
         (3, 0) => Fault::LagThenCrash,
         (3, 1) => Fault::PartitionController(true),
         _ => Fault::IsolateMaster,
     };
-
     plan.push((
         rng.random_range(FAULTS_FROM..FAULTS_END - 3_000),
         rng.random_range(2_500..4_000),
