@@ -896,15 +896,7 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
                 Fault::Hold(w) => {
                     let h = host(pick(w));
                     j.log(&format!("HOLD every link of {h} for {dur} ms"));
-                    let others: Vec<String> = (0..n)
-                        .map(host)
-                        .filter(|o| *o != h)
-                        .chain([CTL.to_string(), PRODUCER.to_string()])
-                        .collect();
-                    for o in &others {
-                        sim.hold(h.as_str(), o.as_str());
-                        undo.push(Heal::Release(h.clone(), o.clone()));
-                    }
+                    hold_every_link(&sim, &h, n, &mut undo);
                 }
                 Fault::IsolateMaster => {
                     let h = host(master);
@@ -938,15 +930,7 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
                     let d = &l.disks[id as usize];
                     undo.push(Heal::DiskLatency(id, d.sync_latency()));
                     d.set_sync_latency(Duration::from_millis(dur));
-                    let others: Vec<String> = (0..n)
-                        .map(host)
-                        .filter(|o| *o != h)
-                        .chain([CTL.to_string(), PRODUCER.to_string()])
-                        .collect();
-                    for o in &others {
-                        sim.hold(h.as_str(), o.as_str());
-                        undo.push(Heal::Release(h.clone(), o.clone()));
-                    }
+                    hold_every_link(&sim, &h, n, &mut undo);
                 }
                 Fault::LagThenCrash => {
                     let (a, b) = (host(master), host((master + n - 1) % n));
@@ -1058,6 +1042,19 @@ fn slave_ahead(l: &Ledger, t: u64) -> bool {
     (0..l.brokers)
         .filter(|id| *id != master)
         .any(|id| fresh(&id).is_some_and(|d| d > m))
+}
+
+/// Holds every link of host `h` (to the other brokers, the controller and the producer);
+/// `undo` gets the releases.
+fn hold_every_link(sim: &turmoil::Sim<'_>, h: &str, n: u64, undo: &mut Vec<Heal>) {
+    let others = (0..n)
+        .map(host)
+        .filter(|o| o != h)
+        .chain([CTL.to_string(), PRODUCER.to_string()]);
+    for o in others {
+        sim.hold(h, o.as_str());
+        undo.push(Heal::Release(h.to_string(), o));
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -54,3 +54,29 @@ pub fn first_difference(here: &str, there: &str) -> Option<String> {
         there.lines().nth(at)
     ))
 }
+
+/// The seed in the environment variable `var`, if it is set to a number (a replay request,
+/// or a child process's seed).
+pub fn seed_from_env(var: &str) -> Option<u64> {
+    std::env::var(var).ok().and_then(|s| s.parse().ok())
+}
+
+/// Runs `seed` alone in `1 + processes` child processes (the test `child_test` with `env`
+/// set) and returns how each later child's outcome differs from the first's, one line each
+/// (empty: all replayed exactly). Children only: a run in the calling test process would
+/// share it with other tests' simulations on other threads.
+pub fn differences_in_children(
+    child_test: &str,
+    env: &str,
+    seed: u64,
+    processes: u64,
+) -> Vec<String> {
+    let first = run_in_child(child_test, env, seed);
+    assert!(first.lines().count() > 5, "seed {seed}: {first}");
+    (1..=processes)
+        .filter_map(|i| {
+            let there = run_in_child(child_test, env, seed);
+            first_difference(&first, &there).map(|d| format!("seed {seed}, process {i}: {d}"))
+        })
+        .collect()
+}

@@ -26,10 +26,7 @@ fn replay_hint(seed: u64, o: &ConsumeOutcome) -> String {
 /// (`CONSUME_SIM_BREAK=1`: with the broken variant).
 #[test]
 fn replay_one_consume_seed() {
-    let Some(seed) = std::env::var("CONSUME_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    else {
+    let Some(seed) = replay::seed_from_env("CONSUME_SIM_SEED") else {
         return;
     };
     let _ = tracing_subscriber::fmt()
@@ -158,7 +155,7 @@ fn render(o: &ConsumeOutcome) -> String {
 /// The child half of [`a_consume_seed_replays_in_other_processes`].
 #[test]
 fn child_prints_one_consume_seed() {
-    let Some(seed) = std::env::var(CHILD_SEED).ok().and_then(|s| s.parse().ok()) else {
+    let Some(seed) = replay::seed_from_env(CHILD_SEED) else {
         return;
     };
     replay::print_outcome(&render(&run_consume_seed(seed, ConsumeKnobs::default())));
@@ -170,17 +167,12 @@ fn child_prints_one_consume_seed() {
 /// simulation has been seen to differ (see [`first_run_beside_another_simulation`]).
 #[test]
 fn a_consume_seed_replays_in_other_processes() {
-    let mut differed = Vec::new();
-    for seed in [2, 9] {
-        let first = replay::run_in_child("child_prints_one_consume_seed", CHILD_SEED, seed);
-        assert!(first.lines().count() > 5, "{first}");
-        for i in 1..3 {
-            let there = replay::run_in_child("child_prints_one_consume_seed", CHILD_SEED, seed);
-            if let Some(d) = replay::first_difference(&first, &there) {
-                differed.push(format!("seed {seed}, process {i}: {d}"));
-            }
-        }
-    }
+    let differed: Vec<String> = [2, 9]
+        .into_iter()
+        .flat_map(|seed| {
+            replay::differences_in_children("child_prints_one_consume_seed", CHILD_SEED, seed, 2)
+        })
+        .collect();
     assert!(differed.is_empty(), "{}", differed.join("\n"));
 }
 

@@ -30,10 +30,7 @@ fn replay_hint(o: &GroupOutcome) -> String {
 /// `GROUP_SIM_SEED=N` replays one seed and prints its whole trace.
 #[test]
 fn replay_one_group_seed() {
-    let Some(seed) = std::env::var("GROUP_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    else {
+    let Some(seed) = replay::seed_from_env("GROUP_SIM_SEED") else {
         return;
     };
     let _ = tracing_subscriber::fmt()
@@ -170,7 +167,7 @@ fn render(o: &GroupOutcome) -> String {
 /// unless `GROUP_SIM_CHILD_SEED` is set, then prints that seed's outcome.
 #[test]
 fn child_prints_one_group_seed() {
-    let Some(seed) = std::env::var(CHILD_SEED).ok().and_then(|s| s.parse().ok()) else {
+    let Some(seed) = replay::seed_from_env(CHILD_SEED) else {
         return;
     };
     replay::print_outcome(&render(&run_group_seed(seed, GroupKnobs::default())));
@@ -184,19 +181,15 @@ fn child_prints_one_group_seed() {
 #[test]
 fn a_group_seed_replays_exactly_in_other_processes() {
     let n = env_u64("GROUP_SIM_PROCESSES", 2);
-    let mut differed = Vec::new();
-    for seed in [2, 3] {
-        let here = replay::run_in_child("child_prints_one_group_seed", CHILD_SEED, seed);
-        assert!(here.lines().count() > 5, "{here}");
-        for i in 0..n {
-            let there = replay::run_in_child("child_prints_one_group_seed", CHILD_SEED, seed);
-            if let Some(d) = replay::first_difference(&here, &there) {
-                differed.push(format!("seed {seed}, process {i}: {d}"));
-            }
-        }
-    }
+    let differed: Vec<String> = [2, 3]
+        .into_iter()
+        .flat_map(|seed| {
+            replay::differences_in_children("child_prints_one_group_seed", CHILD_SEED, seed, n)
+        })
+        .collect();
     eprintln!(
-        "group sim: seeds 2 and 3 in {n} processes each, {} differed",
+        "group sim: seeds 2 and 3 in {} processes each, {} differed",
+        n + 1,
         differed.len()
     );
     assert!(differed.is_empty(), "{}", differed.join("\n"));

@@ -12,10 +12,7 @@ const DEFAULT_SEEDS: u64 = 30;
 /// `REPL_SIM_SEED=N` replays one seed and prints its whole trace.
 #[test]
 fn replay_one_repl_seed() {
-    let Some(seed) = std::env::var("REPL_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    else {
+    let Some(seed) = replay::seed_from_env("REPL_SIM_SEED") else {
         return;
     };
     // RUST_LOG=debug shows the master's and slave's own logs.
@@ -119,30 +116,23 @@ fn render(o: &ReplOutcome) -> String {
 /// `REPL_SIM_CHILD_SEED` is set, then prints that seed's outcome.
 #[test]
 fn child_prints_one_seed() {
-    let Some(seed) = std::env::var(CHILD_SEED).ok().and_then(|s| s.parse().ok()) else {
+    let Some(seed) = replay::seed_from_env(CHILD_SEED) else {
         return;
     };
     replay::print_outcome(&render(&run_repl_seed(seed, ReplKnobs::default())));
 }
 
 /// A seed replays exactly in other processes (other hash keys, other tokio runtime seeds,
-/// other addresses): each child's trace, recovered logs and acks equal this process's.
-/// `REPL_SIM_PROCESSES=N` runs N children (default 2), `REPL_SIM_REPLAY_SEED` picks the seed.
+/// other addresses): the seed run alone in `1 + N` child processes, each child's trace,
+/// recovered logs and acks equal to the first's. `REPL_SIM_PROCESSES=N` (default 2),
+/// `REPL_SIM_REPLAY_SEED` picks the seed.
 #[test]
 fn a_seed_replays_exactly_in_other_processes() {
     let seed = env_u64("REPL_SIM_REPLAY_SEED", 5);
     let n = env_u64("REPL_SIM_PROCESSES", 2);
-    let here = render(&run_repl_seed(seed, ReplKnobs::default()));
-    assert!(here.lines().count() > 5, "{here}");
-    let mut differed = Vec::new();
-    for i in 0..n {
-        let there = replay::run_in_child("child_prints_one_seed", CHILD_SEED, seed);
-        if let Some(d) = replay::first_difference(&here, &there) {
-            differed.push(format!("process {i}: {d}"));
-        }
-    }
+    let differed = replay::differences_in_children("child_prints_one_seed", CHILD_SEED, seed, n);
     eprintln!(
-        "repl sim seed {seed}: {} of {n} processes replayed this one's outcome exactly",
+        "repl sim seed {seed}: {} of {n} further processes replayed the first one's outcome exactly",
         n - differed.len() as u64
     );
     assert!(differed.is_empty(), "{}", differed.join("\n"));

@@ -12,10 +12,7 @@ const DEFAULT_SEEDS: u64 = 40;
 /// `STORE_SIM_SEED=N` replays one seed and prints its whole trace.
 #[test]
 fn replay_one_store_seed() {
-    let Some(seed) = std::env::var("STORE_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    else {
+    let Some(seed) = replay::seed_from_env("STORE_SIM_SEED") else {
         return;
     };
     let o = run_store_seed(
@@ -113,24 +110,21 @@ fn render(o: &StoreOutcome) -> String {
 /// The child half of [`a_store_seed_replays_in_other_processes`].
 #[test]
 fn child_prints_one_store_seed() {
-    let Some(seed) = std::env::var(CHILD_SEED).ok().and_then(|s| s.parse().ok()) else {
+    let Some(seed) = replay::seed_from_env(CHILD_SEED) else {
         return;
     };
     replay::print_outcome(&render(&run_store_seed(seed, StoreKnobs::default())));
 }
 
-/// A seed replays exactly in other processes: seeds 3 and 11, each in two child processes.
+/// A seed replays exactly in other processes: seeds 3 and 11, each run alone in three child
+/// processes.
 #[test]
 fn a_store_seed_replays_in_other_processes() {
-    let mut differed = Vec::new();
-    for seed in [3, 11] {
-        let here = render(&run_store_seed(seed, StoreKnobs::default()));
-        for i in 0..2 {
-            let there = replay::run_in_child("child_prints_one_store_seed", CHILD_SEED, seed);
-            if let Some(d) = replay::first_difference(&here, &there) {
-                differed.push(format!("seed {seed}, process {i}: {d}"));
-            }
-        }
-    }
+    let differed: Vec<String> = [3, 11]
+        .into_iter()
+        .flat_map(|seed| {
+            replay::differences_in_children("child_prints_one_store_seed", CHILD_SEED, seed, 2)
+        })
+        .collect();
     assert!(differed.is_empty(), "{}", differed.join("\n"));
 }
