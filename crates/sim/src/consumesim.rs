@@ -68,6 +68,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::host::{self, BrokerHost, REPL_PORT, TurmoilConnector};
 use crate::journal::Journal;
+use crate::links::Links;
 use crate::standin::{self, CtlShared, CtlTiming};
 
 const M: &str = "m";
@@ -894,6 +895,7 @@ pub fn run_consume_seed(seed: u64, knobs: ConsumeKnobs) -> ConsumeOutcome {
     } else {
         &[]
     });
+    let mut links = Links::new();
     let mut cut_at = None;
     let mut powered_off = None;
     loop {
@@ -909,25 +911,25 @@ pub fn run_consume_seed(seed: u64, knobs: ConsumeKnobs) -> ConsumeOutcome {
             match ev {
                 Ev::CrashSlave => {
                     l.j.log(&format!("CRASH and restart {slave} (slave)"));
-                    sim.crash(slave);
+                    links.crash(&mut sim, slave);
                     sim.bounce(slave);
                 }
                 Ev::CrashMaster => {
                     l.j.log(&format!("CRASH and restart {master} (master)"));
-                    sim.crash(master);
+                    links.crash(&mut sim, master);
                     sim.bounce(master);
                 }
                 Ev::Cut => {
                     l.j.log("PARTITION m | s");
-                    sim.partition(M, S);
+                    links.partition(&sim, M, S);
                 }
                 Ev::Heal => {
                     l.j.log("HEAL m | s");
-                    sim.repair(M, S);
+                    links.repair(&sim, M, S);
                 }
                 Ev::PowerLossMaster => {
                     l.j.log(&format!("POWER LOSS of the master {master}"));
-                    sim.crash(master);
+                    links.crash(&mut sim, master);
                     powered_off = Some(master);
                 }
                 Ev::RestartOld => {
@@ -949,9 +951,9 @@ pub fn run_consume_seed(seed: u64, knobs: ConsumeKnobs) -> ConsumeOutcome {
             l.j.log("POWER CUT of both");
             cut_at = Some(t);
             l.cut.set(true);
-            sim.repair(M, S);
+            links.repair(&sim, M, S);
             for h in [M, S] {
-                sim.crash(h);
+                links.crash(&mut sim, h);
                 sim.bounce(h);
             }
         }

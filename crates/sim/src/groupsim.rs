@@ -75,6 +75,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::disk::{DiskFaults, SimDisk};
 use crate::journal::Journal;
+use crate::links::Links;
 use crate::standin::{self, CtlShared, CtlTiming};
 
 const CTL: &str = "ctl";
@@ -826,6 +827,7 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
     let mut down: BTreeSet<String> = BTreeSet::new();
     let mut final_done = false;
     let mut slave_ahead_ms = 0;
+    let mut links = Links::new();
     loop {
         let t = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
         if t >= END {
@@ -846,14 +848,14 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
                     let h = host(pick(w));
                     if down.insert(h.clone()) {
                         j.log(&format!("CRASH {h} for {dur} ms"));
-                        sim.crash(h.as_str());
+                        links.crash(&mut sim, h.as_str());
                         undo.push(Heal::Restart(h));
                     }
                 }
                 Fault::CrashController => {
                     if down.insert(CTL.into()) {
                         j.log(&format!("CRASH controller for {dur} ms"));
-                        sim.crash(CTL);
+                        links.crash(&mut sim, CTL);
                         undo.push(Heal::Restart(CTL.into()));
                     }
                 }
@@ -862,7 +864,7 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
                     for id in 0..n {
                         let h = host(id);
                         if down.insert(h.clone()) {
-                            sim.crash(h.as_str());
+                            links.crash(&mut sim, h.as_str());
                             undo.push(Heal::Restart(h));
                         }
                     }
@@ -870,19 +872,19 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
                 Fault::PartitionBrokers => {
                     let (a, b) = (host(master), host((master + 1) % n));
                     j.log(&format!("PARTITION {a} | {b} for {dur} ms"));
-                    sim.partition(a.as_str(), b.as_str());
+                    links.partition(&sim, a.as_str(), b.as_str());
                     undo.push(Heal::Repair(a, b));
                 }
                 Fault::PartitionController(w) => {
                     let h = host(pick(w));
                     j.log(&format!("PARTITION {h} | controller for {dur} ms"));
-                    sim.partition(h.as_str(), CTL);
+                    links.partition(&sim, h.as_str(), CTL);
                     undo.push(Heal::Repair(h, CTL.into()));
                 }
                 Fault::PartitionProducer(w) => {
                     let h = host(pick(w));
                     j.log(&format!("PARTITION {h} | producer for {dur} ms"));
-                    sim.partition(h.as_str(), PRODUCER);
+                    links.partition(&sim, h.as_str(), PRODUCER);
                     undo.push(Heal::Repair(h, PRODUCER.into()));
                 }
                 Fault::OneWayToController(w) => {
@@ -890,13 +892,13 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
                     j.log(&format!(
                         "PARTITION {h} -> controller (one way) for {dur} ms"
                     ));
-                    sim.partition_oneway(h.as_str(), CTL);
+                    links.partition_oneway(&sim, h.as_str(), CTL);
                     undo.push(Heal::RepairOneway(h, CTL.into()));
                 }
                 Fault::Hold(w) => {
                     let h = host(pick(w));
                     j.log(&format!("HOLD every link of {h} for {dur} ms"));
-                    hold_every_link(&sim, &h, n, &mut undo);
+                    hold_every_link(&sim, &mut links, &h, n, &mut undo);
                 }
                 Fault::IsolateMaster => {
                     let h = host(master);
@@ -907,7 +909,7 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
                         .chain([CTL.to_string()])
                         .collect();
                     for o in others {
-                        sim.partition(h.as_str(), o.as_str());
+                        links.partition(&sim, h.as_str(), o.as_str());
                         undo.push(Heal::Repair(h.clone(), o));
                     }
                 }
@@ -930,7 +932,7 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
                     let d = &l.disks[id as usize];
                     undo.push(Heal::DiskLatency(id, d.sync_latency()));
                     d.set_sync_latency(Duration::from_millis(dur));
-                    hold_every_link(&sim, &h, n, &mut undo);
+                    hold_every_link(&sim, &mut links, &h, n, &mut undo);
                 }
                 Fault::LagThenCrash => {
                     let (a, b) = (host(master), host((master + n - 1) % n));
@@ -939,7 +941,7 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
                         "PARTITION {a} | {b} for {} ms, crash {a} after {lag} ms",
                         lag + dur
                     ));
-                    sim.partition(a.as_str(), b.as_str());
+                    links.partition(&sim, a.as_str(), b.as_str());
                     heals.push((t + lag + dur, vec![Heal::Repair(a, b)]));
                     plan.push((t + lag, dur, Fault::CrashBroker(true)));
                     plan.sort_by_key(|p| std::cmp::Reverse(p.0));
@@ -965,14 +967,14 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
                     }
                     Heal::Repair(a, b) => {
                         j.log(&format!("HEAL {a} | {b}"));
-                        sim.repair(a.as_str(), b.as_str());
+                        links.repair(&sim, a.as_str(), b.as_str());
                     }
                     Heal::RepairOneway(a, b) => {
                         j.log(&format!("HEAL {a} -> {b}"));
-                        sim.repair_oneway(a.as_str(), b.as_str());
+                        links.repair_oneway(&sim, a.as_str(), b.as_str());
                     }
                     Heal::Release(a, b) => {
-                        sim.release(a.as_str(), b.as_str());
+                        links.release(&sim, a.as_str(), b.as_str());
                     }
                     Heal::DiskLatency(id, d) => {
                         j.log(&format!(
@@ -996,7 +998,7 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
             l.recovered.borrow_mut().clear();
             for id in 0..n {
                 let h = host(id);
-                sim.crash(h.as_str());
+                links.crash(&mut sim, h.as_str());
                 sim.bounce(h.as_str());
             }
         }
@@ -1046,13 +1048,19 @@ fn slave_ahead(l: &Ledger, t: u64) -> bool {
 
 /// Holds every link of host `h` (to the other brokers, the controller and the producer);
 /// `undo` gets the releases.
-fn hold_every_link(sim: &turmoil::Sim<'_>, h: &str, n: u64, undo: &mut Vec<Heal>) {
+fn hold_every_link(
+    sim: &turmoil::Sim<'_>,
+    links: &mut Links,
+    h: &str,
+    n: u64,
+    undo: &mut Vec<Heal>,
+) {
     let others = (0..n)
         .map(host)
         .filter(|o| o != h)
         .chain([CTL.to_string(), PRODUCER.to_string()]);
     for o in others {
-        sim.hold(h, o.as_str());
+        links.hold(sim, h, o.as_str());
         undo.push(Heal::Release(h.to_string(), o));
     }
 }

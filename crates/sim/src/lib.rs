@@ -13,15 +13,17 @@
 //! * [`consumesim`]: consumers of real brokers through a failover and a power cut.
 //!
 //! [`disk`] puts the store's I/O seam on turmoil's per-host disk; [`host`] runs a real
-//! broker on a turmoil host; [`journal`] keeps a seed's
-//! trace and violations; [`replay`] reruns a seed in another process to compare outcomes. Each simulation proves, with its own broken variants, that its
-//! checks catch what they are there for.
+//! broker on a turmoil host; [`links`] sets link faults and crashes hosts without a word on
+//! the network; [`journal`] keeps a seed's trace and violations; [`replay`] reruns a seed in
+//! another process to compare outcomes. Each simulation proves, with its own broken
+//! variants, that its checks catch what they are there for.
 
 pub mod consumesim;
 pub mod disk;
 pub mod groupsim;
 pub mod host;
 pub mod journal;
+pub mod links;
 pub mod replay;
 pub mod replsim;
 pub mod standin;

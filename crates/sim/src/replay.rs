@@ -63,8 +63,8 @@ pub fn seed_from_env(var: &str) -> Option<u64> {
 
 /// Runs `seed` alone in `1 + processes` child processes (the test `child_test` with `env`
 /// set) and returns how each later child's outcome differs from the first's, one line each
-/// (empty: all replayed exactly). Children only: a run in the calling test process would
-/// share it with other tests' simulations on other threads.
+/// (empty: all replayed exactly). A test compares a run in its own process with
+/// [`run_in_child`] and [`first_difference`].
 pub fn differences_in_children(
     child_test: &str,
     env: &str,

@@ -60,6 +60,7 @@ use tokio_util::sync::CancellationToken;
 use crate::disk::{DiskFaults, SimDisk};
 use crate::host::{TurmoilAcceptor, TurmoilConnector};
 use crate::journal::{Journal, seed_guards, two_host_world};
+use crate::links::Links;
 
 const MASTER: &str = "m";
 const SLAVE: &str = "s";
@@ -362,6 +363,7 @@ pub fn run_repl_seed(seed: u64, knobs: ReplKnobs) -> ReplOutcome {
     plan.push((power_cut, 4));
     plan.sort_unstable();
     plan.reverse();
+    let mut links = Links::new();
     loop {
         let t = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
         if t >= END {
@@ -374,24 +376,24 @@ pub fn run_repl_seed(seed: u64, knobs: ReplKnobs) -> ReplOutcome {
                 0 | 1 => {
                     let h = if what == 0 { SLAVE } else { MASTER };
                     l.j.log(&format!("CRASH and restart {h}"));
-                    sim.crash(h);
+                    links.crash(&mut sim, h);
                     sim.bounce(h);
                 }
                 2 => {
                     l.j.log("PARTITION m | s");
-                    sim.partition(MASTER, SLAVE);
+                    links.partition(&sim, MASTER, SLAVE);
                 }
                 3 => {
                     l.j.log("HEAL m | s");
-                    sim.repair(MASTER, SLAVE);
+                    links.repair(&sim, MASTER, SLAVE);
                 }
                 _ => {
                     l.j.log("POWER CUT of both");
                     l.cut.set(true);
                     l.recovered.borrow_mut().clear();
-                    sim.repair(MASTER, SLAVE);
+                    links.repair(&sim, MASTER, SLAVE);
                     for h in [MASTER, SLAVE] {
-                        sim.crash(h);
+                        links.crash(&mut sim, h);
                         sim.bounce(h);
                     }
                 }

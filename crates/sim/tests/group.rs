@@ -175,9 +175,7 @@ fn child_prints_one_group_seed() {
 
 /// A seed replays exactly in other processes (other hash keys, tokio runtime seeds and
 /// addresses): a two-broker and a three-broker seed, each run alone in `1 + N` child
-/// processes (`GROUP_SIM_PROCESSES=N`, default 2), all compared with the first. Not with a
-/// run in this process, where other tests' simulations run on other threads (see the
-/// consumer simulation's `first_run_beside_another_simulation`).
+/// processes (`GROUP_SIM_PROCESSES=N`, default 2), all compared with the first.
 #[test]
 fn a_group_seed_replays_exactly_in_other_processes() {
     let n = env_u64("GROUP_SIM_PROCESSES", 2);
