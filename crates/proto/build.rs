@@ -26,6 +26,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Message bodies as `Bytes`: decoding slices tonic's receive buffer instead of
         // copying every body into its own Vec (one allocation per request, not per message).
         .bytes(".apache.rocketmq.v2.Message.body")
+        // prost's codec, except that a send request's message list is sized before it
+        // is decoded (src/codec.rs).
+        .codec_path("crate::codec::Codec")
         .compile_fds(fds)?;
     Ok(())
 }

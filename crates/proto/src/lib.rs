@@ -4,6 +4,8 @@
 //!   subset served by SofaMQ brokers, wire compatible with the official clients.
 //! * [`namesrv`]: SofaMQ's internal name server service (`sofamq.namesrv.v1`).
 //! * [`admin`]: SofaMQ's broker administration service (`sofamq.admin.v1`).
+//! * [`codec`]: the gRPC codec of every service (prost's, with a send request's message
+//!   list sized before it is decoded).
 //! * [`codes`]: what each `v2::Code` means to a client (retry class, "may be
 //!   stored"), the one table broker and SDK share.
 //!
@@ -14,6 +16,7 @@ pub use prost;
 pub use prost_types;
 pub use tonic;
 
+pub mod codec;
 pub mod codes;
 
 // Generated code refers across packages with `super::` paths, so the modules
