@@ -45,8 +45,9 @@
 //!
 //! A seed replays exactly: time is the simulated clock (tokio's `Instant` in the broker and
 //! the stand-in), the wall clock and the broker's random draws follow the seed
-//! (`drive_wall_clock`, `seed_thread_rng`), and turmoil orders the hosts; the group test reruns
-//! seeds in child processes and compares. `GROUP_SIM_SEED=N` prints a seed's whole trace.
+//! (`drive_wall_clock`, `seed_thread_rng`), turmoil orders the hosts, and a crash sends
+//! nothing on the network ([`crate::links`]); the group test reruns seeds here and in child
+//! processes and compares. `GROUP_SIM_SEED=N` prints a seed's whole trace.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
