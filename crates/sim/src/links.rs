@@ -87,11 +87,12 @@ impl Links {
         self.both(sim, a, b, None);
     }
 
-    /// Crashes host `h` without a word on the network (see the module doc): its healthy
-    /// outgoing links are cut while its runtime is dropped, then healthy again; links a fault
-    /// holds or cuts already drop or hold its segments without a draw and are left as they
-    /// are.
-    pub fn crash(&self, sim: &mut turmoil::Sim<'_>, h: &str) {
+    /// Crashes host `h` without a word on the network (see the module doc): its outgoing
+    /// links are cut while its runtime is dropped, then set back as they were. A held link
+    /// is cut too: it would draw nothing, but it would queue the segments in drop order and
+    /// deliver them in that order at the release. A link a fault cuts already drops them and
+    /// is left alone.
+    pub fn crash(&mut self, sim: &mut turmoil::Sim<'_>, h: &str) {
         let me = sim.lookup(h);
         let mut peers = Vec::new();
         sim.links(|links| {
@@ -103,13 +104,21 @@ impl Links {
             }
         });
         peers.sort_unstable();
-        peers.retain(|p| !self.dirs.contains_key(&(me, *p)));
+        peers.retain(|p| self.dirs.get(&(me, *p)) != Some(&Dir::Cut));
         for p in &peers {
             sim.partition_oneway(me, *p);
         }
         sim.crash(h);
         for p in &peers {
-            sim.repair_oneway(me, *p);
+            let held = |a, b| self.dirs.get(&(a, b)) == Some(&Dir::Held);
+            match (held(me, *p), held(*p, me)) {
+                (false, _) => sim.repair_oneway(me, *p),
+                // Held both ways, as a hold sets it: hold again.
+                (true, true) => sim.hold(me, *p),
+                // Held one way only (the other cut since): turmoil cannot hold one way,
+                // so this direction stays cut until the fault's release heals it.
+                (true, false) => self.set(me, *p, Some(Dir::Cut)),
+            }
         }
     }
 }
@@ -149,7 +158,7 @@ mod tests {
             for _ in 0..200 {
                 sim.step().expect("step");
             }
-            let links = Links::new();
+            let mut links = Links::new();
             if silent {
                 links.crash(&mut sim, "server");
             } else {
