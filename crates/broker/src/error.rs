@@ -170,6 +170,8 @@ impl From<StoreError> for BrokerError {
             StoreError::DiskFull { .. } | StoreError::NoSpace(_) => {
                 Self::StorageFull(e.to_string())
             }
+            // Stepped down between admission and append: nothing stored, retry elsewhere.
+            StoreError::Following => Self::NotAvailable(e.to_string()),
             e => Self::MasterPersistence(e.to_string()),
         }
     }

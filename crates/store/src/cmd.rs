@@ -46,6 +46,8 @@ pub(crate) enum Cmd {
         epoch: u64,
         tx: mpsc::SyncSender<Result<(), StoreError>>,
     },
+    /// From here on, refuse local appends until the next `BeginEpoch` (see `Store::follow`).
+    Follow,
     CutDamage {
         tx: mpsc::SyncSender<Result<Option<DamageCut>, StoreError>>,
     },

@@ -88,6 +88,10 @@ pub enum StoreError {
     /// The configuration is unusable.
     #[error("invalid config: {0}")]
     InvalidConfig(String),
+    /// The log follows a master ([`crate::Store::follow`]): it takes replicated records
+    /// only, until it begins an epoch of its own. Nothing was written.
+    #[error("the log follows a master: it takes replicated records only; nothing was written")]
+    Following,
     /// The store is shutting down.
     #[error("store closed")]
     Closed,

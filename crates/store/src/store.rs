@@ -584,8 +584,22 @@ impl Store {
         lock(&self.sh().epochs).entries().to_vec()
     }
 
+    /// The log now follows a master: every [`Store::append`] submitted after this call is
+    /// refused with [`StoreError::Following`] (nothing written) until [`Store::begin_epoch`]
+    /// succeeds; replicated records ([`Store::append_raw`]) are taken as before. Appends
+    /// submitted before it are written in order. Does not wait.
+    ///
+    /// A broker that steps down calls it before anything else: a send admitted while it was
+    /// master but slow to reach the store (a paused process, a busy core) must not land in a
+    /// log that now copies another master's, where it would sit past the truncation point
+    /// and break the copy.
+    pub fn follow(&self) {
+        self.send(Cmd::Follow);
+        self.step();
+    }
+
     /// Durably appends `(epoch, log_end_offset)` to the epoch history; records appended after
-    /// this carry `epoch`. Epochs must strictly grow.
+    /// this carry `epoch`. Epochs must strictly grow. Ends [`Store::follow`].
     pub fn begin_epoch(&self, epoch: u64) -> Result<(), StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.send(Cmd::BeginEpoch { epoch, tx });

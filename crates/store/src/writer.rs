@@ -90,6 +90,11 @@ pub(crate) struct Writer {
     /// the written offset (the replication stream) may already ship them.
     defer: bool,
     deferred: Vec<Batch>,
+    /// Set by [`Cmd::Follow`], cleared by a successful [`Cmd::BeginEpoch`]: local appends
+    /// are refused ([`StoreError::Following`]). A command, so it takes effect in the order of
+    /// the inbox: an append submitted before it is written (and cut by the follower's
+    /// truncation if the new master lacks it), one submitted after is refused.
+    follows: bool,
 }
 
 /// The topic of a raw record (validated UTF-8 by `record::decode_replicated`).
@@ -131,6 +136,7 @@ impl Writer {
             inline_group: Vec::with_capacity(1),
             defer: false,
             deferred: Vec::new(),
+            follows: false,
             sh,
         };
         if matches!(w.sh.cfg.flush, FlushMode::Sync) && w.sh.cfg.driver == Driver::Threads {
@@ -274,6 +280,10 @@ impl Writer {
                     let _ = tx.send(Err(self.sh.fenced_error()));
                     return;
                 }
+                if self.follows {
+                    let _ = tx.send(Err(StoreError::Following));
+                    return;
+                }
                 let start = self.end;
                 match self.encode_append(&recs) {
                     Ok(out) => self.waiters.push(Waiter::Append(tx, out)),
@@ -317,8 +327,13 @@ impl Writer {
             Cmd::BeginEpoch { epoch, tx } => {
                 self.commit();
                 self.barrier();
-                let _ = tx.send(self.begin_epoch(epoch));
+                let res = self.begin_epoch(epoch);
+                if res.is_ok() {
+                    self.follows = false;
+                }
+                let _ = tx.send(res);
             }
+            Cmd::Follow => self.follows = true,
         }
         if self.buf.len() >= self.sh.cfg.max_batch_bytes {
             self.commit();

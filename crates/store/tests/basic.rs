@@ -299,6 +299,45 @@ fn epochs_are_durable_monotonic_and_stamped() {
     assert!(s.epoch_history().is_empty());
 }
 
+/// A log that follows a master refuses local appends submitted after `follow` (nothing
+/// written) and still takes replicated records; an append submitted before it is written;
+/// `begin_epoch` (a promotion) ends it. Without the refusal, a send admitted while the
+/// broker was master and slow to reach the store landed in the copy of another master's log
+/// (the chaos scenario master-pause: "raw append at 188488 but log end is 189308").
+#[test]
+fn a_following_log_takes_replicated_records_only() {
+    let dm = tempfile::tempdir().unwrap();
+    let ds = tempfile::tempdir().unwrap();
+    let master = open(dm.path());
+    master.begin_epoch(1).unwrap();
+    fill(&master, "r", 0, 6, "m");
+    let slave = open(ds.path());
+    slave.begin_epoch(1).unwrap();
+    let before = slave.submit_append(vec![rec("r", 0, "before")]).unwrap();
+    slave.follow();
+    let after = slave.submit_append(vec![rec("r", 0, "after")]).unwrap();
+    assert!(before.blocking_recv().unwrap().is_ok());
+    assert!(matches!(
+        after.blocking_recv().unwrap(),
+        Err(StoreError::Following)
+    ));
+    assert!(matches!(
+        slave.append_blocking(vec![rec("r", 0, "x")]),
+        Err(StoreError::Following)
+    ));
+    // The follower cuts its own record and copies the master's.
+    slave.truncate(0).unwrap();
+    let chunk = master.read_raw(0, 1 << 20).unwrap();
+    assert_eq!(
+        slave.append_raw(0, &chunk).unwrap(),
+        master.durable_offset()
+    );
+    assert_eq!(slave.log_end_offset(), master.log_end_offset());
+    // Promoted: local appends again.
+    slave.begin_epoch(2).unwrap();
+    assert!(slave.append_blocking(vec![rec("r", 0, "new")]).is_ok());
+}
+
 #[test]
 fn raw_replication_copies_a_log_exactly() {
     let dm = tempfile::tempdir().unwrap();

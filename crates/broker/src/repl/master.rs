@@ -182,8 +182,13 @@ async fn session(
     stop.cancel();
     repl.tracker.remove(id);
     repl.refresh_limit();
-    let _ = sender.await;
-    r
+    let streamed = sender.await;
+    // The stream's failure ends the acks quietly (it cancels them): report it, so a session
+    // that cannot stream (a slave asking from a place that is not a record here) says why.
+    match (r, streamed) {
+        (Ok(()), Ok(Err(e))) => Err(e),
+        (r, _) => r,
+    }
 }
 
 /// Streams the log from `pos` to the slave: whole records, up to one frame at a time, as

@@ -170,10 +170,14 @@ impl Replication {
             }
             repl.become_master_limits();
             repl.dedup.rebuild(&repl.store, repl.cfg.dedup_scan_bytes);
-        } else if repl.cfg.controlled() {
-            tracing::info!("waiting for the controller to assign a role");
-        } else if repl.cfg.master_addr.is_none() {
-            tracing::warn!("slave without replication.master_addr: idle until demoted/told");
+        } else {
+            // A slave's log copies its master's: no local appends (`Store::follow`).
+            repl.store.follow();
+            if repl.cfg.controlled() {
+                tracing::info!("waiting for the controller to assign a role");
+            } else if repl.cfg.master_addr.is_none() {
+                tracing::warn!("slave without replication.master_addr: idle until demoted/told");
+            }
         }
         Ok(repl)
     }
@@ -444,6 +448,9 @@ impl Replication {
             let mut g = self.role.lock();
             g.role = Role::Slave;
         }
+        // Before anything else that follows: a send admitted as master and not yet at the
+        // store is refused from here on (`Store::follow`).
+        self.store.follow();
         let _ = self.role_tx.send(Role::Slave);
         self.tracker.reset_term();
         self.appended.notify_waiters();
