@@ -30,6 +30,8 @@ pub(crate) struct RawMeta {
 pub(crate) enum Cmd {
     Append {
         recs: Vec<NewRecord>,
+        /// Written only if the log is still in this epoch (`Store::append_in_epoch`).
+        epoch: Option<u64>,
         tx: Reply<Vec<Appended>>,
     },
     Raw {

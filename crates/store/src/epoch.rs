@@ -140,6 +140,24 @@ impl EpochHistory {
             .iter()
             .take_while(|e| e.start_offset <= offset)
             .count();
+        self.keep(keep)
+    }
+
+    /// Durably drops every entry starting at or after `offset`: what a log cut to `offset`
+    /// keeps of its history when it is to take another log's records from there on (a
+    /// follower's truncation). An epoch that began at `offset` holds no record below it; if
+    /// the records that come next belong to it, they begin it again.
+    pub fn trim_from(&mut self, offset: u64) -> io::Result<()> {
+        let keep = self
+            .entries
+            .iter()
+            .take_while(|e| e.start_offset < offset)
+            .count();
+        self.keep(keep)
+    }
+
+    /// Durably keeps the first `keep` entries (rewriting the file if anything goes).
+    fn keep(&mut self, keep: usize) -> io::Result<()> {
         if keep == self.entries.len() && !self.damaged {
             return Ok(());
         }

@@ -92,6 +92,18 @@ pub enum StoreError {
     /// only, until it begins an epoch of its own. Nothing was written.
     #[error("the log follows a master: it takes replicated records only; nothing was written")]
     Following,
+    /// The log's epoch changed since the write was admitted
+    /// ([`crate::Store::append_in_epoch`]): its master stepped down, and may have been
+    /// elected again, meanwhile. Nothing was written.
+    #[error(
+        "the log is in epoch {current}, not in epoch {admitted} the write was admitted in; nothing was written"
+    )]
+    EpochChanged {
+        /// The epoch the write was admitted in.
+        admitted: u64,
+        /// The log's epoch when the write reached it.
+        current: u64,
+    },
     /// The store is shutting down.
     #[error("store closed")]
     Closed,

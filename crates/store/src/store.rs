@@ -291,7 +291,7 @@ impl Store {
         &self,
         recs: Vec<NewRecord>,
     ) -> Result<oneshot::Receiver<Result<Vec<Appended>, StoreError>>, StoreError> {
-        self.submit(recs)
+        self.submit(recs, None)
     }
 
     fn sh(&self) -> &Shared {
@@ -315,6 +315,7 @@ impl Store {
     fn submit(
         &self,
         recs: Vec<NewRecord>,
+        epoch: Option<u64>,
     ) -> Result<oneshot::Receiver<Result<Vec<Appended>, StoreError>>, StoreError> {
         if self.sh().is_fenced() {
             return Err(self.sh().fenced_error());
@@ -345,7 +346,7 @@ impl Store {
             }
         }
         let (tx, rx) = oneshot::channel();
-        self.send(Cmd::Append { recs, tx });
+        self.send(Cmd::Append { recs, epoch, tx });
         Ok(rx)
     }
 
@@ -355,7 +356,24 @@ impl Store {
         if recs.is_empty() {
             return Ok(Vec::new());
         }
-        let rx = self.submit(recs)?;
+        let rx = self.submit(recs, None)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// [`Store::append`], written only if the log is still in `epoch` when the writer takes
+    /// it ([`StoreError::EpochChanged`] otherwise, nothing written). A master passes the
+    /// epoch it admitted the write in: a write held up (a paused process, a busy core)
+    /// while its master stepped down, and maybe was elected again in a later epoch, is
+    /// refused instead of landing under an epoch, or in a log, that did not admit it.
+    pub async fn append_in_epoch(
+        &self,
+        epoch: u64,
+        recs: Vec<NewRecord>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        if recs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rx = self.submit(recs, Some(epoch))?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -364,7 +382,7 @@ impl Store {
         if recs.is_empty() {
             return Ok(Vec::new());
         }
-        let rx = self.submit(recs)?;
+        let rx = self.submit(recs, None)?;
         self.step();
         rx.blocking_recv().map_err(|_| StoreError::Closed)?
     }
@@ -548,7 +566,9 @@ impl Store {
 
     /// Durably cuts the log at `offset`, a record boundary at or below the end: segment files
     /// are cut and fsynced and the directory fsynced so the tail never reappears; consume queues
-    /// and the epoch history are trimmed too. Appends then continue from `offset`.
+    /// and the epoch history are trimmed too: epochs that began at or after `offset` go (so a
+    /// follower takes its master's epochs from there, even one below an epoch it began
+    /// itself at `offset` and never wrote in). Appends then continue from `offset`.
     pub fn truncate(&self, offset: u64) -> Result<(), StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.send(Cmd::Truncate { offset, tx });

@@ -106,7 +106,7 @@ impl Writer {
         // Epoch history.
         {
             let mut ep = lock(&sh.epochs);
-            ep.trim_after(offset)?;
+            ep.trim_from(offset)?;
             self.epoch = ep.current();
             sh.current_epoch.store(self.epoch, Ordering::Release);
         }

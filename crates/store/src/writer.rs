@@ -275,13 +275,20 @@ impl Writer {
 
     fn handle(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Append { recs, tx } => {
+            Cmd::Append { recs, epoch, tx } => {
                 if self.sh.is_fenced() {
                     let _ = tx.send(Err(self.sh.fenced_error()));
                     return;
                 }
                 if self.follows {
                     let _ = tx.send(Err(StoreError::Following));
+                    return;
+                }
+                let current = self.sh.current_epoch.load(Ordering::Acquire);
+                if let Some(admitted) = epoch
+                    && admitted != current
+                {
+                    let _ = tx.send(Err(StoreError::EpochChanged { admitted, current }));
                     return;
                 }
                 let start = self.end;

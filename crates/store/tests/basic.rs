@@ -291,12 +291,16 @@ fn epochs_are_durable_monotonic_and_stamped() {
     assert_eq!(s.current_epoch(), 5);
     let a = fill(&s, "e", 0, 1, "five");
     assert_eq!(s.read_at(a[0]).unwrap().epoch, 5);
-    // Truncating below epoch 5's start drops it; below 3's start drops both.
-    s.truncate(h[0].start_offset).unwrap();
+    // A cut at or below an epoch's start drops that epoch: at 5's start only 5, at 3's
+    // start both.
+    s.truncate(h[1].start_offset).unwrap();
     assert_eq!(s.current_epoch(), 3);
-    s.truncate(0).unwrap();
+    assert_eq!(s.epoch_history(), h[..1]);
+    s.truncate(h[0].start_offset).unwrap();
     assert_eq!(s.current_epoch(), 0);
     assert!(s.epoch_history().is_empty());
+    s.truncate(0).unwrap();
+    assert_eq!(s.current_epoch(), 0);
 }
 
 /// A log that follows a master refuses local appends submitted after `follow` (nothing
@@ -336,6 +340,77 @@ fn a_following_log_takes_replicated_records_only() {
     // Promoted: local appends again.
     slave.begin_epoch(2).unwrap();
     assert!(slave.append_blocking(vec![rec("r", 0, "new")]).is_ok());
+}
+
+/// A write carries the epoch its master admitted it in: once the log moved on (the master
+/// stepped down and was elected again, or began to copy another master's epoch), the write
+/// is refused and nothing is stored.
+#[tokio::test]
+async fn an_append_admitted_in_one_epoch_is_refused_in_another() {
+    let d = tempfile::tempdir().unwrap();
+    let s = open(d.path());
+    s.begin_epoch(3).unwrap();
+    let a = s
+        .append_in_epoch(3, vec![rec("r", 0, "in 3")])
+        .await
+        .unwrap();
+    assert_eq!(a.len(), 1);
+    let end = s.log_end_offset();
+    s.begin_epoch(5).unwrap();
+    match s.append_in_epoch(3, vec![rec("r", 0, "late")]).await {
+        Err(StoreError::EpochChanged {
+            admitted: 3,
+            current: 5,
+        }) => {}
+        other => panic!("expected EpochChanged, got {other:?}"),
+    }
+    assert_eq!(s.log_end_offset(), end, "nothing written");
+    // The same epoch, and a plain append, still go.
+    s.append_in_epoch(5, vec![rec("r", 0, "in 5")])
+        .await
+        .unwrap();
+    s.append(vec![rec("r", 0, "any")]).await.unwrap();
+    let bodies: Vec<_> = s.scan(0).map(|r| r.unwrap().body).collect();
+    assert_eq!(
+        bodies,
+        [Bytes::from("in 3"), Bytes::from("in 5"), Bytes::from("any")]
+    );
+}
+
+/// A follower cut to where it began an epoch of its own (promoted there, demoted before it
+/// wrote) drops that epoch, and takes its master's records of a lower epoch from there.
+#[test]
+fn a_cut_drops_an_epoch_begun_at_the_cut() {
+    let dm = tempfile::tempdir().unwrap();
+    let ds = tempfile::tempdir().unwrap();
+    let master = open(dm.path());
+    master.begin_epoch(1).unwrap();
+    fill(&master, "r", 0, 4, "a");
+    let slave = open(ds.path());
+    let head = master.read_raw(0, 1 << 20).unwrap();
+    slave.append_raw(0, &head).unwrap();
+    let end = slave.log_end_offset();
+    // The slave was elected in epoch 2 at `end` and wrote nothing; the old master wrote on
+    // in epoch 1 and was elected again in epoch 3.
+    slave.begin_epoch(2).unwrap();
+    fill(&master, "r", 0, 3, "b");
+    master.begin_epoch(3).unwrap();
+    fill(&master, "r", 0, 2, "c");
+    let tail = master.read_raw(end, 1 << 20).unwrap();
+    assert!(matches!(
+        slave.append_raw(end, &tail),
+        Err(StoreError::Corrupt { .. })
+    ));
+    slave.truncate(end).unwrap();
+    assert_eq!(slave.current_epoch(), 1);
+    assert_eq!(
+        slave.append_raw(end, &tail).unwrap(),
+        master.durable_offset()
+    );
+    assert_eq!(slave.epoch_history(), master.epoch_history());
+    let m: Vec<_> = master.scan(0).map(Result::unwrap).collect();
+    let s: Vec<_> = slave.scan(0).map(Result::unwrap).collect();
+    assert_eq!(m, s);
 }
 
 #[test]
