@@ -171,7 +171,9 @@ impl From<StoreError> for BrokerError {
                 Self::StorageFull(e.to_string())
             }
             // Stepped down between admission and append: nothing stored, retry elsewhere.
-            StoreError::Following => Self::NotAvailable(e.to_string()),
+            StoreError::Following | StoreError::EpochChanged { .. } => {
+                Self::NotAvailable(e.to_string())
+            }
             e => Self::MasterPersistence(e.to_string()),
         }
     }

@@ -26,6 +26,7 @@ pub mod lookup;
 pub mod meta;
 pub mod metrics;
 pub mod mutant;
+pub mod pause;
 pub mod register;
 pub mod repl;
 pub mod send;

@@ -15,6 +15,11 @@ pub enum Mutant {
     /// Consumers are served records the in-sync slaves do not hold yet, above the
     /// replicated offset.
     DeliverAboveReplicated,
+    /// A master that steps down does not stop its log taking the sends it admitted as
+    /// master (neither `Store::follow` nor the admitted epoch on the append): one that
+    /// reaches the store after the step-down lands in the log it now fills from the new
+    /// master, or in a later epoch of its own.
+    AppendAfterStepDown,
 }
 
 #[cfg(feature = "sim-mutants")]

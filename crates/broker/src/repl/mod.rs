@@ -35,14 +35,27 @@ use tokio_util::sync::CancellationToken;
 pub use config::{ReplicationConfig, Role};
 
 use crate::error::BrokerError;
+use crate::mutant::{self, Mutant};
 use dedup::Dedup;
 use insync::Tracker;
 
 /// A write that passed [`Replication::writable`] or [`Replication::admit`]: the master term
-/// it was admitted in. [`Replication::wait_replicated`] fails once that term ended.
+/// it was admitted in ([`Replication::wait_replicated`] fails once that term ended) and the
+/// log's epoch then (the write is appended only in that epoch: [`Admission::epoch`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Admission {
     term: u64,
+    epoch: u64,
+}
+
+impl Admission {
+    /// The log's epoch the write was admitted in: read before the role was checked, so
+    /// never newer than the term it was admitted in. An append in this epoch
+    /// ([`sofamq_store::Store::append_in_epoch`]) is refused if the broker stepped down
+    /// meanwhile and, as a slave or a master again, its log moved to another epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
 }
 
 /// Why a broker that is not master refuses a replication session.
@@ -450,7 +463,9 @@ impl Replication {
         }
         // Before anything else that follows: a send admitted as master and not yet at the
         // store is refused from here on (`Store::follow`).
-        self.store.follow();
+        if !mutant::active(Mutant::AppendAfterStepDown) {
+            self.store.follow();
+        }
         let _ = self.role_tx.send(Role::Slave);
         self.tracker.reset_term();
         self.appended.notify_waiters();
@@ -485,6 +500,8 @@ impl Replication {
     /// role and then ends the term, so a term read first either sees the role still master
     /// and ends before the write is acked (its wait fails), or sees the new role here.
     fn writable_at(&self, term: u64) -> Result<Admission, BrokerError> {
+        // Before the role: an epoch read after it could be that of a later term.
+        let epoch = self.store.current_epoch();
         if self.role() != Role::Master {
             return Err(BrokerError::NotAvailable(format!(
                 "not master: {} id {} is a slave; send to the master",
@@ -498,7 +515,7 @@ impl Replication {
             )));
         }
         self.check_lease()?;
-        Ok(Admission { term })
+        Ok(Admission { term, epoch })
     }
 
     /// Waits until the in-sync slaves cover `offset` (within the configured ack timeout),

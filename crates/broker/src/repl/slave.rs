@@ -182,7 +182,9 @@ async fn session(
         // log's end (a master refuses that until it has written that far).
         cut = my_end;
     }
-    if cut < my_end {
+    // Also when nothing is cut but this log began an epoch at the cut (promoted there, then
+    // demoted before it wrote): the master's records from there may carry a lower epoch.
+    if cut < my_end || my_hist.last().is_some_and(|e| e.start_offset >= cut) {
         tracing::warn!(
             from = cut,
             to = my_end,

@@ -1,6 +1,7 @@
-//! Stage 4: the claimed records go to the log in one group-commit batch, durable (fsync)
-//! within `limits.persist_timeout_ms` or answered MASTER_PERSISTENCE_TIMEOUT; their ids
-//! are completed in the window, or released when nothing was stored.
+//! Stage 4: the claimed records go to the log in one group-commit batch, only in the epoch
+//! the request was admitted in, durable (fsync) within `limits.persist_timeout_ms` or
+//! answered MASTER_PERSISTENCE_TIMEOUT; their ids are completed in the window, or released
+//! when nothing was stored.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,19 +13,25 @@ use super::batch::Batch;
 use super::dedup::Claimed;
 use crate::broker::Broker;
 use crate::error::BrokerError;
-use crate::repl::Replication;
+use crate::mutant::{self, Mutant};
 use crate::repl::dedup::{Key, Receipt};
+use crate::repl::{Admission, Replication};
 
 /// A store append that outlived the send's persist timeout.
 type PendingAppend = Pin<Box<dyn Future<Output = Result<Vec<Appended>, StoreError>> + Send>>;
 
 /// Appends the claimed records; each stored one is noted in `batch` with its offsets,
 /// each failed one gets the failure's status.
-pub(super) async fn append(broker: &Broker, claimed: Claimed, batch: &mut Batch) {
+pub(super) async fn append(
+    broker: &Broker,
+    admitted: Admission,
+    claimed: Claimed,
+    batch: &mut Batch,
+) {
     let Claimed { records, keys } = claimed;
     let queue_ids: Vec<u32> = records.iter().map(|r| r.queue_id).collect();
     let tally = broker.metrics().tally_in(&records);
-    match durable(broker, records).await {
+    match durable(broker, admitted, records).await {
         Ok(appended) => {
             // No wake-up for the slave streams here: the store's writer wakes them as
             // soon as the bytes are written (before this fsync completed).
@@ -63,15 +70,23 @@ pub(super) async fn append(broker: &Broker, claimed: Claimed, batch: &mut Batch)
     }
 }
 
-/// Appends within `limits.persist_timeout_ms`. A failure comes with the append itself
-/// when it timed out (it is still in the store's queue or fsync and may yet be stored).
+/// Appends within `limits.persist_timeout_ms`, only in the epoch the request was admitted
+/// in (refused, nothing stored, if this broker stepped down since). A failure comes with
+/// the append itself when it timed out (it is still in the store's queue or fsync and may
+/// yet be stored).
 async fn durable(
     broker: &Broker,
+    admitted: Admission,
     records: Vec<NewRecord>,
 ) -> Result<Vec<Appended>, (BrokerError, Option<PendingAppend>)> {
     let timeout = Duration::from_millis(broker.config().limits.persist_timeout_ms);
     let store = broker.store().clone();
-    let mut append: PendingAppend = Box::pin(async move { store.append(records).await });
+    let mut append: PendingAppend = if mutant::active(Mutant::AppendAfterStepDown) {
+        Box::pin(async move { store.append(records).await })
+    } else {
+        let epoch = admitted.epoch();
+        Box::pin(async move { store.append_in_epoch(epoch, records).await })
+    };
     match tokio::time::timeout(timeout, &mut append).await {
         Ok(r) => r.map_err(|e| (e.into(), None)),
         Err(_) => Err((

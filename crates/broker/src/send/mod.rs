@@ -13,6 +13,9 @@
 //! 6. [`replicate`]: wait until the in-sync slaves cover everything answered as stored.
 //! 7. [`reply`]: recall handles and transaction ids, and the request's overall status.
 //!
+//! Under simulation a request may be held between stages 3 and 4 and before stage 6, as
+//! a paused process would hold it ([`crate::pause`]).
+//!
 //! The request state travels between the stages in one [`batch::Batch`]. Acked only once
 //! the in-sync slaves hold it too (see [`crate::repl`]); a message id already stored gets
 //! its original receipt and stores nothing new.
@@ -29,6 +32,7 @@ mod reply;
 use sofamq_proto::v2::{SendMessageRequest, SendMessageResponse};
 
 use crate::broker::Broker;
+use crate::pause::{self, Point};
 
 impl Broker {
     /// Handles one SendMessage request (one or many messages).
@@ -41,9 +45,11 @@ impl Broker {
         let mut batch = prepare::prepare_all(self, req.messages);
         let claimed = dedup::claim(self.repl().dedup(), &mut batch);
         if !claimed.records.is_empty() {
-            append::append(self, claimed, &mut batch).await;
+            pause::at(self.config().broker_id, Point::BeforeAppend).await;
+            append::append(self, admitted.admission, claimed, &mut batch).await;
         }
         dedup::receipts_of_copies(self, &mut batch).await;
+        pause::at(self.config().broker_id, Point::BeforeReplicate).await;
         replicate::wait(self, admitted.admission, &mut batch).await;
         reply::answer(self, batch)
     }
