@@ -18,15 +18,26 @@
 //! at once, full partitions (master | slave, broker | controller, producer | broker), one-way
 //! partitions (broker → controller), a broker's links held (nothing in or out, then
 //! everything delivered), a slow disk (each fdatasync of a broker's log 50 to 600 ms: what it
-//! wrote is streamed to its slaves long before it is durable on it), and a stall (links held
-//! and the disk stuck for the whole stall: the nearest turmoil comes to a paused process, whose
-//! timers would not fire either; here they do). Half the seeds also have a disk whose every
+//! wrote is streamed to its slaves long before it is durable on it), and a stall (a process
+//! stopped by the OS: links held, the disk stuck, and every send inside the broker held where
+//! it is, to go on in no set order up to a second after the stall; the broker's timers still
+//! fire, which a stopped process's would not). A stall starts once the broker holds a send it
+//! admitted and has not appended yet (the window a stopped process leaves open), within
+//! 1.5 s of its planned time; a crash ends it. Half the seeds also have a disk whose every
 //! fdatasync takes 1 to 5 ms. Clocks drift: each host's clock runs within 5% of simulated
 //! time, applied where each measures a duration (the stand-in's rules read a drifting clock;
 //! a broker's configured periods and timeouts, and the lease it is granted, are scaled by its
-//! rate, which for a constant rate is the same thing). Then everything heals, the group
-//! settles, the producer stops, every broker is crashed and restarted (only what was durable
-//! survives), and the checks run on the recovered logs:
+//! rate, which for a constant rate is the same thing).
+//!
+//! Holds ([`sofamq_broker::pause`]): besides stalls, a fifth of the sends are held 1 to
+//! 100 ms between admission and append, and a fifth between append and the wait for the
+//! slaves, as a descheduled thread would be, so other steps of the broker (a step-down, a
+//! truncation, a re-election) run in between.
+//!
+//! Then everything heals, the group settles, the producer stops, every broker is crashed
+//! and restarted (only what was durable survives), and the checks run:
+//! * the group recovered: a send was acked in the last second before the producer stopped,
+//!   and every broker was in the in-sync set just before the final crash;
 //! * every acked message is in the final master's log exactly once, at one offset, with its
 //!   body, and at the same offset in every replica the controller's final view names in sync;
 //! * no message is stored twice in any log (dedup across retries and failover);
@@ -37,11 +48,12 @@
 //!   history assigns to its offset.
 //!
 //! Broken variants (per seed, [`GroupKnobs`]): the controller elects an out-of-sync replica;
-//! a rejoining master skips its truncation (`Mutant::SkipRejoinTruncation` in the broker).
-//! Every seed has one failover of the kind each variant breaks: an isolated master that
-//! rejoins, or (three brokers) a master crash while one slave lags out of the in-sync set, or
-//! a master cut from the controller alone (still streaming to its slaves while one of them is
-//! elected).
+//! a rejoining master skips its truncation (`Mutant::SkipRejoinTruncation` in the broker); a
+//! master that steps down still appends the sends it admitted before
+//! (`Mutant::AppendAfterStepDown`). Every seed has one failover of the kind each variant
+//! breaks: an isolated master that rejoins, a stalled master, or (three brokers) a master
+//! crash while one slave lags out of the in-sync set, or a master cut from the controller
+//! alone (still streaming to its slaves while one of them is elected).
 //!
 //! A seed replays exactly: time is the simulated clock (tokio's `Instant` in the broker and
 //! the stand-in), the wall clock and the broker's random draws follow the seed
@@ -62,6 +74,7 @@ use prost::Message as _;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sofamq_broker::mutant::{self, Mutant};
+use sofamq_broker::pause::{self, Point};
 use sofamq_broker::repl::{ReplicationConfig, Role};
 use sofamq_broker::topics::TopicType;
 use sofamq_broker::{Broker, BrokerConfig};
@@ -98,6 +111,11 @@ const PRODUCER_STOP: u64 = 12_000;
 const FINAL_CRASH: u64 = 14_500;
 /// The checks run (ms).
 const END: u64 = 15_500;
+/// A stall waits at most this long (ms) for its broker to hold an admitted send.
+const STALL_WAIT_MS: u64 = 1_500;
+/// Once healed, the group acks sends again: the last ack is at most this long before the
+/// producer stops (ms).
+const RECOVERY_ACK_GAP_MS: u64 = 1_000;
 
 /// Broken variants switched on for a seed.
 #[derive(Debug, Clone, Copy, Default)]
@@ -106,6 +124,9 @@ pub struct GroupKnobs {
     pub elect_out_of_sync: bool,
     /// A master that rejoins as a slave keeps the tail its new master lacks.
     pub skip_rejoin_truncation: bool,
+    /// A master that steps down still takes the local appends of sends it admitted as
+    /// master (`Mutant::AppendAfterStepDown` in the broker).
+    pub append_after_step_down: bool,
 }
 
 /// The result of one seed.
@@ -203,6 +224,16 @@ struct Ledger {
     rates: Vec<f64>,
     /// Each running broker's durable offset and when it was last read (simulated ms).
     durable: RefCell<BTreeMap<u64, (u64, u64)>>,
+    /// When the producer last got an OK (simulated ms).
+    last_ack_ms: Cell<u64>,
+    /// The controller's view just before the final crash.
+    settled_view: RefCell<Option<GroupState>>,
+    /// Brokers stalled, and until when (simulated ms).
+    stalled_until: RefCell<BTreeMap<u64, u64>>,
+    /// Draws the holds of sends on the send path ([`hold`]).
+    holds: RefCell<StdRng>,
+    /// (broker, until) of each hold of a send before its append.
+    held_appends: RefCell<Vec<(u64, u64)>>,
 }
 
 fn id_of(msg_id: &str) -> Option<u64> {
@@ -288,11 +319,14 @@ fn broker_config(id: u64, rate: f64) -> BrokerConfig {
 }
 
 async fn broker_host(l: Rc<Ledger>, id: u64) -> turmoil::Result {
-    mutant::set(&if l.knobs.skip_rejoin_truncation {
-        vec![Mutant::SkipRejoinTruncation]
-    } else {
-        vec![]
-    });
+    let mut on = Vec::new();
+    if l.knobs.skip_rejoin_truncation {
+        on.push(Mutant::SkipRejoinTruncation);
+    }
+    if l.knobs.append_after_step_down {
+        on.push(Mutant::AppendAfterStepDown);
+    }
+    mutant::set(&on);
     let cfg = broker_config(id, l.rates[id as usize]);
     let disk: Arc<dyn sofamq_store::io::Fs> = Arc::new(l.disks[id as usize].clone());
     let broker = loop {
@@ -481,6 +515,7 @@ async fn sender(l: Rc<Ledger>, mut rng: StdRng, mut target: u64) {
                     for (id, e) in ids.iter().zip(&resp.entries) {
                         if e.status.as_ref().is_some_and(|s| s.code == Code::Ok as i32) {
                             pending.remove(id);
+                            l.last_ack_ms.set(sim_ms());
                             l.acked.borrow_mut().insert(
                                 *id,
                                 Ack {
@@ -530,12 +565,93 @@ async fn idle() -> turmoil::Result {
     }
 }
 
+/// Percent of the asks at a point of the send path that hold the request (as an OS
+/// deschedules a thread), each for 1 to [`HOLD_MAX_MS`] ms.
+const HOLD_PERCENT: u32 = 20;
+const HOLD_MAX_MS: u64 = 100;
+
+/// How long broker `id` holds a send at point `p` ([`sofamq_broker::pause`]): through the
+/// rest of a stall and a little after (a stopped process resumes its threads in no set
+/// order), or, at random, briefly.
+fn hold(l: &Ledger, id: u64, p: Point) -> Option<Duration> {
+    let now =
+        u64::try_from(turmoil::sim_elapsed().unwrap_or_default().as_millis()).unwrap_or(u64::MAX);
+    let mut rng = l.holds.borrow_mut();
+    let d = if let Some(&until) = l.stalled_until.borrow().get(&id)
+        && until > now
+    {
+        let d = until - now + rng.random_range(0..=1_000);
+        l.j.log(&format!("b{id}: a send held at {p:?} for {d} ms (stalled)"));
+        d
+    } else if rng.random_ratio(HOLD_PERCENT, 100) {
+        rng.random_range(1..=HOLD_MAX_MS)
+    } else {
+        return None;
+    };
+    if p == Point::BeforeAppend {
+        let mut held = l.held_appends.borrow_mut();
+        held.retain(|(_, until)| *until > now);
+        held.push((id, now + d));
+    }
+    Some(Duration::from_millis(d))
+}
+
+/// Whether broker `id` holds a send it admitted but has not appended yet, at `t`.
+fn holds_an_append(l: &Ledger, id: u64, t: u64) -> bool {
+    l.held_appends
+        .borrow()
+        .iter()
+        .any(|(b, until)| *b == id && *until > t)
+}
+
+/// Clears this thread's hold hook when dropped.
+struct HoldHook;
+
+impl HoldHook {
+    fn install(l: &Rc<Ledger>) -> Self {
+        let l = l.clone();
+        pause::set(Some(Rc::new(move |id, p| hold(&l, id, p))));
+        HoldHook
+    }
+}
+
+impl Drop for HoldHook {
+    fn drop(&mut self) {
+        pause::set(None);
+    }
+}
+
 fn epoch_at(h: &[EpochEntry], offset: u64) -> u64 {
     let i = h.partition_point(|e| e.start_offset <= offset);
     if i == 0 { 0 } else { h[i - 1].epoch }
 }
 
+/// Simulated milliseconds (inside a host).
+fn sim_ms() -> u64 {
+    u64::try_from(turmoil::sim_elapsed().unwrap_or_default().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The group recovers once everything has healed: sends are acked until the producer
+/// stops, and every broker is back in the in-sync set before the final crash.
+fn check_recovered(l: &Ledger) {
+    let last = l.last_ack_ms.get();
+    if last + RECOVERY_ACK_GAP_MS < PRODUCER_STOP {
+        l.j.violate(format!(
+            "no send acked after {last} ms (faults healed at {FAULTS_END} ms, the producer \
+             stopped at {PRODUCER_STOP} ms)"
+        ));
+    }
+    match l.settled_view.borrow().as_ref() {
+        Some(g) if g.insync.len() as u64 == l.brokers => {}
+        g => l.j.violate(format!(
+            "group not whole {} ms after the heal: {g:?}",
+            FINAL_CRASH - FAULTS_END
+        )),
+    }
+}
+
 fn check(l: &Ledger) {
+    check_recovered(l);
     let rec = l.recovered.borrow();
     let view = l.ctl.view.borrow().clone();
     let acked = l.acked.borrow();
@@ -699,9 +815,12 @@ enum Fault {
     /// A broker's fdatasyncs take 50 to 600 ms: its writes are replicated long before they
     /// are durable on it.
     SlowDisk(bool),
-    /// A broker stalls (as a process paused by the OS): every link of it held and its disk
-    /// taking the whole stall for one fdatasync; then all of it is delivered at once.
-    Stall(bool),
+    /// A broker stalls (as a process paused by the OS): every link of it held, its disk
+    /// taking the whole stall for one fdatasync, and its sends held where they are; then
+    /// all of it goes on at once. It starts once the broker holds a send it admitted and
+    /// has not appended yet (the window a stopped process leaves open), or at the given
+    /// time (ms) at the latest.
+    Stall(bool, u64),
 }
 
 /// Runs one seed of the group simulation.
@@ -755,7 +874,13 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
         disks,
         rates,
         durable: RefCell::default(),
+        last_ack_ms: Cell::new(0),
+        settled_view: RefCell::default(),
+        stalled_until: RefCell::default(),
+        holds: RefCell::new(StdRng::seed_from_u64(seed ^ 0x401d)),
+        held_appends: RefCell::default(),
     });
+    let _holds = HoldHook::install(&l);
     let mut b = turmoil::Builder::new();
     let latency = rng.random_range(2..30);
     let block = if rng.random_bool(0.5) { 4 } else { 512 };
@@ -802,7 +927,7 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
                 9 | 10 => Fault::IsolateMaster,
                 11 | 12 => Fault::LagThenCrash,
                 13 | 14 => Fault::SlowDisk(master),
-                _ => Fault::Stall(master),
+                _ => Fault::Stall(master, at + STALL_WAIT_MS),
             };
             (at, dur, f)
         })
@@ -811,16 +936,14 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
     // (its tail must be cut when it rejoins) or, with three brokers, a crash while one
     // slave lags (only an in-sync replica may win), or a master cut from the controller
     // alone (it still streams to its slaves while one of them is elected).
+    let at = rng.random_range(FAULTS_FROM..FAULTS_END - 3_000);
     let key = match (n, rng.random_range(0..4)) {
         (3, 0) => Fault::LagThenCrash,
         (3, 1) => Fault::PartitionController(true),
+        (_, 2) => Fault::Stall(true, at + STALL_WAIT_MS),
         _ => Fault::IsolateMaster,
     };
-    plan.push((
-        rng.random_range(FAULTS_FROM..FAULTS_END - 3_000),
-        rng.random_range(2_500..4_000),
-        key,
-    ));
+    plan.push((at, rng.random_range(2_500..4_000), key));
     plan.sort_by_key(|p| p.0);
     plan.reverse();
     // Heal actions: (time, what to undo).
@@ -829,6 +952,8 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
     let mut final_done = false;
     let mut slave_ahead_ms = 0;
     let mut links = Links::new();
+    let mut disk_over = DiskOverrides::new(n, Duration::from_millis(disk_ms));
+    let mut stalls = Stalls::default();
     loop {
         let t = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
         if t >= END {
@@ -846,10 +971,12 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
             let mut undo = Vec::new();
             match f {
                 Fault::CrashBroker(w) => {
-                    let h = host(pick(w));
+                    let id = pick(w);
+                    let h = host(id);
                     if down.insert(h.clone()) {
                         j.log(&format!("CRASH {h} for {dur} ms"));
                         links.crash(&mut sim, h.as_str());
+                        stalls.end(&l, &mut disk_over, id);
                         undo.push(Heal::Restart(h));
                     }
                 }
@@ -866,6 +993,7 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
                         let h = host(id);
                         if down.insert(h.clone()) {
                             links.crash(&mut sim, h.as_str());
+                            stalls.end(&l, &mut disk_over, id);
                             undo.push(Heal::Restart(h));
                         }
                     }
@@ -921,18 +1049,32 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
                         "SLOW DISK of {} ({slow} ms per fdatasync) for {dur} ms",
                         host(id)
                     ));
-                    let d = &l.disks[id as usize];
-                    let before = d.sync_latency();
-                    d.set_sync_latency(Duration::from_millis(slow));
-                    undo.push(Heal::DiskLatency(id, before));
+                    undo.push(disk_over.push(&l.disks, id, Duration::from_millis(slow)));
                 }
-                Fault::Stall(w) => {
+                Fault::Stall(w, latest) => {
                     let id = pick(w);
                     let h = host(id);
-                    j.log(&format!("STALL {h} (links held, disk stuck) for {dur} ms"));
-                    let d = &l.disks[id as usize];
-                    undo.push(Heal::DiskLatency(id, d.sync_latency()));
-                    d.set_sync_latency(Duration::from_millis(dur));
+                    if down.contains(&h) {
+                        // Nothing runs to be stopped.
+                        continue;
+                    }
+                    if t < latest && !holds_an_append(&l, id, t) {
+                        plan.push((t + 1, dur, f));
+                        plan.sort_by_key(|p| std::cmp::Reverse(p.0));
+                        continue;
+                    }
+                    j.log(&format!(
+                        "STALL {h} (links held, disk stuck, sends held) for {dur} ms"
+                    ));
+                    let until = t + dur;
+                    let mut stalled = l.stalled_until.borrow_mut();
+                    let e = stalled.entry(id).or_default();
+                    *e = (*e).max(until);
+                    drop(stalled);
+                    undo.push(Heal::Unstall(id, until));
+                    let disk = disk_over.push(&l.disks, id, Duration::from_millis(dur));
+                    stalls.began(id, until, &disk);
+                    undo.push(disk);
                     hold_every_link(&sim, &mut links, &h, n, &mut undo);
                 }
                 Fault::LagThenCrash => {
@@ -944,7 +1086,10 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
                     ));
                     links.partition(&sim, a.as_str(), b.as_str());
                     heals.push((t + lag + dur, vec![Heal::Repair(a, b)]));
-                    plan.push((t + lag, dur, Fault::CrashBroker(true)));
+                    // Within the fault window, as every fault: a crash after it would
+                    // leave the producer's requests to it hanging past the recovery check.
+                    let at = (t + lag).min(FAULTS_END - 1_000);
+                    plan.push((at, dur, Fault::CrashBroker(true)));
                     plan.sort_by_key(|p| std::cmp::Reverse(p.0));
                 }
             }
@@ -977,13 +1122,19 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
                     Heal::Release(a, b) => {
                         links.release(&sim, a.as_str(), b.as_str());
                     }
-                    Heal::DiskLatency(id, d) => {
+                    Heal::Unstall(id, until) => {
+                        let mut stalls = l.stalled_until.borrow_mut();
+                        if stalls.get(&id) == Some(&until) {
+                            stalls.remove(&id);
+                        }
+                    }
+                    Heal::DiskLatency(id, key) => {
+                        let d = disk_over.pop(&l.disks, id, key);
                         j.log(&format!(
                             "DISK of {} back to {} ms",
                             host(id),
                             d.as_millis()
                         ));
-                        l.disks[id as usize].set_sync_latency(d);
                     }
                 }
             }
@@ -996,6 +1147,7 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
             final_done = true;
             j.log("final crash and restart of every broker");
             l.final_phase.set(true);
+            *l.settled_view.borrow_mut() = ctl.view.borrow().clone();
             l.recovered.borrow_mut().clear();
             for id in 0..n {
                 let h = host(id);
@@ -1072,5 +1224,72 @@ enum Heal {
     Repair(String, String),
     RepairOneway(String, String),
     Release(String, String),
-    DiskLatency(u64, Duration),
+    /// Ends the disk latency override with this key.
+    DiskLatency(u64, u64),
+    /// Ends the stall that lasts until then (a later one of the same broker stays).
+    Unstall(u64, u64),
+}
+
+/// The stalls running: a crash ends its broker's (the process it stopped is gone, and the
+/// one restarted runs).
+#[derive(Default)]
+struct Stalls {
+    /// Broker -> (until, disk override key).
+    on: BTreeMap<u64, Vec<(u64, u64)>>,
+}
+
+impl Stalls {
+    fn began(&mut self, id: u64, until: u64, disk: &Heal) {
+        if let Heal::DiskLatency(_, key) = disk {
+            self.on.entry(id).or_default().push((until, *key));
+        }
+    }
+
+    /// Broker `id` crashed: its stalls end now.
+    fn end(&mut self, l: &Ledger, disk_over: &mut DiskOverrides, id: u64) {
+        for (until, key) in self.on.remove(&id).unwrap_or_default() {
+            let mut stalled = l.stalled_until.borrow_mut();
+            if stalled.get(&id) == Some(&until) {
+                stalled.remove(&id);
+            }
+            drop(stalled);
+            disk_over.pop(&l.disks, id, key);
+        }
+    }
+}
+
+/// The fdatasync latency overrides of each broker's disk (slow disks, stalls), which may
+/// overlap: the latest one still running applies, else the seed's own latency.
+struct DiskOverrides {
+    base: Duration,
+    /// Per broker: (key, latency), oldest first.
+    on: Vec<Vec<(u64, Duration)>>,
+    next: u64,
+}
+
+impl DiskOverrides {
+    fn new(n: u64, base: Duration) -> Self {
+        DiskOverrides {
+            base,
+            on: (0..n).map(|_| Vec::new()).collect(),
+            next: 0,
+        }
+    }
+
+    /// Sets broker `id`'s disk to `d`; the returned heal ends this override.
+    fn push(&mut self, disks: &[SimDisk], id: u64, d: Duration) -> Heal {
+        self.next += 1;
+        self.on[id as usize].push((self.next, d));
+        disks[id as usize].set_sync_latency(d);
+        Heal::DiskLatency(id, self.next)
+    }
+
+    /// Ends override `key` of broker `id`; returns the latency now in force.
+    fn pop(&mut self, disks: &[SimDisk], id: u64, key: u64) -> Duration {
+        let on = &mut self.on[id as usize];
+        on.retain(|(k, _)| *k != key);
+        let d = on.last().map_or(self.base, |(_, d)| *d);
+        disks[id as usize].set_sync_latency(d);
+        d
+    }
 }

@@ -80,3 +80,27 @@ pub fn differences_in_children(
         })
         .collect()
 }
+
+/// Stamps a log line with the simulated time (ms) of the host that wrote it, so the hosts'
+/// own logs line up with a seed's trace.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match turmoil::sim_elapsed() {
+            Some(d) => write!(w, "{:>5}", d.as_millis()),
+            None => write!(w, "    -"),
+        }
+    }
+}
+
+/// For a replayed seed: the hosts' logs (filtered by `RUST_LOG`) to the test's output,
+/// stamped with simulated time, without colour codes.
+pub fn show_host_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_timer(SimTime)
+        .with_ansi(false)
+        .with_test_writer()
+        .try_init();
+}

@@ -29,10 +29,7 @@ fn replay_one_consume_seed() {
     let Some(seed) = replay::seed_from_env("CONSUME_SIM_SEED") else {
         return;
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    replay::show_host_logs();
     let o = run_consume_seed(
         seed,
         ConsumeKnobs {

@@ -16,10 +16,7 @@ fn replay_one_repl_seed() {
         return;
     };
     // RUST_LOG=debug shows the master's and slave's own logs.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    replay::show_host_logs();
     let o = run_repl_seed(
         seed,
         ReplKnobs {
