@@ -52,6 +52,7 @@ pub async fn run_with(
     let mut master_term: Option<(u64, Instant)> = None;
     tracing::info!(controller = ?cfg.controller, broker_id = me, "following the controller");
     loop {
+        crate::pause::at(me, crate::pause::Point::Control).await;
         // In-sync changes go out as soon as they are seen, heartbeats on their period.
         // A fenced master proposes no in-sync change: it acks nothing more, and its slaves
         // (which stop acking once it stops streaming) must stay eligible to replace it.

@@ -1,7 +1,8 @@
 //! Points on the send path where the simulator (`crates/sim`) may hold a request, as an OS
 //! does to a thread it deschedules or to a process it stops (SIGSTOP): the request's next
 //! step runs later, after other tasks of the same broker (a step-down, a truncation) have
-//! run. Without a hold there, every step of a send between two of its own awaits runs at one
+//! run. One more point holds the controller-follow loop, so a stopped process neither
+//! heartbeats nor steps down until it resumes. Without a hold there, every step of a send between two of its own awaits runs at one
 //! instant of simulated time, and interleavings that a real paused process shows are never
 //! tried. Compiled in only with the `sim-mutants` feature, which only the simulator enables;
 //! without it [`at`] returns at once and folds away.
@@ -19,6 +20,9 @@ pub enum Point {
     BeforeAppend,
     /// Its records durable on this broker, not yet waiting for the in-sync slaves.
     BeforeReplicate,
+    /// Not a send: the top of each round of the controller-follow loop (heartbeat, lease,
+    /// step-down), which a stopped process does not run either.
+    Control,
 }
 
 /// Asked at each point with the broker's id: how long to hold the request there (`None`:

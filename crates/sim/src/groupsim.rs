@@ -20,8 +20,9 @@
 //! everything delivered), a slow disk (each fdatasync of a broker's log 50 to 600 ms: what it
 //! wrote is streamed to its slaves long before it is durable on it), and a stall (a process
 //! stopped by the OS: links held, the disk stuck, and every send inside the broker held where
-//! it is, to go on in no set order up to a second after the stall; the broker's timers still
-//! fire, which a stopped process's would not). A stall starts once the broker holds a send it
+//! it is, and its controller-follow loop held too, all to go on in no set order up to a
+//! second after the stall; its other timers, replication's, still fire, which a stopped
+//! process's would not). A stall starts once the broker holds a send it
 //! admitted and has not appended yet (the window a stopped process leaves open), within
 //! 1.5 s of its planned time; a crash ends it. Half the seeds also have a disk whose every
 //! fdatasync takes 1 to 5 ms. Clocks drift: each host's clock runs within 5% of simulated
@@ -36,6 +37,8 @@
 //!
 //! Then everything heals, the group settles, the producer stops, every broker is crashed
 //! and restarted (only what was durable survives), and the checks run:
+//! * log matching, while the seed runs: every record any log holds at an (epoch, offset),
+//!   even one cut later, is the same record (one master per epoch);
 //! * the group recovered: a send was acked in the last second before the producer stopped,
 //!   and every broker was in the in-sync set just before the final crash;
 //! * every acked message is in the final master's log exactly once, at one offset, with its
@@ -111,6 +114,8 @@ const PRODUCER_STOP: u64 = 12_000;
 const FINAL_CRASH: u64 = 14_500;
 /// The checks run (ms).
 const END: u64 = 15_500;
+/// A stalled broker's tasks are held in steps of this long (ms).
+const STALL_STEP_MS: u64 = 50;
 /// A stall waits at most this long (ms) for its broker to hold an admitted send.
 const STALL_WAIT_MS: u64 = 1_500;
 /// Once healed, the group acks sends again: the last ack is at most this long before the
@@ -232,6 +237,9 @@ struct Ledger {
     stalled_until: RefCell<BTreeMap<u64, u64>>,
     /// Draws the holds of sends on the send path ([`hold`]).
     holds: RefCell<StdRng>,
+    /// (epoch, offset) -> (topic, message id) of the first record seen there, and in which
+    /// broker's log ([`match_new_records`]).
+    matching: RefCell<HashMap<(u64, u64), (RecordKey, u64)>>,
     /// (broker, until) of each hold of a send before its append.
     held_appends: RefCell<Vec<(u64, u64)>>,
 }
@@ -357,6 +365,18 @@ async fn broker_host(l: Rc<Ledger>, id: u64) -> turmoil::Result {
                     .borrow_mut()
                     .insert(id, (store.durable_offset(), t));
                 tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+    }
+    {
+        // Checks every record this broker's log takes against every other log, as it is
+        // written (a record later cut counts too).
+        let (l, store) = (l.clone(), broker.store().clone());
+        tokio::task::spawn_local(async move {
+            let mut from = 0;
+            loop {
+                from = match_new_records(&l, id, &store, from);
+                tokio::time::sleep(Duration::from_millis(MATCH_EVERY_MS)).await;
             }
         });
     }
@@ -580,10 +600,19 @@ fn hold(l: &Ledger, id: u64, p: Point) -> Option<Duration> {
     let d = if let Some(&until) = l.stalled_until.borrow().get(&id)
         && until > now
     {
-        let d = until - now + rng.random_range(0..=1_000);
-        l.j.log(&format!("b{id}: a send held at {p:?} for {d} ms (stalled)"));
+        // In steps, so a stall healed early (at the end of the fault window) lets go; the
+        // last step adds the task's own delay in resuming.
+        let left = until - now;
+        let d = if left > STALL_STEP_MS {
+            STALL_STEP_MS
+        } else {
+            left + rng.random_range(0..=1_000)
+        };
+        if p != Point::Control && d > STALL_STEP_MS {
+            l.j.log(&format!("b{id}: a send held at {p:?} for {d} ms (stalled)"));
+        }
         d
-    } else if rng.random_ratio(HOLD_PERCENT, 100) {
+    } else if p != Point::Control && rng.random_ratio(HOLD_PERCENT, 100) {
         rng.random_range(1..=HOLD_MAX_MS)
     } else {
         return None;
@@ -619,6 +648,48 @@ impl Drop for HoldHook {
     fn drop(&mut self) {
         pause::set(None);
     }
+}
+
+/// A record as log matching compares it: (topic, producer message id or empty).
+type RecordKey = (String, String);
+
+/// How often (ms) each broker's new records are checked ([`match_new_records`]).
+const MATCH_EVERY_MS: u64 = 10;
+
+/// Log matching, checked while the seed runs: within one epoch only one master writes, so
+/// every record any log ever holds at (epoch, offset) is the same record. Reads broker
+/// `id`'s records from `from` (or from the log end, if it was cut below); returns where to
+/// read from next time. A record written and cut between two reads is not seen.
+fn match_new_records(l: &Ledger, id: u64, store: &sofamq_store::Store, from: u64) -> u64 {
+    let mut next = from.min(store.log_end_offset());
+    for r in store.scan(next) {
+        let Ok(r) = r else { break };
+        next = r.log_offset + u64::from(r.size);
+        let what = (
+            r.topic.clone(),
+            r.properties
+                .iter()
+                .find(|(k, _)| k == sofamq_broker::validate::keys::MSG_ID)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default(),
+        );
+        let mut seen = l.matching.borrow_mut();
+        match seen.entry((r.epoch, r.log_offset)) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert((what, id));
+            }
+            std::collections::hash_map::Entry::Occupied(o) => {
+                let (first, by) = o.get();
+                if *first != what {
+                    l.j.violate(format!(
+                        "log matching: b{id} holds {what:?} at offset {} in epoch {}, where b{by} held {first:?}",
+                        r.log_offset, r.epoch
+                    ));
+                }
+            }
+        }
+    }
+    next
 }
 
 fn epoch_at(h: &[EpochEntry], offset: u64) -> u64 {
@@ -879,6 +950,7 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
         stalled_until: RefCell::default(),
         holds: RefCell::new(StdRng::seed_from_u64(seed ^ 0x401d)),
         held_appends: RefCell::default(),
+        matching: RefCell::default(),
     });
     let _holds = HoldHook::install(&l);
     let mut b = turmoil::Builder::new();
