@@ -106,13 +106,17 @@ pub(crate) fn may_have_stored(err: &AttemptError) -> bool {
 }
 
 /// A transport failure before the request left: the connection could not be made (the
-/// broker's port refused it, the name did not resolve), so nothing was sent.
+/// broker's port refused it, the name did not resolve), or hyper gave the request back
+/// unsent because the connection had closed ("operation was canceled": hyper's canceled
+/// error, raised only for a request never handed to the connection; a broker killed just
+/// before the send), so nothing was sent.
 fn never_sent(message: &str) -> bool {
     [
         "tcp connect error",
         "error trying to connect",
         "dns error",
         "Connection refused",
+        "operation was canceled",
     ]
     .iter()
     .any(|m| message.contains(m))
@@ -171,6 +175,14 @@ mod tests {
         assert!(may_have_stored(&AttemptError::Transport("reset".into())));
         assert!(!may_have_stored(&AttemptError::Transport(
             "Unavailable: tcp connect error".into()
+        )));
+        // As tonic reports a request hyper never sent on a connection that had closed.
+        assert!(!may_have_stored(&AttemptError::Transport(
+            "Cancelled: operation was canceled".into()
+        )));
+        // A stream the broker reset after it took the request may have stored it.
+        assert!(may_have_stored(&AttemptError::Transport(
+            "Cancelled: h2 protocol error: stream no longer needed".into()
         )));
         assert!(!may_have_stored(&AttemptError::NoRoute("none".into())));
     }

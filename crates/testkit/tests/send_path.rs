@@ -120,6 +120,13 @@ async fn killed_broker_mid_stream_fails_over_without_errors() {
     for i in 0..600 {
         if i == 200 {
             c.brokers[0].kill9();
+            // Let the producer's connection see the close. A send that races the kill
+            // itself may go out on the dying connection, and then it may have been stored
+            // on broker-a: the SDK keeps retrying it there (no copy in another group) and,
+            // broker-a being down for good, reports it with `maybe_stored`. A send after
+            // the close is given back unsent by hyper ("operation was canceled") or finds
+            // the port refused: not stored, so it goes to broker-b.
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let r = p
             .send(Message::new("orders", format!("f-{i}").into_bytes()))
