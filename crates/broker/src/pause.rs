@@ -1,18 +1,19 @@
-//! Points on the send path where the simulator (`crates/sim`) may hold a request, as an OS
-//! does to a thread it deschedules or to a process it stops (SIGSTOP): the request's next
-//! step runs later, after other tasks of the same broker (a step-down, a truncation) have
-//! run. One more point holds the controller-follow loop, so a stopped process neither
-//! heartbeats nor steps down until it resumes. Without a hold there, every step of a send between two of its own awaits runs at one
-//! instant of simulated time, and interleavings that a real paused process shows are never
-//! tried. Compiled in only with the `sim-mutants` feature, which only the simulator enables;
-//! without it [`at`] returns at once and folds away.
+//! Points where the simulator (`crates/sim`) may hold a task of the broker, as an OS does
+//! to a thread it deschedules or to a process it stops (SIGSTOP): the task's next step runs
+//! later, after other tasks of the same broker (a step-down, a truncation) have run. Two
+//! are on the send path; one holds the controller-follow loop, so a stopped process neither
+//! heartbeats nor steps down until it resumes. Without a hold, every step of a send between
+//! two of its own awaits runs at one instant of simulated time, and interleavings that a
+//! real paused process shows are never tried. Compiled in only with the `sim-mutants`
+//! feature, which only the simulator enables; without it [`at`] returns at once and folds
+//! away.
 //!
 //! A hook is set for the current thread only: turmoil runs all the hosts of one seed on one
 //! thread, so seeds running in parallel on other threads are not affected.
 
 use std::time::Duration;
 
-/// Where on the send path a request may be held.
+/// Where a task may be held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Point {
     /// Admitted (master, lease, replicas in sync) and its records prepared and claimed in
