@@ -3,7 +3,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{cfg, fill, open, rec, segments};
+use common::{cfg, fill, master_and_slave, open, rec, segments};
 use sofamq_store::{FlushMode, NewRecord, Store, StoreError};
 
 #[test]
@@ -310,12 +310,9 @@ fn epochs_are_durable_monotonic_and_stamped() {
 /// (the chaos scenario master-pause: "raw append at 188488 but log end is 189308").
 #[test]
 fn a_following_log_takes_replicated_records_only() {
-    let dm = tempfile::tempdir().unwrap();
-    let ds = tempfile::tempdir().unwrap();
-    let master = open(dm.path());
-    master.begin_epoch(1).unwrap();
-    fill(&master, "r", 0, 6, "m");
-    let slave = open(ds.path());
+    let pair = master_and_slave();
+    let (master, slave) = (&pair.master, &pair.slave);
+    fill(master, "r", 0, 6, "m");
     slave.begin_epoch(1).unwrap();
     let before = slave.submit_append(vec![rec("r", 0, "before")]).unwrap();
     slave.follow();
@@ -381,21 +378,18 @@ async fn an_append_admitted_in_one_epoch_is_refused_in_another() {
 /// wrote) drops that epoch, and takes its master's records of a lower epoch from there.
 #[test]
 fn a_cut_drops_an_epoch_begun_at_the_cut() {
-    let dm = tempfile::tempdir().unwrap();
-    let ds = tempfile::tempdir().unwrap();
-    let master = open(dm.path());
-    master.begin_epoch(1).unwrap();
-    fill(&master, "r", 0, 4, "a");
-    let slave = open(ds.path());
+    let pair = master_and_slave();
+    let (master, slave) = (&pair.master, &pair.slave);
+    fill(master, "r", 0, 4, "a");
     let head = master.read_raw(0, 1 << 20).unwrap();
     slave.append_raw(0, &head).unwrap();
     let end = slave.log_end_offset();
     // The slave was elected in epoch 2 at `end` and wrote nothing; the old master wrote on
     // in epoch 1 and was elected again in epoch 3.
     slave.begin_epoch(2).unwrap();
-    fill(&master, "r", 0, 3, "b");
+    fill(master, "r", 0, 3, "b");
     master.begin_epoch(3).unwrap();
-    fill(&master, "r", 0, 2, "c");
+    fill(master, "r", 0, 2, "c");
     let tail = master.read_raw(end, 1 << 20).unwrap();
     assert!(matches!(
         slave.append_raw(end, &tail),
@@ -415,18 +409,15 @@ fn a_cut_drops_an_epoch_begun_at_the_cut() {
 
 #[test]
 fn raw_replication_copies_a_log_exactly() {
-    let dm = tempfile::tempdir().unwrap();
-    let ds = tempfile::tempdir().unwrap();
-    let master = open(dm.path());
-    master.begin_epoch(1).unwrap();
+    let pair = master_and_slave();
+    let (master, slave) = (&pair.master, &pair.slave);
     for i in 0..40 {
         master
             .append_blocking(vec![rec("r", i % 2, &format!("{i}{}", "z".repeat(300)))])
             .unwrap();
     }
     master.begin_epoch(2).unwrap();
-    fill(&master, "r", 0, 10, "e2");
-    let slave = open(ds.path());
+    fill(master, "r", 0, 10, "e2");
     let mut pos = 0;
     while pos < master.durable_offset() {
         let chunk = master.read_raw(pos, 3000).unwrap();
@@ -465,12 +456,10 @@ fn raw_replication_copies_a_log_exactly() {
 /// reuses its buffer, and refuses a non-boundary start.
 #[test]
 fn raw_append_refuses_every_flipped_bit() {
-    let dm = tempfile::tempdir().unwrap();
-    let ds = tempfile::tempdir().unwrap();
-    let master = open(dm.path());
-    master.begin_epoch(1).unwrap();
-    fill(&master, "r", 0, 3, "abc");
-    fill(&master, "q", 1, 1, "def");
+    let pair = master_and_slave();
+    let (master, slave) = (&pair.master, &pair.slave);
+    fill(master, "r", 0, 3, "abc");
+    fill(master, "q", 1, 1, "def");
     let chunk = master.read_raw(0, 1 << 20).unwrap();
     assert_eq!(chunk.len() as u64, master.durable_offset());
     let mut buf = vec![7u8; 5];
@@ -487,7 +476,6 @@ fn raw_append_refuses_every_flipped_bit() {
     );
     assert!(master.read_written_into(3, 1 << 20, &mut buf, 5).is_err());
 
-    let slave = open(ds.path());
     for bit in 0..chunk.len() * 8 {
         let mut bad = chunk.clone();
         bad[bit / 8] ^= 1 << (bit % 8);

@@ -19,6 +19,26 @@ pub fn open(dir: &Path) -> Store {
     Store::open(cfg(dir)).expect("open")
 }
 
+/// A master (begun in epoch 1) and a slave, each in its own temporary directory, which
+/// lives as long as the pair (the stores close first).
+pub struct Pair {
+    pub master: Store,
+    pub slave: Store,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+pub fn master_and_slave() -> Pair {
+    let dm = tempfile::tempdir().expect("master dir");
+    let ds = tempfile::tempdir().expect("slave dir");
+    let master = open(dm.path());
+    master.begin_epoch(1).expect("epoch 1");
+    Pair {
+        master,
+        slave: open(ds.path()),
+        _dirs: (dm, ds),
+    }
+}
+
 pub fn rec(topic: &str, queue_id: u32, body: &str) -> NewRecord {
     NewRecord {
         topic: topic.into(),
