@@ -2,7 +2,9 @@
 //! to a thread it deschedules or to a process it stops (SIGSTOP): the task's next step runs
 //! later, after other tasks of the same broker (a step-down, a truncation) have run. Two
 //! are on the send path; one holds the controller-follow loop, so a stopped process neither
-//! heartbeats nor steps down until it resumes. Without a hold, every step of a send between
+//! heartbeats nor steps down until it resumes; three hold replication (a master's push to a
+//! slave, the master's count of a slave's ack, a slave's append of what it received), so a
+//! stopped process neither streams, counts acks nor follows. Without a hold, every step of a send between
 //! two of its own awaits runs at one instant of simulated time, and interleavings that a
 //! real paused process shows are never tried. Compiled in only with the `sim-mutants`
 //! feature, which only the simulator enables; without it [`at`] returns at once and folds
@@ -24,6 +26,20 @@ pub enum Point {
     /// Not a send: the top of each round of the controller-follow loop (heartbeat, lease,
     /// step-down), which a stopped process does not run either.
     Control,
+    /// Not a send: the top of each round of a master's push stream to one slave.
+    MasterStream,
+    /// Not a send: a slave's ack received by the master, before the master counts it.
+    MasterAck,
+    /// Not a send: frames received by a slave from its master, before it appends and acks
+    /// them.
+    SlaveAppend,
+}
+
+impl Point {
+    /// Whether this point is on a send's path (the others hold a broker's own loops).
+    pub fn is_send(self) -> bool {
+        matches!(self, Point::BeforeAppend | Point::BeforeReplicate)
+    }
 }
 
 /// Asked at each point with the broker's id: how long to hold the request there (`None`:

@@ -20,9 +20,9 @@
 //! everything delivered), a slow disk (each fdatasync of a broker's log 50 to 600 ms: what it
 //! wrote is streamed to its slaves long before it is durable on it), and a stall (a process
 //! stopped by the OS: links held, the disk stuck, and every send inside the broker held where
-//! it is, and its controller-follow loop held too, all to go on in no set order up to a
-//! second after the stall; its other timers, replication's, still fire, which a stopped
-//! process's would not). A stall starts once the broker holds a send it
+//! it is, its controller-follow loop and its replication (pushes to slaves, the count of
+//! their acks, a slave's appends) held too, all to go on in no set order up to a second
+//! after the stall). A stall starts once the broker holds a send it
 //! admitted and has not appended yet (the window a stopped process leaves open), within
 //! 1.5 s of its planned time; a crash ends it. Half the seeds also have a disk whose every
 //! fdatasync takes 1 to 5 ms. Clocks drift: each host's clock runs within 5% of simulated
@@ -608,11 +608,11 @@ fn hold(l: &Ledger, id: u64, p: Point) -> Option<Duration> {
         } else {
             left + rng.random_range(0..=1_000)
         };
-        if p != Point::Control && d > STALL_STEP_MS {
+        if p.is_send() && d > STALL_STEP_MS {
             l.j.log(&format!("b{id}: a send held at {p:?} for {d} ms (stalled)"));
         }
         d
-    } else if p != Point::Control && rng.random_ratio(HOLD_PERCENT, 100) {
+    } else if p.is_send() && rng.random_ratio(HOLD_PERCENT, 100) {
         rng.random_range(1..=HOLD_MAX_MS)
     } else {
         return None;

@@ -226,6 +226,7 @@ async fn stream(
     let mut small = BytesMut::with_capacity(64);
     let r: Result<(), ReplError> = async {
         loop {
+            crate::pause::at(repl.identity, crate::pause::Point::MasterStream).await;
             // Arm the wake-up before looking, so a write in between is not missed.
             let appended = repl.appended.notified();
             tokio::pin!(appended);
@@ -299,6 +300,7 @@ async fn acks(
         }
         match f.msg {
             Msg::Ack { durable, received } => {
+                crate::pause::at(repl.identity, crate::pause::Point::MasterAck).await;
                 // Slaves get written bytes before they are durable here, so an ack may run
                 // ahead of this master's durable offset, never beyond what it wrote.
                 let end = repl.store.written_offset();

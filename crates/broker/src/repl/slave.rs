@@ -253,6 +253,7 @@ async fn session(
                 () = stop.cancelled() => return Ok(()),
                 f = rx.recv() => match f { Some(f) => f, None => return Ok(()) },
             };
+            crate::pause::at(repl.identity, crate::pause::Point::SlaveAppend).await;
             // Take every frame already queued: contiguous data goes into one append (one
             // fsync); heartbeats just ask for an ack.
             let mut frames = vec![first];
