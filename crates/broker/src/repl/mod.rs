@@ -399,8 +399,15 @@ impl Replication {
         }
     }
 
+    /// Stops following: the follower task ends and no master address is left behind, so a
+    /// controller that names the same master again is followed again (`decide` skips a
+    /// master this broker already follows).
     async fn stop_follower(&self) {
-        let f = self.role.lock().follower.take();
+        let f = {
+            let mut g = self.role.lock();
+            g.master_addr = None;
+            g.follower.take()
+        };
         if let Some((t, h)) = f {
             t.cancel();
             let _ = h.await;
@@ -755,5 +762,48 @@ mod admission_tests {
         assert!(matches!(w, Err(BrokerError::SlavePersistence(_))), "{w:?}");
         let now = repl.admit().unwrap();
         repl.wait_replicated(now, 0).await.unwrap();
+    }
+
+    /// Group simulation seed 922: a slave of A promoted, then stepped down (its lease ran
+    /// out, the controller named no master), must follow A when the controller names A
+    /// again. Kept, the address it followed before its promotion told `decide` it already
+    /// followed A, and it stayed out of the in-sync set for good.
+    #[tokio::test]
+    async fn a_slave_promoted_then_stepped_down_follows_its_old_master_again() {
+        use super::decide::{Action, Local, decide};
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig::new(d.path().join("s"))).unwrap();
+        let cfg = ReplicationConfig {
+            role: Some(Role::Slave),
+            min_insync_replicas: 1,
+            ..Default::default()
+        };
+        let repl = Arc::new(Replication::open(cfg, "g", 1, store).unwrap());
+        repl.demote("a:10912".into()).await.unwrap();
+        assert_eq!(repl.master_addr().as_deref(), Some("a:10912"));
+        repl.promote(None).await.unwrap();
+        assert_eq!(repl.master_addr(), None, "a master follows nobody");
+        repl.step_down().await;
+        let mut view = sofamq_controller::GroupState {
+            group: "g".into(),
+            master: Some(0),
+            master_epoch: 9,
+            ..Default::default()
+        };
+        view.brokers.insert(
+            0,
+            sofamq_controller::BrokerAddrs {
+                grpc: "a:8081".into(),
+                repl: "a:10912".into(),
+            },
+        );
+        let following = repl.master_addr();
+        let local = Local {
+            me: 1,
+            role: repl.role(),
+            epoch: repl.store.current_epoch(),
+            following: following.as_deref(),
+        };
+        assert_eq!(decide(local, &view), Action::Follow("a:10912".into()));
     }
 }
