@@ -314,6 +314,28 @@ mod tests {
         }
     }
 
+    /// A send whose master stepped down between admission and append (the store refused it,
+    /// nothing written) is told so as HA_NOT_AVAILABLE: not stored, refresh the route and
+    /// retry on the new master; any other store failure on the write path may have stored.
+    #[test]
+    fn a_step_down_before_the_append_is_a_refusal_that_stored_nothing() {
+        use sofamq_proto::codes::RetryClass;
+        for e in [
+            StoreError::EpochChanged {
+                admitted: 3,
+                current: 4,
+            },
+            StoreError::Following,
+        ] {
+            let b = BrokerError::from(e);
+            assert_eq!(b.code(), Code::HaNotAvailable, "{b:?}");
+            assert!(!b.info().may_be_stored, "{b:?}");
+            assert_eq!(b.info().retry, RetryClass::RefreshRoute, "{b:?}");
+        }
+        let io = BrokerError::from(StoreError::Io(std::io::Error::other("eio")));
+        assert!(io.info().may_be_stored, "{io:?}");
+    }
+
     #[test]
     fn codes_match_upstream_numbers() {
         assert_eq!(BrokerError::TopicNotFound("t".into()).code() as i32, 40402);

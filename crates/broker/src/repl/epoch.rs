@@ -39,6 +39,15 @@ pub fn divergence(
     limit
 }
 
+/// Whether a slave whose log ends at `slave_end` with `slave` history must truncate to `cut`
+/// (the [`divergence`]) before it follows: when it holds bytes past the cut, and also when
+/// nothing is past the cut but its history has an epoch that begins at or after it
+/// (promoted there, then demoted before it wrote). Kept, that epoch would refuse the
+/// master's records from the cut on, which may carry a lower epoch.
+pub fn must_truncate(slave: &[EpochEntry], slave_end: u64, cut: u64) -> bool {
+    cut < slave_end || slave.last().is_some_and(|e| e.start_offset >= cut)
+}
+
 /// The highest epoch in a history (0 when empty).
 pub fn last_epoch(h: &[EpochEntry]) -> u64 {
     h.last().map_or(0, |e| e.epoch)
@@ -93,6 +102,23 @@ mod tests {
         // A master epoch with no records yet at its end does not matter either.
         let m = h(&[(1, 0), (4, 400)]);
         assert_eq!(divergence(&h(&[(1, 0)]), 400, &m, 400), 400);
+    }
+
+    #[test]
+    fn an_epoch_begun_at_the_cut_is_truncated_even_with_nothing_past_it() {
+        // Seed 74 of the group simulation: this broker was promoted in epoch 2 at 21895 and
+        // wrote nothing before the group lost power; the old master, elected again in
+        // epoch 3, has epoch-1 records past 21895.
+        let slave = h(&[(1, 0), (2, 21_895)]);
+        let master = h(&[(1, 0), (3, 30_000)]);
+        let cut = divergence(&slave, 21_895, &master, 30_500);
+        assert_eq!(cut, 21_895);
+        assert!(must_truncate(&slave, 21_895, cut));
+        // Bytes past the cut are cut whatever the history says.
+        assert!(must_truncate(&h(&[(1, 0)]), 700, 500));
+        // A slave that agrees up to its end, its last epoch begun below it, keeps its log.
+        assert!(!must_truncate(&h(&[(1, 0), (2, 300)]), 700, 700));
+        assert!(!must_truncate(&[], 0, 0));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::epoch::{divergence, last_epoch};
+use super::epoch::{divergence, last_epoch, must_truncate};
 use super::frame::{self, Frame, Msg};
 use super::secure::Security;
 use super::{ReplError, Replication};
@@ -182,9 +182,7 @@ async fn session(
         // log's end (a master refuses that until it has written that far).
         cut = my_end;
     }
-    // Also when nothing is cut but this log began an epoch at the cut (promoted there, then
-    // demoted before it wrote): the master's records from there may carry a lower epoch.
-    if cut < my_end || my_hist.last().is_some_and(|e| e.start_offset >= cut) {
+    if must_truncate(&my_hist, my_end, cut) {
         tracing::warn!(
             from = cut,
             to = my_end,
