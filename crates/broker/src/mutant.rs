@@ -20,6 +20,10 @@ pub enum Mutant {
     /// reaches the store after the step-down lands in the log it now fills from the new
     /// master, or in a later epoch of its own.
     AppendAfterStepDown,
+    /// A promoted master's dedup window ages the ids it rebuilds from the log by their
+    /// store timestamps against its own wall clock (the same defect as the chaos suite's
+    /// `wall-clock-dedup` build): a clock stepped forward forgets ids a retry still needs.
+    WallClockDedup,
 }
 
 #[cfg(feature = "sim-mutants")]

@@ -28,7 +28,9 @@
 //! fdatasync takes 1 to 5 ms. Clocks drift: each host's clock runs within 5% of simulated
 //! time, applied where each measures a duration (the stand-in's rules read a drifting clock;
 //! a broker's configured periods and timeouts, and the lease it is granted, are scaled by its
-//! rate, which for a constant rate is the same thing).
+//! rate, which for a constant rate is the same thing). Each broker's wall clock
+//! ([`crate::wall`]) is up to 2 s off and runs at its rate, and one broker's steps 1 to 30
+//! minutes forward or back at a time in the fault window.
 //!
 //! Holds ([`sofamq_broker::pause`]): besides stalls, a fifth of the sends are held 1 to
 //! 100 ms between admission and append, and a fifth between append and the wait for the
@@ -53,13 +55,15 @@
 //! Broken variants (per seed, [`GroupKnobs`]): the controller elects an out-of-sync replica;
 //! a rejoining master skips its truncation (`Mutant::SkipRejoinTruncation` in the broker); a
 //! master that steps down still appends the sends it admitted before
-//! (`Mutant::AppendAfterStepDown`). Every seed has one failover of the kind each variant
-//! breaks: an isolated master that rejoins, a stalled master, or (three brokers) a master
-//! crash while one slave lags out of the in-sync set, or a master cut from the controller
-//! alone (still streaming to its slaves while one of them is elected).
+//! (`Mutant::AppendAfterStepDown`); a promoted master ages its dedup window's ids by its
+//! own wall clock (`Mutant::WallClockDedup`). Every seed has one failover of the kind each
+//! of the first three breaks: an isolated master that rejoins, a stalled master, or (three
+//! brokers) a master crash while one slave lags out of the in-sync set, or a master cut
+//! from the controller alone (still streaming to its slaves while one of them is elected);
+//! and every seed steps one broker's wall clock, which the fourth needs.
 //!
 //! A seed replays exactly: time is the simulated clock (tokio's `Instant` in the broker and
-//! the stand-in), the wall clock and the broker's random draws follow the seed
+//! the stand-in), the wall clocks and the broker's random draws follow the seed
 //! (`drive_wall_clock`, `seed_thread_rng`), turmoil orders the hosts, and a crash sends
 //! nothing on the network ([`crate::links`]); the group test reruns seeds here and in child
 //! processes and compares. `GROUP_SIM_SEED=N` prints a seed's whole trace.
@@ -94,6 +98,7 @@ use crate::disk::{DiskFaults, SimDisk};
 use crate::journal::Journal;
 use crate::links::Links;
 use crate::standin::{self, CtlShared, CtlTiming};
+use crate::wall::{self, WallSkew};
 
 const CTL: &str = "ctl";
 const PRODUCER: &str = "p";
@@ -132,6 +137,9 @@ pub struct GroupKnobs {
     /// A master that steps down still takes the local appends of sends it admitted as
     /// master (`Mutant::AppendAfterStepDown` in the broker).
     pub append_after_step_down: bool,
+    /// A promoted master ages the ids of its dedup window by its own wall clock
+    /// (`Mutant::WallClockDedup` in the broker).
+    pub wall_clock_dedup: bool,
 }
 
 /// The result of one seed.
@@ -333,6 +341,9 @@ async fn broker_host(l: Rc<Ledger>, id: u64) -> turmoil::Result {
     }
     if l.knobs.append_after_step_down {
         on.push(Mutant::AppendAfterStepDown);
+    }
+    if l.knobs.wall_clock_dedup {
+        on.push(Mutant::WallClockDedup);
     }
     mutant::set(&on);
     let cfg = broker_config(id, l.rates[id as usize]);
@@ -894,6 +905,13 @@ enum Fault {
     Stall(bool, u64),
 }
 
+/// One tick of `sim`, between host registrations (an error is traced).
+fn step_once(sim: &mut turmoil::Sim<'_>, j: &Journal) {
+    if let Err(e) = sim.step() {
+        j.error(&format!("step: {e}"));
+    }
+}
+
 /// Runs one seed of the group simulation.
 pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
     let _seeded = crate::journal::seed_guards(seed);
@@ -953,6 +971,25 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
         matching: RefCell::default(),
     });
     let _holds = HoldHook::install(&l);
+    // Wall clocks: each broker's is up to 2 s off and runs at its drift rate, and one
+    // broker's steps 1 to 30 minutes forward or back at a time in the fault window (an NTP
+    // step, a VM resumed). Drawn apart from the fault plan, so a seed's faults stay put.
+    let mut wrng = StdRng::seed_from_u64(seed ^ 0x3a11_c10c);
+    let stepped = wrng.random_range(0..n);
+    let step = (
+        wrng.random_range(FAULTS_FROM..FAULTS_END),
+        wrng.random_range(1..=30i64) * 60_000 * if wrng.random_bool(0.5) { 1 } else { -1 },
+    );
+    let walls: Vec<WallSkew> = (0..n)
+        .map(|id| WallSkew {
+            offset_ms: wrng.random_range(-2_000..=2_000),
+            rate: l.rates[id as usize],
+            step: (id == stepped).then_some(step),
+        })
+        .collect();
+    // Hosts are told apart by when they were registered (crate::wall): broker `id` at
+    // `id + 1` ms.
+    let _walls = wall::skew_walls(walls.iter().zip(1..).map(|(w, at)| (at, *w)).collect());
     let mut b = turmoil::Builder::new();
     let latency = rng.random_range(2..30);
     let block = if rng.random_bool(0.5) { 4 } else { 512 };
@@ -966,8 +1003,12 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
     let mut sim = b.build();
     j.log(&format!(
         "seed {seed}: {n} brokers, latency <= {latency} ms, block {block}, os-flush {flush}, \
-         fdatasync {disk_ms} ms, clock rates: controller {ctl_rate:.3}, brokers {:.3?}, {knobs:?}",
-        l.rates
+         fdatasync {disk_ms} ms, clock rates: controller {ctl_rate:.3}, brokers {:.3?}, \
+         wall clock offsets (ms) {:?}, b{stepped}'s steps {} ms at {} ms, {knobs:?}",
+        l.rates,
+        walls.iter().map(|w| w.offset_ms).collect::<Vec<_>>(),
+        step.1,
+        step.0,
     ));
     {
         let c = ctl.clone();
@@ -975,8 +1016,10 @@ pub fn run_group_seed(seed: u64, knobs: GroupKnobs) -> GroupOutcome {
     }
     for id in 0..n {
         let l = l.clone();
+        step_once(&mut sim, &j);
         sim.host(host(id).as_str(), move || broker_host(l.clone(), id));
     }
+    step_once(&mut sim, &j);
     {
         let l = l.clone();
         sim.host(PRODUCER, move || producer(l.clone(), seed));

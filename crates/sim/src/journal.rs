@@ -67,16 +67,6 @@ impl Journal {
     }
 }
 
-/// The wall clock the hosts see (`sofamq_store::clock::drive_wall_clock` installs it): a
-/// fixed epoch plus the current host's simulated time, so a seed stamps the same record
-/// timestamps every run.
-pub fn sim_wall_ms() -> i64 {
-    /// 2026-01-01T00:00:00Z.
-    const EPOCH_MS: i64 = 1_767_225_600_000;
-    let ms = turmoil::sim_elapsed().map_or(0, |d| d.as_millis());
-    EPOCH_MS.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))
-}
-
 /// A `u64` from the environment variable `name`, else `default` (seed counts of the tests).
 pub fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -86,7 +76,7 @@ pub fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 /// What a seed of a simulation of the real code holds while it runs: the hosts' wall clock
-/// is simulated time ([`sim_wall_ms`]) and the broker's random draws follow the seed. Both
+/// is simulated time ([`crate::wall::sim_wall_ms`], skewed per host where a simulation says) and the broker's random draws follow the seed. Both
 /// are undone when it drops.
 pub struct SeedGuards {
     _wall: sofamq_store::clock::DrivenWallClock,
@@ -97,7 +87,7 @@ pub struct SeedGuards {
 #[must_use = "the seed's clock and randomness hold only while the guards live"]
 pub fn seed_guards(seed: u64) -> SeedGuards {
     SeedGuards {
-        _wall: sofamq_store::clock::drive_wall_clock(sim_wall_ms),
+        _wall: sofamq_store::clock::drive_wall_clock(crate::wall::sim_wall_ms),
         _rng: sofamq_broker::clock::seed_thread_rng(seed),
     }
 }

@@ -14,7 +14,8 @@
 //!
 //! [`disk`] puts the store's I/O seam on turmoil's per-host disk; [`host`] runs a real
 //! broker on a turmoil host; [`links`] sets link faults and crashes hosts without a word on
-//! the network; [`journal`] keeps a seed's trace and violations; [`replay`] reruns a seed in
+//! the network; [`wall`] gives each host its wall clock, skewed where a seed says;
+//! [`journal`] keeps a seed's trace and violations; [`replay`] reruns a seed in
 //! another process to compare outcomes. Each simulation proves, with its own broken
 //! variants, that its checks catch what they are there for.
 
@@ -28,3 +29,4 @@ pub mod replay;
 pub mod replsim;
 pub mod standin;
 pub mod storesim;
+pub mod wall;

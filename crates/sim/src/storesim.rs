@@ -30,7 +30,8 @@ use rand::{Rng, SeedableRng};
 use sofamq_store::{Driver, NewRecord, Store, StoreConfig};
 
 use crate::disk::{DiskFaults, SimDisk};
-use crate::journal::{Journal, sim_wall_ms};
+use crate::journal::Journal;
+use crate::wall::sim_wall_ms;
 
 const HOST: &str = "store";
 /// Appenders stop (ms).

@@ -16,14 +16,20 @@ const MIN_CATCHES: usize = 3;
 /// Seeds CI runs for the step-down variant: it needs a stall of the master that holds an
 /// admitted send until after the step-down (the control loop is held too, and the two
 /// resume in either order), with no crash of that broker before the send lands, which
-/// about one seed in sixteen has (6 of the first 100).
-const STEP_DOWN_SEEDS: u64 = 100;
+/// about one seed in twenty-five has (6 of the first 150, 9 of seeds 100–299).
+const STEP_DOWN_SEEDS: u64 = 150;
+
+/// Seeds CI runs for the wall-clock variant: it needs the stepped broker promoted after a
+/// forward step past the dedup window, with a retry in flight (6 of the first 24 seeds,
+/// 23 of seeds 100–299).
+const WALL_SEEDS: u64 = DEFAULT_SEEDS;
 
 fn knobs_from_env() -> GroupKnobs {
     GroupKnobs {
         elect_out_of_sync: std::env::var("GROUP_SIM_BREAK_ELECT").is_ok(),
         skip_rejoin_truncation: std::env::var("GROUP_SIM_BREAK_TRUNCATE").is_ok(),
         append_after_step_down: std::env::var("GROUP_SIM_BREAK_FOLLOW").is_ok(),
+        wall_clock_dedup: std::env::var("GROUP_SIM_BREAK_WALL").is_ok(),
     }
 }
 
@@ -139,10 +145,37 @@ fn appending_after_a_step_down_is_caught() {
     assert!(!matching.is_empty(), "log matching caught none of {c:?}");
 }
 
-/// How often each broken variant is caught over `GROUP_SIM_SEEDS` seeds (`--ignored`).
+/// A promoted master ages its dedup window's ids by its own wall clock: with that clock
+/// stepped forward past the window (one broker's steps 1 to 30 minutes each seed), a retry
+/// of a send the old master stored is stored again.
+#[test]
+fn ageing_dedup_by_the_wall_clock_is_caught() {
+    let knobs = GroupKnobs {
+        wall_clock_dedup: true,
+        ..GroupKnobs::default()
+    };
+    let outcomes: Vec<GroupOutcome> = (0..WALL_SEEDS)
+        .map(|s| run_group_seed(s, knobs))
+        .filter(|o| !o.violations.is_empty())
+        .collect();
+    let c: Vec<u64> = outcomes.iter().map(|o| o.seed).collect();
+    eprintln!("wall-clock-dedup caught on seeds {c:?}");
+    assert!(c.len() >= MIN_CATCHES, "caught only on {c:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o.violations.iter().any(|v| v.contains("times on"))),
+        "each catch is a message stored twice: {:?}",
+        outcomes.iter().map(|o| &o.violations).collect::<Vec<_>>()
+    );
+}
+
+/// How often each broken variant is caught over `GROUP_SIM_SEEDS` seeds from
+/// `GROUP_SIM_FIRST_SEED` (`--ignored`).
 #[test]
 #[ignore = "diagnostic: run with --ignored --nocapture"]
 fn catch_rates() {
+    let first = env_u64("GROUP_SIM_FIRST_SEED", 0);
     let n = env_u64("GROUP_SIM_SEEDS", DEFAULT_SEEDS);
     for (name, knobs) in [
         (
@@ -166,8 +199,15 @@ fn catch_rates() {
                 ..GroupKnobs::default()
             },
         ),
+        (
+            "wall-clock-dedup",
+            GroupKnobs {
+                wall_clock_dedup: true,
+                ..GroupKnobs::default()
+            },
+        ),
     ] {
-        let c = caught(knobs, 0..n);
+        let c = caught(knobs, first..first + n);
         eprintln!("{name}: caught on {}/{n} seeds: {c:?}", c.len());
     }
 }

@@ -381,9 +381,12 @@ impl Dedup {
         let want = end.saturating_sub(scan_bytes);
         let from = store.segment_start_of(want).unwrap_or(0);
         let now = Instant::now();
-        // The broken build of the clock class (scripts/chaos/mutants.sh): ages from the
-        // records' store timestamps against this node's wall clock.
-        let wall_oldest_ok = sofamq_store::mutant::active("wall-clock-dedup").then(|| {
+        // The broken build of the clock class (scripts/chaos/mutants.sh, and the group
+        // simulation's variant): ages from the records' store timestamps against this
+        // node's wall clock.
+        let wall_clock_aged = sofamq_store::mutant::active("wall-clock-dedup")
+            || crate::mutant::active(crate::mutant::Mutant::WallClockDedup);
+        let wall_oldest_ok = wall_clock_aged.then(|| {
             now_ms().saturating_sub(i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX))
         });
         let mut st = self.st.lock();
