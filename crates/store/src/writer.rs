@@ -679,7 +679,10 @@ impl Writer {
             return;
         }
         let sync = matches!(self.sh.cfg.flush, FlushMode::Sync);
-        if self.defer && sync {
+        // Behind batches already waiting for a deferred fdatasync, a batch waits too (a
+        // step taken meanwhile, by a truncation or a follow, does not defer): batches
+        // complete in log order, so consume-queue entries are dispatched in queue order.
+        if sync && (self.defer || !self.deferred.is_empty()) {
             self.deferred.push(batch);
             return;
         }

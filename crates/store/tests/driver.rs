@@ -161,3 +161,42 @@ async fn over_a_slow_disk_drive_publishes_the_write_and_completes_after_the_sync
     drop(s);
     driver.await.unwrap();
 }
+
+/// Group simulation seed 2849: while a batch waited for its slow fdatasync, a step taken by
+/// another caller (a follow, a truncation) wrote the next batch and completed it first, so
+/// its consume-queue entries went in ahead of the earlier one's and the queue's indices no
+/// longer matched the records' queue offsets. Batches complete in log order.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_step_taken_while_a_batch_waits_for_its_sync_completes_after_it() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(StoreConfig {
+        fs: std::sync::Arc::new(SlowSync(Duration::from_millis(40))),
+        ..caller(d.path())
+    })
+    .unwrap();
+    let driver = tokio::spawn({
+        let s = s.clone();
+        async move { s.drive().await }
+    });
+    let mut a = s.submit_append(vec![rec("t", 0, "a")]).unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(s.written_offset() > 0, "a is written, waiting for its sync");
+    let mut b = s.submit_append(vec![rec("t", 0, "b")]).unwrap();
+    assert_eq!(s.step(), 1, "the other caller's step writes b");
+    assert!(
+        matches!(b.try_recv(), Err(TryRecvError::Empty)),
+        "b is not answered before a"
+    );
+    let a = (&mut a).await.unwrap().unwrap();
+    let b = (&mut b).await.unwrap().unwrap();
+    assert_eq!((a[0].queue_offset, b[0].queue_offset), (0, 1));
+    let bodies: Vec<Vec<u8>> = s
+        .read_queue("t", 0, 0, 10, 1 << 20)
+        .unwrap()
+        .iter()
+        .map(|r| r.body.to_vec())
+        .collect();
+    assert_eq!(bodies, [b"a".to_vec(), b"b".to_vec()], "queue order");
+    drop(s);
+    driver.await.unwrap();
+}
