@@ -21,7 +21,9 @@
 //! group to the slave meanwhile). Then the failover: on half the seeds the link is cut first,
 //! the master loses power, the controller elects the slave if it is in sync (else the group
 //! waits for the old master), the clients continue on the new master, and the old master
-//! comes back 2.5 to 3.5 s later as its slave (cutting what the new master lacks). Producers stop, the
+//! comes back 2.5 to 3.5 s later as its slave (cutting what the new master lacks). Each
+//! host's wall clock (invisibility deadlines, receipt times) is up to 2 s off
+//! ([`crate::wall`]). Producers stop, the
 //! consumers drain (ack everything but poison) until every acked send was delivered and every
 //! acked poison message is in the dead-letter queue, then both machines lose power and
 //! reopen read-only.
@@ -33,7 +35,8 @@
 //!   loses what a consumer saw;
 //! * no redelivery after an ack answered OK with the current handle, while the log that holds
 //!   the ack stays the group's log (the master's crash-restarts included: the ack's state
-//!   record is durable before the answer). Across a failover this is NOT promised: consumer
+//!   record is durable before the answer). An answer belongs to the reign of the broker that
+//!   gave it: the old master may still answer a client of its own after another was elected. Across a failover this is NOT promised: consumer
 //!   state records are acked after the master's own fsync, not the slaves' (at-least-once),
 //!   so an ack the new master never received is delivered again; such redeliveries are
 //!   counted ([`ConsumeOutcome::redelivered_across_failover`]), not failed;
@@ -70,6 +73,7 @@ use crate::host::{self, BrokerHost, REPL_PORT, TurmoilConnector};
 use crate::journal::Journal;
 use crate::links::Links;
 use crate::standin::{self, CtlShared, CtlTiming};
+use crate::wall::{self, WallSkew};
 
 const M: &str = "m";
 const S: &str = "s";
@@ -155,6 +159,10 @@ struct Ledger {
     master: Cell<&'static str>,
     /// Bumped when another host becomes master: the group's log changed hands.
     tenure: Cell<u32>,
+    /// The tenure of each broker's latest reign as master (by broker id: m 0, s 1). A
+    /// delivery or ack belongs to the reign of the broker that answered it: a client of the
+    /// old master may still get an answer from it after the tenure moved on.
+    reign: RefCell<[u32; 2]>,
     /// Starts of client sets (keeps their RNG streams distinct); only the latest set runs.
     client_starts: Cell<u64>,
     next_id: Cell<u64>,
@@ -323,6 +331,12 @@ async fn produce(b: Broker, l: Rc<Ledger>, mut rng: StdRng, set: u64) {
     }
 }
 
+/// The tenure of `b`'s latest reign as master: what an answer from `b` belongs to.
+fn reign_of(l: &Ledger, b: &Broker) -> u32 {
+    let i = usize::from(b.repl().identity() != 0);
+    l.reign.borrow()[i]
+}
+
 async fn ack(b: &Broker, l: &Ledger, h: &Held, handle: &str) -> bool {
     let id = h.id;
     let r = b
@@ -347,7 +361,7 @@ async fn ack(b: &Broker, l: &Ledger, h: &Held, handle: &str) -> bool {
             queue: h.queue,
             qoff: h.qoff,
             at: l.now(),
-            tenure: l.tenure.get(),
+            tenure: reign_of(l, b),
         });
     } else if let Some(s) = r
         .entries
@@ -463,7 +477,7 @@ async fn consume(b: Broker, l: Rc<Ledger>, mut rng: StdRng, set: u64) {
                             .and_then(|a| u32::try_from(a).ok())
                             .unwrap_or(0),
                         at: now,
-                        tenure: l.tenure.get(),
+                        tenure: reign_of(&l, &b),
                     };
                     if d.qoff >= b.store().queue_offsets(TOPIC, d.queue).1 {
                         // Only the broken variant gets here (the trace shows it was exercised).
@@ -667,6 +681,7 @@ async fn broker_host(l: Rc<Ledger>, who: &'static str, bh: BrokerHost) -> turmoi
             if l.master.get() != who {
                 l.tenure.set(l.tenure.get() + 1);
             }
+            l.reign.borrow_mut()[usize::from(who != M)] = l.tenure.get();
             l.master.set(who);
             l.j.log(&format!(
                 "{who} is master: epoch {}, log_end {}",
@@ -853,12 +868,32 @@ pub fn run_consume_seed(seed: u64, knobs: ConsumeKnobs) -> ConsumeOutcome {
         }
     };
     let sync_ms = [slow(), slow()];
+    // Wall clocks (invisibility deadlines, receipt times): each host's up to 2 s off. No
+    // steps here: a deadline is a wall-clock time set by the master that received the
+    // message, so after a failover to a host whose clock is minutes behind it, in-flight
+    // messages stay invisible that much longer, by design (as RocketMQ's do), beyond
+    // what the drain waits; the group simulation steps clocks. Drawn apart from the plan.
+    let mut wrng = StdRng::seed_from_u64(seed ^ 0x3a11_c10c);
+    let walls: Vec<WallSkew> = (0..2)
+        .map(|_| WallSkew {
+            offset_ms: wrng.random_range(-2_000..=2_000),
+            rate: 1.0,
+            step: None,
+        })
+        .collect();
+    // Hosts are told apart by when they were registered (crate::wall): m at 1 ms, s at 2.
+    let _walls = wall::skew_walls(walls.iter().zip(1..).map(|(w, at)| (at, *w)).collect());
     l.j.log(&format!(
-        "seed {seed}: {disk} fdatasync ms {sync_ms:?} deliver-above-replicated {}",
+        "seed {seed}: {disk} fdatasync ms {sync_ms:?} wall clock offsets (ms) {:?}, \
+         deliver-above-replicated {}",
+        walls.iter().map(|w| w.offset_ms).collect::<Vec<_>>(),
         knobs.deliver_above_replicated
     ));
     for (i, who) in [M, S].into_iter().enumerate() {
         let l = l.clone();
+        if let Err(e) = sim.step() {
+            l.j.error(&format!("step: {e}"));
+        }
         let bh = BrokerHost {
             data_dir: PathBuf::from("/data"),
             base: base_config(),
