@@ -93,6 +93,23 @@ fn caught(knobs: GroupKnobs, seeds: impl Iterator<Item = u64>) -> Vec<u64> {
         .collect()
 }
 
+/// The outcomes of `seeds` on which the broken variant `knobs` (`name`) is caught, and
+/// their seeds; fails unless there are at least [`MIN_CATCHES`].
+fn caught_at_least(
+    knobs: GroupKnobs,
+    seeds: impl Iterator<Item = u64>,
+    name: &str,
+) -> (Vec<GroupOutcome>, Vec<u64>) {
+    let outcomes: Vec<GroupOutcome> = seeds
+        .map(|s| run_group_seed(s, knobs))
+        .filter(|o| !o.violations.is_empty())
+        .collect();
+    let c: Vec<u64> = outcomes.iter().map(|o| o.seed).collect();
+    eprintln!("{name} caught on seeds {c:?}");
+    assert!(c.len() >= MIN_CATCHES, "caught only on {c:?}");
+    (outcomes, c)
+}
+
 /// The controller elects a live broker outside the in-sync set. Only three-broker (odd)
 /// seeds can show it: with two brokers and two in-sync copies required, every acked
 /// message is on both.
@@ -102,9 +119,7 @@ fn electing_an_out_of_sync_replica_is_caught() {
         elect_out_of_sync: true,
         ..GroupKnobs::default()
     };
-    let c = caught(knobs, (1..DEFAULT_SEEDS).step_by(2));
-    eprintln!("elect-out-of-sync caught on seeds {c:?}");
-    assert!(c.len() >= MIN_CATCHES, "caught only on {c:?}");
+    caught_at_least(knobs, (1..DEFAULT_SEEDS).step_by(2), "elect-out-of-sync");
 }
 
 /// A master that rejoins as a slave keeps the tail its new master does not have.
@@ -114,9 +129,7 @@ fn skipping_the_rejoin_truncation_is_caught() {
         skip_rejoin_truncation: true,
         ..GroupKnobs::default()
     };
-    let c = caught(knobs, 0..DEFAULT_SEEDS);
-    eprintln!("skip-rejoin-truncation caught on seeds {c:?}");
-    assert!(c.len() >= MIN_CATCHES, "caught only on {c:?}");
+    caught_at_least(knobs, 0..DEFAULT_SEEDS, "skip-rejoin-truncation");
 }
 
 /// A master that steps down still takes the local appends of sends it admitted before:
@@ -129,13 +142,7 @@ fn appending_after_a_step_down_is_caught() {
         append_after_step_down: true,
         ..GroupKnobs::default()
     };
-    let outcomes: Vec<GroupOutcome> = (0..STEP_DOWN_SEEDS)
-        .map(|s| run_group_seed(s, knobs))
-        .filter(|o| !o.violations.is_empty())
-        .collect();
-    let c: Vec<u64> = outcomes.iter().map(|o| o.seed).collect();
-    eprintln!("append-after-step-down caught on seeds {c:?}");
-    assert!(c.len() >= MIN_CATCHES, "caught only on {c:?}");
+    let (outcomes, c) = caught_at_least(knobs, 0..STEP_DOWN_SEEDS, "append-after-step-down");
     // The late record is seen where it lands, by the log-matching check, before any cut.
     let matching: Vec<u64> = outcomes
         .iter()
@@ -154,13 +161,7 @@ fn ageing_dedup_by_the_wall_clock_is_caught() {
         wall_clock_dedup: true,
         ..GroupKnobs::default()
     };
-    let outcomes: Vec<GroupOutcome> = (0..WALL_SEEDS)
-        .map(|s| run_group_seed(s, knobs))
-        .filter(|o| !o.violations.is_empty())
-        .collect();
-    let c: Vec<u64> = outcomes.iter().map(|o| o.seed).collect();
-    eprintln!("wall-clock-dedup caught on seeds {c:?}");
-    assert!(c.len() >= MIN_CATCHES, "caught only on {c:?}");
+    let (outcomes, _) = caught_at_least(knobs, 0..WALL_SEEDS, "wall-clock-dedup");
     assert!(
         outcomes
             .iter()

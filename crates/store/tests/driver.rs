@@ -115,18 +115,25 @@ impl sofamq_store::io::Fs for SlowSync {
     }
 }
 
-#[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn over_a_slow_disk_drive_publishes_the_write_and_completes_after_the_sync_delay() {
-    let d = tempfile::tempdir().unwrap();
+/// A caller-driven store over a disk whose every fdatasync takes 40 ms, its `drive` task
+/// running on this runtime.
+fn driven_over_a_slow_disk(dir: &std::path::Path) -> (Store, tokio::task::JoinHandle<()>) {
     let s = Store::open(StoreConfig {
         fs: std::sync::Arc::new(SlowSync(Duration::from_millis(40))),
-        ..caller(d.path())
+        ..caller(dir)
     })
     .unwrap();
     let driver = tokio::spawn({
         let s = s.clone();
         async move { s.drive().await }
     });
+    (s, driver)
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn over_a_slow_disk_drive_publishes_the_write_and_completes_after_the_sync_delay() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, driver) = driven_over_a_slow_disk(d.path());
     let t0 = tokio::time::Instant::now();
     let mut rx = s.submit_append(vec![rec("t", 0, "a")]).unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -169,15 +176,7 @@ async fn over_a_slow_disk_drive_publishes_the_write_and_completes_after_the_sync
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_step_taken_while_a_batch_waits_for_its_sync_completes_after_it() {
     let d = tempfile::tempdir().unwrap();
-    let s = Store::open(StoreConfig {
-        fs: std::sync::Arc::new(SlowSync(Duration::from_millis(40))),
-        ..caller(d.path())
-    })
-    .unwrap();
-    let driver = tokio::spawn({
-        let s = s.clone();
-        async move { s.drive().await }
-    });
+    let (s, driver) = driven_over_a_slow_disk(d.path());
     let mut a = s.submit_append(vec![rec("t", 0, "a")]).unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert!(s.written_offset() > 0, "a is written, waiting for its sync");
