@@ -4,11 +4,11 @@
 //! are on the send path; one holds the controller-follow loop, so a stopped process neither
 //! heartbeats nor steps down until it resumes; three hold replication (a master's push to a
 //! slave, the master's count of a slave's ack, a slave's append of what it received), so a
-//! stopped process neither streams, counts acks nor follows. Without a hold, every step of a send between
-//! two of its own awaits runs at one instant of simulated time, and interleavings that a
-//! real paused process shows are never tried. Compiled in only with the `sim-mutants`
-//! feature, which only the simulator enables; without it [`at`] returns at once and folds
-//! away.
+//! stopped process neither streams, counts acks nor follows. Without a hold, every step of
+//! a send between two of its own awaits runs at one instant of simulated time, and
+//! interleavings that a real paused process shows are never tried. Compiled in only with
+//! the `sim-mutants` feature, which only the simulator enables; without it [`at`] returns
+//! at once and folds away.
 //!
 //! A hook is set for the current thread only: turmoil runs all the hosts of one seed on one
 //! thread, so seeds running in parallel on other threads are not affected.

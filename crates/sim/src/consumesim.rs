@@ -36,10 +36,11 @@
 //! * no redelivery after an ack answered OK with the current handle, while the log that holds
 //!   the ack stays the group's log (the master's crash-restarts included: the ack's state
 //!   record is durable before the answer). An answer belongs to the reign of the broker that
-//!   gave it: the old master may still answer a client of its own after another was elected. Across a failover this is NOT promised: consumer
-//!   state records are acked after the master's own fsync, not the slaves' (at-least-once),
-//!   so an ack the new master never received is delivered again; such redeliveries are
-//!   counted ([`ConsumeOutcome::redelivered_across_failover`]), not failed;
+//!   gave it: the old master may still answer a client of its own after another was
+//!   elected. Across a failover this is NOT promised: consumer state records are acked
+//!   after the master's own fsync, not the slaves' (at-least-once), so an ack the new
+//!   master never received is delivered again; such redeliveries are counted
+//!   ([`ConsumeOutcome::redelivered_across_failover`]), not failed;
 //! * at-least-once: every acked send was delivered to the group (after the faults heal);
 //! * delivery attempts: at most `max_attempts`, and rising from one delivery of a message to
 //!   the next while the log stays the same; acked poison messages are in `%DLQ%g`;
