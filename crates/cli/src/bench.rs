@@ -69,6 +69,11 @@ pub struct FsyncBenchArgs {
     /// Appends, each followed by its own fdatasync.
     #[arg(long, default_value_t = 3000)]
     pub count: usize,
+    /// Loops running at once, each on its own file, each doing `--count` appends: 2 stands
+    /// for a master and its slave syncing on the same disk (what a replicated send waits for
+    /// at best when both copies share it). The figures are over every loop's appends.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: u16,
     /// Write the result as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -87,18 +92,38 @@ pub fn bench_fsync(args: FsyncBenchArgs) -> anyhow::Result<()> {
     };
     let dir = base.join(format!(".sofamq-bench-fsync-{}", std::process::id()));
     let t0 = Instant::now();
-    let res = sofamq_store::bench::raw_fsync_latencies(&dir, args.size, args.count);
+    let res: Result<Vec<_>, _> = std::thread::scope(|s| {
+        let loops: Vec<_> = (0..args.parallel)
+            .map(|i| {
+                let d = dir.join(format!("loop-{i}"));
+                s.spawn(move || sofamq_store::bench::raw_fsync_latencies(&d, args.size, args.count))
+            })
+            .collect();
+        loops
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("fsync loop panicked").into()))
+            })
+            .collect()
+    });
     let secs = t0.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&dir);
-    let lat = res?;
+    let mut lat: Vec<_> = res?.into_iter().flatten().collect();
+    lat.sort_unstable();
     let ms = |q: f64| sofamq_store::bench::quantile(&lat, q).as_secs_f64() * 1000.0;
     let v = serde_json::json!({
-        "mode": "fsync", "size": args.size, "iterations": lat.len(),
+        "mode": "fsync", "size": args.size, "iterations": lat.len(), "parallel": args.parallel,
         "per_sec": lat.len() as f64 / secs.max(1e-9),
         "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "max_ms": ms(1.0),
     });
+    let at_once = if args.parallel > 1 {
+        format!(" ({} loops at once)", args.parallel)
+    } else {
+        String::new()
+    };
     println!(
-        "raw fdatasync: {} B appends, {} iterations: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms, {:.0}/s",
+        "raw fdatasync: {} B appends, {} iterations{at_once}: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms, {:.0}/s",
         args.size,
         lat.len(),
         ms(0.5),
@@ -1486,6 +1511,30 @@ pub async fn bench_timers(args: TimersBenchArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fsync_loops_at_once_each_do_their_count_and_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("out.json");
+        bench_fsync(FsyncBenchArgs {
+            dir: Some(dir.path().to_path_buf()),
+            size: 512,
+            count: 7,
+            parallel: 3,
+            json: Some(json.clone()),
+        })
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert_eq!(v["iterations"], 21);
+        assert_eq!(v["parallel"], 3);
+        assert!(v["p50_ms"].as_f64().unwrap() > 0.0);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n != "out.json")
+            .collect();
+        assert!(left.is_empty(), "scratch left behind: {left:?}");
+    }
 
     #[test]
     fn e2e_bodies_round_trip_and_foreign_bodies_are_ignored() {

@@ -63,7 +63,7 @@ pub use error::StoreError;
 pub use log::Scan;
 pub use record::{Appended, NewRecord, Record, tag_hash};
 pub use recovery::queue_rebuild_pending;
-pub use store::{Fault, FsyncStats, Store, StoreStats};
+pub use store::{Fault, FsyncStats, RawAppend, Store, StoreStats};
 
 /// Upper bounds (microseconds, inclusive) of the fdatasync latency buckets; one more bucket
 /// counts everything above the last bound.

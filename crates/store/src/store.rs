@@ -52,6 +52,26 @@ pub struct FsyncStats {
     pub synced_bytes: u64,
 }
 
+/// What [`Store::append_raw_here`] did.
+#[derive(Debug)]
+pub enum RawAppend {
+    /// Appended and completed on the caller's thread: the new durable offset.
+    Done(u64),
+    /// Queued to the writer (or its sync thread): the receiver answers as
+    /// [`Store::append_raw_async`] would.
+    Queued(oneshot::Receiver<Result<u64, StoreError>>),
+}
+
+impl RawAppend {
+    /// Waits for the answer if the append was queued.
+    pub async fn wait(self) -> Result<u64, StoreError> {
+        match self {
+            RawAppend::Done(d) => Ok(d),
+            RawAppend::Queued(rx) => rx.await.map_err(|_| StoreError::Closed)?,
+        }
+    }
+}
+
 /// A fault to inject (tests only).
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +93,9 @@ struct Inner {
     sh: Arc<Shared>,
     /// The writer, with [`Driver::Caller`] (run by [`Store::step`]).
     stepped: Option<Mutex<Writer>>,
+    /// The writer, with the store's own threads in sync-flush mode: its thread runs it, and
+    /// so may a caller that finds it idle ([`Store::append_raw_here`]).
+    shared_writer: Option<Arc<Mutex<Writer>>>,
     /// Woken when a command is queued (with [`Driver::Caller`], for [`Store::drive`]).
     wake: tokio::sync::Notify,
     writer: Option<JoinHandle<()>>,
@@ -159,6 +182,7 @@ impl Store {
                 inner: Arc::new(Inner {
                     sh,
                     stepped: Some(Mutex::new(writer)),
+                    shared_writer: None,
                     wake: tokio::sync::Notify::new(),
                     writer: None,
                     flusher: None,
@@ -166,9 +190,12 @@ impl Store {
                 }),
             });
         }
+        let sync = matches!(sh.cfg.flush, crate::FlushMode::Sync);
+        let shared_writer = Arc::new(Mutex::new(writer));
+        let (wt, wsh) = (shared_writer.clone(), sh.clone());
         let w = std::thread::Builder::new()
             .name("sofamq-store-writer".into())
-            .spawn(move || writer.run())?;
+            .spawn(move || Writer::run(&wt, &wsh))?;
         let fsh = sh.clone();
         let f = std::thread::Builder::new()
             .name("sofamq-store-flusher".into())
@@ -181,6 +208,7 @@ impl Store {
             inner: Arc::new(Inner {
                 sh,
                 stepped: None,
+                shared_writer: sync.then_some(shared_writer),
                 wake: tokio::sync::Notify::new(),
                 writer: Some(w),
                 flusher: Some(f),
@@ -632,6 +660,18 @@ impl Store {
         start_offset: u64,
         bytes: Bytes,
     ) -> Result<oneshot::Receiver<Result<u64, StoreError>>, StoreError> {
+        let (cmd, rx) = self.raw_cmd(start_offset, bytes)?;
+        self.send(cmd);
+        Ok(rx)
+    }
+
+    /// The command that appends `bytes` (whole records copied from a master's log) at
+    /// `start_offset`, each record's header and CRC verified.
+    fn raw_cmd(
+        &self,
+        start_offset: u64,
+        bytes: Bytes,
+    ) -> Result<(Cmd, oneshot::Receiver<Result<u64, StoreError>>), StoreError> {
         if self.sh().is_fenced() {
             return Err(self.sh().fenced_error());
         }
@@ -663,13 +703,39 @@ impl Store {
             p += v.size as usize;
         }
         let (tx, rx) = oneshot::channel();
-        self.send(Cmd::Raw {
+        let cmd = Cmd::Raw {
             start: start_offset,
             bytes,
             metas,
             tx,
-        });
-        Ok(rx)
+        };
+        Ok((cmd, rx))
+    }
+
+    /// Runs `cmd` on this thread, behind whatever the inbox holds, if the writer is idle
+    /// (its thread waiting, no other caller running it); gives `cmd` back otherwise. The
+    /// step writes, and when the sync thread has no batch in hand also fdatasyncs and
+    /// completes, right here: a lone appender waits on no other thread.
+    fn run_here(&self, cmd: Cmd) -> Result<(), Cmd> {
+        let Some(w) = &self.inner.shared_writer else {
+            return Err(cmd);
+        };
+        let mut w = match w.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(cmd),
+        };
+        let mut cmds = {
+            let mut g = lock(&self.sh().inbox);
+            if g.shutdown {
+                return Err(cmd);
+            }
+            let mut cmds = std::mem::take(&mut g.cmds);
+            cmds.push(cmd);
+            cmds
+        };
+        w.step(&mut cmds, false);
+        Ok(())
     }
 
     /// Replication (slave side): appends whole encoded records copied from a master's log at
@@ -698,6 +764,37 @@ impl Store {
         }
         let rx = self.submit_raw(start_offset, bytes)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Replication (slave side): [`Store::append_raw`] run on the caller's thread when the
+    /// writer is idle: the records are written, fdatasynced and completed here, without the
+    /// two thread hand-offs (to the writer and back) a lone append otherwise waits on. When
+    /// the writer is busy (its thread in a step, or group commit under load) the append is
+    /// queued as usual and the receiver is returned to be awaited. Blocks for a write and an
+    /// fdatasync: call it only on a thread that may block that long (a slave's follower
+    /// runs on a thread of its own for this), never on a shared runtime's worker. Needs the
+    /// store's own threads and sync-flush mode; otherwise it always queues.
+    pub fn append_raw_here(
+        &self,
+        start_offset: u64,
+        bytes: Bytes,
+    ) -> Result<RawAppend, StoreError> {
+        if bytes.is_empty() {
+            return Ok(RawAppend::Done(self.durable_offset()));
+        }
+        let (cmd, mut rx) = self.raw_cmd(start_offset, bytes)?;
+        match self.run_here(cmd) {
+            Ok(()) => match rx.try_recv() {
+                Ok(r) => r.map(RawAppend::Done),
+                // Handed to the sync thread (a batch of it was still in hand).
+                Err(oneshot::error::TryRecvError::Empty) => Ok(RawAppend::Queued(rx)),
+                Err(oneshot::error::TryRecvError::Closed) => Err(StoreError::Closed),
+            },
+            Err(cmd) => {
+                self.send(cmd);
+                Ok(RawAppend::Queued(rx))
+            }
+        }
     }
 
     /// Replication (master side): whole encoded records from `from` (a record boundary), at

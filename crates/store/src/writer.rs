@@ -19,7 +19,7 @@
 
 use std::io;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -200,46 +200,59 @@ impl Writer {
         Ok(i)
     }
 
-    /// The thread body.
-    pub fn run(mut self) {
+    /// The thread body. The writer sits behind a mutex: a caller that finds it idle may run
+    /// a step on its own thread ([`crate::Store::append_raw_here`]). Commands are taken from
+    /// the inbox only while holding the writer, by this thread or by such a caller, so they
+    /// run in inbox order whoever runs them.
+    pub fn run(this: &Mutex<Writer>, sh: &Shared) {
         let mut local: Vec<Cmd> = Vec::new();
         loop {
-            let shutdown;
+            // Async flush: when the interval's fdatasync is due (only this thread steps a
+            // store in async-flush mode, so what it reads here stays true while it waits).
+            let due = match sh.cfg.flush {
+                FlushMode::Async { interval } => {
+                    let w = lock(this);
+                    (w.synced < w.written).then(|| w.last_sync + interval)
+                }
+                FlushMode::Sync => None,
+            };
             {
-                let mut g = lock(&self.sh.inbox);
+                let mut g = lock(&sh.inbox);
                 loop {
                     if !g.cmds.is_empty() || g.shutdown {
                         break;
                     }
-                    match self.sh.cfg.flush {
-                        FlushMode::Async { interval } if self.synced < self.written => {
-                            let due = self.last_sync + interval;
+                    match due {
+                        Some(due) => {
                             let now = Instant::now();
                             if now >= due {
                                 break;
                             }
                             g.writer_waiting = true;
-                            g = self
-                                .sh
+                            g = sh
                                 .inbox_cv
                                 .wait_timeout(g, due - now)
                                 .unwrap_or_else(|p| p.into_inner())
                                 .0;
                         }
-                        _ => {
+                        None => {
                             g.writer_waiting = true;
-                            g = self.sh.inbox_cv.wait(g).unwrap_or_else(|p| p.into_inner());
+                            g = sh.inbox_cv.wait(g).unwrap_or_else(|p| p.into_inner());
                         }
                     }
                     g.writer_waiting = false;
                 }
-                std::mem::swap(&mut g.cmds, &mut local);
-                shutdown = g.shutdown;
             }
-            self.step(&mut local, shutdown);
-            if shutdown && lock(&self.sh.inbox).cmds.is_empty() {
-                self.barrier();
-                if let Some(stage) = self.syncer.take() {
+            let mut w = lock(this);
+            let shutdown = {
+                let mut g = lock(&sh.inbox);
+                std::mem::swap(&mut g.cmds, &mut local);
+                g.shutdown
+            };
+            w.step(&mut local, shutdown);
+            if shutdown && lock(&sh.inbox).cmds.is_empty() {
+                w.barrier();
+                if let Some(stage) = w.syncer.take() {
                     drop(stage.tx);
                     let _ = stage.thread.join();
                 }

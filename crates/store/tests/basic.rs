@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{cfg, fill, master_and_slave, open, rec, segments};
-use sofamq_store::{FlushMode, NewRecord, Store, StoreError};
+use sofamq_store::{Fault, FlushMode, NewRecord, RawAppend, Store, StoreError};
 
 #[test]
 fn records_round_trip_all_fields() {
@@ -506,4 +506,87 @@ async fn scan_from_the_middle_and_async_append() {
     assert_eq!(tail.len(), 20);
     assert_eq!(tail[0].log_offset, offs[10]);
     assert_eq!(tail[19].body, format!("29{}", "q".repeat(500)));
+}
+
+/// A slave's lone replicated append, the writer idle, is written, fdatasynced and
+/// completed on the caller's thread: it comes back done (no hand-off to the writer thread
+/// to wait on), durable, with its consume-queue entries. In async-flush mode it is always
+/// queued (the writer thread alone decides when to sync there).
+#[test]
+fn a_lone_replicated_append_is_committed_on_the_callers_thread() {
+    let pair = master_and_slave();
+    let (master, slave) = (&pair.master, &pair.slave);
+    fill(master, "r", 0, 3, "m");
+    let chunk = master.read_raw(0, 1 << 20).unwrap();
+    let fsyncs = slave.stats().fsyncs;
+    match slave
+        .append_raw_here(0, Bytes::from(chunk.clone()))
+        .unwrap()
+    {
+        RawAppend::Done(durable) => assert_eq!(durable, chunk.len() as u64),
+        RawAppend::Queued(_) => panic!("queued although the writer was idle"),
+    }
+    assert_eq!(slave.durable_offset(), chunk.len() as u64);
+    assert_eq!(slave.stats().fsyncs, fsyncs + 1);
+    assert_eq!(slave.queue_offsets("r", 0), (0, 3));
+    assert_eq!(&slave.read_at(0).unwrap().body[..], b"m-0");
+
+    let d = tempfile::tempdir().unwrap();
+    let mut c = cfg(d.path());
+    c.flush = FlushMode::Async {
+        interval: Duration::from_millis(5),
+    };
+    let lazy = Store::open(c).unwrap();
+    let r = lazy.append_raw_here(0, Bytes::from(chunk.clone())).unwrap();
+    assert!(matches!(r, RawAppend::Queued(_)), "{r:?}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(r.wait()).unwrap();
+    assert_eq!(lazy.log_end_offset(), chunk.len() as u64);
+}
+
+/// The writer busy (its thread inside a slow fdatasync of an earlier append): a
+/// replicated append does not wait for the writer on the caller's thread but is queued
+/// behind it, and the two land in log order.
+#[test]
+fn a_replicated_append_finding_the_writer_busy_is_queued_behind_it() {
+    let pair = master_and_slave();
+    let (master, slave) = (&pair.master, &pair.slave);
+    let offsets = fill(master, "r", 0, 4, "m");
+    let all = master.read_raw(0, 1 << 20).unwrap();
+    let cut = offsets[2] as usize;
+    slave.inject_fault(Fault::SlowNextSync(400));
+    let first = {
+        let (s, bytes) = (slave.clone(), all[..cut].to_vec());
+        std::thread::spawn(move || s.append_raw(0, &bytes))
+    };
+    let t0 = std::time::Instant::now();
+    while slave.written_offset() < cut as u64 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "first append never written"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        slave.durable_offset() < cut as u64,
+        "the slow fdatasync already ended"
+    );
+    let r = slave
+        .append_raw_here(cut as u64, Bytes::copy_from_slice(&all[cut..]))
+        .unwrap();
+    assert!(matches!(r, RawAppend::Queued(_)), "{r:?}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    assert_eq!(rt.block_on(r.wait()).unwrap(), all.len() as u64);
+    assert_eq!(first.join().unwrap().unwrap(), cut as u64);
+    assert_eq!(slave.queue_offsets("r", 0), (0, 4));
+    for (i, off) in offsets.iter().enumerate() {
+        assert_eq!(
+            slave.read_at(*off).unwrap().body,
+            format!("m-{i}").into_bytes()
+        );
+    }
 }

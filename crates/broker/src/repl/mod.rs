@@ -391,7 +391,12 @@ impl Replication {
 
     fn spawn_follower(self: &Arc<Self>, addr: String, parent: &CancellationToken) {
         let t = parent.child_token();
-        let h = tokio::spawn(slave::follow(self.clone(), addr.clone(), t.clone()));
+        let h = if self.store.driver() == sofamq_store::Driver::Threads {
+            slave::follow_on_own_thread(self.clone(), addr.clone(), t.clone())
+        } else {
+            // A simulator runs every host's tasks on its own runtime, in an order it decides.
+            tokio::spawn(slave::follow(self.clone(), addr.clone(), t.clone(), false))
+        };
         let mut g = self.role.lock();
         g.master_addr = Some(addr);
         if let Some((old, _)) = g.follower.replace((t, h)) {
@@ -620,7 +625,7 @@ mod stream_seam_tests {
     use std::sync::atomic::AtomicUsize;
 
     use sofamq_controller::network::{AsyncStream, BoxFuture};
-    use sofamq_store::{NewRecord, StoreConfig};
+    use sofamq_store::{Appended, NewRecord, StoreConfig};
     use tokio::io::DuplexStream;
     use tokio::sync::mpsc;
 
@@ -662,10 +667,19 @@ mod stream_seam_tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn replication_runs_over_any_byte_stream_not_only_tcp() {
-        let d = tempfile::tempdir().unwrap();
-        let open = |name: &str| Store::open(StoreConfig::new(d.path().join(name))).unwrap();
+    /// A master and a slave over in-memory pipes, started: (master, slave, the master's
+    /// store, the slave's store, the connector, the token that stops both).
+    fn pipe_pair(
+        dir: &std::path::Path,
+    ) -> (
+        Arc<Replication>,
+        Arc<Replication>,
+        Store,
+        Store,
+        Arc<PipeConnector>,
+        CancellationToken,
+    ) {
+        let open = |name: &str| Store::open(StoreConfig::new(dir.join(name))).unwrap();
         let (ms, ss) = (open("m"), open("s"));
         let master = Arc::new(
             Replication::open(
@@ -705,11 +719,16 @@ mod stream_seam_tests {
         let token = CancellationToken::new();
         master.start_with(Some(Box::new(PipeAcceptor(rx))), token.clone());
         slave.start(None, token.clone());
+        (master, slave, ms, ss, connector, token)
+    }
 
+    /// Appends one record on the master and waits (bounded) until the slave acked it;
+    /// returns where it landed.
+    async fn append_replicated(master: &Replication, ms: &Store, body: &str) -> Appended {
         let done = ms
             .append(vec![NewRecord {
                 topic: "t".into(),
-                body: "over a pipe".into(),
+                body: body.to_owned().into(),
                 ..Default::default()
             }])
             .await
@@ -726,13 +745,65 @@ mod stream_seam_tests {
         })
         .await
         .expect("the slave acked through the pipe");
-        assert!(ss.log_end_offset() >= end);
+        done[0]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replication_runs_over_any_byte_stream_not_only_tcp() {
+        let d = tempfile::tempdir().unwrap();
+        let (master, _slave, ms, ss, connector, token) = pipe_pair(d.path());
+        let done = append_replicated(&master, &ms, "over a pipe").await;
+        assert!(ss.log_end_offset() >= done.log_offset + u64::from(done.size));
         assert_eq!(
-            &ss.read_at(done[0].log_offset).unwrap().body[..],
+            &ss.read_at(done.log_offset).unwrap().body[..],
             b"over a pipe"
         );
         assert!(connector.connects.load(Ordering::Relaxed) >= 1);
         token.cancel();
+    }
+
+    /// A slave's follower runs on a thread of its own (where its appends may block in an
+    /// fdatasync without holding a worker of the broker's runtime). That thread must not
+    /// outlive the runtime: dropped without a cancel, as a test or an embedding
+    /// application may, it lets go of the slave at once instead of reconnecting forever.
+    #[test]
+    fn a_slaves_follower_thread_ends_with_the_brokers_runtime() {
+        let d = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (weak, follower_threads) = rt.block_on(async {
+            let (master, slave, ms, ss, _connector, _token) = pipe_pair(d.path());
+            let done = append_replicated(&master, &ms, "on its own thread").await;
+            assert_eq!(
+                &ss.read_at(done.log_offset).unwrap().body[..],
+                b"on its own thread"
+            );
+            (Arc::downgrade(&slave), follower_thread_count())
+        });
+        assert!(follower_threads >= 1, "no follower thread while following");
+        drop(rt);
+        let t0 = std::time::Instant::now();
+        while weak.upgrade().is_some() {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(10),
+                "the follower thread still holds the slave 10 s after its runtime was dropped"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Threads of this process named as the follower's (Linux: `/proc/self/task`).
+    fn follower_thread_count() -> usize {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return usize::MAX;
+        };
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim() == "sofamq-repl-fol")
+            .count()
     }
 }
 

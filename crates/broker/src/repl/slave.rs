@@ -17,8 +17,67 @@ use super::secure::Security;
 use super::{ReplError, Replication};
 use crate::mutant::{self, Mutant};
 
-/// Follows `master` until `token` is cancelled.
-pub async fn follow(repl: Arc<Replication>, master: String, token: CancellationToken) {
+/// Runs [`follow`] on a thread of its own, with a single-threaded runtime: the slave's
+/// socket, its reader and its appends live there, and a replicated run finding the store's
+/// writer idle is written and fdatasynced on that thread ([`Store::append_raw_here`]), so
+/// the ack waits on no hand-off to the writer thread and back, and no worker of the
+/// broker's runtime is held by a slave's fdatasync. The returned task ends when the thread
+/// does; dropping it (with the broker's runtime) ends the thread too.
+///
+/// [`Store::append_raw_here`]: sofamq_store::Store::append_raw_here
+pub(crate) fn follow_on_own_thread(
+    repl: Arc<Replication>,
+    master: String,
+    token: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let (alive_tx, alive_rx) = tokio::sync::oneshot::channel::<()>();
+    let fallback = (repl.clone(), master.clone(), token.clone());
+    let broker_rt = tokio::runtime::Handle::current();
+    let spawned = std::thread::Builder::new()
+        .name("sofamq-repl-follow".into())
+        .spawn(move || {
+            // Either way the session loop is polled on this thread, so its appends may
+            // block here.
+            let until_gone = async move {
+                tokio::select! {
+                    () = follow(repl, master, token, true) => {}
+                    // The broker's runtime is gone (its task holding `alive_tx` dropped).
+                    _ = alive_rx => {}
+                }
+            };
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(until_gone),
+                Err(e) => {
+                    // Still follow, the broker's runtime driving the socket.
+                    tracing::warn!(error = %e, "no runtime of its own for the follower thread");
+                    broker_rt.block_on(until_gone);
+                }
+            }
+            let _ = done_tx.send(());
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no follower thread: following on the broker's runtime");
+        let (repl, master, token) = fallback;
+        return tokio::spawn(follow(repl, master, token, false));
+    }
+    tokio::spawn(async move {
+        let _alive = alive_tx;
+        let _ = done_rx.await;
+    })
+}
+
+/// Follows `master` until `token` is cancelled. `own_thread`: this runs on a thread that
+/// may block in an append (see [`follow_on_own_thread`]).
+pub async fn follow(
+    repl: Arc<Replication>,
+    master: String,
+    token: CancellationToken,
+    own_thread: bool,
+) {
     let base = Duration::from_millis(repl.cfg.reconnect_backoff_ms.max(1));
     let mut delay = base;
     let security = match Security::from_config(&repl.cfg) {
@@ -33,7 +92,7 @@ pub async fn follow(repl: Arc<Replication>, master: String, token: CancellationT
         let r = tokio::select! {
             biased;
             () = token.cancelled() => return,
-            r = session(&repl, &security, &master, &token) => r,
+            r = session(&repl, &security, &master, &token, own_thread) => r,
         };
         // A session that lasted ended a healthy stretch: reconnect on the base delay (the
         // master may be gone, and the controller hears of a refused port from us).
@@ -82,6 +141,7 @@ async fn session(
     security: &Security,
     master: &str,
     token: &CancellationToken,
+    own_thread: bool,
 ) -> Result<(), ReplError> {
     let hs = repl.cfg.handshake_timeout();
     let max = repl.cfg.frame_limit();
@@ -298,7 +358,7 @@ async fn session(
                     }
                     b.freeze()
                 };
-                store.append_raw_async(start, bytes).await?;
+                append_run(store, start, bytes, own_thread).await?;
             }
             let durable = store.durable_offset();
             let received = store.log_end_offset().max(durable);
@@ -324,4 +384,19 @@ async fn session(
         Ok(r) => r,
         Err(e) => Err(ReplError::Protocol(format!("reader task: {e}"))),
     }
+}
+
+/// Appends one contiguous run of replicated records: on this thread when it may block
+/// (`own_thread`) and the store's writer is idle, queued to the writer otherwise (under
+/// load, group-committed with whatever else waits).
+async fn append_run(
+    store: &sofamq_store::Store,
+    start: u64,
+    bytes: Bytes,
+    own_thread: bool,
+) -> Result<u64, sofamq_store::StoreError> {
+    if own_thread {
+        return store.append_raw_here(start, bytes)?.wait().await;
+    }
+    store.append_raw_async(start, bytes).await
 }
