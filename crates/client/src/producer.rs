@@ -622,7 +622,15 @@ impl Producer {
             }
             // A route that changed since this attempt (a new master) ends the wait early;
             // a throttled broker gets its whole backoff.
-            let wait = cfg.backoff(attempt_no, verdict.throttled);
+            let mut wait = cfg.backoff(attempt_no, verdict.throttled);
+            // Pinned to a group (an earlier attempt may have stored the message there,
+            // so only that group may take it) that refused this attempt before storing
+            // it: its master's address is dead, or its new master has no in-sync slave
+            // yet. Wait for the route to change (up to a request timeout) instead of
+            // spending the attempts on that within milliseconds.
+            if pinned.is_some() && !retry::may_have_stored(&err) {
+                wait = wait.max(cfg.request_timeout);
+            }
             if verdict.throttled {
                 tokio::time::sleep(wait).await;
             } else if !routes_changed.has_changed().unwrap_or(false) {

@@ -312,6 +312,49 @@ async fn an_ambiguous_outcome_is_retried_on_the_same_group_only() {
     producer.shutdown().await;
 }
 
+/// Pinned to a group (an earlier attempt may have stored the message there) that then
+/// refuses before storing (HA_NOT_AVAILABLE: a new master with no in-sync slave yet, or its
+/// dead master's address refusing the connection), the retry waits for the route to
+/// change, up to a request timeout, instead of spending the last attempts within a few
+/// milliseconds of backoff; the message still goes to that group only.
+#[tokio::test]
+async fn a_pinned_send_refused_before_storing_waits_before_its_next_attempt() {
+    let a = Fake::start("broker-a").await;
+    let b = Fake::start("broker-b").await;
+    let times = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let t = times.clone();
+    a.state.set_code(move |_| {
+        let mut t = t.lock().unwrap();
+        t.push(Instant::now());
+        match t.len() {
+            1 => Code::SlavePersistenceTimeout as i32,
+            2 => Code::HaNotAvailable as i32,
+            _ => Code::Ok as i32,
+        }
+    });
+    a.state.set_route(vec![a.route_entry(), b.route_entry()]);
+    let timeout = Duration::from_millis(400);
+    let producer = Producer::start(
+        config(&[&a.addr])
+            .with_max_attempts(3)
+            .with_request_timeout(timeout),
+    )
+    .await
+    .unwrap();
+    let receipt = producer.send(Message::new("TopicP", "x")).await.unwrap();
+    assert_eq!(receipt.broker, "broker-a");
+    assert!(b.state.received_ids().is_empty(), "broker-b got it");
+    let t = times.lock().unwrap().clone();
+    assert_eq!(t.len(), 3, "three attempts on broker-a");
+    // The backoff alone is 5-20 ms here.
+    assert!(
+        t[2] - t[1] >= timeout - Duration::from_millis(50),
+        "the attempt after HA_NOT_AVAILABLE came {:?} later",
+        t[2] - t[1]
+    );
+    producer.shutdown().await;
+}
+
 #[tokio::test]
 async fn non_retryable_code_fails_at_once() {
     let broker = Fake::start("broker-a").await;
