@@ -125,11 +125,20 @@ impl MessagingService for BrokerService {
     ) -> RpcResult<SendMessageResponse> {
         acl_check!(self, request);
         let t0 = std::time::Instant::now();
-        let resp = self.broker.send(request.into_inner()).await;
-        self.broker.metrics().send_done(t0.elapsed(), &resp);
+        let answer = self.broker.send_answer(request.into_inner()).await;
+        self.broker
+            .metrics()
+            .send_done(t0.elapsed(), &answer.response);
         // Long-polling receives re-check at once.
         self.broker.consumers().wake();
-        Ok(Response::new(resp))
+        let mut resp = Response::new(answer.response);
+        if answer.not_held {
+            resp.metadata_mut().insert(
+                sofamq_proto::codes::NOT_HELD_HEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+        }
+        Ok(resp)
     }
 
     async fn query_assignment(

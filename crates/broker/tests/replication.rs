@@ -105,6 +105,22 @@ async fn send_raw(addr: &str, msgs: Vec<v2::Message>) -> v2::SendMessageResponse
         .into_inner()
 }
 
+/// [`send_raw`], and whether the answer carried the not-held header.
+async fn send_raw_held(addr: &str, msgs: Vec<v2::Message>) -> (v2::Status, bool) {
+    let mut c = MessagingServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let resp = c
+        .send_message(SendMessageRequest { messages: msgs })
+        .await
+        .unwrap();
+    let not_held = resp
+        .metadata()
+        .get(sofamq_proto::codes::NOT_HELD_HEADER)
+        .is_some();
+    (resp.into_inner().status.unwrap(), not_held)
+}
+
 fn start_pair(c: &Cluster, master_extra: &[&str]) -> (ReplBroker, ReplBroker) {
     let dir = c.dir.path();
     let mut m = ReplBroker::new(dir, &c.namesrv.addr, GROUP, "a0").unwrap();
@@ -270,6 +286,33 @@ async fn dead_slave_blocks_acks_until_it_catches_up() {
     };
     let visible = read(&mut admin).await;
     assert_eq!(visible.len(), 1, "only the replicated message is readable");
+    // Once the slave is out of the in-sync set, a refusal says whether this master holds
+    // the messages: ids it stored (acked, or appended and never replicated) are held, a
+    // new one is not, and a request is "not held" only when none of its ids is.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&m.grpc).await.in_sync_slaves > 0 {
+        assert!(Instant::now() < deadline, "the dead slave stayed in sync");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stored_unreplicated = log_messages(&m.store_dir())
+        .into_iter()
+        .find(|(_, id, _, _)| id.starts_with("id-down-"))
+        .map(|(_, id, _, _)| id);
+    let mut held = vec!["id-before".to_string()];
+    held.extend(stored_unreplicated);
+    for id in &held {
+        let (st, not_held) = send_raw_held(&m.grpc, vec![raw_message("t", id, b"again")]).await;
+        assert_eq!(st.code, Code::HaNotAvailable as i32, "{id}: {st:?}");
+        assert!(!not_held, "{id} is in this master's log");
+    }
+    let (st, not_held) = send_raw_held(&m.grpc, vec![raw_message("t", "id-new", b"n")]).await;
+    assert_eq!(st.code, Code::HaNotAvailable as i32, "{st:?}");
+    assert!(not_held, "id-new was never sent here");
+    let both = vec![
+        raw_message("t", "id-new", b"n"),
+        raw_message("t", "id-before", b"b"),
+    ];
+    assert!(!send_raw_held(&m.grpc, both).await.1);
 
     let ma = m.repl.clone();
     s.start(GROUP, Some(&ma), &[]).unwrap();
@@ -292,6 +335,40 @@ async fn dead_slave_blocks_acks_until_it_catches_up() {
     s.stop();
     m.stop();
     assert_eq!(log_bytes(&s.store_dir()), log_bytes(&m.store_dir()));
+}
+
+/// After its master dies, a promoted slave short of in-sync replicas refuses sends; it
+/// holds what was replicated to it (its id window is rebuilt from its log on promotion), so
+/// a retry of such a message gets no not-held header, while one the dead master never
+/// replicated does: the group cannot hold it. A slave refusing ("not master") never says
+/// not held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_master_without_its_slave_tells_what_it_does_not_hold() {
+    let c = Cluster::start_namesrv().unwrap();
+    let (mut a, b) = start_pair(&c, &[]);
+    create_topic(&a, "t", 1);
+    wait_in_sync(&a.grpc, Duration::from_secs(20)).await;
+    let r = send_raw(&a.grpc, vec![raw_message("t", "replicated", b"1")]).await;
+    assert_eq!(r.status.unwrap().code, Code::Ok as i32);
+    let (st, not_held) = send_raw_held(&b.grpc, vec![raw_message("t", "fresh", b"2")]).await;
+    assert_eq!(st.code, Code::HaNotAvailable as i32, "{st:?}");
+    assert!(st.message.contains("not master"), "{}", st.message);
+    assert!(!not_held, "a slave said not held");
+
+    a.kill9();
+    let out = cli(&["admin", "promote", "--broker-addr", &b.grpc]);
+    assert!(out.contains("promoted"), "{out}");
+    let (st, not_held) = send_raw_held(&b.grpc, vec![raw_message("t", "replicated", b"1")]).await;
+    assert_eq!(st.code, Code::HaNotAvailable as i32, "{st:?}");
+    assert!(
+        st.message.contains("required replicas in sync"),
+        "{}",
+        st.message
+    );
+    assert!(!not_held, "the promoted master holds 'replicated'");
+    let (st, not_held) = send_raw_held(&b.grpc, vec![raw_message("t", "fresh", b"2")]).await;
+    assert_eq!(st.code, Code::HaNotAvailable as i32, "{st:?}");
+    assert!(not_held, "'fresh' was never stored in the group");
 }
 
 /// (c) The old master has a tail the slave never got when the slave is promoted; rejoining as

@@ -540,7 +540,8 @@ impl Producer {
     /// its master by then: only that group's idempotence window can answer a retry with the
     /// stored copy, so a copy in another group would be a duplicate. Attempts refused
     /// before the append (a refused connection, HA_NOT_AVAILABLE, a throttle) move on to
-    /// another group, as the selector prefers.
+    /// another group, as the selector prefers. The pin ends when the group's writable
+    /// master answers that it holds none of the message ([`AttemptError::NotHeld`]).
     async fn deliver(
         &self,
         p: Prepared,
@@ -548,7 +549,8 @@ impl Producer {
     ) -> Result<SendReceipt, SendError> {
         let cfg = &self.inner.config;
         // A half message is not retried: it might be stored twice.
-        let max_attempts = if p.wire.alone { 1 } else { cfg.max_attempts };
+        let mut max_attempts = if p.wire.alone { 1 } else { cfg.max_attempts };
+        let mut granted_extra = false;
         let mut previous: Option<Arc<BrokerHandle>> = None;
         let mut pinned: Option<String> = None;
         let mut attempt_no = 0u32;
@@ -575,6 +577,24 @@ impl Producer {
                     && let Some(b) = &attempt.broker
                 {
                     pinned = Some(b.name.clone());
+                }
+            }
+            // The pinned group's writable master holds no copy (it said so): its log is
+            // the group's, so the group does not have the message and never will. The send
+            // may go to any group again, with one more attempt if this was its last (a
+            // group that lost its slave would otherwise take every attempt, each waiting
+            // for a route change that brings nothing).
+            if matches!(err, AttemptError::NotHeld { .. }) && pinned.is_some() {
+                tracing::info!(
+                    message_id = %p.message_id,
+                    group = pinned.as_deref().unwrap_or("-"),
+                    "the group that may have held this message does not: free to go elsewhere"
+                );
+                pinned = None;
+                maybe_stored = false;
+                if attempt_no >= max_attempts && !granted_extra {
+                    max_attempts += 1;
+                    granted_extra = true;
                 }
             }
             let now = Instant::now();

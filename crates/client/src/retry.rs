@@ -14,6 +14,10 @@ pub(crate) enum AttemptError {
     Timeout,
     /// The server answered with a non-OK status.
     Status { code: i32, message: String },
+    /// Refused whole (HA_NOT_AVAILABLE) by its group's writable master, short of in-sync
+    /// replicas, which holds none of the request's ids: the group does not have the
+    /// message ([`sofamq_proto::codes::NOT_HELD_HEADER`]).
+    NotHeld { code: i32, message: String },
     /// No usable route (every access point failed, or no writable master).
     NoRoute(String),
     /// The producer is shutting down.
@@ -25,7 +29,7 @@ impl AttemptError {
         match self {
             AttemptError::Transport(_) => FailureKind::Transport,
             AttemptError::Timeout => FailureKind::Timeout,
-            AttemptError::Status { .. } => FailureKind::Status,
+            AttemptError::Status { .. } | AttemptError::NotHeld { .. } => FailureKind::Status,
             AttemptError::NoRoute(_) => FailureKind::Route,
             AttemptError::Closed => FailureKind::Shutdown,
         }
@@ -33,7 +37,7 @@ impl AttemptError {
 
     pub(crate) fn code(&self) -> Option<i32> {
         match self {
-            AttemptError::Status { code, .. } => Some(*code),
+            AttemptError::Status { code, .. } | AttemptError::NotHeld { code, .. } => Some(*code),
             _ => None,
         }
     }
@@ -42,7 +46,9 @@ impl AttemptError {
         match self {
             AttemptError::Transport(m) | AttemptError::NoRoute(m) => m.clone(),
             AttemptError::Timeout => "request timed out".into(),
-            AttemptError::Status { message, .. } => message.clone(),
+            AttemptError::Status { message, .. } | AttemptError::NotHeld { message, .. } => {
+                message.clone()
+            }
             AttemptError::Closed => "producer is shut down".into(),
         }
     }
@@ -80,14 +86,16 @@ pub(crate) fn classify(err: &AttemptError, other_broker: bool) -> Verdict {
             retry(true, false)
         }
         AttemptError::Closed => FAIL,
-        AttemptError::Status { code, .. } => match codes::info(*code).retry {
-            RetryClass::Final => FAIL,
-            RetryClass::Retry => retry(false, false),
-            RetryClass::RefreshRoute => retry(true, false),
-            RetryClass::Throttled => retry(false, true),
-            RetryClass::NotHere if other_broker => retry(true, false),
-            RetryClass::NotHere => FAIL,
-        },
+        AttemptError::Status { code, .. } | AttemptError::NotHeld { code, .. } => {
+            match codes::info(*code).retry {
+                RetryClass::Final => FAIL,
+                RetryClass::Retry => retry(false, false),
+                RetryClass::RefreshRoute => retry(true, false),
+                RetryClass::Throttled => retry(false, true),
+                RetryClass::NotHere if other_broker => retry(true, false),
+                RetryClass::NotHere => FAIL,
+            }
+        }
     }
 }
 
@@ -100,7 +108,7 @@ pub(crate) fn may_have_stored(err: &AttemptError) -> bool {
     match err {
         AttemptError::Transport(m) => !never_sent(m),
         AttemptError::Timeout => true,
-        AttemptError::NoRoute(_) | AttemptError::Closed => false,
+        AttemptError::NoRoute(_) | AttemptError::Closed | AttemptError::NotHeld { .. } => false,
         AttemptError::Status { code, .. } => codes::info(*code).may_be_stored,
     }
 }

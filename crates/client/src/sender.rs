@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use sofamq_proto::codes::NOT_HELD_HEADER;
 use sofamq_proto::v2::Code;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -452,10 +453,13 @@ async fn send_batch(
             status.code(),
             status.message()
         ))),
-        Ok(Ok(resp)) => Ok(resp.into_inner()),
+        Ok(Ok(resp)) => {
+            let not_held = resp.metadata().get(NOT_HELD_HEADER).is_some();
+            Ok((resp.into_inner(), not_held))
+        }
     };
     match outcome {
-        Ok(resp) => dispatch(replies, resp),
+        Ok((resp, not_held)) => dispatch(replies, resp, not_held),
         Err(e) => {
             for reply in replies {
                 let _ = reply.send(Err(e.clone()));
@@ -487,8 +491,10 @@ async fn call(
 
 /// Splits a response back to the callers, one entry per message in request
 /// order. A response without one entry per message carries its verdict in
-/// the top-level status, which then applies to every message.
-fn dispatch(replies: Vec<oneshot::Sender<EntryResult>>, resp: SendResponse) {
+/// the top-level status, which then applies to every message; `not_held` (the
+/// [`NOT_HELD_HEADER`] was set) marks such a refusal as one by a master that holds
+/// none of the messages.
+fn dispatch(replies: Vec<oneshot::Sender<EntryResult>>, resp: SendResponse, not_held: bool) {
     let top = resp.status.unwrap_or_default();
     if resp.entries.len() == replies.len() {
         for (reply, entry) in replies.into_iter().zip(resp.entries) {
@@ -510,7 +516,12 @@ fn dispatch(replies: Vec<oneshot::Sender<EntryResult>>, resp: SendResponse) {
         }
         return;
     }
-    let err = if top.code != Code::Ok as i32 {
+    let err = if top.code == Code::HaNotAvailable as i32 && not_held {
+        AttemptError::NotHeld {
+            code: top.code,
+            message: top.message(),
+        }
+    } else if top.code != Code::Ok as i32 {
         AttemptError::Status {
             code: top.code,
             message: top.message(),
@@ -575,6 +586,7 @@ mod tests {
                     entry(Code::Ok, 9),
                 ],
             }),
+            false,
         );
         let first = rx[0].try_recv().unwrap().unwrap();
         assert_eq!((first.offset, &first.message_id[..]), (7, &b"m7"[..]));
@@ -596,6 +608,7 @@ mod tests {
                 }),
                 entries: vec![],
             }),
+            false,
         );
         for r in &mut rx {
             assert_eq!(
@@ -613,11 +626,40 @@ mod tests {
                 }),
                 entries: vec![entry(Code::Ok, 1)],
             }),
+            false,
         );
         assert!(matches!(
             rx[0].try_recv().unwrap(),
             Err(AttemptError::Transport(_))
         ));
+    }
+
+    /// HA_NOT_AVAILABLE with the not-held header is told apart from a plain one; the
+    /// header means nothing beside another code.
+    #[test]
+    fn a_refusal_by_a_master_holding_none_of_the_messages_is_told_apart() {
+        let refusal = |code: Code| SendMessageResponse {
+            status: Some(Status {
+                code: code as i32,
+                message: "1 of 2 required replicas in sync".into(),
+            }),
+            entries: vec![],
+        };
+        let (tx, mut rx) = replies(2);
+        dispatch(tx, parsed(&refusal(Code::HaNotAvailable)), true);
+        for r in &mut rx {
+            let err = r.try_recv().unwrap().unwrap_err();
+            assert!(matches!(err, AttemptError::NotHeld { .. }), "{err:?}");
+            assert_eq!(err.code(), Some(Code::HaNotAvailable as i32));
+        }
+        let (tx, mut rx) = replies(1);
+        dispatch(tx, parsed(&refusal(Code::HaNotAvailable)), false);
+        let err = rx[0].try_recv().unwrap().unwrap_err();
+        assert!(matches!(err, AttemptError::Status { .. }), "{err:?}");
+        let (tx, mut rx) = replies(1);
+        dispatch(tx, parsed(&refusal(Code::TooManyRequests)), true);
+        let err = rx[0].try_recv().unwrap().unwrap_err();
+        assert!(matches!(err, AttemptError::Status { .. }), "{err:?}");
     }
 
     #[test]

@@ -355,6 +355,49 @@ async fn a_pinned_send_refused_before_storing_waits_before_its_next_attempt() {
     producer.shutdown().await;
 }
 
+/// A send pinned to a group (an attempt there may have stored it) is freed when that
+/// group's master answers HA_NOT_AVAILABLE with the not-held header (short of in-sync
+/// replicas, it holds none of the message): the next attempt goes to another group, one
+/// more than the configured attempts if the group had the last. Without the header the
+/// send stays in the group and fails there, "maybe stored".
+#[tokio::test]
+async fn a_pinned_send_goes_elsewhere_once_its_group_says_it_holds_none_of_it() {
+    for header in [true, false] {
+        let a = Fake::start("broker-a").await;
+        let b = Fake::start("broker-b").await;
+        let n = Arc::new(AtomicUsize::new(0));
+        let n2 = n.clone();
+        a.state
+            .set_code(move |_| match n2.fetch_add(1, Ordering::SeqCst) {
+                0 => Code::SlavePersistenceTimeout as i32,
+                _ => Code::HaNotAvailable as i32,
+            });
+        a.state.whole_not_held.store(header, Ordering::SeqCst);
+        a.state.set_route(vec![a.route_entry(), b.route_entry()]);
+        let producer = Producer::start(
+            config(&[&a.addr])
+                .with_max_attempts(2)
+                .with_request_timeout(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap();
+        let sent = producer.send(Message::new("TopicH", "x")).await;
+        let on_b = b.state.offsets.lock().unwrap().len();
+        if header {
+            let receipt = sent.unwrap();
+            assert_eq!(receipt.broker, "broker-b");
+            assert_eq!(on_b, 1);
+        } else {
+            let err = sent.unwrap_err();
+            assert_eq!(err.attempts, 2);
+            assert!(err.maybe_stored, "{err:?}");
+            assert_eq!(on_b, 0, "broker-b got it");
+        }
+        assert_eq!(a.state.send_requests.load(Ordering::SeqCst), 2);
+        producer.shutdown().await;
+    }
+}
+
 #[tokio::test]
 async fn non_retryable_code_fails_at_once() {
     let broker = Fake::start("broker-a").await;

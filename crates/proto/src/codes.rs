@@ -12,6 +12,14 @@
 
 use crate::v2::Code;
 
+/// Response metadata key of a SendMessage refused whole with HA_NOT_AVAILABLE by its broker
+/// group's writable master, short of in-sync replicas, when none of the request's message
+/// ids is in that master's idempotence window (stored or in flight). That master's log is
+/// the group's log, so the group does not hold those messages and never will: a retry
+/// that had to stay in the group (an earlier attempt there may have stored the message)
+/// may go to another group. Value `1`. Official clients ignore it.
+pub const NOT_HELD_HEADER: &str = "x-sofamq-not-held";
+
 /// What a client does after a request was answered with a code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RetryClass {

@@ -283,6 +283,15 @@ impl Dedup {
         out
     }
 
+    /// Whether any of `keys` is stored or in flight here, without claiming any. A slot
+    /// held by another id of the same hash counts as held: the answer errs towards "may
+    /// be here", never towards "not here".
+    pub fn holds_any<'a>(&self, keys: impl IntoIterator<Item = &'a Key>) -> bool {
+        let st = self.st.lock();
+        keys.into_iter()
+            .any(|k| st.map.contains_key(&k.hash) || st.pending.contains_key(&k.hash))
+    }
+
     fn lookup_in(st: &mut State, key: &Key) -> Lookup {
         if let Some(s) = st.map.get(&key.hash)
             && s.text == key.text
@@ -458,6 +467,25 @@ mod tests {
             hash,
             text: Text::new(topic.as_bytes(), id.as_bytes()),
         }
+    }
+
+    /// `holds_any` sees stored and in-flight ids, claims nothing, and takes a slot held by
+    /// another id of the same hash as held.
+    #[test]
+    fn holds_any_looks_without_claiming() {
+        let d = Dedup::new(10, Duration::from_secs(60));
+        let (a, b, c) = (k(&d, "a"), k(&d, "b"), k(&d, "c"));
+        assert!(!d.holds_any([&a, &b]));
+        assert!(!d.holds_any([&a]), "looking claimed nothing");
+        assert!(matches!(d.lookup(&a), Lookup::Claimed));
+        assert!(d.holds_any([&a]), "in flight");
+        d.complete(a.clone(), r(1));
+        assert!(d.holds_any([&b, &a]), "stored");
+        assert!(!d.holds_any([&b, &c]));
+        assert!(
+            d.holds_any([&forced("t\0other", a.hash)]),
+            "same hash as a stored id"
+        );
     }
 
     #[tokio::test]

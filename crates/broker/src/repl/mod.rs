@@ -39,6 +39,26 @@ use crate::mutant::{self, Mutant};
 use dedup::Dedup;
 use insync::Tracker;
 
+/// Why [`Replication::admit_or_why`] refused a write (HA_NOT_AVAILABLE either way; nothing
+/// was stored).
+#[derive(Debug)]
+pub enum Refused {
+    /// Not master, log fenced, or no valid lease under a controller.
+    NotWritable(BrokerError),
+    /// The group's writable master (leased under a controller), short of in-sync replicas.
+    /// Its log is the group's log: a record it does not hold will never be in the group.
+    TooFewInSync(BrokerError),
+}
+
+impl Refused {
+    /// The error answered.
+    pub fn into_error(self) -> BrokerError {
+        match self {
+            Self::NotWritable(e) | Self::TooFewInSync(e) => e,
+        }
+    }
+}
+
 /// A write that passed [`Replication::writable`] or [`Replication::admit`]: the master term
 /// it was admitted in ([`Replication::wait_replicated`] fails once that term ended) and the
 /// log's epoch then (the write is appended only in that epoch: [`Admission::epoch`]).
@@ -501,10 +521,18 @@ impl Replication {
     /// sync (`min_insync_replicas`) to ack it. Fails fast with HA_NOT_AVAILABLE, before
     /// anything is stored.
     pub fn admit(&self) -> Result<Admission, BrokerError> {
+        self.admit_or_why().map_err(Refused::into_error)
+    }
+
+    /// [`Replication::admit`], telling a refusal by the group's writable master for too few
+    /// in-sync replicas (its log and id window are the group's) from the others.
+    pub fn admit_or_why(&self) -> Result<Admission, Refused> {
         // One read of the tracker gives the term and the in-sync count.
         let snap = self.tracker.snapshot();
-        let admitted = self.writable_at(snap.term)?;
-        self.tracker.check_available_at(&snap)?;
+        let admitted = self.writable_at(snap.term).map_err(Refused::NotWritable)?;
+        self.tracker
+            .check_available_at(&snap)
+            .map_err(Refused::TooFewInSync)?;
         Ok(admitted)
     }
 

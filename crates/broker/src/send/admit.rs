@@ -10,7 +10,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::broker::Broker;
 use crate::error::BrokerError;
 use crate::limits::Limits;
-use crate::repl::Admission;
+use crate::repl::{Admission, Refused};
 
 /// A request admitted: its bytes reserved in the budget (until this is dropped, after the
 /// answer) and the master term it was admitted in.
@@ -19,12 +19,32 @@ pub(super) struct Admitted {
     pub admission: Admission,
 }
 
+/// A request refused whole: the error answered, and whether this broker is the group's
+/// writable master refusing only for too few in-sync replicas
+/// ([`crate::repl::Refused::TooFewInSync`]).
+pub(super) struct Refusal {
+    pub error: BrokerError,
+    pub by_writable_master: bool,
+}
+
+impl From<BrokerError> for Refusal {
+    fn from(error: BrokerError) -> Self {
+        Self {
+            error,
+            by_writable_master: false,
+        }
+    }
+}
+
 /// Admits a request, or says why it is refused whole.
-pub(super) fn admit(broker: &Broker, req: &SendMessageRequest) -> Result<Admitted, BrokerError> {
+pub(super) fn admit(broker: &Broker, req: &SendMessageRequest) -> Result<Admitted, Refusal> {
     let limits = &broker.config().limits;
     check_request(&req.messages, limits)?;
     let bytes = reserve_bytes(broker, &req.messages, limits)?;
-    let admission = broker.repl().admit()?;
+    let admission = broker.repl().admit_or_why().map_err(|r| Refusal {
+        by_writable_master: matches!(r, Refused::TooFewInSync(_)),
+        error: r.into_error(),
+    })?;
     Ok(Admitted {
         _bytes: bytes,
         admission,

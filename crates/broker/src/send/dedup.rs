@@ -5,6 +5,7 @@
 use std::collections::hash_map::Entry;
 use std::time::Duration;
 
+use sofamq_proto::v2::Message;
 use sofamq_store::NewRecord;
 
 use super::batch::{Batch, Dup};
@@ -77,6 +78,32 @@ pub(super) fn claim(dedup: &Dedup, batch: &mut Batch) -> Claimed {
         }
     }
     claimed
+}
+
+/// Whether none of `messages` is held by this broker: no id of theirs is stored or in
+/// flight in the window, under the topic given or under the reserved topic a timer or half
+/// message is stored on. A message without an id counts as held (nothing can be said).
+pub(super) fn none_held(dedup: &Dedup, messages: &[Message]) -> bool {
+    let mut keys = Vec::with_capacity(messages.len() * 3);
+    for m in messages {
+        let topic = m
+            .topic
+            .as_ref()
+            .map(|t| t.name.as_str())
+            .unwrap_or_default();
+        let id = m
+            .system_properties
+            .as_ref()
+            .map(|s| s.message_id.as_str())
+            .unwrap_or_default();
+        if id.is_empty() {
+            return false;
+        }
+        for t in [topic, crate::timer::TIMER_TOPIC, crate::txn::HALF_TOPIC] {
+            keys.push(dedup.key(t, id));
+        }
+    }
+    !dedup.holds_any(&keys)
 }
 
 /// Answers every copy with its original's receipt: at once when stored, after waiting

@@ -34,13 +34,33 @@ use sofamq_proto::v2::{SendMessageRequest, SendMessageResponse};
 use crate::broker::Broker;
 use crate::pause::{self, Point};
 
+/// The answer to a SendMessage request, with what goes beside it in the response metadata.
+#[derive(Debug)]
+pub struct SendAnswer {
+    pub response: SendMessageResponse,
+    /// Refused whole by this group's writable master for too few in-sync replicas, and
+    /// none of the request's ids is held here ([`sofamq_proto::codes::NOT_HELD_HEADER`]).
+    pub not_held: bool,
+}
+
 impl Broker {
     /// Handles one SendMessage request (one or many messages).
     pub async fn send(&self, req: SendMessageRequest) -> SendMessageResponse {
+        self.send_answer(req).await.response
+    }
+
+    /// [`Broker::send`], with the answer's metadata.
+    pub async fn send_answer(&self, req: SendMessageRequest) -> SendAnswer {
         // Held until the answer: the request's bytes count against the budget until then.
         let admitted = match admit::admit(self, &req) {
             Ok(a) => a,
-            Err(e) => return reply::whole_failure(&e),
+            Err(r) => {
+                return SendAnswer {
+                    not_held: r.by_writable_master
+                        && dedup::none_held(self.repl().dedup(), &req.messages),
+                    response: reply::whole_failure(&r.error),
+                };
+            }
         };
         let mut batch = prepare::prepare_all(self, req.messages);
         let claimed = dedup::claim(self.repl().dedup(), &mut batch);
@@ -51,6 +71,9 @@ impl Broker {
         dedup::receipts_of_copies(self, &mut batch).await;
         pause::at(self.config().broker_id, Point::BeforeReplicate).await;
         replicate::wait(self, admitted.admission, &mut batch).await;
-        reply::answer(self, batch)
+        SendAnswer {
+            response: reply::answer(self, batch),
+            not_held: false,
+        }
     }
 }

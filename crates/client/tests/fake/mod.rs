@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,6 +48,10 @@ pub struct State {
     pub next_offset: AtomicI64,
     pub delay: Mutex<Duration>,
     pub code_for: Mutex<CodeFn>,
+    /// When set, a request whose every message `code_for` answers HA_NOT_AVAILABLE is
+    /// refused whole with the not-held header, as a master short of in-sync replicas that
+    /// holds none of the messages answers.
+    pub whole_not_held: AtomicBool,
     pub last_headers: Mutex<Option<MetadataMap>>,
     /// Requests with a TRANSACTION message among other messages.
     pub mixed_transaction_requests: AtomicUsize,
@@ -195,6 +199,7 @@ impl Fake {
             recall_code: Mutex::new(None),
             end_transactions: Mutex::new(Vec::new()),
             end_code: Mutex::new(None),
+            whole_not_held: AtomicBool::new(false),
             telemetry_received: Mutex::new(Vec::new()),
             telemetry_opened: AtomicUsize::new(0),
             telemetry_closed: AtomicUsize::new(0),
@@ -331,7 +336,7 @@ impl MessagingService for Svc {
         }
         let code_for = s.code_for.lock().unwrap().clone();
         let mut all_ok = true;
-        let entries = messages
+        let entries: Vec<SendResultEntry> = messages
             .iter()
             .map(|m| {
                 let sp = m.system_properties.as_ref().unwrap();
@@ -379,6 +384,22 @@ impl MessagingService for Svc {
             .collect();
         s.received.lock().unwrap().extend(messages);
         s.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let refused =
+            |e: &SendResultEntry| e.status.as_ref().unwrap().code == Code::HaNotAvailable as i32;
+        if s.whole_not_held.load(Ordering::SeqCst) && entries.iter().all(refused) {
+            let mut resp = Response::new(SendMessageResponse {
+                status: Some(v2::Status {
+                    code: Code::HaNotAvailable as i32,
+                    message: "1 of 2 required replicas in sync; not accepting writes".into(),
+                }),
+                entries: Vec::new(),
+            });
+            resp.metadata_mut().insert(
+                sofamq_proto::codes::NOT_HELD_HEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+            return Ok(resp);
+        }
         Ok(Response::new(SendMessageResponse {
             status: if all_ok {
                 ok()
