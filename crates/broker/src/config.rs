@@ -53,6 +53,11 @@ pub struct BrokerConfig {
     pub scrub_bytes_per_sec: u64,
     /// Seconds between the end of one scrub pass over the whole log and the next.
     pub scrub_pause_secs: u64,
+    /// Drop-behind: commit-log pages this many bytes behind the durable end are dropped from
+    /// the OS page cache after each commit (`posix_fadvise(DONTNEED)`). Keeps a steady write
+    /// stream on a small set of cached pages; readers more than this far behind (a
+    /// consumer catching up, a slave fetching history) read from the disk. None: off.
+    pub drop_behind_bytes: Option<u64>,
     /// How often the broker re-registers with every namesrv.
     pub heartbeat_interval_ms: u64,
     /// Queue count of topics created without an explicit count.
@@ -94,6 +99,7 @@ impl Default for BrokerConfig {
             max_disk_bytes: None,
             scrub_bytes_per_sec: 8 * 1024 * 1024,
             scrub_pause_secs: 600,
+            drop_behind_bytes: None,
             heartbeat_interval_ms: 1_000,
             default_queue_count: 8,
             limits: Limits::default(),

@@ -227,6 +227,20 @@ mod tests {
     }
 
     #[test]
+    fn standalone_drop_behind_is_off_by_default_and_refuses_zero() {
+        let mb = |args: &[&str]| match parse(args).command {
+            Command::Standalone(a) => a.drop_behind_mb,
+            _ => unreachable!(),
+        };
+        assert_eq!(mb(&["standalone"]), None);
+        assert_eq!(mb(&["standalone", "--drop-behind-mb", "64"]), Some(64));
+        for bad in ["0", "x", "-1"] {
+            let r = Cli::try_parse_from(["sofamq", "standalone", "--drop-behind-mb", bad]);
+            assert!(r.is_err(), "--drop-behind-mb {bad} accepted");
+        }
+    }
+
+    #[test]
     fn colour_only_on_a_terminal_without_no_color() {
         assert!(use_color(true, None));
         assert!(!use_color(false, None));

@@ -52,6 +52,11 @@ pub struct StandaloneArgs {
     /// Flush mode of the brokers: sync (fsync before ack) or async.
     #[arg(long, default_value = "sync", value_parser = crate::startup::parse_flush)]
     pub flush: FlushMode,
+    /// Drop-behind, in MiB: each broker drops commit-log pages this far behind its durable
+    /// end from the OS page cache (`drop_behind_bytes` of a broker's config). Off by
+    /// default.
+    #[arg(long, env = "SOFAMQ_DROP_BEHIND_MB", value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub drop_behind_mb: Option<u64>,
     /// Run broker-a's master alone (no slave; acks after the master's fsync only).
     #[arg(long)]
     pub no_slave: bool,
@@ -164,6 +169,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     b_cfg.acl = args.acl_config();
+    b_cfg.drop_behind_bytes = args.drop_behind_mb.map(|m| m << 20);
     b_cfg.replication.role = Some(Role::Master);
     b_cfg.replication.controller = controller.clone();
     b_cfg.replication.min_insync_replicas = if args.no_slave { 1 } else { 2 };
@@ -202,6 +208,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
             ..Default::default()
         };
         s_cfg.acl = args.acl_config();
+        s_cfg.drop_behind_bytes = args.drop_behind_mb.map(|m| m << 20);
         s_cfg.replication.role = Some(Role::Slave);
         s_cfg.replication.listen = Some(s_repl);
         s_cfg.replication.controller = controller.clone();

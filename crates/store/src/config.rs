@@ -59,6 +59,12 @@ pub struct StoreConfig {
     pub scrub_bytes_per_sec: u64,
     /// Rest between two scrub passes over the whole log. Default 10 min.
     pub scrub_pause: Duration,
+    /// Drop-behind: after each commit, commit-log pages more than this many bytes behind the
+    /// durable end are dropped from the OS page cache (`posix_fadvise(DONTNEED)`), so a
+    /// steady write stream reuses a small set of cached pages instead of filling memory
+    /// with pages nobody reads again. Readers of older records (a consumer catching up, a
+    /// slave fetching history, the scrub) then read from the disk. Default none (off).
+    pub drop_behind: Option<u64>,
     /// The file system the store uses. Default the real one ([`crate::io::StdFs`]).
     pub fs: Arc<dyn crate::io::Fs>,
     /// Who runs the writer, flusher and scrub. Default [`Driver::Threads`].
@@ -79,6 +85,7 @@ impl StoreConfig {
             max_disk_bytes: None,
             scrub_bytes_per_sec: 8 * 1024 * 1024,
             scrub_pause: Duration::from_secs(600),
+            drop_behind: None,
             fs: crate::io::StdFs::shared(),
             driver: Driver::Threads,
         }

@@ -27,6 +27,11 @@ pub trait FileIo: Send + Sync + Debug {
     /// The file's current length.
     fn len(&self) -> io::Result<u64>;
 
+    /// Advice: the `len` bytes at `pos` are durable and will not be read soon, so the OS
+    /// may drop them from its page cache now (`posix_fadvise(DONTNEED)`). Nothing to
+    /// report; a file system without a page cache ignores it.
+    fn drop_cached(&self, _pos: u64, _len: u64) {}
+
     /// Whether the file is empty.
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
@@ -165,6 +170,13 @@ impl FileIo for std::fs::File {
     }
     fn len(&self) -> io::Result<u64> {
         Ok(self.metadata()?.len())
+    }
+    fn drop_cached(&self, pos: u64, len: u64) {
+        if let Some(len) = std::num::NonZeroU64::new(len)
+            && let Err(e) = rustix::fs::fadvise(self, pos, Some(len), rustix::fs::Advice::DontNeed)
+        {
+            tracing::debug!(error = %e, pos, len, "posix_fadvise(DONTNEED) failed");
+        }
     }
     fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
         std::os::unix::fs::FileExt::read_exact_at(self, buf, pos)

@@ -130,6 +130,9 @@ pub(crate) struct Shared {
     /// scrub.
     pub flusher_stop: Mutex<bool>,
     pub flusher_cv: Condvar,
+    /// Drop-behind ([`StoreConfig::drop_behind`]): log offset below which cached pages were
+    /// dropped.
+    pub dropped_behind: Mutex<u64>,
     /// Counts truncations and damage cuts: record boundaries past the cut may have moved.
     pub truncations: AtomicU64,
     /// Why a consume queue was found not to match the log, once it was (see
@@ -161,6 +164,7 @@ impl Shared {
             log_end: AtomicU64::new(log_end),
             written_notify: Arc::new(tokio::sync::Notify::new()),
             durable: AtomicU64::new(log_end),
+            dropped_behind: Mutex::new(log_end),
             dispatched: AtomicU64::new(log_end),
             sync_pending: AtomicU64::new(0),
             // A master's limit survives its restart: it reads no further than its slaves had

@@ -131,7 +131,39 @@ pub(crate) fn complete(sh: &Shared, group: &mut Vec<Batch>, sync: bool) -> usize
             w.succeed(durable);
         }
     }
+    drop_behind(sh, durable);
     n
+}
+
+/// Drop-behind ([`crate::StoreConfig::drop_behind`]): drops the cached pages of the log from
+/// where the last call stopped up to `lag` bytes behind `durable`, segment by segment, after
+/// the waiters were answered. Skipped when another committing thread is at it.
+fn drop_behind(sh: &Shared, durable: u64) {
+    let Some(lag) = sh.cfg.drop_behind else {
+        return;
+    };
+    let target = durable.saturating_sub(lag);
+    let mut done = match sh.dropped_behind.try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    if target <= *done {
+        return;
+    }
+    let segs = sh.segments.read().unwrap_or_else(|p| p.into_inner());
+    let first = segs.partition_point(|s| s.start <= *done).saturating_sub(1);
+    for (i, seg) in segs.iter().enumerate().skip(first) {
+        if seg.start >= target {
+            break;
+        }
+        let end = segs.get(i + 1).map_or(u64::MAX, |next| next.start);
+        let (from, to) = ((*done).max(seg.start), target.min(end));
+        if to > from {
+            seg.file.drop_cached(from - seg.start, to - from);
+        }
+    }
+    *done = target;
 }
 
 fn fail(group: &mut Vec<Batch>, err: impl Fn() -> StoreError) {
