@@ -215,6 +215,11 @@ impl sofamq_server::http::Observable for NamesrvObservable {
                     "Client calls whose hold ran out (answered HA_NOT_AVAILABLE or the last broker answer).",
                     &c.hold_expired,
                 ),
+                (
+                    "sofamq_proxy_moved_total",
+                    "Sends moved to another broker group: theirs took no writes (too few in-sync replicas) and held none of them.",
+                    &c.moved,
+                ),
             ] {
                 t.single(
                     name,

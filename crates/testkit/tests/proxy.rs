@@ -473,3 +473,96 @@ async fn a_retried_send_goes_to_the_group_of_its_first_attempt_through_any_name_
     let groups: std::collections::BTreeSet<&str> = ids.iter().map(|id| copies[id][0]).collect();
     assert_eq!(groups.len(), 2, "ids spread over both groups");
 }
+
+/// A group whose master lost its only in-sync slave takes no writes. Its master says it holds
+/// none of a new send (the not-held header), so the proxy moves the send to the topic's
+/// other group at once, instead of holding it until the client's deadline and answering
+/// HA_NOT_AVAILABLE (an official client's retry would meet the same group again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_whose_group_takes_no_writes_and_holds_none_of_it_moves_to_another_group() {
+    use sofamq_proto::admin::ReplicationStatusRequest;
+    use sofamq_proto::admin::broker_admin_client::BrokerAdminClient;
+    use sofamq_testkit::repl::ReplBroker;
+
+    let mut c = Cluster::start_namesrv().unwrap();
+    let ns = c.namesrv.addr.clone();
+    let dir = c.dir.path().to_path_buf();
+    let topic = ["--topic", "mv:2"];
+    let mut m = ReplBroker::new(&dir, &ns, "broker-a", "a0").unwrap();
+    let mut s = ReplBroker::new(&dir, &ns, "broker-a", "a1").unwrap();
+    m.start(
+        "broker-a",
+        None,
+        &[&["--ack-timeout-ms", "500"][..], &topic].concat(),
+    )
+    .unwrap();
+    let m_repl = m.repl.clone();
+    s.start("broker-a", Some(&m_repl), &[]).unwrap();
+    c.add_broker("broker-b", &["--topic".into(), "mv:2".into()])
+        .unwrap();
+    let in_sync = async |addr: &str| {
+        let mut a = BrokerAdminClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        a.replication_status(ReplicationStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .in_sync_slaves
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while in_sync(&m.grpc).await == 0 {
+        assert!(Instant::now() < deadline, "broker-a's slave never in sync");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    while route(&ns, "mv", false, Duration::from_secs(5)).await.len() < 4 {
+        assert!(Instant::now() < deadline, "both groups never in the route");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.kill9();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while in_sync(&m.grpc).await > 0 {
+        assert!(Instant::now() < deadline, "the dead slave stayed in sync");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut cl = client(&ns).await;
+    let ids: Vec<String> = (0..20).map(|i| format!("mv-{i}")).collect();
+    let began = Instant::now();
+    for id in &ids {
+        let r = cl
+            .send_message(v2::SendMessageRequest {
+                messages: vec![raw_message("mv", id, 0)],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status.as_ref().map(|s| s.code),
+            Some(v2::Code::Ok as i32),
+            "{id}: {r:?}"
+        );
+    }
+    eprintln!("20 sends in {:?}", began.elapsed());
+    for b in &mut c.brokers {
+        b.terminate(Duration::from_secs(10));
+    }
+    let on_b: Vec<String> = sofamq_testkit::logs::messages(&dir.join("broker-b").join("store"))
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.0 == "mv")
+        .map(|m| m.1)
+        .collect();
+    m.stop();
+    let on_a = sofamq_testkit::logs::messages(&m.store_dir()).unwrap();
+    assert!(
+        on_a.iter().all(|m| !m.1.starts_with("mv-")),
+        "broker-a stored a send it had refused"
+    );
+    for id in &ids {
+        assert_eq!(
+            on_b.iter().filter(|b| *b == id).count(),
+            1,
+            "{id}: {on_b:?}"
+        );
+    }
+}

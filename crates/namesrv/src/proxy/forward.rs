@@ -24,6 +24,7 @@ use tonic::metadata::MetadataMap;
 
 use super::handles;
 use super::{NoAnswer, Proxy, Verdict, forward_request, not_master, unreachable};
+use sofamq_proto::codes::NOT_HELD_HEADER;
 use sofamq_server::status::{ok, status};
 
 /// Boxed response stream.
@@ -108,6 +109,7 @@ async fn group_for_send(
     topic: &str,
     key: Option<&str>,
     deadline: Instant,
+    refused: &[String],
 ) -> Result<(String, u32), Status> {
     let retry = Duration::from_millis(p.options().retry_ms);
     // Just started: wait for the registry to fill (not past the client's deadline; then
@@ -118,7 +120,8 @@ async fn group_for_send(
     }
     loop {
         let now = Instant::now();
-        let groups = p.sendable(p.registry().topic_groups(topic, PERM_WRITE, now), now);
+        let mut groups = p.sendable(p.registry().topic_groups(topic, PERM_WRITE, now), now);
+        groups.retain(|g| !refused.contains(&g.broker_name));
         let chosen = match key {
             Some(k) => groups.iter().max_by_key(|g| rendezvous(k, &g.broker_name)),
             None => {
@@ -173,6 +176,12 @@ fn maybe_stored(status: Option<&Status>) -> bool {
 }
 
 /// SendMessage: to a broker group of the topic (the hash of the message group for FIFO).
+///
+/// A group whose writable master answers that it takes no writes (too few in-sync replicas)
+/// and holds none of the request's messages (`NOT_HELD_HEADER`) cannot have them: a
+/// non-FIFO request then moves to the next group of the topic instead of being held until
+/// the client's deadline (an official client's retry would come back to the same group).
+/// FIFO requests stay, to keep their message group's order in one broker group.
 pub async fn send_message(
     p: &Proxy,
     md: MetadataMap,
@@ -193,6 +202,7 @@ pub async fn send_message(
     let key = first
         .and_then(|m| m.system_properties.as_ref())
         .and_then(|s| s.message_group.clone());
+    let movable = key.is_none();
     let deadline = p.hold_deadline(&md);
     let timeout = p.forward_timeout(&md);
     let ids: Vec<String> = req
@@ -203,59 +213,89 @@ pub async fn send_message(
         .filter(|id| !id.is_empty())
         .collect();
     // A retry of a send goes where the first attempt went (it may be stored there).
-    let pinned = p
+    let mut pinned = p
         .pins()
         .group(ids.iter().map(String::as_str), Instant::now())
         .and_then(|g| queues_of(p, &topic, &g).map(|q| (g, q)));
     let key = key.or_else(|| ids.first().cloned());
-    let (group, queues) = match pinned {
-        Some(g) => g,
-        None => match group_for_send(p, &topic, key.as_deref(), deadline).await {
-            Ok(g) => g,
-            Err(s) => return fail(s),
-        },
-    };
-    p.pins()
-        .remember(ids.iter().map(String::as_str), &group, Instant::now());
-    // The client chose a queue of the route it was given; keep it inside this group's.
-    for m in &mut req.messages {
-        if let Some(sp) = m.system_properties.as_mut()
-            && (sp.queue_id < 0 || sp.queue_id as u32 >= queues)
-        {
-            sp.queue_id = (sp.queue_id.unsigned_abs() % queues.max(1)) as i32;
+    // Groups that answered "not held, no writes" for this request.
+    let mut refused: Vec<String> = Vec::new();
+    loop {
+        let (group, queues) = match pinned.take() {
+            Some(g) => g,
+            None => match group_for_send(p, &topic, key.as_deref(), deadline, &refused).await {
+                Ok(g) => g,
+                Err(s) => return fail(s),
+            },
+        };
+        p.pins()
+            .remember(ids.iter().map(String::as_str), &group, Instant::now());
+        // The client chose a queue of the route it was given; keep it inside this group's.
+        for m in &mut req.messages {
+            if let Some(sp) = m.system_properties.as_mut()
+                && (sp.queue_id < 0 || sp.queue_id as u32 >= queues)
+            {
+                sp.queue_id = (sp.queue_id.unsigned_abs() % queues.max(1)) as i32;
+            }
+        }
+        let r = p
+            .hold(&group, deadline, |mut c, _| {
+                let r = forward_request(&md, req.clone(), timeout);
+                let g = group.clone();
+                async move {
+                    match c.send_message(r).await {
+                        Ok(resp) => {
+                            let not_held = resp.metadata().get(NOT_HELD_HEADER).is_some();
+                            let resp = resp.into_inner();
+                            let st = resp.status.as_ref();
+                            if movable && not_held && not_master(st) {
+                                Verdict::Done((resp, true))
+                            } else if not_master(st) || maybe_stored(st) {
+                                // A send is idempotent by message id: "may be stored"
+                                // answers are retried too (the group's dedup window answers
+                                // a stored copy with its receipt once it is replicated),
+                                // for clients that never retry.
+                                let why = st.map(|s| s.message.clone());
+                                Verdict::Retry((resp, false), why.unwrap_or_default())
+                            } else {
+                                Verdict::Done((resp, false))
+                            }
+                        }
+                        Err(e) if unreachable(&e) => {
+                            let why = e.message().to_string();
+                            Verdict::Retry((fail(transport(&e)), false), why)
+                        }
+                        Err(e) => Verdict::Done((
+                            fail(status(
+                                Code::ProxyTimeout,
+                                format!("proxy: SendMessage to {g}: {}", e.message()),
+                            )),
+                            false,
+                        )),
+                    }
+                }
+            })
+            .await;
+        match r {
+            Ok((resp, true)) => {
+                refused.push(group.clone());
+                let now = Instant::now();
+                let other = p
+                    .sendable(p.registry().topic_groups(&topic, PERM_WRITE, now), now)
+                    .iter()
+                    .any(|g| !refused.contains(&g.broker_name));
+                if !other || Instant::now() >= deadline {
+                    return resp;
+                }
+                p.counters
+                    .moved
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(%topic, %group, "send moved: its group takes no writes and holds none of it");
+            }
+            Ok((resp, false)) => return resp,
+            Err(e) => return fail(no_answer_status(&e)),
         }
     }
-    let r = p
-        .hold(&group, deadline, |mut c, _| {
-            let r = forward_request(&md, req.clone(), timeout);
-            let g = group.clone();
-            async move {
-                match c.send_message(r).await {
-                    Ok(resp) => {
-                        let resp = resp.into_inner();
-                        // A send is idempotent by message id: "may be stored" answers are
-                        // retried too (the group's dedup window answers a stored copy with
-                        // its receipt once it is replicated), for clients that never retry.
-                        if not_master(resp.status.as_ref()) || maybe_stored(resp.status.as_ref()) {
-                            let why = resp.status.as_ref().map(|s| s.message.clone());
-                            Verdict::Retry(resp, why.unwrap_or_default())
-                        } else {
-                            Verdict::Done(resp)
-                        }
-                    }
-                    Err(e) if unreachable(&e) => {
-                        let why = e.message().to_string();
-                        Verdict::Retry(fail(transport(&e)), why)
-                    }
-                    Err(e) => Verdict::Done(fail(status(
-                        Code::ProxyTimeout,
-                        format!("proxy: SendMessage to {g}: {}", e.message()),
-                    ))),
-                }
-            }
-        })
-        .await;
-    r.unwrap_or_else(|e| fail(no_answer_status(&e)))
 }
 
 /// A unary RPC to `group`'s master, held while it has none. `call` makes one try;
@@ -759,7 +799,7 @@ mod tests {
         let p = proxy(400);
         let t0 = Instant::now();
         // A short deadline: chosen at the deadline, from what the registry holds.
-        let g = group_for_send(&p, "t", Some("id-1"), t0 + Duration::from_millis(100)).await;
+        let g = group_for_send(&p, "t", Some("id-1"), t0 + Duration::from_millis(100), &[]).await;
         let took = t0.elapsed();
         assert_eq!(g.unwrap().0, "broker-a");
         assert!(
@@ -767,14 +807,14 @@ mod tests {
             "{took:?}"
         );
         // A long one: chosen once the start wait is over.
-        let g = group_for_send(&p, "t", Some("id-2"), t0 + Duration::from_secs(10)).await;
+        let g = group_for_send(&p, "t", Some("id-2"), t0 + Duration::from_secs(10), &[]).await;
         let took = t0.elapsed();
         assert_eq!(g.unwrap().0, "broker-a");
         assert!(took >= Duration::from_millis(390), "{took:?}");
         // Without a start wait: at once.
         let p = proxy(0);
         let t1 = Instant::now();
-        group_for_send(&p, "t", Some("id-3"), t1 + Duration::from_secs(10))
+        group_for_send(&p, "t", Some("id-3"), t1 + Duration::from_secs(10), &[])
             .await
             .unwrap();
         assert!(t1.elapsed() < Duration::from_millis(100));

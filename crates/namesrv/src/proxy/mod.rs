@@ -77,6 +77,8 @@ pub struct Counters {
     pub held: AtomicU64,
     /// Requests whose hold ran out.
     pub hold_expired: AtomicU64,
+    /// Sends moved to another group: theirs takes no writes and holds none of them.
+    pub moved: AtomicU64,
 }
 
 /// What to do with one try's outcome.
