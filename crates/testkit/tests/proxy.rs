@@ -40,6 +40,22 @@ async fn client(addr: &str) -> MessagingServiceClient<Channel> {
         .unwrap()
 }
 
+/// Sends one raw message; it must be answered OK.
+async fn send_ok(c: &mut MessagingServiceClient<Channel>, topic: &str, id: &str, queue: i32) {
+    let r = c
+        .send_message(v2::SendMessageRequest {
+            messages: vec![raw_message(topic, id, queue)],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.status.as_ref().map(|s| s.code),
+        Some(v2::Code::Ok as i32),
+        "{id}: {r:?}"
+    );
+}
+
 fn endpoints_of(addr: &str) -> v2::Endpoints {
     let (host, port) = addr.rsplit_once(':').unwrap();
     v2::Endpoints {
@@ -433,18 +449,7 @@ async fn a_retried_send_goes_to_the_group_of_its_first_attempt_through_any_name_
     }
     let mut clients = [client(&servers[0]).await, client(&servers[1]).await];
     let mut send = async |via: usize, id: &str, queue: i32| {
-        let r = clients[via]
-            .send_message(v2::SendMessageRequest {
-                messages: vec![raw_message("pin", id, queue)],
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(
-            r.status.as_ref().map(|s| s.code),
-            Some(v2::Code::Ok as i32),
-            "{r:?}"
-        );
+        send_ok(&mut clients[via], "pin", id, queue).await;
     };
     // (A round robin per name server would not stay in step with the other's.)
     send(0, "first", 0).await;
@@ -529,18 +534,7 @@ async fn a_send_whose_group_takes_no_writes_and_holds_none_of_it_moves_to_anothe
     let ids: Vec<String> = (0..20).map(|i| format!("mv-{i}")).collect();
     let began = Instant::now();
     for id in &ids {
-        let r = cl
-            .send_message(v2::SendMessageRequest {
-                messages: vec![raw_message("mv", id, 0)],
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(
-            r.status.as_ref().map(|s| s.code),
-            Some(v2::Code::Ok as i32),
-            "{id}: {r:?}"
-        );
+        send_ok(&mut cl, "mv", id, 0).await;
     }
     eprintln!("20 sends in {:?}", began.elapsed());
     for b in &mut c.brokers {
