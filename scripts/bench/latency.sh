@@ -8,15 +8,19 @@
 #   fsync    `sofamq bench fsync`: a raw 1 KiB append + fdatasync loop (the floor)
 #   fsync2   `sofamq bench fsync --parallel 2`: two such loops at once on the same disk,
 #            as a master and its slave sync together (a replicated send's disk floor)
+#   hops     `sofamq bench floor --no-sync`: client, master and slave threads passing
+#            1 KiB over loopback TCP, blocking reads, no fdatasync (the machine's hops)
+#   floor    `sofamq bench floor`: the same with each copy appended and fdatasynced, the
+#            two fdatasyncs overlapping: the least a replicated send waits on this machine
 #   store    `sofamq bench store --concurrency 1`: the store alone, one appender
 #   nosync   `sofamq standalone --no-slave --flush async` + `bench produce --inflight 1`:
 #            client, HTTP/2, broker, store write, no fdatasync
 #   master   `standalone --no-slave`: the same with the master's fdatasync
 #   repl     `standalone` (master and slave): the same with the slave's copy and ack
 # The table shows the median of the rounds for each step and what each step adds to the
-# one before it, the ratio of repl's p50 to the raw fdatasync p50, and the floor of that
-# ratio for any design with an RPC between client and broker on this disk: the round trip
-# without fdatasync (nosync) plus two fdatasyncs at once (fsync2), both copies sharing the disk.
+# one before it, the ratio of repl's p50 to the raw fdatasync p50, and two floors of that
+# ratio: the machine's (floor: threads and sockets with no broker code), and SofaMQ's own
+# RPC's (nosync, the round trip without fdatasync, plus two fdatasyncs at once, fsync2).
 #
 # Environment (all optional):
 #   ROUNDS=3        rounds (steps alternate within each round, so drift hits all alike)
@@ -76,6 +80,8 @@ for round in $(seq 1 "$ROUNDS"); do
     log "round $round/$ROUNDS"
     "$BIN" bench fsync --dir "$WORK" --size 1024 --count 3000 --json "$OUT/fsync-$round.json" >"$OUT/fsync-$round.txt"
     "$BIN" bench fsync --dir "$WORK" --size 1024 --count 3000 --parallel 2 --json "$OUT/fsync2-$round.json" >"$OUT/fsync2-$round.txt"
+    "$BIN" bench floor --dir "$WORK" --size 1024 --count 3000 --no-sync --json "$OUT/hops-$round.json" >"$OUT/hops-$round.txt"
+    "$BIN" bench floor --dir "$WORK" --size 1024 --count 3000 --json "$OUT/floor-$round.json" >"$OUT/floor-$round.txt"
     "$BIN" bench store --dir "$WORK" --concurrency 1 --seconds "$SECS" >"$OUT/store-$round.txt"
     # One appender: records/s is 1 / latency.
     awk '$1 == "1" { printf "{\"p50_ms\": %.6f}\n", 1000 / $2 }' "$OUT/store-$round.txt" >"$OUT/store-$round.json"
@@ -93,6 +99,8 @@ def p50(step, r):
 steps = [
     ("fsync", "raw 1 KiB append + fdatasync"),
     ("fsync2", "the same, two loops at once"),
+    ("hops", "threads, loopback, no fdatasync"),
+    ("floor", "threads, loopback, both fdatasync"),
     ("store", "store append, 1 appender (mean)"),
     ("nosync", "send, master only, no fdatasync"),
     ("master", "send, master only, fdatasync"),
@@ -111,8 +119,13 @@ print(f"  client + HTTP/2 + broker, no fdatasync:               {med['nosync']:.
 print(f"  the master's fdatasync, as the send sees it:          {med['master'] - med['nosync']:+.3f} ms")
 print(f"  the slave (stream, its write + fdatasync, ack):       {med['repl'] - med['master']:+.3f} ms")
 print(f"repl p50 / raw fdatasync p50 = {med['repl'] / med['fsync']:.2f}x   (issue 20 asks <= 2x)")
+print(f"machine floor: threads over loopback with both fdatasyncs = {med['floor']:.3f} ms = "
+      f"{med['floor'] / med['fsync']:.2f}x raw; repl is {med['repl'] / med['floor']:.2f}x it, "
+      f"{med['repl'] - med['floor']:+.3f} ms")
 floor = med['nosync'] + med['fsync2']
-print(f"floor: nosync + two fdatasyncs at once = {floor:.3f} ms = {floor / med['fsync']:.2f}x raw; "
-      f"repl is {med['repl'] / floor:.2f}x the floor")
+print(f"RPC floor: nosync + two fdatasyncs at once = {floor:.3f} ms = {floor / med['fsync']:.2f}x raw; "
+      f"repl is {med['repl'] / floor:.2f}x it")
+print(f"hops: client <-> master in SofaMQ's RPC (nosync) {med['nosync']:.3f} ms; all four hops "
+      f"client -> master -> slave -> master -> client without broker code (hops) {med['hops']:.3f} ms")
 EOF
 log "results in $OUT"

@@ -220,18 +220,22 @@ run_sofamq() {
     [[ -n "$base" ]] || { log "no free port block for sofamq"; return 1; }
     dir="$WORK/sofamq"
     mkdir -p "$dir"
-    # The disk's floor under a 1-in-flight send: raw SIZE-byte append + fdatasync, one at
-    # a time, in the directory that will hold the broker's data (same disk, same round).
-    log "raw fdatasync loop: $FSYNC_COUNT appends of $SIZE B in $dir"
-    "$SOFAMQ" bench fsync --dir "$dir" --size "$SIZE" --count "$FSYNC_COUNT" \
-        --json "$dir/fsync.json" >&2
-    python3 - "$dir/fsync.json" "$ROUND" <<'EOF' | tee -a "$RESULTS" >&2
+    # The floors a 1-in-flight send is set beside, in the directory that will hold the
+    # broker's data (same disk, same round): the disk's (raw SIZE-byte append + fdatasync,
+    # one at a time) and the machine's under a replicated send (`bench floor`: client,
+    # master and slave threads over loopback, each copy appended and fdatasynced).
+    for floor in fsync floor; do
+        log "raw $floor loop: $FSYNC_COUNT of $SIZE B in $dir"
+        "$SOFAMQ" bench "$floor" --dir "$dir" --size "$SIZE" --count "$FSYNC_COUNT" \
+            --json "$dir/$floor.json" >&2
+        python3 - "$dir/$floor.json" "$ROUND" "raw-$floor" <<'EOF' | tee -a "$RESULTS" >&2
 import json, sys
-f, rnd = sys.argv[1:]
+f, rnd, system = sys.argv[1:]
 d = json.load(open(f))
-print(json.dumps({"round": int(rnd), "system": "raw-fsync", "size": d["size"],
+print(json.dumps({"round": int(rnd), "system": system, "size": d["size"],
                   "iterations": d["iterations"], "p50_ms": d["p50_ms"], "p99_ms": d["p99_ms"]}))
 EOF
+    done
     local pid
     start "$dir/server.log" "$SOFAMQ" standalone --data-dir "$dir/data" --port-base "$base" --topic bench:8
     pid=$STARTED
@@ -269,6 +273,8 @@ row = {"round": int(rnd), "system": "sofamq", "replicas": int(replicas), "inflig
 if "raw_two_copy" in d:
     row["raw2_msgs_per_sec"] = round(d["raw_two_copy"]["msgs_per_sec"])
     row["raw2_ratio"] = d["raw_two_copy"]["ratio"]
+if "cpu" in d:
+    row["cpu_busy"] = d["cpu"]["busy"]
 print(json.dumps(row))
 EOF
     done
@@ -415,7 +421,8 @@ import json, sys
 from statistics import median
 raw = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 fsyncs = [r for r in raw if r["system"] == "raw-fsync"]
-raw = [r for r in raw if r["system"] != "raw-fsync"]
+floors = [r for r in raw if r["system"] == "raw-floor"]
+raw = [r for r in raw if r["system"] not in ("raw-fsync", "raw-floor")]
 groups = {}
 for r in raw:
     groups.setdefault((r["system"], r["replicas"], r["inflight"], r.get("batch", 1)), []).append(r)
@@ -455,6 +462,17 @@ if fsyncs:
         each = {k: s1[k]["p50_ms"] / fs[k] for k in s1 if k in fs and fs[k] > 0}
         print(f"- SofaMQ p50 at 1 in flight / raw fdatasync p50: {sofa[1]['p50_ms']:.3f} / {fp50:.3f} ms = "
               f"**{sofa[1]['p50_ms'] / fp50:.2f}x** (per round: {fmt_rounds(each, lambda v: f'{v:.2f}x')}; target <= 2x).")
+if floors and 1 in sofa:
+    fl = {r["round"]: r["p50_ms"] for r in floors}
+    flp50 = median(fl.values())
+    s1 = per_round(lambda r: r["system"] == "sofamq" and r["inflight"] == 1 and r.get("batch", 1) == 1)
+    each = {k: s1[k]["p50_ms"] / fl[k] for k in s1 if k in fl and fl[k] > 0}
+    line = (f"- Machine floor of a replicated send (`bench floor`: threads over loopback, both copies fdatasynced) p50: "
+            f"{flp50:.3f} ms")
+    if fsyncs:
+        line += f" = {flp50 / fp50:.2f}x the raw fdatasync"
+    print(line + f"; SofaMQ at 1 in flight is {sofa[1]['p50_ms'] / flp50:.2f}x it "
+          f"(per round: {fmt_rounds(each, lambda v: f'{v:.2f}x')}).")
 s64 = per_round(lambda r: r["system"] == "sofamq" and r["inflight"] == 64 and r.get("batch", 1) == 1)
 for system, reps, label in (("rabbitmq", 3, "RabbitMQ 3 nodes"), ("nats", 3, "NATS R3")):
     peer = per_round(lambda r: r["system"] == system and r["replicas"] == reps and r["inflight"] == 64)
@@ -467,6 +485,10 @@ if b:
     print(f"- SofaMQ batches of {next(iter(b.values()))['batch']} / raw two-copy loop, msgs/s per round: "
           f"{fmt_rounds(b, lambda r: '{:,} / {:,} = {:.0%}'.format(r['msgs_per_sec'], r['raw2_msgs_per_sec'], r['raw2_ratio']))} "
           f"(median **{median(r['raw2_ratio'] for r in b.values()):.0%}**; target >= 80%).")
+    busy = {k: r["cpu_busy"] for k, r in b.items() if "cpu_busy" in r}
+    if busy:
+        print(f"- Machine CPU busy during those batched sends (load generator and both brokers share the cores), per round: "
+              f"{fmt_rounds(busy, lambda v: f'{v:.0%}')}.")
 EOF
 } | tee "$OUT/table.md"
 log "results: $RESULTS, table: $OUT/table.md"

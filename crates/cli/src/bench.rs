@@ -109,34 +109,84 @@ pub fn bench_fsync(args: FsyncBenchArgs) -> anyhow::Result<()> {
     });
     let secs = t0.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&dir);
-    let mut lat: Vec<_> = res?.into_iter().flatten().collect();
-    lat.sort_unstable();
-    let ms = |q: f64| sofamq_store::bench::quantile(&lat, q).as_secs_f64() * 1000.0;
-    let v = serde_json::json!({
-        "mode": "fsync", "size": args.size, "iterations": lat.len(), "parallel": args.parallel,
-        "per_sec": lat.len() as f64 / secs.max(1e-9),
-        "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "max_ms": ms(1.0),
-    });
+    let t = Timings::new(res?.into_iter().flatten().collect(), secs);
     let at_once = if args.parallel > 1 {
         format!(" ({} loops at once)", args.parallel)
     } else {
         String::new()
     };
     println!(
-        "raw fdatasync: {} B appends, {} iterations{at_once}: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms, {:.0}/s",
+        "raw fdatasync: {} B appends, {} iterations{at_once}: {}",
         args.size,
-        lat.len(),
-        ms(0.5),
-        ms(0.9),
-        ms(0.99),
-        ms(1.0),
-        v["per_sec"].as_f64().unwrap_or(0.0)
+        t.count(),
+        t.text()
     );
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&v)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+    let mut v = serde_json::json!({
+        "mode": "fsync", "size": args.size, "iterations": t.count(), "parallel": args.parallel,
+    });
+    t.write_json(&mut v, args.json.as_deref())
+}
+
+/// One-at-a-time latencies of a raw loop (`bench fsync`, `bench floor`) and the seconds
+/// they took: the figures both print and write alike.
+pub(crate) struct Timings {
+    sorted: Vec<Duration>,
+    secs: f64,
+}
+
+impl Timings {
+    pub(crate) fn new(mut lat: Vec<Duration>, secs: f64) -> Self {
+        lat.sort_unstable();
+        Timings { sorted: lat, secs }
     }
-    Ok(())
+
+    pub(crate) fn count(&self) -> usize {
+        self.sorted.len()
+    }
+
+    fn ms(&self, q: f64) -> f64 {
+        sofamq_store::bench::quantile(&self.sorted, q).as_secs_f64() * 1000.0
+    }
+
+    fn per_sec(&self) -> f64 {
+        self.sorted.len() as f64 / self.secs.max(1e-9)
+    }
+
+    /// `p50 .. ms, p90 .. ms, p99 .. ms, max .. ms, N/s`.
+    pub(crate) fn text(&self) -> String {
+        format!(
+            "p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms, {:.0}/s",
+            self.ms(0.5),
+            self.ms(0.9),
+            self.ms(0.99),
+            self.ms(1.0),
+            self.per_sec()
+        )
+    }
+
+    /// Adds the figures to `v` (a JSON object) and writes it to `path` if given.
+    pub(crate) fn write_json(
+        &self,
+        v: &mut serde_json::Value,
+        path: Option<&std::path::Path>,
+    ) -> anyhow::Result<()> {
+        if let Some(o) = v.as_object_mut() {
+            for (k, x) in [
+                ("per_sec", self.per_sec()),
+                ("p50_ms", self.ms(0.5)),
+                ("p90_ms", self.ms(0.9)),
+                ("p99_ms", self.ms(0.99)),
+                ("max_ms", self.ms(1.0)),
+            ] {
+                o.insert(k.into(), x.into());
+            }
+        }
+        if let Some(path) = path {
+            std::fs::write(path, serde_json::to_vec_pretty(v)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
 }
 
 // ------------------------------------------------------------------ client metrics
@@ -617,11 +667,17 @@ async fn start_senders(
 
 /// Runs the senders for `--seconds` after `--warmup`, or until `--count` is sent, showing
 /// progress. Returns the measured seconds.
-async fn drive(send: &Send, live: &Arc<Live>, tasks: &[tokio::task::JoinHandle<()>]) -> f64 {
+/// Runs the measured window; its seconds and what the machine's cores did meanwhile.
+async fn drive(
+    send: &Send,
+    live: &Arc<Live>,
+    tasks: &[tokio::task::JoinHandle<()>],
+) -> (f64, Option<crate::cpu::CpuShare>) {
     if send.count.is_none() && send.warmup > 0.0 {
         tokio::time::sleep(Duration::from_secs_f64(send.warmup)).await;
     }
     live.measuring.store(true, Ordering::Relaxed);
+    let cpu0 = crate::cpu::CpuTimes::now();
     let t0 = Instant::now();
     match send.count {
         Some(_) => {
@@ -637,7 +693,12 @@ async fn drive(send: &Send, live: &Arc<Live>, tasks: &[tokio::task::JoinHandle<(
             live.stop.store(true, Ordering::Relaxed);
         }
     }
-    t0.elapsed().as_secs_f64()
+    let secs = t0.elapsed().as_secs_f64();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = cpu0
+        .zip(crate::cpu::CpuTimes::now())
+        .and_then(|(a, b)| a.share_until(&b, cores));
+    (secs, cpu)
 }
 
 /// Every message shares the one padding buffer (`Bytes` is reference-counted and the SDK
@@ -830,7 +891,7 @@ pub async fn bench_produce(args: ProduceBenchArgs) -> anyhow::Result<()> {
         None => None,
     };
     let (producers, tasks) = start_senders(&args.load, &args.send, &live, plain_body).await?;
-    let seconds = drive(&args.send, &live, &tasks).await;
+    let (seconds, cpu) = drive(&args.send, &live, &tasks).await;
     for t in tasks {
         t.await?;
     }
@@ -866,6 +927,9 @@ pub async fn bench_produce(args: ProduceBenchArgs) -> anyhow::Result<()> {
     if let Some(r) = &raw {
         extra.insert("raw_two_copy".into(), r.json());
     }
+    if let Some(c) = &cpu {
+        extra.insert("cpu".into(), c.json());
+    }
     let report = Report {
         mode: "produce",
         latency_of: "send call until receipt",
@@ -878,6 +942,9 @@ pub async fn bench_produce(args: ProduceBenchArgs) -> anyhow::Result<()> {
         extra,
     };
     report.finish(args.load.json.as_ref())?;
+    if let Some(c) = &cpu {
+        println!("{}", c.line());
+    }
     if let Some(r) = &raw {
         println!("{}", r.line());
     }

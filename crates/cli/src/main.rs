@@ -4,10 +4,12 @@
 mod admin;
 mod auth;
 mod bench;
+mod bench_floor;
 mod bench_namesrv;
 mod chaos;
 mod consume;
 mod controller;
+mod cpu;
 mod ops;
 mod produce;
 mod servers;
@@ -122,6 +124,9 @@ enum BenchCmd {
     Store(bench::StoreBenchArgs),
     /// Latency of a raw small append + fdatasync loop: the disk's floor under one send.
     Fsync(bench::FsyncBenchArgs),
+    /// The machine's floor under a replicated send: client, master and slave threads over
+    /// loopback TCP, each copy appended and fdatasynced, with no broker code in the way.
+    Floor(bench_floor::FloorBenchArgs),
     /// Send throughput and latency through a running cluster.
     Produce(bench::ProduceBenchArgs),
     /// Receive + ack throughput of a consumer group through a running cluster.
@@ -153,6 +158,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(BenchCmd::Store(args)) => return bench::bench_store(args),
         Command::Bench(BenchCmd::Fsync(args)) => return bench::bench_fsync(args),
+        Command::Bench(BenchCmd::Floor(args)) => return bench_floor::run(&args),
         _ => {}
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -177,7 +183,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(BenchCmd::Namesrv(a)) => bench_namesrv::run(a).await,
             Command::Admin(c) => admin::run(c).await,
             Command::Chaos(a) => chaos::run(a).await,
-            Command::Bench(BenchCmd::Store(_) | BenchCmd::Fsync(_)) => {
+            Command::Bench(BenchCmd::Store(_) | BenchCmd::Fsync(_) | BenchCmd::Floor(_)) => {
                 unreachable!("handled above")
             }
         }

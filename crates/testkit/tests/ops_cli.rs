@@ -191,4 +191,18 @@ async fn standalone_http_admin_commands_and_bench_e2e_json() {
     assert_eq!(v["messages"], 200);
     assert!(v["mib_per_sec"].as_f64().unwrap() > 0.0);
     assert_eq!(v["latency_ms"]["samples"], 200);
+    // The machine's CPU over the window: printed and in the JSON together (a window shorter
+    // than one tick of /proc/stat has no reading, and then neither has it).
+    assert_eq!(
+        out.contains("machine CPU over the measured window: "),
+        v.get("cpu").is_some(),
+        "{out}\n{v}"
+    );
+    if let Some(c) = v.get("cpu") {
+        assert!(c["cores"].as_u64().unwrap() >= 1, "{c}");
+        for k in ["busy", "iowait"] {
+            let x = c[k].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&x), "{c}");
+        }
+    }
 }
