@@ -74,6 +74,11 @@ pub struct FsyncBenchArgs {
     /// at best when both copies share it). The figures are over every loop's appends.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,
+    /// Allocate the file's blocks first (`fallocate` to `--size` x `--count`, fsynced), so
+    /// the appends write inside the file and no fdatasync commits a new file size: what a
+    /// log of pre-sized segments would wait for (SofaMQ's segments grow as they are written).
+    #[arg(long)]
+    pub preallocate: bool,
     /// Write the result as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -96,7 +101,14 @@ pub fn bench_fsync(args: FsyncBenchArgs) -> anyhow::Result<()> {
         let loops: Vec<_> = (0..args.parallel)
             .map(|i| {
                 let d = dir.join(format!("loop-{i}"));
-                s.spawn(move || sofamq_store::bench::raw_fsync_latencies(&d, args.size, args.count))
+                s.spawn(move || {
+                    sofamq_store::bench::raw_fsync_latencies(
+                        &d,
+                        args.size,
+                        args.count,
+                        args.preallocate,
+                    )
+                })
             })
             .collect();
         loops
@@ -110,11 +122,14 @@ pub fn bench_fsync(args: FsyncBenchArgs) -> anyhow::Result<()> {
     let secs = t0.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&dir);
     let t = Timings::new(res?.into_iter().flatten().collect(), secs);
-    let at_once = if args.parallel > 1 {
+    let mut at_once = if args.parallel > 1 {
         format!(" ({} loops at once)", args.parallel)
     } else {
         String::new()
     };
+    if args.preallocate {
+        at_once.push_str(" into a preallocated file");
+    }
     println!(
         "raw fdatasync: {} B appends, {} iterations{at_once}: {}",
         args.size,
@@ -123,6 +138,7 @@ pub fn bench_fsync(args: FsyncBenchArgs) -> anyhow::Result<()> {
     );
     let mut v = serde_json::json!({
         "mode": "fsync", "size": args.size, "iterations": t.count(), "parallel": args.parallel,
+        "preallocate": args.preallocate,
     });
     t.write_json(&mut v, args.json.as_deref())
 }
@@ -1588,12 +1604,14 @@ mod tests {
             size: 512,
             count: 7,
             parallel: 3,
+            preallocate: true,
             json: Some(json.clone()),
         })
         .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
         assert_eq!(v["iterations"], 21);
         assert_eq!(v["parallel"], 3);
+        assert_eq!(v["preallocate"], true);
         assert!(v["p50_ms"].as_f64().unwrap() > 0.0);
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()

@@ -49,6 +49,27 @@ fn bench_fsync_prints_p50_writes_json_and_cleans_up() {
     );
     assert_eq!(v["iterations"], 20);
     assert_eq!(v["size"], 512);
+    assert_eq!(v["preallocate"], false);
+    let (stdout, v) = run_ok(
+        &[
+            "bench",
+            "fsync",
+            "--count",
+            "20",
+            "--size",
+            "512",
+            "--preallocate",
+        ],
+        dir.path(),
+        "fsync.json",
+    );
+    assert!(
+        stdout.starts_with(
+            "raw fdatasync: 512 B appends, 20 iterations into a preallocated file: p50 "
+        ),
+        "{stdout}"
+    );
+    assert_eq!(v["preallocate"], true);
 }
 
 #[test]

@@ -195,11 +195,15 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, StoreError> {
 }
 
 /// Appends `size` bytes and fdatasyncs, `iterations` times, to a fresh file in `dir` (removed
-/// afterwards); returns each append + fdatasync's time, sorted.
+/// afterwards); returns each append + fdatasync's time, sorted. With `preallocate`, the
+/// file's blocks for every write are allocated first (`fallocate`, the file's size set to
+/// them, fsynced), so each write lands inside the file and its fdatasync has no file size
+/// to commit: what a log of pre-sized segments would wait for.
 pub fn raw_fsync_latencies(
     dir: &Path,
     size: usize,
     iterations: usize,
+    preallocate: bool,
 ) -> Result<Vec<Duration>, StoreError> {
     fs::create_dir_all(dir)?;
     let path = dir.join(format!("raw-fsync-{}", std::process::id()));
@@ -209,6 +213,12 @@ pub fn raw_fsync_latencies(
             .create(true)
             .truncate(true)
             .open(&path)?;
+        if preallocate {
+            let total = (size as u64).saturating_mul(iterations as u64);
+            rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, total)
+                .map_err(std::io::Error::from)?;
+            f.sync_all()?;
+        }
         let buf = vec![0x5au8; size];
         let mut pos = 0u64;
         let mut lat = Vec::with_capacity(iterations);
@@ -304,9 +314,11 @@ mod tests {
     #[test]
     fn raw_loops_write_and_clean_up() {
         let dir = tempfile::tempdir().unwrap();
-        let lat = raw_fsync_latencies(dir.path(), 1024, 5).unwrap();
-        assert_eq!(lat.len(), 5);
-        assert!(lat.windows(2).all(|w| w[0] <= w[1]));
+        for preallocate in [false, true] {
+            let lat = raw_fsync_latencies(dir.path(), 1024, 5, preallocate).unwrap();
+            assert_eq!(lat.len(), 5);
+            assert!(lat.windows(2).all(|w| w[0] <= w[1]));
+        }
         let secs = raw_copies(dir.path(), &[4096, 100, 0, 2048], 2).unwrap();
         assert!(secs > 0.0);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
