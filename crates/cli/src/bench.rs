@@ -682,8 +682,7 @@ async fn start_senders(
 }
 
 /// Runs the senders for `--seconds` after `--warmup`, or until `--count` is sent, showing
-/// progress. Returns the measured seconds.
-/// Runs the measured window; its seconds and what the machine's cores did meanwhile.
+/// progress. Returns the measured seconds and what the machine's cores did meanwhile.
 async fn drive(
     send: &Send,
     live: &Arc<Live>,
