@@ -208,17 +208,8 @@ pub fn raw_fsync_latencies(
     fs::create_dir_all(dir)?;
     let path = dir.join(format!("raw-fsync-{}", std::process::id()));
     let res = (|| {
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)?;
-        if preallocate {
-            let total = (size as u64).saturating_mul(iterations as u64);
-            rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, total)
-                .map_err(std::io::Error::from)?;
-            f.sync_all()?;
-        }
+        let total = (size as u64).saturating_mul(iterations as u64);
+        let f = fresh_file(&path, preallocate.then_some(total))?;
         let buf = vec![0x5au8; size];
         let mut pos = 0u64;
         let mut lat = Vec::with_capacity(iterations);
@@ -234,6 +225,21 @@ pub fn raw_fsync_latencies(
     })();
     let _ = fs::remove_file(&path);
     res
+}
+
+/// Creates (or empties) `path`; with `allocate`, gives it that many bytes of allocated
+/// blocks and that size (`fallocate`), fsynced, so writes inside it change no file size.
+fn fresh_file(path: &Path, allocate: Option<u64>) -> std::io::Result<fs::File> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    if let Some(len) = allocate.filter(|l| *l > 0) {
+        rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, len)?;
+        f.sync_all()?;
+    }
+    Ok(f)
 }
 
 /// The `q` quantile (0..=1, nearest rank) of `sorted`; zero when it is empty.
@@ -309,6 +315,19 @@ mod tests {
         assert_eq!(quantile(&v, 1.0), Duration::from_millis(10));
         assert_eq!(quantile(&ms(&[7]), 0.5), Duration::from_millis(7));
         assert_eq!(quantile(&[], 0.5), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_preallocated_file_has_its_size_and_blocks_before_any_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let f = fresh_file(&p, Some(1 << 20)).unwrap();
+        let m = f.metadata().unwrap();
+        assert_eq!(m.len(), 1 << 20);
+        use std::os::unix::fs::MetadataExt;
+        assert!(m.blocks() * 512 >= 1 << 20, "{} blocks", m.blocks());
+        let f = fresh_file(&p, None).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 0);
     }
 
     #[test]
