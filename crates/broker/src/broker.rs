@@ -58,6 +58,7 @@ impl Broker {
         sc.max_disk_bytes = config.max_disk_bytes;
         sc.scrub_bytes_per_sec = config.scrub_bytes_per_sec;
         sc.drop_behind = config.drop_behind_bytes;
+        sc.prefill = config.prefill_bytes;
         sc.scrub_pause = Duration::from_secs(config.scrub_pause_secs);
         sc.flush = match config.flush {
             FlushMode::Sync => StoreFlush::Sync,

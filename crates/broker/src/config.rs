@@ -58,6 +58,11 @@ pub struct BrokerConfig {
     /// stream on a small set of cached pages; readers more than this far behind (a
     /// consumer catching up, a slave fetching history) read from the disk. None: off.
     pub drop_behind_bytes: Option<u64>,
+    /// Zero-fill ahead, in sync flush mode: up to this many bytes of synced zeros are kept
+    /// past the write position of the active commit-log segment, so each fdatasync
+    /// overwrites existing bytes instead of growing the file (no journal commit of a new
+    /// size). Cut at a clean close and by recovery after a crash. 0 turns it off.
+    pub prefill_bytes: u64,
     /// How often the broker re-registers with every namesrv.
     pub heartbeat_interval_ms: u64,
     /// Queue count of topics created without an explicit count.
@@ -100,6 +105,7 @@ impl Default for BrokerConfig {
             scrub_bytes_per_sec: 8 * 1024 * 1024,
             scrub_pause_secs: 600,
             drop_behind_bytes: None,
+            prefill_bytes: 16 * 1024 * 1024,
             heartbeat_interval_ms: 1_000,
             default_queue_count: 8,
             limits: Limits::default(),

@@ -32,6 +32,9 @@ pub struct StoreBenchArgs {
     /// Comma-separated concurrency levels.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     pub concurrency: Vec<usize>,
+    /// The store's zero-fill ahead in MiB (as a broker's `prefill_bytes`); 0 turns it off.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(0..=1024))]
+    pub prefill_mb: u64,
 }
 
 pub fn bench_store(args: StoreBenchArgs) -> anyhow::Result<()> {
@@ -45,13 +48,14 @@ pub fn bench_store(args: StoreBenchArgs) -> anyhow::Result<()> {
         duration: Duration::from_secs_f64(args.seconds),
         record_size: args.size,
         concurrency: args.concurrency,
+        prefill: args.prefill_mb << 20,
     };
     let res = sofamq_store::bench::run(&opts);
     let _ = std::fs::remove_dir_all(&dir);
     let report = res?;
     println!(
-        "store bench: {} B bodies, sync flush, {} s per level",
-        args.size, args.seconds
+        "store bench: {} B bodies, sync flush, {} s per level, zero-fill ahead {} MiB",
+        args.size, args.seconds, args.prefill_mb
     );
     print!("{report}");
     Ok(())

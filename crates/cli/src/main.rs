@@ -247,6 +247,20 @@ mod tests {
     }
 
     #[test]
+    fn standalone_prefill_is_16_mib_by_default_and_0_turns_it_off() {
+        let mb = |args: &[&str]| match parse(args).command {
+            Command::Standalone(a) => a.prefill_mb,
+            _ => unreachable!(),
+        };
+        assert_eq!(mb(&["standalone"]), 16);
+        assert_eq!(mb(&["standalone", "--prefill-mb", "0"]), 0);
+        for bad in ["x", "-1", "1025"] {
+            let r = Cli::try_parse_from(["sofamq", "standalone", "--prefill-mb", bad]);
+            assert!(r.is_err(), "--prefill-mb {bad} accepted");
+        }
+    }
+
+    #[test]
     fn colour_only_on_a_terminal_without_no_color() {
         assert!(use_color(true, None));
         assert!(!use_color(false, None));

@@ -57,6 +57,11 @@ pub struct StandaloneArgs {
     /// default.
     #[arg(long, env = "SOFAMQ_DROP_BEHIND_MB", value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub drop_behind_mb: Option<u64>,
+    /// Zero-fill ahead, in MiB: each broker keeps this much synced zeros past the write
+    /// position of its active commit-log segment (`prefill_bytes` of a broker's config);
+    /// 0 turns it off.
+    #[arg(long, env = "SOFAMQ_PREFILL_MB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(0..=1024))]
+    pub prefill_mb: u64,
     /// Run broker-a's master alone (no slave; acks after the master's fsync only).
     #[arg(long)]
     pub no_slave: bool,
@@ -170,6 +175,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     };
     b_cfg.acl = args.acl_config();
     b_cfg.drop_behind_bytes = args.drop_behind_mb.map(|m| m << 20);
+    b_cfg.prefill_bytes = args.prefill_mb << 20;
     b_cfg.replication.role = Some(Role::Master);
     b_cfg.replication.controller = controller.clone();
     b_cfg.replication.min_insync_replicas = if args.no_slave { 1 } else { 2 };
@@ -209,6 +215,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         };
         s_cfg.acl = args.acl_config();
         s_cfg.drop_behind_bytes = args.drop_behind_mb.map(|m| m << 20);
+        s_cfg.prefill_bytes = args.prefill_mb << 20;
         s_cfg.replication.role = Some(Role::Slave);
         s_cfg.replication.listen = Some(s_repl);
         s_cfg.replication.controller = controller.clone();

@@ -32,6 +32,8 @@ pub struct BenchOptions {
     pub record_size: usize,
     /// Concurrency levels to run.
     pub concurrency: Vec<usize>,
+    /// The store's zero-fill ahead in bytes ([`StoreConfig::prefill`]; 0: off).
+    pub prefill: u64,
 }
 
 /// Result of one concurrency level.
@@ -111,6 +113,7 @@ fn run_store(
     let _ = fs::remove_dir_all(&dir);
     let mut cfg = StoreConfig::new(&dir);
     cfg.record_batch_sizes = true;
+    cfg.prefill = opts.prefill;
     let store = Store::open(cfg)?;
     let body = Bytes::from(vec![0x5au8; opts.record_size]);
     let rt = tokio::runtime::Builder::new_current_thread()

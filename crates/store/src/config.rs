@@ -65,6 +65,19 @@ pub struct StoreConfig {
     /// with pages nobody reads again. Readers of older records (a consumer catching up, a
     /// slave fetching history, the scrub) then read from the disk. Default none (off).
     pub drop_behind: Option<u64>,
+    /// Zero-fill ahead: in sync-flush mode with the store's own threads, a fill thread
+    /// keeps up to this many bytes of synced zeros past the writer's position in the active
+    /// segment, so the writer's `fdatasync`s overwrite existing bytes instead of growing the
+    /// file, which spares each of them a journal commit of the new size (see the `prefill`
+    /// module). The window starts at 64 KiB in a fresh segment and grows with what is
+    /// written; a clean close cuts the zeros, recovery cuts them after a crash. 0 turns it
+    /// off. Default 16 MiB.
+    pub prefill: u64,
+    /// No zero-fill while the log is written faster than this many bytes per second
+    /// (measured over 250 ms): the zeros double the bytes the disk writes, and at high rates
+    /// that bandwidth is worth more than the journal commits they save. Default 200 MiB/s;
+    /// `u64::MAX`: no cap.
+    pub prefill_max_rate: u64,
     /// The file system the store uses. Default the real one ([`crate::io::StdFs`]).
     pub fs: Arc<dyn crate::io::Fs>,
     /// Who runs the writer, flusher and scrub. Default [`Driver::Threads`].
@@ -86,6 +99,8 @@ impl StoreConfig {
             scrub_bytes_per_sec: 8 * 1024 * 1024,
             scrub_pause: Duration::from_secs(600),
             drop_behind: None,
+            prefill: 16 * 1024 * 1024,
+            prefill_max_rate: 200 * 1024 * 1024,
             fs: crate::io::StdFs::shared(),
             driver: Driver::Threads,
         }

@@ -44,6 +44,7 @@ mod flusher;
 pub mod io;
 mod log;
 pub mod mutant;
+mod prefill;
 pub mod record;
 mod recovery;
 mod scrub;

@@ -138,6 +138,8 @@ pub(crate) struct Shared {
     /// Why a consume queue was found not to match the log, once it was (see
     /// [`Shared::queues_damaged`]).
     queue_damage: Mutex<Option<String>>,
+    /// Zero-fill ahead of the writer in the active segment.
+    pub prefill: crate::prefill::Prefill,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -159,7 +161,6 @@ impl Shared {
         let epoch = epochs.current();
         Shared {
             log_dir: cfg.dir.join("commitlog"),
-            cfg,
             segments: RwLock::new(segments),
             log_end: AtomicU64::new(log_end),
             written_notify: Arc::new(tokio::sync::Notify::new()),
@@ -186,6 +187,8 @@ impl Shared {
             flusher_cv: Condvar::new(),
             truncations: AtomicU64::new(0),
             queue_damage: Mutex::new(None),
+            prefill: crate::prefill::Prefill::new(&cfg),
+            cfg,
         }
     }
 

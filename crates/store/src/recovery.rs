@@ -9,7 +9,9 @@
 //!
 //! * a bad record at or beyond the checkpointed durable offset, in the **last** segment, is a
 //!   torn tail: the log is cut right after the last valid record (`ftruncate` + `fsync`) and
-//!   opens normally;
+//!   opens normally. Zeros written ahead of the writer (`prefill`) end the records the same
+//!   way and are cut the same way: only the last segment can hold them, and only past its
+//!   last fdatasync;
 //! * a bad record **below** the checkpointed durable offset, or in a segment that is not the
 //!   last one, is corruption in the middle: nothing is cut or skipped; the store opens *fenced*
 //!   (reads of the good prefix work, appends fail with `StoreError::Fenced`) and the reason is
@@ -246,6 +248,21 @@ fn trim_queues(cqs: &ConsumeQueues, limit: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Whether the bytes of `seg` from `from` to `len` (file relative) are all zero.
+fn zeros_to_end(seg: &Segment, from: u64, len: u64) -> Result<bool, StoreError> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = from;
+    while pos < len {
+        let n = usize::try_from(len - pos).map_or(buf.len(), |r| r.min(buf.len()));
+        seg.file.read_exact_at(&mut buf[..n], pos)?;
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        pos += n as u64;
+    }
+    Ok(true)
+}
+
 /// Runs recovery for the store rooted at `cfg.dir` (directories already exist).
 pub(crate) fn recover(cfg: &StoreConfig) -> Result<Recovered, StoreError> {
     let fs = &*cfg.fs;
@@ -382,13 +399,23 @@ pub(crate) fn recover(cfg: &StoreConfig) -> Result<Recovered, StoreError> {
                 segs[seg_idx].start
             ));
         } else {
-            tracing::warn!(
-                offset = off,
-                cut = lens[seg_idx] - (off - segs[seg_idx].start),
-                reason = %reason,
-                "cutting torn tail of the commit log"
-            );
             let seg = &segs[seg_idx];
+            let cut = lens[seg_idx] - (off - seg.start);
+            if zeros_to_end(seg, off - seg.start, lens[seg_idx])? {
+                // What the zero-fill (`prefill`) had written ahead of the writer.
+                tracing::info!(
+                    offset = off,
+                    cut,
+                    "cutting the zero-filled tail of the commit log"
+                );
+            } else {
+                tracing::warn!(
+                    offset = off,
+                    cut,
+                    reason = %reason,
+                    "cutting torn tail of the commit log"
+                );
+            }
             seg.file.set_len(off - seg.start)?;
             seg.file.sync_all()?;
         }

@@ -2,7 +2,9 @@
 //!
 //! Segments are named by their start offset, zero padded to 20 digits. The log's offset space is
 //! contiguous: a segment starts exactly where the previous one ends, and its file length is the
-//! number of bytes it holds. A record never spans two segments.
+//! number of bytes it holds. A record never spans two segments. One exception to the length:
+//! while a store runs, the last segment also holds the zeros written ahead of the writer
+//! (`prefill`); they are cut at a roll and at a clean close, and by recovery after a crash.
 
 use std::io;
 use std::path::{Path, PathBuf};

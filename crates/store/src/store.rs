@@ -101,6 +101,8 @@ struct Inner {
     writer: Option<JoinHandle<()>>,
     flusher: Option<JoinHandle<()>>,
     scrub: Option<JoinHandle<()>>,
+    /// Zero-fills ahead of the writer (see the `prefill` module).
+    filler: Option<JoinHandle<()>>,
 }
 
 impl Drop for Inner {
@@ -111,6 +113,10 @@ impl Drop for Inner {
         }
         self.sh.inbox_cv.notify_all();
         if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
+        drop(self.sh.prefill.stop());
+        if let Some(h) = self.filler.take() {
             let _ = h.join();
         }
         *lock(&self.sh.flusher_stop) = true;
@@ -176,7 +182,7 @@ impl Store {
         if !sh.is_fenced() {
             flusher::flush_once(&sh)?;
         }
-        let writer = Writer::new(sh.clone(), last);
+        let writer = Writer::new(sh.clone(), last.clone());
         if sh.cfg.driver == Driver::Caller {
             return Ok(Store {
                 inner: Arc::new(Inner {
@@ -187,8 +193,17 @@ impl Store {
                     writer: None,
                     flusher: None,
                     scrub: None,
+                    filler: None,
                 }),
             });
+        }
+        if sh.prefill.enabled() {
+            let len = last.len()?;
+            let pos = sh
+                .log_end
+                .load(Ordering::Acquire)
+                .saturating_sub(last.start);
+            sh.prefill.set_active(last, len, pos);
         }
         let sync = matches!(sh.cfg.flush, crate::FlushMode::Sync);
         let shared_writer = Arc::new(Mutex::new(writer));
@@ -204,6 +219,16 @@ impl Store {
         let scrub = std::thread::Builder::new()
             .name("sofamq-store-scrub".into())
             .spawn(move || scrub::run(&ssh))?;
+        let filler = if sh.prefill.enabled() {
+            let psh = sh.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("sofamq-store-fill".into())
+                    .spawn(move || crate::prefill::run(&psh))?,
+            )
+        } else {
+            None
+        };
         Ok(Store {
             inner: Arc::new(Inner {
                 sh,
@@ -213,6 +238,7 @@ impl Store {
                 writer: Some(w),
                 flusher: Some(f),
                 scrub: Some(scrub),
+                filler,
             }),
         })
     }

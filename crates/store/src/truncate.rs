@@ -85,8 +85,11 @@ impl Writer {
                 removed = true;
             }
             if let Some(last) = segs.last() {
-                last.file.set_len(offset.saturating_sub(last.start))?;
+                let mut fill = sh.prefill.quiet();
+                let keep = offset.saturating_sub(last.start);
+                last.file.set_len(keep)?;
                 last.file.sync_all()?;
+                fill.reset(last.clone(), keep);
                 self.seg = last.clone();
             }
             if removed {

@@ -256,6 +256,16 @@ impl Writer {
                     drop(stage.tx);
                     let _ = stage.thread.join();
                 }
+                // A clean close leaves no zeros past the log end. A fenced log keeps its
+                // files as they are for the operator.
+                let fill = sh.prefill.stop();
+                if sh.prefill.enabled()
+                    && !sh.is_fenced()
+                    && let Err(e) = w.cut_zeros()
+                {
+                    tracing::warn!(error = %e, "could not cut the zero-filled tail at close; the next open cuts it");
+                }
+                drop(fill);
                 return;
             }
         }
@@ -375,11 +385,18 @@ impl Writer {
     fn roll(&mut self) -> io::Result<()> {
         self.write_buf()?;
         self.sync()?;
+        // No zeros are written while the old segment is cut and the new one takes its place.
+        let mut fill = self.sh.prefill.quiet();
+        if self.sh.prefill.enabled() {
+            self.cut_zeros()?;
+        }
         let seg = Arc::new(
             Segment::open(&*self.sh.cfg.fs, &self.sh.log_dir, self.end, true)
                 .map_err(write_error)?,
         );
         self.sh.cfg.fs.sync_dir(&self.sh.log_dir)?;
+        fill.reset(seg.clone(), 0);
+        drop(fill);
         tracing::debug!(start = self.end, "rolled to a new segment");
         self.sh
             .segments
@@ -387,6 +404,17 @@ impl Writer {
             .unwrap_or_else(|p| p.into_inner())
             .push(seg.clone());
         self.seg = seg;
+        Ok(())
+    }
+
+    /// Cuts the zeros past the written bytes of the active segment (durably), so that its
+    /// length is its records again. The caller holds the fill state quiet.
+    pub(crate) fn cut_zeros(&self) -> io::Result<()> {
+        let data = self.written - self.seg.start;
+        if self.seg.len()? > data {
+            self.seg.file.set_len(data)?;
+            self.seg.file.sync_all()?;
+        }
         Ok(())
     }
 
@@ -505,6 +533,9 @@ impl Writer {
             return Err(io::Error::other("injected write failure"));
         }
         let at = self.written - self.seg.start;
+        if self.sh.prefill.enabled() {
+            self.sh.prefill.before_write(at, self.buf.len() as u64);
+        }
         if self
             .sh
             .faults
@@ -627,9 +658,14 @@ impl Writer {
             tracing::error!("a full disk split an append across a segment roll");
             return false;
         }
-        if let Err(cut) = self.seg.file.set_len(self.written - self.seg.start) {
-            tracing::error!(error = %cut, "could not cut a short write after a full disk");
-            return false;
+        {
+            let mut fill = self.sh.prefill.quiet();
+            let keep = self.written - self.seg.start;
+            if let Err(cut) = self.seg.file.set_len(keep) {
+                tracing::error!(error = %cut, "could not cut a short write after a full disk");
+                return false;
+            }
+            fill.reset(self.seg.clone(), keep);
         }
         for (qi, entry) in std::mem::take(&mut self.dispatch) {
             let q = &mut self.queues[qi];

@@ -46,6 +46,8 @@ fn sigkill_never_loses_acknowledged_records() {
     let exe = env!("CARGO_BIN_EXE_sofamq-store-crasher");
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     let mut acked: Vec<Acked> = Vec::new();
+    // Rounds whose last segment ended in the zeros written ahead of the writer.
+    let mut zero_tails = 0;
     let started = Instant::now();
     for round in 0..ROUNDS {
         let mut child = Command::new(exe)
@@ -78,6 +80,10 @@ fn sigkill_never_loses_acknowledged_records() {
         assert!(!status.success());
         let lines = reader.join().unwrap();
         acked.extend(lines.iter().filter_map(|l| parse(l)));
+        let tail = std::fs::read(last_segment(d.path())).unwrap();
+        if tail.len() >= 4096 && tail[tail.len() - 4096..].iter().all(|b| *b == 0) {
+            zero_tails += 1;
+        }
 
         // Sometimes leave a torn, never-synced write past the end of the log.
         if rng.below(3) == 0 {
@@ -95,9 +101,12 @@ fn sigkill_never_loses_acknowledged_records() {
         "only {} acknowledged appends",
         acked.len()
     );
+    // The kills found zero-filled tails to recover from (`StoreConfig::prefill`).
+    assert!(zero_tails > 0, "no round ended in a zero-filled tail");
     eprintln!(
-        "{} rounds, {} acknowledged records, {:?}",
+        "{} rounds ({} with a zero-filled tail), {} acknowledged records, {:?}",
         ROUNDS,
+        zero_tails,
         acked.len(),
         started.elapsed()
     );
