@@ -223,10 +223,17 @@ run_sofamq() {
     # The floors a 1-in-flight send is set beside, in the directory that will hold the
     # broker's data (same disk, same round): the disk's (raw SIZE-byte append + fdatasync,
     # one at a time) and the machine's under a replicated send (`bench floor`: client,
-    # master and slave threads over loopback, each copy appended and fdatasynced).
-    for floor in fsync floor; do
+    # master and slave threads over loopback, each copy appended and fdatasynced), and the
+    # raw loop into a zeroed file (fsync0: how SofaMQ's own writes land, overwriting the
+    # zeros its store fills ahead).
+    local what
+    for floor in fsync fsync0 floor; do
         log "raw $floor loop: $FSYNC_COUNT of $SIZE B in $dir"
-        "$SOFAMQ" bench "$floor" --dir "$dir" --size "$SIZE" --count "$FSYNC_COUNT" \
+        case $floor in
+            fsync0) what=(fsync --zeroed) ;;
+            *) what=("$floor") ;;
+        esac
+        "$SOFAMQ" bench "${what[@]}" --dir "$dir" --size "$SIZE" --count "$FSYNC_COUNT" \
             --json "$dir/$floor.json" >&2
         python3 - "$dir/$floor.json" "$ROUND" "raw-$floor" <<'EOF' | tee -a "$RESULTS" >&2
 import json, sys
@@ -422,7 +429,8 @@ from statistics import median
 raw = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 fsyncs = [r for r in raw if r["system"] == "raw-fsync"]
 floors = [r for r in raw if r["system"] == "raw-floor"]
-raw = [r for r in raw if r["system"] not in ("raw-fsync", "raw-floor")]
+zeroed = [r for r in raw if r["system"] == "raw-fsync0"]
+raw = [r for r in raw if r["system"] not in ("raw-fsync", "raw-floor", "raw-fsync0")]
 groups = {}
 for r in raw:
     groups.setdefault((r["system"], r["replicas"], r["inflight"], r.get("batch", 1)), []).append(r)
@@ -462,6 +470,11 @@ if fsyncs:
         each = {k: s1[k]["p50_ms"] / fs[k] for k in s1 if k in fs and fs[k] > 0}
         print(f"- SofaMQ p50 at 1 in flight / raw fdatasync p50: {sofa[1]['p50_ms']:.3f} / {fp50:.3f} ms = "
               f"**{sofa[1]['p50_ms'] / fp50:.2f}x** (per round: {fmt_rounds(each, lambda v: f'{v:.2f}x')}; target <= 2x).")
+if zeroed and 1 in sofa:
+    zs = {r["round"]: r["p50_ms"] for r in zeroed}
+    zp50 = median(zs.values())
+    print(f"- The same raw loop into a zeroed file (how SofaMQ's writes land with its zero-fill ahead) p50: "
+          f"{zp50:.3f} ms; SofaMQ at 1 in flight is {sofa[1]['p50_ms'] / zp50:.2f}x it.")
 if floors and 1 in sofa:
     fl = {r["round"]: r["p50_ms"] for r in floors}
     flp50 = median(fl.values())

@@ -59,6 +59,7 @@ impl Broker {
         sc.scrub_bytes_per_sec = config.scrub_bytes_per_sec;
         sc.drop_behind = config.drop_behind_bytes;
         sc.prefill = config.prefill_bytes;
+        sc.prefill_max_rate = config.prefill_max_rate_bytes;
         sc.scrub_pause = Duration::from_secs(config.scrub_pause_secs);
         sc.flush = match config.flush {
             FlushMode::Sync => StoreFlush::Sync,

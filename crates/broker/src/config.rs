@@ -63,6 +63,9 @@ pub struct BrokerConfig {
     /// overwrites existing bytes instead of growing the file (no journal commit of a new
     /// size). Cut at a clean close and by recovery after a crash. 0 turns it off.
     pub prefill_bytes: u64,
+    /// The zero-fill pauses while the commit log is written faster than this many bytes per
+    /// second: the zeros double the bytes the disk writes.
+    pub prefill_max_rate_bytes: u64,
     /// How often the broker re-registers with every namesrv.
     pub heartbeat_interval_ms: u64,
     /// Queue count of topics created without an explicit count.
@@ -106,6 +109,7 @@ impl Default for BrokerConfig {
             scrub_pause_secs: 600,
             drop_behind_bytes: None,
             prefill_bytes: 16 * 1024 * 1024,
+            prefill_max_rate_bytes: 200 * 1024 * 1024,
             heartbeat_interval_ms: 1_000,
             default_queue_count: 8,
             limits: Limits::default(),
@@ -159,6 +163,15 @@ mod tests {
         assert_eq!(c.broker_name, "broker-a");
         assert_eq!(c.limits.max_body_bytes, 4 * 1024 * 1024);
         assert_eq!(c.flush, FlushMode::Sync);
+    }
+
+    #[test]
+    fn zero_fill_is_on_by_default_and_can_be_turned_off() {
+        let c = BrokerConfig::from_toml("").unwrap();
+        assert_eq!(c.prefill_bytes, 16 << 20);
+        assert_eq!(c.prefill_max_rate_bytes, 200 << 20);
+        let c = BrokerConfig::from_toml("prefill_bytes = 0\nprefill_max_rate_bytes = 1\n").unwrap();
+        assert_eq!((c.prefill_bytes, c.prefill_max_rate_bytes), (0, 1));
     }
 
     #[test]

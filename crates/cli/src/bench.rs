@@ -81,8 +81,13 @@ pub struct FsyncBenchArgs {
     /// Allocate the file's blocks first (`fallocate` to `--size` x `--count`, fsynced), so
     /// the appends write inside the file and no fdatasync commits a new file size: what a
     /// log of pre-sized segments would wait for (SofaMQ's segments grow as they are written).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "zeroed")]
     pub preallocate: bool,
+    /// Write zeros over the file's final size first (`--size` x `--count`, fsynced), so the
+    /// appends overwrite existing bytes: what SofaMQ's own writes do in its active segment
+    /// with the zero-fill ahead on (`prefill_bytes`, the default).
+    #[arg(long)]
+    pub zeroed: bool,
     /// Write the result as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -100,18 +105,19 @@ pub fn bench_fsync(args: FsyncBenchArgs) -> anyhow::Result<()> {
         None => std::env::current_dir()?,
     };
     let dir = base.join(format!(".sofamq-bench-fsync-{}", std::process::id()));
+    use sofamq_store::bench::RawFile;
+    let file = match (args.preallocate, args.zeroed) {
+        (true, _) => RawFile::Fallocated,
+        (_, true) => RawFile::Zeroed,
+        _ => RawFile::Empty,
+    };
     let t0 = Instant::now();
     let res: Result<Vec<_>, _> = std::thread::scope(|s| {
         let loops: Vec<_> = (0..args.parallel)
             .map(|i| {
                 let d = dir.join(format!("loop-{i}"));
                 s.spawn(move || {
-                    sofamq_store::bench::raw_fsync_latencies(
-                        &d,
-                        args.size,
-                        args.count,
-                        args.preallocate,
-                    )
+                    sofamq_store::bench::raw_fsync_latencies(&d, args.size, args.count, file)
                 })
             })
             .collect();
@@ -131,8 +137,10 @@ pub fn bench_fsync(args: FsyncBenchArgs) -> anyhow::Result<()> {
     } else {
         String::new()
     };
-    if args.preallocate {
-        at_once.push_str(" into a preallocated file");
+    match file {
+        RawFile::Fallocated => at_once.push_str(" into a preallocated file"),
+        RawFile::Zeroed => at_once.push_str(" into a zeroed file"),
+        RawFile::Empty => {}
     }
     println!(
         "raw fdatasync: {} B appends, {} iterations{at_once}: {}",
@@ -142,7 +150,7 @@ pub fn bench_fsync(args: FsyncBenchArgs) -> anyhow::Result<()> {
     );
     let mut v = serde_json::json!({
         "mode": "fsync", "size": args.size, "iterations": t.count(), "parallel": args.parallel,
-        "preallocate": args.preallocate,
+        "preallocate": args.preallocate, "zeroed": args.zeroed,
     });
     t.write_json(&mut v, args.json.as_deref())
 }
@@ -1608,6 +1616,7 @@ mod tests {
             count: 7,
             parallel: 3,
             preallocate: true,
+            zeroed: false,
             json: Some(json.clone()),
         })
         .unwrap();

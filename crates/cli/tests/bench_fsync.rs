@@ -70,6 +70,19 @@ fn bench_fsync_prints_p50_writes_json_and_cleans_up() {
         "{stdout}"
     );
     assert_eq!(v["preallocate"], true);
+    let (stdout, v) = run_ok(
+        &[
+            "bench", "fsync", "--count", "20", "--size", "512", "--zeroed",
+        ],
+        dir.path(),
+        "fsync.json",
+    );
+    assert!(
+        stdout.starts_with("raw fdatasync: 512 B appends, 20 iterations into a zeroed file: p50 "),
+        "{stdout}"
+    );
+    assert_eq!(v["zeroed"], true);
+    assert_eq!(v["preallocate"], false);
 }
 
 #[test]

@@ -197,22 +197,34 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, StoreError> {
     Ok(report)
 }
 
+/// What the raw fdatasync loop's file holds before its first write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawFile {
+    /// Nothing: every write appends and grows the file (the baseline).
+    Empty,
+    /// Allocated blocks and the final size (`fallocate`), fsynced: the blocks are
+    /// unwritten extents, which a write converts.
+    Fallocated,
+    /// Zeros written over the final size and fsynced: each write overwrites existing bytes,
+    /// as in SofaMQ's active segment with its zero-fill ahead (`StoreConfig::prefill`).
+    Zeroed,
+}
+
 /// Appends `size` bytes and fdatasyncs, `iterations` times, to a fresh file in `dir` (removed
-/// afterwards); returns each append + fdatasync's time, sorted. With `preallocate`, the
-/// file's blocks for every write are allocated first (`fallocate`, the file's size set to
-/// them, fsynced), so each write lands inside the file and its fdatasync has no file size
-/// to commit: what a log of pre-sized segments would wait for.
+/// afterwards); returns each append + fdatasync's time, sorted. `file` says what the file
+/// holds first: with [`RawFile::Fallocated`] or [`RawFile::Zeroed`] each write lands inside
+/// the file and its fdatasync has no file size to commit.
 pub fn raw_fsync_latencies(
     dir: &Path,
     size: usize,
     iterations: usize,
-    preallocate: bool,
+    file: RawFile,
 ) -> Result<Vec<Duration>, StoreError> {
     fs::create_dir_all(dir)?;
     let path = dir.join(format!("raw-fsync-{}", std::process::id()));
     let res = (|| {
         let total = (size as u64).saturating_mul(iterations as u64);
-        let f = fresh_file(&path, preallocate.then_some(total))?;
+        let f = fresh_file(&path, total, file)?;
         let buf = vec![0x5au8; size];
         let mut pos = 0u64;
         let mut lat = Vec::with_capacity(iterations);
@@ -230,18 +242,34 @@ pub fn raw_fsync_latencies(
     res
 }
 
-/// Creates (or empties) `path`; with `allocate`, gives it that many bytes of allocated
-/// blocks and that size (`fallocate`), fsynced, so writes inside it change no file size.
-fn fresh_file(path: &Path, allocate: Option<u64>) -> std::io::Result<fs::File> {
+/// Creates (or empties) `path` and, unless `file` is [`RawFile::Empty`], gives it `len`
+/// bytes (allocated or zeroed, see [`RawFile`]), fsynced, so writes inside it change no
+/// file size.
+fn fresh_file(path: &Path, len: u64, file: RawFile) -> std::io::Result<fs::File> {
     let f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(path)?;
-    if let Some(len) = allocate.filter(|l| *l > 0) {
-        rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, len)?;
-        f.sync_all()?;
+    if len == 0 {
+        return Ok(f);
     }
+    match file {
+        RawFile::Empty => return Ok(f),
+        RawFile::Fallocated => {
+            rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, len)?;
+        }
+        RawFile::Zeroed => {
+            let zeros = vec![0u8; 1 << 20];
+            let mut pos = 0;
+            while pos < len {
+                let n = (len - pos).min(zeros.len() as u64);
+                f.write_all_at(&zeros[..n as usize], pos)?;
+                pos += n;
+            }
+        }
+    }
+    f.sync_all()?;
     Ok(f)
 }
 
@@ -321,23 +349,30 @@ mod tests {
     }
 
     #[test]
-    fn a_preallocated_file_has_its_size_and_blocks_before_any_write() {
+    fn a_prepared_file_has_its_size_and_blocks_before_any_write() {
+        use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
-        let f = fresh_file(&p, Some(1 << 20)).unwrap();
-        let m = f.metadata().unwrap();
-        assert_eq!(m.len(), 1 << 20);
-        use std::os::unix::fs::MetadataExt;
-        assert!(m.blocks() * 512 >= 1 << 20, "{} blocks", m.blocks());
-        let f = fresh_file(&p, None).unwrap();
+        for file in [RawFile::Fallocated, RawFile::Zeroed] {
+            let f = fresh_file(&p, 3 << 20, file).unwrap();
+            let m = f.metadata().unwrap();
+            assert_eq!(m.len(), 3 << 20, "{file:?}");
+            assert!(
+                m.blocks() * 512 >= 3 << 20,
+                "{file:?}: {} blocks",
+                m.blocks()
+            );
+        }
+        assert!(fs::read(&p).unwrap().iter().all(|b| *b == 0));
+        let f = fresh_file(&p, 1 << 20, RawFile::Empty).unwrap();
         assert_eq!(f.metadata().unwrap().len(), 0);
     }
 
     #[test]
     fn raw_loops_write_and_clean_up() {
         let dir = tempfile::tempdir().unwrap();
-        for preallocate in [false, true] {
-            let lat = raw_fsync_latencies(dir.path(), 1024, 5, preallocate).unwrap();
+        for file in [RawFile::Empty, RawFile::Fallocated, RawFile::Zeroed] {
+            let lat = raw_fsync_latencies(dir.path(), 1024, 5, file).unwrap();
             assert_eq!(lat.len(), 5);
             assert!(lat.windows(2).all(|w| w[0] <= w[1]));
         }

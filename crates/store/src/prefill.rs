@@ -22,13 +22,15 @@
 //!   close cuts the active one: closed stores have the same files as without the fill.
 //! * A failed write of zeros stops the fill for the segment; a failed `fdatasync` fences the
 //!   log, like any failed `fdatasync` of it (the kernel may have dropped the writer's dirty
-//!   pages with it).
+//!   pages with it). The fill writes through its own handle on the segment, so such an
+//!   error is reported to the writer's handle as well.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::config::StoreConfig;
+use crate::io::{FileIo, OpenMode};
 use crate::log::{Shared, lock};
 use crate::segment::Segment;
 
@@ -164,6 +166,12 @@ impl Prefill {
     }
 }
 
+/// How a fill step failed.
+enum Fail {
+    Write(std::io::Error),
+    Sync(std::io::Error),
+}
+
 /// Whether the log is being written faster than the cap, judged over the last window.
 struct Rate {
     since: Instant,
@@ -189,6 +197,7 @@ impl Rate {
 pub(crate) fn run(sh: &Shared) {
     let p = &sh.prefill;
     let zeros = vec![0u8; CHUNK as usize];
+    let mut own: Option<(Arc<Segment>, Arc<dyn FileIo>)> = None;
     let mut rate = Rate {
         since: Instant::now(),
         bytes: sh.counters.bytes.load(Ordering::Relaxed),
@@ -221,23 +230,41 @@ pub(crate) fn run(sh: &Shared) {
             g.filling = true;
             (seg, g.len, n)
         };
-        let wrote = seg.file.write_all_at(&zeros[..n as usize], from);
-        let synced = wrote.is_ok().then(|| seg.file.sync_data());
+        // Through a handle of its own: a write-back error that its fdatasync reports is then
+        // still reported to the writer's handle too (the kernel reports such an error once
+        // per open file), so no fdatasync of the writer's can succeed past it.
+        let file = match &own {
+            Some((s, f)) if Arc::ptr_eq(s, &seg) => Ok(f.clone()),
+            _ => sh.cfg.fs.open(&seg.path, OpenMode::Write),
+        };
+        let res = file.and_then(|f| {
+            own = Some((seg.clone(), f.clone()));
+            f.write_all_at(&zeros[..n as usize], from)
+                .map_err(Fail::Write)
+                .and_then(|()| f.sync_data().map_err(Fail::Sync))
+                .map_err(|e| match e {
+                    Fail::Write(e) => {
+                        // Give the space back; the writer appends as without the fill.
+                        let _ = f.set_len(from);
+                        e
+                    }
+                    Fail::Sync(e) => {
+                        sh.fence(format!("fdatasync of the commit log failed: {e}"));
+                        e
+                    }
+                })
+        });
         let mut g = lock(&p.state);
         g.filling = false;
-        if let Err(e) = wrote {
-            // Give the space back; the writer appends as it would without the fill.
-            let _ = seg.file.set_len(from);
-            g.failed = true;
-            tracing::warn!(error = %e, segment = seg.start, "zero-filling the commit log failed; appending without it");
-        } else if let Some(Err(e)) = synced {
-            g.failed = true;
-            drop(g);
-            p.cv.notify_all();
-            sh.fence(format!("fdatasync of the commit log failed: {e}"));
-            continue;
-        } else if g.seg.as_ref().is_some_and(|s| Arc::ptr_eq(s, &seg)) {
-            g.len = g.len.max(from + n);
+        match res {
+            Ok(()) if g.seg.as_ref().is_some_and(|s| Arc::ptr_eq(s, &seg)) => {
+                g.len = g.len.max(from + n);
+            }
+            Ok(()) => {}
+            Err(e) => {
+                g.failed = true;
+                tracing::warn!(error = %e, segment = seg.start, "zero-filling the commit log failed; appending without it");
+            }
         }
         drop(g);
         p.cv.notify_all();

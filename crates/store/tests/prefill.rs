@@ -4,10 +4,14 @@
 
 mod common;
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{fill, last_segment, segments};
+use sofamq_store::io::{Entry, FileIo, Fs, OpenMode, StdFs};
 use sofamq_store::{Store, StoreConfig};
 
 fn cfg(dir: &Path, segment_size: u64, prefill: u64) -> StoreConfig {
@@ -137,6 +141,136 @@ fn no_zeros_while_the_log_is_written_faster_than_the_cap() {
         "{n} appends, {} bytes",
         s.log_end_offset()
     );
+    assert_eq!(len(&last_segment(d.path())), s.log_end_offset());
+}
+
+/// What fails on the second handle opened on a commit-log segment (the fill's own).
+#[derive(Debug, Clone, Copy)]
+enum Breaks {
+    Write,
+    Sync,
+}
+
+/// The real file system, except that the fill's handle on a segment fails as told.
+#[derive(Debug)]
+struct FillFails {
+    breaks: Breaks,
+    opens: Mutex<HashMap<PathBuf, usize>>,
+}
+
+#[derive(Debug)]
+struct Handle {
+    inner: Arc<dyn FileIo>,
+    breaks: Option<Breaks>,
+}
+
+impl FileIo for Handle {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, pos)
+    }
+    fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<usize> {
+        match self.breaks {
+            Some(Breaks::Write) => Err(io::Error::from(io::ErrorKind::StorageFull)),
+            _ => self.inner.write_at(buf, pos),
+        }
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        match self.breaks {
+            Some(Breaks::Sync) => Err(io::Error::other("injected EIO")),
+            _ => self.inner.sync_data(),
+        }
+    }
+    fn sync_all(&self) -> io::Result<()> {
+        self.inner.sync_all()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+}
+
+impl Fs for FillFails {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FileIo>> {
+        let in_log = path.parent().is_some_and(|p| p.ends_with("commitlog"));
+        let mut opens = self.opens.lock().unwrap();
+        let n = opens.entry(path.to_owned()).or_default();
+        *n += 1;
+        Ok(Arc::new(Handle {
+            inner: StdFs.open(path, mode)?,
+            breaks: (in_log && *n >= 2).then_some(self.breaks),
+        }))
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        StdFs.read(path)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<Entry>> {
+        StdFs.list(dir)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        StdFs.exists(path)
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        StdFs.create_dir_all(dir)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        StdFs.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        StdFs.remove_file(path)
+    }
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        StdFs.remove_dir_all(dir)
+    }
+    fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()> {
+        StdFs.hard_link(original, link)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        StdFs.sync_dir(dir)
+    }
+}
+
+fn open_failing(dir: &Path, breaks: Breaks) -> Store {
+    let mut c = cfg(dir, 64 << 20, 1 << 20);
+    c.fs = Arc::new(FillFails {
+        breaks,
+        opens: Mutex::new(HashMap::new()),
+    });
+    Store::open(c).unwrap()
+}
+
+#[test]
+fn a_failed_fdatasync_of_the_fill_fences_the_log() {
+    let d = tempfile::tempdir().unwrap();
+    let s = open_failing(d.path(), Breaks::Sync);
+    // The first write wakes the fill (the append itself may or may not beat the fence).
+    let _ = s.append_blocking(vec![common::rec("t", 0, "first")]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.fenced().is_none() {
+        assert!(Instant::now() < deadline, "not fenced");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        s.fenced().unwrap().contains("fdatasync"),
+        "{:?}",
+        s.fenced()
+    );
+    assert!(
+        s.append_blocking(vec![common::rec("t", 0, "late")])
+            .is_err()
+    );
+}
+
+#[test]
+fn a_failed_write_of_zeros_stops_the_fill_and_appends_go_on() {
+    let d = tempfile::tempdir().unwrap();
+    let s = open_failing(d.path(), Breaks::Write);
+    fill(&s, "t", 0, 200, "w");
+    std::thread::sleep(Duration::from_millis(50));
+    fill(&s, "t", 0, 200, "v");
+    assert!(s.fenced().is_none());
+    assert_eq!(s.queue_offsets("t", 0), (0, 400));
     assert_eq!(len(&last_segment(d.path())), s.log_end_offset());
 }
 
