@@ -13,7 +13,8 @@
 //!   touches a byte the writer wrote. `len` below is that length; it grows when the fill
 //!   thread finishes a chunk or when the writer writes past it, and is reset wherever the
 //!   file is cut (segment roll, truncation, a batch given back on a full disk). The writer
-//!   writes past `len` only while no chunk is in flight (it waits for the one in flight).
+//!   writes past `len` only while no chunk is in flight (it waits for the one in flight:
+//!   the `pwrite` of the zeros, not their `fdatasync`, which comes after).
 //! * Correctness never depends on the fill: a record's durability comes from the writer's
 //!   own `fdatasync`, whatever lies under it. The zeros past the log end are what recovery
 //!   finds after a crash; it cuts them like a torn tail (see `recovery`), so only the last
@@ -34,7 +35,7 @@ use crate::io::{FileIo, OpenMode};
 use crate::log::{Shared, lock};
 use crate::segment::Segment;
 
-/// Bytes written (and fsynced) per fill step. Small enough that the writer's fdatasync,
+/// Bytes written (then fsynced) per fill step. Small enough that the writer's fdatasync,
 /// which writes back every dirty page of the file, rarely finds many zeros still dirty.
 const CHUNK: u64 = 256 * 1024;
 /// The log's write rate is measured over windows of this length.
@@ -166,12 +167,6 @@ impl Prefill {
     }
 }
 
-/// How a fill step failed.
-enum Fail {
-    Write(std::io::Error),
-    Sync(std::io::Error),
-}
-
 /// Whether the log is being written faster than the cap, judged over the last window.
 struct Rate {
     since: Instant,
@@ -237,36 +232,42 @@ pub(crate) fn run(sh: &Shared) {
             Some((s, f)) if Arc::ptr_eq(s, &seg) => Ok(f.clone()),
             _ => sh.cfg.fs.open(&seg.path, OpenMode::Write),
         };
-        let res = file.and_then(|f| {
+        let wrote = file.and_then(|f| {
             own = Some((seg.clone(), f.clone()));
-            f.write_all_at(&zeros[..n as usize], from)
-                .map_err(Fail::Write)
-                .and_then(|()| f.sync_data().map_err(Fail::Sync))
-                .map_err(|e| match e {
-                    Fail::Write(e) => {
-                        // Give the space back; the writer appends as without the fill.
-                        let _ = f.set_len(from);
-                        e
-                    }
-                    Fail::Sync(e) => {
-                        sh.fence(format!("fdatasync of the commit log failed: {e}"));
-                        e
-                    }
-                })
+            match f.write_all_at(&zeros[..n as usize], from) {
+                Ok(()) => Ok(f),
+                Err(e) => {
+                    // Give the space back; the writer appends as without the fill.
+                    let _ = f.set_len(from);
+                    Err(e)
+                }
+            }
         });
         let mut g = lock(&p.state);
         g.filling = false;
-        match res {
-            Ok(()) if g.seg.as_ref().is_some_and(|s| Arc::ptr_eq(s, &seg)) => {
-                g.len = g.len.max(from + n);
+        let to_sync = match wrote {
+            Ok(f) => {
+                if g.seg.as_ref().is_some_and(|s| Arc::ptr_eq(s, &seg)) {
+                    g.len = g.len.max(from + n);
+                }
+                Some(f)
             }
-            Ok(()) => {}
             Err(e) => {
                 g.failed = true;
                 tracing::warn!(error = %e, segment = seg.start, "zero-filling the commit log failed; appending without it");
+                None
             }
-        }
+        };
         drop(g);
         p.cv.notify_all();
+        // The zeros are in place, so the writer may write over them from here on: the
+        // fdatasync only makes their size and blocks durable ahead of the writer's own, and
+        // the writer never waits for it.
+        if let Some(f) = to_sync
+            && let Err(e) = f.sync_data()
+        {
+            sh.fence(format!("fdatasync of the commit log failed: {e}"));
+            lock(&p.state).failed = true;
+        }
     }
 }
