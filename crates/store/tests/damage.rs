@@ -8,7 +8,7 @@ mod common;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use common::{check_queues_match_log, fill};
+use common::{check_queues_match_log, copy_dir, fill};
 use sofamq_store::{Store, StoreError};
 
 /// A healthy store of three queues over several small segments, and a copy of its directory.
@@ -23,19 +23,6 @@ fn healthy_pair(root: &Path) -> (Store, std::path::PathBuf) {
     let copy = root.join("replica");
     copy_dir(&m, &copy);
     (common::open(&m), copy)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), dst).unwrap();
-        }
-    }
 }
 
 fn segments(dir: &Path) -> Vec<std::path::PathBuf> {

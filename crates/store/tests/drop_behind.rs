@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use common::{cfg, rec};
-use sofamq_store::io::{Entry, FileIo, Fs, OpenMode, StdFs};
+use sofamq_store::io::FileIo;
 use sofamq_store::{FlushMode, Store};
 
 /// (segment start from its file name, position, length) of every `drop_cached` call.
@@ -56,46 +56,19 @@ impl FileIo for File {
     }
 }
 
-impl Fs for Recording {
-    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FileIo>> {
+impl common::Wrap for Recording {
+    fn wrap(&self, path: &Path, file: Arc<dyn FileIo>) -> Arc<dyn FileIo> {
         let in_log = path.parent().is_some_and(|p| p.ends_with("commitlog"));
         let segment = path
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(|n| n.parse().ok())
             .filter(|_| in_log);
-        Ok(Arc::new(File {
-            inner: StdFs.open(path, mode)?,
+        Arc::new(File {
+            inner: file,
             segment,
             calls: self.calls.clone(),
-        }))
-    }
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        StdFs.read(path)
-    }
-    fn list(&self, dir: &Path) -> io::Result<Vec<Entry>> {
-        StdFs.list(dir)
-    }
-    fn exists(&self, path: &Path) -> bool {
-        StdFs.exists(path)
-    }
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        StdFs.create_dir_all(dir)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        StdFs.rename(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        StdFs.remove_file(path)
-    }
-    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
-        StdFs.remove_dir_all(dir)
-    }
-    fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()> {
-        StdFs.hard_link(original, link)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        StdFs.sync_dir(dir)
+        })
     }
 }
 
@@ -106,7 +79,7 @@ fn open(dir: &Path, lag: Option<u64>, flush: FlushMode) -> (Store, Calls) {
     let mut c = cfg(dir);
     c.drop_behind = lag;
     c.flush = flush;
-    c.fs = Arc::new(fs);
+    c.fs = Arc::new(common::WrapFs(fs));
     (Store::open(c).unwrap(), calls)
 }
 

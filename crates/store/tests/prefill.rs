@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{fill, last_segment, segments};
-use sofamq_store::io::{Entry, FileIo, Fs, OpenMode, StdFs};
+use common::{copy_dir, fill, last_segment, segments};
+use sofamq_store::io::FileIo;
 use sofamq_store::{Store, StoreConfig};
 
 fn cfg(dir: &Path, segment_size: u64, prefill: u64) -> StoreConfig {
@@ -191,52 +191,25 @@ impl FileIo for Handle {
     }
 }
 
-impl Fs for FillFails {
-    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FileIo>> {
+impl common::Wrap for FillFails {
+    fn wrap(&self, path: &Path, file: Arc<dyn FileIo>) -> Arc<dyn FileIo> {
         let in_log = path.parent().is_some_and(|p| p.ends_with("commitlog"));
         let mut opens = self.opens.lock().unwrap();
         let n = opens.entry(path.to_owned()).or_default();
         *n += 1;
-        Ok(Arc::new(Handle {
-            inner: StdFs.open(path, mode)?,
+        Arc::new(Handle {
+            inner: file,
             breaks: (in_log && *n >= 2).then_some(self.breaks),
-        }))
-    }
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        StdFs.read(path)
-    }
-    fn list(&self, dir: &Path) -> io::Result<Vec<Entry>> {
-        StdFs.list(dir)
-    }
-    fn exists(&self, path: &Path) -> bool {
-        StdFs.exists(path)
-    }
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        StdFs.create_dir_all(dir)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        StdFs.rename(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        StdFs.remove_file(path)
-    }
-    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
-        StdFs.remove_dir_all(dir)
-    }
-    fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()> {
-        StdFs.hard_link(original, link)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        StdFs.sync_dir(dir)
+        })
     }
 }
 
 fn open_failing(dir: &Path, breaks: Breaks) -> Store {
     let mut c = cfg(dir, 64 << 20, 1 << 20);
-    c.fs = Arc::new(FillFails {
+    c.fs = Arc::new(common::WrapFs(FillFails {
         breaks,
         opens: Mutex::new(HashMap::new()),
-    });
+    }));
     Store::open(c).unwrap()
 }
 
@@ -272,17 +245,4 @@ fn a_failed_write_of_zeros_stops_the_fill_and_appends_go_on() {
     assert!(s.fenced().is_none());
     assert_eq!(s.queue_offsets("t", 0), (0, 400));
     assert_eq!(len(&last_segment(d.path())), s.log_end_offset());
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), dst).unwrap();
-        }
-    }
 }

@@ -4,9 +4,8 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
 
-use common::{cfg, rec};
+use common::{cfg, copy_dir, rec};
 use proptest::prelude::*;
 use sofamq_store::Store;
 
@@ -30,19 +29,6 @@ fn template() -> (tempfile::TempDir, Vec<(u64, u64)>) {
     }
     drop(s);
     (d, v)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else {
-            fs::copy(e.path(), &dst).unwrap();
-        }
-    }
 }
 
 proptest! {

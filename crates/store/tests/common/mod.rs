@@ -2,9 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use sofamq_store::io::{Entry, FileIo, Fs, OpenMode, StdFs};
 use sofamq_store::{NewRecord, Store, StoreConfig};
 
 /// Small segments and a fast flusher, for tests.
@@ -118,5 +120,63 @@ pub fn check_queues_match_log(s: &Store) {
             .collect();
         assert_eq!(&got, offs, "queue {t}/{q}");
         assert_eq!(s.queue_offsets(t, *q), (0, offs.len() as u64));
+    }
+}
+
+/// Copies the directory tree `from` to `to` (files as they are: a copy taken while a store
+/// runs is what a crash would leave).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
+
+/// What a test puts around every file the store opens on [`WrapFs`].
+pub trait Wrap: Send + Sync + std::fmt::Debug {
+    /// The handle the store gets for `path`, opened on the real file system as `file`.
+    fn wrap(&self, path: &Path, file: Arc<dyn FileIo>) -> Arc<dyn FileIo>;
+}
+
+/// The real file system, with every opened file passed through the test's [`Wrap`].
+#[derive(Debug)]
+pub struct WrapFs<W>(pub W);
+
+impl<W: Wrap> Fs for WrapFs<W> {
+    fn open(&self, path: &Path, mode: OpenMode) -> std::io::Result<Arc<dyn FileIo>> {
+        Ok(self.0.wrap(path, StdFs.open(path, mode)?))
+    }
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        StdFs.read(path)
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<Entry>> {
+        StdFs.list(dir)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        StdFs.exists(path)
+    }
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        StdFs.create_dir_all(dir)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        StdFs.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        StdFs.remove_file(path)
+    }
+    fn remove_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        StdFs.remove_dir_all(dir)
+    }
+    fn hard_link(&self, original: &Path, link: &Path) -> std::io::Result<()> {
+        StdFs.hard_link(original, link)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        StdFs.sync_dir(dir)
     }
 }
