@@ -79,8 +79,9 @@ pub struct FsyncBenchArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,
     /// Allocate the file's blocks first (`fallocate` to `--size` x `--count`, fsynced), so
-    /// the appends write inside the file and no fdatasync commits a new file size: what a
-    /// log of pre-sized segments would wait for (SofaMQ's segments grow as they are written).
+    /// the appends write inside the file and no fdatasync commits a new file size. The blocks
+    /// are unwritten extents, so a write into a new block still commits their conversion;
+    /// `--zeroed` is what SofaMQ's log does.
     #[arg(long, conflicts_with = "zeroed")]
     pub preallocate: bool,
     /// Write zeros over the file's final size first (`--size` x `--count`, fsynced), so the
