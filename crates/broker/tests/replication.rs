@@ -941,3 +941,113 @@ async fn a_rolling_upgrade_negotiates_versions_and_loses_nothing() {
         acked.len()
     );
 }
+
+/// The master's writer sends what it writes straight to a caught-up slave's socket; the
+/// session's stream task sends the rest. A raw slave that stops reading while about 12 MB
+/// are written fills its socket, so the direct path is refused (or takes a frame in part)
+/// and the stream task takes over: once the slave reads again it gets whole frames, each
+/// starting where the last ended, and their bytes are the master's log byte for byte. The
+/// master's `/metrics` counts frames sent both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slave_that_stops_reading_gets_the_log_in_order_from_both_senders() {
+    use bytes::BytesMut;
+    use sofamq_broker::repl::frame::{self, MAX_VERSION, MIN_VERSION, Msg};
+    let c = Cluster::start_namesrv().unwrap();
+    let dir = c.dir.path();
+    let mut m = ReplBroker::new(dir, &c.namesrv.addr, GROUP, "a0").unwrap();
+    let http = format!("127.0.0.1:{}", sofamq_testkit::repl::free_port().unwrap());
+    // Acked on the master's own fsync: sends go on while the slave does not read.
+    m.start(
+        GROUP,
+        None,
+        &["--min-insync-replicas", "1", "--http-listen", &http],
+    )
+    .unwrap();
+    create_topic(&m, "t", 1);
+    let mut sock = tokio::net::TcpStream::connect(&m.repl).await.unwrap();
+    let hello = Msg::Hello {
+        broker_name: GROUP.into(),
+        broker_id: 1,
+        log_end: 0,
+        history: vec![],
+        versions: (MIN_VERSION, MAX_VERSION),
+    };
+    frame::write_frame(&mut sock, MIN_VERSION, 0, &hello)
+        .await
+        .unwrap();
+    let mut buf = BytesMut::new();
+    let reply = frame::read_frame(&mut sock, &mut buf, 1 << 24)
+        .await
+        .unwrap();
+    let (epoch, version) = match reply.msg {
+        Msg::HelloReply { version, .. } => (reply.epoch, version),
+        other => panic!("expected a HelloReply, got {other:?}"),
+    };
+    frame::write_frame(&mut sock, version, epoch, &Msg::Follow { from: 0 })
+        .await
+        .unwrap();
+    // ~12 MB of records while the slave reads nothing: more than loopback buffers hold.
+    let body = vec![b'x'; 1024];
+    for r in 0..96 {
+        let msgs = (0..128)
+            .map(|i| raw_message("t", &format!("m-{r}-{i}"), &body))
+            .collect();
+        let resp = send_raw(&m.grpc, msgs).await;
+        assert_eq!(resp.status.unwrap().code, v2::Code::Ok as i32);
+    }
+    // Now read: whole frames, contiguous from 0, acking as a slave does, until no data has
+    // come for a while (heartbeats go on).
+    let mut got: Vec<u8> = Vec::new();
+    let mut last_data = Instant::now();
+    while last_data.elapsed() < Duration::from_millis(1500) {
+        let f = match tokio::time::timeout(
+            Duration::from_millis(300),
+            frame::read_frame(&mut sock, &mut buf, 1 << 24),
+        )
+        .await
+        {
+            Err(_) => continue,
+            Ok(f) => f.unwrap_or_else(|e| panic!("{e} after {} bytes\n{}", got.len(), m.log())),
+        };
+        match f.msg {
+            Msg::Data { start, bytes } => {
+                assert_eq!(start, got.len() as u64, "a frame out of order");
+                got.extend_from_slice(&bytes);
+                last_data = Instant::now();
+            }
+            Msg::Heartbeat { .. } => {}
+            other => panic!("unexpected frame {other:?}"),
+        }
+        let ack = Msg::Ack {
+            durable: got.len() as u64,
+            received: (version >= 3).then_some(got.len() as u64),
+        };
+        frame::write_frame(&mut sock, version, epoch, &ack)
+            .await
+            .unwrap();
+    }
+    let (code, doc) = sofamq_testkit::http::get(&http, "/metrics", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    let frames = |path: &str| -> f64 {
+        doc.lines()
+            .find(|l| {
+                l.starts_with("sofamq_replication_frames_sent_total{")
+                    && l.contains(&format!("path=\"{path}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no frames_sent sample for {path}:\n{doc}"))
+    };
+    assert!(frames("direct") > 0.0, "no frame went the direct way");
+    assert!(frames("stream") > 0.0, "the stream task never took over");
+    drop(sock);
+    m.stop();
+    let log = log_bytes(&m.store_dir());
+    assert!(log.len() > 12_000_000, "only {} bytes logged", log.len());
+    assert_eq!(got.len(), log.len(), "the slave got a different length");
+    assert!(
+        got == log,
+        "the slave got other bytes than the master's log"
+    );
+}

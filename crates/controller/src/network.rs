@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -51,10 +52,23 @@ impl Connector for TcpConnector {
     }
 }
 
+/// An accepted stream, its peer's description, and a duplicate of its descriptor when it is
+/// an OS socket.
+pub type Accepted = (Box<dyn AsyncStream>, String, Option<OwnedFd>);
+
 /// Accepts incoming streams (what [`crate::serve_with`] consumes).
 pub trait Acceptor: Send + 'static {
     /// Waits for the next connection; returns it with a peer description for logs.
     fn accept(&mut self) -> BoxFuture<'_, io::Result<(Box<dyn AsyncStream>, String)>>;
+
+    /// [`Acceptor::accept`], with a duplicate of the connection's descriptor when it is an
+    /// OS socket (a simulator's stream has none), for writes made outside the runtime.
+    fn accept_with_fd(&mut self) -> BoxFuture<'_, io::Result<Accepted>> {
+        Box::pin(async move {
+            let (s, peer) = self.accept().await?;
+            Ok((s, peer, None))
+        })
+    }
 }
 
 impl Acceptor for tokio::net::TcpListener {
@@ -65,6 +79,21 @@ impl Acceptor for tokio::net::TcpListener {
                 tracing::debug!(error = %e, "set_nodelay failed");
             }
             Ok((Box::new(s) as Box<dyn AsyncStream>, peer.to_string()))
+        })
+    }
+
+    fn accept_with_fd(&mut self) -> BoxFuture<'_, io::Result<Accepted>> {
+        Box::pin(async move {
+            let (s, peer) = tokio::net::TcpListener::accept(self).await?;
+            if let Err(e) = s.set_nodelay(true) {
+                tracing::debug!(error = %e, "set_nodelay failed");
+            }
+            let fd = s.as_fd().try_clone_to_owned()?;
+            Ok((
+                Box::new(s) as Box<dyn AsyncStream>,
+                peer.to_string(),
+                Some(fd),
+            ))
         })
     }
 }

@@ -66,6 +66,19 @@ pub use record::{Appended, NewRecord, Record, tag_hash};
 pub use recovery::queue_rebuild_pending;
 pub use store::{Fault, FsyncStats, RawAppend, Store, StoreStats};
 
+/// Sees the log's bytes as the writer hands them to the OS: called on the writer's thread
+/// right after each `pwrite` (and after [`Store::written_offset`] covers the bytes), before
+/// their fdatasync, with the log's epoch then, the bytes' log offset and the bytes (whole
+/// records, within one segment). A replication master sends them to its slaves from there,
+/// so a slave's fdatasync does not wait for a task to be woken. It must not block.
+///
+/// Returns whether every reader waiting on [`Store::written_notify`] already has these
+/// bytes: the writer then does not notify it.
+pub trait WriteTap: Send + Sync {
+    /// See the trait.
+    fn written(&self, epoch: u64, start: u64, bytes: &[u8]) -> bool;
+}
+
 /// Upper bounds (microseconds, inclusive) of the fdatasync latency buckets; one more bucket
 /// counts everything above the last bound.
 pub const FSYNC_BUCKETS_US: [u64; 13] = [

@@ -102,6 +102,8 @@ pub(crate) struct Shared {
     /// Notified (`notify_waiters`) whenever `log_end` grows: wakes the replication streamer,
     /// which sends written bytes before they are durable.
     pub written_notify: Arc<tokio::sync::Notify>,
+    /// Sees each write right after its `pwrite` ([`crate::WriteTap`]).
+    pub tap: RwLock<Option<Arc<dyn crate::WriteTap>>>,
     /// Bytes covered by a completed fdatasync.
     pub durable: AtomicU64,
     /// Records below this have their consume-queue entries dispatched.
@@ -164,6 +166,7 @@ impl Shared {
             segments: RwLock::new(segments),
             log_end: AtomicU64::new(log_end),
             written_notify: Arc::new(tokio::sync::Notify::new()),
+            tap: RwLock::new(None),
             durable: AtomicU64::new(log_end),
             dropped_behind: Mutex::new(log_end),
             dispatched: AtomicU64::new(log_end),

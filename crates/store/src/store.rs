@@ -843,6 +843,11 @@ impl Store {
         self.sh().written_notify.clone()
     }
 
+    /// Sets (or clears) what sees each write right after its `pwrite` ([`crate::WriteTap`]).
+    pub fn set_write_tap(&self, tap: Option<Arc<dyn crate::WriteTap>>) {
+        *self.sh().tap.write().unwrap_or_else(|p| p.into_inner()) = tap;
+    }
+
     /// Replication (master side), streaming form: reads whole encoded records from `from` (a
     /// record boundary) into `buf[at..]`, at most `max_bytes` (but at least one record when
     /// one is available), below the WRITTEN offset (not necessarily durable yet) and within

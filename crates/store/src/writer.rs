@@ -552,15 +552,29 @@ impl Writer {
             .file
             .write_all_at(&self.buf, at)
             .map_err(write_error)?;
+        let start = self.written;
         self.written += self.buf.len() as u64;
         self.sh
             .counters
             .bytes
             .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
-        self.buf.clear();
         self.sh.log_end.store(self.written, Ordering::Release);
-        // The replication streamer may send these bytes now, while they are being fsynced.
-        self.sh.written_notify.notify_waiters();
+        // The replication streamer may send these bytes now, while they are being fsynced:
+        // the tap sends them from this thread when it can, else the streamer is woken.
+        let tap = self
+            .sh
+            .tap
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let sent = tap.is_some_and(|t| {
+            let epoch = self.sh.current_epoch.load(Ordering::Acquire);
+            t.written(epoch, start, &self.buf)
+        });
+        self.buf.clear();
+        if !sent {
+            self.sh.written_notify.notify_waiters();
+        }
         Ok(())
     }
 

@@ -282,6 +282,19 @@ pub fn render(b: &Broker) -> String {
         &base,
         repl.tracker().min_insync() as f64,
     );
+    t.family(
+        "sofamq_replication_frames_sent_total",
+        "counter",
+        "Data frames sent to slaves: by the commit log's writer right after its write (path=direct, plain TCP, a slave caught up) or by the session's stream task (path=stream).",
+    );
+    let (direct, streamed) = repl.taps.sent();
+    for (path, n) in [("direct", direct), ("stream", streamed)] {
+        t.sample(
+            "sofamq_replication_frames_sent_total",
+            &with(&[("path", path)]),
+            n as f64,
+        );
+    }
     let slaves = if repl.role() == Role::Master {
         repl.tracker().slaves()
     } else {

@@ -1,6 +1,7 @@
 //! Master side: accept slaves on the replication port, answer their epoch handshake, stream
 //! raw log bytes (`read_raw` → socket, never re-encoded) and take their acks.
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::Role;
 use super::frame::{self, FrameError, Msg};
 use super::secure::{ReplStream, Security};
+use super::tap::SessionTap;
 use super::{ReplError, Replication};
 
 /// Accepts slaves until `token` is cancelled. Sessions are refused while this broker is a
@@ -30,10 +32,10 @@ pub async fn serve(
         }
     };
     loop {
-        let (sock, peer): (Box<dyn AsyncStream>, String) = tokio::select! {
+        let (sock, peer, fd): (Box<dyn AsyncStream>, String, _) = tokio::select! {
             biased;
             () = token.cancelled() => return,
-            r = listener.accept() => match r {
+            r = listener.accept_with_fd() => match r {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(error = %e, "replication accept failed");
@@ -61,7 +63,9 @@ pub async fn serve(
         let security = security.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match session(&repl, &security, sock, peer.clone(), token).await {
+            // The direct path writes raw frames: plain TCP only.
+            let fd = fd.filter(|_| security.plain());
+            match session(&repl, &security, sock, fd, peer.clone(), token).await {
                 Ok(()) => tracing::info!(%peer, "replication session ended"),
                 Err(e) => tracing::warn!(%peer, error = %e, "replication session ended"),
             }
@@ -73,6 +77,7 @@ async fn session(
     repl: &Arc<Replication>,
     security: &Security,
     sock: Box<dyn AsyncStream>,
+    fd: Option<OwnedFd>,
     peer: String,
     token: CancellationToken,
 ) -> Result<(), ReplError> {
@@ -177,9 +182,13 @@ async fn session(
     );
     let (rd, wr) = tokio::io::split(sock);
     let stop = token.child_token();
-    let sender = tokio::spawn(stream(repl.clone(), wr, from, epoch, version, stop.clone()));
+    // The writer's direct path to this slave (see `tap`), removed before the socket closes.
+    let tap = Arc::new(SessionTap::new(fd, epoch, version, max, from));
+    let guard = repl.taps.add(tap.clone());
+    let sender = tokio::spawn(stream(repl.clone(), wr, tap, epoch, version, stop.clone()));
     let r = acks(repl, rd, rbuf, id, from, (epoch, version), &stop).await;
     stop.cancel();
+    drop(guard);
     repl.tracker.remove(id);
     repl.refresh_limit();
     let streamed = sender.await;
@@ -191,10 +200,12 @@ async fn session(
     }
 }
 
-/// Streams the log from `pos` to the slave: whole records, up to one frame at a time, as
-/// soon as they are WRITTEN here (`pwrite` done), not only once this master's fdatasync covers
-/// them, so the master's and the slave's fsyncs of a batch overlap instead of running back to
-/// back. Records are read straight into the reused frame buffer behind the frame header.
+/// Streams the log to the slave from the session's position (`tap`): whole records, up to
+/// one frame at a time, as soon as they are WRITTEN here (`pwrite` done), not only once this
+/// master's fdatasync covers them, so the master's and the slave's fsyncs of a batch overlap
+/// instead of running back to back. Records are read straight into the reused frame buffer
+/// behind the frame header. On plain TCP the store's writer sends what it writes itself
+/// while this task is idle and caught up (`tap`); this task sends the rest, and heartbeats.
 ///
 /// Why sending not-yet-durable bytes is safe. A client is acked only when this master's own
 /// fsync covers its record AND the required slaves acked (their fsync) covering it
@@ -214,7 +225,7 @@ async fn session(
 async fn stream(
     repl: Arc<Replication>,
     mut wr: WriteHalf<ReplStream>,
-    mut pos: u64,
+    tap: Arc<SessionTap>,
     epoch: u64,
     version: u8,
     stop: CancellationToken,
@@ -224,6 +235,8 @@ async fn stream(
     // Frame header + start, then the records; grows to the largest frame, never shrinks.
     let mut out: Vec<u8> = vec![0u8; frame::DATA_PREFIX];
     let mut small = BytesMut::with_capacity(64);
+    let mut rest: Vec<u8> = Vec::new();
+    let mut beat = false;
     let r: Result<(), ReplError> = async {
         loop {
             crate::pause::at(repl.identity, crate::pause::Point::MasterStream).await;
@@ -234,28 +247,54 @@ async fn stream(
             if repl.role() != Role::Master || repl.store.current_epoch() != epoch {
                 return Err(ReplError::Protocol("no longer master of this epoch".into()));
             }
-            let n = repl
-                .store
-                .read_written_into(pos, max, &mut out, frame::DATA_PREFIX)?;
-            if n > 0 {
+            // Claim the socket from the writer's direct path (`tap`): first the rest of a
+            // frame it sent in part, then whatever it has not sent.
+            let pos = {
+                let mut st = tap.lock();
+                st.busy = true;
+                std::mem::swap(&mut rest, &mut st.pending);
+                st.pos
+            };
+            let n = if rest.is_empty() {
+                repl.store
+                    .read_written_into(pos, max, &mut out, frame::DATA_PREFIX)?
+            } else {
+                0
+            };
+            let sent = if !rest.is_empty() {
+                Some(&rest[..])
+            } else if n > 0 {
                 frame::data_prefix(version, epoch, pos, n, &mut out);
+                Some(&out[..frame::DATA_PREFIX + n])
+            } else if beat {
+                beat = false;
+                small.clear();
+                let durable = repl.store.durable_offset();
+                frame::encode(version, epoch, &Msg::Heartbeat { durable }, &mut small);
+                Some(&small[..])
+            } else {
+                None
+            };
+            if let Some(bytes) = sent {
                 tokio::select! {
                     biased;
-                    r = wr.write_all(&out[..frame::DATA_PREFIX + n]) => r?,
+                    r = wr.write_all(bytes) => r?,
                     () = stop.cancelled() => return Ok(()),
                 }
-                pos += n as u64;
+                rest.clear();
+                if n > 0 {
+                    repl.taps.streamed();
+                }
+                let mut st = tap.lock();
+                st.pos += n as u64;
+                st.busy = false;
                 continue;
             }
+            tap.lock().busy = false;
             tokio::select! {
                 biased;
                 () = &mut appended => {}
-                () = tokio::time::sleep(heartbeat) => {
-                    small.clear();
-                    let durable = repl.store.durable_offset();
-                    frame::encode(version, epoch, &Msg::Heartbeat { durable }, &mut small);
-                    wr.write_all(&small).await?;
-                }
+                () = tokio::time::sleep(heartbeat) => beat = true,
                 () = stop.cancelled() => return Ok(()),
             }
         }

@@ -20,6 +20,7 @@ pub mod insync;
 pub mod master;
 pub mod secure;
 pub mod slave;
+mod tap;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -126,6 +127,8 @@ pub struct Replication {
     /// Wakes the streams to slaves: the store's written-offset notifier (the writer thread
     /// notifies it after every `pwrite`), also notified on role changes.
     pub(crate) appended: Arc<Notify>,
+    /// The store writer's direct path to the slaves' sockets (see [`tap`]).
+    pub(crate) taps: Arc<tap::Taps>,
     /// Highest master epoch this broker has seen (a promotion goes above it).
     pub(crate) seen_epoch: AtomicU64,
     /// Readable limit published to the store (`u64::MAX` = none); only grows per term.
@@ -170,6 +173,9 @@ impl Replication {
             cfg.dedup_window,
             std::time::Duration::from_millis(cfg.dedup_window_ms),
         );
+        let role_tx = watch::channel(role).0;
+        let taps = Arc::new(tap::Taps::new(role_tx.subscribe()));
+        store.set_write_tap(Some(taps.clone()));
         let repl = Self {
             broker_name: broker_name.to_string(),
             slave_id: broker_id.max(1),
@@ -181,7 +187,8 @@ impl Replication {
                 master_addr: cfg.master_addr.clone(),
                 follower: None,
             }),
-            role_tx: watch::channel(role).0,
+            role_tx,
+            taps,
             tracker,
             dedup,
             appended: store.written_notify(),

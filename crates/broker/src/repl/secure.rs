@@ -95,6 +95,12 @@ impl Security {
         })
     }
 
+    /// Whether sessions run over plain TCP (no TLS), so bytes may be written to the socket
+    /// directly.
+    pub fn plain(&self) -> bool {
+        self.acceptor.is_none()
+    }
+
     /// Master side of a new connection: TLS (when configured), then the challenge (when a
     /// secret is set). Returns the stream and the authenticated slave id, if any.
     pub async fn accept<S>(
