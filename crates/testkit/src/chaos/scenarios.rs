@@ -286,6 +286,12 @@ pub async fn run(name: &str, o: &ScenarioOptions) -> anyhow::Result<Outcome> {
             "txn-failover" => TXN_TOML.into(),
             // Small segments, so that sealed ones exist within a short run.
             "segment-loss" => "segment_bytes = 65536\n".into(),
+            // No zero-fill ahead: the zeros it keeps written past the log's end take up to
+            // 16 MiB of appends on a full disk without a refusal, and this workload writes
+            // ~45 KiB/s, so a 1-3 s fill of the disk would be absorbed whenever the zeros
+            // reach far enough. The fill itself on a full disk is the store test
+            // `a_failed_write_of_zeros_stops_the_fill_and_appends_go_on`.
+            "enospc" => "prefill_bytes = 0\n".into(),
             // Sealed segments for the running-broker flips, and a scrub that finds them fast.
             "bit-flip" | "file-damage" => {
                 "segment_bytes = 65536\nscrub_bytes_per_sec = 67108864\nscrub_pause_secs = 1\n"
