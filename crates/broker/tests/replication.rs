@@ -122,12 +122,20 @@ async fn send_raw_held(addr: &str, msgs: Vec<v2::Message>) -> (v2::Status, bool)
 }
 
 fn start_pair(c: &Cluster, master_extra: &[&str]) -> (ReplBroker, ReplBroker) {
+    start_pair_with(c, master_extra, &[])
+}
+
+fn start_pair_with(
+    c: &Cluster,
+    master_extra: &[&str],
+    slave_extra: &[&str],
+) -> (ReplBroker, ReplBroker) {
     let dir = c.dir.path();
     let mut m = ReplBroker::new(dir, &c.namesrv.addr, GROUP, "a0").unwrap();
     let mut s = ReplBroker::new(dir, &c.namesrv.addr, GROUP, "a1").unwrap();
     m.start(GROUP, None, master_extra).unwrap();
     let ma = m.repl.clone();
-    s.start(GROUP, Some(&ma), &[]).unwrap();
+    s.start(GROUP, Some(&ma), slave_extra).unwrap();
     (m, s)
 }
 
@@ -242,6 +250,42 @@ async fn kill9_master_rounds_lose_no_acked_message() {
 
 /// (b) With the slave dead nothing is acked (HA_NOT_AVAILABLE or SLAVE_PERSISTENCE_TIMEOUT)
 /// and consumers see nothing new; once it returns it catches up and sends succeed again.
+/// `flush = "async"` acks a send once it is written: on the master, and on the slave as
+/// soon as it received the bytes, not after the slave's own interval fdatasync (a minute
+/// here, far beyond the ack timeout). Acks carry the received offset from replication
+/// protocol 3 on, which the brokers here are told to speak. The acked messages are in the slave's log when it is
+/// killed right after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_flush_acks_what_the_slave_received() {
+    let c = Cluster::start_namesrv().unwrap();
+    let conf = c.dir.path().join("async.toml");
+    std::fs::write(
+        &conf,
+        "flush = \"async\"\nasync_flush_interval_ms = 60000\n[replication]\nprotocol_max = 3\n",
+    )
+    .unwrap();
+    let conf = conf.display().to_string();
+    let args = ["--config", conf.as_str(), "--ack-timeout-ms", "3000"];
+    let (m, mut s) = start_pair_with(&c, &args, &args);
+    create_topic(&m, "t", 1);
+    wait_in_sync(&m.grpc, Duration::from_secs(20)).await;
+    for i in 0..20 {
+        let id = format!("id-async-{i}");
+        let r = send_raw(&m.grpc, vec![raw_message("t", &id, b"async")]).await;
+        let st = r.status.unwrap();
+        assert_eq!(st.code, Code::Ok as i32, "send {i}: {st:?}");
+    }
+    s.kill9();
+    let held: Vec<String> = log_messages(&s.store_dir())
+        .into_iter()
+        .map(|(_, id, _, _)| id)
+        .collect();
+    for i in 0..20 {
+        let id = format!("id-async-{i}");
+        assert!(held.contains(&id), "{id} acked but not in the slave's log");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_slave_blocks_acks_until_it_catches_up() {
     let c = Cluster::start_namesrv().unwrap();

@@ -176,6 +176,12 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     b_cfg.acl = args.acl_config();
     b_cfg.drop_behind_bytes = args.drop_behind_mb.map(|m| m << 20);
     b_cfg.prefill_bytes = args.prefill_mb << 20;
+    // One build runs both brokers, so with async flush they may speak the newest replication
+    // protocol: from version 3 a slave's acks carry what it received, which is what an
+    // async-flush send waits for (not the slave's interval fdatasync).
+    let repl_protocol = matches!(args.flush, sofamq_broker::FlushMode::Async)
+        .then_some(sofamq_broker::repl::frame::MAX_VERSION);
+    b_cfg.replication.protocol_max = repl_protocol;
     b_cfg.replication.role = Some(Role::Master);
     b_cfg.replication.controller = controller.clone();
     b_cfg.replication.min_insync_replicas = if args.no_slave { 1 } else { 2 };
@@ -216,6 +222,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         s_cfg.acl = args.acl_config();
         s_cfg.drop_behind_bytes = args.drop_behind_mb.map(|m| m << 20);
         s_cfg.prefill_bytes = args.prefill_mb << 20;
+        s_cfg.replication.protocol_max = repl_protocol;
         s_cfg.replication.role = Some(Role::Slave);
         s_cfg.replication.listen = Some(s_repl);
         s_cfg.replication.controller = controller.clone();

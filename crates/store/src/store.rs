@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use crate::DamageCut;
 use crate::cmd::{Cmd, RawMeta};
-use crate::config::{Driver, StoreConfig};
+use crate::config::{Driver, FlushMode, StoreConfig};
 use crate::cq::CqEntry;
 use crate::epoch::EpochEntry;
 use crate::log::{Scan, Shared, lock};
@@ -599,6 +599,11 @@ impl Store {
     /// Bytes written to the log (the offset the next record gets).
     pub fn log_end_offset(&self) -> u64 {
         self.sh().log_end.load(Ordering::Acquire)
+    }
+
+    /// How this store's appends are acknowledged: after their fdatasync, or once written.
+    pub fn flush_mode(&self) -> FlushMode {
+        self.sh().cfg.flush
     }
 
     /// Bytes covered by a completed fdatasync.

@@ -318,6 +318,23 @@ async fn acks(
     let max = repl.cfg.frame_limit();
     let idle = repl.cfg.max_lag().max(repl.cfg.heartbeat() * 4);
     let mut last = from;
+    // Async flush acks a send once the master wrote it (README, `flush`); a slave's part of
+    // that promise is what it received, not what its own interval has fsynced yet. Sync
+    // flush waits for the slave's fdatasync, as the master waits for its own. Acks carry
+    // the received offset from protocol version 3 on; before, only the durable one.
+    let async_flush = matches!(
+        repl.store.flush_mode(),
+        sofamq_store::FlushMode::Async { .. }
+    );
+    let on_receipt = async_flush && version >= 3;
+    if async_flush && !on_receipt {
+        tracing::warn!(
+            version,
+            "flush = async, but this slave session speaks replication protocol {version}: \
+             sends wait for the slave's interval fdatasync; set replication.protocol_max = 3 \
+             on every broker of the group to ack what the slave received"
+        );
+    }
     loop {
         let f = tokio::select! {
             biased;
@@ -369,7 +386,11 @@ async fn acks(
                     )));
                 }
                 last = durable;
-                repl.tracker.ack(id, durable, repl.store.durable_offset());
+                let acked = match received {
+                    Some(r) if on_receipt => r,
+                    _ => durable,
+                };
+                repl.tracker.ack(id, acked, repl.store.durable_offset());
                 repl.refresh_limit();
             }
             Msg::Reject { reason } => return Err(ReplError::Protocol(format!("slave: {reason}"))),
