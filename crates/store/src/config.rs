@@ -42,6 +42,11 @@ pub struct StoreConfig {
     pub flush: FlushMode,
     /// The writer writes and fsyncs at most about this many bytes per batch. Default 4 MiB.
     pub max_batch_bytes: usize,
+    /// Sync mode: a batch of at most this many bytes, written while nothing else waits,
+    /// is fdatasynced and completed by the thread that wrote it (no hand-off for a lone
+    /// append to wait on); a larger one goes to the sync thread, so the next batch is
+    /// encoded and written during its fdatasync. Default 64 KiB.
+    pub inline_sync_max_bytes: usize,
     /// Largest encoded record accepted by `append`. Default 8 MiB.
     pub max_record_size: usize,
     /// How often consume queues are flushed and the checkpoint written. Default 1 s.
@@ -92,6 +97,7 @@ impl StoreConfig {
             segment_size: 256 * 1024 * 1024,
             flush: FlushMode::Sync,
             max_batch_bytes: 4 * 1024 * 1024,
+            inline_sync_max_bytes: 64 * 1024,
             max_record_size: 8 * 1024 * 1024,
             cq_flush_interval: Duration::from_secs(1),
             record_batch_sizes: false,

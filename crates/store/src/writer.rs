@@ -710,16 +710,19 @@ impl Writer {
     }
 
     /// Writes the pending batch and commits it: hands it to the sync thread when there is
-    /// other work to overlap with its fdatasync (more commands waiting, or batches already
-    /// being synced, which must complete in order); otherwise commits it on this thread and
-    /// saves the thread hop a lone appender would wait on. Either way the commit is
+    /// other work to overlap with its fdatasync (more commands waiting, batches already
+    /// being synced, which must complete in order, or a batch above
+    /// [`crate::StoreConfig::inline_sync_max_bytes`], whose sender is likely to send again
+    /// soon); otherwise commits it on this thread and saves the thread hop a lone appender
+    /// would wait on. Either way the commit is
     /// [`syncer::complete`]: fdatasync (in sync mode), dispatch, answer the waiters.
     pub(crate) fn commit(&mut self) {
         if self.buf.is_empty() && self.waiters.is_empty() {
             return;
         }
         let busy = self.syncer.is_some()
-            && (self.sh.sync_pending.load(Ordering::Acquire) > 0
+            && (self.buf.len() > self.sh.cfg.inline_sync_max_bytes
+                || self.sh.sync_pending.load(Ordering::Acquire) > 0
                 || !lock(&self.sh.inbox).cmds.is_empty());
         if let Err(e) = self.write_buf() {
             self.fail_batch(&e);

@@ -546,6 +546,44 @@ fn a_lone_replicated_append_is_committed_on_the_callers_thread() {
     assert_eq!(lazy.log_end_offset(), chunk.len() as u64);
 }
 
+/// A replicated run above `inline_sync_max_bytes` is written on the caller's thread but
+/// fdatasynced by the sync thread: it comes back queued and already written, so the
+/// caller may write the next frames meanwhile; a run within the limit is still committed
+/// on the caller's thread.
+#[test]
+fn a_large_replicated_run_is_synced_by_the_sync_thread() {
+    let pair = master_and_slave();
+    let master = &pair.master;
+    fill(master, "r", 0, 4, "m");
+    let all = master.read_raw(0, 1 << 20).unwrap();
+    let first = master.read_raw(0, 1).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let mut c = cfg(d.path());
+    c.inline_sync_max_bytes = first.len();
+    let slave = Store::open(c).unwrap();
+    let r = slave
+        .append_raw_here(0, Bytes::from(first.clone()))
+        .unwrap();
+    assert!(
+        matches!(r, RawAppend::Done(n) if n == first.len() as u64),
+        "{r:?}"
+    );
+    let rest = Bytes::copy_from_slice(&all[first.len()..]);
+    let r = slave.append_raw_here(first.len() as u64, rest).unwrap();
+    assert!(matches!(r, RawAppend::Queued(_)), "{r:?}");
+    assert_eq!(
+        slave.written_offset(),
+        all.len() as u64,
+        "written before the wait"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    assert_eq!(rt.block_on(r.wait()).unwrap(), all.len() as u64);
+    assert_eq!(slave.durable_offset(), all.len() as u64);
+    assert_eq!(slave.queue_offsets("r", 0), (0, 4));
+}
+
 /// The writer busy (its thread inside a slow fdatasync of an earlier append): a
 /// replicated append does not wait for the writer on the caller's thread but is queued
 /// behind it, and the two land in log order.

@@ -3,12 +3,14 @@
 //! it streams (group commit + fdatasync) and ack `(epoch, durable offset)`. Reconnects with a
 //! bounded backoff and resumes from wherever the log ends.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
+use sofamq_store::{RawAppend, StoreError};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::epoch::{divergence, last_epoch, must_truncate};
@@ -268,6 +270,7 @@ async fn session(
     .await?;
     tracing::info!(%master, from = cut, epoch, version, master_written = m_written, "following master");
 
+    let mut acked = Acked(durable, cut.max(durable));
     let (mut rd, mut wr) = tokio::io::split(sock);
     let (tx, mut rx) = mpsc::channel::<Frame>(repl.cfg.slave_queue_frames.max(1));
     let idle = repl.cfg.heartbeat() * 4 + Duration::from_millis(200);
@@ -304,11 +307,21 @@ async fn session(
 
     let coalesce = max.max(1 << 20);
     let mut next = cut;
+    // Runs handed to the store's sync thread, oldest first: the next frames are written
+    // while they are fdatasynced, and each completion is acked on its own.
+    let mut syncing: VecDeque<oneshot::Receiver<Result<u64, StoreError>>> = VecDeque::new();
+    let max_syncing = repl.cfg.slave_queue_frames.max(1);
     let r: Result<(), ReplError> = async {
         loop {
             let first = tokio::select! {
                 biased;
                 () = stop.cancelled() => return Ok(()),
+                r = oldest_synced(&mut syncing) => {
+                    r?;
+                    acked.send(&mut wr, store, (version, epoch), false).await?;
+                    let _ = repl.repairing();
+                    continue;
+                }
                 f = rx.recv() => match f { Some(f) => f, None => return Ok(()) },
             };
             crate::pause::at(repl.identity, crate::pause::Point::SlaveAppend).await;
@@ -323,6 +336,7 @@ async fn session(
             }
             // Contiguous runs of data, each appended with one call (one group commit).
             let mut runs: Vec<(u64, usize, Vec<Bytes>)> = Vec::new();
+            let mut beat = false;
             for f in frames {
                 match f.msg {
                     Msg::Data { start, bytes } => {
@@ -340,7 +354,7 @@ async fn session(
                             _ => runs.push((start, bytes.len(), vec![bytes])),
                         }
                     }
-                    Msg::Heartbeat { .. } => {}
+                    Msg::Heartbeat { .. } => beat = true,
                     other => {
                         return Err(ReplError::Protocol(format!(
                             "unexpected frame from master: {other:?}"
@@ -358,20 +372,15 @@ async fn session(
                     }
                     b.freeze()
                 };
-                append_run(store, start, bytes, own_thread).await?;
+                if let Some(rx) = append_run(store, start, bytes, own_thread).await? {
+                    syncing.push_back(rx);
+                }
             }
-            let durable = store.durable_offset();
-            let received = store.log_end_offset().max(durable);
-            frame::write_frame(
-                &mut wr,
-                version,
-                epoch,
-                &Msg::Ack {
-                    durable,
-                    received: Some(received),
-                },
-            )
-            .await?;
+            while syncing.len() > max_syncing {
+                oldest_synced(&mut syncing).await?;
+            }
+            // A heartbeat always gets an ack (the master times out a silent slave).
+            acked.send(&mut wr, store, (version, epoch), beat).await?;
             // Ends (and logs) a repair once the log is whole again.
             let _ = repl.repairing();
         }
@@ -386,17 +395,68 @@ async fn session(
     }
 }
 
+/// The durable and received offsets this slave last acked.
+struct Acked(u64, u64);
+
+impl Acked {
+    /// Acks the store's durable and received offsets when they say something new to the
+    /// master (the received one only from version 3, whose Acks carry it), or when `force`d.
+    async fn send<W: tokio::io::AsyncWrite + Unpin>(
+        &mut self,
+        wr: &mut W,
+        store: &sofamq_store::Store,
+        (version, epoch): (u8, u64),
+        force: bool,
+    ) -> Result<(), ReplError> {
+        let durable = store.durable_offset();
+        let received = store.log_end_offset().max(durable);
+        let news = durable > self.0 || (version >= 3 && received > self.1);
+        if !news && !force {
+            return Ok(());
+        }
+        frame::write_frame(
+            wr,
+            version,
+            epoch,
+            &Msg::Ack {
+                durable,
+                received: Some(received),
+            },
+        )
+        .await?;
+        *self = Acked(durable, received);
+        Ok(())
+    }
+}
+
+/// Waits for the oldest run handed to the sync thread (forever when there is none).
+/// Cancel-safe: a run leaves the queue only once its answer is taken.
+async fn oldest_synced(
+    q: &mut VecDeque<oneshot::Receiver<Result<u64, StoreError>>>,
+) -> Result<u64, StoreError> {
+    let Some(rx) = q.front_mut() else {
+        return std::future::pending().await;
+    };
+    let r = rx.await.map_err(|_| StoreError::Closed);
+    q.pop_front();
+    r?
+}
+
 /// Appends one contiguous run of replicated records: on this thread when it may block
 /// (`own_thread`) and the store's writer is idle, queued to the writer otherwise (under
-/// load, group-committed with whatever else waits).
+/// load, group-committed with whatever else waits). On this thread, a run the writer handed
+/// to its sync thread is returned still syncing; every other run is durable on return.
 async fn append_run(
     store: &sofamq_store::Store,
     start: u64,
     bytes: Bytes,
     own_thread: bool,
-) -> Result<u64, sofamq_store::StoreError> {
+) -> Result<Option<oneshot::Receiver<Result<u64, StoreError>>>, StoreError> {
     if own_thread {
-        return store.append_raw_here(start, bytes)?.wait().await;
+        return match store.append_raw_here(start, bytes)? {
+            RawAppend::Done(_) => Ok(None),
+            RawAppend::Queued(rx) => Ok(Some(rx)),
+        };
     }
-    store.append_raw_async(start, bytes).await
+    store.append_raw_async(start, bytes).await.map(|_| None)
 }
