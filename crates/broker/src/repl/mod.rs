@@ -797,6 +797,73 @@ mod stream_seam_tests {
         token.cancel();
     }
 
+    /// A slave writes the next frames while a large run it handed to its store's sync
+    /// thread is still being fdatasynced: with that fdatasync held for 3 s, a record the
+    /// master appends next is written on the slave long before the first one is durable
+    /// there, and both are acked once it is.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slave_writes_on_while_a_run_syncs() {
+        let d = tempfile::tempdir().unwrap();
+        let (master, _slave, ms, ss, _connector, token) = pipe_pair(d.path());
+        append_replicated(&master, &ms, "in sync").await;
+        ss.inject_fault(sofamq_store::Fault::SlowNextSync(3000));
+        let big = "b".repeat(2 * ss_inline_limit());
+        let first = ms
+            .append(vec![NewRecord {
+                topic: "t".into(),
+                body: big.into(),
+                ..Default::default()
+            }])
+            .await
+            .unwrap()[0];
+        let first_end = first.log_offset + u64::from(first.size);
+        let t0 = std::time::Instant::now();
+        while ss.written_offset() < first_end {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(2),
+                "first run not written"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let second = ms
+            .append(vec![NewRecord {
+                topic: "t".into(),
+                body: "next".into(),
+                ..Default::default()
+            }])
+            .await
+            .unwrap()[0];
+        let second_end = second.log_offset + u64::from(second.size);
+        while ss.written_offset() < second_end {
+            assert!(
+                ss.durable_offset() < first_end,
+                "the slave wrote the next record only after the first run's fdatasync"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(
+            ss.durable_offset() < first_end,
+            "the slow fdatasync already ended"
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            loop {
+                let admitted = master.writable().unwrap();
+                if master.wait_replicated(admitted, second_end).await.is_ok() {
+                    break;
+                }
+            }
+        })
+        .await
+        .expect("both acked once the slow fdatasync ended");
+        assert!(ss.durable_offset() >= second_end);
+        token.cancel();
+    }
+
+    /// The default `inline_sync_max_bytes` of a store.
+    fn ss_inline_limit() -> usize {
+        StoreConfig::new("unused").inline_sync_max_bytes
+    }
+
     /// A slave's follower runs on a thread of its own (where its appends may block in an
     /// fdatasync without holding a worker of the broker's runtime). That thread must not
     /// outlive the runtime: dropped without a cancel, as a test or an embedding
