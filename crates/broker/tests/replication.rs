@@ -659,6 +659,36 @@ async fn retried_sends_are_stored_once() {
     }
 }
 
+/// A hand-written slave's opening: connects to the master's replication port at `repl`,
+/// says Hello as broker 1 with an empty log offering `versions`, and returns the socket,
+/// its read buffer and the master's reply.
+async fn raw_hello(
+    repl: &str,
+    versions: (u8, u8),
+) -> (
+    tokio::net::TcpStream,
+    bytes::BytesMut,
+    sofamq_broker::repl::frame::Frame,
+) {
+    use sofamq_broker::repl::frame::{self, MIN_VERSION, Msg};
+    let mut sock = tokio::net::TcpStream::connect(repl).await.unwrap();
+    let hello = Msg::Hello {
+        broker_name: GROUP.into(),
+        broker_id: 1,
+        log_end: 0,
+        history: vec![],
+        versions,
+    };
+    frame::write_frame(&mut sock, MIN_VERSION, 0, &hello)
+        .await
+        .unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let reply = frame::read_frame(&mut sock, &mut buf, 1 << 24)
+        .await
+        .unwrap();
+    (sock, buf, reply)
+}
+
 /// A slave-role broker rejects sends; the master drops a slave that acks for another epoch
 /// or beyond its log end (a fake slave speaking the frame protocol).
 /// A raw slave session against a real master: acks of another epoch, beyond the master's
@@ -666,7 +696,6 @@ async fn retried_sends_are_stored_once() {
 /// streamed end the session; a Hello with no version in common is refused with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn master_drops_acks_for_other_epochs_or_beyond_its_end() {
-    use bytes::BytesMut;
     use sofamq_broker::repl::frame::{self, MIN_VERSION, Msg};
     #[derive(Debug, Clone, Copy)]
     enum Bad {
@@ -682,22 +711,8 @@ async fn master_drops_acks_for_other_epochs_or_beyond_its_end() {
     m.start(GROUP, None, &["--replication-protocol-max", "3"])
         .unwrap();
     create_topic(&m, "t", 1);
-    let hello = |versions| Msg::Hello {
-        broker_name: GROUP.into(),
-        broker_id: 1,
-        log_end: 0,
-        history: vec![],
-        versions,
-    };
     // No common version: refused, and the reason says so.
-    let mut sock = tokio::net::TcpStream::connect(&m.repl).await.unwrap();
-    frame::write_frame(&mut sock, MIN_VERSION, 0, &hello((4, 5)))
-        .await
-        .unwrap();
-    let mut buf = BytesMut::new();
-    let reply = frame::read_frame(&mut sock, &mut buf, 1 << 22)
-        .await
-        .unwrap();
+    let (_sock, _buf, reply) = raw_hello(&m.repl, (4, 5)).await;
     match reply.msg {
         Msg::Reject { reason } => assert!(
             reason.contains("no common replication protocol version"),
@@ -711,14 +726,7 @@ async fn master_drops_acks_for_other_epochs_or_beyond_its_end() {
         Bad::OtherVersion,
         Bad::ReceivedBeyondEnd,
     ] {
-        let mut sock = tokio::net::TcpStream::connect(&m.repl).await.unwrap();
-        frame::write_frame(&mut sock, MIN_VERSION, 0, &hello((2, 3)))
-            .await
-            .unwrap();
-        let mut buf = BytesMut::new();
-        let reply = frame::read_frame(&mut sock, &mut buf, 1 << 22)
-            .await
-            .unwrap();
+        let (mut sock, mut buf, reply) = raw_hello(&m.repl, (2, 3)).await;
         let epoch = reply.epoch;
         let Msg::HelloReply {
             written, version, ..
@@ -994,7 +1002,6 @@ async fn a_rolling_upgrade_negotiates_versions_and_loses_nothing() {
 /// master's `/metrics` counts frames sent both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slave_that_stops_reading_gets_the_log_in_order_from_both_senders() {
-    use bytes::BytesMut;
     use sofamq_broker::repl::frame::{self, MAX_VERSION, MIN_VERSION, Msg};
     let c = Cluster::start_namesrv().unwrap();
     let dir = c.dir.path();
@@ -1008,21 +1015,7 @@ async fn a_slave_that_stops_reading_gets_the_log_in_order_from_both_senders() {
     )
     .unwrap();
     create_topic(&m, "t", 1);
-    let mut sock = tokio::net::TcpStream::connect(&m.repl).await.unwrap();
-    let hello = Msg::Hello {
-        broker_name: GROUP.into(),
-        broker_id: 1,
-        log_end: 0,
-        history: vec![],
-        versions: (MIN_VERSION, MAX_VERSION),
-    };
-    frame::write_frame(&mut sock, MIN_VERSION, 0, &hello)
-        .await
-        .unwrap();
-    let mut buf = BytesMut::new();
-    let reply = frame::read_frame(&mut sock, &mut buf, 1 << 24)
-        .await
-        .unwrap();
+    let (mut sock, mut buf, reply) = raw_hello(&m.repl, (MIN_VERSION, MAX_VERSION)).await;
     let (epoch, version) = match reply.msg {
         Msg::HelloReply { version, .. } => (reply.epoch, version),
         other => panic!("expected a HelloReply, got {other:?}"),
